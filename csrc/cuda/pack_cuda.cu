@@ -1,0 +1,86 @@
+// Packed bit-plane storage on CUDA GPUs: the same contract as csrc/pack_cpu.cpp.
+// Kept free of torch headers so that nvcc compiles it in seconds; pack_cuda_ops.cpp wraps it.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "pack_cuda.h"
+
+namespace qsnn {
+namespace {
+
+constexpr int64_t kWordBits = 32;
+constexpr int kThreads = 256;
+
+// One thread per (row, word): reads 32 codes, writes one word per plane.
+template <typename T>
+__global__ void pack_kernel(const T* __restrict__ x, int64_t rows, int64_t k, int bits, bool one_bit_signed,
+                            int32_t* __restrict__ out) {
+  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * words) return;
+  const int64_t r = i / words, w = i % words;
+  const T* src = x + r * k + w * kWordBits;
+  const int64_t n = min(kWordBits, k - w * kWordBits);
+  uint32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t code = one_bit_signed ? static_cast<uint32_t>(src[j] > 0)
+                                         : static_cast<uint32_t>(static_cast<int64_t>(src[j]));
+#pragma unroll
+    for (int p = 0; p < 8; ++p)
+      if (p < bits) acc[p] |= ((code >> p) & 1u) << j;
+  }
+  for (int p = 0; p < bits; ++p) out[(p * rows + r) * words + w] = static_cast<int32_t>(acc[p]);
+}
+
+// One thread per element.
+template <typename T>
+__global__ void unpack_kernel(const int32_t* __restrict__ planes, int64_t rows, int64_t k, int bits, bool is_signed,
+                              T* __restrict__ out) {
+  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * k) return;
+  const int64_t r = i / k, kk = i % k;
+  const int64_t w = kk / kWordBits, j = kk % kWordBits;
+  int32_t code = 0;
+  for (int p = 0; p < bits; ++p) {
+    const uint32_t word = static_cast<uint32_t>(planes[(p * rows + r) * words + w]);
+    code |= static_cast<int32_t>((word >> j) & 1u) << p;
+  }
+  if (is_signed) code = bits == 1 ? 2 * code - 1 : (code ^ (1 << (bits - 1))) - (1 << (bits - 1));
+  out[i] = static_cast<T>(code);
+}
+
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+cudaError_t pack_bits_cuda(const void* x, CodeType type, int64_t rows, int64_t k, int bits, bool is_signed,
+                           int32_t* out, cudaStream_t stream) {
+  const int64_t n = rows * ((k + kWordBits - 1) / kWordBits);
+  if (n == 0) return cudaSuccess;
+  const bool obs = is_signed && bits == 1;
+  const unsigned grid = blocks_for(n);
+  switch (type) {
+    case CodeType::kInt8: pack_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const int8_t*>(x), rows, k, bits, obs, out); break;
+    case CodeType::kUInt8: pack_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const uint8_t*>(x), rows, k, bits, obs, out); break;
+    case CodeType::kInt16: pack_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const int16_t*>(x), rows, k, bits, obs, out); break;
+    case CodeType::kInt32: pack_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const int32_t*>(x), rows, k, bits, obs, out); break;
+    case CodeType::kInt64: pack_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const int64_t*>(x), rows, k, bits, obs, out); break;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t unpack_bits_cuda(const int32_t* planes, int64_t rows, int64_t k, int bits, bool is_signed, void* out,
+                             cudaStream_t stream) {
+  const int64_t n = rows * k;
+  if (n == 0) return cudaSuccess;
+  if (is_signed) {
+    unpack_kernel<<<blocks_for(n), kThreads, 0, stream>>>(planes, rows, k, bits, true, static_cast<int8_t*>(out));
+  } else {
+    unpack_kernel<<<blocks_for(n), kThreads, 0, stream>>>(planes, rows, k, bits, false, static_cast<uint8_t*>(out));
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace qsnn

@@ -1,0 +1,35 @@
+// The Python module qsnn_kernels._C: loading it registers the kernels (TORCH_LIBRARY_IMPL in the
+// other sources); it exposes only what was built and which CPU features the kernels can use.
+#include <pybind11/pybind11.h>
+
+#include "cpu_features.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "qsnn_kernels compiled kernels";
+  m.def("build_info", [] {
+    py::dict info;
+#ifdef QSNN_WITH_CUDA
+    info["cuda"] = true;
+    info["cuda_arch"] = QSNN_CUDA_ARCH;
+#else
+    info["cuda"] = false;
+    info["cuda_arch"] = "";
+#endif
+#ifdef _OPENMP
+    info["openmp"] = _OPENMP;
+#else
+    info["openmp"] = 0;
+#endif
+    info["compiler"] = __VERSION__;
+    return info;
+  });
+  m.def("cpu_features", [] {
+    py::dict f;
+    f["avx2"] = qsnn::cpu_has_avx2();
+    f["popcnt"] = qsnn::cpu_has_popcnt();
+    f["avx512_vpopcntdq"] = qsnn::cpu_has_avx512_vpopcntdq();
+    return f;
+  });
+}

@@ -1,0 +1,101 @@
+// Packed bit-plane storage on the CPU: pack and unpack integer codes (OpenMP).
+// Layout (qsnn_kernels/bits.py, DESIGN.md): [bits, rows, ceil(K/32)] int32 words, element k is
+// bit k % 32 of word k / 32, plane p holds bit p of each code, padding bits are zero.
+// The Python API validates values and shapes before calling; these checks are the last guard.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+namespace qsnn {
+namespace {
+
+constexpr int64_t kWordBits = 32;
+
+template <typename T>
+void pack_rows(const T* x, int64_t rows, int64_t k, int bits, bool one_bit_signed, int32_t* out) {
+  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t total = rows * words;
+#pragma omp parallel for schedule(static) if (total > 4096)
+  for (int64_t i = 0; i < total; ++i) {
+    const int64_t r = i / words, w = i % words;
+    const T* src = x + r * k + w * kWordBits;
+    const int64_t n = std::min<int64_t>(kWordBits, k - w * kWordBits);
+    uint32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t j = 0; j < n; ++j) {
+      // two's-complement bit pattern of the code; a 1-bit weight -1/+1 is stored as 0/1
+      const uint32_t code = one_bit_signed ? static_cast<uint32_t>(src[j] > 0)
+                                           : static_cast<uint32_t>(static_cast<int64_t>(src[j]));
+      for (int p = 0; p < bits; ++p) acc[p] |= ((code >> p) & 1u) << j;
+    }
+    for (int p = 0; p < bits; ++p) out[(p * rows + r) * words + w] = static_cast<int32_t>(acc[p]);
+  }
+}
+
+template <typename T>
+void unpack_rows(const int32_t* planes, int64_t rows, int64_t k, int bits, bool is_signed, T* out) {
+  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t total = rows * k;
+#pragma omp parallel for schedule(static) if (total > 16384)
+  for (int64_t i = 0; i < total; ++i) {
+    const int64_t r = i / k, kk = i % k;
+    const int64_t w = kk / kWordBits, j = kk % kWordBits;
+    int32_t code = 0;
+    for (int p = 0; p < bits; ++p) {
+      const uint32_t word = static_cast<uint32_t>(planes[(p * rows + r) * words + w]);
+      code |= static_cast<int32_t>((word >> j) & 1u) << p;
+    }
+    if (is_signed) code = bits == 1 ? 2 * code - 1 : (code ^ (1 << (bits - 1))) - (1 << (bits - 1));
+    out[i] = static_cast<T>(code);
+  }
+}
+
+at::Tensor pack_bits_cpu(const at::Tensor& x, int64_t bits, bool is_signed) {
+  TORCH_CHECK(bits == 1 || bits == 2 || bits == 4 || bits == 8, "pack_bits: bits must be 1, 2, 4 or 8");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "pack_bits: need a tensor [..., K] with K >= 1");
+  TORCH_CHECK(!at::isFloatingType(x.scalar_type()) && x.scalar_type() != at::kBool,
+              "pack_bits: integer codes expected, got ", x.scalar_type());
+  const auto xc = x.contiguous();
+  const int64_t k = x.size(-1);
+  const int64_t rows = k ? x.numel() / k : 0;
+  std::vector<int64_t> shape{bits};
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) shape.push_back(x.size(d));
+  shape.push_back((k + kWordBits - 1) / kWordBits);
+  auto out = at::empty(shape, x.options().dtype(at::kInt));
+  const bool one_bit_signed = is_signed && bits == 1;
+  AT_DISPATCH_INTEGRAL_TYPES(x.scalar_type(), "pack_bits_cpu", [&] {
+    pack_rows<scalar_t>(xc.data_ptr<scalar_t>(), rows, k, static_cast<int>(bits), one_bit_signed,
+                        out.data_ptr<int32_t>());
+  });
+  return out;
+}
+
+at::Tensor unpack_bits_cpu(const at::Tensor& planes, int64_t k, bool is_signed) {
+  TORCH_CHECK(planes.scalar_type() == at::kInt, "unpack_bits: planes must be int32 words");
+  TORCH_CHECK(planes.dim() >= 2, "unpack_bits: planes must be [bits, ..., words]");
+  const int64_t bits = planes.size(0);
+  TORCH_CHECK(bits == 1 || bits == 2 || bits == 4 || bits == 8, "unpack_bits: bits must be 1, 2, 4 or 8");
+  TORCH_CHECK(k > 0 && planes.size(-1) == (k + kWordBits - 1) / kWordBits,
+              "unpack_bits: k does not match the number of words");
+  const auto pc = planes.contiguous();
+  const int64_t rows = planes.numel() / bits / planes.size(-1);
+  std::vector<int64_t> shape(planes.sizes().begin() + 1, planes.sizes().end() - 1);
+  shape.push_back(k);
+  auto out = at::empty(shape, planes.options().dtype(is_signed ? at::kChar : at::kByte));
+  if (is_signed) {
+    unpack_rows<int8_t>(pc.data_ptr<int32_t>(), rows, k, static_cast<int>(bits), true, out.data_ptr<int8_t>());
+  } else {
+    unpack_rows<uint8_t>(pc.data_ptr<int32_t>(), rows, k, static_cast<int>(bits), false, out.data_ptr<uint8_t>());
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qsnn, CPU, m) {
+  m.impl("pack_bits", &pack_bits_cpu);
+  m.impl("unpack_bits", &unpack_bits_cpu);
+}
+
+}  // namespace qsnn

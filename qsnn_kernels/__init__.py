@@ -1,0 +1,24 @@
+"""qsnn_kernels: kernels for quantized spiking neural networks.
+
+A T-step spiking network is a T-bit quantized network: both are GEMMs over binary planes
+(Eq. 3 of Shen et al., CVPR 2024). This package provides the packed bit-plane format, the
+executable spec (:mod:`qsnn_kernels.reference`) and the fast kernels built against it.
+Importing it never needs a GPU or the compiled extension; a missing backend raises when called.
+"""
+
+from . import bits, reference
+from ._extension import BackendUnavailable, build_info
+from .packed_weight import PackedWeight
+from .packing import pack_bits, unpack_bits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "PackedWeight",
+    "bits",
+    "build_info",
+    "pack_bits",
+    "reference",
+    "unpack_bits",
+]

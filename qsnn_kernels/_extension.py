@@ -1,0 +1,52 @@
+"""Loads the compiled kernels (qsnn_kernels._C) on first use, never at import.
+
+A missing piece raises only when it is asked for, saying what is missing and how to get it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend the caller asked for is not built or has no device here."""
+
+
+@functools.cache
+def _load():
+    """The extension module, or the ImportError text if it cannot be loaded."""
+    try:
+        return importlib.import_module("qsnn_kernels._C"), None
+    except ImportError as exc:  # not built, or built against another torch
+        return None, str(exc)
+
+
+def extension():
+    """The loaded extension module; raises BackendUnavailable if it is missing."""
+    module, error = _load()
+    if module is None:
+        raise BackendUnavailable(
+            "the qsnn_kernels C++ extension is not built or failed to load "
+            f"({error}); reinstall with `pip install --no-build-isolation .` from the source tree"
+        )
+    return module
+
+
+def require(device_type: str) -> None:
+    """Raise BackendUnavailable unless compiled kernels exist for ``device_type`` ("cpu"/"cuda")."""
+    module = extension()
+    if device_type == "cuda" and not module.build_info()["cuda"]:
+        raise BackendUnavailable(
+            "qsnn_kernels was built without its CUDA kernels; rebuild with QSNN_CUDA=1 and a CUDA toolkit"
+        )
+    if device_type not in ("cpu", "cuda"):
+        raise BackendUnavailable(f"qsnn_kernels has no compiled kernels for device type {device_type!r}")
+
+
+def build_info() -> dict:
+    """What was compiled, or {"error": ...} if the extension cannot be loaded."""
+    module, error = _load()
+    if module is None:
+        return {"error": error}
+    return dict(module.build_info()) | {"cpu_features": dict(module.cpu_features())}

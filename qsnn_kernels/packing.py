@@ -1,0 +1,96 @@
+"""Packed bit-plane storage: ``pack_bits`` and ``unpack_bits`` (ops ``qsnn::pack_bits``/``unpack_bits``).
+
+Layout in :mod:`qsnn_kernels.bits`. Kernels: csrc/pack_cpu.cpp (CPU, OpenMP) and
+csrc/cuda/pack_cuda.cu (CUDA); oracle: :func:`qsnn_kernels.reference.pack_bits`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _extension, reference
+from .bits import INTEGER_DTYPES, SPIKE_BITS, WEIGHT_BITS, WORD_BITS, WORD_DTYPE, check_bits, check_codes, num_words
+
+BACKENDS = ("auto", "reference")
+
+# --------------------------------------------------------------------------- op registration
+
+torch.library.define("qsnn::pack_bits", "(Tensor x, int bits, bool is_signed) -> Tensor")
+torch.library.define("qsnn::unpack_bits", "(Tensor planes, int k, bool is_signed) -> Tensor")
+
+
+@torch.library.register_fake("qsnn::pack_bits")
+def _pack_bits_fake(x, bits, is_signed):
+    torch._check(x.dim() >= 1 and x.shape[-1] > 0, lambda: "pack_bits: need a tensor [..., K] with K >= 1")
+    torch._check(x.dtype in INTEGER_DTYPES, lambda: f"pack_bits: integer codes expected, got {x.dtype}")
+    return x.new_empty((bits, *x.shape[:-1], num_words(x.shape[-1])), dtype=WORD_DTYPE)
+
+
+@torch.library.register_fake("qsnn::unpack_bits")
+def _unpack_bits_fake(planes, k, is_signed):
+    torch._check(planes.dtype == WORD_DTYPE, lambda: "unpack_bits: planes must be int32 words")
+    torch._check(planes.shape[-1] == num_words(k), lambda: "unpack_bits: k does not match the number of words")
+    return planes.new_empty((*planes.shape[1:-1], k), dtype=torch.int8 if is_signed else torch.uint8)
+
+
+# --------------------------------------------------------------------------- functional API
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def pack_bits(x: torch.Tensor, bits: int, *, signed: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Pack integer codes ``[..., K]`` into bit planes ``[bits, ..., ceil(K/32)]`` (int32 words).
+
+    ``signed=False``: unsigned spike levels ``0 .. 2^bits - 1`` (bool allowed for bits = 1).
+    ``signed=True``: weight codes, two's complement for bits >= 2, -1/+1 for bits = 1.
+    ``backend``: "auto" (the compiled kernel for x's device) or "reference".
+    Raises ValueError/TypeError on a bit width outside {1, 2, 4, 8}, a float tensor, K = 0 or a
+    value the width cannot hold; BackendUnavailable if no kernel is built for the device.
+    """
+    _check_backend(backend)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"pack_bits: x must be a tensor, got {type(x).__name__}")
+    check_bits(bits, WEIGHT_BITS if signed else SPIKE_BITS, "bits")
+    if x.dtype == torch.bool and not signed:
+        x = x.to(torch.uint8)
+    if x.dtype not in INTEGER_DTYPES:
+        raise TypeError(f"pack_bits: integer codes expected ({', '.join(map(str, INTEGER_DTYPES))}), got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"pack_bits: need a tensor [..., K] with K >= 1, got shape {tuple(x.shape)}")
+    check_codes(x, bits, signed, "pack_bits: x")
+    if backend == "reference":
+        return reference.pack_bits(x, bits, signed)
+    _extension.require(x.device.type)
+    return torch.ops.qsnn.pack_bits(x, bits, signed)
+
+
+def unpack_bits(planes: torch.Tensor, k: int, *, signed: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: ``[bits, ..., words]`` -> ``[..., k]``; int8 if signed, else uint8.
+
+    Raises on non-int32 planes, a plane count outside {1, 2, 4, 8}, ``words != ceil(k/32)``
+    or set padding bits (corrupt data).
+    """
+    _check_backend(backend)
+    if not isinstance(planes, torch.Tensor) or planes.dtype != WORD_DTYPE:
+        raise TypeError(f"unpack_bits: planes must be an int32 tensor, got {getattr(planes, 'dtype', type(planes))}")
+    if planes.dim() < 2:
+        raise ValueError(f"unpack_bits: planes must be [bits, ..., words], got shape {tuple(planes.shape)}")
+    check_bits(planes.shape[0], WEIGHT_BITS if signed else SPIKE_BITS, "number of planes")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or planes.shape[-1] != num_words(k):
+        raise ValueError(f"unpack_bits: k={k!r} needs {num_words(k) if isinstance(k, int) and k > 0 else '?'} "
+                         f"words per row, planes have {planes.shape[-1]}")
+    check_padding(planes, k)
+    if backend == "reference":
+        return reference.unpack_bits(planes, k, signed)
+    _extension.require(planes.device.type)
+    return torch.ops.qsnn.unpack_bits(planes, k, signed)
+
+
+def check_padding(planes: torch.Tensor, k: int) -> None:
+    """Raise ValueError if a padding bit (bit >= k % 32 of the last word) is set."""
+    tail = k % WORD_BITS
+    if tail and planes.numel() and bool((planes[..., -1] >> tail).ne(0).any()):
+        raise ValueError(f"packed planes have padding bits set beyond k={k}: not a valid packing")
