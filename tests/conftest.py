@@ -1,0 +1,31 @@
+"""Shared test setup: devices to parametrize over, and Triton's interpreter on CPU-only machines."""
+
+import os
+
+import torch
+
+# Triton kernels run on the CPU under the interpreter; the variable must be set before any
+# kernel module is imported (triton.jit reads it at decoration time).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Every available device, always including cpu."""
+    return request.param
+
+
+def random_codes(shape, bits, signed, generator=None, device="cpu"):
+    """Random integer codes that a ``bits``-wide code can hold (1-bit signed: -1/+1)."""
+    from qsnn_kernels.bits import code_range
+
+    lo, hi = code_range(bits, signed)
+    x = torch.randint(lo, hi + 1, shape, generator=generator, dtype=torch.int64)
+    if signed and bits == 1:
+        x = torch.where(x == 0, 1, x)
+    return x.to(device)
