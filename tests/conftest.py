@@ -19,13 +19,3 @@ def device(request):
     """Every available device, always including cpu."""
     return request.param
 
-
-def random_codes(shape, bits, signed, generator=None, device="cpu"):
-    """Random integer codes that a ``bits``-wide code can hold (1-bit signed: -1/+1)."""
-    from qsnn_kernels.bits import code_range
-
-    lo, hi = code_range(bits, signed)
-    x = torch.randint(lo, hi + 1, shape, generator=generator, dtype=torch.int64)
-    if signed and bits == 1:
-        x = torch.where(x == 0, 1, x)
-    return x.to(device)

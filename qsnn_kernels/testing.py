@@ -1,0 +1,16 @@
+"""Helpers for tests and benchmarks: random inputs that respect the bit-width contracts."""
+
+from __future__ import annotations
+
+import torch
+
+from .bits import code_range
+
+
+def random_codes(shape, bits: int, signed: bool, generator=None, device="cpu") -> torch.Tensor:
+    """Random int64 codes that a ``bits``-wide code can hold (1-bit signed: -1/+1)."""
+    lo, hi = code_range(bits, signed)
+    x = torch.randint(lo, hi + 1, shape, generator=generator, dtype=torch.int64)
+    if signed and bits == 1:
+        x = torch.where(x == 0, 1, x)
+    return x.to(device)
