@@ -60,10 +60,11 @@ def pack_bits(x: torch.Tensor, bits: int, *, signed: bool = False, backend: str 
         raise TypeError(f"pack_bits: integer codes expected ({', '.join(map(str, INTEGER_DTYPES))}), got {x.dtype}")
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"pack_bits: need a tensor [..., K] with K >= 1, got shape {tuple(x.shape)}")
+    if backend == "auto":
+        _extension.require(x.device.type)
     check_codes(x, bits, signed, "pack_bits: x")
     if backend == "reference":
         return reference.pack_bits(x, bits, signed)
-    _extension.require(x.device.type)
     return torch.ops.qsnn.pack_bits(x, bits, signed)
 
 
@@ -82,10 +83,11 @@ def unpack_bits(planes: torch.Tensor, k: int, *, signed: bool = False, backend: 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1 or planes.shape[-1] != num_words(k):
         raise ValueError(f"unpack_bits: k={k!r} needs {num_words(k) if isinstance(k, int) and k > 0 else '?'} "
                          f"words per row, planes have {planes.shape[-1]}")
+    if backend == "auto":
+        _extension.require(planes.device.type)
     check_padding(planes, k)
     if backend == "reference":
         return reference.unpack_bits(planes, k, signed)
-    _extension.require(planes.device.type)
     return torch.ops.qsnn.unpack_bits(planes, k, signed)
 
 

@@ -113,6 +113,13 @@ def test_bad_input(call, error, match):
         call()
 
 
+def test_device_without_kernels():
+    with pytest.raises(qk.BackendUnavailable, match="no compiled kernels for device type 'meta'"):
+        qk.pack_bits(torch.zeros(2, 3, dtype=torch.int8, device="meta"), 1)
+    with pytest.raises(qk.BackendUnavailable, match="'meta'"):
+        qk.unpack_bits(torch.zeros(1, 2, 1, dtype=torch.int32, device="meta"), 3)
+
+
 def test_opcheck():
     x = random_codes((3, 45), 4, True)
     opcheck(torch.ops.qsnn.pack_bits.default, (x, 4, True))
