@@ -20,9 +20,10 @@ Design
 * The surrogate of the staircase is summed exactly over all L = 2^s_bits - 1 levels: a closed form
   (a count of the level windows that contain ``h / v_th``) for "rect", a loop over the levels for
   "atan" and "sigmoid" (the cost of s_bits = 8 with a smooth surrogate: 255 terms per element-step).
-* Integer mode: int32 throughout, leak ``v >> leak_shift`` (arithmetic), floor division written out
-  so that it holds for negative ``h`` (Triton's ``//`` truncates like C). No overflow check
-  inside: the contract is that ``h`` fits int32 (the API checks).
+* Integer mode: int32 throughout, leak ``v >> leak_shift`` (arithmetic shift of a signed int).
+  Triton's ``//`` truncates like C, the contract floors; after the clamp to [0, L] the two give the
+  same level (see the kernel), which the tests check on negative h and a negative theta. No
+  overflow check inside: the contract is that ``h`` fits int32 (the API checks).
 """
 
 from __future__ import annotations
@@ -169,10 +170,10 @@ def _lif_int_kernel(
     s_ptrs = levels_ptr + offs
     for _ in range(T):
         h = (v >> leak_shift) + tl.load(x_ptrs, mask=mask, other=0)
-        # floor division from the truncating one: step down when the remainder's sign differs from theta's
+        # Triton's // truncates (C semantics) where the contract says floor_div; the two differ only
+        # when the exact quotient is negative and not an integer, and then both are <= 0, which the
+        # clamp maps to level 0: the clamped levels agree, for either sign of h and theta.
         q = h // theta
-        rem = h - q * theta
-        q = tl.where((rem != 0) & ((rem < 0) != (theta < 0)), q - 1, q)
         level = tl.where(q < 0, 0, tl.where(q > LEVELS, LEVELS, q))
         if HARD_RESET:
             v = tl.where(level > 0, v_reset, h)
