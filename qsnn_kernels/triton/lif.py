@@ -69,9 +69,10 @@ def _lif_fwd_kernel(
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
         h = decay * v + x
-        level = _clamp_keep_nan(tl.floor(tl.div_rn(h, v_th)), LEVELS)
+        q = tl.floor(tl.div_rn(h, v_th))  # correctly rounded, as torch divides on the CPU
+        level = _clamp_keep_nan(q, LEVELS)
         if HARD_RESET:
-            r = _clamp_keep_nan(tl.floor(tl.div_rn(h, v_th)), 1.0)
+            r = _clamp_keep_nan(q, 1.0)
             v = h * (1.0 - r) + v_reset * r  # the reference's formula, so inf/NaN end up alike
         else:
             v = h - level * v_th
