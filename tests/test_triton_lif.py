@@ -318,3 +318,59 @@ def test_gpu_large_and_half(s_bits, hard):
     levels, vi = lif_int_triton(xi.cuda(), None, s_bits, 37, 2, -5, hard)
     ref_l, ref_vi = reference.multilevel_lif_int(xi, s_bits, 37, 2, -5, _reset(hard))
     assert int((levels.cpu() != ref_l).sum()) == 0 and int((vi.cpu() != ref_vi).sum()) == 0
+
+
+# --------------------------------------------------------------------------- compiled for a GPU (no GPU needed)
+
+_COMPILE_SCRIPT = r"""
+import itertools, re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from qsnn_kernels.triton import lif as K
+
+def compile_(fn, sig, const, fusion):
+    # what Triton's launcher specializes on for 16-byte aligned tensors and N % 16 == 0
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if sig.get(name, "")[:1] == "*" or name in ("N", "last")}
+    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}},
+                    constexprs={(fn.arg_names.index(k),): v for k, v in const.items()}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=4, enable_fp_fusion=fusion)).asm["ptx"]
+
+scalars = lambda names, ty: {n: ty for n in names}
+for dt, hard in itertools.product(("fp32", "fp16", "bf16"), (True, False)):
+    ptx = compile_(K._lif_fwd_kernel, {"x_ptr": "*" + dt, "v_init_ptr": "*fp32", "spikes_ptr": "*" + dt,
+                   "h_ptr": "*" + dt, "v_last_ptr": "*fp32", **scalars(("T", "N"), "i32"),
+                   **scalars(("v_th", "decay", "v_reset"), "fp32")},
+                   dict(LEVELS=15, HARD_RESET=hard, HAS_V_INIT=True, BLOCK=1024), False)
+    # bit-exactness on the GPU rests on these two: IEEE division and no contraction into FMA
+    assert "div.rn.f32" in ptx and not re.search(r"\bfma\.", ptx), (dt, hard)
+    assert "ld.global.v4" in ptx or dt != "fp32", "aligned float32 rows should load as 16-byte vectors"
+for sur, hard, detach, levels in itertools.product((0, 1, 2), (True, False), (True, False), (1, 15, 255)):
+    compile_(K._lif_bwd_kernel, {**scalars(("grad_spikes_ptr", "grad_v_last_ptr", "h_ptr", "grad_x_ptr",
+             "grad_v_init_ptr"), "*fp32"), **scalars(("T", "N", "last"), "i32"),
+             **scalars(("v_th", "decay", "v_reset", "alpha", "half_width", "atan_scale"), "fp32")},
+             dict(LEVELS=levels, HARD_RESET=hard, SURROGATE=sur, DETACH_RESET=detach, HAS_GRAD_SPIKES=True,
+                  HAS_GRAD_V=True, BLOCK=256), True)
+for hard in (True, False):
+    compile_(K._lif_int_kernel, {"x_ptr": "*i32", "v_init_ptr": "*i32", "levels_ptr": "*u8", "v_last_ptr": "*i32",
+             **scalars(("T", "N", "theta", "leak_shift", "v_reset"), "i32")},
+             dict(LEVELS=255, HARD_RESET=hard, HAS_V_INIT=True, BLOCK=1024), False)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """Every kernel variant lowers to sm_90 PTX and cubin (the interpreter skips that path)."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

@@ -66,9 +66,12 @@ def _lif_fwd_kernel(
     x_ptrs = x_ptr + offs  # pointer arithmetic is 64-bit: T * N may exceed 2^31
     s_ptrs = spikes_ptr + offs
     h_ptrs = h_ptr + offs
-    for _ in range(T):
-        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        h = decay * v + x
+    x = tl.load(x_ptrs, mask=mask, other=0.0)
+    for t in range(T):
+        # the next step's load goes out before this step's arithmetic: two steps in flight, which
+        # matters when N alone cannot fill the memory pipeline (e.g. T=16, N=2^18 on an H200)
+        x_next = tl.load(x_ptrs + N, mask=mask & (t + 1 < T), other=0.0)
+        h = decay * v + x.to(tl.float32)
         q = tl.floor(tl.div_rn(h, v_th))  # correctly rounded, as torch divides on the CPU
         level = _clamp_keep_nan(q, LEVELS)
         if HARD_RESET:
@@ -78,6 +81,7 @@ def _lif_fwd_kernel(
             v = h - level * v_th
         tl.store(s_ptrs, (level * v_th).to(spikes_ptr.dtype.element_ty), mask=mask)
         tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=mask)
+        x = x_next
         x_ptrs += N
         s_ptrs += N
         h_ptrs += N
@@ -127,8 +131,15 @@ def _lif_bwd_kernel(
     h_ptrs = h_ptr + last + offs
     gs_ptrs = grad_spikes_ptr + last + offs
     gx_ptrs = grad_x_ptr + last + offs
-    for _ in range(T):
-        h = tl.load(h_ptrs, mask=mask, other=0.0).to(tl.float32)
+    h_saved = tl.load(h_ptrs, mask=mask, other=0.0)
+    if HAS_GRAD_SPIKES:
+        gs = tl.load(gs_ptrs, mask=mask, other=0.0)
+    for t in range(T):
+        more = mask & (t + 1 < T)  # prefetch the previous step, as in the forward
+        h_next = tl.load(h_ptrs - N, mask=more, other=0.0)
+        if HAS_GRAD_SPIKES:
+            gs_next = tl.load(gs_ptrs - N, mask=more, other=0.0)
+        h = h_saved.to(tl.float32)
         u = tl.div_rn(h, v_th)
         # d spikes / d h = v_th * d level / d h = stair (the 1/v_th of the level cancels)
         stair = _surrogate_sum(u, alpha, half_width, atan_scale, LEVELS, SURROGATE)
@@ -146,9 +157,11 @@ def _lif_bwd_kernel(
                 dv_dh = 1.0 - stair
         dh = dv * dv_dh
         if HAS_GRAD_SPIKES:
-            dh += tl.load(gs_ptrs, mask=mask, other=0.0).to(tl.float32) * stair
+            dh += gs.to(tl.float32) * stair
+            gs = gs_next
         tl.store(gx_ptrs, dh, mask=mask)
         dv = decay * dh
+        h_saved = h_next
         h_ptrs -= N
         gs_ptrs -= N
         gx_ptrs -= N
@@ -169,8 +182,10 @@ def _lif_int_kernel(
         v = tl.zeros([BLOCK], dtype=tl.int32)
     x_ptrs = x_ptr + offs
     s_ptrs = levels_ptr + offs
-    for _ in range(T):
-        h = (v >> leak_shift) + tl.load(x_ptrs, mask=mask, other=0)
+    x = tl.load(x_ptrs, mask=mask, other=0)
+    for t in range(T):
+        x_next = tl.load(x_ptrs + N, mask=mask & (t + 1 < T), other=0)  # prefetch, as in the float kernel
+        h = (v >> leak_shift) + x
         # Triton's // truncates (C semantics) where the contract says floor_div; the two differ only
         # when the exact quotient is negative and not an integer, and then both are <= 0, which the
         # clamp maps to level 0: the clamped levels agree, for either sign of h and theta.
@@ -181,6 +196,7 @@ def _lif_int_kernel(
         else:
             v = h - level * theta
         tl.store(s_ptrs, level.to(tl.uint8), mask=mask)
+        x = x_next
         x_ptrs += N
         s_ptrs += N
     tl.store(v_last_ptr + offs, v, mask=mask)
@@ -206,15 +222,16 @@ def _launch_config(n: int, device: torch.device) -> tuple[int, int]:
     return block, max(1, block // 256)
 
 
-def _run(kernel, grid_n, device, *args, **meta):
-    """Launch on x's device, without FMA contraction (the reference rounds every product)."""
+def _run(kernel, grid_n, device, *args, fp_fusion=False, **meta):
+    """Launch on x's device; ``fp_fusion=False`` forbids FMA contraction (the forward must round
+    every product as the reference does; the backward, compared with a tolerance, may fuse)."""
     block, num_warps = _launch_config(grid_n, device)
     grid = (triton.cdiv(grid_n, block),)
     if device.type == "cuda":
         with torch.cuda.device(device):
-            kernel[grid](*args, **meta, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
+            kernel[grid](*args, **meta, BLOCK=block, num_warps=num_warps, enable_fp_fusion=fp_fusion)
     else:
-        kernel[grid](*args, **meta, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
+        kernel[grid](*args, **meta, BLOCK=block, num_warps=num_warps, enable_fp_fusion=fp_fusion)
 
 
 def _check_2d(name: str, t: torch.Tensor, shape=None, dtypes=None) -> torch.Tensor:
@@ -287,7 +304,7 @@ def lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_rese
             t_steps, n, (t_steps - 1) * n, float(v_th), float(decay), float(v_reset), alpha, 0.5 / alpha, math.pi / 2 * alpha,
             LEVELS=(1 << s_bits) - 1, HARD_RESET=bool(hard_reset), SURROGATE=SURROGATE_CODES[surrogate],
             DETACH_RESET=bool(detach_reset), HAS_GRAD_SPIKES=grad_spikes is not None,
-            HAS_GRAD_V=grad_v_last is not None,
+            HAS_GRAD_V=grad_v_last is not None, fp_fusion=True,
         )
     elif n:
         grad_v_init.copy_(grad_v_last if grad_v_last is not None else torch.zeros_like(grad_v_init))
