@@ -261,6 +261,12 @@ def test_bad_input_raises():
     with pytest.raises(ValueError):
         lif_forward_triton(x, torch.zeros(4), 1, 1.0, 0.5, 0.0, True)
     with pytest.raises(ValueError):
+        lif_forward_triton(x, None, 3, 1.0, 0.5, 0.0, True)
+    with pytest.raises(ValueError):
+        lif_backward_triton(None, None, x, 16, 1.0, 0.5, 0.0, True, "atan", 2.0, False)
+    with pytest.raises(ValueError):
+        lif_int_triton(x.int(), None, 0, 3, 1, 0, True)
+    with pytest.raises(ValueError):
         lif_backward_triton(None, None, x, 1, 1.0, 0.5, 0.0, True, "tanh", 1.0, False)
     with pytest.raises(ValueError):
         lif_backward_triton(None, None, x, 1, 1.0, 0.5, 0.0, True, "atan", None, False)

@@ -7,7 +7,9 @@ inputs it has validated (they re-check only shapes and dtypes, cheaply).
 
 Design
 * One program per block of neurons; the program loops over T inside the kernel, carrying the
-  membrane ``v`` (forward) or the gradient ``dv = dL/dv_t`` (backward, reverse loop) in registers.
+  membrane ``v`` (forward) or the gradient ``dv = dL/dv_t`` (backward, reverse loop) in registers,
+  and loads step t+1 (forward; t-1 backward) before it computes step t, so that two steps of loads
+  are in flight even when N alone cannot cover the memory latency.
 * The forward stores the pre-reset membrane ``h_t`` for the backward, in x's dtype: **4 bytes per
   neuron per step for float32 input, 2 for float16/bfloat16** (``h_t`` is all the backward needs:
   the level, the reset indicator and every surrogate are functions of it).
@@ -16,7 +18,12 @@ Design
 * Internal math is float32 whatever x's dtype; float64 input is rejected (TypeError). With
   float32 input the forward is bit-exact with the reference on CPU: every step rounds as the
   reference does (``fl(fl(decay * v) + x)``, a correctly rounded ``h / v_th`` via ``div_rn``,
-  and the kernels are compiled without FMA contraction).
+  and the forward kernels are compiled without FMA contraction). Note that torch itself on CUDA
+  divides by a Python scalar through its reciprocal, so the reference run *on a GPU* may differ
+  from the CPU reference (and from this kernel) by one ulp of ``h / v_th``: compare with the
+  reference on the CPU. With float16/bfloat16 input, x is widened exactly, so the forward equals
+  the float32 reference on ``x.float()`` with spikes and h rounded to x's dtype; the backward then
+  sees h rounded to x's dtype (the gradient of the float32 computation at that rounded h).
 * The surrogate of the staircase is summed exactly over all L = 2^s_bits - 1 levels: a closed form
   (a count of the level windows that contain ``h / v_th``) for "rect", a loop over the levels for
   "atan" and "sigmoid" (the cost of s_bits = 8 with a smooth surrogate: 255 terms per element-step).
@@ -34,6 +41,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from ..bits import SPIKE_BITS, check_bits
 
 __all__ = ["lif_forward_triton", "lif_backward_triton", "lif_int_triton", "SURROGATE_CODES"]
 
@@ -237,6 +246,8 @@ def _run(kernel, grid_n, device, *args, fp_fusion=False, **meta):
 def _check_2d(name: str, t: torch.Tensor, shape=None, dtypes=None) -> torch.Tensor:
     if t.dim() != 2 and shape is None:
         raise ValueError(f"{name} must be [T, N], got shape {tuple(t.shape)}")
+    if t.dim() == 2 and t.shape[1] >= 2**31:
+        raise ValueError(f"{name}: N must be below 2^31 (int32 offsets), got {t.shape[1]}")
     if shape is not None and tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
@@ -254,6 +265,7 @@ def lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset):
     equals :func:`qsnn_kernels.reference.multilevel_lif` on the CPU bit for bit (NaN propagates
     as there). Raises ValueError/TypeError on a bad shape or dtype.
     """
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
     x = _check_2d("x", x, dtypes=FLOAT_DTYPES)
     t_steps, n = x.shape
     if t_steps == 0:
@@ -283,6 +295,7 @@ def lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_rese
     grad_v_init [N] float32)``, equal to autograd of :func:`qsnn_kernels.reference.multilevel_lif`
     up to float32 rounding of the surrogate terms.
     """
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
     h = _check_2d("h", h, dtypes=FLOAT_DTYPES)
     t_steps, n = h.shape
     if surrogate not in SURROGATE_CODES:
@@ -319,6 +332,7 @@ def lif_int_triton(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
     v_last int32 [N])``, bit-exact with :func:`qsnn_kernels.reference.multilevel_lif_int` as long
     as every ``h`` fits int32 (not checked here; it wraps).
     """
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
     x = _check_2d("x", x, dtypes=(torch.int32,))
     t_steps, n = x.shape
     if t_steps == 0:
