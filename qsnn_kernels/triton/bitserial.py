@@ -281,6 +281,11 @@ def bitserial_matmul_triton(
     tensors, and on CPU tensors under ``TRITON_INTERPRET=1``. Only asserts; the public API
     validates. ``QSNN_TRITON_AUTOTUNE=0`` replaces autotuning by one default tile on GPU.
     """
+    return _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config=None)
+
+
+def _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config):
+    """:func:`bitserial_matmul_triton` with an optional fixed ``triton.Config`` (tests run each one)."""
     assert reduce in REDUCTIONS and strategy in STRATEGIES, (reduce, strategy)
     assert x_planes.dtype == torch.int32 and w_planes.dtype == torch.int32
     assert x_planes.dim() == 3 and w_planes.dim() == 3 and x_planes.device == w_planes.device
@@ -306,7 +311,7 @@ def bitserial_matmul_triton(
         strategy = choose_strategy(m, n, k, x_bits, w_bits, steps, reduce)
     interpret = _interpreting()
     assert interpret or x.is_cuda, "the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
-    tune = not interpret and _env_flag("QSNN_TRITON_AUTOTUNE", True)
+    tune = config is None and not interpret and _env_flag("QSNN_TRITON_AUTOTUNE", True)
     shift_by_step = 1 if reduce == "bitplane" else 0
     args = dict(R=rows, M=m, N=n, KW=kw, n_inner=n_inner, XB=x_bits, WB=w_bits, SHIFT_BY_STEP=shift_by_step)
 
@@ -322,7 +327,9 @@ def bitserial_matmul_triton(
         offset = 128 if level_max > 127 else 0
         args.update(COMBINE=combine, OFFSET=offset)
         args["offset_total"] = _wrap_int32(offset * (1 if combine else sum(coefs)))
-    if not tune:
+    if config is not None:
+        args.update(config.all_kwargs())
+    elif not tune:
         args.update(_INTERPRETER_META[strategy] if interpret else _DEFAULT_GPU_META[strategy])
 
     def grid(meta):
