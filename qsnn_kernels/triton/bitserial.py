@@ -257,6 +257,23 @@ def _wrap_int32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
+def _dot_plan(x_bits: int, n_inner: int, reduce: str) -> tuple[bool, int, int]:
+    """How the dot kernel fits levels into int8: ``(combine, offset, offset_total)``.
+
+    ``combine``: the ``n_inner`` steps of a tile are summed (coefficients 1 or 2^i) into one level
+    before a single dot, possible when that sum is at most 255. ``offset``: 128 when a level fed to
+    the dot can exceed 127, else 0. ``offset_total``: what the kernel multiplies ``sum_k w`` by to
+    undo it (offset times the coefficients of the dots it applied to), wrapped to int32.
+    """
+    coefs = [1 << i if reduce == "bitplane" else 1 for i in range(n_inner)]
+    level_max = (1 << x_bits) - 1
+    combine = level_max * sum(coefs) <= 255
+    if combine:
+        level_max *= sum(coefs)
+    offset = 128 if level_max > 127 else 0
+    return combine, offset, _wrap_int32(offset * (1 if combine else sum(coefs)))
+
+
 def bitserial_matmul_triton(
     x_planes: torch.Tensor,
     w_planes: torch.Tensor,
@@ -320,13 +337,8 @@ def _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config):
         args["USE_SWAR"] = interpret
     else:
         kernel = _bitserial_dot_tuned if tune else _bitserial_dot_kernel
-        coefs = [1 << i if shift_by_step else 1 for i in range(n_inner)]
-        combined_max = ((1 << x_bits) - 1) * sum(coefs)
-        combine = combined_max <= 255
-        level_max = combined_max if combine else (1 << x_bits) - 1
-        offset = 128 if level_max > 127 else 0
-        args.update(COMBINE=combine, OFFSET=offset)
-        args["offset_total"] = _wrap_int32(offset * (1 if combine else sum(coefs)))
+        combine, offset, offset_total = _dot_plan(x_bits, n_inner, reduce)
+        args.update(COMBINE=combine, OFFSET=offset, offset_total=offset_total)
     if config is not None:
         args.update(config.all_kwargs())
     elif not tune:
