@@ -105,10 +105,14 @@ def _bitserial_popcount_kernel(
         word_ok = words < KW
         x_mask = row_ok[:, None] & word_ok[None, :]
         w_mask = col_ok[:, None] & word_ok[None, :]
-        for q in tl.static_range(WB):
+        # runtime loops, not static_range: unrolling all W * S plane pairs took ~40 s to compile
+        # for W = S = 8 (sm_90, one config), too slow to autotune
+        for q in range(WB):
             b = tl.load(w_ptr + q * w_plane + w_row[:, None] + words[None, :], mask=w_mask, other=0)
+            # the top bit of a two's-complement code weighs -2^(W-1)
+            sign = tl.where(q == WB - 1, -1, 1)
             for i in range(n_inner):
-                for xb in tl.static_range(XB):
+                for xb in range(XB):
                     a_ptr = x_ptr + (i * XB + xb) * x_plane + x_row[:, None] + words[None, :]
                     a = tl.load(a_ptr, mask=x_mask, other=0)
                     both = tl.sum(_popcount(a[:, None, :] & b[None, :, :], USE_SWAR), axis=2)
@@ -116,10 +120,8 @@ def _bitserial_popcount_kernel(
                     if WB == 1:
                         ones = tl.sum(_popcount(a, USE_SWAR), axis=1)
                         acc += (2 * both - ones[:, None]) << shift
-                    elif q == WB - 1:
-                        acc -= both << shift  # the top bit of a two's-complement code weighs -2^(W-1)
                     else:
-                        acc += both << shift
+                        acc += (sign * both) << shift
     y_ptrs = y_ptr + rows[:, None] * N + cols[None, :]
     tl.store(y_ptrs, acc, mask=row_ok[:, None] & col_ok[None, :])
 
