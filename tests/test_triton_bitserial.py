@@ -6,6 +6,10 @@ Every integer comparison counts mismatches and expects zero.
 """
 
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,6 +142,54 @@ def test_empty_rows_or_columns(strategy, m, n):
     _, _, xp, wp = _inputs(2, m, 33, n, 1, 2, seed=0)
     assert tb.bitserial_matmul_triton(xp, wp, 33, 1, "none", strategy).shape == (2, m, n)
     assert tb.bitserial_matmul_triton(xp, wp, 33, 1, "time", strategy).shape == (m, n)
+
+
+# Compiles (does not run) the kernels for an H100/H200 (sm_90a) with Triton's bundled ptxas, in a
+# process without the interpreter: catches GPU-only lowering errors (libdevice.popc, int8 tl.dot,
+# reshape) on a machine without a GPU.
+_LOWER_SCRIPT = textwrap.dedent(
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from qsnn_kernels.triton import bitserial as tb
+
+    def compile_for_sm90(fn, constexprs, meta):
+        constexprs = dict(constexprs, **{k: v for k, v in meta.items() if not k.startswith("num_")})
+        signature = {
+            name: "constexpr" if name in constexprs else ("*i32" if name.endswith("_ptr") else "i32")
+            for name in fn.arg_names
+        }
+        options = {k: v for k, v in meta.items() if k.startswith("num_")}
+        src = ASTSource(fn, signature, constexprs=constexprs)
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+    ptx = compile_for_sm90(
+        tb._bitserial_popcount_kernel, dict(XB=2, WB=4, SHIFT_BY_STEP=1, USE_SWAR=False),
+        tb._DEFAULT_GPU_META["bitserial"])
+    print("bitserial popc", "popc.b32" in ptx)
+    for xb, wb, combine, offset in [(8, 2, False, 128), (1, 1, True, 0)]:
+        ptx = compile_for_sm90(
+            tb._bitserial_dot_kernel,
+            dict(XB=xb, WB=wb, SHIFT_BY_STEP=1, COMBINE=combine, OFFSET=offset),
+            tb._DEFAULT_GPU_META["dot"])
+        print("dot wgmma", "wgmma" in ptx and ".s8" in ptx)
+    """
+)
+
+
+def test_kernels_lower_for_sm90():
+    """The GPU path compiles to PTX + cubin for sm_90a; the PTX uses popc and int8 wgmma."""
+    backend = Path(tb.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not backend.exists():
+        pytest.skip("triton's bundled ptxas is not installed")
+    root = Path(tb.__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", _LOWER_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.split("\n")
+    assert "bitserial popc True" in lines and lines.count("dot wgmma True") == 2, done.stdout
 
 
 # --------------------------------------------------------------------------- GPU only
