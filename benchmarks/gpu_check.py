@@ -113,8 +113,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="three W/S/T splits in the benchmark")
     parser.add_argument("--tests-only", action="store_true")
     parser.add_argument("--bench-only", action="store_true")
-    parser.add_argument("--test-timeout", type=int, default=300)
-    parser.add_argument("--bench-timeout", type=int, default=420)
+    parser.add_argument("--test-timeout", type=int, default=240)
+    parser.add_argument("--bench-timeout", type=int, default=300)
     args = parser.parse_args()
 
     out = Path(os.environ.get("OUT") or ROOT / "gpu_check_out")

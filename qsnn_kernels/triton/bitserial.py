@@ -56,7 +56,7 @@ bit-serial kernel peaks near 132 SM * 16 * 1.98 GHz * 32 ~ 134 T binary MAC/s di
 ``x_bits * w_bits``; the dot kernel is bounded by unpacking bits on the integer ALUs (a few ops per
 unpacked element, amortised over the tile) at a few hundred T MAC/s and by the int8 MMA
 (~990 T MAC/s dense). So bit-serial can only be competitive for binary x binary planes, and even
-there the estimate favours ``dot``; the threshold stays at 1 until benchmarks/gpu_check.sh says.
+there the estimate favours ``dot``; the threshold stays at 1 until benchmarks/gpu_check.py says.
 """
 
 
@@ -237,12 +237,11 @@ def _env_flag(name: str, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _interpreting() -> bool:
-    """True when the kernels run in Triton's interpreter (decided at launch, not at import)."""
+def _kernels_interpreted() -> bool:
+    """True when the kernels were decorated under ``TRITON_INTERPRET=1`` (triton.jit decides at import)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    # the env var as it is now, or kernels that were decorated while it was set
-    return _env_flag("TRITON_INTERPRET", False) or isinstance(_bitserial_popcount_kernel, InterpretedFunction)
+    return isinstance(_bitserial_popcount_kernel, InterpretedFunction)
 
 
 def choose_strategy(m: int, n: int, k: int, x_bits: int, w_bits: int, steps: int, reduce: str) -> str:
@@ -327,12 +326,20 @@ def _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config):
     # int32 offsets inside the kernels
     assert x.numel() < 2**31 and w.numel() < 2**31 and y.numel() < 2**31, "tensor too large for int32 offsets"
 
+    shift_by_step = 1 if reduce == "bitplane" else 0
+    # a shift by >= 32 bits is undefined in the kernels; such inputs overflow int32 anyway
+    assert (x_bits - 1) + (w_bits - 1) + shift_by_step * (steps - 1) < 32, "too many bit planes for int32"
+
     if strategy == "auto":
         strategy = choose_strategy(m, n, k, x_bits, w_bits, steps, reduce)
-    interpret = _interpreting()
-    assert interpret or x.is_cuda, "the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
+    # Interpreter or not is read at launch: the kernels were decorated for it, or the variable is
+    # set now (then the portable popcount and one small tile, which are also correct on a GPU).
+    interpret = _kernels_interpreted() or _env_flag("TRITON_INTERPRET", False)
+    assert x.is_cuda or _kernels_interpreted(), (
+        "the Triton kernels need CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before "
+        "qsnn_kernels.triton.bitserial is first imported"
+    )
     tune = config is None and not interpret and _env_flag("QSNN_TRITON_AUTOTUNE", True)
-    shift_by_step = 1 if reduce == "bitplane" else 0
     args = dict(R=rows, M=m, N=n, KW=kw, n_inner=n_inner, XB=x_bits, WB=w_bits, SHIFT_BY_STEP=shift_by_step)
 
     if strategy == "bitserial":
@@ -350,7 +357,11 @@ def _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config):
     def grid(meta):
         return (triton.cdiv(rows, meta["BM"]), triton.cdiv(n, meta["BN"]))
 
-    kernel[grid](x, w, y, **args)
+    if x.is_cuda:
+        with torch.cuda.device(x.device):
+            kernel[grid](x, w, y, **args)
+    else:
+        kernel[grid](x, w, y, **args)
     return y
 
 
