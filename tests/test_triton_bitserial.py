@@ -27,9 +27,11 @@ STRATEGIES = ("bitserial", "dot")
 BITS = (1, 2, 4, 8)
 REDUCTIONS = ("none", "time", "bitplane")
 
-# (P, M, K, N), rotated over the bit widths (a Latin square) so that every (strategy, w_bits)
-# and every (strategy, x_bits) meets every K and M = 1; the 8-word K = 273 crosses two tiles.
-SHAPES = [(1, 1, 1, 5), (2, 7, 31, 1), (3, 1, 33, 5), (2, 3, 100, 5), (1, 2, 273, 1)]
+# (P, M, K, N), rotated over the bit widths so that every (strategy, w_bits) and every
+# (strategy, x_bits) meets every shape. Under the interpreter's 16 x 16 x 4-word tile: K = 273
+# (9 words) spans three K tiles, 3 * 7 = 21 rows of reduce="none" two row tiles, N = 17 two
+# column tiles.
+SHAPES = [(1, 1, 1, 5), (3, 7, 31, 1), (3, 1, 33, 5), (2, 3, 100, 17), (1, 2, 273, 1)]
 
 
 @pytest.fixture(autouse=True)
