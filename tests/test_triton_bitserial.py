@@ -164,6 +164,15 @@ def test_empty_rows_or_columns(strategy, m, n):
     assert tb.bitserial_matmul_triton(xp, wp, 33, 1, "time", strategy).shape == (m, n)
 
 
+@pytest.mark.parametrize("rows,n,kw", [(1, 1, 1), (4096, 64, 18), (1024, 4096, 128)])
+def test_autotune_pruning_keeps_a_fitting_config(rows, n, kw):
+    for configs in (tb._BITSERIAL_CONFIGS, tb._DOT_CONFIGS):
+        kept = tb._prune_configs(configs, dict(R=rows, N=n, KW=kw))
+        assert kept and all(c in configs for c in kept)
+        if rows >= 1024 and n >= 1024:
+            assert kept == configs  # large problems try every tile
+
+
 # Compiles (does not run) the kernels for an H100/H200 (sm_90a) with Triton's bundled ptxas, in a
 # process without the interpreter: catches GPU-only lowering errors (libdevice.popc, int8 tl.dot,
 # reshape) on a machine without a GPU.

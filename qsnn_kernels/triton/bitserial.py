@@ -226,8 +226,22 @@ _DOT_CONFIGS = [
     ]
 ]  # fmt: skip
 _TUNE_KEY = ["R", "N", "KW", "n_inner", "XB", "WB"]
-_bitserial_popcount_tuned = triton.autotune(_BITSERIAL_CONFIGS, key=_TUNE_KEY)(_bitserial_popcount_kernel)
-_bitserial_dot_tuned = triton.autotune(_DOT_CONFIGS, key=_TUNE_KEY)(_bitserial_dot_kernel)
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop tiles more than twice the rows, columns or words of the problem (fewer compiles)."""
+    r, n, kw = named_args["R"], named_args["N"], named_args["KW"]
+    kept = [
+        c for c in configs if c.kwargs["BM"] < 2 * max(r, 32) and c.kwargs["BN"] < 2 * max(n, 32) and c.kwargs["BKW"] <= max(kw, 1)
+    ]
+    return kept or [min(configs, key=lambda c: c.kwargs["BM"] * c.kwargs["BN"])]
+
+
+_PRUNE = {"early_config_prune": _prune_configs}
+_bitserial_popcount_tuned = triton.autotune(_BITSERIAL_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)(
+    _bitserial_popcount_kernel
+)
+_bitserial_dot_tuned = triton.autotune(_DOT_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)(_bitserial_dot_kernel)
 
 
 def _env_flag(name: str, default: bool) -> bool:
