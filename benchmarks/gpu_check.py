@@ -2,10 +2,13 @@
 
 Run from the repository root::
 
-    OUT=/some/dir python benchmarks/gpu_check.py [--quick] [--tests-only | --bench-only]
+    OUT=/some/dir python3 benchmarks/gpu_check.py [--quick] [--tests-only | --bench-only]
 
-It needs torch, triton, pytest and pytest-benchmark, not the C++ extension. Steps, each under its
-own timeout so that the others still report:
+It needs torch, triton, pytest, hypothesis and pytest-benchmark (pytest-xdist if present), not the
+C++ extension, and runs on whatever versions the machine has (the device image last listed torch
+2.11 and triton 3.6 beside the project's pins 2.14.1 / 3.8.0; env.json records them). With the
+defaults (240 s + 300 s) it fits one 10-minute command. Steps, each under its own timeout so that
+the others still report:
 
 1. ``env.json``: GPU, driver, torch and triton versions.
 2. ``tests.log``/``tests.xml``: ``tests/test_triton_bitserial.py`` on CUDA (the small-shape sweep,
@@ -24,6 +27,7 @@ min, benchmark 4-6 min (mostly Triton compiling and autotuning), quick benchmark
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -132,6 +136,8 @@ def main() -> int:
     py = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
     if not args.bench_only:
         cmd = py + ["tests/test_triton_bitserial.py", "-q", "-rs", "-m", "not slow", f"--junitxml={out}/tests.xml"]
+        if importlib.util.find_spec("xdist") is not None:
+            cmd += ["-n", "6"]  # the time goes into compiling kernels on the CPU: spread it
         report["steps"]["tests"] = _run(cmd, out / "tests.log", args.test_timeout, env)
     if not args.tests_only:
         cmd = py + [
