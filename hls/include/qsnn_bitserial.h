@@ -64,6 +64,7 @@ inline void bitserial_fold(const word_t x[XP][M][KW], const word_t w[W_BITS][N][
 plane_pairs_and_words:
     for (int it = 0; it < X_BITS * W_BITS * KF; ++it) {
 #pragma HLS pipeline II = 1
+        QSNN_COUNT_ITERATION();
         const int kf = it % KF;
         const int wb = (it / KF) % W_BITS;
         const int xb = it / (KF * W_BITS);

@@ -49,6 +49,18 @@ inline acc_t shift_right_arith(acc_t v, int shift) {
     return v >= 0 ? (v >> shift) : ~((~v) >> shift);
 }
 
+#ifdef QSNN_TRIP_COUNT
+// C simulation only: counts iterations of the bit-serial pipelined loop, so that the testbenches
+// can check the cycle model (qsnn_kernels/hls/cycles.py) against the code's real trip counts.
+inline uint64_t &pipeline_iterations() {
+    static uint64_t count = 0;
+    return count;
+}
+#define QSNN_COUNT_ITERATION() (++qsnn::pipeline_iterations())
+#else
+#define QSNN_COUNT_ITERATION() ((void)0)
+#endif
+
 }  // namespace qsnn
 
 #endif  // QSNN_COMMON_H

@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "qsnn_common.h"
+
 namespace qsnn_tb {
 
 enum Kind { KIND_GEMM = 1, KIND_LIF = 2, KIND_LAYER = 3, KIND_NET = 4 };
@@ -166,6 +168,9 @@ long count_mismatches(const char *name, const std::vector<int32_t> &expected, co
 }
 
 inline int report(long total) {
+#ifdef QSNN_TRIP_COUNT
+    std::printf("PIPELINE_ITERATIONS %llu\n", static_cast<unsigned long long>(qsnn::pipeline_iterations()));
+#endif
     std::printf("RESULT %s mismatches=%ld\n", total == 0 ? "PASS" : "FAIL", total);
     return total == 0 ? 0 : 1;
 }

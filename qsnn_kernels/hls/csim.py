@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 TOPS = {"gemm": "gemm_top.cpp", "lif": "lif_top.cpp", "layer": "layer_top.cpp", "net": "net_top.cpp"}
-CXXFLAGS = ("-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-label")
+CXXFLAGS = ("-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-label", "-DQSNN_TRIP_COUNT")
 
 
 class CsimBuildError(RuntimeError):
@@ -83,13 +83,15 @@ class CsimResult:
     """Outcome of one C simulation run.
 
     ``mismatches``: array name -> (mismatching elements, elements compared);
-    ``rejected``: the testbench refused the file (exit 2), ``message`` says why.
+    ``rejected``: the testbench refused the file (exit 2), ``message`` says why;
+    ``iterations``: iterations of the bit-serial pipelined loop (0 for the LIF top).
     """
 
     returncode: int
     mismatches: dict
     stdout: str
     stderr: str
+    iterations: int | None = None
 
     @property
     def total_mismatches(self) -> int:
@@ -115,7 +117,9 @@ def run(exe: Path, vectors: Path, timeout: float = 120) -> CsimResult:
     """Run a testbench binary on a vector file and parse its mismatch counts."""
     proc = subprocess.run([str(exe), str(vectors)], capture_output=True, text=True, timeout=timeout)
     counts = {m[1]: (int(m[2]), int(m[3])) for m in _LINE.finditer(proc.stdout)}
-    return CsimResult(proc.returncode, counts, proc.stdout, proc.stderr)
+    trips = re.search(r"^PIPELINE_ITERATIONS (\d+)$", proc.stdout, re.M)
+    iterations = int(trips[1]) if trips else None
+    return CsimResult(proc.returncode, counts, proc.stdout, proc.stderr, iterations)
 
 
 def run_case(case, workdir=None, build_dir=None) -> CsimResult:
