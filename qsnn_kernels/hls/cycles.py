@@ -76,15 +76,30 @@ def mlp(sizes=(64, 48, 33, 10)) -> list[Layer]:
 NETWORKS = {"resnet19-cifar": resnet19_cifar, "mlp": mlp}
 
 
-def layer_cycles(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe: int, simd: int,
-                 pixel_bits: int = 8, encoding: str = "once", depth: int = PIPELINE_DEPTH) -> int:
-    """Cycles of one layer for one frame (module docstring's formula)."""
+def _check_encoding(encoding: str) -> None:
     if encoding not in ("once", "per_step"):
         raise ValueError(f"encoding must be 'once' or 'per_step', got {encoding!r}")
+
+
+def layer_iterations(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe: int, simd: int,
+                     pixel_bits: int = 8, encoding: str = "once") -> int:
+    """Iterations of the pipelined bit-serial loop for one frame: T * M * ceil(N/PE) * s_in * W *
+    ceil(ceil(K/32)/SIMD). The C simulation counts the same number (tests check it)."""
+    _check_encoding(encoding)
     s_in = pixel_bits if layer.encoding else s_bits
     steps = 1 if layer.encoding and encoding == "once" else t_steps
     words = math.ceil(math.ceil(layer.k / 32) / simd)
-    return steps * layer.m * math.ceil(layer.n / pe) * (s_in * w_bits * words + depth + 1)
+    return steps * layer.m * math.ceil(layer.n / pe) * s_in * w_bits * words
+
+
+def layer_cycles(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe: int, simd: int,
+                 pixel_bits: int = 8, encoding: str = "once", depth: int = PIPELINE_DEPTH) -> int:
+    """Cycles of one layer for one frame: the pipelined iterations plus, per fold, the pipeline
+    depth and the LIF update (module docstring's formula)."""
+    iterations = layer_iterations(layer, w_bits=w_bits, s_bits=s_bits, t_steps=t_steps, pe=pe, simd=simd,
+                                  pixel_bits=pixel_bits, encoding=encoding)
+    steps = 1 if layer.encoding and encoding == "once" else t_steps
+    return iterations + steps * layer.m * math.ceil(layer.n / pe) * (depth + 1)
 
 
 def network_cycles(layers, **kw) -> dict:

@@ -117,9 +117,9 @@ def layer_case(*, w_bits: int, s_in: int, s_out: int, t_steps: int, m: int, n: i
     x = _random_levels((t_steps, m, k), s_in, gen)
     q = random_codes((n, k), w_bits, signed=True, generator=gen).to(torch.int8)
     y = backends.gemm(x, q, x_bits=s_in, w_bits=w_bits, backend=backend)
-    spread = max(1, int(y.to(torch.float64).std().item()) if y.numel() > 1 else abs(int(y.flatten()[0])))
-    theta = max(1, 2 * spread // ((1 << s_out) - 1))  # +2 sigma reaches the top level
     centre = -y.to(torch.float64).mean(dim=(0, 1)).round().to(torch.int32)  # what a folded batch norm does
+    spread = max(1, int((y + centre).to(torch.float64).square().mean().sqrt()))  # within-channel spread
+    theta = max(1, 3 * spread // (2 * ((1 << s_out) - 1)))  # +1.5 sigma reaches the top level
     bias = centre + torch.randint(-spread // 2, spread + 1, (n,), generator=gen, dtype=torch.int32)
     v_init = torch.randint(-theta, 2 * theta + 1, (m, n), generator=gen, dtype=torch.int32)
     levels, v_last = backends.lif(y + bias, s_bits=s_out, theta=theta, leak_shift=leak_shift, v_reset=v_reset,
