@@ -195,7 +195,8 @@ def test_csim_counts_corrupted_outputs(gemm_binary, tmp_path):
 
 def test_vectors_roundtrip_and_errors(tmp_path):
     planes = torch.tensor([[-1, 2**31 - 1], [-(2**31), 0]], dtype=torch.int32)
-    path = hls.write_vectors(tmp_path / "v.bin", "gemm", {"w_bits": 2, "w": planes, "e": torch.zeros(0, 3, dtype=torch.int64)})
+    empty = torch.zeros(0, 3, dtype=torch.int64)
+    path = hls.write_vectors(tmp_path / "v.bin", "gemm", {"w_bits": 2, "w": planes, "e": empty})
     back = hls.read_vectors(path)
     assert int(back["kind"]) == 1 and int(back["w_bits"]) == 2 and torch.equal(back["w"], planes)
     assert back["e"].shape == (0, 3)

@@ -85,8 +85,7 @@ plane_pairs_and_words:
                 const int kw = kf * SIMD + s;
                 ws[s] = (kw < KW && n < N) ? w[wb][n][kw] : 0u;
             }
-            // W = 1 needs popcount(A) once per activation plane, not once per weight plane.
-            if (W_BITS > 1 || wb == 0) sum[pe] += bitserial_pe<W_BITS, SIMD>(xs, ws, xb, wb);
+            sum[pe] += bitserial_pe<W_BITS, SIMD>(xs, ws, xb, wb);
         }
     }
     for (int pe = 0; pe < PE; ++pe) {

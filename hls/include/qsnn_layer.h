@@ -61,7 +61,8 @@ steps:
 #pragma HLS unroll
                     const int n = n0 + pe;
                     if (n < N) {
-                        const acc_t current = wrap_int32(static_cast<uint32_t>(acc[pe]) + static_cast<uint32_t>(bias[n]));
+                        const acc_t current =
+                            wrap_int32(static_cast<uint32_t>(acc[pe]) + static_cast<uint32_t>(bias[n]));
                         const level_t s = lif_step<S_OUT>(current, v[m][n], theta, leak_shift, v_reset, soft_reset);
                         out_levels[t][m][n] = s;
                         for (int b = 0; b < S_OUT; ++b) {

@@ -2,7 +2,7 @@
 #include "qsnn_bitserial.h"
 #include "qsnn_tops.h"
 
-void qsnn_gemm_top(const word_t x[QSNN_T_STEPS * QSNN_S_IN][QSNN_M_ROWS][QSNN_KW_IN], const word_t w[QSNN_W_BITS][QSNN_N_OUT][QSNN_KW_IN],
-                   acc_t y[QSNN_T_STEPS][QSNN_M_ROWS][QSNN_N_OUT]) {
-    qsnn::bitserial_gemm<QSNN_W_BITS, QSNN_S_IN, QSNN_T_STEPS, QSNN_PE, QSNN_SIMD, QSNN_M_ROWS, QSNN_N_OUT, QSNN_K_IN>(x, w, y);
+void qsnn_gemm_top(const word_t x[cfg::T * cfg::S_IN][cfg::M][cfg::KW], const word_t w[cfg::W][cfg::N][cfg::KW],
+                   acc_t y[cfg::T][cfg::M][cfg::N]) {
+    qsnn::bitserial_gemm<cfg::W, cfg::S_IN, cfg::T, cfg::PE, cfg::SIMD, cfg::M, cfg::N, cfg::K>(x, w, y);
 }

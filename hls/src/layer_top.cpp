@@ -2,14 +2,14 @@
 #include "qsnn_layer.h"
 #include "qsnn_tops.h"
 
-void qsnn_layer_top(const word_t x[QSNN_T_STEPS * QSNN_S_IN][QSNN_M_ROWS][QSNN_KW_IN], const word_t w[QSNN_W_BITS][QSNN_N_OUT][QSNN_KW_IN],
-                    const acc_t bias[QSNN_N_OUT], acc_t theta, int leak_shift, acc_t v_reset, bool soft_reset,
-                    const acc_t v_init[QSNN_M_ROWS][QSNN_N_OUT], word_t out_planes[QSNN_T_STEPS * QSNN_S_OUT][QSNN_M_ROWS][QSNN_NW_OUT],
-                    level_t out_levels[QSNN_T_STEPS][QSNN_M_ROWS][QSNN_N_OUT], acc_t v_last[QSNN_M_ROWS][QSNN_N_OUT]) {
+void qsnn_layer_top(const word_t x[cfg::T * cfg::S_IN][cfg::M][cfg::KW], const word_t w[cfg::W][cfg::N][cfg::KW],
+                    const acc_t bias[cfg::N], acc_t theta, int leak_shift, acc_t v_reset, bool soft_reset,
+                    const acc_t v_init[cfg::M][cfg::N], word_t out_planes[cfg::T * cfg::S_OUT][cfg::M][cfg::NW],
+                    level_t out_levels[cfg::T][cfg::M][cfg::N], acc_t v_last[cfg::M][cfg::N]) {
 #pragma HLS interface mode = s_axilite port = theta
 #pragma HLS interface mode = s_axilite port = leak_shift
 #pragma HLS interface mode = s_axilite port = v_reset
 #pragma HLS interface mode = s_axilite port = soft_reset
-    qsnn::spiking_layer<QSNN_W_BITS, QSNN_S_IN, QSNN_S_OUT, QSNN_T_STEPS, QSNN_PE, QSNN_SIMD, QSNN_M_ROWS, QSNN_N_OUT, QSNN_K_IN>(
+    qsnn::spiking_layer<cfg::W, cfg::S_IN, cfg::S_OUT, cfg::T, cfg::PE, cfg::SIMD, cfg::M, cfg::N, cfg::K>(
         x, w, bias, theta, leak_shift, v_reset, soft_reset, v_init, out_planes, out_levels, v_last);
 }

@@ -60,7 +60,14 @@
 #define QSNN_NET_S 2  // hidden spike bits
 #endif
 
-constexpr int QSNN_KW_IN = qsnn::num_words(QSNN_K_IN);
-constexpr int QSNN_NW_OUT = qsnn::num_words(QSNN_N_OUT);
+// The same parameters as typed constants, for the top functions and testbenches.
+namespace cfg {
+constexpr int W = QSNN_W_BITS, S_IN = QSNN_S_IN, S_OUT = QSNN_S_OUT, T = QSNN_T_STEPS;
+constexpr int PE = QSNN_PE, SIMD = QSNN_SIMD;
+constexpr int M = QSNN_M_ROWS, N = QSNN_N_OUT, K = QSNN_K_IN, KW = qsnn::num_words(K), NW = qsnn::num_words(N);
+constexpr int LIF_N = QSNN_LIF_NEURONS;
+constexpr int K0 = QSNN_NET_K0, S0 = QSNN_NET_S0, N1 = QSNN_NET_N1, N2 = QSNN_NET_N2, N3 = QSNN_NET_N3;
+constexpr int S = QSNN_NET_S, KW0 = qsnn::num_words(K0), KW1 = qsnn::num_words(N1), KW2 = qsnn::num_words(N2);
+}  // namespace cfg
 
 #endif  // QSNN_PARAMS_H

@@ -1,4 +1,5 @@
 // qsnn_tops.h - declarations of the synthesizable top functions (one per src/*_top.cpp).
+// Array shapes come from the compile-time parameters of qsnn_params.h (namespace cfg).
 #ifndef QSNN_TOPS_H
 #define QSNN_TOPS_H
 
@@ -6,29 +7,28 @@
 
 using qsnn::acc_t;
 using qsnn::level_t;
-using qsnn::num_words;
 using qsnn::word_t;
 
-// Y_t = bit-serial GEMM of QSNN_S_IN-bit input planes and QSNN_W_BITS weight planes, per step.
-void qsnn_gemm_top(const word_t x[QSNN_T_STEPS * QSNN_S_IN][QSNN_M_ROWS][QSNN_KW_IN], const word_t w[QSNN_W_BITS][QSNN_N_OUT][QSNN_KW_IN],
-                   acc_t y[QSNN_T_STEPS][QSNN_M_ROWS][QSNN_N_OUT]);
+// Y_t = bit-serial GEMM of S_IN-bit input planes and W-bit weight planes, per step.
+void qsnn_gemm_top(const word_t x[cfg::T * cfg::S_IN][cfg::M][cfg::KW], const word_t w[cfg::W][cfg::N][cfg::KW],
+                   acc_t y[cfg::T][cfg::M][cfg::N]);
 
-// The integer multi-level LIF over QSNN_T_STEPS for QSNN_LIF_NEURONS neurons, QSNN_S_OUT-bit levels.
-void qsnn_lif_top(const acc_t x[QSNN_T_STEPS][QSNN_LIF_NEURONS], const acc_t v_init[QSNN_LIF_NEURONS], acc_t theta, int leak_shift,
-                  acc_t v_reset, bool soft_reset, level_t levels[QSNN_T_STEPS][QSNN_LIF_NEURONS], acc_t v_last[QSNN_LIF_NEURONS]);
+// The integer multi-level LIF over T steps for LIF_N neurons, S_OUT-bit levels.
+void qsnn_lif_top(const acc_t x[cfg::T][cfg::LIF_N], const acc_t v_init[cfg::LIF_N], acc_t theta, int leak_shift,
+                  acc_t v_reset, bool soft_reset, level_t levels[cfg::T][cfg::LIF_N], acc_t v_last[cfg::LIF_N]);
 
-// GEMM + bias + LIF fused over QSNN_T_STEPS.
-void qsnn_layer_top(const word_t x[QSNN_T_STEPS * QSNN_S_IN][QSNN_M_ROWS][QSNN_KW_IN], const word_t w[QSNN_W_BITS][QSNN_N_OUT][QSNN_KW_IN],
-                    const acc_t bias[QSNN_N_OUT], acc_t theta, int leak_shift, acc_t v_reset, bool soft_reset,
-                    const acc_t v_init[QSNN_M_ROWS][QSNN_N_OUT], word_t out_planes[QSNN_T_STEPS * QSNN_S_OUT][QSNN_M_ROWS][QSNN_NW_OUT],
-                    level_t out_levels[QSNN_T_STEPS][QSNN_M_ROWS][QSNN_N_OUT], acc_t v_last[QSNN_M_ROWS][QSNN_N_OUT]);
+// GEMM + bias + LIF fused over T steps.
+void qsnn_layer_top(const word_t x[cfg::T * cfg::S_IN][cfg::M][cfg::KW], const word_t w[cfg::W][cfg::N][cfg::KW],
+                    const acc_t bias[cfg::N], acc_t theta, int leak_shift, acc_t v_reset, bool soft_reset,
+                    const acc_t v_init[cfg::M][cfg::N], word_t out_planes[cfg::T * cfg::S_OUT][cfg::M][cfg::NW],
+                    level_t out_levels[cfg::T][cfg::M][cfg::N], acc_t v_last[cfg::M][cfg::N]);
 
-// Two spiking layers and a read-out layer; levels of both hidden layers, logits and predictions.
-void qsnn_net_top(const word_t x[QSNN_T_STEPS * QSNN_NET_S0][QSNN_M_ROWS][num_words(QSNN_NET_K0)],
-                  const word_t w1[QSNN_W_BITS][QSNN_NET_N1][num_words(QSNN_NET_K0)], const acc_t b1[QSNN_NET_N1], acc_t theta1,
-                  const word_t w2[QSNN_W_BITS][QSNN_NET_N2][num_words(QSNN_NET_N1)], const acc_t b2[QSNN_NET_N2], acc_t theta2,
-                  const word_t w3[QSNN_W_BITS][QSNN_NET_N3][num_words(QSNN_NET_N2)], const acc_t b3[QSNN_NET_N3], int leak_shift,
-                  acc_t v_reset, bool soft_reset, level_t levels1[QSNN_T_STEPS][QSNN_M_ROWS][QSNN_NET_N1],
-                  level_t levels2[QSNN_T_STEPS][QSNN_M_ROWS][QSNN_NET_N2], acc_t logits[QSNN_M_ROWS][QSNN_NET_N3], int32_t pred[QSNN_M_ROWS]);
+// Two spiking layers and a read-out layer: levels of both hidden layers, logits and predictions.
+void qsnn_net_top(const word_t x[cfg::T * cfg::S0][cfg::M][cfg::KW0], const word_t w1[cfg::W][cfg::N1][cfg::KW0],
+                  const acc_t b1[cfg::N1], acc_t theta1, const word_t w2[cfg::W][cfg::N2][cfg::KW1],
+                  const acc_t b2[cfg::N2], acc_t theta2, const word_t w3[cfg::W][cfg::N3][cfg::KW2],
+                  const acc_t b3[cfg::N3], int leak_shift, acc_t v_reset, bool soft_reset,
+                  level_t levels1[cfg::T][cfg::M][cfg::N1], level_t levels2[cfg::T][cfg::M][cfg::N2],
+                  acc_t logits[cfg::M][cfg::N3], int32_t pred[cfg::M]);
 
 #endif  // QSNN_TOPS_H

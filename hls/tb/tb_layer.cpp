@@ -16,13 +16,13 @@ static long run(const Vectors &v) {
     v.expect_param("m", QSNN_M_ROWS, "QSNN_M_ROWS");
     v.expect_param("n", QSNN_N_OUT, "QSNN_N_OUT");
     v.expect_param("k", QSNN_K_IN, "QSNN_K_IN");
-    const auto &xs = v.array("x_planes", {QSNN_T_STEPS * QSNN_S_IN, QSNN_M_ROWS, QSNN_KW_IN});
-    const auto &ws = v.array("w_planes", {QSNN_W_BITS, QSNN_N_OUT, QSNN_KW_IN});
-    const auto &bs = v.array("bias", {QSNN_N_OUT});
-    const auto &v0 = v.array("v_init", {QSNN_M_ROWS, QSNN_N_OUT});
-    const auto &expected_levels = v.array("levels", {QSNN_T_STEPS, QSNN_M_ROWS, QSNN_N_OUT});
-    const auto &expected_planes = v.array("out_planes", {QSNN_T_STEPS * QSNN_S_OUT, QSNN_M_ROWS, QSNN_NW_OUT});
-    const auto &expected_v = v.array("v_last", {QSNN_M_ROWS, QSNN_N_OUT});
+    const auto &xs = v.array("x_planes", {cfg::T * cfg::S_IN, cfg::M, cfg::KW});
+    const auto &ws = v.array("w_planes", {cfg::W, cfg::N, cfg::KW});
+    const auto &bs = v.array("bias", {cfg::N});
+    const auto &v0 = v.array("v_init", {cfg::M, cfg::N});
+    const auto &expected_levels = v.array("levels", {cfg::T, cfg::M, cfg::N});
+    const auto &expected_planes = v.array("out_planes", {cfg::T * cfg::S_OUT, cfg::M, cfg::NW});
+    const auto &expected_v = v.array("v_last", {cfg::M, cfg::N});
     std::vector<word_t> x(xs.size()), w(ws.size()), planes(expected_planes.size());
     std::vector<acc_t> bias(bs.size()), v_init(v0.size()), v_last(expected_v.size());
     std::vector<level_t> levels(expected_levels.size());
@@ -30,13 +30,13 @@ static long run(const Vectors &v) {
     fill(w.data(), ws);
     fill(bias.data(), bs);
     fill(v_init.data(), v0);
-    qsnn_layer_top(reinterpret_cast<const word_t(*)[QSNN_M_ROWS][QSNN_KW_IN]>(x.data()),
-                   reinterpret_cast<const word_t(*)[QSNN_N_OUT][QSNN_KW_IN]>(w.data()), bias.data(), v.scalar("theta"),
+    qsnn_layer_top(reinterpret_cast<const word_t(*)[cfg::M][cfg::KW]>(x.data()),
+                   reinterpret_cast<const word_t(*)[cfg::N][cfg::KW]>(w.data()), bias.data(), v.scalar("theta"),
                    v.scalar("leak_shift"), v.scalar("v_reset"), v.scalar("soft_reset") != 0,
-                   reinterpret_cast<const acc_t(*)[QSNN_N_OUT]>(v_init.data()),
-                   reinterpret_cast<word_t(*)[QSNN_M_ROWS][QSNN_NW_OUT]>(planes.data()),
-                   reinterpret_cast<level_t(*)[QSNN_M_ROWS][QSNN_N_OUT]>(levels.data()),
-                   reinterpret_cast<acc_t(*)[QSNN_N_OUT]>(v_last.data()));
+                   reinterpret_cast<const acc_t(*)[cfg::N]>(v_init.data()),
+                   reinterpret_cast<word_t(*)[cfg::M][cfg::NW]>(planes.data()),
+                   reinterpret_cast<level_t(*)[cfg::M][cfg::N]>(levels.data()),
+                   reinterpret_cast<acc_t(*)[cfg::N]>(v_last.data()));
     std::vector<int32_t> planes_bits(planes.size());
     for (size_t i = 0; i < planes.size(); ++i) planes_bits[i] = qsnn::wrap_int32(planes[i]);
     return count_mismatches("levels", expected_levels, levels.data()) +

@@ -90,19 +90,31 @@ def _cycles(a) -> int:
     print(f"network {a.net}: {len(layers)} GEMM layers; PE={a.pe}, SIMD={a.simd} words "
           f"({a.pe * a.simd * 32} binary synapses/cycle), clock {a.clock_mhz:g} MHz, encoding {a.encoding}, "
           f"pipeline depth {cycles.PIPELINE_DEPTH}")
-    print("cycles/layer = T * M * ceil(N/PE) * (S_in * W * ceil(ceil(K/32)/SIMD) + depth + 1)")
+    print("cycles/layer = T * M * ceil(N/PE) * (S_in * W * ceil(ceil(K/32)/SIMD) + depth + 1); fps: one engine, "
+          "layers in sequence; fps dataflow: one such engine per layer (layers x the resources), slowest layer")
     if a.per_layer:
         s, t = cycles.splits(a.bb[0], a.w_bits)[0]
         detail = cycles.network_cycles(layers, w_bits=a.w_bits, s_bits=s, t_steps=t, **kw)
         print(f"per layer at {a.w_bits}/{s}/{t}:")
         for layer in layers:
-            print(f"  {layer.name:10s} M={layer.m:5d} N={layer.n:4d} K={layer.k:5d} cycles={detail['layers'][layer.name]:,}")
-    print(f"{'BB':>4} {'W/S/T':>7} {'cycles/frame':>14} {'fps':>10} {'fps dataflow':>13} {'paper fps':>10} {'ratio':>7}")
-    for row in cycles.bb_table(layers, w_bits=a.w_bits, bbs=a.bb, clock_mhz=a.clock_mhz, **kw):
+            cyc = detail["layers"][layer.name]
+            print(f"  {layer.name:10s} M={layer.m:5d} N={layer.n:4d} K={layer.k:5d} cycles={cyc:,}")
+    print(f"{'BB':>4} {'W/S/T':>7} {'cycles/frame':>14} {'fps':>10} {'fps dataflow':>13} "
+          f"{'paper fps':>10} {'ratio':>7}")
+    rows = cycles.bb_table(layers, w_bits=a.w_bits, bbs=a.bb, clock_mhz=a.clock_mhz, **kw)
+    for row in rows:
         paper = row["paper_fps"]
         ratio = f"{row['fps'] / paper:7.3f}" if paper else "      -"
         print(f"{row['bb']:4d} {row['split']:>7} {row['cycles']:14,d} {row['fps']:10.2f} {row['fps_dataflow']:13.2f} "
               f"{paper if paper else '-':>10} {ratio}")
+    first = next((r for r in rows if r["paper_fps"]), None)
+    if first:
+        s, t = (int(v) for v in first["split"].split("/")[1:])
+        ops = cycles.synapse_ops(layers, w_bits=a.w_bits, s_bits=s, t_steps=t, encoding=a.encoding)
+        need = ops * first["paper_fps"] / (a.clock_mhz * 1e6)
+        print(f"the paper's {first['paper_fps']} fps at {first['split']} on this network would take >= {need:,.0f} "
+              f"binary synapses per cycle at {a.clock_mhz:g} MHz ({ops / 1e9:.1f} G per frame); "
+              f"this configuration has {a.pe * a.simd * 32:,}")
     return 0
 
 
@@ -124,7 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--pe", type=int, default=64)
     p.add_argument("--simd", type=int, default=8)
     p.add_argument("--clock-mhz", type=float, default=200.0)
-    p.add_argument("--encoding", choices=("once", "per_step"), default="once")
+    p.add_argument("--encoding", choices=("per_step", "once"), default="per_step",
+                   help="encoding layer recomputed every step (as net_top.cpp does) or once per image")
     p.add_argument("--per-layer", action="store_true", help="cycles of every layer at the first split of the first BB")
     a = parser.parse_args(argv)
     if a.command == "csim" and not set(a.kinds) <= set(KINDS):

@@ -5,8 +5,9 @@
 * ``"reference"``: :mod:`qsnn_kernels.reference` (the executable spec), packing included;
 * ``"cpu"``: the compiled C++ kernels (``qsnn_kernels.bitserial_matmul`` / ``multilevel_lif_int``
   with ``backend="auto"`` on CPU tensors, and the C++ packer);
-* ``"triton"``: the Triton kernels (``backend="triton"``; on a CPU-only machine they need
-  ``TRITON_INTERPRET=1`` set before triton is imported).
+* ``"triton"``: the Triton kernels (``backend="triton"``), on CUDA tensors when a GPU is present
+  (results come back to the CPU), else on CPU tensors under ``TRITON_INTERPRET=1`` (which must be
+  set before triton is imported).
 
 A backend whose pieces are not built raises :class:`~qsnn_kernels.BackendUnavailable` naming the
 missing module; :func:`unavailable_reason` says so without raising (tests skip on it).
@@ -15,6 +16,7 @@ missing module; :func:`unavailable_reason` says so without raising (tests skip o
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 
@@ -61,9 +63,16 @@ def unavailable_reason(backend: str) -> str | None:
         require("cpu")  # the C++ packer writes the words of the vectors
         if backend == "triton":
             importlib.import_module("triton")
+            if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+                return "backend 'triton' needs a CUDA device or TRITON_INTERPRET=1 (set before triton is imported)"
     except (BackendUnavailable, ImportError) as exc:
         return f"backend {backend!r} unavailable: {exc}"
     return None
+
+
+def _triton_device() -> torch.device:
+    # Called only when the caller asked for Triton: the device query happens at run time, not import.
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def pack(codes: torch.Tensor, bits: int, signed: bool, backend: str) -> torch.Tensor:
@@ -81,7 +90,10 @@ def gemm(x_levels: torch.Tensor, q: torch.Tensor, *, x_bits: int, w_bits: int, b
     if backend == "reference":
         return reference.bitserial_matmul(x_levels, q, reduce="none")
     fn = _fast("bitserial_matmul")
-    return fn(x_levels, q, x_bits=x_bits, w_bits=w_bits, reduce="none", backend="auto" if backend == "cpu" else "triton")
+    if backend == "cpu":
+        return fn(x_levels, q, x_bits=x_bits, w_bits=w_bits, reduce="none", backend="auto")
+    dev = _triton_device()
+    return fn(x_levels.to(dev), q.to(dev), x_bits=x_bits, w_bits=w_bits, reduce="none", backend="triton").cpu()
 
 
 def lif(x: torch.Tensor, *, s_bits: int, theta: int, leak_shift: int, v_reset: int, reset: str,
@@ -91,5 +103,9 @@ def lif(x: torch.Tensor, *, s_bits: int, theta: int, leak_shift: int, v_reset: i
     if backend == "reference":
         return reference.multilevel_lif_int(x, s_bits, theta, leak_shift, v_reset, reset, v_init)
     fn = _fast("multilevel_lif_int")
-    return fn(x, s_bits=s_bits, theta=theta, leak_shift=leak_shift, v_reset=v_reset, reset=reset, v_init=v_init,
-              backend="auto" if backend == "cpu" else "triton")
+    kw = {"s_bits": s_bits, "theta": theta, "leak_shift": leak_shift, "v_reset": v_reset, "reset": reset}
+    if backend == "cpu":
+        return fn(x, v_init=v_init, backend="auto", **kw)
+    dev = _triton_device()
+    levels, v_last = fn(x.to(dev), v_init=None if v_init is None else v_init.to(dev), backend="triton", **kw)
+    return levels.cpu(), v_last.cpu()

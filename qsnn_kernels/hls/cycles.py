@@ -10,9 +10,10 @@ for the PE neurons' LIF update::
 
 so, apart from the per-fold overhead, a spiking layer (s_in = S) costs T * S * W = BB cycles per
 PE * SIMD * 32 synapses: the Bit Budget is the latency factor. The encoding layer sees 8-bit
-pixels (s_in = 8) whatever S is; a static image is the same at every step, so by default it is
-computed once (``encoding="once"``; hls/src/net_top.cpp still recomputes it every step, which is
-``encoding="per_step"``). A network run on one engine (net_top.cpp: layers one after the other)
+pixels (s_in = 8) whatever S is. hls/src/net_top.cpp recomputes it at every step
+(``encoding="per_step"``, the default, so the model counts the code as written); a static image is
+the same at every step, so hardware could compute it once (``encoding="once"``), which makes its
+cost independent of the W/S/T split. A network run on one engine (net_top.cpp: layers one after the other)
 takes the sum of its layers; a dataflow pipeline of one engine per layer has the largest layer as
 its interval. fps = clock / cycles per frame.
 """
@@ -82,7 +83,7 @@ def _check_encoding(encoding: str) -> None:
 
 
 def layer_iterations(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe: int, simd: int,
-                     pixel_bits: int = 8, encoding: str = "once") -> int:
+                     pixel_bits: int = 8, encoding: str = "per_step") -> int:
     """Iterations of the pipelined bit-serial loop for one frame: T * M * ceil(N/PE) * s_in * W *
     ceil(ceil(K/32)/SIMD). The C simulation counts the same number (tests check it)."""
     _check_encoding(encoding)
@@ -93,7 +94,7 @@ def layer_iterations(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe
 
 
 def layer_cycles(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe: int, simd: int,
-                 pixel_bits: int = 8, encoding: str = "once", depth: int = PIPELINE_DEPTH) -> int:
+                 pixel_bits: int = 8, encoding: str = "per_step", depth: int = PIPELINE_DEPTH) -> int:
     """Cycles of one layer for one frame: the pipelined iterations plus, per fold, the pipeline
     depth and the LIF update (module docstring's formula)."""
     iterations = layer_iterations(layer, w_bits=w_bits, s_bits=s_bits, t_steps=t_steps, pe=pe, simd=simd,
@@ -122,7 +123,8 @@ def splits(bb: int, w_bits: int) -> list[tuple[int, int]]:
     return out
 
 
-def bb_table(layers, *, w_bits: int, bbs, pe: int, simd: int, clock_mhz: float, encoding: str = "once") -> list[dict]:
+def bb_table(layers, *, w_bits: int, bbs, pe: int, simd: int, clock_mhz: float,
+             encoding: str = "per_step") -> list[dict]:
     """One row per (BB, W/S/T split): cycles per frame (sequential, dataflow), fps, the paper's fps."""
     rows = []
     for bb in bbs:
@@ -135,7 +137,8 @@ def bb_table(layers, *, w_bits: int, bbs, pe: int, simd: int, clock_mhz: float, 
     return rows
 
 
-def synapse_ops(layers, *, w_bits: int, s_bits: int, t_steps: int, pixel_bits: int = 8, encoding: str = "once") -> int:
+def synapse_ops(layers, *, w_bits: int, s_bits: int, t_steps: int, pixel_bits: int = 8,
+                encoding: str = "per_step") -> int:
     """Binary synapse operations (AND + count of one bit pair) per frame: sum of M * N * K * s_in * W * steps."""
     total = 0
     for layer in layers:
