@@ -11,9 +11,10 @@
 //   SIMD packed words (32 synapses each) of the K dimension read per cycle and per PE.
 // The engine is bit-serial over the X_BITS x W_BITS plane pairs: one pipelined loop iteration
 // handles one plane pair and SIMD words for PE neurons, i.e. PE * SIMD * 32 binary synapses per
-// cycle. One fold (PE neurons of one row) therefore takes X_BITS * W_BITS * ceil(KW / SIMD)
-// cycles, and a layer over T steps T * X_BITS * W_BITS * M * ceil(N / PE) * ceil(KW / SIMD)
-// cycles: the Bit Budget T * W * S is a factor of the latency (qsnn_kernels/hls.py models it).
+// cycle. A row of one step takes ceil(N / PE) * X_BITS * W_BITS * ceil(KW / SIMD) iterations plus
+// one pipeline fill, and a layer over T steps
+//   T * M * (ceil(N / PE) * X_BITS * W_BITS * ceil(KW / SIMD) + depth)
+// cycles: the Bit Budget T * W * S is a factor of the latency (qsnn_kernels/hls/cycles.py models it).
 //
 // Memory layout: x planes [T * X_BITS][M][KW] (plane t * X_BITS + b = bit b of step t) and weight
 // planes [W_BITS][N][KW], KW = ceil(K / 32), exactly the int32 words of csrc/ and bits.py.
@@ -46,28 +47,31 @@ inline uint32_t bitserial_pe(const word_t x[SIMD], const word_t w[SIMD], int xb,
     return term << xb;
 }
 
-// PE accumulators for one fold: row m of step t against neurons n0 .. n0 + PE - 1.
-// The flattened plane-pair x K-word loop is the pipelined one: II = 1 (one SIMD slice of every
-// PE per cycle), given x partitioned cyclic by SIMD on its word dimension and w by PE on its
-// neuron dimension and by SIMD on its word dimension (see the callers' pragmas).
-template <int W_BITS, int X_BITS, int PE, int SIMD, int M, int N, int KW, int XP>
-inline void bitserial_fold(const word_t x[XP][M][KW], const word_t w[W_BITS][N][KW], int t, int m, int n0,
-                           acc_t acc[PE]) {
+// One row m of step t against all N neurons, in folds of PE neurons. The fold, plane-pair and
+// K-word loops are flattened into one pipelined loop of ceil(N/PE) * X_BITS * W_BITS * KF
+// iterations at II = 1 (one SIMD slice for every PE per cycle), so the pipeline fills once per row,
+// not once per fold. Needs x partitioned cyclic by SIMD on its word dimension and w by PE on its
+// neuron dimension and by SIMD on its word dimension (the callers' pragmas). At the last
+// iteration of each fold the PE accumulators go to epilogue(n0, acc) (GEMM store, LIF, read-out),
+// which runs inside the same pipeline.
+template <int W_BITS, int X_BITS, int PE, int SIMD, int M, int N, int KW, int XP, typename Epilogue>
+inline void bitserial_row(const word_t x[XP][M][KW], const word_t w[W_BITS][N][KW], int t, int m,
+                          Epilogue &epilogue) {
 #pragma HLS inline
     constexpr int KF = ceil_div(KW, SIMD);
+    constexpr int PER_FOLD = X_BITS * W_BITS * KF;
+    constexpr int FOLDS = ceil_div(N, PE);
     uint32_t sum[PE];
 #pragma HLS array_partition variable = sum complete
-    for (int pe = 0; pe < PE; ++pe) {
-#pragma HLS unroll
-        sum[pe] = 0u;
-    }
-plane_pairs_and_words:
-    for (int it = 0; it < X_BITS * W_BITS * KF; ++it) {
+folds_plane_pairs_words:
+    for (int it = 0; it < FOLDS * PER_FOLD; ++it) {
 #pragma HLS pipeline II = 1
         QSNN_COUNT_ITERATION();
-        const int kf = it % KF;
-        const int wb = (it / KF) % W_BITS;
-        const int xb = it / (KF * W_BITS);
+        const int j = it % PER_FOLD;  // position inside the fold
+        const int n0 = (it / PER_FOLD) * PE;
+        const int kf = j % KF;
+        const int wb = (j / KF) % W_BITS;
+        const int xb = j / (KF * W_BITS);
         word_t xs[SIMD];
 #pragma HLS array_partition variable = xs complete
         for (int s = 0; s < SIMD; ++s) {
@@ -75,6 +79,8 @@ plane_pairs_and_words:
             const int kw = kf * SIMD + s;
             xs[s] = kw < KW ? x[t * X_BITS + xb][m][kw] : 0u;
         }
+        acc_t acc[PE];
+#pragma HLS array_partition variable = acc complete
         for (int pe = 0; pe < PE; ++pe) {
 #pragma HLS unroll
             const int n = n0 + pe;
@@ -85,17 +91,30 @@ plane_pairs_and_words:
                 const int kw = kf * SIMD + s;
                 ws[s] = (kw < KW && n < N) ? w[wb][n][kw] : 0u;
             }
-            sum[pe] += bitserial_pe<W_BITS, SIMD>(xs, ws, xb, wb);
+            sum[pe] = (j == 0 ? 0u : sum[pe]) + bitserial_pe<W_BITS, SIMD>(xs, ws, xb, wb);
+            acc[pe] = wrap_int32(sum[pe]);
         }
-    }
-    for (int pe = 0; pe < PE; ++pe) {
-#pragma HLS unroll
-        acc[pe] = wrap_int32(sum[pe]);
+        if (j == PER_FOLD - 1) epilogue(n0, acc);
     }
 }
 
+// Epilogue of the GEMM engine: store the fold's PE results of row m, step t.
+template <int PE, int M, int N>
+struct StoreFold {
+    acc_t (*y)[M][N];
+    int t, m;
+    void operator()(int n0, const acc_t acc[PE]) {
+#pragma HLS inline
+        for (int pe = 0; pe < PE; ++pe) {
+#pragma HLS unroll
+            if (n0 + pe < N) y[t][m][n0 + pe] = acc[pe];
+        }
+    }
+};
+
 // The GEMM engine: per-step results y[t][m][n] = Y_t[m, n] (reduce="none" with x_bits = X_BITS
-// in qsnn_kernels.bitserial_matmul / reference.bitserial_matmul_popcount).
+// in qsnn_kernels.bitserial_matmul / reference.bitserial_matmul_popcount). Latency:
+// T * M * (ceil(N/PE) * X_BITS * W_BITS * ceil(KW/SIMD) + pipeline depth) cycles.
 template <int W_BITS, int X_BITS, int T, int PE, int SIMD, int M, int N, int K>
 void bitserial_gemm(const word_t x[T * X_BITS][M][num_words(K)], const word_t w[W_BITS][N][num_words(K)],
                     acc_t y[T][M][N]) {
@@ -103,20 +122,13 @@ void bitserial_gemm(const word_t x[T * X_BITS][M][num_words(K)], const word_t w[
 #pragma HLS array_partition variable = x cyclic factor = SIMD dim = 3
 #pragma HLS array_partition variable = w cyclic factor = PE dim = 2
 #pragma HLS array_partition variable = w cyclic factor = SIMD dim = 3
+#pragma HLS array_partition variable = y cyclic factor = PE dim = 3
 steps:
     for (int t = 0; t < T; ++t) {
     rows:
         for (int m = 0; m < M; ++m) {
-        neuron_folds:  // ceil(N / PE) folds, each X_BITS * W_BITS * ceil(KW / SIMD) cycles at II = 1
-            for (int n0 = 0; n0 < N; n0 += PE) {
-                acc_t acc[PE];
-#pragma HLS array_partition variable = acc complete
-                bitserial_fold<W_BITS, X_BITS, PE, SIMD, M, N, KW, T * X_BITS>(x, w, t, m, n0, acc);
-                for (int pe = 0; pe < PE; ++pe) {
-#pragma HLS unroll
-                    if (n0 + pe < N) y[t][m][n0 + pe] = acc[pe];
-                }
-            }
+            StoreFold<PE, M, N> store{y, t, m};
+            bitserial_row<W_BITS, X_BITS, PE, SIMD, M, N, KW, T * X_BITS>(x, w, t, m, store);
         }
     }
 }

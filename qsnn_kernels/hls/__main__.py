@@ -90,7 +90,7 @@ def _cycles(a) -> int:
     print(f"network {a.net}: {len(layers)} GEMM layers; PE={a.pe}, SIMD={a.simd} words "
           f"({a.pe * a.simd * 32} binary synapses/cycle), clock {a.clock_mhz:g} MHz, encoding {a.encoding}, "
           f"pipeline depth {cycles.PIPELINE_DEPTH}")
-    print("cycles/layer = T * M * ceil(N/PE) * (S_in * W * ceil(ceil(K/32)/SIMD) + depth + 1); fps: one engine, "
+    print("cycles/layer = T * M * (ceil(N/PE) * S_in * W * ceil(ceil(K/32)/SIMD) + depth); fps: one engine, "
           "layers in sequence; fps dataflow: one such engine per layer (layers x the resources), slowest layer")
     if a.per_layer:
         s, t = cycles.splits(a.bb[0], a.w_bits)[0]

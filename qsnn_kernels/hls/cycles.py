@@ -2,13 +2,13 @@
 
 It counts the trip counts of hls/include/qsnn_layer.h's loops. A layer with M rows (batch times
 output pixels for a conv as GEMM), N outputs, K inputs, ``s_in``-bit input levels, W-bit weights
-and T steps runs, for every step, row and fold of PE neurons, the pipelined bit-serial loop of
-``s_in * W * ceil(ceil(K/32) / SIMD)`` iterations at II = 1, plus the pipeline depth and one cycle
-for the PE neurons' LIF update::
+and T steps runs, for every step and row, one pipelined loop (II = 1) over its ceil(N / PE) folds of
+PE neurons, ``s_in * W`` plane pairs and ``ceil(ceil(K/32) / SIMD)`` word slices; the LIF update
+of each fold runs inside that pipeline, so a row pays the pipeline depth once::
 
-    cycles = T * M * ceil(N / PE) * (s_in * W * ceil(ceil(K / 32) / SIMD) + depth + 1)
+    cycles = T * M * (ceil(N / PE) * s_in * W * ceil(ceil(K / 32) / SIMD) + depth)
 
-so, apart from the per-fold overhead, a spiking layer (s_in = S) costs T * S * W = BB cycles per
+so, apart from the per-row pipeline fill, a spiking layer (s_in = S) costs T * S * W = BB cycles per
 PE * SIMD * 32 synapses: the Bit Budget is the latency factor. The encoding layer sees 8-bit
 pixels (s_in = 8) whatever S is. hls/src/net_top.cpp recomputes it at every step
 (``encoding="per_step"``, the default, so the model counts the code as written); a static image is
@@ -95,12 +95,12 @@ def layer_iterations(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe
 
 def layer_cycles(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe: int, simd: int,
                  pixel_bits: int = 8, encoding: str = "per_step", depth: int = PIPELINE_DEPTH) -> int:
-    """Cycles of one layer for one frame: the pipelined iterations plus, per fold, the pipeline
-    depth and the LIF update (module docstring's formula)."""
+    """Cycles of one layer for one frame: the pipelined iterations plus one pipeline fill per step
+    and row (module docstring's formula)."""
     iterations = layer_iterations(layer, w_bits=w_bits, s_bits=s_bits, t_steps=t_steps, pe=pe, simd=simd,
                                   pixel_bits=pixel_bits, encoding=encoding)
     steps = 1 if layer.encoding and encoding == "once" else t_steps
-    return iterations + steps * layer.m * math.ceil(layer.n / pe) * (depth + 1)
+    return iterations + steps * layer.m * depth
 
 
 def network_cycles(layers, **kw) -> dict:
