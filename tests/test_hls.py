@@ -217,6 +217,14 @@ def test_case_arguments_validated():
         hls.layer_case(w_bits=1, s_in=1, s_out=1, t_steps=1, m=1, n=1, k=1, reset="none")
     with pytest.raises(ValueError, match="backend"):
         hls.gemm_case(w_bits=1, x_bits=1, t_steps=1, m=1, n=1, k=1, backend="fpga")
+    with pytest.raises(ValueError, match="s_bits"):
+        network.random_network(s_bits=3)
+    with pytest.raises(ValueError, match="positive ints"):
+        network.random_network((64, 0, 10))
+    zero = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="all zero"):
+        network.fold_batch_norm(zero, torch.ones(2), torch.zeros(2), torch.zeros(2), torch.ones(2), w_bits=4,
+                                in_scale=1.0, v_th=1.0)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])

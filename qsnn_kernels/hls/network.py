@@ -63,7 +63,9 @@ def fold_batch_norm(weight, gamma, beta, mean, var, *, eps: float = 1e-5, w_bits
     else:
         qmax = (1 << (w_bits - 1)) - 1
         alpha = folded_w.abs().max().item() / qmax
-        q = torch.clamp(torch.round(folded_w / alpha), -qmax - 1, qmax)
+        q = torch.clamp(torch.round(folded_w / alpha), -qmax - 1, qmax) if alpha > 0 else torch.zeros_like(folded_w)
+    if not alpha > 0:
+        raise ValueError("fold_batch_norm: the folded weight is all zero; no integer scale exists")
     delta = alpha * in_scale
     bias = torch.round(folded_b / delta).to(torch.int32)
     theta = None if v_th is None else max(1, round(v_th / delta))
@@ -133,6 +135,14 @@ def random_network(sizes=(64, 48, 33, 10), *, w_bits: int = 4, s_in: int = 8, s_
     Returns the network and the input levels uint8 ``[batch, sizes[0]]``. The thresholds are
     ``v_th = 2 / 2^s_bits`` in batch-norm units, so that the levels spread over their range.
     """
+    check_bits(w_bits, WEIGHT_BITS, "w_bits")
+    check_bits(s_in, SPIKE_BITS, "s_in")
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if len(sizes) < 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (*sizes, batch, t_steps)):
+        raise ValueError(f"random_network: sizes (K0, ..., N_out), batch and t_steps must be positive ints, got "
+                         f"{sizes}, {batch}, {t_steps}")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 1 << s_in, (batch, sizes[0]), generator=gen).to(torch.uint8)
     a = x.unsqueeze(0).expand(t_steps, *x.shape)
