@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -302,6 +303,18 @@ def test_export_and_csim_commands(tmp_path, capsys):
     assert "-DQSNN_S_OUT=4" in capsys.readouterr().out and int(hls.read_vectors(path)["s_bits"]) == 4
     assert hls_main(["csim", "lif", "--s-out", "4", "--t-steps", "2", "--neurons", "9", "--reset", "soft"]) == 0
     assert "lif    PASS" in capsys.readouterr().out
+
+
+@needs_cxx
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not on PATH")
+def test_make_csim(tmp_path):
+    """`make -C hls csim`: the default parameter set, vectors exported by the Python command."""
+    root = hls.hls_dir()
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(["make", "-C", str(root), "csim", f"BUILD={tmp_path}"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("RESULT PASS mismatches=0") == 4 and "csim: all testbenches passed" in proc.stdout
 
 
 # --------------------------------------------------------------------------- Vitis (only where installed)
