@@ -1,0 +1,130 @@
+"""Build the HLS testbenches with a plain C++ compiler and run the C simulation.
+
+One binary per (top, parameter set): template parameters are compile-time, so the -D defines of a
+:class:`~qsnn_kernels.hls.export.Case` select what gets compiled. Binaries are cached under
+``$QSNN_HLS_BUILD_DIR`` (default: ``<tmp>/qsnn_hls_build``), keyed by a hash of the defines, the
+flags, the compiler and the contents of every file under ``hls/``, so a cached binary is reused
+only for identical sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+TOPS = {"gemm": "gemm_top.cpp", "lif": "lif_top.cpp", "layer": "layer_top.cpp", "net": "net_top.cpp"}
+CXXFLAGS = ("-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-label", "-DQSNN_TRIP_COUNT")
+
+
+class CsimBuildError(RuntimeError):
+    """The testbench did not compile (the compiler's message is attached)."""
+
+
+def hls_dir() -> Path:
+    """The hls/ source tree: ``$QSNN_HLS_DIR`` or the repository's hls/ beside the package."""
+    path = Path(os.environ.get("QSNN_HLS_DIR", Path(__file__).resolve().parents[2] / "hls"))
+    if not (path / "include" / "qsnn_bitserial.h").is_file():
+        raise FileNotFoundError(
+            f"HLS sources not found at {path}; run from a source checkout or set QSNN_HLS_DIR to its hls/ folder"
+        )
+    return path
+
+
+def compiler() -> str | None:
+    """Path of the C++ compiler (``$CXX``, default g++), or None if it is not installed."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _sources_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for sub in ("include", "src", "tb") for p in (root / sub).rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def build(kind: str, defines: dict[str, int], build_dir=None) -> Path:
+    """Compile the ``kind`` testbench (gemm, lif, layer, net) for ``defines``; return the binary.
+
+    ``defines``: parameter name -> value, passed as ``-DQSNN_<name>=<value>`` (hls/src/qsnn_params.h).
+
+    Raises FileNotFoundError without a compiler or sources, CsimBuildError if compilation fails.
+    """
+    if kind not in TOPS:
+        raise ValueError(f"kind must be one of {tuple(TOPS)}, got {kind!r}")
+    cxx = compiler()
+    if cxx is None:
+        raise FileNotFoundError(f"no C++ compiler: {os.environ.get('CXX', 'g++')} is not on PATH")
+    root = hls_dir()
+    flags = [*CXXFLAGS, *(f"-DQSNN_{k}={int(v)}" for k, v in sorted(defines.items()))]
+    cmd = [cxx, *flags, f"-I{root / 'include'}", f"-I{root / 'src'}", f"-I{root / 'tb'}",
+           str(root / "tb" / f"tb_{kind}.cpp"), str(root / "src" / TOPS[kind])]
+    key = hashlib.sha256("\0".join([kind, cxx, *flags, _sources_digest(root)]).encode()).hexdigest()[:20]
+    out_dir = Path(build_dir or os.environ.get("QSNN_HLS_BUILD_DIR") or Path(tempfile.gettempdir()) / "qsnn_hls_build")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = out_dir / f"tb_{kind}_{key}"
+    if exe.is_file():
+        return exe
+    tmp = out_dir / f".{exe.name}.{os.getpid()}"
+    proc = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CsimBuildError(f"{' '.join(cmd)}\n{proc.stderr}")
+    os.replace(tmp, exe)  # atomic: a concurrent build of the same key writes the same binary
+    return exe
+
+
+@dataclasses.dataclass
+class CsimResult:
+    """Outcome of one C simulation run.
+
+    ``mismatches``: array name -> (mismatching elements, elements compared);
+    ``rejected``: the testbench refused the file (exit 2), ``message`` says why;
+    ``iterations``: iterations of the bit-serial pipelined loop (0 for the LIF top).
+    """
+
+    returncode: int
+    mismatches: dict
+    stdout: str
+    stderr: str
+    iterations: int | None = None
+
+    @property
+    def total_mismatches(self) -> int:
+        return sum(bad for bad, _ in self.mismatches.values())
+
+    @property
+    def rejected(self) -> bool:
+        return self.returncode == 2
+
+    @property
+    def passed(self) -> bool:
+        return self.returncode == 0 and bool(self.mismatches) and self.total_mismatches == 0
+
+    @property
+    def message(self) -> str:
+        return (self.stderr + self.stdout).strip()
+
+
+_LINE = re.compile(r"^MISMATCHES (\S+) (\d+) / (\d+)$", re.M)
+
+
+def run(exe: Path, vectors: Path, timeout: float = 120) -> CsimResult:
+    """Run a testbench binary on a vector file and parse its mismatch counts."""
+    proc = subprocess.run([str(exe), str(vectors)], capture_output=True, text=True, timeout=timeout)
+    counts = {m[1]: (int(m[2]), int(m[3])) for m in _LINE.finditer(proc.stdout)}
+    trips = re.search(r"^PIPELINE_ITERATIONS (\d+)$", proc.stdout, re.M)
+    iterations = int(trips[1]) if trips else None
+    return CsimResult(proc.returncode, counts, proc.stdout, proc.stderr, iterations)
+
+
+def run_case(case, workdir=None, build_dir=None) -> CsimResult:
+    """Write ``case``'s vectors, build its testbench (cached) and run the C simulation."""
+    exe = build(case.kind, case.defines, build_dir)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = case.write(Path(tmp) / f"{case.kind}.bin")
+        return run(exe, path)

@@ -1,0 +1,193 @@
+"""The end-to-end check: a small integer-only spiking network, in the library and in hls/.
+
+:class:`IntegerSpikingMLP` is the library's integer inference: linear layers as bit-serial GEMMs of
+W-bit codes, integer biases, the integer multi-level LIF with integer thresholds, and an integer
+read-out. Its operators come from :mod:`.backends` (reference, compiled C++ or Triton), so the
+HLS C simulation of ``hls/src/net_top.cpp`` is checked against each of them, layer by layer.
+
+Batch-norm folding (:func:`fold_batch_norm`). A float layer with input ``a = in_scale * s``
+(s the integer levels), weight ``W`` and batch norm ``(gamma, beta, mean, var, eps)`` computes
+``c_n = g_n (W a - mean)_n + beta_n`` with ``g = gamma / sqrt(var + eps)``, and its neuron fires
+levels ``floor(c / v_th)``. Folding ``W' = g * W`` (per row, signs included) and ``b' = beta - g * mean``
+and quantizing ``W'`` with one scale per layer (``alpha``, Eq. 5 per tensor) makes every current an
+integer multiple of ``delta = alpha * in_scale``: ``c ~ delta * (Y + bias)`` with ``Y`` the integer
+GEMM, ``bias = round(b' / delta)`` and threshold ``theta = max(1, round(v_th / delta))``; the output
+levels feed the next layer with ``in_scale = v_th``. One scale per layer (not per channel) is what
+lets one integer theta serve the whole layer, as the LIF contract has a scalar threshold. The
+read-out layer has no neuron: ``logits = sum_t (Y_t + bias)`` (T times the float logits / delta,
+up to rounding), prediction = first index of the largest logit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
+from . import backends
+from .export import RESETS, Case, step_planes
+
+
+@dataclasses.dataclass
+class IntegerLayer:
+    """``q`` int8 ``[N, K]`` (W-bit codes), ``bias`` int32 ``[N]``, ``theta`` (None: the read-out)."""
+
+    q: torch.Tensor
+    bias: torch.Tensor
+    theta: int | None
+
+
+@dataclasses.dataclass
+class NetOutput:
+    levels: list  # uint8 [T, M, N_l] per spiking layer
+    logits: torch.Tensor  # int32 [M, N_out]
+    pred: torch.Tensor  # int64 [M]
+
+
+def fold_batch_norm(weight, gamma, beta, mean, var, *, eps: float = 1e-5, w_bits: int, in_scale: float,
+                    v_th: float | None) -> tuple[IntegerLayer, float]:
+    """Fold batch norm into a W-bit integer layer (module docstring); returns it and ``delta``.
+
+    ``weight`` float ``[N, K]``; the batch-norm tensors ``[N]``; ``v_th`` None for the read-out.
+    """
+    check_bits(w_bits, WEIGHT_BITS, "w_bits")
+    w = weight.to(torch.float64)
+    g = gamma.to(torch.float64) / torch.sqrt(var.to(torch.float64) + eps)
+    folded_w = w * g[:, None]
+    folded_b = beta.to(torch.float64) - g * mean.to(torch.float64)
+    if w_bits == 1:
+        alpha = folded_w.abs().mean().item()
+        q = torch.where(folded_w >= 0, 1, -1)
+    else:
+        qmax = (1 << (w_bits - 1)) - 1
+        alpha = folded_w.abs().max().item() / qmax
+        q = torch.clamp(torch.round(folded_w / alpha), -qmax - 1, qmax) if alpha > 0 else torch.zeros_like(folded_w)
+    if not alpha > 0:
+        raise ValueError("fold_batch_norm: the folded weight is all zero; no integer scale exists")
+    delta = alpha * in_scale
+    bias = torch.round(folded_b / delta).to(torch.int32)
+    theta = None if v_th is None else max(1, round(v_th / delta))
+    return IntegerLayer(q.to(torch.int8), bias, theta), delta
+
+
+@dataclasses.dataclass
+class IntegerSpikingMLP:
+    """Spiking layers then a read-out, all integer. Input: ``s_in``-bit levels (e.g. 8-bit pixels),
+    ``[M, K0]`` (static, repeated at every step: direct encoding) or ``[T, M, K0]``."""
+
+    layers: list
+    w_bits: int
+    s_in: int
+    s_bits: int
+    t_steps: int
+    leak_shift: int = 1
+    v_reset: int = 0
+    reset: str = "hard"
+
+    def __post_init__(self):
+        check_bits(self.w_bits, WEIGHT_BITS, "w_bits")
+        check_bits(self.s_in, SPIKE_BITS, "s_in")
+        check_bits(self.s_bits, SPIKE_BITS, "s_bits")
+        if self.reset not in RESETS:
+            raise ValueError(f"reset must be one of {RESETS}, got {self.reset!r}")
+        if not self.layers or self.layers[-1].theta is not None or any(l.theta is None for l in self.layers[:-1]):
+            raise ValueError("IntegerSpikingMLP: spiking layers (theta set) followed by one read-out (theta None)")
+
+    def _steps(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return x.unsqueeze(0).expand(self.t_steps, *x.shape)
+        if x.dim() != 3 or x.shape[0] != self.t_steps:
+            raise ValueError(f"input must be [M, K0] or [T={self.t_steps}, M, K0], got {tuple(x.shape)}")
+        return x
+
+    def forward(self, x: torch.Tensor, backend: str = "reference") -> NetOutput:
+        """Integer inference: spike levels of every spiking layer, logits and predictions.
+
+        Raises OverflowError if a current leaves int32."""
+        a, bits, levels = self._steps(x), self.s_in, []
+        for layer in self.layers:
+            y = backends.gemm(a, layer.q, x_bits=bits, w_bits=self.w_bits, backend=backend)
+            current = y.to(torch.int64) + layer.bias
+            if layer.theta is None:
+                logits = current.sum(0)
+                if logits.abs().max() >= 2**31:
+                    raise OverflowError("read-out logits leave int32")
+                logits = logits.to(torch.int32)
+                return NetOutput(levels, logits, torch.argmax(logits, dim=1))
+            if current.abs().max() >= 2**31:
+                raise OverflowError("a layer's input current leaves int32")
+            a, _ = backends.lif(current.to(torch.int32), s_bits=self.s_bits, theta=layer.theta,
+                                leak_shift=self.leak_shift, v_reset=self.v_reset, reset=self.reset, v_init=None,
+                                backend=backend)
+            levels.append(a)
+            bits = self.s_bits
+        raise AssertionError("unreachable: the last layer is the read-out")
+
+
+def random_network(sizes=(64, 48, 33, 10), *, w_bits: int = 4, s_in: int = 8, s_bits: int = 2, t_steps: int = 3,
+                   batch: int = 5, reset: str = "hard", leak_shift: int = 1, seed: int = 0,
+                   backend: str = "reference") -> tuple[IntegerSpikingMLP, torch.Tensor]:
+    """A random float MLP with batch norm, calibrated on a random ``s_in``-bit input batch (the
+    batch-norm statistics are that batch's), folded to integers layer by layer.
+
+    Returns the network and the input levels uint8 ``[batch, sizes[0]]``. The thresholds are
+    ``v_th = 2 / 2^s_bits`` in batch-norm units, so that the levels spread over their range.
+    """
+    check_bits(w_bits, WEIGHT_BITS, "w_bits")
+    check_bits(s_in, SPIKE_BITS, "s_in")
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if len(sizes) < 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (*sizes, batch, t_steps)):
+        raise ValueError(f"random_network: sizes (K0, ..., N_out), batch and t_steps must be positive ints, got "
+                         f"{sizes}, {batch}, {t_steps}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 1 << s_in, (batch, sizes[0]), generator=gen).to(torch.uint8)
+    a = x.unsqueeze(0).expand(t_steps, *x.shape)
+    in_scale, bits, layers = 1.0 / ((1 << s_in) - 1), s_in, []
+    v_th = 2.0 / (1 << s_bits)
+    for i, (k, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+        weight = torch.randn(n, k, generator=gen, dtype=torch.float64) / math.sqrt(k)
+        u = (a.to(torch.float64) * in_scale) @ weight.T  # [T, M, N]
+        mean, var = u.mean(dim=(0, 1)), u.var(dim=(0, 1), unbiased=False)
+        gamma = torch.empty(n, dtype=torch.float64).uniform_(0.6, 1.4, generator=gen)
+        gamma[0] = -gamma[0]  # a negative scale folds into the weights' signs
+        beta = torch.empty(n, dtype=torch.float64).uniform_(-0.2, 0.6, generator=gen)
+        readout = i == len(sizes) - 2
+        layer, _ = fold_batch_norm(weight, gamma, beta, mean, var, w_bits=w_bits, in_scale=in_scale,
+                                   v_th=None if readout else v_th)
+        layers.append(layer)
+        if not readout:
+            y = backends.gemm(a, layer.q, x_bits=bits, w_bits=w_bits, backend=backend)
+            a, _ = backends.lif(y + layer.bias, s_bits=s_bits, theta=layer.theta, leak_shift=leak_shift, v_reset=0,
+                                reset=reset, v_init=None, backend=backend)
+            in_scale, bits = v_th, s_bits
+    net = IntegerSpikingMLP(layers, w_bits, s_in, s_bits, t_steps, leak_shift=leak_shift, v_reset=0, reset=reset)
+    return net, x
+
+
+def net_case(net: IntegerSpikingMLP, x: torch.Tensor, *, pe: int = 4, simd: int = 2,
+             backend: str = "reference") -> Case:
+    """The vectors of ``hls/src/net_top.cpp`` (two spiking layers and a read-out) for input ``x``
+    ``[M, K0]``, expected outputs from ``net.forward(x, backend)``."""
+    if len(net.layers) != 3:
+        raise ValueError(f"the HLS network top has 2 spiking layers and a read-out; this network has {len(net.layers)}")
+    out = net.forward(x, backend)
+    l1, l2, l3 = net.layers
+    steps = net._steps(x)
+    arrays = {
+        "w_bits": net.w_bits, "s_in": net.s_in, "s_bits": net.s_bits, "t_steps": net.t_steps, "m": x.shape[0],
+        "k0": x.shape[1], "n1": l1.q.shape[0], "n2": l2.q.shape[0], "n3": l3.q.shape[0],
+        "theta1": l1.theta, "theta2": l2.theta, "leak_shift": net.leak_shift, "v_reset": net.v_reset,
+        "soft_reset": int(net.reset == "soft"), "x_planes": step_planes(steps, net.s_in, backend),
+        "w1_planes": backends.pack(l1.q, net.w_bits, True, backend), "b1": l1.bias,
+        "w2_planes": backends.pack(l2.q, net.w_bits, True, backend), "b2": l2.bias,
+        "w3_planes": backends.pack(l3.q, net.w_bits, True, backend), "b3": l3.bias,
+        "levels1": out.levels[0], "levels2": out.levels[1], "logits": out.logits, "pred": out.pred,
+    }
+    defines = {"W_BITS": net.w_bits, "NET_S0": net.s_in, "NET_S": net.s_bits, "T_STEPS": net.t_steps,
+               "M_ROWS": x.shape[0], "NET_K0": x.shape[1], "NET_N1": l1.q.shape[0], "NET_N2": l2.q.shape[0],
+               "NET_N3": l3.q.shape[0], "PE": pe, "SIMD": simd}
+    return Case("net", arrays, defines)
