@@ -57,8 +57,10 @@ else:
     )
 
 setup(
-    packages=["qsnn_kernels", "qsnn_kernels.triton", "qsnn_kernels.models"],
-    package_dir={"qsnn_kernels.models": "models"},
+    packages=["qsnn_kernels", "qsnn_kernels.triton", "qsnn_kernels.hls", "qsnn_kernels.models", "qsnn_kernels._hls"],
+    # models/ and hls/ are top-level folders of the repo, installed inside the package
+    package_dir={"qsnn_kernels.models": "models", "qsnn_kernels._hls": "hls"},
+    package_data={"qsnn_kernels._hls": ["Makefile", "README.md", "*/*.h", "*/*.cpp", "*/*.tcl"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
 )

@@ -27,8 +27,11 @@ class CsimBuildError(RuntimeError):
 
 
 def hls_dir() -> Path:
-    """The hls/ source tree: ``$QSNN_HLS_DIR`` or the repository's hls/ beside the package."""
-    path = Path(os.environ.get("QSNN_HLS_DIR", Path(__file__).resolve().parents[2] / "hls"))
+    """The hls/ sources: ``$QSNN_HLS_DIR``, else the copy installed as ``qsnn_kernels/_hls``, else
+    the repository's hls/ beside the package (a source checkout)."""
+    package = Path(__file__).resolve().parents[1]
+    default = package / "_hls" if (package / "_hls").is_dir() else package.parent / "hls"
+    path = Path(os.environ.get("QSNN_HLS_DIR", default))
     if not (path / "include" / "qsnn_bitserial.h").is_file():
         raise FileNotFoundError(
             f"HLS sources not found at {path}; run from a source checkout or set QSNN_HLS_DIR to its hls/ folder"
