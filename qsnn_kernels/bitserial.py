@@ -224,14 +224,18 @@ def bitserial_matmul(
     else:
         check_padding(x_src, k_x)
     if backend == "triton":
-        kernel = _triton_kernel(x_src.device)
+        _triton_kernel(x_src.device)
     elif backend == "auto" and x_src.device.type == "cpu":
         _extension.require("cpu")
     w_planes = _pack(w_src, w_bits, True, backend) if w_is_codes else w_src
     x_planes = _level_planes(x_src, x_bits, backend) if x_is_levels else x_src
+    return _run(x_planes, w_planes, k_x, x_bits, reduce, backend)
 
+
+def _run(x_planes, w_planes, k: int, x_bits: int, reduce: str, backend: str) -> torch.Tensor:
+    """Validated packed operands -> the chosen backend's int32 result."""
     if backend == "reference":
         return reference.bitserial_matmul_popcount(x_planes, w_planes, x_bits, reduce)
     if backend == "triton":
-        return kernel(x_planes, w_planes, k_x, x_bits, reduce)
-    return torch.ops.qsnn.bitserial_matmul_packed(x_planes, w_planes, k_x, x_bits, reduce)
+        return _triton_kernel(x_planes.device)(x_planes, w_planes, k, x_bits, reduce)
+    return torch.ops.qsnn.bitserial_matmul_packed(x_planes, w_planes, k, x_bits, reduce)
