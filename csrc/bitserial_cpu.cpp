@@ -174,12 +174,17 @@ QSNN_AVX512 void tile_avx512(const Problem& pb, int64_t pout, int64_t m0,
       }
     }
   }
-  int64_t res[MR][kNr512];
-  for (int i = 0; i < MR; ++i) {
-    _mm512_storeu_si512(res[i], tot[i][0]);
-    _mm512_storeu_si512(res[i] + 8, tot[i][1]);
+  // int64 lanes minus the W = 1 correction, narrowed to int32 (exact: the API bounds |Y| < 2^31)
+  const int64_t n0 = panel * kNr512;
+  const int64_t nn = std::min<int64_t>(kNr512, pb.n - n0);
+  const __mmask16 keep = static_cast<__mmask16>(nn >= 16 ? 0xffff : (1u << nn) - 1);
+  for (int i = 0; i < MR && m0 + i < pb.m; ++i) {
+    const __m512i c = _mm512_set1_epi64(pb.corr ? pb.corr[pout * pb.m + m0 + i] : 0);
+    const __m256i lo = _mm512_cvtepi64_epi32(_mm512_sub_epi64(tot[i][0], c));
+    const __m256i hi = _mm512_cvtepi64_epi32(_mm512_sub_epi64(tot[i][1], c));
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    _mm512_mask_storeu_epi32(pb.out + (pout * pb.m + m0 + i) * pb.n + n0, keep, v);
   }
-  store_tile<MR, kNr512>(pb, pout, m0, panel * kNr512, res);
 }
 
 // --------------------------------------------------------------------------- AVX2 (nibble lookup)
@@ -256,12 +261,19 @@ QSNN_AVX2 void tile_avx2(const Problem& pb, int64_t pout, int64_t m0, int64_t pa
       }
     }
   }
-  int64_t res[MR][kNr256];
-  for (int i = 0; i < MR; ++i) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(res[i]), tot[i][0]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(res[i] + 4), tot[i][1]);
+  // int64 lanes minus the W = 1 correction, narrowed to int32 (the low halves; exact, |Y| < 2^31)
+  const int64_t n0 = panel * kNr256;
+  const int64_t nn = std::min<int64_t>(kNr256, pb.n - n0);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nn)), lanes);
+  const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  for (int i = 0; i < MR && m0 + i < pb.m; ++i) {
+    const __m256i c = _mm256_set1_epi64x(pb.corr ? pb.corr[pout * pb.m + m0 + i] : 0);
+    const __m256i lo = _mm256_permutevar8x32_epi32(_mm256_sub_epi64(tot[i][0], c), evens);
+    const __m256i hi = _mm256_permutevar8x32_epi32(_mm256_sub_epi64(tot[i][1], c), evens);
+    const __m256i v = _mm256_permute2x128_si256(lo, hi, 0x20);
+    _mm256_maskstore_epi32(pb.out + (pout * pb.m + m0 + i) * pb.n + n0, keep, v);
   }
-  store_tile<MR, kNr256>(pb, pout, m0, panel * kNr256, res);
 }
 
 // --------------------------------------------------------------------------- scalar (popcnt / generic)
