@@ -38,6 +38,7 @@ namespace {
 
 constexpr int64_t kWordBits = 32;
 constexpr int64_t kL2BlockBytes = 384 * 1024;  // activation words per row block (L2 is >= 512 KiB)
+constexpr int64_t kL1PanelBytes = 24 * 1024;   // weight panels swept per tile (L1d is >= 32 KiB)
 
 enum class Simd { kGeneric, kPopcnt, kAvx2, kAvx512 };
 
@@ -145,7 +146,7 @@ QSNN_AVX512 __attribute__((always_inline)) inline void step_avx512(const uint64_
   }
 }
 
-QSNN_AVX512 void tile_avx512(const Problem& pb, int64_t pout, int64_t m0,
+QSNN_AVX512 __attribute__((always_inline)) inline void tile_avx512(const Problem& pb, int64_t pout, int64_t m0,
                                                                       int64_t panel) {
   constexpr int MR = kMr512;
   __m512i tot[MR][2];
@@ -156,7 +157,11 @@ QSNN_AVX512 void tile_avx512(const Problem& pb, int64_t pout, int64_t m0,
     const uint64_t* b = pb.panels + ((panel * pb.w_bits + pr.w_plane) * pb.k64) * kNr512;
     __m512i acc[MR][2];
     for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    // the next tile's rows of this plane (contiguous) into L1, one line per step
+    const char* next = reinterpret_cast<const char*>(a[0] + MR * pb.words);
+    const int64_t next_lines = m0 + 2 * MR <= pb.m ? (MR * pb.words * 4) / 64 : 0;
     for (int64_t kk = 0; kk < pb.full64; ++kk) {
+      if (kk < next_lines) _mm_prefetch(next + kk * 64, _MM_HINT_T0);
       uint64_t av[MR];
       for (int i = 0; i < MR; ++i) av[i] = load_word(a[i], kk);
       step_avx512(b + kk * kNr512, av, acc);
@@ -224,7 +229,7 @@ QSNN_AVX2 __attribute__((always_inline)) inline void flush_avx2(__m256i (&bytes)
   }
 }
 
-QSNN_AVX2 void tile_avx2(const Problem& pb, int64_t pout, int64_t m0, int64_t panel) {
+QSNN_AVX2 __attribute__((always_inline)) inline void tile_avx2(const Problem& pb, int64_t pout, int64_t m0, int64_t panel) {
   constexpr int MR = kMr256;
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -238,9 +243,12 @@ QSNN_AVX2 void tile_avx2(const Problem& pb, int64_t pout, int64_t m0, int64_t pa
     const uint64_t* b = pb.panels + ((panel * pb.w_bits + pr.w_plane) * pb.k64) * kNr256;
     __m256i acc[MR][2], bytes[MR][2];
     for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = bytes[i][0] = bytes[i][1] = zero;
+    const char* next = reinterpret_cast<const char*>(a[0] + MR * pb.words);  // as in tile_avx512
+    const int64_t next_lines = m0 + 2 * MR <= pb.m ? (MR * pb.words * 4) / 64 : 0;
     for (int64_t k0 = 0; k0 < pb.full64; k0 += kAvx2Flush) {
       const int64_t k1 = std::min(pb.full64, k0 + kAvx2Flush);
       for (int64_t kk = k0; kk < k1; ++kk) {
+        if (kk < next_lines) _mm_prefetch(next + kk * 64, _MM_HINT_T0);
         uint64_t av[MR];
         for (int i = 0; i < MR; ++i) av[i] = load_word(a[i], kk);
         step_avx2(b + kk * kNr256, av, bytes, lut, low);
@@ -312,19 +320,47 @@ inline void tile_scalar_impl(const Problem& pb, int64_t pout, int64_t m0, int64_
   store_tile<MR, NR>(pb, pout, m0, panel * NR, tot);
 }
 
-__attribute__((target("popcnt"))) void tile_popcnt(const Problem& pb, int64_t pout, int64_t m0, int64_t panel) {
-  tile_scalar_impl<true>(pb, pout, m0, panel);
+// A run of m-tiles [mt0, mt1) against one panel: one call per task, the tile body inlined.
+// A block of m-tiles [mt0, mt1) x panels [p0, p1), panels innermost so that a tile's activation
+// rows are reused from L1 while the (L1-sized) group of panels cycles past.
+QSNN_AVX512 void block_avx512(const Problem& pb, int64_t pout, int64_t mt0, int64_t mt1, int64_t p0, int64_t p1) {
+  for (int64_t mt = mt0; mt < mt1; ++mt)
+    for (int64_t panel = p0; panel < p1; ++panel) tile_avx512(pb, pout, mt * kMr512, panel);
 }
 
-void tile_generic(const Problem& pb, int64_t pout, int64_t m0, int64_t panel) {
-  tile_scalar_impl<false>(pb, pout, m0, panel);
+QSNN_AVX2 void block_avx2(const Problem& pb, int64_t pout, int64_t mt0, int64_t mt1, int64_t p0, int64_t p1) {
+  for (int64_t mt = mt0; mt < mt1; ++mt)
+    for (int64_t panel = p0; panel < p1; ++panel) tile_avx2(pb, pout, mt * kMr256, panel);
+}
+
+__attribute__((target("popcnt"))) void block_popcnt(const Problem& pb, int64_t pout, int64_t mt0, int64_t mt1,
+                                                    int64_t p0, int64_t p1) {
+  for (int64_t mt = mt0; mt < mt1; ++mt)
+    for (int64_t panel = p0; panel < p1; ++panel) tile_scalar_impl<true>(pb, pout, mt * kMrScalar, panel);
+}
+
+void block_generic(const Problem& pb, int64_t pout, int64_t mt0, int64_t mt1, int64_t p0, int64_t p1) {
+  for (int64_t mt = mt0; mt < mt1; ++mt)
+    for (int64_t panel = p0; panel < p1; ++panel) tile_scalar_impl<false>(pb, pout, mt * kMrScalar, panel);
 }
 
 // --------------------------------------------------------------------------- driver
 
+// popcount of whole rows of int32 words (the W = 1 correction), one per SIMD path
+QSNN_AVX512 int64_t row_popcount_avx512(const int32_t* row, int64_t words) {
+  __m512i acc = _mm512_setzero_si512();
+  for (int64_t w = 0; w < words; w += 16) {
+    const int64_t left = words - w;
+    const __mmask16 keep = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);
+    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_maskz_loadu_epi32(keep, row + w)));
+  }
+  return _mm512_reduce_add_epi64(acc);
+}
+
 __attribute__((target("popcnt"))) int64_t row_popcount_hw(const int32_t* row, int64_t words) {
   int64_t c = 0;
-  for (int64_t w = 0; w < words; ++w) c += __builtin_popcount(static_cast<uint32_t>(row[w]));
+  for (int64_t kk = 0; kk < words / 2; ++kk) c += __builtin_popcountll(load_word(row, kk));
+  if (words % 2) c += __builtin_popcountll(load_tail(row, words / 2));
   return c;
 }
 
@@ -417,44 +453,53 @@ at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Ten
   }
   std::vector<int64_t> corr;
   if (w_bits == 1) {
+    // popcount(A) of every activation row once, then corr[p, m] = sum over its pairs of 2^(shift-1) popcount
+    const int64_t x_planes_n = steps * x_bits;
+    std::vector<int64_t> ones(static_cast<size_t>(x_planes_n * m));
+    auto row_popcount = simd == Simd::kAvx512 ? &row_popcount_avx512
+                        : simd == Simd::kGeneric ? &row_popcount_generic
+                                                 : &row_popcount_hw;
+#pragma omp parallel for schedule(static) if (x_planes_n * m * words > 65536)
+    for (int64_t r = 0; r < x_planes_n * m; ++r) ones[r] = row_popcount(pb.x + r * words, words);
     corr.assign(static_cast<size_t>(p_out * m), 0);
-    const bool hw = cpu_has_popcnt() && simd != Simd::kGeneric;
-#pragma omp parallel for schedule(static) if (p_out * m * words > 65536)
-    for (int64_t pm = 0; pm < p_out * m; ++pm) {
-      const int64_t po = pm / m, row = pm % m;
-      int64_t c = 0;
+    for (int64_t po = 0; po < p_out; ++po) {
       for (const Pair& pr : pb.pairs[po]) {
-        const int32_t* r = pb.x + (pr.a_plane * m + row) * words;
-        c += (hw ? row_popcount_hw(r, words) : row_popcount_generic(r, words)) << (pr.shift - 1);
+        const int64_t* src = ones.data() + pr.a_plane * m;
+        int64_t* dst = corr.data() + po * m;
+        for (int64_t row = 0; row < m; ++row) dst[row] += src[row] << (pr.shift - 1);
       }
-      corr[pm] = c;
     }
     pb.corr = corr.data();
   } else {
     pb.corr = nullptr;
   }
 
-  // Row blocks: the activation words one block reads (all planes of an output plane) fit the
-  // L2 budget, and there are enough (plane, block, panel) tasks to keep every thread busy.
+  // Tasks are (output plane, row block, panel group). A panel group (all weight planes) fits L1,
+  // so the inner sweep over its panels reuses each tile's activation rows from L1; a row block's
+  // activation words (all planes of an output plane) fit the L2 budget, so they are reused from
+  // L2 across the groups. Enough tasks are made to keep every thread busy (dynamic schedule).
+  const int64_t panel_bytes = w_bits * pb.k64 * nr * 8;
+  const int64_t panels_per_group = std::clamp<int64_t>(kL1PanelBytes / panel_bytes, 1, n_panels);
+  const int64_t n_groups = (n_panels + panels_per_group - 1) / panels_per_group;
   const int64_t m_tiles = (m + mr - 1) / mr;
   const int64_t planes_per_out = static_cast<int64_t>(pb.pairs[0].size()) / w_bits;
   const int64_t tile_bytes = planes_per_out * mr * words * 4;
   int64_t tiles_per_block = std::max<int64_t>(1, kL2BlockBytes / std::max<int64_t>(tile_bytes, 1));
   const int64_t want_tasks = 8 * static_cast<int64_t>(omp_get_max_threads());
-  const int64_t blocks_for_threads = (want_tasks + p_out * n_panels - 1) / (p_out * n_panels);
+  const int64_t blocks_for_threads = (want_tasks + p_out * n_groups - 1) / (p_out * n_groups);
   tiles_per_block = std::min(tiles_per_block, std::max<int64_t>(1, m_tiles / blocks_for_threads));
   const int64_t m_blocks = (m_tiles + tiles_per_block - 1) / tiles_per_block;
 
-  auto tile = simd == Simd::kAvx512 ? &tile_avx512
-              : simd == Simd::kAvx2 ? &tile_avx2
-              : simd == Simd::kPopcnt ? &tile_popcnt
-                                      : &tile_generic;
-  const int64_t tasks = p_out * m_blocks * n_panels;
+  auto block = simd == Simd::kAvx512 ? &block_avx512
+               : simd == Simd::kAvx2 ? &block_avx2
+               : simd == Simd::kPopcnt ? &block_popcnt
+                                       : &block_generic;
+  const int64_t tasks = p_out * m_blocks * n_groups;
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && m * n * words * static_cast<int64_t>(pb.pairs[0].size()) > 32768)
   for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t panel = t % n_panels, mb = (t / n_panels) % m_blocks, po = t / (n_panels * m_blocks);
-    const int64_t t1 = std::min(m_tiles, (mb + 1) * tiles_per_block);
-    for (int64_t mt = mb * tiles_per_block; mt < t1; ++mt) tile(pb, po, mt * mr, panel);
+    const int64_t grp = t % n_groups, mb = (t / n_groups) % m_blocks, po = t / (n_groups * m_blocks);
+    block(pb, po, mb * tiles_per_block, std::min(m_tiles, (mb + 1) * tiles_per_block), grp * panels_per_group,
+          std::min(n_panels, (grp + 1) * panels_per_group));
   }
   return red == "none" ? out : out.squeeze(0);
 }
