@@ -155,18 +155,19 @@ def _level_planes(levels: torch.Tensor, x_bits: int, backend: str) -> torch.Tens
     return planes.transpose(0, 1).reshape(levels.shape[0] * x_bits, levels.shape[1], planes.shape[-1])
 
 
-def _check_problem(k_x: int, k_w: int, x_bits: int, w_bits: int, steps: int, reduce: str) -> None:
+def _check_problem(k_x: int, k_w: int, x_bits: int, w_bits: int, steps: int, reduce: str,
+                   name: str = "bitserial_matmul") -> None:
     if k_x != k_w:
-        raise ValueError(f"bitserial_matmul: x has K={k_x} but w has K={k_w}")
+        raise ValueError(f"{name}: x has K={k_x} but w has K={k_w}")
     if reduce == "bitplane" and (x_bits != 1 or steps > MAX_BITPLANES):
         raise ValueError(
-            'bitserial_matmul: reduce="bitplane" sums 2^p Y_p over the binary bit planes of one activation, so it '
+            f'{name}: reduce="bitplane" sums 2^p Y_p over the binary bit planes of one activation, so it '
             f"needs x_bits=1 and at most {MAX_BITPLANES} planes; got x_bits={x_bits} and {steps} planes"
         )
     bound = int32_bound(k_x, w_bits, x_bits, steps, reduce)
     if bound >= 2**31:
         raise ValueError(
-            f"bitserial_matmul: the result could overflow int32: K={k_x} x max|code|={max(1, 1 << (w_bits - 1))} x "
+            f"{name}: the result could overflow int32: K={k_x} x max|code|={max(1, 1 << (w_bits - 1))} x "
             f"max level={(1 << x_bits) - 1} x {steps} planes ({reduce!r}) = {bound} >= 2^31; split K or the planes"
         )
 

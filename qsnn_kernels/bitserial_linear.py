@@ -184,7 +184,7 @@ def bitserial_linear(
     if isinstance(w, PackedWeight):
         if w_bits is not None and w_bits != w.w_bits:
             raise ValueError(f"bitserial_linear: w_bits={w_bits!r} disagrees with the PackedWeight's w_bits={w.w_bits}")
-        w_bits, n, k_w, device = w.w_bits, w.out_features, w.in_features, w.device
+        w_bits, k_w, device = w.w_bits, w.in_features, w.device
         if weight is not None:
             if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
                 raise TypeError("bitserial_linear: weight must be a float tensor")
@@ -203,12 +203,12 @@ def bitserial_linear(
         check_bits(w_bits, WEIGHT_BITS, "w_bits")
         if w.dim() < 2 or w.shape[1:].numel() == 0:
             raise ValueError(f"bitserial_linear: w must be [N, K, ...] with K >= 1, got shape {tuple(w.shape)}")
-        n, k_w, device = w.shape[0], w.shape[1:].numel(), w.device
+        k_w, device = w.shape[1:].numel(), w.device
     else:
         raise TypeError(f"bitserial_linear: w must be a PackedWeight or a float tensor, got {type(w).__name__}")
     if spikes.device != device:
         raise ValueError(f"bitserial_linear: spikes are on {spikes.device} but the weight is on {device}")
-    _check_problem(spikes.shape[2], k_w, x_bits, w_bits, spikes.shape[0], reduce)
+    _check_problem(spikes.shape[2], k_w, x_bits, w_bits, spikes.shape[0], reduce, "bitserial_linear")
     if backend == "triton" and not torch.compiler.is_compiling():
         _triton_kernel(device)
     elif backend == "auto" and device.type == "cpu":
