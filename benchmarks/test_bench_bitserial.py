@@ -10,6 +10,11 @@ static quantized linear (activations quantized beforehand) and int8 dynamic quan
 least-squares fit of time against BB.
 
     pytest benchmarks/test_bench_bitserial.py --benchmark-only --benchmark-json=bench.json
+
+reduce="none" returns T int32 planes, so a T-heavy split writes T times the output of a W- or
+S-heavy one; above glibc's mmap threshold (32 MiB) each call's fresh output is page-faulted in,
+which costs as much as the GEMM itself at M=1024, N=4096, T=4. ``THP_MEM_ALLOC_ENABLE=1`` (torch's
+allocator asks for transparent huge pages) removes most of that; the report shows both.
 """
 
 import time

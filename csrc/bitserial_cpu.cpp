@@ -14,10 +14,16 @@
 // activation word is broadcast and ANDed with it, and the per-lane popcounts accumulate per
 // (m, n) with no horizontal reduction. A tile of MR rows x NR channels keeps all its
 // accumulators in registers over every (x plane, w plane) pair, shifting and signing each
-// pair's count once at its end. Rows are blocked so that a block of activation words stays in
-// L2 while the panels stream past; OpenMP splits (plane, row block, panel) among threads.
+// pair's count once at its end (so the cost is proportional to the pair count P * x_bits * W:
+// the Bit Budget). Blocking: an L1-sized group of panels is swept for each tile, so the tile's
+// activation rows are reused from L1, and a row block's activation words stay in L2 across the
+// groups; the next tile's rows are prefetched during the current one. OpenMP (dynamic) splits
+// (output plane, row block, panel group) tasks among the threads.
 // SIMD paths, picked at run time (QSNN_CPU_SIMD overrides: auto, avx512_vpopcntdq, avx2,
-// popcnt, generic; asking for one the CPU lacks is an error, never a silent fallback).
+// popcnt, generic; asking for one the CPU lacks is an error, never a silent fallback):
+//   avx512_vpopcntdq: MR = 6 rows x 16 channels (2 zmm), vpandq + vpopcntq + vpaddq per pair;
+//   avx2: 4 x 8 (2 ymm), nibble lookup (vpshufb) into byte counters folded by vpsadbw;
+//   popcnt / generic: 2 x 8 scalar, popcnt instruction or a SWAR count.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
