@@ -103,9 +103,27 @@ def test_reference_backend(w_bits, x_bits, reduce):
 
 
 @needs_triton
+@pytest.mark.parametrize("strategy", ["bitserial", "dot"])
+@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
+def test_triton_backend(w_bits, x_bits, reduce, strategy):
+    """The Triton kernel, both strategies (CUDA, or the interpreter on CPU), small shapes."""
+    from qsnn_kernels.triton.bitserial import bitserial_matmul_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 is not set (tests/conftest.py sets it on CPU-only machines)")
+    for i, (m, k, n, p) in enumerate([(1, 1, 1, 1), (7, 33, 5, 2), (5, 273, 3, 1)]):
+        x, q = operands(m, k, n, p, w_bits, x_bits, seed=77 + i, device=device)
+        planes = reference.pack_bits(x, x_bits, False).transpose(0, 1).reshape(p * x_bits, m, -1).contiguous()
+        w = reference.pack_bits(q, w_bits, True)
+        got = bitserial_matmul_triton(planes, w, k, x_bits, reduce, strategy=strategy)
+        assert mismatches(got.cpu(), reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)) == 0, (m, k, n, p)
+
+
+@needs_triton
 @pytest.mark.parametrize("w_bits,x_bits,reduce", [(1, 1, "none"), (2, 1, "bitplane"), (4, 2, "time"), (8, 4, "none")])
-def test_triton_backend(w_bits, x_bits, reduce):
-    """The Triton kernel (CUDA, or the interpreter on CPU), small shapes."""
+def test_triton_through_the_api(w_bits, x_bits, reduce):
+    """backend="triton" of the public function (it validates, packs, then calls the kernel)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET=1 is not set (tests/conftest.py sets it on CPU-only machines)")
