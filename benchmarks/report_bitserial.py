@@ -57,7 +57,7 @@ def report(data: dict, stat: str = "min") -> str:
         lines.append(f"\n## {shape}")
         for kind, secs in sorted(peers.items()):
             lines.append(f"  {kind:<22} {secs * 1e3:9.3f} ms")
-        lines.append(f"  {'ours':<22} {'W/S/T':>7} {'BB':>3} {'ms':>9} {'x fp32':>7} {'x int8':>7}")
+        lines.append(f"  {'ours':<22} {'W/S/T':>7} {'BB':>3} {'ms':>9} {'x fp32':>7} {'x int8':>7}  (int8: static linear)")
         by_bb = defaultdict(list)
         for kind, w, s, t, bb, secs in sorted(entry["ours"], key=lambda o: (o[0], o[4], o[1:4])):
             if kind == "bitserial_packed":

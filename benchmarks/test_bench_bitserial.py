@@ -4,8 +4,8 @@ Three shapes (a linear layer, a conv as GEMM, a mid-size GEMM), each a benchmark
 runs at W/S/T splits whose Bit Budget BB = W * S * T is 1 .. 64 (several splits per BB), with
 the spikes already packed (a previous layer can emit packed planes; weights are stored packed),
 plus an end-to-end variant that also checks and packs integer levels. Peers: fp32 matmul, int8
-static quantized linear (activations quantized beforehand) and int8 dynamic quantized linear
-(quantizes its fp32 input per call). Every benchmark records MACs, bit budget and rates in
+static quantized linear (activations quantized beforehand), int8 dynamic quantized linear
+(quantizes its fp32 input per call) and torch._int_mm (int8 x int8 -> int32). Every benchmark records MACs, bit budget and rates in
 ``extra_info``; ``python benchmarks/report_bitserial.py bench.json`` prints ratios and the
 least-squares fit of time against BB.
 
@@ -113,7 +113,19 @@ def test_fp32_matmul(benchmark, machine_limits, shape):
 
 def _int8_weight(n, k):
     w = torch.randn(n, k)
-    return torch.quantize_per_tensor(w, float(w.abs().max()) / 127, 0, torch.qint8)
+    with warnings.catch_warnings():  # quantized tensors are deprecated in torch 2.14, still the int8 linear
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(w, float(w.abs().max()) / 127, 0, torch.qint8)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_int8_int_mm(benchmark, shape):
+    """Peer: torch._int_mm, int8 x int8 -> exact int32 (the same contract as ours at W = S = 8)."""
+    m, k, n = SHAPES[shape]
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), dtype=torch.int8)
+    benchmark.group = shape
+    _run(benchmark, lambda: torch._int_mm(a, b), _info(shape, m, k, n, "int8_int_mm"))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -121,7 +133,9 @@ def test_int8_static_linear(benchmark, shape):
     """Peer: torch's int8 quantized linear (fbgemm/x86), activations quantized beforehand."""
     m, k, n = SHAPES[shape]
     packed = torch.ops.quantized.linear_prepack(_int8_weight(n, k), None)
-    xq = torch.quantize_per_tensor(torch.rand(m, k), 1 / 255, 0, torch.quint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xq = torch.quantize_per_tensor(torch.rand(m, k), 1 / 255, 0, torch.quint8)
     benchmark.group = shape
     _run(benchmark, lambda: torch.ops.quantized.linear(xq, packed, 1.0, 0),
          _info(shape, m, k, n, "int8_static_linear"))
