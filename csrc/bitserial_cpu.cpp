@@ -19,9 +19,10 @@
 // activation rows are reused from L1, and a row block's activation words stay in L2 across the
 // groups; the next tile's rows are prefetched during the current one. OpenMP (dynamic) splits
 // (output plane, row block, panel group) tasks among the threads.
-// SIMD paths, picked at run time (QSNN_CPU_SIMD overrides: auto, avx512_vpopcntdq, avx2,
+// SIMD paths, picked at run time (QSNN_CPU_SIMD overrides: auto, avx512_vpopcntdq, avx512bw, avx2,
 // popcnt, generic; asking for one the CPU lacks is an error, never a silent fallback):
 //   avx512_vpopcntdq: MR = 6 rows x 16 channels (2 zmm), vpandq + vpopcntq + vpaddq per pair;
+//   avx512bw: 4 x 16 (2 zmm), the avx2 scheme on zmm (AVX-512 CPUs without VPOPCNTDQ);
 //   avx2: 4 x 8 (2 ymm), nibble lookup (vpshufb) into byte counters folded by vpsadbw;
 //   popcnt / generic: 2 x 8 scalar, popcnt instruction or a SWAR count.
 #include <ATen/ATen.h>
@@ -49,11 +50,12 @@ constexpr int64_t kWordBits = 32;
 constexpr int64_t kL2BlockBytes = 384 * 1024;  // activation words per row block (L2 is >= 512 KiB)
 constexpr int64_t kL1PanelBytes = 24 * 1024;   // weight panels swept per tile (L1d is >= 32 KiB)
 
-enum class Simd { kGeneric, kPopcnt, kAvx2, kAvx512 };
+enum class Simd { kGeneric, kPopcnt, kAvx2, kAvx512bw, kAvx512 };
 
 const char* simd_name(Simd s) {
   switch (s) {
     case Simd::kAvx512: return "avx512_vpopcntdq";
+    case Simd::kAvx512bw: return "avx512bw";
     case Simd::kAvx2: return "avx2";
     case Simd::kPopcnt: return "popcnt";
     default: return "generic";
@@ -63,6 +65,7 @@ const char* simd_name(Simd s) {
 bool simd_supported(Simd s) {
   switch (s) {
     case Simd::kAvx512: return cpu_has_avx512_vpopcntdq();
+    case Simd::kAvx512bw: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
     case Simd::kAvx2: return cpu_has_avx2();
     case Simd::kPopcnt: return cpu_has_popcnt();
     default: return true;
@@ -72,17 +75,17 @@ bool simd_supported(Simd s) {
 // The path for a request ("" or "auto": the fastest the CPU has). Unknown or unsupported -> error.
 Simd select_simd(const std::string& request) {
   if (request.empty() || request == "auto") {
-    for (Simd s : {Simd::kAvx512, Simd::kAvx2, Simd::kPopcnt})
+    for (Simd s : {Simd::kAvx512, Simd::kAvx512bw, Simd::kAvx2, Simd::kPopcnt})
       if (simd_supported(s)) return s;
     return Simd::kGeneric;
   }
-  for (Simd s : {Simd::kAvx512, Simd::kAvx2, Simd::kPopcnt, Simd::kGeneric}) {
+  for (Simd s : {Simd::kAvx512, Simd::kAvx512bw, Simd::kAvx2, Simd::kPopcnt, Simd::kGeneric}) {
     if (request == simd_name(s)) {
       TORCH_CHECK(simd_supported(s), "bitserial_matmul: QSNN_CPU_SIMD=", request, " but this CPU lacks it");
       return s;
     }
   }
-  TORCH_CHECK(false, "bitserial_matmul: QSNN_CPU_SIMD must be auto, avx512_vpopcntdq, avx2, popcnt or generic, got ",
+  TORCH_CHECK(false, "bitserial_matmul: QSNN_CPU_SIMD must be auto, avx512_vpopcntdq, avx512bw, avx2, popcnt or generic, got ",
               request);
 }
 
@@ -293,6 +296,93 @@ QSNN_AVX2 __attribute__((always_inline)) inline void tile_avx2(const Problem& pb
   }
 }
 
+// --------------------------------------------------------------------------- AVX-512BW (nibble lookup)
+// For AVX-512 CPUs without VPOPCNTDQ (Skylake-SP .. Cascade Lake): the AVX2 scheme on zmm.
+
+constexpr int kMrBw = 4, kNrBw = 16;
+
+#define QSNN_AVX512BW __attribute__((target("avx512f,avx512bw")))
+
+QSNN_AVX512BW __attribute__((always_inline)) inline void step_avx512bw(const uint64_t* bk, const uint64_t (&av)[kMrBw],
+                                                                       __m512i (&bytes)[kMrBw][2], __m512i lut,
+                                                                       __m512i low) {
+  const __m512i b0 = _mm512_loadu_si512(bk), b1 = _mm512_loadu_si512(bk + 8);
+#pragma GCC unroll 8
+  for (int i = 0; i < kMrBw; ++i) {
+    const __m512i va = _mm512_set1_epi64(static_cast<long long>(av[i]));
+    const __m512i x0 = _mm512_and_si512(va, b0), x1 = _mm512_and_si512(va, b1);
+    const __m512i c0 = _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_and_si512(x0, low)),
+                                       _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(x0, 4), low)));
+    const __m512i c1 = _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_and_si512(x1, low)),
+                                       _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(x1, 4), low)));
+    bytes[i][0] = _mm512_add_epi8(bytes[i][0], c0);
+    bytes[i][1] = _mm512_add_epi8(bytes[i][1], c1);
+  }
+}
+
+QSNN_AVX512BW __attribute__((always_inline)) inline void flush_avx512bw(__m512i (&bytes)[kMrBw][2],
+                                                                        __m512i (&acc)[kMrBw][2]) {
+  const __m512i zero = _mm512_setzero_si512();
+  for (int i = 0; i < kMrBw; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_sad_epu8(bytes[i][j], zero));
+      bytes[i][j] = zero;
+    }
+  }
+}
+
+QSNN_AVX512BW __attribute__((always_inline)) inline void tile_avx512bw(const Problem& pb, int64_t pout, int64_t m0,
+                                                                       int64_t panel) {
+  constexpr int MR = kMrBw;
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
+  const __m512i low = _mm512_set1_epi8(0x0f);
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i tot[MR][2];
+  for (int i = 0; i < MR; ++i) tot[i][0] = tot[i][1] = zero;
+  for (const Pair& pr : pb.pairs[pout]) {
+    const int32_t* a[MR];
+    tile_rows<MR>(pb, pr, m0, a);
+    const uint64_t* b = pb.panels + ((panel * pb.w_bits + pr.w_plane) * pb.k64) * kNrBw;
+    __m512i acc[MR][2], bytes[MR][2];
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = bytes[i][0] = bytes[i][1] = zero;
+    const char* next = reinterpret_cast<const char*>(a[0] + MR * pb.words);  // as in tile_avx512
+    const int64_t next_lines = m0 + 2 * MR <= pb.m ? (MR * pb.words * 4) / 64 : 0;
+    for (int64_t k0 = 0; k0 < pb.full64; k0 += kAvx2Flush) {
+      const int64_t k1 = std::min(pb.full64, k0 + kAvx2Flush);
+      for (int64_t kk = k0; kk < k1; ++kk) {
+        if (kk < next_lines) _mm_prefetch(next + kk * 64, _MM_HINT_T0);
+        uint64_t av[MR];
+        for (int i = 0; i < MR; ++i) av[i] = load_word(a[i], kk);
+        step_avx512bw(b + kk * kNrBw, av, bytes, lut, low);
+      }
+      flush_avx512bw(bytes, acc);
+    }
+    if (pb.odd) {
+      uint64_t av[MR];
+      for (int i = 0; i < MR; ++i) av[i] = load_tail(a[i], pb.full64);
+      step_avx512bw(b + pb.full64 * kNrBw, av, bytes, lut, low);
+      flush_avx512bw(bytes, acc);
+    }
+    const __m128i sh = _mm_cvtsi32_si128(pr.shift);
+    for (int i = 0; i < MR; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        const __m512i v = _mm512_sll_epi64(acc[i][j], sh);
+        tot[i][j] = pr.negative ? _mm512_sub_epi64(tot[i][j], v) : _mm512_add_epi64(tot[i][j], v);
+      }
+    }
+  }
+  const int64_t n0 = panel * kNrBw;
+  const int64_t nn = std::min<int64_t>(kNrBw, pb.n - n0);
+  const __mmask16 keep = static_cast<__mmask16>(nn >= 16 ? 0xffff : (1u << nn) - 1);
+  for (int i = 0; i < MR && m0 + i < pb.m; ++i) {
+    const __m512i c = _mm512_set1_epi64(pb.corr ? pb.corr[pout * pb.m + m0 + i] : 0);
+    const __m256i lo = _mm512_cvtepi64_epi32(_mm512_sub_epi64(tot[i][0], c));
+    const __m256i hi = _mm512_cvtepi64_epi32(_mm512_sub_epi64(tot[i][1], c));
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    _mm512_mask_storeu_epi32(pb.out + (pout * pb.m + m0 + i) * pb.n + n0, keep, v);
+  }
+}
+
 // --------------------------------------------------------------------------- scalar (popcnt / generic)
 
 constexpr int kMrScalar = 2, kNrScalar = 8;
@@ -335,6 +425,11 @@ inline void tile_scalar_impl(const Problem& pb, int64_t pout, int64_t m0, int64_
 QSNN_AVX512 void block_avx512(const Problem& pb, int64_t pout, int64_t mt0, int64_t mt1, int64_t p0, int64_t p1) {
   for (int64_t mt = mt0; mt < mt1; ++mt)
     for (int64_t panel = p0; panel < p1; ++panel) tile_avx512(pb, pout, mt * kMr512, panel);
+}
+
+QSNN_AVX512BW void block_avx512bw(const Problem& pb, int64_t pout, int64_t mt0, int64_t mt1, int64_t p0, int64_t p1) {
+  for (int64_t mt = mt0; mt < mt1; ++mt)
+    for (int64_t panel = p0; panel < p1; ++panel) tile_avx512bw(pb, pout, mt * kMrBw, panel);
 }
 
 QSNN_AVX2 void block_avx2(const Problem& pb, int64_t pout, int64_t mt0, int64_t mt1, int64_t p0, int64_t p1) {
@@ -434,8 +529,14 @@ at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Ten
   TORCH_CHECK(red != "bitplane" || steps <= 31, "bitserial_matmul_packed: bitplane needs at most 31 planes");
 
   const Simd simd = simd_from_env();
-  const int nr = simd == Simd::kAvx512 ? kNr512 : simd == Simd::kAvx2 ? kNr256 : kNrScalar;
-  const int mr = simd == Simd::kAvx512 ? kMr512 : simd == Simd::kAvx2 ? kMr256 : kMrScalar;
+  const int nr = simd == Simd::kAvx512     ? kNr512
+                 : simd == Simd::kAvx512bw ? kNrBw
+                 : simd == Simd::kAvx2     ? kNr256
+                                           : kNrScalar;
+  const int mr = simd == Simd::kAvx512     ? kMr512
+                 : simd == Simd::kAvx512bw ? kMrBw
+                 : simd == Simd::kAvx2     ? kMr256
+                                           : kMrScalar;
 
   const auto xc = x_planes.contiguous();
   const auto wc = w_planes.contiguous();
@@ -513,8 +614,9 @@ at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Ten
   tiles_per_block = std::min(tiles_per_block, std::max<int64_t>(1, m_tiles / blocks_for_threads));
   const int64_t m_blocks = (m_tiles + tiles_per_block - 1) / tiles_per_block;
 
-  auto block = simd == Simd::kAvx512 ? &block_avx512
-               : simd == Simd::kAvx2 ? &block_avx2
+  auto block = simd == Simd::kAvx512     ? &block_avx512
+               : simd == Simd::kAvx512bw ? &block_avx512bw
+               : simd == Simd::kAvx2     ? &block_avx2
                : simd == Simd::kPopcnt ? &block_popcnt
                                        : &block_generic;
   const int64_t tasks = p_out * m_blocks * n_groups;

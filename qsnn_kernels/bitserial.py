@@ -2,12 +2,12 @@
 
 ``Y_p[m, n] = sum_k x[p, m, k] * q[n, k]`` on packed bit planes, as AND + popcount
 (DESIGN.md, "Bit-serial GEMM"); integer results are exact int32. Kernels: csrc/bitserial_cpu.cpp
-(CPU: AVX-512 VPOPCNTDQ / AVX2 / popcnt, OpenMP), qsnn_kernels/triton/bitserial.py (CUDA, and
+(CPU: AVX-512 VPOPCNTDQ / AVX-512BW / AVX2 / popcnt, OpenMP), qsnn_kernels/triton/bitserial.py (CUDA, and
 CPU under ``TRITON_INTERPRET=1``); oracle: :func:`qsnn_kernels.reference.bitserial_matmul`.
 The float form with autograd for layers is :func:`qsnn_kernels.bitserial_linear.bitserial_linear`.
 
 The CPU kernel's SIMD path is chosen at run time; the environment variable ``QSNN_CPU_SIMD``
-(auto, avx512_vpopcntdq, avx2, popcnt, generic) forces one, and :func:`cpu_simd` tells which.
+(auto, avx512_vpopcntdq, avx512bw, avx2, popcnt, generic) forces one, and :func:`cpu_simd` tells which.
 """
 
 from __future__ import annotations

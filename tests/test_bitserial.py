@@ -29,7 +29,7 @@ COMBOS = [
 # (M, K, N, P): every M in {1, 7, 64}, K in {1, 31, 33, 273, 1000}, N in {1, 5, 64}, P in {1, 2, 4}
 SHAPES = [(1, 1, 1, 1), (7, 31, 5, 2), (64, 33, 64, 4), (7, 273, 1, 4), (1, 1000, 64, 2), (64, 1000, 5, 1)]
 SMALL_SHAPES = [(1, 1, 1, 1), (7, 33, 5, 2), (3, 273, 4, 4)]
-SIMD_PATHS = ["avx512_vpopcntdq", "avx2", "popcnt", "generic"]
+SIMD_PATHS = ["avx512_vpopcntdq", "avx512bw", "avx2", "popcnt", "generic"]
 TRITON_FILE = Path(bs.__file__).parent / "triton" / "bitserial.py"
 needs_triton = pytest.mark.skipif(
     not TRITON_FILE.exists(), reason="qsnn_kernels/triton/bitserial.py (the Triton kernel) is not merged yet"
