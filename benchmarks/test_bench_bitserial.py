@@ -12,9 +12,12 @@ least-squares fit of time against BB.
     pytest benchmarks/test_bench_bitserial.py --benchmark-only --benchmark-json=bench.json
 
 reduce="none" returns T int32 planes, so a T-heavy split writes T times the output of a W- or
-S-heavy one; above glibc's mmap threshold (32 MiB) each call's fresh output is page-faulted in,
-which costs as much as the GEMM itself at M=1024, N=4096, T=4. ``THP_MEM_ALLOC_ENABLE=1`` (torch's
-allocator asks for transparent huge pages) removes most of that; the report shows both.
+S-heavy one: at small K (the conv shape) that output costs are visible (equal-BB splits within
+about 1.5x there, within 1.1-1.2x at K >= 4096). Fresh outputs of tens of MiB are page-faulted in
+by the first store; the CPU kernel asks for transparent huge pages for them (madvise), without
+which a T = 4 output at M=1024, N=4096 cost as much as the GEMM itself.
+On a shared machine run with OMP_NUM_THREADS=1 too: per-core ratios do not suffer from a thread
+of either side waiting for a time slice.
 """
 
 import time
