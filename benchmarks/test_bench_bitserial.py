@@ -3,16 +3,16 @@
 Three shapes (a linear layer, a conv as GEMM, a mid-size GEMM), each a benchmark group. Ours
 runs at W/S/T splits whose Bit Budget BB = W * S * T is 1 .. 64 (several splits per BB), with
 the spikes already packed (a previous layer can emit packed planes; weights are stored packed),
-plus an end-to-end variant that also checks and packs integer levels. Peers: fp32 matmul, int8
-static quantized linear (activations quantized beforehand), int8 dynamic quantized linear
-(quantizes its fp32 input per call) and torch._int_mm (int8 x int8 -> int32). Every benchmark records MACs, bit budget and rates in
-``extra_info``; ``python benchmarks/report_bitserial.py bench.json`` prints ratios and the
-least-squares fit of time against BB.
+plus an end-to-end variant that also checks and packs integer levels. Peers: fp32 matmul,
+int8 static quantized linear (activations quantized beforehand), int8 dynamic quantized linear
+(quantizes its fp32 input per call) and torch._int_mm (int8 x int8 -> int32). Every benchmark
+records MACs, bit budget and rates in ``extra_info``; ``python benchmarks/report_bitserial.py
+bench.json`` prints ratios and the least-squares fit of time against BB.
 
     pytest benchmarks/test_bench_bitserial.py --benchmark-only --benchmark-json=bench.json
 
 reduce="none" returns T int32 planes, so a T-heavy split writes T times the output of a W- or
-S-heavy one: at small K (the conv shape) that output costs are visible (equal-BB splits within
+S-heavy one: at small K (the conv shape) that output's cost is visible (equal-BB splits within
 about 1.5x there, within 1.1-1.2x at K >= 4096). Fresh outputs of tens of MiB are page-faulted in
 by the first store; the CPU kernel asks for transparent huge pages for them (madvise), without
 which a T = 4 output at M=1024, N=4096 cost as much as the GEMM itself.
