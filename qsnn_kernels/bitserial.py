@@ -196,6 +196,8 @@ def bitserial_matmul(
       "bitplane" -> ``sum_p 2^p Y_p`` ``[M, N]`` (needs x_bits = 1 and P <= 8).
     * ``backend``: "auto" (the op by device: CPU -> C++ kernel, CUDA -> Triton), "triton"
       (CUDA, or CPU with TRITON_INTERPRET=1), "reference" (reference.py's popcount form).
+      Levels and codes are packed first, by the compiled packer (reference.pack_bits for
+      backend="reference"); packed planes and a PackedWeight skip that step.
 
     Exact: equals ``reference.bitserial_matmul`` bit for bit. Raises, before any kernel runs,
     TypeError for float levels/codes or a wrong argument type; ValueError for mismatched K,
