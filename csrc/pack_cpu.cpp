@@ -6,7 +6,11 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
 #include <cstdint>
+
+#include "cpu_features.h"
 
 namespace qsnn {
 namespace {
@@ -30,6 +34,44 @@ void pack_rows(const T* x, int64_t rows, int64_t k, int bits, bool one_bit_signe
       for (int p = 0; p < bits; ++p) acc[p] |= ((code >> p) & 1u) << j;
     }
     for (int p = 0; p < bits; ++p) out[(p * rows + r) * words + w] = static_cast<int32_t>(acc[p]);
+  }
+}
+
+// Byte codes (int8/uint8), AVX2: 32 codes per load; plane p's word is the movemask of the bytes
+// shifted so that bit p lands in each byte's top bit. 1-bit signed int8 (-1/+1): the mask of x > 0.
+// Partial words (k % 32) go through pack_rows.
+template <typename T>
+__attribute__((target("avx2"))) void pack_rows_bytes_avx2(const T* x, int64_t rows, int64_t k, int bits,
+                                                          bool one_bit_signed, int32_t* out) {
+  const int64_t words = (k + kWordBits - 1) / kWordBits, full = k / kWordBits;
+#pragma omp parallel for schedule(static) if (rows * words > 4096)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* src = x + r * k;
+    for (int64_t w = 0; w < full; ++w) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + w * kWordBits));
+      if (one_bit_signed) {
+        out[r * words + w] = _mm256_movemask_epi8(_mm256_cmpgt_epi8(v, _mm256_setzero_si256()));
+        continue;
+      }
+      for (int p = 0; p < bits; ++p) {
+        const __m256i top = _mm256_sll_epi16(v, _mm_cvtsi32_si128(7 - p));
+        out[(p * rows + r) * words + w] = _mm256_movemask_epi8(top);
+      }
+    }
+  }
+  if (full < words) {  // the last, partial word of every row
+    const int64_t tail = k - full * kWordBits;
+#pragma omp parallel for schedule(static) if (rows > 4096)
+    for (int64_t r = 0; r < rows; ++r) {
+      uint32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      const T* src = x + r * k + full * kWordBits;
+      for (int64_t j = 0; j < tail; ++j) {
+        const uint32_t code = one_bit_signed ? static_cast<uint32_t>(src[j] > 0)
+                                             : static_cast<uint32_t>(static_cast<int64_t>(src[j]));
+        for (int p = 0; p < bits; ++p) acc[p] |= ((code >> p) & 1u) << j;
+      }
+      for (int p = 0; p < bits; ++p) out[(p * rows + r) * words + full] = static_cast<int32_t>(acc[p]);
+    }
   }
 }
 
@@ -64,6 +106,17 @@ at::Tensor pack_bits_cpu(const at::Tensor& x, int64_t bits, bool is_signed) {
   shape.push_back((k + kWordBits - 1) / kWordBits);
   auto out = at::empty(shape, x.options().dtype(at::kInt));
   const bool one_bit_signed = is_signed && bits == 1;
+  const bool bytes = x.scalar_type() == at::kChar || (x.scalar_type() == at::kByte && !one_bit_signed);
+  if (bytes && cpu_has_avx2()) {
+    if (x.scalar_type() == at::kChar) {
+      pack_rows_bytes_avx2<int8_t>(xc.data_ptr<int8_t>(), rows, k, static_cast<int>(bits), one_bit_signed,
+                                   out.data_ptr<int32_t>());
+    } else {
+      pack_rows_bytes_avx2<uint8_t>(xc.data_ptr<uint8_t>(), rows, k, static_cast<int>(bits), false,
+                                    out.data_ptr<int32_t>());
+    }
+    return out;
+  }
   AT_DISPATCH_INTEGRAL_TYPES(x.scalar_type(), "pack_bits_cpu", [&] {
     pack_rows<scalar_t>(xc.data_ptr<scalar_t>(), rows, k, static_cast<int>(bits), one_bit_signed,
                         out.data_ptr<int32_t>());

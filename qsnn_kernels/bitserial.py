@@ -1,0 +1,244 @@
+"""Bit-serial spike x weight GEMM (Eq. 3): ``bitserial_matmul`` and op ``qsnn::bitserial_matmul_packed``.
+
+``Y_p[m, n] = sum_k x[p, m, k] * q[n, k]`` on packed bit planes, as AND + popcount
+(DESIGN.md, "Bit-serial GEMM"); integer results are exact int32. Kernels: csrc/bitserial_cpu.cpp
+(CPU: AVX-512 VPOPCNTDQ / AVX-512BW / AVX2 / popcnt, OpenMP), qsnn_kernels/triton/bitserial.py (CUDA, and
+CPU under ``TRITON_INTERPRET=1``); oracle: :func:`qsnn_kernels.reference.bitserial_matmul`.
+The float form with autograd for layers is :func:`qsnn_kernels.bitserial_linear.bitserial_linear`.
+
+The CPU kernel's SIMD path is chosen at run time; the environment variable ``QSNN_CPU_SIMD``
+(auto, avx512_vpopcntdq, avx512bw, avx2, popcnt, generic) forces one, and :func:`cpu_simd` tells which.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import _extension, reference
+from ._extension import BackendUnavailable
+from .bits import INTEGER_DTYPES, SPIKE_BITS, WEIGHT_BITS, WORD_DTYPE, check_bits, check_codes, num_words
+from .packed_weight import PackedWeight
+from .packing import check_padding
+
+__all__ = ["BACKENDS", "REDUCTIONS", "bitserial_matmul", "cpu_simd", "int32_bound"]
+
+BACKENDS = ("auto", "triton", "reference")
+REDUCTIONS = reference.REDUCTIONS
+MAX_BITPLANES = max(SPIKE_BITS)
+"""reduce="bitplane": the planes are the bits of one activation, at most this wide."""
+
+# --------------------------------------------------------------------------- launchers
+
+
+def _triton_kernel(device: torch.device):
+    """``bitserial_matmul_triton``, or BackendUnavailable where it cannot run on ``device``."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise BackendUnavailable("bitserial_matmul: the Triton kernel runs on CPU only with TRITON_INTERPRET=1")
+    if device.type not in ("cpu", "cuda"):
+        raise BackendUnavailable(f"bitserial_matmul: no Triton kernel for device type {device.type!r}")
+    try:
+        from .triton.bitserial import bitserial_matmul_triton
+    except ImportError as exc:
+        raise BackendUnavailable(f"bitserial_matmul: the Triton kernel cannot be loaded ({exc}); install triton") from exc
+    return bitserial_matmul_triton
+
+
+# --------------------------------------------------------------------------- op registration
+
+torch.library.define(
+    "qsnn::bitserial_matmul_packed", "(Tensor x_planes, Tensor w_planes, int k, int x_bits, str reduce) -> Tensor"
+)
+torch.library.define("qsnn::bitserial_cpu_simd", "(str request) -> str")
+
+
+@torch.library.register_fake("qsnn::bitserial_matmul_packed")
+def _bitserial_matmul_packed_fake(x_planes, w_planes, k, x_bits, reduce):
+    torch._check(x_planes.dtype == WORD_DTYPE and w_planes.dtype == WORD_DTYPE,
+                 lambda: "bitserial_matmul_packed: planes must be int32 words")
+    torch._check(x_planes.dim() == 3 and w_planes.dim() == 3, lambda: "bitserial_matmul_packed: planes must be 3-d")
+    torch._check(x_planes.shape[2] == num_words(k) and w_planes.shape[2] == num_words(k),
+                 lambda: f"bitserial_matmul_packed: k={k} needs {num_words(k)} words per row")
+    torch._check(x_planes.shape[0] % x_bits == 0, lambda: "bitserial_matmul_packed: x planes not a multiple of x_bits")
+    torch._check(reduce in REDUCTIONS, lambda: f"bitserial_matmul_packed: reduce must be one of {REDUCTIONS}")
+    m, n = x_planes.shape[1], w_planes.shape[1]
+    if reduce == "none":
+        return x_planes.new_empty((x_planes.shape[0] // x_bits, m, n))
+    return x_planes.new_empty((m, n))
+
+
+@torch.library.register_kernel("qsnn::bitserial_matmul_packed", "cuda")
+def _bitserial_matmul_packed_cuda(x_planes, w_planes, k, x_bits, reduce):
+    return _triton_kernel(x_planes.device)(x_planes, w_planes, k, x_bits, reduce)
+
+
+def cpu_simd(request: str = "auto") -> str:
+    """The SIMD path the CPU kernel takes (``request`` defaults to the QSNN_CPU_SIMD variable).
+
+    Raises RuntimeError for an unknown path or one this CPU lacks; BackendUnavailable if the
+    extension is not built.
+    """
+    _extension.require("cpu")
+    if request == "auto":
+        request = os.environ.get("QSNN_CPU_SIMD", "auto")
+    return torch.ops.qsnn.bitserial_cpu_simd(request)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def int32_bound(k: int, w_bits: int, x_bits: int, steps: int, reduce: str) -> int:
+    """The largest ``|result|`` the bit widths allow: ``K * max|code| * max level * f``.
+
+    ``f`` is 1 for reduce="none", P for "time" and ``2^P - 1`` for "bitplane"; the API rejects
+    a problem whose bound reaches 2^31 (whatever the data) so that int32 can never overflow.
+    """
+    max_code = 1 << (w_bits - 1) if w_bits > 1 else 1
+    factor = {"none": 1, "time": steps, "bitplane": (1 << steps) - 1}[reduce]
+    return k * max_code * ((1 << x_bits) - 1) * factor
+
+
+def _weight_source(w, w_bits) -> tuple[torch.Tensor, bool, int, int]:
+    """Validate ``w``: (planes or codes, is_codes, K, W) from a PackedWeight or integer codes [N, K]."""
+    if isinstance(w, PackedWeight):
+        if w_bits is not None and w_bits != w.w_bits:
+            raise ValueError(f"bitserial_matmul: w_bits={w_bits!r} disagrees with the PackedWeight's w_bits={w.w_bits}")
+        return w.planes, False, w.in_features, w.w_bits
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"bitserial_matmul: w must be a PackedWeight or an integer tensor [N, K], got {type(w).__name__}")
+    if w_bits is None:
+        raise ValueError("bitserial_matmul: w_bits is required when w is a tensor of integer codes")
+    check_bits(w_bits, WEIGHT_BITS, "w_bits")
+    if w.dtype not in INTEGER_DTYPES:
+        raise TypeError(f"bitserial_matmul: w must hold integer weight codes, got {w.dtype}")
+    if w.dim() != 2 or w.shape[1] == 0:
+        raise ValueError(f"bitserial_matmul: w codes must be [N, K] with K >= 1, got shape {tuple(w.shape)}")
+    return w, True, w.shape[1], w_bits
+
+
+def _activation_source(x, x_bits: int, k) -> tuple[torch.Tensor, bool, int, int]:
+    """Validate ``x`` shapes: (planes or levels, is_levels, K, P) from levels [P, M, K] or packed planes."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"bitserial_matmul: x must be a tensor, got {type(x).__name__}")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"bitserial_matmul: k must be a positive int, got {k!r}")
+        if x.dtype != WORD_DTYPE:
+            raise TypeError(f"bitserial_matmul: with k given, x must be packed int32 planes, got {x.dtype}")
+        if x.dim() != 3 or x.shape[0] == 0 or x.shape[0] % x_bits or x.shape[2] != num_words(k):
+            raise ValueError(
+                f"bitserial_matmul: packed x must be [P * x_bits, M, ceil(k/32)] = [P * {x_bits}, M, {num_words(k)}], "
+                f"got shape {tuple(x.shape)}"
+            )
+        return x, False, k, x.shape[0] // x_bits
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
+    if x.dtype not in INTEGER_DTYPES:
+        raise TypeError(f"bitserial_matmul: x must hold integer levels (or packed planes with k=...), got {x.dtype}")
+    if x.dim() != 3 or x.shape[0] == 0 or x.shape[2] == 0:
+        raise ValueError(f"bitserial_matmul: x levels must be [P, M, K] with P, K >= 1, got shape {tuple(x.shape)}")
+    return x, True, x.shape[2], x.shape[0]
+
+
+def _pack(codes: torch.Tensor, bits: int, signed: bool, backend: str) -> torch.Tensor:
+    """Validated codes [..., K] -> planes [bits, ..., words] (reference or compiled packer)."""
+    if backend == "reference":
+        return reference.pack_bits(codes, bits, signed)
+    _extension.require(codes.device.type)
+    return torch.ops.qsnn.pack_bits(codes, bits, signed)
+
+
+def _level_planes(levels: torch.Tensor, x_bits: int, backend: str) -> torch.Tensor:
+    """Levels [P, M, K] -> planes [P * x_bits, M, words], plane p * x_bits + b = bit b of step p."""
+    planes = _pack(levels, x_bits, False, backend)  # [x_bits, P, M, words]
+    return planes.transpose(0, 1).reshape(levels.shape[0] * x_bits, levels.shape[1], planes.shape[-1])
+
+
+def _check_problem(k_x: int, k_w: int, x_bits: int, w_bits: int, steps: int, reduce: str,
+                   name: str = "bitserial_matmul") -> None:
+    if k_x != k_w:
+        raise ValueError(f"{name}: x has K={k_x} but w has K={k_w}")
+    if reduce == "bitplane" and (x_bits != 1 or steps > MAX_BITPLANES):
+        raise ValueError(
+            f'{name}: reduce="bitplane" sums 2^p Y_p over the binary bit planes of one activation, so it '
+            f"needs x_bits=1 and at most {MAX_BITPLANES} planes; got x_bits={x_bits} and {steps} planes"
+        )
+    bound = int32_bound(k_x, w_bits, x_bits, steps, reduce)
+    if bound >= 2**31:
+        raise ValueError(
+            f"{name}: the result could overflow int32: K={k_x} x max|code|={max(1, 1 << (w_bits - 1))} x "
+            f"max level={(1 << x_bits) - 1} x {steps} planes ({reduce!r}) = {bound} >= 2^31; split K or the planes"
+        )
+
+
+# --------------------------------------------------------------------------- functional API
+
+
+def bitserial_matmul(
+    x: torch.Tensor,
+    w,
+    *,
+    x_bits: int = 1,
+    w_bits: int | None = None,
+    reduce: str = "none",
+    k: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Exact integer GEMM of spike planes and low-bit weights (Eq. 3): ``Y_p = x_p @ q^T``.
+
+    * ``x``: integer levels ``[P, M, K]`` (any integer dtype or bool; each ``< 2^x_bits``), or,
+      when ``k`` is given, packed planes int32 ``[P * x_bits, M, ceil(k/32)]`` (plane
+      ``p * x_bits + b`` holds bit b of step p, layout of :mod:`qsnn_kernels.bits`).
+    * ``w``: a :class:`PackedWeight` (``[N, ...]``, K = prod(shape[1:])), or integer codes
+      ``[N, K]`` with ``w_bits`` in {1, 2, 4, 8} (two's complement; +-1 for W = 1).
+    * ``reduce``: "none" -> int32 ``[P, M, N]``; "time" -> ``sum_p Y_p`` ``[M, N]``;
+      "bitplane" -> ``sum_p 2^p Y_p`` ``[M, N]`` (needs x_bits = 1 and P <= 8).
+    * ``backend``: "auto" (the op by device: CPU -> C++ kernel, CUDA -> Triton), "triton"
+      (CUDA, or CPU with TRITON_INTERPRET=1), "reference" (reference.py's popcount form).
+      Levels and codes are packed first, by the compiled packer (reference.pack_bits for
+      backend="reference"); packed planes and a PackedWeight skip that step.
+
+    Exact: equals ``reference.bitserial_matmul`` bit for bit. Raises, before any kernel runs,
+    TypeError for float levels/codes or a wrong argument type; ValueError for mismatched K,
+    a value outside its bit width, a bit width outside {1, 2, 4, 8}, w_bits disagreeing with a
+    PackedWeight, a bad reduce or backend, inconsistent bitplane planes, x and w on different
+    devices, or an int32 overflow risk (:func:`int32_bound` >= 2^31); BackendUnavailable if the
+    chosen backend cannot run here. Data-dependent checks make this function eager-only; use
+    :func:`qsnn_kernels.bitserial_linear.bitserial_linear` inside compiled models.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"bitserial_matmul: backend must be one of {BACKENDS}, got {backend!r}")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"bitserial_matmul: reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    check_bits(x_bits, SPIKE_BITS, "x_bits")
+    w_src, w_is_codes, k_w, w_bits = _weight_source(w, w_bits)
+    x_src, x_is_levels, k_x, steps = _activation_source(x, x_bits, k)
+    if x_src.device != w_src.device:
+        raise ValueError(f"bitserial_matmul: x is on {x_src.device} but w is on {w_src.device}")
+    _check_problem(k_x, k_w, x_bits, w_bits, steps, reduce)
+    if backend == "auto" and x_src.device.type not in ("cpu", "cuda"):
+        raise BackendUnavailable(f"bitserial_matmul: no kernel for device type {x_src.device.type!r}")
+    # data-dependent checks last, still before any kernel
+    if w_is_codes:
+        check_codes(w_src, w_bits, True, "bitserial_matmul: w")
+    if x_is_levels:
+        check_codes(x_src, x_bits, False, "bitserial_matmul: x")
+    else:
+        check_padding(x_src, k_x)
+    if backend == "triton":
+        _triton_kernel(x_src.device)
+    elif backend == "auto" and x_src.device.type == "cpu":
+        _extension.require("cpu")
+    w_planes = _pack(w_src, w_bits, True, backend) if w_is_codes else w_src
+    x_planes = _level_planes(x_src, x_bits, backend) if x_is_levels else x_src
+    return _run(x_planes, w_planes, k_x, x_bits, reduce, backend)
+
+
+def _run(x_planes, w_planes, k: int, x_bits: int, reduce: str, backend: str) -> torch.Tensor:
+    """Validated packed operands -> the chosen backend's int32 result."""
+    if backend == "reference":
+        return reference.bitserial_matmul_popcount(x_planes, w_planes, x_bits, reduce)
+    if backend == "triton":
+        return _triton_kernel(x_planes.device)(x_planes, w_planes, k, x_bits, reduce)
+    return torch.ops.qsnn.bitserial_matmul_packed(x_planes, w_planes, k, x_bits, reduce)

@@ -1,0 +1,430 @@
+"""bitserial_matmul / bitserial_linear: every backend against reference.bitserial_matmul, exactly.
+
+Backends: the C++ CPU kernel on each SIMD path this CPU has, reference.py's popcount form,
+Triton (CUDA, or CPU under TRITON_INTERPRET=1 on small shapes), plus autograd, opcheck,
+torch.compile and every bad input.
+"""
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.library import opcheck
+
+import qsnn_kernels.bitserial as bs
+from qsnn_kernels import BackendUnavailable, PackedWeight, reference
+from qsnn_kernels.bitserial import bitserial_matmul, cpu_simd, int32_bound
+from qsnn_kernels.bitserial_linear import bitserial_linear
+from qsnn_kernels.testing import random_codes
+
+BITS = [1, 2, 4, 8]
+# (w_bits, x_bits, reduce); reduce="bitplane" needs binary planes (x_bits = 1)
+COMBOS = [
+    (wb, xb, red) for wb, xb, red in itertools.product(BITS, BITS, bs.REDUCTIONS) if red != "bitplane" or xb == 1
+]
+# (M, K, N, P): every M in {1, 7, 64}, K in {1, 31, 33, 273, 1000}, N in {1, 5, 64}, P in {1, 2, 4}
+SHAPES = [(1, 1, 1, 1), (7, 31, 5, 2), (64, 33, 64, 4), (7, 273, 1, 4), (1, 1000, 64, 2), (64, 1000, 5, 1)]
+SMALL_SHAPES = [(1, 1, 1, 1), (7, 33, 5, 2), (3, 273, 4, 4)]
+SIMD_PATHS = ["avx512_vpopcntdq", "avx512bw", "avx2", "popcnt", "generic"]
+TRITON_FILE = Path(bs.__file__).parent / "triton" / "bitserial.py"
+needs_triton = pytest.mark.skipif(
+    not TRITON_FILE.exists(), reason="qsnn_kernels/triton/bitserial.py (the Triton kernel) is not merged yet"
+)
+
+
+def mismatches(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    return int((a != b).sum())
+
+
+def operands(m, k, n, p, w_bits, x_bits, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    x = random_codes((p, m, k), x_bits, False, generator=g).to(torch.uint8).to(device)
+    q = random_codes((n, k), w_bits, True, generator=g).to(torch.int8).to(device)
+    return x, q
+
+
+def cpu_paths():
+    """The SIMD paths this CPU runs (the others raise)."""
+    have = []
+    for path in SIMD_PATHS:
+        try:
+            have.append(cpu_simd(path))
+        except RuntimeError:
+            pass
+    return have
+
+
+@pytest.fixture
+def simd_env(monkeypatch):
+    def use(path):
+        monkeypatch.setenv("QSNN_CPU_SIMD", path)
+
+    return use
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
+def test_cpu_kernel_every_simd_path(simd_env, w_bits, x_bits, reduce):
+    paths = cpu_paths()
+    assert "generic" in paths and "popcnt" in paths  # every x86-64 CPU this runs on has popcnt
+    for i, (m, k, n, p) in enumerate(SHAPES):
+        x, q = operands(m, k, n, p, w_bits, x_bits, seed=1000 * w_bits + 100 * x_bits + i)
+        expected = reference.bitserial_matmul(x, q, reduce)
+        w = PackedWeight.from_int(q, w_bits)
+        for path in paths:
+            simd_env(path)
+            got = bitserial_matmul(x, w, x_bits=x_bits, reduce=reduce)
+            assert mismatches(got, expected) == 0, (path, m, k, n, p)
+
+
+@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
+def test_auto_backend_on_device(device, w_bits, x_bits, reduce):
+    """The op's device dispatch (CPU -> C++, CUDA -> Triton), codes given as tensors."""
+    for i, (m, k, n, p) in enumerate(SHAPES):
+        x, q = operands(m, k, n, p, w_bits, x_bits, seed=7 + i, device=device)
+        got = bitserial_matmul(x, q, x_bits=x_bits, w_bits=w_bits, reduce=reduce)
+        assert mismatches(got.cpu(), reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)) == 0, (m, k, n, p)
+
+
+@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
+def test_reference_backend(w_bits, x_bits, reduce):
+    """reference.py's AND + popcount form equals the definition (small shapes: it is slow)."""
+    for i, (m, k, n, p) in enumerate(SMALL_SHAPES):
+        x, q = operands(m, k, n, p, w_bits, x_bits, seed=31 + i)
+        got = bitserial_matmul(x, q, x_bits=x_bits, w_bits=w_bits, reduce=reduce, backend="reference")
+        assert mismatches(got, reference.bitserial_matmul(x, q, reduce)) == 0
+
+
+@needs_triton
+@pytest.mark.parametrize("strategy", ["bitserial", "dot"])
+@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
+def test_triton_backend(w_bits, x_bits, reduce, strategy):
+    """The Triton kernel, both strategies (CUDA, or the interpreter on CPU), small shapes."""
+    from qsnn_kernels.triton.bitserial import bitserial_matmul_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 is not set (tests/conftest.py sets it on CPU-only machines)")
+    for i, (m, k, n, p) in enumerate([(1, 1, 1, 1), (7, 33, 5, 2), (5, 273, 3, 1)]):
+        x, q = operands(m, k, n, p, w_bits, x_bits, seed=77 + i, device=device)
+        planes = reference.pack_bits(x, x_bits, False).transpose(0, 1).reshape(p * x_bits, m, -1).contiguous()
+        w = reference.pack_bits(q, w_bits, True)
+        got = bitserial_matmul_triton(planes, w, k, x_bits, reduce, strategy=strategy)
+        assert mismatches(got.cpu(), reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)) == 0, (m, k, n, p)
+
+
+@needs_triton
+@pytest.mark.parametrize("w_bits,x_bits,reduce", [(1, 1, "none"), (2, 1, "bitplane"), (4, 2, "time"), (8, 4, "none")])
+def test_triton_through_the_api(w_bits, x_bits, reduce):
+    """backend="triton" of the public function (it validates, packs, then calls the kernel)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 is not set (tests/conftest.py sets it on CPU-only machines)")
+    for i, (m, k, n, p) in enumerate([(1, 1, 1, 1), (7, 33, 5, 2), (5, 273, 3, 1)]):
+        x, q = operands(m, k, n, p, w_bits, x_bits, seed=77 + i, device=device)
+        got = bitserial_matmul(x, q, x_bits=x_bits, w_bits=w_bits, reduce=reduce, backend="triton")
+        assert mismatches(got.cpu(), reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)) == 0, (m, k, n, p)
+
+
+def test_triton_backend_unavailable_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, q = operands(2, 40, 3, 1, 2, 1, seed=0)
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET"):
+        bitserial_matmul(x, q, w_bits=2, backend="triton")
+
+
+@pytest.mark.parametrize("reduce", bs.REDUCTIONS)
+def test_packed_input_and_noncontiguous(device, reduce):
+    """Pre-packed planes (with k), strided levels and strided planes give the same exact result."""
+    m, k, n, p, w_bits, x_bits = 9, 70, 6, 3, 4, 1 if reduce == "bitplane" else 2
+    x, q = operands(m, k, n, p, w_bits, x_bits, seed=5, device=device)
+    expected = reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)
+    w = PackedWeight.from_int(q, w_bits)
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2)  # same values, non-contiguous
+    assert not strided.is_contiguous()
+    assert mismatches(bitserial_matmul(strided, w, x_bits=x_bits, reduce=reduce).cpu(), expected) == 0
+    planes = reference.pack_bits(x, x_bits, False).transpose(0, 1).reshape(p * x_bits, m, -1)
+    assert mismatches(bitserial_matmul(planes, w, x_bits=x_bits, reduce=reduce, k=k).cpu(), expected) == 0
+    wide = torch.zeros(p * x_bits, 2 * m, planes.shape[2], dtype=torch.int32, device=device)
+    wide[:, ::2] = planes
+    assert not wide[:, ::2].is_contiguous()
+    assert mismatches(bitserial_matmul(wide[:, ::2], w, x_bits=x_bits, reduce=reduce, k=k).cpu(), expected) == 0
+
+
+def test_conv_shaped_weight_and_input_dtypes():
+    """A conv weight [Cout, Cin, kh, kw] is its GEMM matrix; any integer dtype or bool levels work."""
+    g = torch.Generator().manual_seed(3)
+    q = random_codes((8, 4, 3, 3), 2, True, generator=g)
+    w = PackedWeight.from_int(q, 2)
+    x = random_codes((2, 5, 36), 1, False, generator=g)
+    expected = reference.bitserial_matmul(x, q.reshape(8, -1), "none")
+    for dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        assert mismatches(bitserial_matmul(x.to(dtype), w), expected) == 0, dtype
+
+
+@pytest.mark.parametrize("reduce", ["none", "time"])
+def test_extreme_values_at_the_int32_bound(reduce):
+    """Largest K the bound allows with every level 255 and every code -128: exact, no overflow."""
+    steps = 2 if reduce == "time" else 1
+    k = (2**31 - 1) // (128 * 255 * steps)
+    assert int32_bound(k, 8, 8, steps, reduce) < 2**31 <= int32_bound(k + 1, 8, 8, steps, reduce)
+    x = torch.full((steps, 2, k), 255, dtype=torch.uint8)
+    q = torch.full((3, k), -128, dtype=torch.int8)
+    q[1] = 127
+    got = bitserial_matmul(x, q, x_bits=8, w_bits=8, reduce=reduce)
+    assert mismatches(got, reference.bitserial_matmul(x, q, reduce)) == 0
+    assert int(got.min()) == -k * 128 * 255 * steps
+    with pytest.raises(ValueError, match="overflow int32"):
+        bitserial_matmul(torch.ones(steps, 1, k + 1, dtype=torch.uint8), q[:, :1].expand(3, k + 1).contiguous(),
+                         x_bits=8, w_bits=8, reduce=reduce)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 20),
+    k=st.integers(1, 300),
+    n=st.integers(1, 40),
+    p=st.integers(1, 5),
+    w_bits=st.sampled_from(BITS),
+    x_bits=st.sampled_from(BITS),
+    reduce=st.sampled_from(bs.REDUCTIONS),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_matches_definition(m, k, n, p, w_bits, x_bits, reduce, seed):
+    if reduce == "bitplane":
+        x_bits = 1
+    x, q = operands(m, k, n, p, w_bits, x_bits, seed)
+    got = bitserial_matmul(x, q, x_bits=x_bits, w_bits=w_bits, reduce=reduce)
+    assert mismatches(got, reference.bitserial_matmul(x, q, reduce)) == 0
+
+
+def test_cpu_simd_names(simd_env):
+    assert cpu_simd() in SIMD_PATHS
+    with pytest.raises(RuntimeError, match="QSNN_CPU_SIMD must be"):
+        cpu_simd("sse9")
+    simd_env("sse9")
+    x, q = operands(2, 40, 3, 1, 2, 1, seed=0)
+    with pytest.raises(RuntimeError, match="QSNN_CPU_SIMD must be"):
+        bitserial_matmul(x, q, w_bits=2)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def bad_cases():
+    x, q = operands(3, 40, 5, 2, 4, 2, seed=0)
+    w = PackedWeight.from_int(q, 4)
+    planes = reference.pack_bits(x, 2, False).transpose(0, 1).reshape(4, 3, 2)
+    dirty = planes.clone()
+    dirty[0, 0, 1] |= 1 << 20  # a padding bit beyond k = 40
+    ok = dict(x_bits=2)
+    return [
+        ("K mismatch", (x[..., :39], w), ok, ValueError, "K=39 but w has K=40"),
+        ("level too big", (x.to(torch.int64) + 3, w), ok, ValueError, "outside the 2-bit unsigned range"),
+        ("negative level", (x.to(torch.int64) - 1, w), ok, ValueError, "outside the 2-bit unsigned range"),
+        ("float levels", (x.float(), w), ok, TypeError, "integer levels"),
+        ("float codes", (x, q.float()), dict(x_bits=2, w_bits=4), TypeError, "integer weight codes"),
+        ("codes too big", (x, q.to(torch.int64) * 4), dict(x_bits=2, w_bits=4), ValueError, "4-bit signed range"),
+        ("zero 1-bit weight", (x, torch.zeros_like(q)), dict(x_bits=2, w_bits=1), ValueError, "-1 or \\+1"),
+        ("w_bits missing", (x, q), ok, ValueError, "w_bits is required"),
+        ("w_bits 3", (x, q), dict(x_bits=2, w_bits=3), ValueError, "w_bits must be one of"),
+        ("w_bits vs PackedWeight", (x, w), dict(x_bits=2, w_bits=8), ValueError, "disagrees"),
+        ("x_bits 3", (x, w), dict(x_bits=3), ValueError, "x_bits must be one of"),
+        ("reduce", (x, w), dict(x_bits=2, reduce="sum"), ValueError, "reduce must be one of"),
+        ("backend", (x, w), dict(x_bits=2, backend="cuda"), ValueError, "backend must be one of"),
+        ("bitplane multi-bit", (x, w), dict(x_bits=2, reduce="bitplane"), ValueError, "needs x_bits=1"),
+        ("bitplane too many planes", (torch.zeros(9, 3, 40, dtype=torch.uint8), w), dict(reduce="bitplane"),
+         ValueError, "at most 8 planes"),
+        ("overflow", (torch.zeros(4, 1, 70000, dtype=torch.uint8), torch.zeros(2, 70000, dtype=torch.int8)),
+         dict(x_bits=8, w_bits=8, reduce="time"), ValueError, "overflow int32"),
+        ("packed without int32", (planes.to(torch.int64), w), dict(x_bits=2, k=40), TypeError, "packed int32"),
+        ("packed wrong words", (planes[..., :1], w), dict(x_bits=2, k=40), ValueError, "ceil\\(k/32\\)"),
+        ("packed not multiple of x_bits", (planes[:3], w), dict(x_bits=2, k=40), ValueError, "P \\* x_bits"),
+        ("packed dirty padding", (dirty, w), dict(x_bits=2, k=40), ValueError, "padding bits"),
+        ("k not int", (planes, w), dict(x_bits=2, k=40.0), ValueError, "k must be a positive int"),
+        ("x 2-d", (x[0], w), ok, ValueError, "\\[P, M, K\\]"),
+        ("x not a tensor", (x.tolist(), w), ok, TypeError, "x must be a tensor"),
+        ("w not a weight", (x, "w"), ok, TypeError, "PackedWeight or an integer tensor"),
+        ("devices differ", (x.to("meta"), w), ok, ValueError, "x is on meta but w is on cpu"),
+    ]
+
+
+@pytest.mark.parametrize("case", bad_cases(), ids=lambda c: c[0])
+def test_bad_input_raises_before_any_kernel(monkeypatch, case):
+    _, args, kwargs, exc, match = case
+
+    def no_kernel(*a, **k):
+        raise AssertionError("a kernel ran before validation finished")
+
+    monkeypatch.setattr(bs, "_run", no_kernel)
+    monkeypatch.setattr(bs, "_pack", no_kernel)
+    with pytest.raises(exc, match=match):
+        bitserial_matmul(*args, **kwargs)
+
+
+def test_bitserial_linear_bad_input():
+    x, q = operands(3, 40, 5, 2, 4, 2, seed=0)
+    w = PackedWeight.from_int(q, 4)
+    xf = x.float()
+    with pytest.raises(ValueError, match="integer levels"):
+        bitserial_linear(xf + 0.5, w, x_bits=2)
+    with pytest.raises(ValueError, match="outside \\[0, 3\\]"):
+        bitserial_linear(xf + 3, w, x_bits=2)
+    with pytest.raises(ValueError, match="integer levels"):
+        bitserial_linear(xf * float("nan"), w, x_bits=2)
+    with pytest.raises(ValueError, match="must match the PackedWeight"):
+        bitserial_linear(xf, w, x_bits=2, weight=torch.zeros(5, 41))
+    with pytest.raises(TypeError, match="x_scale"):
+        bitserial_linear(xf, w, x_bits=2, x_scale=torch.tensor(1.0))
+    with pytest.raises(ValueError, match="w_bits is required"):
+        bitserial_linear(xf, torch.randn(5, 40), x_bits=2)
+    with pytest.raises(TypeError, match="float weight"):
+        bitserial_linear(xf, q, x_bits=2, w_bits=4)
+    with pytest.raises(ValueError, match="K=39"):
+        bitserial_linear(xf[..., :39], w, x_bits=2)
+
+
+# --------------------------------------------------------------------------- float form and autograd
+
+
+def float_reference(x, wq, x_scale, reduce):
+    """The float definition: x_scale * x_p @ wq^T, reduced; autograd gives the straight-through grads."""
+    y = x_scale * torch.einsum("pmk,nk->pmn", x, wq)
+    if reduce == "time":
+        return y.sum(0)
+    if reduce == "bitplane":
+        coef = 2.0 ** torch.arange(x.shape[0], dtype=x.dtype)
+        return (y * coef[:, None, None]).sum(0)
+    return y
+
+
+@pytest.mark.parametrize("reduce", bs.REDUCTIONS)
+@pytest.mark.parametrize("w_bits", [1, 4])
+def test_linear_forward_and_grads_packed_weight(w_bits, reduce):
+    """PackedWeight + master weight: value, d/dspikes and straight-through d/dweight."""
+    m, k, n, p = 6, 45, 7, 3
+    x_bits = 1 if reduce == "bitplane" else 2
+    x, _ = operands(m, k, n, p, w_bits, x_bits, seed=11)
+    master = torch.randn(n, k, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    w = PackedWeight.from_float(master, w_bits)
+    xf = x.double().requires_grad_()
+    weight = master.clone().requires_grad_()
+    y = bitserial_linear(xf, w, x_bits=x_bits, x_scale=0.25, reduce=reduce, weight=weight)
+    assert y.dtype == torch.float64
+    xr = x.double().requires_grad_()
+    wr = master.clone().requires_grad_()
+    exact_wq = w.int_codes().double() * w.scale.double()[:, None]
+    wq = wr + (exact_wq - wr).detach()  # the packed weight, straight-through to wr
+    yr = float_reference(xr, wq, 0.25, reduce)
+    torch.testing.assert_close(y, yr, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (xf, weight), gy)
+    gxr, gwr = torch.autograd.grad(yr, (xr, wr), gy)
+    torch.testing.assert_close(gx, gxr, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw, gwr, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("w_bits", [1, 2, 8])
+def test_linear_float_weight_trains_through_fake_quant(w_bits):
+    """A float weight is quantized per call; its gradient is fake_quantize_weight's (straight-through)."""
+    m, k, n, p = 5, 33, 4, 2
+    x, _ = operands(m, k, n, p, w_bits, 1, seed=3)
+    weight = torch.randn(n, k, requires_grad=True, generator=torch.Generator().manual_seed(4))
+    xf = x.float().requires_grad_()
+    y = bitserial_linear(xf, weight, w_bits=w_bits, x_scale=0.5, reduce="time")
+    wr = weight.detach().clone().requires_grad_()
+    xr = x.float().requires_grad_()
+    yr = float_reference(xr, reference.fake_quantize_weight(wr, w_bits), 0.5, "time")
+    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad(y, (xf, weight), gy), torch.autograd.grad(yr, (xr, wr), gy)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", bs.REDUCTIONS)
+def test_linear_scale_gradcheck(reduce):
+    """The output is linear in the weight scale: gradcheck in float64 on a tiny case."""
+    x, q = operands(3, 33, 4, 2, 2, 1, seed=9)
+    w = PackedWeight.from_int(q, 2)
+    scale = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    xf = x.double()
+
+    def f(s):
+        return torch.ops.qsnn.bitserial_linear(xf, w.planes, s, None, 33, 1, 0.5, reduce, "auto")
+
+    assert torch.autograd.gradcheck(f, (scale,))
+
+
+def test_linear_integer_spikes_and_exactness():
+    """Integer spikes give the exact integer result times the scales (one rounding)."""
+    x, q = operands(7, 273, 5, 4, 8, 4, seed=12)
+    scale = torch.rand(5) + 0.5
+    w = PackedWeight.from_int(q, 8, scale)
+    y = bitserial_linear(x, w, x_bits=4, x_scale=2.0)
+    exact = reference.bitserial_matmul(x, q, "none")
+    torch.testing.assert_close(y, exact.float() * (scale * 2.0), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- opcheck and torch.compile
+
+
+@pytest.mark.parametrize("reduce", bs.REDUCTIONS)
+def test_opcheck_bitserial_matmul_packed(device, reduce):
+    x, q = operands(5, 45, 6, 2, 2, 1, seed=1, device=device)
+    w = PackedWeight.from_int(q, 2)
+    planes = reference.pack_bits(x, 1, False).transpose(0, 1).reshape(2, 5, 2)
+    opcheck(torch.ops.qsnn.bitserial_matmul_packed.default, (planes, w.planes, 45, 1, reduce))
+
+
+@pytest.mark.parametrize("reduce", ["none", "time"])
+def test_opcheck_bitserial_linear(device, reduce):
+    x, _ = operands(4, 33, 3, 2, 4, 2, seed=1, device=device)
+    master = torch.randn(3, 33, device=device)
+    w = PackedWeight.from_float(master, 4)
+    args = (x.float().requires_grad_(), w.planes, w.scale, master.requires_grad_(), 33, 2, 0.5, reduce, "auto")
+    opcheck(torch.ops.qsnn.bitserial_linear.default, args)
+
+
+class TinySpikingLinear(torch.nn.Module):
+    """A layer that trains through fake-quant with the bit-serial kernel in its forward."""
+
+    def __init__(self, k, n, w_bits):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n, k, generator=torch.Generator().manual_seed(0)))
+        self.w_bits = w_bits
+
+    def forward(self, spikes):
+        y = bitserial_linear(spikes, self.weight, w_bits=self.w_bits, x_bits=2, x_scale=0.5, reduce="time")
+        return torch.relu(y).sum()
+
+
+def _compiled_matches_eager(backend):
+    x, _ = operands(6, 40, 5, 3, 4, 2, seed=2)
+    layer = TinySpikingLinear(40, 5, 4)
+    eager_x = x.float().requires_grad_()
+    eager = layer(eager_x)
+    eager.backward()
+    eager_grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    comp_x = x.float().requires_grad_()
+    out = torch.compile(layer, fullgraph=True, backend=backend)(comp_x)
+    out.backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(layer.weight.grad, eager_grad)
+    torch.testing.assert_close(comp_x.grad, eager_x.grad)
+
+
+def test_compile_fullgraph_aot_eager():
+    _compiled_matches_eager("aot_eager")
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_inductor():
+    _compiled_matches_eager("inductor")
