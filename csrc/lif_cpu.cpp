@@ -1,0 +1,380 @@
+// Multi-level LIF neuron on the CPU (DESIGN.md "Multi-level LIF"), fused over all T steps.
+//
+// Layout: x, spikes, h are [T, N] contiguous (time-major); v_init, v_last are [N].
+// Each thread takes chunks of kChunk neurons and walks all T steps over its chunk, so the
+// membrane potential stays in a chunk-local (L1) array and every input element is read once
+// and every output element written once; the inner loop runs over neurons and vectorizes
+// (AVX2 where the CPU has it, chosen at run time, SSE2 otherwise).
+//
+// Forward saves h_t (the pre-reset membrane) for the backward: one element of x's dtype per
+// neuron per step (4 bytes in float32). Everything the backward needs is a function of h_t.
+// The arithmetic is written exactly as qsnn_kernels.reference.multilevel_lif computes it (same
+// operations in the same order, no FMA contraction: -std=c++20 turns GCC's contraction off
+// and no FMA target is enabled), so spikes and membrane potentials agree bit for bit.
+// NaN propagates as in the reference: clamp keeps NaN, so a neuron fed a NaN emits NaN spike
+// values and keeps a NaN membrane from that step on; +inf under hard reset gives v = inf * 0 = NaN.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "cpu_features.h"
+#include "host_pool.h"
+
+// Vectorizing the NaN-keeping clamps needs GCC to if-convert float compares, which it refuses
+// while FP exceptions count as observable; none of these kernels reads the exception flags, and
+// the option changes no result (IEEE operations round the same way).
+#pragma GCC optimize("no-trapping-math")
+
+namespace qsnn {
+namespace {
+
+constexpr int64_t kChunk = 256;  // neurons per chunk; chunk-local arrays stay in L1
+constexpr int64_t kGrainChunks = 16;
+
+#define QSNN_INLINE inline __attribute__((always_inline))
+
+// clamp(x, lo, hi) that keeps NaN (torch.clamp semantics): comparisons with NaN are false.
+template <typename T>
+QSNN_INLINE T clamp_nan(T x, T lo, T hi) {
+  x = x < lo ? lo : x;
+  return x > hi ? hi : x;
+}
+
+// The builtins, not std::floor: with ATen's headers in scope std::floor(float) can resolve to an
+// out-of-line call that blocks vectorization; the builtins become vroundps/vroundpd under AVX2.
+QSNN_INLINE float floor_of(float x) { return __builtin_floorf(x); }
+QSNN_INLINE double floor_of(double x) { return __builtin_floor(x); }
+
+// --------------------------------------------------------------------------- float forward
+
+template <typename T>
+struct ForwardArgs {
+  const T* x;
+  const T* v_init;  // may be null: zeros
+  T* spikes;
+  T* h;
+  T* v_last;
+  int64_t steps, n;
+  T levels, v_th, decay, v_reset;
+};
+
+// One time step over one chunk. The chunk's state comes in through a restrict pointer rather
+// than as a local array: that is what lets GCC if-convert and vectorize the loop.
+template <typename T, bool kHard>
+QSNN_INLINE void forward_step(const T* __restrict__ xt, T* __restrict__ st, T* __restrict__ ht, T* __restrict__ v,
+                              int64_t len, T levels, T v_th, T decay, T v_reset) {
+  for (int64_t i = 0; i < len; ++i) {
+    const T hv = decay * v[i] + xt[i];
+    const T f = floor_of(hv / v_th);
+    const T s = clamp_nan(f, T(0), levels);
+    st[i] = s * v_th;
+    ht[i] = hv;
+    if constexpr (kHard) {
+      const T r = clamp_nan(f, T(0), T(1));
+      v[i] = hv * (T(1) - r) + v_reset * r;
+    } else {
+      v[i] = hv - s * v_th;
+    }
+  }
+}
+
+template <typename T, bool kHard>
+QSNN_INLINE void forward_range(const ForwardArgs<T>& a, int64_t chunk_begin, int64_t chunk_end) {
+  alignas(64) T v[kChunk];
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    const int64_t n0 = c * kChunk, len = std::min(kChunk, a.n - n0);
+    for (int64_t i = 0; i < len; ++i) v[i] = a.v_init ? a.v_init[n0 + i] : T(0);
+    for (int64_t t = 0; t < a.steps; ++t) {
+      const int64_t off = t * a.n + n0;
+      forward_step<T, kHard>(a.x + off, a.spikes + off, a.h + off, v, len, a.levels, a.v_th, a.decay, a.v_reset);
+    }
+    for (int64_t i = 0; i < len; ++i) a.v_last[n0 + i] = v[i];
+  }
+}
+
+template <typename T, bool kHard>
+__attribute__((target("avx2"))) void forward_avx2(const ForwardArgs<T>& a, int64_t b, int64_t e) {
+  forward_range<T, kHard>(a, b, e);
+}
+template <typename T, bool kHard>
+void forward_base(const ForwardArgs<T>& a, int64_t b, int64_t e) {
+  forward_range<T, kHard>(a, b, e);
+}
+
+// --------------------------------------------------------------------------- float backward
+
+enum Surrogate { kRect = 0, kAtan = 1, kSigmoid = 2 };
+
+// g'(z) of reference.SURROGATES with the constants precomputed in T as the reference rounds them.
+template <typename T>
+struct SurrogateConsts {
+  T alpha, half_alpha, atan_scale, rect_width;
+};
+
+template <typename T, int kSur>
+QSNN_INLINE T surrogate(T z, const SurrogateConsts<T>& k) {
+  if constexpr (kSur == kRect) {
+    return std::abs(z) < k.rect_width ? k.alpha : T(0);
+  } else if constexpr (kSur == kAtan) {
+    const T y = k.atan_scale * z;
+    return k.half_alpha / (T(1) + y * y);
+  } else {
+    const T sg = T(1) / (T(1) + std::exp(-(k.alpha * z)));
+    return k.alpha * sg * (T(1) - sg);
+  }
+}
+
+template <typename T>
+struct BackwardArgs {
+  const T* grad_spikes;
+  const T* grad_v_last;  // may be null: zeros
+  const T* h;
+  T* grad_x;
+  T* grad_v_init;
+  int64_t steps, n, levels;
+  T v_th, decay, v_reset;
+  SurrogateConsts<T> k;
+};
+
+// d level / d h of one step, times v_th: total = sum over l = 1..L of g'(h/v_th - l), summed in the
+// reference's order; first = the l = 1 term (the hard reset's dr/dh times v_th).
+template <typename T, int kSur>
+QSNN_INLINE void surrogate_sums(const T* __restrict__ ht, T* __restrict__ u, T* __restrict__ first,
+                                T* __restrict__ total, int64_t len, int64_t levels, T v_th,
+                                const SurrogateConsts<T>& k) {
+  for (int64_t i = 0; i < len; ++i) {
+    u[i] = ht[i] / v_th;
+    first[i] = surrogate<T, kSur>(u[i] - T(1), k);
+    total[i] = T(0) + first[i];
+  }
+  for (int64_t l = 2; l <= levels; ++l) {
+    const T lf = static_cast<T>(l);
+    for (int64_t i = 0; i < len; ++i) total[i] += surrogate<T, kSur>(u[i] - lf, k);
+  }
+}
+
+// dL/dh_t from dL/ds_t and dL/dv_t; writes dL/dx_t and leaves dL/dv_{t-1} = decay dL/dh_t in gv.
+template <typename T, bool kHard, bool kDetach>
+QSNN_INLINE void backward_step(const T* __restrict__ ht, const T* __restrict__ gst, const T* __restrict__ u,
+                               const T* __restrict__ first, const T* __restrict__ total, T* __restrict__ gv,
+                               T* __restrict__ gxt, int64_t len, T v_th, T decay, T v_reset) {
+  for (int64_t i = 0; i < len; ++i) {
+    const T d_level = total[i] / v_th;
+    T gh;
+    if constexpr (kHard) {
+      const T r = clamp_nan(floor_of(u[i]), T(0), T(1));
+      gh = (gst[i] * v_th) * d_level + gv[i] * (T(1) - r);
+      if constexpr (!kDetach) gh += (gv[i] * v_reset - gv[i] * ht[i]) * (first[i] / v_th);
+    } else {
+      T gs = gst[i] * v_th;
+      if constexpr (!kDetach) gs -= gv[i] * v_th;
+      gh = gs * d_level + gv[i];
+    }
+    gxt[i] = gh;
+    gv[i] = decay * gh;
+  }
+}
+
+template <typename T, bool kHard, bool kDetach, int kSur>
+QSNN_INLINE void backward_range(const BackwardArgs<T>& a, int64_t chunk_begin, int64_t chunk_end) {
+  alignas(64) T gv[kChunk], u[kChunk], total[kChunk], first[kChunk];
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    const int64_t n0 = c * kChunk, len = std::min(kChunk, a.n - n0);
+    for (int64_t i = 0; i < len; ++i) gv[i] = a.grad_v_last ? a.grad_v_last[n0 + i] : T(0);
+    for (int64_t t = a.steps - 1; t >= 0; --t) {
+      const int64_t off = t * a.n + n0;
+      surrogate_sums<T, kSur>(a.h + off, u, first, total, len, a.levels, a.v_th, a.k);
+      backward_step<T, kHard, kDetach>(a.h + off, a.grad_spikes + off, u, first, total, gv, a.grad_x + off, len,
+                                       a.v_th, a.decay, a.v_reset);
+    }
+    for (int64_t i = 0; i < len; ++i) a.grad_v_init[n0 + i] = gv[i];
+  }
+}
+
+template <typename T, bool kHard, bool kDetach, int kSur>
+__attribute__((target("avx2"))) void backward_avx2(const BackwardArgs<T>& a, int64_t b, int64_t e) {
+  backward_range<T, kHard, kDetach, kSur>(a, b, e);
+}
+template <typename T, bool kHard, bool kDetach, int kSur>
+void backward_base(const BackwardArgs<T>& a, int64_t b, int64_t e) {
+  backward_range<T, kHard, kDetach, kSur>(a, b, e);
+}
+
+// --------------------------------------------------------------------------- launchers
+
+int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
+
+void check_common(const at::Tensor& x, const std::optional<at::Tensor>& v_init, int64_t s_bits, double v_th,
+                  double decay, const char* name) {
+  TORCH_CHECK(x.dim() == 2 && x.size(0) > 0, name, ": x must be [T, N] with T >= 1");
+  TORCH_CHECK(s_bits == 1 || s_bits == 2 || s_bits == 4 || s_bits == 8, name, ": s_bits must be 1, 2, 4 or 8");
+  if (v_init.has_value()) {
+    TORCH_CHECK(v_init->dim() == 1 && v_init->size(0) == x.size(1), name, ": v_init must be [N]");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(const at::Tensor& x,
+                                                                const std::optional<at::Tensor>& v_init,
+                                                                int64_t s_bits, double v_th, double decay,
+                                                                double v_reset, bool hard_reset,
+                                                                c10::string_view /*surrogate*/,
+                                                                double /*alpha*/, bool /*detach_reset*/) {
+  check_common(x, v_init, s_bits, v_th, decay, "lif_forward");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "lif_forward (CPU): x must be float32 or float64, got ", x.scalar_type());
+  if (v_init.has_value()) {
+    TORCH_CHECK(v_init->scalar_type() == x.scalar_type(), "lif_forward (CPU): v_init must have x's dtype");
+  }
+  const auto xc = x.contiguous();
+  const auto vc = v_init.has_value() ? v_init->contiguous() : at::Tensor();
+  const int64_t steps = x.size(0), n = x.size(1);
+  auto& pool = HostPool::instance();
+  auto spikes = pool.empty({steps, n}, x.scalar_type());
+  auto h = pool.empty({steps, n}, x.scalar_type());
+  auto v_last = pool.empty({n}, x.scalar_type());
+  const bool avx2 = cpu_has_avx2();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_forward_cpu", [&] {
+    using T = scalar_t;
+    const ForwardArgs<T> a{xc.data_ptr<T>(), vc.defined() ? vc.data_ptr<T>() : nullptr,
+                           spikes.data_ptr<T>(), h.data_ptr<T>(), v_last.data_ptr<T>(), steps, n,
+                           static_cast<T>((1 << s_bits) - 1), static_cast<T>(v_th), static_cast<T>(decay),
+                           static_cast<T>(v_reset)};
+    auto fn = hard_reset ? (avx2 ? &forward_avx2<T, true> : &forward_base<T, true>)
+                         : (avx2 ? &forward_avx2<T, false> : &forward_base<T, false>);
+    at::parallel_for(0, num_chunks(n), std::max<int64_t>(1, kGrainChunks / steps),
+                     [&](int64_t b, int64_t e) { fn(a, b, e); });
+  });
+  return {spikes, v_last, h};
+}
+
+template <typename T, bool kHard, bool kDetach>
+auto pick_backward(int sur, bool avx2) -> void (*)(const BackwardArgs<T>&, int64_t, int64_t) {
+  switch (sur) {
+    case kRect: return avx2 ? &backward_avx2<T, kHard, kDetach, kRect> : &backward_base<T, kHard, kDetach, kRect>;
+    case kAtan: return avx2 ? &backward_avx2<T, kHard, kDetach, kAtan> : &backward_base<T, kHard, kDetach, kAtan>;
+    default:
+      return avx2 ? &backward_avx2<T, kHard, kDetach, kSigmoid> : &backward_base<T, kHard, kDetach, kSigmoid>;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last,
+                                                    const at::Tensor& h, int64_t s_bits, double v_th, double decay,
+                                                    double v_reset, bool hard_reset, c10::string_view surrogate,
+                                                    double alpha, bool detach_reset) {
+  check_common(h, std::nullopt, s_bits, v_th, decay, "lif_backward");
+  TORCH_CHECK(h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble,
+              "lif_backward (CPU): h must be float32 or float64, got ", h.scalar_type());
+  TORCH_CHECK(grad_spikes.sizes() == h.sizes(), "lif_backward: grad_spikes must have h's shape [T, N]");
+  TORCH_CHECK(grad_v_last.dim() == 1 && grad_v_last.size(0) == h.size(1), "lif_backward: grad_v_last must be [N]");
+  int sur = -1;
+  if (surrogate == "rect") sur = kRect;
+  if (surrogate == "atan") sur = kAtan;
+  if (surrogate == "sigmoid") sur = kSigmoid;
+  TORCH_CHECK(sur >= 0, "lif_backward: surrogate must be rect, atan or sigmoid, got ", std::string(surrogate));
+  TORCH_CHECK(alpha > 0, "lif_backward: alpha must be > 0");
+  const auto dtype = h.scalar_type();
+  const auto hc = h.contiguous();
+  const auto gsc = grad_spikes.to(dtype).contiguous();
+  const auto gvc = grad_v_last.to(dtype).contiguous();
+  const int64_t steps = h.size(0), n = h.size(1);
+  auto& pool = HostPool::instance();
+  auto grad_x = pool.empty({steps, n}, dtype);
+  auto grad_v_init = pool.empty({n}, dtype);
+  const bool avx2 = cpu_has_avx2();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lif_backward_cpu", [&] {
+    using T = scalar_t;
+    // constants rounded to T exactly as the reference's tensor-scalar ops round them
+    const SurrogateConsts<T> k{static_cast<T>(alpha), static_cast<T>(alpha / 2), static_cast<T>(M_PI / 2 * alpha),
+                               static_cast<T>(0.5 / alpha)};
+    const BackwardArgs<T> a{gsc.data_ptr<T>(), gvc.data_ptr<T>(), hc.data_ptr<T>(), grad_x.data_ptr<T>(),
+                            grad_v_init.data_ptr<T>(), steps, n, (int64_t(1) << s_bits) - 1,
+                            static_cast<T>(v_th), static_cast<T>(decay), static_cast<T>(v_reset), k};
+    auto fn = hard_reset ? (detach_reset ? pick_backward<T, true, true>(sur, avx2)
+                                         : pick_backward<T, true, false>(sur, avx2))
+                         : (detach_reset ? pick_backward<T, false, true>(sur, avx2)
+                                         : pick_backward<T, false, false>(sur, avx2));
+    at::parallel_for(0, num_chunks(n), std::max<int64_t>(1, kGrainChunks / steps),
+                     [&](int64_t b, int64_t e) { fn(a, b, e); });
+  });
+  return {grad_x, grad_v_init};
+}
+
+// --------------------------------------------------------------------------- integer mode
+
+// floor(h / theta) for |h| <= 2^32 and 0 < theta < 2^31, exact for negative h too: the double
+// quotient q is correctly rounded with error <= |q| 2^-53 < 2^-21 / theta, while a non-integer
+// quotient lies at least 1 / theta from every integer, so flooring it gives the true floor.
+QSNN_INLINE int64_t floor_div(int64_t h, int64_t theta) {
+  return static_cast<int64_t>(std::floor(static_cast<double>(h) / static_cast<double>(theta)));
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_int_cpu(const at::Tensor& x, const std::optional<at::Tensor>& v_init,
+                                               int64_t s_bits, int64_t theta, int64_t leak_shift, int64_t v_reset,
+                                               bool hard_reset) {
+  TORCH_CHECK(x.dim() == 2 && x.size(0) > 0, "lif_int: x must be [T, N] with T >= 1");
+  TORCH_CHECK(x.scalar_type() == at::kInt, "lif_int: x must be int32, got ", x.scalar_type());
+  TORCH_CHECK(s_bits == 1 || s_bits == 2 || s_bits == 4 || s_bits == 8, "lif_int: s_bits must be 1, 2, 4 or 8");
+  TORCH_CHECK(theta > 0 && theta <= std::numeric_limits<int32_t>::max(), "lif_int: theta must be in [1, 2^31)");
+  TORCH_CHECK(leak_shift >= 0 && leak_shift <= 31, "lif_int: leak_shift must be in [0, 31]");
+  TORCH_CHECK(v_reset >= std::numeric_limits<int32_t>::min() && v_reset <= std::numeric_limits<int32_t>::max(),
+              "lif_int: v_reset must fit int32");
+  if (v_init.has_value()) {
+    TORCH_CHECK(v_init->scalar_type() == at::kInt && v_init->dim() == 1 && v_init->size(0) == x.size(1),
+                "lif_int: v_init must be int32 [N]");
+  }
+  const auto xc = x.contiguous();
+  const auto vc = v_init.has_value() ? v_init->contiguous() : at::Tensor();
+  const int64_t steps = x.size(0), n = x.size(1), levels = (int64_t(1) << s_bits) - 1;
+  auto& pool = HostPool::instance();
+  auto out = pool.empty({steps, n}, at::kByte);
+  auto v_last = pool.empty({n}, at::kInt);
+  const int32_t* xp = xc.data_ptr<int32_t>();
+  const int32_t* vp = vc.defined() ? vc.data_ptr<int32_t>() : nullptr;
+  uint8_t* op = out.data_ptr<uint8_t>();
+  int32_t* vl = v_last.data_ptr<int32_t>();
+  std::atomic<int64_t> first_overflow{steps};
+  at::parallel_for(0, num_chunks(n), std::max<int64_t>(1, kGrainChunks / steps), [&](int64_t b, int64_t e) {
+    int32_t v[kChunk];
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t n0 = c * kChunk, len = std::min(kChunk, n - n0);
+      for (int64_t i = 0; i < len; ++i) v[i] = vp ? vp[n0 + i] : 0;
+      for (int64_t t = 0; t < steps && t < first_overflow.load(std::memory_order_relaxed); ++t) {
+        const int32_t* xt = xp + t * n + n0;
+        uint8_t* ot = op + t * n + n0;
+        bool overflow = false;
+        for (int64_t i = 0; i < len; ++i) {
+          const int64_t hv = static_cast<int64_t>(v[i] >> leak_shift) + xt[i];  // arithmetic shift
+          overflow |= hv < std::numeric_limits<int32_t>::min() || hv > std::numeric_limits<int32_t>::max();
+          const int64_t s = std::min<int64_t>(std::max<int64_t>(floor_div(hv, theta), 0), levels);
+          ot[i] = static_cast<uint8_t>(s);
+          v[i] = static_cast<int32_t>(hard_reset ? (s > 0 ? v_reset : hv) : hv - s * theta);
+        }
+        if (overflow) {
+          int64_t seen = first_overflow.load();
+          while (t < seen && !first_overflow.compare_exchange_weak(seen, t)) {
+          }
+        }
+      }
+      for (int64_t i = 0; i < len; ++i) vl[n0 + i] = v[i];
+    }
+  });
+  const int64_t bad = first_overflow.load();
+  TORCH_CHECK(bad == steps, "lif_int: membrane potential leaves int32 at step ", bad);
+  return {out, v_last};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qsnn, CPU, m) {
+  m.impl("lif_forward", &lif_forward_cpu);
+  m.impl("lif_backward", &lif_backward_cpu);
+  m.impl("lif_int", &lif_int_cpu);
+}
+
+}  // namespace qsnn
