@@ -160,14 +160,18 @@ QSNN_INLINE void surrogate_sums(const T* __restrict__ ht, T* __restrict__ u, T* 
 }
 
 // dL/dh_t from dL/ds_t and dL/dv_t; writes dL/dx_t and leaves dL/dv_{t-1} = decay dL/dh_t in gv.
-template <typename T, bool kHard, bool kDetach>
+// kNoState: the last step when v_T received no gradient at all; as in the reference's autograd,
+// the membrane path then contributes nothing (not 0 * dv/dh, which is NaN for a NaN membrane).
+template <typename T, bool kHard, bool kDetach, bool kNoState = false>
 QSNN_INLINE void backward_step(const T* __restrict__ ht, const T* __restrict__ gst, const T* __restrict__ u,
                                const T* __restrict__ first, const T* __restrict__ total, T* __restrict__ gv,
                                T* __restrict__ gxt, int64_t len, T v_th, T decay, T v_reset) {
   for (int64_t i = 0; i < len; ++i) {
     const T d_level = total[i] / v_th;
     T gh;
-    if constexpr (kHard) {
+    if constexpr (kNoState) {
+      gh = (gst[i] * v_th) * d_level;
+    } else if constexpr (kHard) {
       const T r = clamp_nan(floor_of(u[i]), T(0), T(1));
       gh = (gst[i] * v_th) * d_level + gv[i] * (T(1) - r);
       if constexpr (!kDetach) gh += (gv[i] * v_reset - gv[i] * ht[i]) * (first[i] / v_th);
@@ -190,6 +194,11 @@ QSNN_INLINE void backward_range(const BackwardArgs<T>& a, int64_t chunk_begin, i
     for (int64_t t = a.steps - 1; t >= 0; --t) {
       const int64_t off = t * a.n + n0;
       surrogate_sums<T, kSur>(a.h + off, u, first, total, len, a.levels, a.v_th, a.k);
+      if (t == a.steps - 1 && !a.grad_v_last) {
+        backward_step<T, kHard, kDetach, true>(a.h + off, a.grad_spikes + off, u, first, total, gv, a.grad_x + off,
+                                               len, a.v_th, a.decay, a.v_reset);
+        continue;
+      }
       backward_step<T, kHard, kDetach>(a.h + off, a.grad_spikes + off, u, first, total, gv, a.grad_x + off, len,
                                        a.v_th, a.decay, a.v_reset);
     }
@@ -263,7 +272,8 @@ auto pick_backward(int sur, bool avx2) -> void (*)(const BackwardArgs<T>&, int64
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last,
+std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spikes,
+                                                    const std::optional<at::Tensor>& grad_v_last,
                                                     const at::Tensor& h, int64_t s_bits, double v_th, double decay,
                                                     double v_reset, bool hard_reset, c10::string_view surrogate,
                                                     double alpha, bool detach_reset) {
@@ -271,7 +281,9 @@ std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spike
   TORCH_CHECK(h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble,
               "lif_backward (CPU): h must be float32 or float64, got ", h.scalar_type());
   TORCH_CHECK(grad_spikes.sizes() == h.sizes(), "lif_backward: grad_spikes must have h's shape [T, N]");
-  TORCH_CHECK(grad_v_last.dim() == 1 && grad_v_last.size(0) == h.size(1), "lif_backward: grad_v_last must be [N]");
+  if (grad_v_last.has_value()) {
+    TORCH_CHECK(grad_v_last->dim() == 1 && grad_v_last->size(0) == h.size(1), "lif_backward: grad_v_last must be [N]");
+  }
   int sur = -1;
   if (surrogate == "rect") sur = kRect;
   if (surrogate == "atan") sur = kAtan;
@@ -281,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spike
   const auto dtype = h.scalar_type();
   const auto hc = h.contiguous();
   const auto gsc = grad_spikes.to(dtype).contiguous();
-  const auto gvc = grad_v_last.to(dtype).contiguous();
+  const auto gvc = grad_v_last.has_value() ? grad_v_last->to(dtype).contiguous() : at::Tensor();
   const int64_t steps = h.size(0), n = h.size(1);
   auto& pool = HostPool::instance();
   auto grad_x = pool.empty({steps, n}, dtype);
@@ -292,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spike
     // constants rounded to T exactly as the reference's tensor-scalar ops round them
     const SurrogateConsts<T> k{static_cast<T>(alpha), static_cast<T>(alpha / 2), static_cast<T>(M_PI / 2 * alpha),
                                static_cast<T>(0.5 / alpha)};
-    const BackwardArgs<T> a{gsc.data_ptr<T>(), gvc.data_ptr<T>(), hc.data_ptr<T>(), grad_x.data_ptr<T>(),
+    const BackwardArgs<T> a{gsc.data_ptr<T>(), gvc.defined() ? gvc.data_ptr<T>() : nullptr, hc.data_ptr<T>(), grad_x.data_ptr<T>(),
                             grad_v_init.data_ptr<T>(), steps, n, (int64_t(1) << s_bits) - 1,
                             static_cast<T>(v_th), static_cast<T>(decay), static_cast<T>(v_reset), k};
     auto fn = hard_reset ? (detach_reset ? pick_backward<T, true, true>(sur, avx2)

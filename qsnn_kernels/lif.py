@@ -17,7 +17,7 @@ Op contract (``[T, N]`` contiguous; the functional API flattens ``[T, ...]`` to 
 
     lif_forward(x, v_init?, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset)
         -> (spikes [T, N] x.dtype = level * v_th, v_last [N] state dtype, h [T, N] x.dtype)
-    lif_backward(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset,
+    lif_backward(grad_spikes, grad_v_last?, h, s_bits, v_th, decay, v_reset, hard_reset,
                  surrogate, alpha, detach_reset) -> (grad_x [T, N], grad_v_init [N]), state dtype
     lif_int(x int32, v_init? int32, s_bits, theta, leak_shift, v_reset, hard_reset)
         -> (levels uint8 [T, N], v_last int32 [N])
@@ -77,7 +77,7 @@ torch.library.define(
 )
 torch.library.define(
     "qsnn::lif_backward",
-    "(Tensor grad_spikes, Tensor grad_v_last, Tensor h, int s_bits, float v_th, float decay, float v_reset, "
+    "(Tensor grad_spikes, Tensor? grad_v_last, Tensor h, int s_bits, float v_th, float decay, float v_reset, "
     "bool hard_reset, str surrogate, float alpha, bool detach_reset) -> (Tensor, Tensor)",
 )
 torch.library.define(
@@ -103,7 +103,8 @@ def _lif_backward_fake(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset
                        detach_reset):
     torch._check(h.dim() == 2, lambda: "lif_backward: h must be [T, N]")
     torch._check(grad_spikes.shape == h.shape, lambda: "lif_backward: grad_spikes must have h's shape")
-    torch._check(grad_v_last.shape == h.shape[1:], lambda: "lif_backward: grad_v_last must be [N]")
+    if grad_v_last is not None:
+        torch._check(grad_v_last.shape == h.shape[1:], lambda: "lif_backward: grad_v_last must be [N]")
     state = _state_dtype(h.dtype)
     return h.new_empty(h.shape, dtype=state), h.new_empty(h.shape[1:], dtype=state)
 
@@ -123,6 +124,8 @@ def _lif_forward_cuda(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surro
 @torch.library.register_kernel("qsnn::lif_backward", "cuda")
 def _lif_backward_cuda(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
                        detach_reset):
+    if grad_v_last is None:  # the Triton kernel takes a tensor
+        grad_v_last = h.new_zeros(h.shape[1:], dtype=torch.float32)
     return _triton_lif().lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset,
                                              surrogate, alpha, detach_reset)
 
@@ -147,11 +150,8 @@ def _lif_backward(ctx, grad_spikes, grad_v_last, grad_h):
     none = (None,) * 8
     if grad_spikes is None and grad_v_last is None:
         return (None, None) + none
-    state = _state_dtype(h.dtype)
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(h)
-    if grad_v_last is None:
-        grad_v_last = h.new_zeros(h.shape[1:], dtype=state)
     grad_x, grad_v_init = torch.ops.qsnn.lif_backward(grad_spikes, grad_v_last, h, *ctx.args)
     return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None, *none
 
@@ -176,6 +176,7 @@ class _TritonInterpreted(torch.autograd.Function):
         (h,) = ctx.saved_tensors
         grad_x, grad_v_init = _triton_lif().lif_backward_triton(grad_spikes.contiguous(), grad_v_last.contiguous(),
                                                                 h, *ctx.args)
+        grad_x = grad_x.to(grad_spikes.dtype)
         return grad_x, grad_v_init, *(None,) * 8
 
 
