@@ -177,7 +177,7 @@ class _TritonInterpreted(torch.autograd.Function):
         grad_x, grad_v_init = _triton_lif().lif_backward_triton(grad_spikes.contiguous(), grad_v_last.contiguous(),
                                                                 h, *ctx.args)
         grad_x = grad_x.to(grad_spikes.dtype)
-        return grad_x, grad_v_init, *(None,) * 8
+        return grad_x, grad_v_init if ctx.needs_input_grad[1] else None, *(None,) * 8
 
 
 # --------------------------------------------------------------------------- validation
@@ -257,6 +257,18 @@ def _kernel_path(backend: str, device: torch.device, name: str) -> str:
     raise BackendUnavailable(f"{name}: backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU)")
 
 
+def _check_int_range(x: torch.Tensor, v_init, v_reset: int, s_bits, theta, leak_shift, reset) -> None:
+    """OverflowError if h_t can leave int32, for kernels that do not check it themselves (Triton).
+
+    |h_t| <= max(|v_init|, |v_reset|) + sum_{s<=t} |x_s| per neuron (a shift and either reset never
+    grow |v| beyond that); only when this cheap bound fails is the exact recurrence run to decide.
+    """
+    start = abs(v_reset) + (0 if v_init is None else int(v_init.abs().max()) if v_init.numel() else 0)
+    if x.numel() == 0 or start + int(x.to(torch.int64).abs().sum(0).max()) <= INT32_MAX:
+        return
+    reference.multilevel_lif_int(x, s_bits, theta, leak_shift, v_reset, reset, v_init)  # raises OverflowError
+
+
 def _levels(spikes: torch.Tensor, v_th: float) -> torch.Tensor:
     """The integer levels s_t of spike values s_t * v_th (exact: s <= 255); NaN spikes give 0."""
     return torch.nan_to_num(torch.round(spikes.detach() / v_th), nan=0.0).to(torch.uint8)
@@ -312,6 +324,8 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
     if x.dtype not in allowed:
         raise TypeError(f"multilevel_lif: {x.dtype} is not supported on {x.device.type} "
                         f"(supported: {', '.join(map(str, allowed))})")
+    if backend == "triton" and x.dtype == torch.float64:
+        raise TypeError("multilevel_lif: the Triton kernels compute in float32; float64 needs backend='auto' on CPU")
     v_init = _check_v_init(v_init, x, True, "multilevel_lif")
     if backend == "reference":
         spikes, v_last = reference.multilevel_lif(x, s_bits, v_th, decay, v_reset, reset, surrogate, alpha,
@@ -344,7 +358,8 @@ def multilevel_lif_int(x: torch.Tensor, *, s_bits: int, theta: int, leak_shift: 
     Returns ``(levels uint8 [T, ...], v_T int32 x.shape[1:])``. ``v_init``: int32 ``x.shape[1:]``
     or None (zeros). Raises TypeError (x or v_init not int32), ValueError (s_bits, theta outside
     [1, 2^31), leak_shift outside [0, 31], v_reset outside int32, T = 0, reset, v_init shape),
-    OverflowError if h_t leaves int32 (C++ and reference backends), BackendUnavailable.
+    OverflowError if h_t leaves int32 (the C++ kernel checks exactly; for Triton a cheap bound is
+    checked first and the exact recurrence only when the bound fails), BackendUnavailable.
     """
     _check_backend(backend)
     _check_input(x, "multilevel_lif_int")
@@ -361,6 +376,8 @@ def multilevel_lif_int(x: torch.Tensor, *, s_bits: int, theta: int, leak_shift: 
     if backend == "reference":
         return reference.multilevel_lif_int(x, s_bits, theta, leak_shift, v_reset, reset, v_init)
     path = _kernel_path(backend, x.device, "multilevel_lif_int")
+    if backend == "triton" or x.device.type != "cpu":
+        _check_int_range(x, v_init, v_reset, s_bits, theta, leak_shift, reset)
     steps, shape = x.shape[0], x.shape
     args = (x.reshape(steps, -1).contiguous(), None if v_init is None else v_init.reshape(-1).contiguous(),
             s_bits, theta, leak_shift, v_reset, reset == "hard")

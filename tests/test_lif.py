@@ -265,6 +265,8 @@ def test_triton_backend_without_gpu_or_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(_extension.BackendUnavailable):
         multilevel_lif(torch.zeros(2, 3), backend="triton")
+    with pytest.raises(TypeError, match="float64"):
+        multilevel_lif(torch.zeros(2, 3, dtype=torch.float64), backend="triton")
 
 
 # --------------------------------------------------------------------------- opcheck
@@ -359,3 +361,7 @@ def test_triton_int_bit_exact(device):
     got = multilevel_lif_int(x, s_bits=2, theta=7, leak_shift=1, reset="soft", backend="triton")
     want = multilevel_lif_int(x, s_bits=2, theta=7, leak_shift=1, reset="soft", backend="reference")
     assert mismatches(got[0], want[0]) == 0 and mismatches(got[1], want[1]) == 0
+    near = torch.full((3, 5), 2**30, dtype=torch.int32, device=device)  # bound fails, no overflow: runs
+    assert multilevel_lif_int(near[:2], s_bits=1, theta=3, backend="triton")[0].sum() == 10
+    with pytest.raises(OverflowError):
+        multilevel_lif_int(near, s_bits=1, theta=2**31 - 1, leak_shift=0, reset="soft", backend="triton")
