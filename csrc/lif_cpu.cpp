@@ -66,7 +66,7 @@ struct ForwardArgs {
 
 // One time step over one chunk. The chunk's state comes in through a restrict pointer rather
 // than as a local array: that is what lets GCC if-convert and vectorize the loop.
-template <typename T, bool kHard>
+template <typename T, bool kHard, bool kSaveH>
 QSNN_INLINE void forward_step(const T* __restrict__ xt, T* __restrict__ st, T* __restrict__ ht, T* __restrict__ v,
                               int64_t len, T levels, T v_th, T decay, T v_reset) {
   for (int64_t i = 0; i < len; ++i) {
@@ -74,7 +74,7 @@ QSNN_INLINE void forward_step(const T* __restrict__ xt, T* __restrict__ st, T* _
     const T f = floor_of(hv / v_th);
     const T s = clamp_nan(f, T(0), levels);
     st[i] = s * v_th;
-    ht[i] = hv;
+    if constexpr (kSaveH) ht[i] = hv;
     if constexpr (kHard) {
       const T r = clamp_nan(f, T(0), T(1));
       v[i] = hv * (T(1) - r) + v_reset * r;
@@ -84,7 +84,7 @@ QSNN_INLINE void forward_step(const T* __restrict__ xt, T* __restrict__ st, T* _
   }
 }
 
-template <typename T, bool kHard>
+template <typename T, bool kHard, bool kSaveH>
 QSNN_INLINE void forward_range(const ForwardArgs<T>& a, int64_t chunk_begin, int64_t chunk_end) {
   alignas(64) T v[kChunk];
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
@@ -92,19 +92,25 @@ QSNN_INLINE void forward_range(const ForwardArgs<T>& a, int64_t chunk_begin, int
     for (int64_t i = 0; i < len; ++i) v[i] = a.v_init ? a.v_init[n0 + i] : T(0);
     for (int64_t t = 0; t < a.steps; ++t) {
       const int64_t off = t * a.n + n0;
-      forward_step<T, kHard>(a.x + off, a.spikes + off, a.h + off, v, len, a.levels, a.v_th, a.decay, a.v_reset);
+      forward_step<T, kHard, kSaveH>(a.x + off, a.spikes + off, kSaveH ? a.h + off : nullptr, v, len, a.levels, a.v_th, a.decay, a.v_reset);
     }
     for (int64_t i = 0; i < len; ++i) a.v_last[n0 + i] = v[i];
   }
 }
 
-template <typename T, bool kHard>
+template <typename T, bool kHard, bool kSaveH>
 __attribute__((target("avx2"))) void forward_avx2(const ForwardArgs<T>& a, int64_t b, int64_t e) {
-  forward_range<T, kHard>(a, b, e);
+  forward_range<T, kHard, kSaveH>(a, b, e);
 }
-template <typename T, bool kHard>
+template <typename T, bool kHard, bool kSaveH>
 void forward_base(const ForwardArgs<T>& a, int64_t b, int64_t e) {
-  forward_range<T, kHard>(a, b, e);
+  forward_range<T, kHard, kSaveH>(a, b, e);
+}
+
+template <typename T, bool kHard>
+auto pick_forward(bool save_h, bool avx2) -> void (*)(const ForwardArgs<T>&, int64_t, int64_t) {
+  if (save_h) return avx2 ? &forward_avx2<T, kHard, true> : &forward_base<T, kHard, true>;
+  return avx2 ? &forward_avx2<T, kHard, false> : &forward_base<T, kHard, false>;
 }
 
 // --------------------------------------------------------------------------- float backward
@@ -233,7 +239,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(const at::Tensor&
                                                                 int64_t s_bits, double v_th, double decay,
                                                                 double v_reset, bool hard_reset,
                                                                 c10::string_view /*surrogate*/,
-                                                                double /*alpha*/, bool /*detach_reset*/) {
+                                                                double /*alpha*/, bool /*detach_reset*/,
+                                                                bool save_h) {
   check_common(x, v_init, s_bits, v_th, decay, "lif_forward");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "lif_forward (CPU): x must be float32 or float64, got ", x.scalar_type());
@@ -245,17 +252,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(const at::Tensor&
   const int64_t steps = x.size(0), n = x.size(1);
   auto& pool = HostPool::instance();
   auto spikes = pool.empty({steps, n}, x.scalar_type());
-  auto h = pool.empty({steps, n}, x.scalar_type());
+  auto h = pool.empty({save_h ? steps : 0, n}, x.scalar_type());  // [0, N] when no backward will run
   auto v_last = pool.empty({n}, x.scalar_type());
   const bool avx2 = cpu_has_avx2();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_forward_cpu", [&] {
     using T = scalar_t;
     const ForwardArgs<T> a{xc.data_ptr<T>(), vc.defined() ? vc.data_ptr<T>() : nullptr,
-                           spikes.data_ptr<T>(), h.data_ptr<T>(), v_last.data_ptr<T>(), steps, n,
+                           spikes.data_ptr<T>(), save_h ? h.data_ptr<T>() : nullptr, v_last.data_ptr<T>(), steps, n,
                            static_cast<T>((1 << s_bits) - 1), static_cast<T>(v_th), static_cast<T>(decay),
                            static_cast<T>(v_reset)};
-    auto fn = hard_reset ? (avx2 ? &forward_avx2<T, true> : &forward_base<T, true>)
-                         : (avx2 ? &forward_avx2<T, false> : &forward_base<T, false>);
+    auto fn = hard_reset ? pick_forward<T, true>(save_h, avx2) : pick_forward<T, false>(save_h, avx2);
     at::parallel_for(0, num_chunks(n), std::max<int64_t>(1, kGrainChunks / steps),
                      [&](int64_t b, int64_t e) { fn(a, b, e); });
   });

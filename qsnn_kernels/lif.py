@@ -15,8 +15,10 @@ the reset indicator and the surrogate derivatives are all recomputed from it.
 
 Op contract (``[T, N]`` contiguous; the functional API flattens ``[T, ...]`` to it)::
 
-    lif_forward(x, v_init?, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset)
+    lif_forward(x, v_init?, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
+                save_h=True)
         -> (spikes [T, N] x.dtype = level * v_th, v_last [N] state dtype, h [T, N] x.dtype)
+        (h is [0, N] and never written when save_h is False: inference, no autograd graph)
     lif_backward(grad_spikes, grad_v_last?, h, s_bits, v_th, decay, v_reset, hard_reset,
                  surrogate, alpha, detach_reset) -> (grad_x [T, N], grad_v_init [N]), state dtype
     lif_int(x int32, v_init? int32, s_bits, theta, leak_shift, v_reset, hard_reset)
@@ -73,7 +75,7 @@ def _interpreting() -> bool:
 torch.library.define(
     "qsnn::lif_forward",
     "(Tensor x, Tensor? v_init, int s_bits, float v_th, float decay, float v_reset, bool hard_reset, "
-    "str surrogate, float alpha, bool detach_reset) -> (Tensor, Tensor, Tensor)",
+    "str surrogate, float alpha, bool detach_reset, bool save_h=True) -> (Tensor, Tensor, Tensor)",
 )
 torch.library.define(
     "qsnn::lif_backward",
@@ -88,14 +90,16 @@ torch.library.define(
 
 
 @torch.library.register_fake("qsnn::lif_forward")
-def _lif_forward_fake(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset):
+def _lif_forward_fake(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
+                      save_h=True):
     torch._check(x.dim() == 2 and x.shape[0] >= 1, lambda: "lif_forward: x must be [T, N] with T >= 1")
     torch._check(x.dtype.is_floating_point, lambda: f"lif_forward: float x expected, got {x.dtype}")
     state = _state_dtype(x.dtype)
     if v_init is not None:
         torch._check(v_init.shape == x.shape[1:], lambda: "lif_forward: v_init must be [N]")
         torch._check(v_init.dtype == state, lambda: f"lif_forward: v_init must be {state}")
-    return torch.empty_like(x), x.new_empty(x.shape[1:], dtype=state), torch.empty_like(x)
+    h = torch.empty_like(x) if save_h else x.new_empty((0, x.shape[1]))
+    return torch.empty_like(x), x.new_empty(x.shape[1:], dtype=state), h
 
 
 @torch.library.register_fake("qsnn::lif_backward")
@@ -117,8 +121,10 @@ def _lif_int_fake(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
 
 
 @torch.library.register_kernel("qsnn::lif_forward", "cuda")
-def _lif_forward_cuda(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset):
-    return _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset)
+def _lif_forward_cuda(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
+                      save_h=True):
+    spikes, v_last, h = _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset)
+    return spikes, v_last, h if save_h else x.new_empty((0, x.shape[1]))
 
 
 @torch.library.register_kernel("qsnn::lif_backward", "cuda")
@@ -137,6 +143,7 @@ def _lif_int_cuda(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
 
 def _lif_setup_context(ctx, inputs, output):
     x, v_init, *args = inputs
+    args = args[:8]  # the backward's parameters; save_h (True whenever a backward can run) is not one
     h = output[2]
     ctx.save_for_backward(h)
     ctx.args = args
@@ -149,11 +156,11 @@ def _lif_backward(ctx, grad_spikes, grad_v_last, grad_h):
     (h,) = ctx.saved_tensors
     none = (None,) * 8
     if grad_spikes is None and grad_v_last is None:
-        return (None, None) + none
+        return (None, None) + none + (None,)
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(h)
     grad_x, grad_v_init = torch.ops.qsnn.lif_backward(grad_spikes, grad_v_last, h, *ctx.args)
-    return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None, *none
+    return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None, *none, None
 
 
 torch.library.register_autograd("qsnn::lif_forward", _lif_backward, setup_context=_lif_setup_context)
@@ -338,7 +345,9 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
     args = (x2, v2, s_bits, float(v_th), float(decay), float(v_reset), reset == "hard", surrogate, alpha,
             bool(detach_reset))
     if path == "op":
-        spikes, v_last, _ = torch.ops.qsnn.lif_forward(*args)
+        # without a backward to come, h (4 bytes per neuron per step in float32) is not written at all
+        save_h = torch.is_grad_enabled() and (x.requires_grad or (v_init is not None and v_init.requires_grad))
+        spikes, v_last, _ = torch.ops.qsnn.lif_forward(*args, save_h)
     else:
         spikes, v_last, _ = _TritonInterpreted.apply(*args)
     spikes, v_last = spikes.view(shape), v_last.view(shape[1:])

@@ -285,6 +285,17 @@ def test_opcheck_forward_backward(dtype, with_v_init):
                           (gs, gv, h, 2, 0.75, 0.5, 0.0, not with_v_init, "sigmoid", 4.0, with_v_init))
 
 
+def test_opcheck_inference_forward_skips_h():
+    x = currents((3, 37), 1)
+    spikes, v_last, h = torch.ops.qsnn.lif_forward(x, None, 1, 0.75, 0.5, 0.0, True, "atan", 2.0, False, False)
+    assert h.shape == (0, 37)
+    torch.library.opcheck(torch.ops.qsnn.lif_forward.default,
+                          (x, None, 1, 0.75, 0.5, 0.0, True, "atan", 2.0, False, False))
+    with torch.no_grad():
+        s, v = multilevel_lif(x.requires_grad_(), v_th=0.75)
+    assert mismatches(s, spikes) == 0 and mismatches(v, v_last) == 0
+
+
 def test_opcheck_int():
     x = torch.randint(-20, 40, (4, 33), dtype=torch.int32)
     torch.library.opcheck(torch.ops.qsnn.lif_int.default, (x, None, 4, 5, 1, 0, True))
