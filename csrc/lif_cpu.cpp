@@ -46,10 +46,12 @@ QSNN_INLINE T clamp_nan(T x, T lo, T hi) {
   return x > hi ? hi : x;
 }
 
-// The builtins, not std::floor: with ATen's headers in scope std::floor(float) can resolve to an
+// The builtins, not std::floor/abs: with ATen's headers in scope std::floor(float) can resolve to an
 // out-of-line call that blocks vectorization; the builtins become vroundps/vroundpd under AVX2.
 QSNN_INLINE float floor_of(float x) { return __builtin_floorf(x); }
 QSNN_INLINE double floor_of(double x) { return __builtin_floor(x); }
+QSNN_INLINE float abs_of(float x) { return __builtin_fabsf(x); }
+QSNN_INLINE double abs_of(double x) { return __builtin_fabs(x); }
 
 // --------------------------------------------------------------------------- float forward
 
@@ -126,7 +128,7 @@ struct SurrogateConsts {
 template <typename T, int kSur>
 QSNN_INLINE T surrogate(T z, const SurrogateConsts<T>& k) {
   if constexpr (kSur == kRect) {
-    return std::abs(z) < k.rect_width ? k.alpha : T(0);
+    return static_cast<T>(abs_of(z) < k.rect_width) * k.alpha;  // the reference's (|z| < w) * alpha
   } else if constexpr (kSur == kAtan) {
     const T y = k.atan_scale * z;
     return k.half_alpha / (T(1) + y * y);
