@@ -10,7 +10,8 @@
 // Contract: a tensor from here is an ordinary CPU tensor, except that its storage cannot be
 // resized (resize_ to a larger size raises) and share_memory_() is not supported. The pool
 // keeps at most QSNN_HOST_POOL_MB megabytes of idle buffers (environment, read once; default
-// 512; 0 turns pooling off); buffers beyond that go back to the OS when freed.
+// 512; 0 turns pooling off); buffers beyond that go back to the OS when freed. Sizes are rounded
+// up to 2 MiB (huge-page aligned), and a request takes an idle buffer of exactly that size.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,6 +19,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 
@@ -56,8 +58,9 @@ class HostPool {
   void* acquire(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = idle_.find(bytes);
-      if (it != idle_.end()) {
+      auto range = idle_.equal_range(bytes);
+      if (range.first != range.second) {
+        auto it = std::prev(range.second);  // the most recently freed: the likeliest still in cache
         void* p = it->second;
         idle_.erase(it);
         idle_bytes_ -= bytes;

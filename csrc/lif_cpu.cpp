@@ -36,7 +36,7 @@
 namespace qsnn {
 namespace {
 
-constexpr int64_t kChunk = 256;  // neurons per chunk; chunk-local arrays stay in L1
+constexpr int64_t kChunk = 1024;  // neurons per chunk; chunk-local arrays stay in L1/L2
 constexpr int64_t kGrainChunks = 16;
 
 #define QSNN_INLINE inline __attribute__((always_inline))
@@ -55,6 +55,24 @@ QSNN_INLINE double floor_of(double x) { return __builtin_floor(x); }
 QSNN_INLINE float abs_of(float x) { return __builtin_fabsf(x); }
 QSNN_INLINE double abs_of(double x) { return __builtin_fabs(x); }
 
+// Software prefetch of the next chunk's slice of one time row. A chunk's slice of a row is one or
+// two pages, too short for the hardware prefetcher to ramp up before the walk jumps T rows on;
+// without this the forward stalls on every load of x (measured: half its time).
+template <typename T>
+QSNN_INLINE void prefetch_read(const T* p, int64_t len) {
+  for (int64_t j = 0; j < len; j += 64 / sizeof(T)) __builtin_prefetch(p + j, 0, 3);
+}
+template <typename T>
+QSNN_INLINE void prefetch_write(T* p, int64_t len) {
+  for (int64_t j = 0; j < len; j += 64 / sizeof(T)) __builtin_prefetch(p + j, 1, 3);
+}
+
+template <typename T>
+bool is_pow2(T x) {
+  int exponent = 0;
+  return std::frexp(x, &exponent) == T(0.5) && std::isnormal(x / 2) && std::isnormal(x * 2);
+}
+
 // --------------------------------------------------------------------------- float forward
 
 template <typename T>
@@ -70,12 +88,14 @@ struct ForwardArgs {
 
 // One time step over one chunk. The chunk's state comes in through a restrict pointer rather
 // than as a local array: that is what lets GCC if-convert and vectorize the loop.
-template <typename T, bool kHard, bool kSaveH>
+// kPow2: v_th is a power of two, so h * (1 / v_th) is exact and equals h / v_th bit for bit (both
+// are the correctly rounded h * 2^-k); a multiply instead of the divide the reference rounds by.
+template <typename T, bool kHard, bool kSaveH, bool kPow2>
 QSNN_INLINE void forward_step(const T* __restrict__ xt, T* __restrict__ st, T* __restrict__ ht, T* __restrict__ v,
-                              int64_t len, T levels, T v_th, T decay, T v_reset) {
+                              int64_t len, T levels, T v_th, T inv_v_th, T decay, T v_reset) {
   for (int64_t i = 0; i < len; ++i) {
     const T hv = decay * v[i] + xt[i];
-    const T f = floor_of(hv / v_th);
+    const T f = floor_of(kPow2 ? hv * inv_v_th : hv / v_th);
     const T s = clamp_nan(f, T(0), levels);
     st[i] = s * v_th;
     if constexpr (kSaveH) ht[i] = hv;
@@ -90,13 +110,26 @@ QSNN_INLINE void forward_step(const T* __restrict__ xt, T* __restrict__ st, T* _
 
 template <typename T, bool kHard, bool kSaveH>
 QSNN_INLINE void forward_range(const ForwardArgs<T>& a, int64_t chunk_begin, int64_t chunk_end) {
+  const bool pow2 = is_pow2(a.v_th);
+  const T inv = T(1) / a.v_th;
   alignas(64) T v[kChunk];
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t n0 = c * kChunk, len = std::min(kChunk, a.n - n0);
     for (int64_t i = 0; i < len; ++i) v[i] = a.v_init ? a.v_init[n0 + i] : T(0);
+    const int64_t next_len = c + 1 < chunk_end ? std::min(kChunk, a.n - n0 - kChunk) : 0;
     for (int64_t t = 0; t < a.steps; ++t) {
       const int64_t off = t * a.n + n0;
-      forward_step<T, kHard, kSaveH>(a.x + off, a.spikes + off, kSaveH ? a.h + off : nullptr, v, len, a.levels, a.v_th, a.decay, a.v_reset);
+      T* ht = kSaveH ? a.h + off : nullptr;
+      prefetch_read(a.x + off + kChunk, next_len);
+      prefetch_write(a.spikes + off + kChunk, next_len);
+      if (kSaveH) prefetch_write(ht + kChunk, next_len);
+      if (pow2) {
+        forward_step<T, kHard, kSaveH, true>(a.x + off, a.spikes + off, ht, v, len, a.levels, a.v_th, inv, a.decay,
+                                             a.v_reset);
+      } else {
+        forward_step<T, kHard, kSaveH, false>(a.x + off, a.spikes + off, ht, v, len, a.levels, a.v_th, inv, a.decay,
+                                              a.v_reset);
+      }
     }
     for (int64_t i = 0; i < len; ++i) a.v_last[n0 + i] = v[i];
   }
@@ -191,13 +224,24 @@ QSNN_INLINE void sigmoid_terms(const float* __restrict__ u, float level, float* 
   }
 }
 
+// u = h / v_th rounded as the reference rounds it (the reset indicator floor(u) must match).
+template <typename T>
+QSNN_INLINE void divide_by_v_th(const T* __restrict__ h, T* __restrict__ u, int64_t len, T v_th) {
+  if (is_pow2(v_th)) {
+    const T inv = T(1) / v_th;
+    for (int64_t i = 0; i < len; ++i) u[i] = h[i] * inv;
+  } else {
+    for (int64_t i = 0; i < len; ++i) u[i] = h[i] / v_th;
+  }
+}
+
 template <typename T, int kSur>
 QSNN_INLINE void surrogate_sums(const T* __restrict__ ht, T* __restrict__ u, T* __restrict__ first,
                                 T* __restrict__ total, int64_t len, int64_t levels, T v_th,
                                 const SurrogateConsts<T>& k) {
   if constexpr (kSur == kSigmoid && std::is_same_v<T, float>) {
     alignas(64) float term[kChunk];
-    for (int64_t i = 0; i < len; ++i) u[i] = ht[i] / v_th;
+    divide_by_v_th(ht, u, len, v_th);
     sigmoid_terms(u, 1.0f, first, len, k.alpha);
     for (int64_t i = 0; i < len; ++i) total[i] = 0.0f + first[i];
     for (int64_t l = 2; l <= levels; ++l) {
@@ -206,8 +250,8 @@ QSNN_INLINE void surrogate_sums(const T* __restrict__ ht, T* __restrict__ u, T* 
     }
     return;
   }
+  divide_by_v_th(ht, u, len, v_th);
   for (int64_t i = 0; i < len; ++i) {
-    u[i] = ht[i] / v_th;
     first[i] = surrogate<T, kSur>(u[i] - T(1), k);
     total[i] = T(0) + first[i];
   }
@@ -224,15 +268,16 @@ template <typename T, bool kHard, bool kDetach, bool kNoState = false>
 QSNN_INLINE void backward_step(const T* __restrict__ ht, const T* __restrict__ gst, const T* __restrict__ u,
                                const T* __restrict__ first, const T* __restrict__ total, T* __restrict__ gv,
                                T* __restrict__ gxt, int64_t len, T v_th, T decay, T v_reset) {
+  const T inv_v_th = T(1) / v_th;  // gradients only: a multiply, within rounding of the reference's divide
   for (int64_t i = 0; i < len; ++i) {
-    const T d_level = total[i] / v_th;
+    const T d_level = total[i] * inv_v_th;
     T gh;
     if constexpr (kNoState) {
       gh = (gst[i] * v_th) * d_level;
     } else if constexpr (kHard) {
       const T r = clamp_nan(floor_of(u[i]), T(0), T(1));
       gh = (gst[i] * v_th) * d_level + gv[i] * (T(1) - r);
-      if constexpr (!kDetach) gh += (gv[i] * v_reset - gv[i] * ht[i]) * (first[i] / v_th);
+      if constexpr (!kDetach) gh += (gv[i] * v_reset - gv[i] * ht[i]) * (first[i] * inv_v_th);
     } else {
       T gs = gst[i] * v_th;
       if constexpr (!kDetach) gs -= gv[i] * v_th;
@@ -249,8 +294,12 @@ QSNN_INLINE void backward_range(const BackwardArgs<T>& a, int64_t chunk_begin, i
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t n0 = c * kChunk, len = std::min(kChunk, a.n - n0);
     for (int64_t i = 0; i < len; ++i) gv[i] = a.grad_v_last ? a.grad_v_last[n0 + i] : T(0);
+    const int64_t next_len = c + 1 < chunk_end ? std::min(kChunk, a.n - n0 - kChunk) : 0;
     for (int64_t t = a.steps - 1; t >= 0; --t) {
       const int64_t off = t * a.n + n0;
+      prefetch_read(a.h + off + kChunk, next_len);
+      prefetch_read(a.grad_spikes + off + kChunk, next_len);
+      prefetch_write(a.grad_x + off + kChunk, next_len);
       surrogate_sums<T, kSur>(a.h + off, u, first, total, len, a.levels, a.v_th, a.k);
       if (t == a.steps - 1 && !a.grad_v_last) {
         backward_step<T, kHard, kDetach, true>(a.h + off, a.grad_spikes + off, u, first, total, gv, a.grad_x + off,

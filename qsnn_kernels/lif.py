@@ -21,8 +21,14 @@ Op contract (``[T, N]`` contiguous; the functional API flattens ``[T, ...]`` to 
         (h is [0, N] and never written when save_h is False: inference, no autograd graph)
     lif_backward(grad_spikes, grad_v_last?, h, s_bits, v_th, decay, v_reset, hard_reset,
                  surrogate, alpha, detach_reset) -> (grad_x [T, N], grad_v_init [N]), state dtype
+        (grad_v_last None: v_T received no gradient, so, as in the reference's autograd, the last
+        step's membrane path contributes nothing, not 0 * dv/dh, which is NaN for a NaN membrane)
     lif_int(x int32, v_init? int32, s_bits, theta, leak_shift, v_reset, hard_reset)
         -> (levels uint8 [T, N], v_last int32 [N])
+
+Outputs of the C++ kernels of 1 MiB or more come from a small pool of warm host buffers
+(csrc/host_pool.h; ``QSNN_HOST_POOL_MB``, default 512, 0 disables): a fresh 32 MiB tensor from
+the OS costs more in page faults than this whole op; such tensors cannot be resized in place.
 
 The state dtype (v_init, v_last, gradients) is float64 for float64 input (CPU only) and float32
 otherwise. ``surrogate``, ``alpha`` and ``detach_reset`` are in the forward schema only so that the
@@ -253,9 +259,11 @@ def _check_v_init(v_init, x, is_float: bool, name: str):
 def _kernel_path(backend: str, device: torch.device, name: str) -> str:
     """"op" (the registered kernel of x's device) or "interpreted" (Triton on CPU); raises if neither."""
     if backend == "auto" or (backend == "triton" and device.type == "cuda"):
+        if torch.compiler.is_compiling():
+            return "op"  # checked when the graph runs; an import or a load here would break the graph
         if device.type == "cuda":
             _triton_lif()
-        elif not torch.compiler.is_compiling():
+        else:
             _extension.require(device.type)
         return "op"
     if device.type == "cpu" and _interpreting():

@@ -5,6 +5,7 @@ same float operations in the same order); gradients agree to summation-order rou
 1e-12 relative; float32: against the float32 reference, 1e-5); integer mode is bit-exact.
 """
 
+import os
 import pathlib
 
 import pytest
@@ -105,6 +106,17 @@ def test_nan_and_inf_follow_reference(reset):
         assert torch.equal(gx.isnan(), gxr.isnan()), surrogate
         ok = ~gxr.isnan() & gxr.isfinite()
         torch.testing.assert_close(gx[ok], gxr[ok], **GRAD_TOL[torch.float32])
+
+
+@pytest.mark.skipif(os.environ.get("QSNN_HOST_POOL_MB") == "0", reason="host pool disabled")
+def test_large_outputs_reuse_warm_buffers():
+    x = currents((2, 2**18), 1)  # 2 MiB outputs: pooled
+    s = multilevel_lif(x)[0]
+    ptr, want = s.data_ptr(), s.clone()
+    del s
+    again = multilevel_lif(x)[0]
+    assert again.data_ptr() == ptr and torch.equal(again, want)
+    assert torch.equal(again * 2, want * 2)  # an ordinary tensor otherwise
 
 
 # --------------------------------------------------------------------------- backward
