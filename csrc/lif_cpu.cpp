@@ -1,16 +1,20 @@
 // Multi-level LIF neuron on the CPU (DESIGN.md "Multi-level LIF"), fused over all T steps.
 //
 // Layout: x, spikes, h are [T, N] contiguous (time-major); v_init, v_last are [N].
-// Each thread takes chunks of kChunk neurons and walks all T steps over its chunk, so the
-// membrane potential stays in a chunk-local (L1) array and every input element is read once
+// Each thread (at::parallel_for, OpenMP) takes chunks of kChunk neurons and walks all T steps
+// over its chunk, forward in time (forward) or in reverse (backward, BPTT), so the membrane
+// potential or its gradient stays in a chunk-local array and every input element is read once
 // and every output element written once; the inner loop runs over neurons and vectorizes
-// (AVX2 where the CPU has it, chosen at run time, SSE2 otherwise).
+// (AVX2 where the CPU has it, chosen at run time; a plain build otherwise).
 //
 // Forward saves h_t (the pre-reset membrane) for the backward: one element of x's dtype per
 // neuron per step (4 bytes in float32). Everything the backward needs is a function of h_t.
-// The arithmetic is written exactly as qsnn_kernels.reference.multilevel_lif computes it (same
-// operations in the same order, no FMA contraction: -std=c++20 turns GCC's contraction off
-// and no FMA target is enabled), so spikes and membrane potentials agree bit for bit.
+// The forward arithmetic is written exactly as qsnn_kernels.reference.multilevel_lif computes
+// it (same operations in the same order, no FMA contraction: -std=c++20 turns GCC's contraction
+// off and no FMA target is enabled), so spikes and membrane potentials agree bit for bit. The
+// backward rounds like the reference where a result feeds a comparison (the reset indicator)
+// and otherwise agrees to rounding (it multiplies by 1/v_th, sums in its own order and uses a
+// polynomial exp for the float sigmoid surrogate).
 // NaN propagates as in the reference: clamp keeps NaN, so a neuron fed a NaN emits NaN spike
 // values and keeps a NaN membrane from that step on; +inf under hard reset gives v = inf * 0 = NaN.
 #include <ATen/ATen.h>
@@ -18,12 +22,12 @@
 #include <torch/library.h>
 
 #include <atomic>
-#include <cstring>
-#include <type_traits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "cpu_features.h"
 #include "host_pool.h"
@@ -52,6 +56,9 @@ QSNN_INLINE T clamp_nan(T x, T lo, T hi) {
 // out-of-line call that blocks vectorization; the builtins become vroundps/vroundpd under AVX2.
 QSNN_INLINE float floor_of(float x) { return __builtin_floorf(x); }
 QSNN_INLINE double floor_of(double x) { return __builtin_floor(x); }
+// nearest integer (rint: the default mode rounds to nearest-even); exact, unlike floor(x + 1/2)
+QSNN_INLINE float round_of(float x) { return __builtin_rintf(x); }
+QSNN_INLINE double round_of(double x) { return __builtin_rint(x); }
 QSNN_INLINE float abs_of(float x) { return __builtin_fabsf(x); }
 QSNN_INLINE double abs_of(double x) { return __builtin_fabs(x); }
 
@@ -249,6 +256,31 @@ QSNN_INLINE void surrogate_sums(const T* __restrict__ ht, T* __restrict__ u, T* 
       for (int64_t i = 0; i < len; ++i) total[i] += term[i];
     }
     return;
+  }
+  if constexpr (kSur == kRect) {
+    // Only levels within the window of u can count: |u - l| < w and |u - round(u)| <= 1/2 give
+    // |l - round(u)| < w + 1/2, so |l - round(u)| <= ceil(w + 1/2) - 1 (one level for alpha = 1).
+    // Each candidate is tested with the reference's own comparison |u - l| < w.
+    const int64_t reach = static_cast<int64_t>(std::ceil(static_cast<double>(k.rect_width) + 0.5)) - 1;
+    if (2 * reach + 1 < levels) {
+      const T top = static_cast<T>(levels);
+      divide_by_v_th(ht, u, len, v_th);
+      for (int64_t i = 0; i < len; ++i) {
+        first[i] = surrogate<T, kRect>(u[i] - T(1), k);
+        total[i] = T(0);
+      }
+      for (int64_t j = -reach; j <= reach; ++j) {
+        const T offset = static_cast<T>(j);
+        for (int64_t i = 0; i < len; ++i) {
+          const T l = round_of(u[i]) + offset;  // NaN and +-inf give no level
+          T term = surrogate<T, kRect>(u[i] - l, k);
+          term = l >= T(1) ? term : T(0);  // two selects, not &&: that keeps the loop vectorized
+          term = l <= top ? term : T(0);
+          total[i] += term;
+        }
+      }
+      return;
+    }
   }
   divide_by_v_th(ht, u, len, v_th);
   for (int64_t i = 0; i < len; ++i) {

@@ -151,10 +151,12 @@ def test_gradients_match_reference(dtype, surrogate, reset, detach_reset, s_bits
 
 
 @pytest.mark.parametrize("steps", [1, 16])
-def test_gradients_long_and_short_sequences(steps):
+@pytest.mark.parametrize("surrogate, alpha", [("atan", 3.0), ("rect", 1.0), ("rect", 0.3), ("rect", 0.05)])
+def test_gradients_long_and_short_sequences(steps, surrogate, alpha):
+    """s_bits = 8: the rect kernel visits only the levels near h/v_th (1, 5 or 21 of 255)."""
     x = currents((steps, 2, 31), 8, dtype=torch.float64).requires_grad_()
     v_init = torch.zeros(2, 31, dtype=torch.float64, requires_grad=True)
-    kw = dict(s_bits=8, v_th=0.75, decay=0.9, surrogate="atan", alpha=3.0)
+    kw = dict(s_bits=8, v_th=0.75, decay=0.9, surrogate=surrogate, alpha=alpha)
     for a, b in zip(grads(x, v_init, "auto", **kw), grads(x, v_init, "reference", **kw)):
         torch.testing.assert_close(a, b, **GRAD_TOL[torch.float64])
 
@@ -295,7 +297,8 @@ def test_opcheck_forward_backward(dtype, with_v_init):
     h = currents((3, 37), 2, dtype=dtype)
     gs, gv = torch.randn(3, 37, dtype=dtype), torch.randn(37, dtype=dtype)
     torch.library.opcheck(torch.ops.qsnn.lif_backward.default,
-                          (gs, gv, h, 2, 0.75, 0.5, 0.0, not with_v_init, "sigmoid", 4.0, with_v_init))
+                          (gs, gv if with_v_init else None, h, 2, 0.75, 0.5, 0.0, not with_v_init, "sigmoid", 4.0,
+                           with_v_init))
 
 
 def test_opcheck_inference_forward_skips_h():
