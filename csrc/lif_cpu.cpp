@@ -443,8 +443,8 @@ std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spike
     // constants rounded to T exactly as the reference's tensor-scalar ops round them
     const SurrogateConsts<T> k{static_cast<T>(alpha), static_cast<T>(alpha / 2), static_cast<T>(M_PI / 2 * alpha),
                                static_cast<T>(0.5 / alpha)};
-    const BackwardArgs<T> a{gsc.data_ptr<T>(), gvc.defined() ? gvc.data_ptr<T>() : nullptr, hc.data_ptr<T>(), grad_x.data_ptr<T>(),
-                            grad_v_init.data_ptr<T>(), steps, n, (int64_t(1) << s_bits) - 1,
+    const BackwardArgs<T> a{gsc.data_ptr<T>(), gvc.defined() ? gvc.data_ptr<T>() : nullptr, hc.data_ptr<T>(),
+                            grad_x.data_ptr<T>(), grad_v_init.data_ptr<T>(), steps, n, (int64_t(1) << s_bits) - 1,
                             static_cast<T>(v_th), static_cast<T>(decay), static_cast<T>(v_reset), k};
     auto fn = hard_reset ? (detach_reset ? pick_backward<T, true, true>(sur, avx2)
                                          : pick_backward<T, true, false>(sur, avx2))
