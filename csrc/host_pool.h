@@ -7,8 +7,8 @@
 // are therefore taken from this pool: a freed output goes back to the pool instead of the OS,
 // and the next output of the same rounded size reuses it, warm.
 //
-// Contract: a tensor from here is an ordinary CPU tensor, except that its storage cannot be
-// resized (resize_ to a larger size raises) and share_memory_() is not supported. The pool
+// Contract: a tensor from here is an ordinary CPU tensor (save, numpy, share_memory_ all work),
+// except that its storage cannot grow: resize_ to a larger size raises. The pool
 // keeps at most QSNN_HOST_POOL_MB megabytes of idle buffers (environment, read once; default
 // 512; 0 turns pooling off); buffers beyond that go back to the OS when freed. Sizes are rounded
 // up to 2 MiB (huge-page aligned), and a request takes an idle buffer of exactly that size.
