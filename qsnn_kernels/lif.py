@@ -1,0 +1,454 @@
+"""Multi-level LIF neuron (Eqs. 6-7), fused over all T steps: ops ``qsnn::lif_forward``,
+``qsnn::lif_backward`` and ``qsnn::lif_int``, the functions :func:`multilevel_lif` and
+:func:`multilevel_lif_int`, and the module :class:`MultiLevelLIF`.
+
+Semantics: DESIGN.md "Multi-level LIF"; oracle: :func:`qsnn_kernels.reference.multilevel_lif`
+and :func:`qsnn_kernels.reference.multilevel_lif_int`.
+
+Kernels: csrc/lif_cpu.cpp (CPU: C++, vectorized, OpenMP through ``at::parallel_for``) and
+qsnn_kernels/triton/lif.py (CUDA; on CPU under ``TRITON_INTERPRET=1`` for tests). Each walks
+all T steps in one pass per neuron, forward in time and backward in reverse time.
+
+Saved state: the forward keeps ``h_t``, the membrane before reset, for the backward: one element
+of x's dtype per neuron per step (4 bytes in float32, 2 in float16/bfloat16); the spike level,
+the reset indicator and the surrogate derivatives are all recomputed from it.
+
+Op contract (``[T, N]`` contiguous; the functional API flattens ``[T, ...]`` to it)::
+
+    lif_forward(x, v_init?, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
+                save_h=True)
+        -> (spikes [T, N] x.dtype = level * v_th, v_last [N] state dtype, h [T, N] x.dtype)
+        (h is [0, N] and never written when save_h is False: inference, no autograd graph)
+    lif_backward(grad_spikes, grad_v_last?, h, s_bits, v_th, decay, v_reset, hard_reset,
+                 surrogate, alpha, detach_reset) -> (grad_x [T, N], grad_v_init [N]), state dtype
+        (grad_v_last None: v_T received no gradient, so, as in the reference's autograd, the last
+        step's membrane path contributes nothing, not 0 * dv/dh, which is NaN for a NaN membrane)
+    lif_int(x int32, v_init? int32, s_bits, theta, leak_shift, v_reset, hard_reset)
+        -> (levels uint8 [T, N], v_last int32 [N])
+
+Outputs of the C++ kernels of 1 MiB or more come from a small pool of warm host buffers
+(csrc/host_pool.h; ``QSNN_HOST_POOL_MB``, default 512, 0 disables): a fresh 32 MiB tensor from
+the OS costs more in page faults than this whole op; such tensors cannot be resized in place.
+
+The state dtype (v_init, v_last, gradients) is float64 for float64 input (CPU only) and float32
+otherwise. ``surrogate``, ``alpha`` and ``detach_reset`` are in the forward schema only so that the
+registered autograd formula can see them; the forward kernels ignore them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from . import _extension, reference
+from ._extension import BackendUnavailable
+from .bits import SPIKE_BITS, check_bits
+
+__all__ = ["multilevel_lif", "multilevel_lif_int", "MultiLevelLIF", "BACKENDS"]
+
+BACKENDS = ("auto", "triton", "reference")
+RESETS = reference.RESETS
+SURROGATES = tuple(reference.SURROGATES)
+CPU_FLOAT_DTYPES = (torch.float32, torch.float64)
+GPU_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- Triton kernels (CUDA), lazily
+
+
+def _triton_lif():
+    """qsnn_kernels.triton.lif, or BackendUnavailable if it (or triton) cannot be imported."""
+    try:
+        from .triton import lif as module
+    except ImportError as exc:
+        raise BackendUnavailable(f"the Triton LIF kernels are not available ({exc}); install triton") from exc
+    return module
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# --------------------------------------------------------------------------- op registration
+
+torch.library.define(
+    "qsnn::lif_forward",
+    "(Tensor x, Tensor? v_init, int s_bits, float v_th, float decay, float v_reset, bool hard_reset, "
+    "str surrogate, float alpha, bool detach_reset, bool save_h=True) -> (Tensor, Tensor, Tensor)",
+)
+torch.library.define(
+    "qsnn::lif_backward",
+    "(Tensor grad_spikes, Tensor? grad_v_last, Tensor h, int s_bits, float v_th, float decay, float v_reset, "
+    "bool hard_reset, str surrogate, float alpha, bool detach_reset) -> (Tensor, Tensor)",
+)
+torch.library.define(
+    "qsnn::lif_int",
+    "(Tensor x, Tensor? v_init, int s_bits, int theta, int leak_shift, int v_reset, bool hard_reset) "
+    "-> (Tensor, Tensor)",
+)
+
+
+@torch.library.register_fake("qsnn::lif_forward")
+def _lif_forward_fake(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
+                      save_h=True):
+    torch._check(x.dim() == 2 and x.shape[0] >= 1, lambda: "lif_forward: x must be [T, N] with T >= 1")
+    torch._check(x.dtype.is_floating_point, lambda: f"lif_forward: float x expected, got {x.dtype}")
+    state = _state_dtype(x.dtype)
+    if v_init is not None:
+        torch._check(v_init.shape == x.shape[1:], lambda: "lif_forward: v_init must be [N]")
+        torch._check(v_init.dtype == state, lambda: f"lif_forward: v_init must be {state}")
+    h = torch.empty_like(x) if save_h else x.new_empty((0, x.shape[1]))
+    return torch.empty_like(x), x.new_empty(x.shape[1:], dtype=state), h
+
+
+@torch.library.register_fake("qsnn::lif_backward")
+def _lif_backward_fake(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
+                       detach_reset):
+    torch._check(h.dim() == 2, lambda: "lif_backward: h must be [T, N]")
+    torch._check(grad_spikes.shape == h.shape, lambda: "lif_backward: grad_spikes must have h's shape")
+    if grad_v_last is not None:
+        torch._check(grad_v_last.shape == h.shape[1:], lambda: "lif_backward: grad_v_last must be [N]")
+    state = _state_dtype(h.dtype)
+    return h.new_empty(h.shape, dtype=state), h.new_empty(h.shape[1:], dtype=state)
+
+
+@torch.library.register_fake("qsnn::lif_int")
+def _lif_int_fake(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
+    torch._check(x.dim() == 2 and x.shape[0] >= 1, lambda: "lif_int: x must be [T, N] with T >= 1")
+    torch._check(x.dtype == torch.int32, lambda: f"lif_int: x must be int32, got {x.dtype}")
+    return x.new_empty(x.shape, dtype=torch.uint8), x.new_empty(x.shape[1:], dtype=torch.int32)
+
+
+@torch.library.register_kernel("qsnn::lif_forward", "cuda")
+def _lif_forward_cuda(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
+                      save_h=True):
+    spikes, v_last, h = _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset)
+    return spikes, v_last, h if save_h else x.new_empty((0, x.shape[1]))
+
+
+@torch.library.register_kernel("qsnn::lif_backward", "cuda")
+def _lif_backward_cuda(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
+                       detach_reset):
+    if grad_v_last is None:  # the Triton kernel takes a tensor
+        grad_v_last = h.new_zeros(h.shape[1:], dtype=torch.float32)
+    return _triton_lif().lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset,
+                                             surrogate, alpha, detach_reset)
+
+
+@torch.library.register_kernel("qsnn::lif_int", "cuda")
+def _lif_int_cuda(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
+    return _triton_lif().lif_int_triton(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset)
+
+
+def _lif_setup_context(ctx, inputs, output):
+    x, v_init, *args = inputs
+    args = args[:8]  # the backward's parameters; save_h (True whenever a backward can run) is not one
+    h = output[2]
+    ctx.save_for_backward(h)
+    ctx.args = args
+    ctx.x_dtype = x.dtype
+    ctx.mark_non_differentiable(h)  # internal saved state, not a result
+    ctx.set_materialize_grads(False)  # an unused output costs no zero-filled gradient
+
+
+def _lif_backward(ctx, grad_spikes, grad_v_last, grad_h):
+    (h,) = ctx.saved_tensors
+    none = (None,) * 8
+    if grad_spikes is None and grad_v_last is None:
+        return (None, None) + none + (None,)
+    if grad_spikes is None:
+        grad_spikes = torch.zeros_like(h)
+    grad_x, grad_v_init = torch.ops.qsnn.lif_backward(grad_spikes, grad_v_last, h, *ctx.args)
+    return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None, *none, None
+
+
+torch.library.register_autograd("qsnn::lif_forward", _lif_backward, setup_context=_lif_setup_context)
+
+
+class _TritonInterpreted(torch.autograd.Function):
+    """The Triton kernels called directly on CPU tensors under TRITON_INTERPRET=1 (tests only):
+    the op dispatches CPU tensors to the C++ kernel, so this path bypasses it."""
+
+    @staticmethod
+    def forward(ctx, x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset):
+        spikes, v_last, h = _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset)
+        ctx.save_for_backward(h)
+        ctx.args = (s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset)
+        ctx.mark_non_differentiable(h)
+        return spikes, v_last, h
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_v_last, grad_h):
+        (h,) = ctx.saved_tensors
+        grad_x, grad_v_init = _triton_lif().lif_backward_triton(grad_spikes.contiguous(), grad_v_last.contiguous(),
+                                                                h, *ctx.args)
+        grad_x = grad_x.to(grad_spikes.dtype)
+        return grad_x, grad_v_init if ctx.needs_input_grad[1] else None, *(None,) * 8
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _check_real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_int(value, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _check_float_params(s_bits, v_th, decay, v_reset, reset, surrogate, alpha) -> float:
+    """Validate the float-mode parameters; returns alpha with its default resolved."""
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
+    if _check_real(v_th, "v_th") <= 0:
+        raise ValueError(f"v_th must be > 0, got {v_th!r}")
+    if not 0 < _check_real(decay, "decay") <= 1:
+        raise ValueError(f"decay must be in (0, 1] (decay = 1/tau; 1 is an IF neuron), got {decay!r}")
+    _check_real(v_reset, "v_reset")
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    if alpha is None:
+        return float(reference.SURROGATES[surrogate][1])
+    if _check_real(alpha, "alpha") <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    return float(alpha)
+
+
+def _check_input(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: x must be a tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"{name}: x must be [T, ...] with T >= 1 time steps, got shape {tuple(x.shape)}")
+
+
+def _check_v_init(v_init, x, is_float: bool, name: str):
+    if v_init is None:
+        return None
+    if not isinstance(v_init, torch.Tensor):
+        raise TypeError(f"{name}: v_init must be a tensor or None, got {type(v_init).__name__}")
+    if is_float and not v_init.dtype.is_floating_point:
+        raise TypeError(f"{name}: v_init must be a float tensor, got {v_init.dtype}")
+    if not is_float and v_init.dtype != torch.int32:
+        raise TypeError(f"{name}: v_init must be int32, got {v_init.dtype}")
+    if v_init.shape != x.shape[1:]:
+        raise ValueError(f"{name}: v_init must have shape x.shape[1:] = {tuple(x.shape[1:])}, "
+                         f"got {tuple(v_init.shape)}")
+    if v_init.device != x.device:
+        raise ValueError(f"{name}: v_init is on {v_init.device}, x on {x.device}")
+    return v_init
+
+
+def _kernel_path(backend: str, device: torch.device, name: str) -> str:
+    """"op" (the registered kernel of x's device) or "interpreted" (Triton on CPU); raises if neither."""
+    if backend == "auto" or (backend == "triton" and device.type == "cuda"):
+        if torch.compiler.is_compiling():
+            return "op"  # checked when the graph runs; an import or a load here would break the graph
+        if device.type == "cuda":
+            _triton_lif()
+        else:
+            _extension.require(device.type)
+        return "op"
+    if device.type == "cpu" and _interpreting():
+        _triton_lif()
+        return "interpreted"
+    raise BackendUnavailable(f"{name}: backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU)")
+
+
+def _check_int_range(x: torch.Tensor, v_init, v_reset: int, s_bits, theta, leak_shift, reset) -> None:
+    """OverflowError if h_t can leave int32, for kernels that do not check it themselves (Triton).
+
+    |h_t| <= max(|v_init|, |v_reset|) + sum_{s<=t} |x_s| per neuron (a shift and either reset never
+    grow |v| beyond that); only when this cheap bound fails is the exact recurrence run to decide.
+    """
+    start = abs(v_reset) + (0 if v_init is None else int(v_init.abs().max()) if v_init.numel() else 0)
+    if x.numel() == 0 or start + int(x.to(torch.int64).abs().sum(0).max()) <= INT32_MAX:
+        return
+    reference.multilevel_lif_int(x, s_bits, theta, leak_shift, v_reset, reset, v_init)  # raises OverflowError
+
+
+def _levels(spikes: torch.Tensor, v_th: float) -> torch.Tensor:
+    """The integer levels s_t of spike values s_t * v_th (exact: s <= 255); NaN spikes give 0."""
+    return torch.nan_to_num(torch.round(spikes.detach() / v_th), nan=0.0).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- functional API
+
+
+def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay: float = 0.5, v_reset: float = 0.0,
+                   reset: str = "hard", surrogate: str = "atan", alpha: float | None = None,
+                   detach_reset: bool = False, v_init: torch.Tensor | None = None, return_levels: bool = False,
+                   backend: str = "auto"):
+    """Multi-level LIF over input currents ``x = [T, ...]`` (float mode, differentiable).
+
+    For t = 1..T, with L = 2^s_bits - 1 and ``v_0 = v_init`` (zeros if None)::
+
+        h_t = decay * v_{t-1} + x_t
+        s_t = clamp(floor(h_t / v_th), 0, L)
+        v_t = v_reset if s_t > 0 else h_t        (reset="hard")
+        v_t = h_t - s_t * v_th                   (reset="soft")
+
+    Returns ``(spikes, v_T)``: spike values ``s_t * v_th`` (x's shape and dtype) and the final
+    membrane potential (``x.shape[1:]``; float64 for float64 x, float32 otherwise); with
+    ``return_levels=True`` also the levels ``s_t`` as uint8.
+
+    * ``x``: float32 (CPU and GPU), float64 (CPU), float16/bfloat16 (GPU); any trailing shape,
+      any strides (copied to contiguous if needed).
+    * Forward: spikes and v_T equal the reference bit for bit (same float operations).
+    * Backward (BPTT, surrogate gradients of :data:`qsnn_kernels.reference.SURROGATES`, with
+      ``alpha`` None meaning the surrogate's default): d level/d h ~ (1/v_th) sum_{l=1..L}
+      g'(h/v_th - l) with ``rect`` g'(z) = alpha 1[|z| < 1/(2 alpha)], ``atan``
+      g'(z) = (alpha/2)/(1 + (pi alpha z/2)^2), ``sigmoid`` g'(z) = alpha sig(alpha z)(1 - sig(alpha z)).
+      The hard reset v = h(1 - r) + v_reset r, r = 1[h >= v_th], takes the l = 1 term as dr/dh;
+      ``detach_reset`` cuts the gradient through r (hard) or through s in h - s v_th (soft).
+    * NaN: a neuron whose input is NaN emits NaN spike values (level 0 if requested) and keeps
+      a NaN membrane from that step on; its gradient is NaN except where the reference's is not
+      (e.g. ``rect`` with soft reset); other neurons are unaffected. +inf under hard reset makes
+      v = inf * 0 = NaN, as in the reference.
+    * ``backend``: "auto" (the kernel for x's device: C++ on CPU, Triton on CUDA), "triton"
+      (CUDA, or CPU under TRITON_INTERPRET=1), "reference". No fallback between them.
+
+    Raises ValueError (s_bits outside {1, 2, 4, 8}, v_th <= 0, decay outside (0, 1], T = 0,
+    unknown reset/surrogate/backend, v_init of the wrong shape or device), TypeError (an integer
+    x or v_init, float16/bfloat16 on CPU), BackendUnavailable (no kernel for the device).
+    """
+    _check_backend(backend)
+    _check_input(x, "multilevel_lif")
+    alpha = _check_float_params(s_bits, v_th, decay, v_reset, reset, surrogate, alpha)
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"multilevel_lif: float input currents expected, got {x.dtype} "
+                        "(integer inputs: multilevel_lif_int)")
+    allowed = CPU_FLOAT_DTYPES if x.device.type == "cpu" else GPU_FLOAT_DTYPES
+    if x.dtype not in allowed:
+        raise TypeError(f"multilevel_lif: {x.dtype} is not supported on {x.device.type} "
+                        f"(supported: {', '.join(map(str, allowed))})")
+    if backend == "triton" and x.dtype == torch.float64:
+        raise TypeError("multilevel_lif: the Triton kernels compute in float32; float64 needs backend='auto' on CPU")
+    v_init = _check_v_init(v_init, x, True, "multilevel_lif")
+    if backend == "reference":
+        spikes, v_last = reference.multilevel_lif(x, s_bits, v_th, decay, v_reset, reset, surrogate, alpha,
+                                                  detach_reset, v_init)
+        return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
+    path = _kernel_path(backend, x.device, "multilevel_lif")
+    steps, shape = x.shape[0], x.shape
+    x2 = x.reshape(steps, -1).contiguous()
+    v2 = None if v_init is None else v_init.reshape(-1).to(_state_dtype(x.dtype)).contiguous()
+    args = (x2, v2, s_bits, float(v_th), float(decay), float(v_reset), reset == "hard", surrogate, alpha,
+            bool(detach_reset))
+    if path == "op":
+        # without a backward to come, h (4 bytes per neuron per step in float32) is not written at all
+        save_h = torch.is_grad_enabled() and (x.requires_grad or (v_init is not None and v_init.requires_grad))
+        spikes, v_last, _ = torch.ops.qsnn.lif_forward(*args, save_h)
+    else:
+        spikes, v_last, _ = _TritonInterpreted.apply(*args)
+    spikes, v_last = spikes.view(shape), v_last.view(shape[1:])
+    return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
+
+
+def multilevel_lif_int(x: torch.Tensor, *, s_bits: int, theta: int, leak_shift: int = 0, v_reset: int = 0,
+                       reset: str = "hard", v_init: torch.Tensor | None = None, backend: str = "auto"):
+    """Integer multi-level LIF, the hardware contract (bit-exact with the reference and hls/).
+
+    ``x``: int32 ``[T, ...]``. For t = 1..T, with L = 2^s_bits - 1::
+
+        h_t = (v_{t-1} >> leak_shift) + x_t          (arithmetic shift; decay = 2^-leak_shift)
+        s_t = clamp(floor_div(h_t, theta), 0, L)     (floor, also for negative h_t)
+        v_t = v_reset if s_t > 0 else h_t  (hard);   h_t - s_t * theta  (soft)
+
+    Returns ``(levels uint8 [T, ...], v_T int32 x.shape[1:])``. ``v_init``: int32 ``x.shape[1:]``
+    or None (zeros). Raises TypeError (x or v_init not int32), ValueError (s_bits, theta outside
+    [1, 2^31), leak_shift outside [0, 31], v_reset outside int32, T = 0, reset, v_init shape),
+    OverflowError if h_t leaves int32 (the C++ kernel checks exactly; for Triton a cheap bound is
+    checked first and the exact recurrence only when the bound fails), BackendUnavailable.
+    """
+    _check_backend(backend)
+    _check_input(x, "multilevel_lif_int")
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
+    _check_int(theta, "theta", 1, INT32_MAX)
+    _check_int(leak_shift, "leak_shift", 0, 31)
+    _check_int(v_reset, "v_reset", INT32_MIN, INT32_MAX)
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if x.dtype != torch.int32:
+        hint = " (float input currents: multilevel_lif)" if x.dtype.is_floating_point else ""
+        raise TypeError(f"multilevel_lif_int: x must be int32, got {x.dtype}{hint}")
+    v_init = _check_v_init(v_init, x, False, "multilevel_lif_int")
+    if backend == "reference":
+        return reference.multilevel_lif_int(x, s_bits, theta, leak_shift, v_reset, reset, v_init)
+    path = _kernel_path(backend, x.device, "multilevel_lif_int")
+    if backend == "triton" or x.device.type != "cpu":
+        _check_int_range(x, v_init, v_reset, s_bits, theta, leak_shift, reset)
+    steps, shape = x.shape[0], x.shape
+    args = (x.reshape(steps, -1).contiguous(), None if v_init is None else v_init.reshape(-1).contiguous(),
+            s_bits, theta, leak_shift, v_reset, reset == "hard")
+    try:
+        if path == "op":
+            levels, v_last = torch.ops.qsnn.lif_int(*args)
+        else:
+            levels, v_last = _triton_lif().lif_int_triton(*args)
+    except RuntimeError as exc:
+        if "leaves int32" in str(exc):
+            raise OverflowError(str(exc).splitlines()[0]) from exc
+        raise
+    return levels.view(shape), v_last.view(shape[1:])
+
+
+# --------------------------------------------------------------------------- module
+
+
+class MultiLevelLIF(torch.nn.Module):
+    """Multi-step multi-level LIF layer: ``[T, B, ...]`` input currents -> spike values, same shape.
+
+    Stateless by default: every call starts from v = 0 (or from ``v_init``-free rest), so no reset
+    between batches is ever needed. With ``stateful=True`` the final membrane potential of one
+    call (detached) is the initial one of the next, for streaming a long sequence in pieces;
+    :meth:`reset` clears it. Arguments as in :func:`multilevel_lif`; they are checked here.
+    """
+
+    def __init__(self, s_bits: int = 1, v_th: float = 1.0, decay: float = 0.5, v_reset: float = 0.0,
+                 reset: str = "hard", surrogate: str = "atan", alpha: float | None = None,
+                 detach_reset: bool = False, stateful: bool = False, backend: str = "auto"):
+        super().__init__()
+        _check_backend(backend)
+        self.alpha = _check_float_params(s_bits, v_th, decay, v_reset, reset, surrogate, alpha)
+        self.s_bits, self.v_th, self.decay, self.v_reset = s_bits, float(v_th), float(decay), float(v_reset)
+        self.reset_mode, self.surrogate, self.detach_reset = reset, surrogate, bool(detach_reset)
+        self.stateful, self.backend = bool(stateful), backend
+        self.v: torch.Tensor | None = None
+        if backend == "auto":
+            _extension._load()  # so that a compiled graph finds the CPU kernels registered
+
+    def reset(self) -> None:
+        """Forget the carried membrane potential (``stateful=True``); a no-op otherwise."""
+        self.v = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spikes, v = multilevel_lif(
+            x, s_bits=self.s_bits, v_th=self.v_th, decay=self.decay, v_reset=self.v_reset, reset=self.reset_mode,
+            surrogate=self.surrogate, alpha=self.alpha, detach_reset=self.detach_reset,
+            v_init=self.v if self.stateful else None, backend=self.backend)
+        if self.stateful:
+            self.v = v.detach()
+        return spikes
+
+    def extra_repr(self) -> str:
+        return (f"s_bits={self.s_bits}, v_th={self.v_th}, decay={self.decay}, v_reset={self.v_reset}, "
+                f"reset={self.reset_mode!r}, surrogate={self.surrogate!r}, alpha={self.alpha}, "
+                f"detach_reset={self.detach_reset}, stateful={self.stateful}, backend={self.backend!r}")

@@ -1,0 +1,394 @@
+"""multilevel_lif / multilevel_lif_int / MultiLevelLIF against qsnn_kernels.reference.
+
+Forward spikes and membrane potentials must equal the reference bit for bit (the kernels do the
+same float operations in the same order); gradients agree to summation-order rounding (float64:
+1e-12 relative; float32: against the float32 reference, 1e-5); integer mode is bit-exact.
+"""
+
+import os
+import pathlib
+
+import pytest
+import torch
+
+from qsnn_kernels import _extension, reference
+from qsnn_kernels.lif import MultiLevelLIF, multilevel_lif, multilevel_lif_int
+
+_extension.extension()  # registers the CPU kernels; the suite needs the built extension
+
+TRITON_LIF = pathlib.Path(__file__).resolve().parents[1] / "qsnn_kernels" / "triton" / "lif.py"
+needs_triton_lif = pytest.mark.skipif(not TRITON_LIF.exists(), reason="qsnn_kernels/triton/lif.py not written yet")
+
+GRAD_TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+def currents(shape, s_bits, dtype=torch.float32, seed=0, v_th=0.75):
+    """Random input currents that reach every level (and go negative)."""
+    g = torch.Generator().manual_seed(seed)
+    levels = (1 << s_bits) - 1
+    return ((torch.rand(shape, generator=g, dtype=torch.float64) * 1.3 - 0.3) * (levels + 1) * v_th).to(dtype)
+
+
+def mismatches(a, b):
+    """Elements that differ, NaN equal to NaN."""
+    return int((~((a == b) | (a.isnan() & b.isnan()))).sum())
+
+
+def run_both(x, v_init=None, **kw):
+    ours = multilevel_lif(x, v_init=v_init, **kw)
+    ref = multilevel_lif(x, v_init=v_init, backend="reference", **kw)
+    return ours, ref
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 16])
+@pytest.mark.parametrize("s_bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("v_th", [0.75, 0.5])  # the kernels multiply by 1/v_th when it is a power of two
+def test_forward_matches_reference(steps, s_bits, reset, v_th):
+    x = currents((steps, 3, 91), s_bits, v_th=v_th)  # 273 neurons: odd, not a multiple of any vector width
+    v_init = currents((3, 91), s_bits, seed=1, v_th=v_th)
+    kw = dict(s_bits=s_bits, v_th=v_th, decay=0.8, v_reset=0.1, reset=reset, return_levels=True)
+    (s, v, lv), (sr, vr, lvr) = run_both(x, v_init, **kw)
+    assert s.shape == x.shape and s.dtype == x.dtype and v.shape == x.shape[1:] and lv.dtype == torch.uint8
+    assert mismatches(s, sr) == 0
+    assert mismatches(v, vr) == 0  # the same float operations: exact, not just close
+    assert mismatches(lv, lvr) == 0
+    assert int(lv.max()) == (1 << s_bits) - 1 or steps == 1  # the data reach the top level
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.3])
+def test_forward_float64_and_if_neuron(decay):
+    x = currents((4, 33), 2, dtype=torch.float64)
+    (s, v), (sr, vr) = run_both(x, s_bits=2, decay=decay)
+    assert s.dtype == v.dtype == torch.float64
+    assert mismatches(s, sr) == 0 and mismatches(v, vr) == 0
+
+
+def test_non_contiguous_input():
+    base = currents((9, 4, 2, 31), 4)
+    x = base[::2].transpose(1, 3)  # [5, 31, 2, 4], strided
+    v_init = currents((4, 2, 31), 4, seed=3).transpose(0, 2)
+    assert not x.is_contiguous() and not v_init.is_contiguous()
+    (s, v), (sr, vr) = run_both(x, v_init, s_bits=4, reset="soft")
+    assert mismatches(s, sr) == 0 and mismatches(v, vr) == 0
+    assert mismatches(s, multilevel_lif(x.contiguous(), v_init=v_init.contiguous(), s_bits=4, reset="soft")[0]) == 0
+
+
+def test_one_dimensional_and_empty_neurons():
+    x = currents((16,), 1)
+    (s, v), (sr, vr) = run_both(x)
+    assert v.shape == () and mismatches(s, sr) == 0 and mismatches(v, vr) == 0
+    s, v = multilevel_lif(torch.zeros(3, 0, 5))
+    assert s.shape == (3, 0, 5) and v.shape == (0, 5)
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_nan_and_inf_follow_reference(reset):
+    """NaN input: NaN spikes and membrane from that step on, neighbours unaffected; +inf under a
+    hard reset gives v = inf * 0 = NaN (the reference's arithmetic)."""
+    x = currents((6, 40), 4)
+    x[2, 3] = float("nan")
+    x[1, 7] = float("inf")
+    x[4, 9] = float("-inf")
+    x.requires_grad_(True)
+    (s, v, lv), (sr, vr, lvr) = run_both(x, s_bits=4, reset=reset, return_levels=True)
+    assert s[2:, 3].isnan().all() and v[3].isnan() and not s[:2, 3].isnan().any()
+    assert not s[:, 0].isnan().any() and not s[:, 10:].isnan().any()
+    assert mismatches(s, sr) == 0 and mismatches(v, vr) == 0 and mismatches(lv, lvr) == 0
+    assert int(lv[2, 3]) == 0  # documented: level 0 where the spike value is NaN
+    for surrogate in ("rect", "atan", "sigmoid"):
+        (s, v), (sr, vr) = run_both(x, s_bits=4, reset=reset, surrogate=surrogate)
+        g = torch.ones_like(s)
+        (gx,) = torch.autograd.grad((s * g).sum(), x)
+        (gxr,) = torch.autograd.grad((sr * g).sum(), x)
+        assert torch.equal(gx.isnan(), gxr.isnan()), surrogate
+        ok = ~gxr.isnan() & gxr.isfinite()
+        torch.testing.assert_close(gx[ok], gxr[ok], **GRAD_TOL[torch.float32])
+
+
+@pytest.mark.skipif(os.environ.get("QSNN_HOST_POOL_MB") == "0", reason="host pool disabled")
+def test_large_outputs_reuse_warm_buffers():
+    x = currents((2, 2**18), 1)  # 2 MiB outputs: pooled
+    s = multilevel_lif(x)[0]
+    ptr, want = s.data_ptr(), s.clone()
+    del s
+    again = multilevel_lif(x)[0]
+    assert again.data_ptr() == ptr and torch.equal(again, want)
+    assert torch.equal(again * 2, want * 2)  # an ordinary tensor otherwise
+
+
+# --------------------------------------------------------------------------- backward
+
+
+def grads(x, v_init, backend, **kw):
+    s, v = multilevel_lif(x, v_init=v_init, backend=backend, **kw)
+    g = torch.Generator().manual_seed(7)
+    gs = torch.randn(s.shape, generator=g, dtype=torch.float64).to(s.dtype)
+    gv = torch.randn(v.shape, generator=g, dtype=torch.float64).to(v.dtype)
+    return torch.autograd.grad((s * gs).sum() + (v * gv).sum(), (x, v_init))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("surrogate", ["rect", "atan", "sigmoid"])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("s_bits", [1, 4])
+def test_gradients_match_reference(dtype, surrogate, reset, detach_reset, s_bits):
+    steps = 4 if s_bits == 1 else 2
+    x = currents((steps, 5, 33), s_bits, dtype=dtype).requires_grad_()
+    v_init = currents((5, 33), s_bits, dtype=dtype, seed=2).requires_grad_()
+    kw = dict(s_bits=s_bits, v_th=0.75, decay=0.6, v_reset=-0.2, reset=reset, surrogate=surrogate,
+              detach_reset=detach_reset)
+    ours = grads(x, v_init, "auto", **kw)
+    ref = grads(x, v_init, "reference", **kw)
+    for a, b in zip(ours, ref):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **GRAD_TOL[dtype])
+    assert ours[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("steps", [1, 16])
+@pytest.mark.parametrize("surrogate, alpha", [("atan", 3.0), ("rect", 1.0), ("rect", 0.3), ("rect", 0.05)])
+def test_gradients_long_and_short_sequences(steps, surrogate, alpha):
+    """s_bits = 8: the rect kernel visits only the levels near h/v_th (1, 5 or 21 of 255)."""
+    x = currents((steps, 2, 31), 8, dtype=torch.float64).requires_grad_()
+    v_init = torch.zeros(2, 31, dtype=torch.float64, requires_grad=True)
+    kw = dict(s_bits=8, v_th=0.75, decay=0.9, surrogate=surrogate, alpha=alpha)
+    for a, b in zip(grads(x, v_init, "auto", **kw), grads(x, v_init, "reference", **kw)):
+        torch.testing.assert_close(a, b, **GRAD_TOL[torch.float64])
+
+
+def test_gradient_of_final_membrane_only():
+    x = currents((4, 37), 1, dtype=torch.float64).requires_grad_()
+    (gx,) = torch.autograd.grad(multilevel_lif(x)[1].sum(), x)
+    (gxr,) = torch.autograd.grad(multilevel_lif(x, backend="reference")[1].sum(), x)
+    torch.testing.assert_close(gx, gxr, **GRAD_TOL[torch.float64])
+
+
+# --------------------------------------------------------------------------- integer mode
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 16])
+@pytest.mark.parametrize("s_bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_int_bit_exact(steps, s_bits, reset):
+    g = torch.Generator().manual_seed(steps * 10 + s_bits)
+    theta = 37
+    x = torch.randint(-40 * theta, 60 * theta * (1 << s_bits) // 8 + 1, (steps, 3, 91), generator=g).to(torch.int32)
+    v_init = torch.randint(-500, 500, (3, 91), generator=g).to(torch.int32)
+    for leak_shift, v_reset in ((0, 0), (1, -5), (3, 11), (31, 0)):
+        kw = dict(s_bits=s_bits, theta=theta, leak_shift=leak_shift, v_reset=v_reset, reset=reset, v_init=v_init)
+        lv, v = multilevel_lif_int(x, **kw)
+        lvr, vr = multilevel_lif_int(x, backend="reference", **kw)
+        assert lv.dtype == torch.uint8 and v.dtype == torch.int32 and lv.shape == x.shape
+        assert mismatches(lv, lvr) == 0 and mismatches(v, vr) == 0
+
+
+def test_int_negative_membrane_floors():
+    """Soft reset keeps negative membranes; the shift of a negative v is arithmetic (floor)."""
+    x = torch.tensor([[-7, 5, 9], [1, -3, 0], [10, 4, 2]], dtype=torch.int32)
+    for reset in ("hard", "soft"):
+        kw = dict(s_bits=2, theta=4, leak_shift=1, reset=reset)
+        got, want = multilevel_lif_int(x, **kw), multilevel_lif_int(x, backend="reference", **kw)
+        assert mismatches(got[0], want[0]) == 0 and mismatches(got[1], want[1]) == 0
+    # step 2, neuron 0: v = -7, -7 >> 1 = -4 (not -3), h = -3; step 3: -3 >> 1 = -2, h = 8 -> level 2
+    assert multilevel_lif_int(x, s_bits=2, theta=4, leak_shift=1)[0][:, 0].tolist() == [0, 0, 2]
+
+
+def test_int_non_contiguous_and_overflow():
+    x = torch.randint(-100, 100, (4, 7, 33), dtype=torch.int32).transpose(1, 2)
+    got, want = multilevel_lif_int(x, s_bits=4, theta=9), multilevel_lif_int(x, s_bits=4, theta=9, backend="reference")
+    assert mismatches(got[0], want[0]) == 0 and mismatches(got[1], want[1]) == 0
+    big = torch.full((3, 5), 2**30 + 7, dtype=torch.int32)
+    for backend in ("auto", "reference"):
+        with pytest.raises(OverflowError, match="step 1"):
+            multilevel_lif_int(big, s_bits=1, theta=2**31 - 1, backend=backend)
+
+
+# --------------------------------------------------------------------------- bad input
+
+BAD_FLOAT = [
+    (dict(s_bits=3), ValueError, "s_bits"),
+    (dict(s_bits=True), ValueError, "s_bits"),
+    (dict(v_th=0.0), ValueError, "v_th"),
+    (dict(v_th=float("nan")), ValueError, "v_th"),
+    (dict(decay=0.0), ValueError, "decay"),
+    (dict(decay=1.5), ValueError, "decay"),
+    (dict(reset="partial"), ValueError, "reset"),
+    (dict(surrogate="erf"), ValueError, "surrogate"),
+    (dict(alpha=-1.0), ValueError, "alpha"),
+    (dict(backend="cuda"), ValueError, "backend"),
+    (dict(v_init=torch.zeros(5)), ValueError, "v_init"),
+    (dict(v_init=torch.zeros(4, dtype=torch.int32)), TypeError, "v_init"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_FLOAT)
+def test_bad_float_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        multilevel_lif(torch.zeros(3, 4), **kwargs)
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (torch.zeros(0, 4), ValueError, "T >= 1"),
+    (torch.zeros(3, 4, dtype=torch.int32), TypeError, "multilevel_lif_int"),
+    (torch.zeros(3, 4, dtype=torch.float16), TypeError, "float16"),
+    (torch.zeros(3, 4, dtype=torch.bfloat16), TypeError, "bfloat16"),
+    ([[0.0]], TypeError, "tensor"),
+])
+def test_bad_float_input(x, error, match):
+    with pytest.raises(error, match=match):
+        multilevel_lif(x)
+
+
+BAD_INT = [
+    (dict(s_bits=5), ValueError, "s_bits"),
+    (dict(theta=0), ValueError, "theta"),
+    (dict(theta=2**31), ValueError, "theta"),
+    (dict(theta=1.5), ValueError, "theta"),
+    (dict(leak_shift=-1), ValueError, "leak_shift"),
+    (dict(leak_shift=32), ValueError, "leak_shift"),
+    (dict(v_reset=2**31), ValueError, "v_reset"),
+    (dict(reset="none"), ValueError, "reset"),
+    (dict(v_init=torch.zeros(3, dtype=torch.int32)), ValueError, "v_init"),
+    (dict(v_init=torch.zeros(4)), TypeError, "v_init"),
+    (dict(backend="fast"), ValueError, "backend"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_INT)
+def test_bad_int_arguments(kwargs, error, match):
+    kw = dict(s_bits=2, theta=3) | kwargs
+    with pytest.raises(error, match=match):
+        multilevel_lif_int(torch.zeros(3, 4, dtype=torch.int32), **kw)
+
+
+@pytest.mark.parametrize("x, error", [
+    (torch.zeros(3, 4), TypeError),
+    (torch.zeros(3, 4, dtype=torch.int64), TypeError),
+    (torch.zeros(0, 4, dtype=torch.int32), ValueError),
+])
+def test_bad_int_input(x, error):
+    with pytest.raises(error):
+        multilevel_lif_int(x, s_bits=1, theta=1)
+
+
+def test_triton_backend_without_gpu_or_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(_extension.BackendUnavailable):
+        multilevel_lif(torch.zeros(2, 3), backend="triton")
+    with pytest.raises(TypeError, match="float64"):
+        multilevel_lif(torch.zeros(2, 3, dtype=torch.float64), backend="triton")
+
+
+# --------------------------------------------------------------------------- opcheck
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_v_init", [False, True])
+def test_opcheck_forward_backward(dtype, with_v_init):
+    x = currents((3, 37), 2, dtype=dtype).requires_grad_()
+    v_init = currents((37,), 2, dtype=dtype, seed=4).requires_grad_() if with_v_init else None
+    torch.library.opcheck(torch.ops.qsnn.lif_forward.default,
+                          (x, v_init, 2, 0.75, 0.5, 0.0, with_v_init, "atan", 2.0, False))
+    h = currents((3, 37), 2, dtype=dtype)
+    gs, gv = torch.randn(3, 37, dtype=dtype), torch.randn(37, dtype=dtype)
+    torch.library.opcheck(torch.ops.qsnn.lif_backward.default,
+                          (gs, gv if with_v_init else None, h, 2, 0.75, 0.5, 0.0, not with_v_init, "sigmoid", 4.0,
+                           with_v_init))
+
+
+def test_opcheck_inference_forward_skips_h():
+    x = currents((3, 37), 1)
+    spikes, v_last, h = torch.ops.qsnn.lif_forward(x, None, 1, 0.75, 0.5, 0.0, True, "atan", 2.0, False, False)
+    assert h.shape == (0, 37)
+    torch.library.opcheck(torch.ops.qsnn.lif_forward.default,
+                          (x, None, 1, 0.75, 0.5, 0.0, True, "atan", 2.0, False, False))
+    with torch.no_grad():
+        s, v = multilevel_lif(x.requires_grad_(), v_th=0.75)
+    assert mismatches(s, spikes) == 0 and mismatches(v, v_last) == 0
+
+
+def test_opcheck_int():
+    x = torch.randint(-20, 40, (4, 33), dtype=torch.int32)
+    torch.library.opcheck(torch.ops.qsnn.lif_int.default, (x, None, 4, 5, 1, 0, True))
+    torch.library.opcheck(torch.ops.qsnn.lif_int.default, (x, torch.ones(33, dtype=torch.int32), 2, 3, 0, -1, False))
+
+
+# --------------------------------------------------------------------------- module and torch.compile
+
+
+def test_module_is_stateless_by_default():
+    lif = MultiLevelLIF(s_bits=2, v_th=0.5)
+    x = currents((4, 3, 11), 2, v_th=0.5)
+    first, second = lif(x), lif(x)
+    assert torch.equal(first, second) and lif.v is None
+    assert torch.equal(first, multilevel_lif(x, s_bits=2, v_th=0.5)[0])
+
+
+def test_module_stateful_carries_and_resets():
+    lif = MultiLevelLIF(s_bits=2, v_th=0.5, reset="soft", stateful=True)
+    x = currents((8, 3, 11), 2, v_th=0.5)
+    whole = multilevel_lif(x, s_bits=2, v_th=0.5, reset="soft")[0]
+    pieces = torch.cat([lif(x[:3]), lif(x[3:])])
+    assert mismatches(pieces, whole) == 0
+    lif.reset()
+    assert lif.v is None and torch.equal(lif(x[:3]), whole[:3])
+    with pytest.raises(ValueError, match="v_init"):
+        lif(x[:, :2])  # a different batch size with carried state
+    with pytest.raises(ValueError, match="decay"):
+        MultiLevelLIF(decay=2.0)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(13, 21), MultiLevelLIF(s_bits=4, v_th=0.5, decay=0.7),
+                               torch.nn.Linear(21, 5))
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(compiler):
+    model = _model()
+    x = torch.randn(4, 3, 13)
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
+    torch._dynamo.reset()
+    out, ref = compiled(x), model(x)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    got = model[0].weight.grad.clone()
+    model.zero_grad()
+    ref.sum().backward()
+    torch.testing.assert_close(got, model[0].weight.grad)
+
+
+# --------------------------------------------------------------------------- Triton backend
+
+
+@needs_triton_lif
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_triton_matches_reference(device, reset):
+    x = currents((4, 37), 4).to(device).requires_grad_()
+    kw = dict(s_bits=4, v_th=0.75, decay=0.6, reset=reset, surrogate="atan")
+    s, v = multilevel_lif(x, backend="triton", **kw)
+    sr, vr = multilevel_lif(x, backend="reference", **kw)
+    assert mismatches(s, sr) == 0
+    torch.testing.assert_close(v, vr)
+    g = torch.randn_like(s)
+    (gx,) = torch.autograd.grad((s * g).sum(), x)
+    (gxr,) = torch.autograd.grad((sr * g).sum(), x)
+    torch.testing.assert_close(gx, gxr, **GRAD_TOL[torch.float32])
+
+
+@needs_triton_lif
+def test_triton_int_bit_exact(device):
+    x = torch.randint(-50, 80, (4, 37), dtype=torch.int32).to(device)
+    got = multilevel_lif_int(x, s_bits=2, theta=7, leak_shift=1, reset="soft", backend="triton")
+    want = multilevel_lif_int(x, s_bits=2, theta=7, leak_shift=1, reset="soft", backend="reference")
+    assert mismatches(got[0], want[0]) == 0 and mismatches(got[1], want[1]) == 0
+    near = torch.full((3, 5), 2**30, dtype=torch.int32, device=device)  # bound fails, no overflow: runs
+    assert multilevel_lif_int(near[:2], s_bits=1, theta=3, backend="triton")[0].sum() == 10
+    with pytest.raises(OverflowError):
+        multilevel_lif_int(near, s_bits=1, theta=2**31 - 1, leak_shift=0, reset="soft", backend="triton")
