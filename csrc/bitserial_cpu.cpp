@@ -31,7 +31,6 @@
 #include <immintrin.h>
 #include <omp.h>
 #ifdef __linux__
-#include <sys/mman.h>
 #endif
 
 #include <algorithm>
@@ -42,6 +41,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "host_pool.h"
 
 namespace qsnn {
 namespace {
@@ -474,19 +474,6 @@ int64_t row_popcount_generic(const int32_t* row, int64_t words) {
   return c;
 }
 
-// A large output is fresh memory that the kernel touches page by page; asking for transparent
-// huge pages first makes that 512x fewer page faults (a T-heavy reduce="none" output of tens of
-// MiB otherwise costs as much as the GEMM). Advisory only: ignored where unsupported.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = 2 * 1024 * 1024;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t end = begin + static_cast<uintptr_t>(t.nbytes());
-  const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = end & ~(kHuge - 1);
-  if (t.nbytes() >= 4 * kHuge && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#endif
-}
-
 // Weight planes [w_bits, N, words] -> panels [n_panels, w_bits, k64, nr] of uint64 words, zero padded.
 void pack_panels(const int32_t* w, int64_t w_bits, int64_t n, int64_t words, int64_t k64, int nr, uint64_t* out) {
   const int64_t n_panels = (n + nr - 1) / nr;
@@ -542,8 +529,8 @@ at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Ten
   const auto wc = w_planes.contiguous();
   const int64_t m = x_planes.size(1), n = w_planes.size(1);
   const int64_t p_out = red == "none" ? steps : 1;
-  auto out = at::empty({p_out, m, n}, x_planes.options());
-  advise_huge_pages(out);
+  // a large output from the warm host pool: fresh pages would cost as much as the GEMM (host_pool.h)
+  auto out = HostPool::instance().empty({p_out, m, n}, at::kInt);
   if (m == 0 || n == 0) return red == "none" ? out : out.squeeze(0);
 
   Problem pb;

@@ -8,6 +8,9 @@ Importing it never needs a GPU or the compiled extension; a missing backend rais
 
 from . import bits, reference
 from ._extension import BackendUnavailable, build_info
+from .bitserial import bitserial_matmul, cpu_simd
+from .bitserial_linear import bitserial_linear
+from .lif import MultiLevelLIF, multilevel_lif, multilevel_lif_int
 from .packed_weight import PackedWeight
 from .packing import pack_bits, unpack_bits
 
@@ -15,9 +18,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "MultiLevelLIF",
     "PackedWeight",
     "bits",
+    "bitserial_linear",
+    "bitserial_matmul",
     "build_info",
+    "cpu_simd",
+    "multilevel_lif",
+    "multilevel_lif_int",
     "pack_bits",
     "reference",
     "unpack_bits",

@@ -7,6 +7,16 @@ import platform
 import sys
 
 
+def _cpu_simd() -> str:
+    """The SIMD path the CPU GEMM kernel takes here, or why there is none."""
+    import qsnn_kernels
+
+    try:
+        return qsnn_kernels.cpu_simd()
+    except qsnn_kernels.BackendUnavailable as exc:
+        return f"unavailable ({exc})"
+
+
 def collect() -> dict:
     import torch
 
@@ -29,6 +39,7 @@ def collect() -> dict:
         "triton": triton_version,
         "machine": platform.machine(),
         "extension": qsnn_kernels.build_info(),
+        "cpu_simd": _cpu_simd(),
         "devices": devices,
     }
 

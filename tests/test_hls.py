@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from qsnn_kernels import BackendUnavailable
+from qsnn_kernels import BackendUnavailable, _extension
 from qsnn_kernels import hls
 from qsnn_kernels.hls import backends, cycles, network
 from qsnn_kernels.hls.__main__ import main as hls_main
@@ -229,10 +229,14 @@ def test_case_arguments_validated():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_missing_backend_is_an_error_not_a_fallback(backend):
-    reason = hls.unavailable_reason(backend)
-    if reason is None:
-        pytest.skip(f"{backend} is built here; nothing is missing")
+def test_missing_backend_is_an_error_not_a_fallback(backend, monkeypatch):
+    if backend == "cpu":  # as if the extension were not built
+        monkeypatch.setattr(_extension, "_load", lambda: (None, "simulated: not built"))
+    elif torch.cuda.is_available():
+        pytest.skip("triton runs on the GPU here; the interpreter switch cannot make it missing")
+    else:  # as if TRITON_INTERPRET were not set on a machine without a GPU
+        monkeypatch.delenv("TRITON_INTERPRET")
+    assert hls.unavailable_reason(backend) is not None
     with pytest.raises(BackendUnavailable):
         hls.gemm_case(w_bits=1, x_bits=1, t_steps=1, m=1, n=1, k=1, backend=backend)
 
