@@ -40,13 +40,13 @@
 #include <string>
 #include <vector>
 
+#include "bitplanes.h"
 #include "cpu_features.h"
 #include "host_pool.h"
 
 namespace qsnn {
 namespace {
 
-constexpr int64_t kWordBits = 32;
 constexpr int64_t kL2BlockBytes = 384 * 1024;  // activation words per row block (L2 is >= 512 KiB)
 constexpr int64_t kL1PanelBytes = 24 * 1024;   // weight panels swept per tile (L1d is >= 32 KiB)
 
@@ -502,7 +502,7 @@ at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Ten
               "bitserial_matmul_packed: planes must be int32 words");
   TORCH_CHECK(x_planes.dim() == 3 && w_planes.dim() == 3, "bitserial_matmul_packed: planes must be 3-d");
   TORCH_CHECK(k > 0, "bitserial_matmul_packed: k must be >= 1");
-  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t words = num_words(k);
   TORCH_CHECK(x_planes.size(2) == words && w_planes.size(2) == words,
               "bitserial_matmul_packed: k=", k, " needs ", words, " words per row");
   TORCH_CHECK(x_bits >= 1 && x_bits <= 8 && x_planes.size(0) % x_bits == 0 && x_planes.size(0) > 0,

@@ -10,29 +10,21 @@
 
 #include <cstdint>
 
+#include "bitplanes.h"
 #include "cpu_features.h"
 
 namespace qsnn {
 namespace {
 
-constexpr int64_t kWordBits = 32;
-
 template <typename T>
 void pack_rows(const T* x, int64_t rows, int64_t k, int bits, bool one_bit_signed, int32_t* out) {
-  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t words = num_words(k);
   const int64_t total = rows * words;
 #pragma omp parallel for schedule(static) if (total > 4096)
   for (int64_t i = 0; i < total; ++i) {
     const int64_t r = i / words, w = i % words;
-    const T* src = x + r * k + w * kWordBits;
-    const int64_t n = std::min<int64_t>(kWordBits, k - w * kWordBits);
     uint32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int64_t j = 0; j < n; ++j) {
-      // two's-complement bit pattern of the code; a 1-bit weight -1/+1 is stored as 0/1
-      const uint32_t code = one_bit_signed ? static_cast<uint32_t>(src[j] > 0)
-                                           : static_cast<uint32_t>(static_cast<int64_t>(src[j]));
-      for (int p = 0; p < bits; ++p) acc[p] |= ((code >> p) & 1u) << j;
-    }
+    pack_word(x + r * k + w * kWordBits, std::min<int64_t>(kWordBits, k - w * kWordBits), bits, one_bit_signed, acc);
     for (int p = 0; p < bits; ++p) out[(p * rows + r) * words + w] = static_cast<int32_t>(acc[p]);
   }
 }
@@ -43,7 +35,7 @@ void pack_rows(const T* x, int64_t rows, int64_t k, int bits, bool one_bit_signe
 template <typename T>
 __attribute__((target("avx2"))) void pack_rows_bytes_avx2(const T* x, int64_t rows, int64_t k, int bits,
                                                           bool one_bit_signed, int32_t* out) {
-  const int64_t words = (k + kWordBits - 1) / kWordBits, full = k / kWordBits;
+  const int64_t words = num_words(k), full = k / kWordBits;
 #pragma omp parallel for schedule(static) if (rows * words > 4096)
   for (int64_t r = 0; r < rows; ++r) {
     const T* src = x + r * k;
@@ -64,12 +56,7 @@ __attribute__((target("avx2"))) void pack_rows_bytes_avx2(const T* x, int64_t ro
 #pragma omp parallel for schedule(static) if (rows > 4096)
     for (int64_t r = 0; r < rows; ++r) {
       uint32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      const T* src = x + r * k + full * kWordBits;
-      for (int64_t j = 0; j < tail; ++j) {
-        const uint32_t code = one_bit_signed ? static_cast<uint32_t>(src[j] > 0)
-                                             : static_cast<uint32_t>(static_cast<int64_t>(src[j]));
-        for (int p = 0; p < bits; ++p) acc[p] |= ((code >> p) & 1u) << j;
-      }
+      pack_word(x + r * k + full * kWordBits, tail, bits, one_bit_signed, acc);
       for (int p = 0; p < bits; ++p) out[(p * rows + r) * words + full] = static_cast<int32_t>(acc[p]);
     }
   }
@@ -77,19 +64,12 @@ __attribute__((target("avx2"))) void pack_rows_bytes_avx2(const T* x, int64_t ro
 
 template <typename T>
 void unpack_rows(const int32_t* planes, int64_t rows, int64_t k, int bits, bool is_signed, T* out) {
-  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t words = num_words(k);
   const int64_t total = rows * k;
 #pragma omp parallel for schedule(static) if (total > 16384)
   for (int64_t i = 0; i < total; ++i) {
     const int64_t r = i / k, kk = i % k;
-    const int64_t w = kk / kWordBits, j = kk % kWordBits;
-    int32_t code = 0;
-    for (int p = 0; p < bits; ++p) {
-      const uint32_t word = static_cast<uint32_t>(planes[(p * rows + r) * words + w]);
-      code |= static_cast<int32_t>((word >> j) & 1u) << p;
-    }
-    if (is_signed) code = bits == 1 ? 2 * code - 1 : (code ^ (1 << (bits - 1))) - (1 << (bits - 1));
-    out[i] = static_cast<T>(code);
+    out[i] = static_cast<T>(unpack_code(planes + r * words + kk / kWordBits, rows * words, kk % kWordBits, bits, is_signed));
   }
 }
 
@@ -103,7 +83,7 @@ at::Tensor pack_bits_cpu(const at::Tensor& x, int64_t bits, bool is_signed) {
   const int64_t rows = k ? x.numel() / k : 0;
   std::vector<int64_t> shape{bits};
   for (int64_t d = 0; d + 1 < x.dim(); ++d) shape.push_back(x.size(d));
-  shape.push_back((k + kWordBits - 1) / kWordBits);
+  shape.push_back(num_words(k));
   auto out = at::empty(shape, x.options().dtype(at::kInt));
   const bool one_bit_signed = is_signed && bits == 1;
   const bool bytes = x.scalar_type() == at::kChar || (x.scalar_type() == at::kByte && !one_bit_signed);
@@ -129,7 +109,7 @@ at::Tensor unpack_bits_cpu(const at::Tensor& planes, int64_t k, bool is_signed) 
   TORCH_CHECK(planes.dim() >= 2, "unpack_bits: planes must be [bits, ..., words]");
   const int64_t bits = planes.size(0);
   TORCH_CHECK(bits == 1 || bits == 2 || bits == 4 || bits == 8, "unpack_bits: bits must be 1, 2, 4 or 8");
-  TORCH_CHECK(k > 0 && planes.size(-1) == (k + kWordBits - 1) / kWordBits,
+  TORCH_CHECK(k > 0 && planes.size(-1) == num_words(k),
               "unpack_bits: k does not match the number of words");
   const auto pc = planes.contiguous();
   const int64_t rows = planes.numel() / bits / planes.size(-1);

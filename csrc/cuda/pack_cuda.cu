@@ -4,32 +4,24 @@
 
 #include <cstdint>
 
+#include "../bitplanes.h"
 #include "pack_cuda.h"
 
 namespace qsnn {
 namespace {
 
-constexpr int64_t kWordBits = 32;
 constexpr int kThreads = 256;
 
 // One thread per (row, word): reads 32 codes, writes one word per plane.
 template <typename T>
 __global__ void pack_kernel(const T* __restrict__ x, int64_t rows, int64_t k, int bits, bool one_bit_signed,
                             int32_t* __restrict__ out) {
-  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t words = num_words(k);
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * words) return;
   const int64_t r = i / words, w = i % words;
-  const T* src = x + r * k + w * kWordBits;
-  const int64_t n = min(kWordBits, k - w * kWordBits);
   uint32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t code = one_bit_signed ? static_cast<uint32_t>(src[j] > 0)
-                                         : static_cast<uint32_t>(static_cast<int64_t>(src[j]));
-#pragma unroll
-    for (int p = 0; p < 8; ++p)
-      if (p < bits) acc[p] |= ((code >> p) & 1u) << j;
-  }
+  pack_word(x + r * k + w * kWordBits, min(kWordBits, k - w * kWordBits), bits, one_bit_signed, acc);
   for (int p = 0; p < bits; ++p) out[(p * rows + r) * words + w] = static_cast<int32_t>(acc[p]);
 }
 
@@ -37,18 +29,11 @@ __global__ void pack_kernel(const T* __restrict__ x, int64_t rows, int64_t k, in
 template <typename T>
 __global__ void unpack_kernel(const int32_t* __restrict__ planes, int64_t rows, int64_t k, int bits, bool is_signed,
                               T* __restrict__ out) {
-  const int64_t words = (k + kWordBits - 1) / kWordBits;
+  const int64_t words = num_words(k);
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * k) return;
   const int64_t r = i / k, kk = i % k;
-  const int64_t w = kk / kWordBits, j = kk % kWordBits;
-  int32_t code = 0;
-  for (int p = 0; p < bits; ++p) {
-    const uint32_t word = static_cast<uint32_t>(planes[(p * rows + r) * words + w]);
-    code |= static_cast<int32_t>((word >> j) & 1u) << p;
-  }
-  if (is_signed) code = bits == 1 ? 2 * code - 1 : (code ^ (1 << (bits - 1))) - (1 << (bits - 1));
-  out[i] = static_cast<T>(code);
+  out[i] = static_cast<T>(unpack_code(planes + r * words + kk / kWordBits, rows * words, kk % kWordBits, bits, is_signed));
 }
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
@@ -57,7 +42,7 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 
 cudaError_t pack_bits_cuda(const void* x, CodeType type, int64_t rows, int64_t k, int bits, bool is_signed,
                            int32_t* out, cudaStream_t stream) {
-  const int64_t n = rows * ((k + kWordBits - 1) / kWordBits);
+  const int64_t n = rows * num_words(k);
   if (n == 0) return cudaSuccess;
   const bool obs = is_signed && bits == 1;
   const unsigned grid = blocks_for(n);

@@ -4,12 +4,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../bitplanes.h"
 #include "pack_cuda.h"
 
 namespace qsnn {
 namespace {
-
-constexpr int64_t kWordBits = 32;
 
 CodeType code_type(at::ScalarType t) {
   switch (t) {
@@ -31,7 +30,7 @@ at::Tensor pack_bits_cuda_op(const at::Tensor& x, int64_t bits, bool is_signed) 
   const int64_t k = x.size(-1);
   std::vector<int64_t> shape{bits};
   for (int64_t d = 0; d + 1 < x.dim(); ++d) shape.push_back(x.size(d));
-  shape.push_back((k + kWordBits - 1) / kWordBits);
+  shape.push_back(num_words(k));
   auto out = at::empty(shape, x.options().dtype(at::kInt));
   const auto err = pack_bits_cuda(xc.data_ptr(), type, x.numel() / k, k, static_cast<int>(bits), is_signed,
                                   out.data_ptr<int32_t>(), c10::cuda::getCurrentCUDAStream());
@@ -43,7 +42,7 @@ at::Tensor unpack_bits_cuda_op(const at::Tensor& planes, int64_t k, bool is_sign
   TORCH_CHECK(planes.scalar_type() == at::kInt && planes.dim() >= 2, "unpack_bits: planes must be int32 [bits, ..., words]");
   const int64_t bits = planes.size(0);
   TORCH_CHECK(bits == 1 || bits == 2 || bits == 4 || bits == 8, "unpack_bits: bits must be 1, 2, 4 or 8");
-  TORCH_CHECK(k > 0 && planes.size(-1) == (k + kWordBits - 1) / kWordBits,
+  TORCH_CHECK(k > 0 && planes.size(-1) == num_words(k),
               "unpack_bits: k does not match the number of words");
   const c10::cuda::CUDAGuard guard(planes.device());
   const auto pc = planes.contiguous();
