@@ -14,8 +14,8 @@ bench.json`` prints ratios and the least-squares fit of time against BB.
 reduce="none" returns T int32 planes, so a T-heavy split writes T times the output of a W- or
 S-heavy one: at small K (the conv shape) that output's cost is visible (equal-BB splits within
 about 1.5x there, within 1.1-1.2x at K >= 4096). Fresh outputs of tens of MiB are page-faulted in
-by the first store; the CPU kernel asks for transparent huge pages for them (madvise), without
-which a T = 4 output at M=1024, N=4096 cost as much as the GEMM itself.
+by the first store; the CPU kernel takes them from a pool of warm, huge-page-aligned buffers
+(csrc/host_pool.h), without which a T = 4 output at M=1024, N=4096 cost as much as the GEMM itself.
 On a shared machine run with OMP_NUM_THREADS=1 too: per-core ratios do not suffer from a thread
 of either side waiting for a time slice.
 """
