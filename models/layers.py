@@ -115,6 +115,66 @@ def mean_over_time(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- quantized layers
 
 
+def _check_in_scale(in_scale) -> float:
+    if isinstance(in_scale, bool) or not isinstance(in_scale, numbers.Real) or not in_scale > 0:
+        raise ValueError(f"in_scale (the input spikes' v_th) must be a number > 0, got {in_scale!r}")
+    return float(in_scale)
+
+
+BITSERIAL_TRAIN_BITS: tuple[int, ...] = ()
+"""w_bits at which a spike-input layer with ``bitserial=None`` (the default) runs its forward on the
+bit-serial kernel: those where it measured faster than the dense float path on CPU
+(benchmarks/test_bench_models_sew.py, ``measure_bitserial_training``); empty: dense everywhere."""
+
+
+def uses_bitserial(layer) -> bool:
+    """Whether ``layer`` (QuantLinear/QuantConv2d) runs its forward on ``qsnn_kernels.bitserial_linear``:
+    its input is spikes (``in_bits`` in 1, 2, 4, 8), its weight quantized, and ``layer.bitserial`` is
+    True, or None with w_bits in :data:`BITSERIAL_TRAIN_BITS`. Not under torch.compile tracing
+    of the dense path's callers; the op itself is compile-safe."""
+    if layer.in_bits not in SPIKE_BITS or layer.w_bits not in WEIGHT_BITS:
+        return False
+    if layer.bitserial is None:
+        return layer.w_bits in BITSERIAL_TRAIN_BITS
+    return bool(layer.bitserial)
+
+
+def _levels(x: torch.Tensor, in_scale: float) -> torch.Tensor:
+    """Spike values / v_th as whole numbers; the gradient passes straight through (x / v_th)."""
+    lv = x / in_scale if in_scale != 1.0 else x
+    return lv + (torch.round(lv) - lv).detach()
+
+
+def spike_linear_bitserial(spikes: torch.Tensor, weight, w_bits: int, in_bits: int, in_scale: float) -> torch.Tensor:
+    """``spikes [P, M, K]`` (values level * in_scale) @ W-bit ``weight`` (a float master weight
+    ``[N, K...]``, quantized per call, or a :class:`qsnn_kernels.PackedWeight`) on the exact
+    bit-serial kernel -> ``[P, M, N]`` float; straight-through autograd (bitserial_linear)."""
+    from ..bitserial_linear import bitserial_linear
+    from ..packed_weight import PackedWeight
+
+    levels = _levels(spikes, in_scale)
+    if isinstance(weight, PackedWeight):
+        return bitserial_linear(levels, weight, x_bits=in_bits, x_scale=in_scale)
+    return bitserial_linear(levels, weight, x_bits=in_bits, x_scale=in_scale, w_bits=w_bits)
+
+
+def spike_conv2d_bitserial(x: torch.Tensor, weight, w_bits: int, in_bits: int, in_scale: float, stride, padding,
+                           dilation) -> torch.Tensor:
+    """Convolution of spikes ``x [N, C, H, W]`` as a GEMM (im2col, zero padding = level 0) on the
+    bit-serial kernel: ``[N, Cout, H', W']`` float, no bias. ``weight``: float ``[Cout, C, kh, kw]``
+    or a PackedWeight of that shape; groups = 1."""
+    cout, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):
+        cols = x[:, :, ::stride[0], ::stride[1]].permute(0, 2, 3, 1)            # [N, H', W', C]
+    else:
+        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
+    y = spike_linear_bitserial(cols.reshape(1, n * oh * ow, -1), weight, w_bits, in_bits, in_scale)
+    return y.reshape(n, oh, ow, cout).permute(0, 3, 1, 2)
+
+
 def quantized_weight(weight: torch.Tensor, w_bits: int) -> torch.Tensor:
     """The weight a layer computes with: fake-quantized (Eq. 5, STE) for w_bits <= 8, else as is."""
     return weight if w_bits in FULL_PRECISION_BITS else fake_quantize_weight(weight, w_bits)
@@ -131,19 +191,27 @@ class QuantLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, w_bits: int = 32,
-                 in_bits: int | None = None):
+                 in_bits: int | None = None, in_scale: float = 1.0, bitserial: bool | None = None):
         check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
         super().__init__(in_features, out_features, bias=bias)
         self.w_bits = w_bits
         self.in_bits = _check_in_bits(in_bits)
+        self.in_scale = _check_in_scale(in_scale)
+        self.bitserial = bitserial
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: input must be [..., {self.in_features}], got shape {tuple(x.shape)}")
+        if uses_bitserial(self):
+            spikes = x.reshape(1, -1, self.in_features)
+            y = spike_linear_bitserial(spikes, self.weight, self.w_bits, self.in_bits, self.in_scale)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
         return F.linear(x, quantized_weight(self.weight, self.w_bits), self.bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}"
+        return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
+                f"in_scale={self.in_scale}, bitserial={self.bitserial}")
 
 
 class QuantConv2d(nn.Conv2d):
@@ -155,25 +223,33 @@ class QuantConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, groups: int = 1,
-                 bias: bool = True, *, w_bits: int = 32, in_bits: int | None = None):
+                 bias: bool = True, *, w_bits: int = 32, in_bits: int | None = None, in_scale: float = 1.0,
+                 bitserial: bool | None = None):
         check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
                          bias=bias)
         self.w_bits = w_bits
         self.in_bits = _check_in_bits(in_bits)
+        self.in_scale = _check_in_scale(in_scale)
+        self.bitserial = bitserial
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (4, 5) or x.shape[-3] != self.in_channels:
             raise ValueError(f"QuantConv2d: input must be [T, B, {self.in_channels}, H, W] or "
                              f"[N, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
-        w = quantized_weight(self.weight, self.w_bits)
-        if x.dim() == 4:
-            return self._conv_forward(x, w, self.bias)
-        y = self._conv_forward(x.flatten(0, 1), w, self.bias)
-        return y.unflatten(0, x.shape[:2])
+        x4 = x if x.dim() == 4 else x.flatten(0, 1)
+        if uses_bitserial(self) and self.groups == 1:
+            y = spike_conv2d_bitserial(x4, self.weight, self.w_bits, self.in_bits, self.in_scale, self.stride,
+                                       self.padding, self.dilation)
+            if self.bias is not None:
+                y = y + self.bias[:, None, None]
+        else:
+            y = self._conv_forward(x4, quantized_weight(self.weight, self.w_bits), self.bias)
+        return y if x.dim() == 4 else y.unflatten(0, x.shape[:2])
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}"
+        return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
+                f"in_scale={self.in_scale}, bitserial={self.bitserial}")
 
 
 class SpikeMatmul(nn.Module):
