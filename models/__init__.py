@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import layers
+from . import layers, sew_resnet  # importing an architecture module registers its models
 from .layers import (ALLOWED_W_BITS, FULL_PRECISION_BITS, MultiStepBatchNorm, MultiStepBatchNorm1d,
                      MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, spiking_neuron)
 
@@ -26,6 +26,7 @@ __all__ = [
     "SpikeMatmul",
     "create_model",
     "layers",
+    "sew_resnet",
     "list_models",
     "spiking_neuron",
 ]
