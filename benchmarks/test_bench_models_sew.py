@@ -16,9 +16,10 @@ graph); "forward_backward" is a training-mode forward plus ``loss.backward()``.
   (multi-level, its own soft reset and MultiLevelSpikeCount surrogate) for S > 1; the stem conv runs
   on the T-repeated input, as spikingjelly's examples do.
 
-extra_info: ms (best round) and peak RSS in MiB of a fresh process that builds the model and runs
-the same step twice (``resource.getrusage`` ru_maxrss, minus the RSS after imports); the
-converted-model case also records the model bytes.
+extra_info: ms (best round, wall), cpu_ms (best process CPU time of a step, all threads: steadier
+on a shared machine); ``peak_MiB``, the peak RSS of a fresh process during one step after a
+warm-up step (/proc/self/clear_refs resets VmHWM before it), and ``step_MiB``, that peak above the
+RSS before the step (Linux); the converted-model case records the model bytes.
 """
 
 from __future__ import annotations
@@ -112,6 +113,16 @@ def _to_spikingjelly(model: nn.Module, s_bits: int, t_steps: int) -> nn.Module:
     return _SJModel(model, t_steps)
 
 
+def cpu_ms(model: nn.Module, x: torch.Tensor, mode: str, rounds: int = ROUNDS) -> float:
+    """Best process CPU time of one step (all threads): steadier than wall time on a shared machine."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        step(model, x, mode)
+        best = min(best, time.process_time() - t0)
+    return best * 1e3
+
+
 def step(model: nn.Module, x: torch.Tensor, mode: str) -> None:
     if mode == "forward":
         model.eval()
@@ -126,35 +137,35 @@ def step(model: nn.Module, x: torch.Tensor, mode: str) -> None:
 # --------------------------------------------------------------------------- peak memory
 
 _PEAK_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import torch
     sys.path.insert(0, {bench_dir!r})
     import test_bench_models_sew as b
     impl, w, s, t, mode = {args!r}
     model = b.build(impl, w, s, t)
-    if impl == "converted":
-        pass
     x = torch.randn(b.BATCH, 3, b.SIZE, b.SIZE)
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    base = rss()
-    for _ in range(2):
-        b.step(model, x, mode)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({{"peak_MiB": (peak - base) / 2**20}}))
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+    b.step(model, x, mode)  # warm-up: lazy allocations, pools
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (the peak RSS) to the current RSS
+    base = status("VmRSS")
+    b.step(model, x, mode)
+    print(json.dumps({{"peak_MiB": status("VmHWM") / 2**20, "step_MiB": (status("VmHWM") - base) / 2**20}}))
 """)
 
 
-def peak_rss_mib(impl: str, wst, mode: str) -> float:
-    """Peak RSS above the post-import baseline of a fresh process running ``step`` twice."""
+def peak_rss_mib(impl: str, wst, mode: str) -> dict:
+    """Peak RSS of one step in a fresh process, after a warm-up step (VmHWM reset just before it):
+    ``peak_MiB`` the process's peak, ``step_MiB`` that peak above the RSS before the step."""
     bench_dir = os.path.dirname(os.path.abspath(__file__))
     code = _PEAK_SCRIPT.format(bench_dir=bench_dir, args=(impl, *wst, mode))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_MiB"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -175,7 +186,9 @@ def test_sew_resnet18_cifar(benchmark, impl, wst, mode):
     step(model, x, mode)  # warm-up
     benchmark.pedantic(step, args=(model, x, mode), rounds=ROUNDS, iterations=1)
     benchmark.extra_info["ms"] = benchmark.stats.stats.min * 1e3
-    benchmark.extra_info["peak_rss_MiB"] = peak_rss_mib(impl, WST[wst], mode)
+    benchmark.extra_info["cpu_ms"] = cpu_ms(model, x, mode)
+    for key, value in peak_rss_mib(impl, WST[wst], mode).items():
+        benchmark.extra_info[key] = value
     benchmark.extra_info["threads"] = torch.get_num_threads()
 
 
@@ -193,6 +206,7 @@ def test_sew_resnet18_cifar_inference(benchmark, which):
     step(model, x, "forward")
     benchmark.pedantic(step, args=(model, x, "forward"), rounds=ROUNDS, iterations=1)
     benchmark.extra_info["ms"] = benchmark.stats.stats.min * 1e3
+    benchmark.extra_info["cpu_ms"] = cpu_ms(model, x, "forward")
     benchmark.extra_info["model_bytes"] = model_nbytes(model)
 
 

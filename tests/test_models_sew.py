@@ -215,7 +215,7 @@ def test_converted_integer_part_is_exact():
     _calibrate(model, torch.randn(2, 3, 8, 8))
     layer = convert_for_inference(model).layer2[0].conv1
     levels = torch.randint(0, 4, (3, 64, 9, 7))
-    q = layer.packed_weight.int_codes().to(torch.float64)
+    q = layer.int_codes().to(torch.float64)
     expected = F.conv2d(levels.double(), q, stride=layer.stride, padding=layer.padding)
     got = layer.integer_forward(levels)
     assert got.dtype == torch.int32 and int((got.double() != expected).sum()) == 0
@@ -308,3 +308,23 @@ def test_fake_quant_gradient_and_eval_cache():
         y2 = lin(x)
     expected = F.linear(x, reference.fake_quantize_weight(lin.weight.detach(), 4), lin.bias.detach())
     assert not torch.equal(y1, y2) and torch.equal(y2, expected)
+
+
+def test_converted_layer_paths_agree_and_reject_non_spikes():
+    """The all-integer path (no autograd) and the bitserial_linear path (autograd) give the same
+    float output; input that is not whole levels in range is a ValueError."""
+    torch.manual_seed(11)
+    model = _tiny(w_bits=2, s_bits=2, t_steps=1, neuron_kw={"v_th": 0.5})
+    _calibrate(model, torch.randn(2, 3, 8, 8))
+    conv = convert_for_inference(model)
+    layer, first = conv.layer3[0].conv2, conv.layer1[0].conv1
+    x = torch.randint(0, 4, (2, 3, layer.weight_shape[1], 5, 7)).float() * 0.5
+    with torch.no_grad():
+        y_int = layer(x)
+    y_grad = layer(x.clone().requires_grad_())
+    assert torch.equal(y_int, y_grad.detach())
+    y_grad.sum().backward()
+    with torch.no_grad(), pytest.raises(ValueError, match="levels"):
+        first(torch.full((1, 64, 4, 4), 0.3))
+    with torch.no_grad(), pytest.raises(ValueError, match="levels"):
+        first(torch.full((1, 64, 4, 4), 2.0))  # level 4 > 3
