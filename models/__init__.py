@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 
-from . import layers, sew_resnet  # importing an architecture module registers its models
+from . import convert, layers, sew_resnet  # importing an architecture module registers its models
+from .convert import convert_for_inference, model_nbytes
 from .layers import (ALLOWED_W_BITS, FULL_PRECISION_BITS, MultiStepBatchNorm, MultiStepBatchNorm1d,
                      MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, spiking_neuron)
 
@@ -24,10 +25,13 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "SpikeMatmul",
+    "convert",
+    "convert_for_inference",
     "create_model",
     "layers",
     "sew_resnet",
     "list_models",
+    "model_nbytes",
     "spiking_neuron",
 ]
 

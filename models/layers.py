@@ -29,6 +29,8 @@ from ..reference import fake_quantize_weight, quantize_weight
 
 __all__ = [
     "ALLOWED_W_BITS",
+    "BITSERIAL_TRAIN_BITS",
+    "NEURON_DEFAULTS",
     "FULL_PRECISION_BITS",
     "MultiStepBatchNorm1d",
     "MultiStepBatchNorm2d",
@@ -41,7 +43,10 @@ __all__ = [
     "encode_direct",
     "mean_over_time",
     "quantized_weight",
+    "spike_conv2d_bitserial",
+    "spike_linear_bitserial",
     "spiking_neuron",
+    "uses_bitserial",
 ]
 
 FULL_PRECISION_BITS = (16, 32)
