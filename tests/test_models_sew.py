@@ -201,7 +201,7 @@ def test_converted_model_matches(w_bits, s_bits, t_steps, connect_f):
     assert n_bn == 0  # every BN folded
     if w_bits <= 8:
         packed = [m for m in conv.modules() if isinstance(m, (PackedConv2d, PackedLinear))]
-        assert list(conv.parameters()) == [] and len(packed) == 12 + 1  # 11 convs + 1 downsample... + fc
+        assert list(conv.parameters()) == [] and len(packed) == 12 + 1  # stem + 8 block convs + 3 downsamples, + fc
         expected = sum(m.planes.nbytes + m.scale.nbytes + m.bias.nbytes for m in packed)
         assert model_nbytes(conv) == expected
         assert model_nbytes(conv) < model_nbytes(model) * w_bits / 32 * 1.1 + 64 * 1024
