@@ -101,8 +101,9 @@ class _LinearBNLIF(nn.Module):
 
 
 class _ConvBNLIF(nn.Module):
-    """``LIF(BN(conv3x3(x)))`` on ``[T, B, C, H, W]``; with ``encode`` the input is a real image
-    ``[B, C, H, W]``: conv and BN run once and the result is repeated over ``t_steps``."""
+    """``LIF(BN(conv3x3(x)))`` on ``[T, B, C, H, W]``; with ``t_steps`` the input is a real image
+    ``[B, C, H, W]``: conv and BN run once and the result is repeated over ``t_steps`` (direct
+    encoding). Tensors are channels-last in memory (module docstring of :class:`SpikingPatchSplitting`)."""
 
     def __init__(self, in_ch: int, out_ch: int, w_bits: int, s_bits: int, in_bits: int | None):
         super().__init__()
@@ -114,7 +115,8 @@ class _ConvBNLIF(nn.Module):
         y = self.bn(self.conv(x))
         if t_steps is not None:
             y = encode_direct(y, t_steps)
-        return self.lif(y)
+        # the neuron walks its input in memory order: give it [T, B, H, W, C], a view here
+        return self.lif(y.movedim(-3, -1)).movedim(-1, -3)
 
 
 class SpikingPatchSplitting(nn.Module):
@@ -123,6 +125,10 @@ class SpikingPatchSplitting(nn.Module):
     Four conv-BN-LIF stages (D/8, D/4, D/2, D channels), a max pool (3x3, stride 2, pad 1) after
     each of the last log2(patch_size) stages, then ``x + LIF(BN(conv3x3(x)))`` (relative position
     embedding). Output: integer spike sums in ``[0, 2 (2^S - 1)]``.
+
+    Activations are ``[T, B, C, H, W]`` tensors stored channels-last (``[T, B, H, W, C]`` in
+    memory): oneDNN's convolutions run faster on that layout on the CPU, BN and max pool keep it,
+    and the tokens ``[T, B, N, D]`` at the end are a view rather than a transposed copy.
     """
 
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int, w_bits: int, s_bits: int):
@@ -139,12 +145,13 @@ class SpikingPatchSplitting(nn.Module):
         return self.pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
     def forward(self, x: torch.Tensor, t_steps: int) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         for i, stage in enumerate(self.stages):
             x = stage(x, t_steps) if i == 0 else stage(x)
             if self.pool_after[i]:
                 x = self._maxpool(x)
-        x = x + self.rpe(x)
-        return x.flatten(3).transpose(2, 3)  # [T, B, D, H', W'] -> [T, B, N, D]
+        x = (x + self.rpe(x)).movedim(2, -1)  # [T, B, H', W', D]
+        return x.reshape(*x.shape[:2], -1, x.shape[-1])  # [T, B, N, D] (a view when channels-last)
 
 
 class SpikingSelfAttention(nn.Module):
