@@ -23,6 +23,7 @@ off; tracemalloc would not see ATen's allocations), the W/S/T, and, on the secon
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -197,3 +198,11 @@ def test_spikformer_4_384_cpu(benchmark, machine_limits, impl, w_bits, s_bits, t
                           "qsnn_peak_rss_MiB": round(_RESULTS[("qsnn", w_bits, s_bits, t_steps, mode, "rss")], 1),
                           "spikingjelly_peak_rss_MiB":
                               round(_RESULTS[("spikingjelly", w_bits, s_bits, t_steps, mode, "rss")], 1)}))
+
+
+def test_builds_are_the_same_architecture():
+    """The peer build has our parameter shapes, layer for layer (so the timings compare like with like)."""
+    ours = [tuple(p.shape) for p in build("qsnn", 4, 2, 1).parameters()]
+    peer = [tuple(p.shape) for p in build("spikingjelly", 4, 2, 1).parameters()]
+    assert sorted(ours) == sorted(peer) and sum(map(math.prod, ours)) == 9_320_122
+
