@@ -12,9 +12,12 @@
 * Every QuantConv2d/QuantLinear with w_bits <= 8 becomes :class:`PackedConv2d`/:class:`PackedLinear`,
   holding only the packed planes (int32), the float32 scales and the float32 bias as buffers: the
   converted model's memory is the packed size (:func:`model_nbytes`).
-* Where the layer's input is spikes (``in_bits`` in 1, 2, 4, 8), it runs on
-  ``qsnn_kernels.bitserial_linear`` with levels ``x / in_scale`` (in_scale = the producing
-  neuron's v_th; convs as im2col + GEMM), exact in int32; layers with real-valued input (the
+* Where the layer's input is spikes (``in_bits`` in 1, 2, 4, 8), it runs the exact int32 bit-serial
+  GEMM on levels ``x / in_scale`` (in_scale = the producing neuron's v_th; convs as im2col + GEMM):
+  without autograd all-integer (uint8 levels, uint8 im2col, ``qsnn_kernels.bitserial_matmul``,
+  then ``alpha * in_scale * Y`` in one rounding); with autograd or under torch.compile through
+  ``qsnn_kernels.bitserial_linear`` (the same float result, straight-through gradients). Input
+  that is not whole levels in range is a ValueError; layers with real-valued input (the
   encoding conv, the fc after average pooling) run a dense float op on the dequantized weight.
 
 Equivalence with the training-mode model in eval (tests/test_models_sew.py): the integer GEMM is
@@ -36,7 +39,7 @@ from ..bits import SPIKE_BITS, WEIGHT_BITS
 from ..bitserial import bitserial_matmul
 from ..packed_weight import PackedWeight
 from ..reference import quantize_weight
-from .layers import QuantConv2d, QuantLinear, spike_conv2d_bitserial, spike_linear_bitserial
+from .layers import QuantConv2d, QuantLinear, spike_linear_bitserial
 
 __all__ = ["PackedConv2d", "PackedLinear", "convert_for_inference", "model_nbytes"]
 
@@ -76,19 +79,42 @@ class PackedLinear(_Packed):
         if x.shape[-1] != k:
             raise ValueError(f"PackedLinear: input must be [..., {k}], got shape {tuple(x.shape)}")
         if self.spike_input:
-            y = spike_linear_bitserial(x.reshape(1, -1, k), self.packed_weight, self.w_bits, self.in_bits,
-                                       self.in_scale).reshape(*x.shape[:-1], n)
+            if _fast_path(x):
+                levels = spike_levels_u8(x.reshape(1, -1, k), self.in_scale, self.in_bits)
+                y = _scaled(bitserial_matmul(levels, self.packed_weight, x_bits=self.in_bits), self.scale,
+                            self.in_scale, x.dtype)
+            else:
+                y = spike_linear_bitserial(x.reshape(1, -1, k), self.packed_weight, self.w_bits, self.in_bits,
+                                           self.in_scale)
+            y = y.reshape(*x.shape[:-1], n)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.packed_weight.dequantize().to(x.dtype), self.bias)
 
 
 class PackedConv2d(_Packed):
-    """Inference conv on a packed W-bit weight; input ``[T, B, C, H, W]`` or ``[N, C, H, W]``."""
+    """Inference conv on a packed W-bit weight; input ``[T, B, C, H, W]`` or ``[N, C, H, W]``.
+
+    ``pw``: the weight ``[Cout, C/groups, kh, kw]``; it is stored with its GEMM rows in (kh, kw, C)
+    order (``planes`` of a PackedWeight of shape ``[Cout, kh, kw, C/groups]``, :attr:`packed_weight`)
+    to match the columns of :func:`im2col_hwc`; ``weight_shape`` stays the conv's logical shape.
+    """
 
     def __init__(self, pw: PackedWeight, bias, *, stride, padding, dilation, groups, in_bits, in_scale: float = 1.0):
         super().__init__()
-        self._init_packed(pw, bias, in_bits, in_scale)
+        shape = tuple(pw.shape)
+        hwc = PackedWeight.from_int(pw.int_codes().permute(0, 2, 3, 1), pw.w_bits, pw.scale)
+        self._init_packed(hwc, bias, in_bits, in_scale)
+        self.weight_shape = shape
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
+
+    @property
+    def packed_weight(self) -> PackedWeight:
+        cout, cin, kh, kw = self.weight_shape
+        return PackedWeight(self.planes, self.scale, (cout, kh, kw, cin), self.w_bits)
+
+    def int_codes(self) -> torch.Tensor:
+        """The weight's integer codes, int8, in the conv's logical shape ``[Cout, C/groups, kh, kw]``."""
+        return self.packed_weight.int_codes().permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cin = self.weight_shape[1] * self.groups
@@ -96,29 +122,77 @@ class PackedConv2d(_Packed):
             raise ValueError(f"PackedConv2d: input must be [T, B, {cin}, H, W] or [N, {cin}, H, W], "
                              f"got shape {tuple(x.shape)}")
         x4 = x if x.dim() == 4 else x.flatten(0, 1)
-        if self.spike_input and self.groups == 1:
-            y = spike_conv2d_bitserial(x4, self.packed_weight, self.w_bits, self.in_bits, self.in_scale,
-                                       self.stride, self.padding, self.dilation)
+        if self.spike_input and self.groups == 1 and self.dilation == (1, 1):
+            if _fast_path(x):
+                cols, oh, ow = im2col_hwc(spike_levels_u8(x4, self.in_scale, self.in_bits), self.weight_shape[2:],
+                                          self.stride, self.padding)
+                y = bitserial_matmul(cols.unsqueeze(0), self.packed_weight, x_bits=self.in_bits)[0]
+                y = _scaled(y, self.scale, self.in_scale, x.dtype)
+            else:
+                cols, oh, ow = im2col_hwc(x4, self.weight_shape[2:], self.stride, self.padding)
+                y = spike_linear_bitserial(cols.unsqueeze(0), self.packed_weight, self.w_bits, self.in_bits,
+                                           self.in_scale)[0]
+            y = y.reshape(x4.shape[0], oh, ow, -1).permute(0, 3, 1, 2)
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
         else:
-            y = F.conv2d(x4, self.packed_weight.dequantize().to(x.dtype), self.bias, self.stride, self.padding,
-                         self.dilation, self.groups)
+            w = self.packed_weight.dequantize().permute(0, 3, 1, 2).to(x.dtype)
+            y = F.conv2d(x4, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return y if x.dim() == 4 else y.unflatten(0, x.shape[:2])
 
     def integer_forward(self, levels: torch.Tensor) -> torch.Tensor:
-        """The exact int32 GEMM ``Y[n, o, h, w] = sum_k levels_col[k] * q[o, k]`` of integer spike levels
+        """The exact int32 GEMM ``Y[n, o, h, w] = sum_k cols[k] * q[o, k]`` of integer spike levels
         ``[N, C, H, W]`` (before ``scale * in_scale`` and the bias); groups = 1, spike input only."""
-        if not self.spike_input or self.groups != 1:
-            raise ValueError("PackedConv2d.integer_forward: only for a spike-input conv with groups = 1")
-        kh, kw = self.weight_shape[2:]
-        n, h, w = levels.shape[0], levels.shape[2], levels.shape[3]
-        cols = F.unfold(levels.to(torch.float32), (kh, kw), dilation=self.dilation, padding=self.padding,
-                        stride=self.stride).transpose(1, 2)
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        y = bitserial_matmul(cols.reshape(1, n * oh * ow, -1).to(torch.uint8), self.packed_weight, x_bits=self.in_bits)
-        return y.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)
+        if not self.spike_input or self.groups != 1 or self.dilation != (1, 1):
+            raise ValueError("PackedConv2d.integer_forward: only for a spike-input conv, groups = 1, dilation 1")
+        cols, oh, ow = im2col_hwc(levels.to(torch.uint8), self.weight_shape[2:], self.stride, self.padding)
+        y = bitserial_matmul(cols.unsqueeze(0), self.packed_weight, x_bits=self.in_bits)[0]
+        return y.reshape(levels.shape[0], oh, ow, -1).permute(0, 3, 1, 2)
+
+
+# --------------------------------------------------------------------------- integer inference path
+
+
+def _fast_path(x: torch.Tensor) -> bool:
+    """No autograd wanted and not tracing: the all-integer path (uint8 levels, int32 GEMM)."""
+    return not (torch.is_grad_enabled() and x.requires_grad) and not torch.compiler.is_compiling()
+
+
+def spike_levels_u8(x: torch.Tensor, in_scale: float, in_bits: int) -> torch.Tensor:
+    """``x / in_scale`` as uint8 levels; ValueError unless they are whole numbers in [0, 2^in_bits - 1]."""
+    lv = x / in_scale if in_scale != 1.0 else x
+    r = torch.round(lv)
+    top = (1 << in_bits) - 1
+    if lv.numel():
+        lo, hi = (float(v) for v in torch.aminmax(r))
+        if bool((r != lv).any()) or lo < 0 or hi > top:
+            raise ValueError(f"spike input must be levels * v_th (v_th = {in_scale:g}) with whole levels in "
+                             f"[0, {top}] (in_bits = {in_bits}); got levels in [{lo:g}, {hi:g}] or non-integer")
+    return r.to(torch.uint8)
+
+
+def im2col_hwc(x: torch.Tensor, kernel, stride, padding) -> tuple[torch.Tensor, int, int]:
+    """``[N, C, H, W]`` (any dtype; differentiable) -> columns ``[N * H' * W', kh * kw * C]`` in
+    (kh, kw, C) order, zero padding, and H', W'. Built from kh * kw strided slices of the NHWC
+    view, each copied with C contiguous (far cheaper than a 6-d permuted copy)."""
+    kh, kw = kernel
+    n, c = x.shape[0], x.shape[1]
+    xh = x.permute(0, 2, 3, 1)
+    if padding[0] or padding[1]:
+        xh = F.pad(xh, (0, 0, padding[1], padding[1], padding[0], padding[0]))
+    oh = (xh.shape[1] - kh) // stride[0] + 1
+    ow = (xh.shape[2] - kw) // stride[1] + 1
+    if (kh, kw) == (1, 1):
+        cols = xh[:, :(oh - 1) * stride[0] + 1:stride[0], :(ow - 1) * stride[1] + 1:stride[1], :]
+        return cols.reshape(n * oh * ow, c), oh, ow
+    slices = [xh[:, i:i + (oh - 1) * stride[0] + 1:stride[0], j:j + (ow - 1) * stride[1] + 1:stride[1], :]
+              for i in range(kh) for j in range(kw)]
+    return torch.stack(slices, dim=3).reshape(n * oh * ow, kh * kw * c), oh, ow
+
+
+def _scaled(y: torch.Tensor, scale: torch.Tensor, in_scale: float, dtype) -> torch.Tensor:
+    # the same float operations as qsnn::bitserial_linear: one rounding of alpha * x_scale * Y
+    return y.to(dtype) * (scale.to(dtype) * in_scale)
 
 
 # --------------------------------------------------------------------------- folding
