@@ -40,7 +40,7 @@ Conventions (documented choices; the profiler and the inference conversion read 
   ``in_bits = None``.
 * Every layer, the encoding conv and the head included, has ``w_bits`` weights.
 * Parameters: the original's blocks also hold two LayerNorms that its forward never uses; they
-  are left out (8 * 2 * 2 D parameters, < 0.1 %).
+  are left out (depth * 2 * 2 D parameters, < 0.1 %; the papers' counts match without them).
 """
 
 from __future__ import annotations
