@@ -1,0 +1,315 @@
+"""Building blocks of the quantized spiking models: quantized conv/linear, the spike matmul of
+spiking self-attention, multi-step batch norm, the neuron factory and the input checks.
+
+Conventions (models contract, DESIGN.md):
+
+* Tensors inside a model are time-major ``[T, B, ...]``; a model's input is a real-valued image
+  ``[B, C, H, W]`` (direct encoding: :func:`encode_direct`) and its output the mean over T of the
+  head's output (:func:`mean_over_time`).
+* ``w_bits`` in :data:`ALLOWED_W_BITS`: 1, 2, 4, 8 quantize the weight per output channel (Eq. 5,
+  :func:`qsnn_kernels.reference.fake_quantize_weight`, straight-through gradient); 16 and 32 both
+  mean an unquantized float weight (16 is how the paper counts full precision).
+* ``in_bits`` of a layer: the bits of its input spike levels (input = level * v_th, level in
+  ``[0, 2^in_bits - 1]``), or None for a real-valued input (the encoding layer, a layer after a
+  float op such as average pooling). The architecture builder sets it; the profiler and the
+  inference conversion (:mod:`models.convert`) read it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
+from ..lif import MultiLevelLIF
+from ..reference import fake_quantize_weight
+
+__all__ = [
+    "ALLOWED_W_BITS",
+    "FULL_PRECISION_BITS",
+    "MultiStepBatchNorm1d",
+    "MultiStepBatchNorm2d",
+    "MultiStepBatchNorm",
+    "QuantConv2d",
+    "QuantLinear",
+    "SpikeMatmul",
+    "check_image_input",
+    "check_model_args",
+    "encode_direct",
+    "mean_over_time",
+    "quantized_weight",
+    "spiking_neuron",
+]
+
+FULL_PRECISION_BITS = (16, 32)
+"""w_bits meaning an unquantized float weight (16: as the paper counts it; 32: plain float)."""
+
+ALLOWED_W_BITS = WEIGHT_BITS + FULL_PRECISION_BITS
+"""Every w_bits a layer or model accepts."""
+
+NEURON_DEFAULTS = dict(decay=0.5, v_th=1.0, reset="hard", surrogate="atan", detach_reset=True)
+"""Defaults of :func:`spiking_neuron` (every architecture builds its neurons through it)."""
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_in_bits(in_bits) -> int | None:
+    if in_bits is None:
+        return None
+    if isinstance(in_bits, bool) or not isinstance(in_bits, int) or in_bits < 1:
+        raise ValueError(f"in_bits must be None (real-valued input) or an int >= 1, got {in_bits!r}")
+    return in_bits
+
+
+def check_model_args(w_bits, s_bits, t_steps, num_classes=None) -> None:
+    """ValueError unless w_bits in ALLOWED_W_BITS, s_bits in SPIKE_BITS, t_steps an int >= 1 and
+    num_classes (when given) an int >= 1. Model constructors call it before building anything."""
+    check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
+    if isinstance(t_steps, bool) or not isinstance(t_steps, int) or t_steps < 1:
+        raise ValueError(f"t_steps must be an int >= 1, got {t_steps!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+
+
+def check_image_input(x, in_chans: int, name: str, img_size: int | tuple[int, int] | None = None,
+                      min_size: int = 1) -> None:
+    """Raise TypeError/ValueError unless ``x`` is a float image batch ``[B, in_chans, H, W]``
+    (``H, W == img_size`` when given, else both ``>= min_size``)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: input must be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: input must be a float image, got {x.dtype}")
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"{name}: input must be [B, {in_chans}, H, W] (real-valued images; the model "
+                         f"repeats them over time itself), got shape {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name}: empty batch")
+    if img_size is not None:
+        hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if tuple(x.shape[2:]) != hw:
+            raise ValueError(f"{name}: input must be {hw[0]}x{hw[1]}, got {x.shape[2]}x{x.shape[3]}")
+    elif x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(f"{name}: input must be at least {min_size}x{min_size}, got {x.shape[2]}x{x.shape[3]}")
+
+
+# --------------------------------------------------------------------------- time helpers
+
+
+def encode_direct(x: torch.Tensor, t_steps: int) -> torch.Tensor:
+    """Direct encoding: ``[B, ...]`` -> ``[T, B, ...]``, the same real-valued frame at every step
+    (an expanded view, no copy)."""
+    return x.unsqueeze(0).expand(t_steps, *x.shape)
+
+
+def mean_over_time(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, ...]`` -> ``[B, ...]``: the model's output, the mean over time steps."""
+    return x.mean(0)
+
+
+# --------------------------------------------------------------------------- quantized layers
+
+
+def _check_in_scale(in_scale) -> float:
+    if isinstance(in_scale, bool) or not isinstance(in_scale, numbers.Real) or not in_scale > 0:
+        raise ValueError(f"in_scale (the input spikes' v_th) must be a number > 0, got {in_scale!r}")
+    return float(in_scale)
+
+
+BITSERIAL_TRAIN_BITS: tuple[int, ...] = ()
+"""w_bits at which a spike-input layer with ``bitserial=None`` (the default) runs its forward on the
+bit-serial kernel: those where it measured faster than the dense float path on CPU
+(benchmarks/test_bench_models_sew.py, ``measure_bitserial_training``); empty: dense everywhere."""
+
+
+def uses_bitserial(layer) -> bool:
+    """Whether ``layer`` (QuantLinear/QuantConv2d) runs its forward on ``qsnn_kernels.bitserial_linear``:
+    its input is spikes (``in_bits`` in 1, 2, 4, 8), its weight quantized, and ``layer.bitserial`` is
+    True, or None with w_bits in :data:`BITSERIAL_TRAIN_BITS`. Not under torch.compile tracing
+    of the dense path's callers; the op itself is compile-safe."""
+    if layer.in_bits not in SPIKE_BITS or layer.w_bits not in WEIGHT_BITS:
+        return False
+    if layer.bitserial is None:
+        return layer.w_bits in BITSERIAL_TRAIN_BITS
+    return bool(layer.bitserial)
+
+
+def _levels(x: torch.Tensor, in_scale: float) -> torch.Tensor:
+    """Spike values / v_th as whole numbers; the gradient passes straight through (x / v_th)."""
+    lv = x / in_scale if in_scale != 1.0 else x
+    return lv + (torch.round(lv) - lv).detach()
+
+
+def spike_linear_bitserial(spikes: torch.Tensor, weight, w_bits: int, in_bits: int, in_scale: float) -> torch.Tensor:
+    """``spikes [P, M, K]`` (values level * in_scale) @ W-bit ``weight`` (a float master weight
+    ``[N, K...]``, quantized per call, or a :class:`qsnn_kernels.PackedWeight`) on the exact
+    bit-serial kernel -> ``[P, M, N]`` float; straight-through autograd (bitserial_linear)."""
+    from ..bitserial_linear import bitserial_linear
+    from ..packed_weight import PackedWeight
+
+    levels = _levels(spikes, in_scale)
+    if isinstance(weight, PackedWeight):
+        return bitserial_linear(levels, weight, x_bits=in_bits, x_scale=in_scale)
+    return bitserial_linear(levels, weight, x_bits=in_bits, x_scale=in_scale, w_bits=w_bits)
+
+
+def spike_conv2d_bitserial(x: torch.Tensor, weight, w_bits: int, in_bits: int, in_scale: float, stride, padding,
+                           dilation) -> torch.Tensor:
+    """Convolution of spikes ``x [N, C, H, W]`` as a GEMM (im2col, zero padding = level 0) on the
+    bit-serial kernel: ``[N, Cout, H', W']`` float, no bias. ``weight``: float ``[Cout, C, kh, kw]``
+    or a PackedWeight of that shape; groups = 1."""
+    cout, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):
+        cols = x[:, :, ::stride[0], ::stride[1]].permute(0, 2, 3, 1)            # [N, H', W', C]
+    else:
+        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
+    y = spike_linear_bitserial(cols.reshape(1, n * oh * ow, -1), weight, w_bits, in_bits, in_scale)
+    return y.reshape(n, oh, ow, cout).permute(0, 3, 1, 2)
+
+
+def quantized_weight(weight: torch.Tensor, w_bits: int) -> torch.Tensor:
+    """The weight a layer computes with: fake-quantized (Eq. 5, STE) for w_bits <= 8, else as is."""
+    return weight if w_bits in FULL_PRECISION_BITS else fake_quantize_weight(weight, w_bits)
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` with a W-bit weight: ``x [..., in_features] -> [..., out_features]``.
+
+    ``w_bits`` in :data:`ALLOWED_W_BITS` (ValueError otherwise); for w_bits <= 8 the weight is
+    fake-quantized per output channel on every forward, gradients pass straight through to the
+    float master weight. The bias stays float. ``in_bits``: bits of the input spike levels, None
+    for a real-valued input (set by the architecture builder; read by the profiler and by
+    :func:`models.convert.convert_for_inference`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, w_bits: int = 32,
+                 in_bits: int | None = None, in_scale: float = 1.0, bitserial: bool | None = None):
+        check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
+        super().__init__(in_features, out_features, bias=bias)
+        self.w_bits = w_bits
+        self.in_bits = _check_in_bits(in_bits)
+        self.in_scale = _check_in_scale(in_scale)
+        self.bitserial = bitserial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"QuantLinear: input must be [..., {self.in_features}], got shape {tuple(x.shape)}")
+        if uses_bitserial(self):
+            spikes = x.reshape(1, -1, self.in_features)
+            y = spike_linear_bitserial(spikes, self.weight, self.w_bits, self.in_bits, self.in_scale)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, quantized_weight(self.weight, self.w_bits), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
+                f"in_scale={self.in_scale}, bitserial={self.bitserial}")
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with a W-bit weight, multi-step aware.
+
+    forward: ``[T, B, C, H, W]`` (T and B flattened for the convolution, restored after) or
+    ``[N, C, H, W]``; any other rank or channel count is a ValueError. Weight quantization,
+    ``w_bits`` and ``in_bits`` as in :class:`QuantLinear`. Zero padding only.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, groups: int = 1,
+                 bias: bool = True, *, w_bits: int = 32, in_bits: int | None = None, in_scale: float = 1.0,
+                 bitserial: bool | None = None):
+        check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                         bias=bias)
+        self.w_bits = w_bits
+        self.in_bits = _check_in_bits(in_bits)
+        self.in_scale = _check_in_scale(in_scale)
+        self.bitserial = bitserial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (4, 5) or x.shape[-3] != self.in_channels:
+            raise ValueError(f"QuantConv2d: input must be [T, B, {self.in_channels}, H, W] or "
+                             f"[N, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
+        x4 = x if x.dim() == 4 else x.flatten(0, 1)
+        if uses_bitserial(self) and self.groups == 1:
+            y = spike_conv2d_bitserial(x4, self.weight, self.w_bits, self.in_bits, self.in_scale, self.stride,
+                                       self.padding, self.dilation)
+            if self.bias is not None:
+                y = y + self.bias[:, None, None]
+        else:
+            y = self._conv_forward(x4, quantized_weight(self.weight, self.w_bits), self.bias)
+        return y if x.dim() == 4 else y.unflatten(0, x.shape[:2])
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
+                f"in_scale={self.in_scale}, bitserial={self.bitserial}")
+
+
+class SpikeMatmul(nn.Module):
+    """``a @ b`` between an ``a_bits``-wide and a ``b_bits``-wide operand (spiking self-attention).
+
+    A module only so that the profiler can hook it: it counts the product's MACs at these widths
+    (``b_bits`` plays the weight's role). Bits are ints >= 1 (16/32: a float operand).
+    """
+
+    def __init__(self, a_bits: int, b_bits: int):
+        super().__init__()
+        for name, bits in (("a_bits", a_bits), ("b_bits", b_bits)):
+            if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+                raise ValueError(f"SpikeMatmul: {name} must be an int >= 1, got {bits!r}")
+        self.a_bits, self.b_bits = a_bits, b_bits
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+    def extra_repr(self) -> str:
+        return f"a_bits={self.a_bits}, b_bits={self.b_bits}"
+
+
+# --------------------------------------------------------------------------- batch norm, neurons
+
+
+class MultiStepBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d over ``[T, B, C, H, W]`` (statistics over T, B, H, W: T*B samples) or ``[N, C, H, W]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5:
+            return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        if x.dim() != 4:
+            raise ValueError(f"MultiStepBatchNorm2d: input must be [T, B, C, H, W] or [N, C, H, W], "
+                             f"got shape {tuple(x.shape)}")
+        return super().forward(x)
+
+
+class MultiStepBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d over ``[T, B, C, L]`` (T*B samples) or the usual ``[N, C]`` / ``[N, C, L]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return super().forward(x)
+
+
+MultiStepBatchNorm = MultiStepBatchNorm2d
+"""The 2-d one, the common case (alias)."""
+
+
+def spiking_neuron(s_bits: int, **kw) -> MultiLevelLIF:
+    """The neuron every architecture uses: :class:`qsnn_kernels.MultiLevelLIF` with ``s_bits`` and
+    :data:`NEURON_DEFAULTS` (decay 0.5, v_th 1.0, hard reset, atan surrogate, detached reset),
+    any of which ``kw`` overrides. Multi-step ``[T, B, ...]`` -> spike values ``level * v_th``.
+    ValueError on a bad s_bits or parameter (checked by MultiLevelLIF)."""
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
+    args = dict(NEURON_DEFAULTS)
+    args.update(kw)
+    v_th = args["v_th"]
+    if isinstance(v_th, bool) or not isinstance(v_th, numbers.Real):
+        raise TypeError(f"spiking_neuron: v_th must be a number, got {type(v_th).__name__}")
+    return MultiLevelLIF(s_bits=s_bits, **args)

@@ -1,0 +1,248 @@
+"""SEW-ResNet (Fang et al., "Deep Residual Learning in Spiking Neural Networks", NeurIPS 2021),
+quantized: W-bit weights, S-bit multi-level spikes, T time steps.
+
+Architecture (the paper's, on torchvision's ResNet layout): every conv is followed by batch norm
+and a spiking neuron (:func:`models.layers.spiking_neuron`); a block computes ``S = SN(BN(conv(...)))``
+along its residual path, ``A`` is its input (or ``SN(BN(conv1x1(input)))`` when it downsamples), and
+its output is ``g(A, S)``, the spike-element-wise connect function:
+
+* ``"ADD"``  g = A + S.
+* ``"AND"``  g = A AND S (binary: A * S; S > 1: min(A, S)).
+* ``"IAND"`` g = (NOT A) AND S (binary: (1 - A) * S; S > 1: min(L - A, S), the min/complement
+  lattice form that reduces to the paper's for S = 1).
+
+(values: A, S are levels times v_th; L = 2^S - 1 the top level.)
+
+Block outputs restricted to the chosen spike bits (issue 6): with ``clamp_add=True`` (default) the
+ADD output is clamped to the top level, ``min(A + S, L * v_th)``, so that every conv after the stem
+sees S-bit spikes (``in_bits = s_bits``); the clamp passes gradients straight through (the identity
+path of SEW keeps its unit gradient). With ``clamp_add=False`` the paper's unbounded sum is kept and
+the next layers' ``in_bits`` is the smallest spike width (1, 2, 4, 8) holding the largest possible
+level, or None (treated as real-valued) beyond 8 bits. AND/IAND never leave ``[0, L]``.
+
+Stems: ``"imagenet"`` 7x7/2 conv, BN, neuron, 3x3/2 max pool; ``"cifar"`` 3x3/1 conv, BN, neuron, no
+pool. The stem conv is the encoding layer (``in_bits=None``): it runs once on the real-valued image
+and its batch-normed output is repeated over T before the first neuron (direct encoding). The head
+averages each step's feature map (so the fc input is real-valued, ``in_bits=None``), applies the fc
+per step and returns the mean over T: ``[B, C, H, W] -> [B, num_classes]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models import register_model
+from torch import nn
+
+from ..bits import SPIKE_BITS
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, check_image_input, check_model_args,
+                     encode_direct, mean_over_time, spiking_neuron)
+
+__all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "sew_connect", "bits_for_levels"]
+
+CONNECT_FUNCTIONS = ("ADD", "AND", "IAND")
+
+
+def bits_for_levels(levels: int) -> int | None:
+    """The smallest spike width in (1, 2, 4, 8) holding levels ``0..levels``; None if none does."""
+    for bits in SPIKE_BITS:
+        if levels <= (1 << bits) - 1:
+            return bits
+    return None
+
+
+def sew_connect(a: torch.Tensor, s: torch.Tensor, connect_f: str, top: float, binary: bool, clamp: bool):
+    """g(A, S) of the module docstring; ``top = L * v_th`` (the largest spike value)."""
+    if connect_f == "ADD":
+        out = a + s
+        if clamp:
+            out = out - (out - top).clamp(min=0).detach()
+        return out
+    if connect_f == "AND":
+        return a * s / top if binary else torch.minimum(a, s)
+    return (top - a) * s / top if binary else torch.minimum(top - a, s)
+
+
+class _Block(nn.Module):
+    """Shared by both block types: the downsample path and the connect function."""
+
+    def _init_common(self, inplanes, planes_out, stride, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw):
+        self.connect_f, self.clamp_add = connect_f, clamp_add
+        self.v_th = float(neuron_kw.get("v_th", 1.0))
+        self.top_level = (1 << s_bits) - 1
+        self.binary = s_bits == 1
+        if stride != 1 or inplanes != planes_out:
+            self.downsample = nn.Sequential(
+                _conv(inplanes, planes_out, 1, stride, 0, w_bits, in_bits, self.v_th),
+                MultiStepBatchNorm2d(planes_out), spiking_neuron(s_bits, **neuron_kw))
+        else:
+            self.downsample = None
+
+    def _out_levels(self, in_levels: int) -> int:
+        identity_levels = self.top_level if self.downsample is not None else in_levels
+        if self.connect_f == "ADD" and not self.clamp_add:
+            return identity_levels + self.top_level
+        return self.top_level
+
+    def _connect(self, x, out):
+        identity = x if self.downsample is None else self.downsample(x)
+        return sew_connect(identity, out, self.connect_f, self.top_level * self.v_th, self.binary, self.clamp_add)
+
+
+def _conv(cin, cout, k, stride, padding, w_bits, in_bits, v_th):
+    return QuantConv2d(cin, cout, k, stride=stride, padding=padding, bias=False, w_bits=w_bits, in_bits=in_bits,
+                       in_scale=v_th)
+
+
+class BasicBlock(_Block):
+    """3x3 conv-BN-SN, 3x3 conv-BN-SN, g(A, S). ``in_bits``: bits of the block input's levels."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride, *, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw):
+        super().__init__()
+        self._init_common(inplanes, planes, stride, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw)
+        self.conv1 = _conv(inplanes, planes, 3, stride, 1, w_bits, in_bits, self.v_th)
+        self.bn1, self.sn1 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
+        self.conv2 = _conv(planes, planes, 3, 1, 1, w_bits, s_bits, self.v_th)
+        self.bn2, self.sn2 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
+
+    def forward(self, x):
+        out = self.sn1(self.bn1(self.conv1(x)))
+        out = self.sn2(self.bn2(self.conv2(out)))
+        return self._connect(x, out)
+
+
+class Bottleneck(_Block):
+    """1x1, 3x3 (stride), 1x1 (x4 channels) conv-BN-SN, then g(A, S)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride, *, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw):
+        super().__init__()
+        self._init_common(inplanes, planes * 4, stride, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw)
+        self.conv1 = _conv(inplanes, planes, 1, 1, 0, w_bits, in_bits, self.v_th)
+        self.bn1, self.sn1 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
+        self.conv2 = _conv(planes, planes, 3, stride, 1, w_bits, s_bits, self.v_th)
+        self.bn2, self.sn2 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
+        self.conv3 = _conv(planes, planes * 4, 1, 1, 0, w_bits, s_bits, self.v_th)
+        self.bn3, self.sn3 = MultiStepBatchNorm2d(planes * 4), spiking_neuron(s_bits, **neuron_kw)
+
+    def forward(self, x):
+        out = self.sn1(self.bn1(self.conv1(x)))
+        out = self.sn2(self.bn2(self.conv2(out)))
+        out = self.sn3(self.bn3(self.conv3(out)))
+        return self._connect(x, out)
+
+
+class SEWResNet(nn.Module):
+    """SEW-ResNet with W-bit weights, S-bit spikes and T steps (module docstring).
+
+    ``block``: :class:`BasicBlock` or :class:`Bottleneck`; ``layers``: blocks per stage (18: 2,2,2,2;
+    34: 3,4,6,3; 50: 3,4,6,3 with Bottleneck). ``w_bits`` in 1, 2, 4, 8, 16, 32 (16/32: float
+    weights), ``s_bits`` in 1, 2, 4, 8, ``t_steps >= 1``, ``connect_f`` in :data:`CONNECT_FUNCTIONS`,
+    ``stem`` "imagenet" or "cifar"; ``neuron_kw`` overrides :func:`spiking_neuron`'s defaults.
+    ValueError on any bad argument; ``forward`` raises TypeError/ValueError on an input that is not
+    a float ``[B, in_chans, H, W]`` image.
+    """
+
+    def __init__(self, block, layers, *, w_bits: int = 32, s_bits: int = 1, t_steps: int = 4,
+                 num_classes: int = 1000, connect_f: str = "ADD", stem: str = "imagenet", in_chans: int = 3,
+                 clamp_add: bool = True, neuron_kw: dict | None = None):
+        super().__init__()
+        check_model_args(w_bits, s_bits, t_steps, num_classes)
+        if connect_f not in CONNECT_FUNCTIONS:
+            raise ValueError(f"connect_f must be one of {CONNECT_FUNCTIONS}, got {connect_f!r}")
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        if block not in (BasicBlock, Bottleneck) or len(layers) != 4 or any(n < 1 for n in layers):
+            raise ValueError("SEWResNet: block must be BasicBlock or Bottleneck and layers four counts >= 1")
+        neuron_kw = dict(neuron_kw or {})
+        self.w_bits, self.s_bits, self.t_steps, self.num_classes = w_bits, s_bits, t_steps, num_classes
+        self.connect_f, self.stem, self.in_chans, self.clamp_add = connect_f, stem, in_chans, clamp_add
+        v_th = float(neuron_kw.get("v_th", 1.0))
+        if stem == "imagenet":
+            self.conv1 = QuantConv2d(in_chans, 64, 7, stride=2, padding=3, bias=False, w_bits=w_bits)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        else:
+            self.conv1 = QuantConv2d(in_chans, 64, 3, stride=1, padding=1, bias=False, w_bits=w_bits)
+            self.maxpool = nn.Identity()
+        self.bn1, self.sn1 = MultiStepBatchNorm2d(64), spiking_neuron(s_bits, **neuron_kw)
+        self._inplanes, self._levels = 64, (1 << s_bits) - 1
+        common = dict(w_bits=w_bits, s_bits=s_bits, connect_f=connect_f, clamp_add=clamp_add, neuron_kw=neuron_kw)
+        self.layer1 = self._make_layer(block, 64, layers[0], 1, common)
+        self.layer2 = self._make_layer(block, 128, layers[1], 2, common)
+        self.layer3 = self._make_layer(block, 256, layers[2], 2, common)
+        self.layer4 = self._make_layer(block, 512, layers[3], 2, common)
+        self.fc = QuantLinear(512 * block.expansion, num_classes, w_bits=w_bits, in_bits=None, in_scale=v_th)
+        self.out_levels = self._levels
+        del self._inplanes, self._levels
+        for m in self.modules():
+            if isinstance(m, QuantConv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, block, planes, blocks, stride, common):
+        stage = []
+        for i in range(blocks):
+            b = block(self._inplanes, planes, stride if i == 0 else 1, in_bits=bits_for_levels(self._levels), **common)
+            self._levels = b._out_levels(self._levels)
+            self._inplanes = planes * block.expansion
+            stage.append(b)
+        return nn.Sequential(*stage)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` image -> last stage's block outputs ``[T, B, C', H', W']``."""
+        check_image_input(x, self.in_chans, type(self).__name__)
+        x = encode_direct(self.bn1(self.conv1(x)), self.t_steps)  # computed once, repeated over T
+        x = self.sn1(x)
+        x = self.maxpool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = x.mean(dim=(3, 4))                                     # [T, B, C']: real-valued
+        return mean_over_time(self.fc(x))
+
+
+# --------------------------------------------------------------------------- timm registry
+
+_TIMM_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def _build(block, layers, stem, pretrained, kwargs):
+    if pretrained:
+        raise ValueError("qsnn models have no pretrained weights; use pretrained=False")
+    for key in _TIMM_KEYS:
+        kwargs.pop(key, None)
+    if stem == "cifar":
+        kwargs.setdefault("num_classes", 10)
+    return SEWResNet(block, layers, stem=stem, **kwargs)
+
+
+@register_model
+def qsnn_sew_resnet18(pretrained=False, **kwargs) -> SEWResNet:
+    """SEW-ResNet-18, ImageNet stem (1000 classes by default)."""
+    return _build(BasicBlock, (2, 2, 2, 2), "imagenet", pretrained, kwargs)
+
+
+@register_model
+def qsnn_sew_resnet34(pretrained=False, **kwargs) -> SEWResNet:
+    """SEW-ResNet-34, ImageNet stem (about 21.79 M parameters at 1000 classes)."""
+    return _build(BasicBlock, (3, 4, 6, 3), "imagenet", pretrained, kwargs)
+
+
+@register_model
+def qsnn_sew_resnet50(pretrained=False, **kwargs) -> SEWResNet:
+    """SEW-ResNet-50 (Bottleneck), ImageNet stem."""
+    return _build(Bottleneck, (3, 4, 6, 3), "imagenet", pretrained, kwargs)
+
+
+@register_model
+def qsnn_sew_resnet18_cifar(pretrained=False, **kwargs) -> SEWResNet:
+    """SEW-ResNet-18, CIFAR stem (3x3 conv, no max pool; 10 classes by default)."""
+    return _build(BasicBlock, (2, 2, 2, 2), "cifar", pretrained, kwargs)
+
+
+@register_model
+def qsnn_sew_resnet34_cifar(pretrained=False, **kwargs) -> SEWResNet:
+    """SEW-ResNet-34, CIFAR stem (10 classes by default)."""
+    return _build(BasicBlock, (3, 4, 6, 3), "cifar", pretrained, kwargs)
