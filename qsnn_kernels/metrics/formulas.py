@@ -40,13 +40,10 @@ def _check_count(value, name: str):
 
 
 def counted_weight_bits(w_bits: int) -> int:
-    """The weight width the metrics use: ``w_bits`` for 1/2/4/8, 16 for full precision (16 or 32)."""
+    """The width the metrics use for a weight (or a product's operand): 16 for full precision
+    (``w_bits`` 16 or 32, as the paper counts it), any other width >= 1 as given."""
     w_bits = _check_positive_int(w_bits, "w_bits")
-    if w_bits in WEIGHT_BITS:
-        return w_bits
-    if w_bits in (16, 32):
-        return FULL_PRECISION_COUNTED_BITS
-    raise ValueError(f"w_bits must be one of {WEIGHT_BITS} or 16/32 (full precision), got {w_bits}")
+    return FULL_PRECISION_COUNTED_BITS if w_bits in (16, 32) else w_bits
 
 
 def bit_budget(t_steps: int, w_bits: int, s_bits: int) -> int:
@@ -82,8 +79,7 @@ def packed_weight_nbytes(out_features: int, in_features: int, w_bits: int) -> in
     ``w_bits`` planes of ``N * ceil(K / 32)`` 32-bit words plus N float32 scales: the same number
     ``PackedWeight.nbytes`` reports for a packed weight (the tests check the two agree).
     """
-    check = counted_weight_bits(w_bits)
-    if check not in WEIGHT_BITS:
+    if w_bits not in WEIGHT_BITS:
         raise ValueError(f"packed_weight_nbytes: only 1/2/4/8-bit weights pack, got w_bits={w_bits}")
     n = _check_positive_int(out_features, "out_features")
     k = _check_positive_int(in_features, "in_features")

@@ -185,14 +185,14 @@ def _record(tally: _Tally, module: nn.Module, b: int, conv: Conventions) -> Laye
                            f"and {tally.steps} steps")
     macs = tally.macs // (b * tally.steps)
     if tally.kind == "matmul":
-        w_bits, in_bits = int(module.b_bits), int(module.a_bits)
+        w_bits = int(module.b_bits)
+        in_bits = formulas.counted_weight_bits(int(module.a_bits))  # a float operand (32) counts as 16
     else:
         w_bits, in_bits = int(getattr(module, "w_bits", 32)), getattr(module, "in_bits", None)
     fr = tally.nnz / tally.numel if tally.numel else 0.0
     rec = LayerRecord(tally.name, tally.kind, macs, formulas.counted_weight_bits(w_bits),
                       None if in_bits is None else int(in_bits), tally.steps, fr, counted=True)
     if tally.kind == "matmul":
-        rec.w_bits = w_bits  # an operand's spike width, not a weight: counted as is
         rec.firing_rate_b = tally.nnz_b / tally.numel_b if tally.numel_b else 0.0
         rec.pair_rate = tally.pairs / tally.macs if tally.macs else 0.0
     if tally.kind == "matmul" and conv.attention == "exclude":
