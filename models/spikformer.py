@@ -1,0 +1,323 @@
+"""Spikformer (Zhou et al., "Spikformer: When Spiking Neural Network Meets Transformer", ICLR 2023)
+with the W/S/T allocation of Shen et al. (CVPR 2024) as arguments: ``w_bits``, ``s_bits``, ``t_steps``.
+
+Architecture (the original's, in our layers):
+
+* **Spiking Patch Splitting** (:class:`SpikingPatchSplitting`): four stages conv3x3-BN-LIF with
+  D/8, D/4, D/2, D channels, a 3x3 stride-2 max pool after each of the last log2(patch_size)
+  stages (CIFAR, patch 4: after stages 3 and 4; ImageNet, patch 16: after all four), then the
+  relative position embedding ``x + LIF(BN(conv3x3(x)))``. Direct encoding: the first conv and its
+  BN run once on the real-valued image, the result is repeated over T before the first neuron.
+* **Spiking Self-Attention** (:class:`SpikingSelfAttention`): Q, K, V = LIF(BN(Linear(x))) (no
+  bias, as the original's ``qkv_bias=False``), per head ``(Q K^T) V * 0.125`` without softmax, the
+  attention neuron (threshold 0.5 in the original), then LIF(BN(Linear(.))) projection.
+* **MLP**: LIF(BN(Linear(D, 4D))), LIF(BN(Linear(4D, D))); blocks ``x + SSA(x)``, ``x + MLP(x)``.
+* Head: mean over tokens, Linear to classes, applied per time step, then the mean over T.
+
+Token layout inside the blocks is ``[T, B, N, D]`` (channels last), so every 1x1 conv of the
+original is a :class:`QuantLinear` on the last dimension and BN runs on ``[T*B*N, D]``; this is
+the same computation as the original's Conv1d / transposed BatchNorm1d, without the copies.
+
+Conventions (documented choices; the profiler and the inference conversion read them):
+
+* All neurons come from :func:`spiking_neuron` (decay 0.5 without input decay: the paper's Eq. 6;
+  the original used spikingjelly's ``LIFNode(tau=2)`` with ``decay_input=True``, which halves the
+  input, a scale the preceding BN absorbs). Spike values are integer levels ``0 .. 2^S - 1``.
+* The attention neuron: the original fires (value 1) when ``0.125 (Q K^T) V`` integrated reaches
+  0.5. Here it is a neuron with threshold 1 on ``0.25 (Q K^T) V``: the same decisions bit for bit
+  (all factors are powers of two), and integer levels ``0 .. 2^S - 1`` like every other spike, so
+  the attention output is restricted to ``s_bits``. ``attn_scale`` (0.125) and ``attn_v_th`` (0.5)
+  are kept as the paper's numbers.
+* ``Q K^T`` is not restricted (it is not a neuron output in the original): its entries are
+  integers ``0 .. d_head (2^S - 1)^2``; the second :class:`SpikeMatmul` declares that width as
+  ``a_bits`` (e.g. 6 bits for d_head = 32, S = 1), V's as ``b_bits = s_bits``.
+* ``in_bits`` of every layer is the true width of its integer input: ``s_bits`` after a neuron
+  or a max pool of spikes; the residual stream (sums of spikes) is wider: after the patch
+  splitting up to 2 L, after block i up to (2 + 2 i) L, L = 2^S - 1. The encoding conv and the
+  head (mean over tokens) take real values: ``in_bits = None``.
+* Every layer, the encoding conv and the head included, has ``w_bits`` weights.
+* Parameters: the original's blocks also hold two LayerNorms that its forward never uses; they
+  are left out (8 * 2 * 2 D parameters, < 0.1 %).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, check_image_input,
+                     check_model_args, encode_direct, mean_over_time, spiking_neuron)
+
+__all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
+           "TokenBatchNorm", "VARIANTS", "spikformer"]
+
+ATTN_SCALE = 0.125
+ATTN_V_TH = 0.5
+
+VARIANTS = {
+    # name: (depth, embed_dim, num_heads, patch_size, img_size, num_classes)
+    "spikformer_4_384": (4, 384, 12, 4, 32, 10),  # CIFAR10 (cifar10.yml of the original)
+    "spikformer_8_384": (8, 384, 12, 16, 224, 1000),
+    "spikformer_6_512": (6, 512, 8, 16, 224, 1000),
+    "spikformer_8_512": (8, 512, 8, 16, 224, 1000),
+    "spikformer_10_512": (10, 512, 8, 16, 224, 1000),
+    "spikformer_8_768": (8, 768, 12, 16, 224, 1000),
+}
+"""The registered variants ``qsnn_<name>``; heads: 8 for D = 512 (the original's ImageNet code),
+12 for D = 384 (its CIFAR config) and 768 (head dim 64). Heads change no parameter count."""
+
+
+def _int_bits(max_value: int) -> int:
+    """Bits of an unsigned integer in ``[0, max_value]``."""
+    return max(1, int(max_value).bit_length())
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the last dimension of ``[..., C]`` (statistics over all other dimensions):
+    the original's BatchNorm1d on transposed ``[T*B, C, N]`` tokens, without the transposes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+class _LinearBNLIF(nn.Module):
+    """``LIF(BN(Linear(x)))`` on ``[T, B, N, C_in]`` tokens -> ``[T, B, N, C_out]`` spikes."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, w_bits: int, s_bits: int, in_bits: int):
+        super().__init__()
+        self.linear = QuantLinear(in_features, out_features, bias=bias, w_bits=w_bits, in_bits=in_bits)
+        self.bn = TokenBatchNorm(out_features)
+        self.lif = spiking_neuron(s_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lif(self.bn(self.linear(x)))
+
+
+class _ConvBNLIF(nn.Module):
+    """``LIF(BN(conv3x3(x)))`` on ``[T, B, C, H, W]``; with ``encode`` the input is a real image
+    ``[B, C, H, W]``: conv and BN run once and the result is repeated over ``t_steps``."""
+
+    def __init__(self, in_ch: int, out_ch: int, w_bits: int, s_bits: int, in_bits: int | None):
+        super().__init__()
+        self.conv = QuantConv2d(in_ch, out_ch, 3, padding=1, bias=False, w_bits=w_bits, in_bits=in_bits)
+        self.bn = MultiStepBatchNorm2d(out_ch)
+        self.lif = spiking_neuron(s_bits)
+
+    def forward(self, x: torch.Tensor, t_steps: int | None = None) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if t_steps is not None:
+            y = encode_direct(y, t_steps)
+        return self.lif(y)
+
+
+class SpikingPatchSplitting(nn.Module):
+    """SPS: image ``[B, C, H, W]`` -> tokens ``[T, B, N, D]``, N = (H / patch) (W / patch).
+
+    Four conv-BN-LIF stages (D/8, D/4, D/2, D channels), a max pool (3x3, stride 2, pad 1) after
+    each of the last log2(patch_size) stages, then ``x + LIF(BN(conv3x3(x)))`` (relative position
+    embedding). Output: integer spike sums in ``[0, 2 (2^S - 1)]``.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, w_bits: int, s_bits: int):
+        super().__init__()
+        n_pool = int(math.log2(patch_size))
+        widths = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
+        self.stages = nn.ModuleList(
+            _ConvBNLIF(widths[i], widths[i + 1], w_bits, s_bits, None if i == 0 else s_bits) for i in range(4))
+        self.pool_after = tuple(i >= 4 - n_pool for i in range(4))
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.rpe = _ConvBNLIF(embed_dim, embed_dim, w_bits, s_bits, s_bits)
+
+    def _maxpool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+    def forward(self, x: torch.Tensor, t_steps: int) -> torch.Tensor:
+        for i, stage in enumerate(self.stages):
+            x = stage(x, t_steps) if i == 0 else stage(x)
+            if self.pool_after[i]:
+                x = self._maxpool(x)
+        x = x + self.rpe(x)
+        return x.flatten(3).transpose(2, 3)  # [T, B, D, H', W'] -> [T, B, N, D]
+
+
+class SpikingSelfAttention(nn.Module):
+    """SSA on ``[T, B, N, D]`` spike tokens (module docstring: conventions).
+
+    ``in_bits``: width of the block input (the residual stream). Output: spikes ``[T, B, N, D]``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, w_bits: int, s_bits: int, in_bits: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_bits)
+        self.k = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_bits)
+        self.v = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_bits)
+        levels = (1 << s_bits) - 1
+        self.qk = SpikeMatmul(s_bits, s_bits)
+        self.attn_v = SpikeMatmul(_int_bits(self.head_dim * levels * levels), s_bits)
+        self.attn_scale, self.attn_v_th = ATTN_SCALE, ATTN_V_TH
+        self.attn_lif = spiking_neuron(s_bits)  # threshold 1 on (scale / attn_v_th) * (Q K^T) V
+        self.proj = _LinearBNLIF(dim, dim, True, w_bits, s_bits, s_bits)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(2, 3)  # [T, B, h, N, d]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        attn = self.qk(q, k.transpose(-2, -1))  # [T, B, h, N, N], integers
+        y = self.attn_v(attn, v).transpose(2, 3).flatten(-2)  # [T, B, N, D]
+        y = self.attn_lif(y * (self.attn_scale / self.attn_v_th))
+        return self.proj(y)
+
+
+class SpikformerMLP(nn.Module):
+    """``LIF(BN(Linear(4D -> D)))(LIF(BN(Linear(D -> 4D)))(x))`` on ``[T, B, N, D]``."""
+
+    def __init__(self, dim: int, hidden: int, w_bits: int, s_bits: int, in_bits: int):
+        super().__init__()
+        self.fc1 = _LinearBNLIF(dim, hidden, True, w_bits, s_bits, in_bits)
+        self.fc2 = _LinearBNLIF(hidden, dim, True, w_bits, s_bits, s_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x))
+
+
+class SpikformerBlock(nn.Module):
+    """``x + SSA(x)``, then ``x + MLP(x)``. ``in_max``: the largest value of the input stream."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, w_bits: int, s_bits: int, in_max: int):
+        super().__init__()
+        levels = (1 << s_bits) - 1
+        self.attn = SpikingSelfAttention(dim, num_heads, w_bits, s_bits, _int_bits(in_max))
+        self.mlp = SpikformerMLP(dim, int(dim * mlp_ratio), w_bits, s_bits, _int_bits(in_max + levels))
+        self.out_max = in_max + 2 * levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+
+
+class Spikformer(nn.Module):
+    """Spikformer-``depth``-``embed_dim``: image ``[B, in_chans, img_size, img_size]`` (float,
+    real-valued: direct encoding) -> logits ``[B, num_classes]`` (mean over T).
+
+    * ``w_bits`` in (1, 2, 4, 8, 16, 32) (16/32: float weights), ``s_bits`` in (1, 2, 4, 8),
+      ``t_steps >= 1``, ``num_classes >= 1`` (ValueError otherwise, before anything is built).
+    * ``patch_size`` in (1, 2, 4, 8, 16): 2^k, a max pool after each of the last k SPS stages;
+      ``img_size`` a positive multiple of it; ``embed_dim`` a multiple of 8 and of ``num_heads``.
+    * forward raises TypeError (not a float tensor) or ValueError (rank, channels, size not
+      ``img_size``) before any computation.
+    """
+
+    def __init__(self, *, depth: int, embed_dim: int, num_heads: int, patch_size: int = 16, img_size: int = 224,
+                 in_chans: int = 3, num_classes: int = 1000, mlp_ratio: float = 4.0, w_bits: int = 16,
+                 s_bits: int = 1, t_steps: int = 4):
+        super().__init__()
+        check_model_args(w_bits, s_bits, t_steps, num_classes)
+        for name, value in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads),
+                            ("img_size", img_size), ("in_chans", in_chans)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Spikformer: {name} must be an int >= 1, got {value!r}")
+        if patch_size not in (1, 2, 4, 8, 16):
+            raise ValueError(f"Spikformer: patch_size must be one of (1, 2, 4, 8, 16), got {patch_size!r}")
+        if img_size % patch_size:
+            raise ValueError(f"Spikformer: img_size {img_size} is not a multiple of patch_size {patch_size}")
+        if embed_dim % 8 or embed_dim % num_heads:
+            raise ValueError(f"Spikformer: embed_dim {embed_dim} must be a multiple of 8 and of num_heads {num_heads}")
+        if not mlp_ratio > 0:
+            raise ValueError(f"Spikformer: mlp_ratio must be > 0, got {mlp_ratio!r}")
+        self.w_bits, self.s_bits, self.t_steps = w_bits, s_bits, t_steps
+        self.depth, self.embed_dim, self.num_heads = depth, embed_dim, num_heads
+        self.patch_size, self.img_size, self.in_chans = patch_size, img_size, in_chans
+        self.num_classes, self.num_features = num_classes, embed_dim
+        self.patch_embed = SpikingPatchSplitting(in_chans, embed_dim, patch_size, w_bits, s_bits)
+        stream_max = 2 * ((1 << s_bits) - 1)
+        blocks = []
+        for _ in range(depth):
+            blocks.append(SpikformerBlock(embed_dim, num_heads, mlp_ratio, w_bits, s_bits, stream_max))
+            stream_max = blocks[-1].out_max
+        self.blocks = nn.ModuleList(blocks)
+        self.head = QuantLinear(embed_dim, num_classes, w_bits=w_bits, in_bits=None)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):  # as the original: truncated normal, zero bias
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``[B, C, H, W]`` -> per-step token means ``[T, B, D]``."""
+        check_image_input(x, self.in_chans, type(self).__name__, self.img_size)
+        x = self.patch_embed(x, self.t_steps)
+        for block in self.blocks:
+            x = block(x)
+        return x.mean(2)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, B, D]`` -> logits ``[B, num_classes]``: the head per step, then the mean over T."""
+        return mean_over_time(self.head(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def extra_repr(self) -> str:
+        return (f"depth={self.depth}, embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"patch_size={self.patch_size}, img_size={self.img_size}, w_bits={self.w_bits}, "
+                f"s_bits={self.s_bits}, t_steps={self.t_steps}")
+
+
+# --------------------------------------------------------------------------- timm registry
+
+MODEL_ARGS = ("w_bits", "s_bits", "t_steps", "num_classes", "img_size", "in_chans")
+"""The keyword arguments a registered variant accepts (the architecture itself is fixed)."""
+
+_TIMM_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # passed by timm.create_model
+
+
+def spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spikformer:
+    """Build a registered variant (``"spikformer_8_512"``, with or without the ``qsnn_`` prefix).
+
+    ``kwargs``: any of :data:`MODEL_ARGS`; defaults: the paper's full-precision baseline
+    w_bits=16, s_bits=1, t_steps=4, and the variant's dataset (CIFAR10 32x32 or ImageNet 224x224).
+    ValueError: unknown variant, ``pretrained=True`` (no weights are published for these models);
+    TypeError: an argument that is not one of :data:`MODEL_ARGS`.
+    """
+    name = variant.removeprefix("qsnn_")
+    if name not in VARIANTS:
+        raise ValueError(f"unknown Spikformer variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if pretrained:
+        raise ValueError(f"qsnn_{name}: no pretrained weights exist; use pretrained=False")
+    for key in _TIMM_ARGS:
+        kwargs.pop(key, None)
+    unknown = sorted(set(kwargs) - set(MODEL_ARGS))
+    if unknown:
+        raise TypeError(f"qsnn_{name}: unexpected argument(s) {', '.join(unknown)}; accepted: {', '.join(MODEL_ARGS)}")
+    depth, dim, heads, patch, img, classes = VARIANTS[name]
+    args = dict(img_size=img, num_classes=classes)
+    args.update(kwargs)
+    model = Spikformer(depth=depth, embed_dim=dim, num_heads=heads, patch_size=patch, **args)
+    model.pretrained_cfg = dict(architecture=f"qsnn_{name}", input_size=(model.in_chans, model.img_size,
+                                model.img_size), num_classes=model.num_classes)
+    return model
+
+
+def _register() -> None:
+    """One ``qsnn_<variant>`` timm entry point per :data:`VARIANTS` entry."""
+    from timm.models import register_model
+
+    for name in VARIANTS:
+        def entry(pretrained: bool = False, _name: str = name, **kwargs) -> Spikformer:
+            return spikformer(_name, pretrained=pretrained, **kwargs)
+
+        entry.__name__ = entry.__qualname__ = f"qsnn_{name}"
+        entry.__module__ = __name__
+        entry.__doc__ = f"Spikformer-{name.split('_', 1)[1].replace('_', '-')} (see :func:`spikformer`)."
+        globals()[entry.__name__] = entry
+        register_model(entry)
+
+
+_register()
