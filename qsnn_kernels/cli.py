@@ -51,14 +51,18 @@ def _budget(args) -> int:
     from .metrics import report
 
     conventions = dict(encoding=args.encoding, real_input_bits=args.real_input_bits, attention=args.attention,
-                       attention_rate=args.attention_rate, sops_spike_bits=args.sops_levels == "bits")
+                       attention_rate=args.attention_rate, spike_width=args.spike_width,
+                       sops_spike_bits=args.sops_levels == "bits")
     try:
         if args.paper_table2:
             if args.model is not None or args.wst is not None:
                 raise ValueError("--paper-table2 builds its own models: leave out --model and --wst")
-            result = report.table2(**conventions)
+            rows = None if args.rows is None else [r.strip() for r in args.rows.split(",")]
+            result = report.table2(rows, **conventions)
             print(json.dumps(result, indent=2) if args.json else report.format_table2(result))
             return 0
+        if args.rows is not None:
+            raise ValueError("--rows selects rows of --paper-table2")
         if args.model is None or args.wst is None:
             raise ValueError("give --model and --wst (or --paper-table2)")
         w, s, t = report.parse_wst(args.wst)
@@ -107,6 +111,7 @@ def main(argv=None) -> int:
     budget.add_argument("--batch", type=_positive_int, default=1, help="batch of the profiled pass (default 1)")
     budget.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     budget.add_argument("--paper-table2", action="store_true", help="the paper's Table 2 beside ours")
+    budget.add_argument("--rows", help="with --paper-table2: only these W/S/T rows, comma-separated (e.g. 1/1/1,4/1/4)")
     budget.add_argument("--encoding", choices=("exclude", "include"), default="exclude",
                         help="real-valued-input layers in SOPs/S-ACE/NS-ACE (default exclude, the paper's)")
     budget.add_argument("--real-input-bits", type=_positive_int, default=16,
@@ -115,6 +120,8 @@ def main(argv=None) -> int:
                         help="count spike matrix products (default include)")
     budget.add_argument("--attention-rate", choices=("a", "pair"), default="a",
                         help="NS-ACE rate of a product: first operand's (a) or both nonzero (pair)")
+    budget.add_argument("--spike-width", choices=("layer", "model"), default="layer",
+                        help="S_in of a spike input: the layer's declared in_bits (layer, default) or the model's S")
     budget.add_argument("--sops-levels", choices=("bits", "one"), default="bits",
                         help="a multi-level spike in SOPs: S_in operations (bits, default) or one")
     budget.add_argument("--json", action="store_true", help="machine-readable output")

@@ -32,6 +32,7 @@ from . import formulas
 ENCODING = ("exclude", "include")
 ATTENTION = ("include", "exclude")
 ATTENTION_RATE = ("a", "pair")
+SPIKE_WIDTH = ("layer", "model")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class Conventions:
     * ``attention_rate``: the firing rate NS-ACE uses for a product. ``"a"`` (default): the nonzero
       fraction of its first operand, like any layer's input; ``"pair"``: the exact fraction of its
       MACs whose two operands are both nonzero.
+    * ``spike_width``: the ``S_in`` of a layer fed spikes. ``"layer"`` (default): its declared input
+      width ``in_bits`` (a product's ``a_bits``), the true width of what it receives; a residual
+      stream of summed spikes, or Q K^T's integer scores, are wider than the model's S. ``"model"``:
+      the model's nominal ``s_bits`` for every spike input, as ``BB = T * W * S`` reads (a product's
+      ``b_bits`` is kept).
     * ``sops_spike_bits``: True (default, DESIGN.md) counts a multi-level spike as ``S_in`` binary
       operations in SOPs; False counts it as one. S-ACE and NS-ACE always use ``S_in`` (Eq. 8).
     """
@@ -57,10 +63,12 @@ class Conventions:
     real_input_bits: int = formulas.FULL_PRECISION_COUNTED_BITS
     attention: str = "include"
     attention_rate: str = "a"
+    spike_width: str = "layer"
     sops_spike_bits: bool = True
 
     def __post_init__(self):
-        for name, allowed in (("encoding", ENCODING), ("attention", ATTENTION), ("attention_rate", ATTENTION_RATE)):
+        for name, allowed in (("encoding", ENCODING), ("attention", ATTENTION), ("attention_rate", ATTENTION_RATE),
+                              ("spike_width", SPIKE_WIDTH)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         b = self.real_input_bits
@@ -179,7 +187,7 @@ def _hook(tally: _Tally, t: int, b: int):
     return hook
 
 
-def _record(tally: _Tally, module: nn.Module, b: int, conv: Conventions) -> LayerRecord:
+def _record(tally: _Tally, module: nn.Module, b: int, conv: Conventions, s_bits: int | None) -> LayerRecord:
     if tally.macs % (b * tally.steps):
         raise RuntimeError(f"profile: layer {tally.name!r}: {tally.macs} MACs do not split over {b} samples "
                            f"and {tally.steps} steps")
@@ -201,7 +209,10 @@ def _record(tally: _Tally, module: nn.Module, b: int, conv: Conventions) -> Laye
         rec.counted = False
     if not rec.counted:
         return rec
-    rec.s_in = conv.real_input_bits if rec.in_bits is None else rec.in_bits
+    if rec.in_bits is None:
+        rec.s_in = conv.real_input_bits
+    else:
+        rec.s_in = s_bits if conv.spike_width == "model" else rec.in_bits
     rate = rec.pair_rate if tally.kind == "matmul" and conv.attention_rate == "pair" else fr
     t = rec.t_steps
     rec.sops = formulas.sops(macs, t, rec.s_in if conv.sops_spike_bits else 1)
@@ -238,7 +249,8 @@ def _parameter_totals(model: nn.Module, model_w_bits: int | None) -> dict:
 
 def profile(model: nn.Module, x: torch.Tensor, *, encoding: str = "exclude",
             real_input_bits: int = formulas.FULL_PRECISION_COUNTED_BITS, attention: str = "include",
-            attention_rate: str = "a", sops_spike_bits: bool = True, t_steps: int | None = None,
+            attention_rate: str = "a", spike_width: str = "layer", sops_spike_bits: bool = True,
+            t_steps: int | None = None,
             model_name: str | None = None) -> Profile:
     """Run ``model(x)`` once (eval mode, no grad) and measure its cost metrics per sample.
 
@@ -262,7 +274,7 @@ def profile(model: nn.Module, x: torch.Tensor, *, encoding: str = "exclude",
         raise TypeError(f"profile: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 1:
         raise TypeError(f"profile: x must be a tensor [B, ...] with B >= 1, got {getattr(x, 'shape', type(x))}")
-    conv = Conventions(encoding, real_input_bits, attention, attention_rate, sops_spike_bits)
+    conv = Conventions(encoding, real_input_bits, attention, attention_rate, spike_width, sops_spike_bits)
     t = getattr(model, "t_steps", None) if t_steps is None else t_steps
     if isinstance(t, bool) or not isinstance(t, int) or t < 1:
         raise ValueError(f"profile: t_steps must be an integer >= 1 (argument or model.t_steps), got {t!r}")
@@ -276,6 +288,10 @@ def profile(model: nn.Module, x: torch.Tensor, *, encoding: str = "exclude",
             tallies[module] = _Tally(name or type(module).__name__, kind)
     if not tallies:
         raise ValueError("profile: the model has no conv, linear or spike-matmul layer to measure")
+    if conv.spike_width == "model":
+        s_bits = getattr(model, "s_bits", None)
+        if isinstance(s_bits, bool) or not isinstance(s_bits, int) or s_bits < 1:
+            raise ValueError(f"profile: spike_width='model' needs model.s_bits (an int >= 1), got {s_bits!r}")
     was_training = model.training
     try:
         for module, tally in tallies.items():
@@ -287,8 +303,8 @@ def profile(model: nn.Module, x: torch.Tensor, *, encoding: str = "exclude",
         for h in handles:
             h.remove()
         model.train(was_training)
-    layers = [_record(tally, m, b, conv) for m, tally in tallies.items() if tally.steps]
     w_bits, s_bits = getattr(model, "w_bits", None), getattr(model, "s_bits", None)
+    layers = [_record(tally, m, b, conv, s_bits) for m, tally in tallies.items() if tally.steps]
     counted = [r for r in layers if r.counted]
     real = [r for r in layers if r.in_bits is None]
     totals = {

@@ -47,14 +47,8 @@ def _model_input_size(model) -> int | None:
     return size
 
 
-def budget(name: str, w_bits: int, s_bits: int, t_steps: int, *, input_size: int | None = None,
-           num_classes: int | None = None, batch: int = 1, seed: int = 0, **conventions) -> Profile:
-    """Build registered model ``name`` at W/S/T and profile it on a seeded ``randn [batch, 3, H, H]``.
-
-    ``input_size`` defaults to the model's own (``model.img_size`` or its timm config); a model with
-    neither needs it given. Conventions: keyword arguments of :func:`profile`.
-    ValueError for an unknown model (close names listed), bad bits, a missing or wrong input size.
-    """
+def _build(name: str, w_bits: int, s_bits: int, t_steps: int, input_size, num_classes, batch: int, seed: int):
+    """(model, seeded randn input [batch, in_chans, H, H]) for registered model ``name``."""
     from ..models import create_model
 
     kwargs = dict(w_bits=w_bits, s_bits=s_bits, t_steps=t_steps)
@@ -65,9 +59,23 @@ def budget(name: str, w_bits: int, s_bits: int, t_steps: int, *, input_size: int
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"model {name!r} states no input size: pass --input-size (got {size!r})")
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, getattr(model, "in_chans", 3), size, size, generator=gen)
-    full = name if name.startswith("qsnn_") else "qsnn_" + name
-    return profile(model, x, model_name=full, **conventions)
+    return model, torch.randn(batch, getattr(model, "in_chans", 3), size, size, generator=gen)
+
+
+def _full_name(name: str) -> str:
+    return name if name.startswith("qsnn_") else "qsnn_" + name
+
+
+def budget(name: str, w_bits: int, s_bits: int, t_steps: int, *, input_size: int | None = None,
+           num_classes: int | None = None, batch: int = 1, seed: int = 0, **conventions) -> Profile:
+    """Build registered model ``name`` at W/S/T and profile it on a seeded ``randn [batch, 3, H, H]``.
+
+    ``input_size`` defaults to the model's own (``model.img_size`` or its timm config); a model with
+    neither needs it given. Conventions: keyword arguments of :func:`profile`.
+    ValueError for an unknown model (close names listed), bad bits, a missing or wrong input size.
+    """
+    model, x = _build(name, w_bits, s_bits, t_steps, input_size, num_classes, batch, seed)
+    return profile(model, x, model_name=_full_name(name), **conventions)
 
 
 # --------------------------------------------------------------------------- text
@@ -93,11 +101,14 @@ def describe_conventions(c: Conventions) -> list[str]:
     """One line per convention, in words."""
     enc = ("excluded from SOPs/S-ACE/NS-ACE (reported apart; the paper's)" if c.encoding == "exclude"
            else f"included with S_in = {c.real_input_bits} bits")
-    att = ("counted, MACs between a_bits- and b_bits-wide operands, BB = T*a_bits*b_bits"
+    att = ("counted, MACs between a_bits- and b_bits-wide operands, BB = T*S_in*b_bits"
            if c.attention == "include" else "not counted")
     rate = "first operand's nonzero fraction" if c.attention_rate == "a" else "fraction of MACs with both operands nonzero"
+    width = ("the layer's declared input width in_bits (a product's a_bits)" if c.spike_width == "layer"
+             else "the model's S for every spike input")
     return [
         f"real-valued-input layers (encoding, in_bits=None): {enc}",
+        f"S_in of a spike input: {width}",
         f"spike matrix products (attention): {att}; NS-ACE rate: {rate}",
         f"SOPs = MACs*T*{'S_in' if c.sops_spike_bits else '1'} (a multi-level spike counts "
         f"{'S_in binary ops' if c.sops_spike_bits else 'as one op'}); S-ACE = MACs*T*S_in*W (Eq. 8); "
@@ -138,42 +149,65 @@ def format_profile(p: Profile) -> str:
 # --------------------------------------------------------------------------- the paper's Table 2
 
 
-def table2(**conventions) -> dict:
+def _conventions_dict(c: Conventions) -> dict:
+    return {k: getattr(c, k) for k in Conventions.__dataclass_fields__}
+
+
+ALTERNATIVES = (("the encoding layer included (16-bit input)", {"encoding": "include"}),
+                ("attention products excluded", {"attention": "exclude"}),
+                ("S_in = the model's S for every spike input", {"spike_width": "model"}))
+"""Other readings whose S-ACE / BB the Table 2 notes show beside the one used (for reading the
+paper's figures; the rows always use the conventions asked for)."""
+
+
+def table2(rows=None, **conventions) -> dict:
     """The paper's Table 2 (Spikformer-4-384, CIFAR 32x32, 10 classes) beside our measurement.
 
-    One profiled forward pass per row, with the conventions given (keyword arguments of
-    :func:`profile`). Returns plain data: ``rows`` (paper's and our params in 16-bit-equivalent
-    millions and S-ACE in G, with the ratio ours / paper, and S-ACE per unit of Bit Budget),
-    ``params_count``, ``alternatives`` (our S-ACE / BB under the other encoding and attention
-    conventions, for reading the paper's figures; not used for the rows) and ``notes``.
+    ``rows``: W/S/T strings selecting rows (default: all). One profiled forward pass per row, with
+    the conventions given (keyword arguments of :func:`profile`). Returns plain data: ``rows``
+    (paper's and our params in 16-bit-equivalent millions and S-ACE in G, the ratio ours / paper,
+    and S-ACE per unit of Bit Budget), ``params_count``, ``alternatives_s_ace_per_bb_g`` (ours
+    under the :data:`ALTERNATIVES` readings, at W/S/T = 1/1/1) and ``notes``.
+    ValueError for a W/S/T that is not a row of the table.
     """
-    rows, count = [], None
-    for row in paper.TABLE2:
-        p = budget(paper.TABLE2_MODEL, row.w_bits, row.s_bits, row.t_steps, input_size=paper.TABLE2_INPUT_SIZE,
-                   num_classes=paper.TABLE2_NUM_CLASSES, **conventions)
+    known = {r.wst: r for r in paper.TABLE2}
+    if rows is None:
+        chosen = list(paper.TABLE2)
+    else:
+        bad = [w for w in rows if w not in known]
+        if bad or not rows:
+            raise ValueError(f"Table 2 has no row {', '.join(bad) or '(none given)'}; its rows: {', '.join(known)}")
+        chosen = [known[w] for w in rows]
+    used = Conventions(**conventions)
+    size, classes = paper.TABLE2_INPUT_SIZE, paper.TABLE2_NUM_CLASSES
+    out_rows, count = [], None
+    for row in chosen:
+        p = budget(paper.TABLE2_MODEL, row.w_bits, row.s_bits, row.t_steps, input_size=size, num_classes=classes,
+                   **conventions)
         count = p.totals["params_count"]
         ours_params, ours_sace = p.totals["params_16bit_m"], p.totals["s_ace"] / 1e9
-        rows.append({
+        out_rows.append({
             "wst": row.wst, "bit_budget": row.bit_budget,
             "paper_params_m": row.params_m, "ours_params_m": ours_params, "params_ratio": ours_params / row.params_m,
             "paper_s_ace_g": row.s_ace_g, "ours_s_ace_g": ours_sace, "s_ace_ratio": ours_sace / row.s_ace_g,
             "paper_s_ace_per_bb_g": paper.s_ace_per_bit_budget(row), "ours_s_ace_per_bb_g": ours_sace / row.bit_budget,
         })
-    used = Conventions(**conventions)
     alternatives = {}
-    for label, change in (("encoding included (16-bit input)", {"encoding": "include"}),
-                          ("attention products excluded", {"attention": "exclude"})):
-        alt = {**{k: getattr(used, k) for k in Conventions.__dataclass_fields__}, **change}
-        if alt != {k: getattr(used, k) for k in Conventions.__dataclass_fields__}:
-            p = budget(paper.TABLE2_MODEL, 1, 1, 1, input_size=paper.TABLE2_INPUT_SIZE,
-                       num_classes=paper.TABLE2_NUM_CLASSES, **alt)
-            alternatives[label] = p.totals["s_ace"] / 1e9
-    result = {"model": "qsnn_" + paper.TABLE2_MODEL, "input_size": paper.TABLE2_INPUT_SIZE,
-              "num_classes": paper.TABLE2_NUM_CLASSES, "citation": paper.CITATION,
-              "conventions": {k: getattr(used, k) for k in Conventions.__dataclass_fields__},
-              "params_count": count, "rows": rows, "alternatives_s_ace_per_bb_g": alternatives}
+    model, x = _build(paper.TABLE2_MODEL, 1, 1, 1, size, classes, 1, 0)
+    for label, change in ALTERNATIVES:
+        alt = {**_conventions_dict(used), **change}
+        if alt != _conventions_dict(used):
+            alternatives[label] = profile(model, x, **alt).totals["s_ace"] / 1e9
+    result = {"model": _full_name(paper.TABLE2_MODEL), "input_size": size, "num_classes": classes,
+              "citation": paper.CITATION, "conventions": _conventions_dict(used), "params_count": count,
+              "rows": out_rows, "alternatives_s_ace_per_bb_g": alternatives}
     result["notes"] = _table2_notes(result)
     return result
+
+
+def _span(values) -> str:
+    lo, hi = f"{min(values):.3f}", f"{max(values):.3f}"
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def _spread(values) -> float:
@@ -202,26 +236,39 @@ def _table2_notes(result: dict) -> list[str]:
                      f"(it equals the W=2 figure): inconsistent within the table.")
     groups = paper.s_ace_groups()
     ours_bb = [r["ours_s_ace_per_bb_g"] for r in result["rows"]]
-    desc = "; ".join(f"{v:.3f} G for {', '.join(g.wst for g in rs)} (T = {sorted({g.t_steps for g in rs})})"
+    desc = "; ".join(f"{v:.3f} G for {', '.join(g.wst for g in rs)} (T in {sorted({g.t_steps for g in rs})})"
                      for v, rs in groups)
-    notes.append(f"S-ACE: one network has one MAC count, so S-ACE / BB (= S-ACE / (T*W*S)) is the same on every "
-                 f"row; ours is {min(ours_bb):.3f}-{max(ours_bb):.3f} G (spread {_spread(ours_bb):.1%}). The "
-                 f"paper's takes {len(groups)} values: {desc}.")
+    notes.append(f"S-ACE / BB: if every MAC costs BB = T*W*S, S-ACE / BB is the network's MAC count, one number "
+                 f"for every row. The paper's takes {len(groups)} values: {desc}. Ours is "
+                 f"{min(ours_bb):.3f}-{max(ours_bb):.3f} G under the conventions used (spread "
+                 f"{_spread(ours_bb):.1%}: a layer's S_in is its declared input width, and residual streams of "
+                 f"summed spikes and Q K^T scores are wider than S, by amounts that depend on S)." if result["conventions"]
+                 ["spike_width"] == "layer" else
+                 f"S-ACE / BB: if every MAC costs BB = T*W*S, S-ACE / BB is the network's MAC count, one number for "
+                 f"every row. The paper's takes {len(groups)} values: {desc}. Ours is "
+                 f"{min(ours_bb):.3f}-{max(ours_bb):.3f} G (spread {_spread(ours_bb):.1%}).")
+    nominal = result["alternatives_s_ace_per_bb_g"].get(ALTERNATIVES[2][0])
+    if result["conventions"]["spike_width"] == "model":
+        nominal = sum(ours_bb) / len(ours_bb)
     if len(groups) > 1:
-        ratios = "; ".join(
-            f"{min(rows[g.wst]['s_ace_ratio'] for g in rs):.3f}-{max(rows[g.wst]['s_ace_ratio'] for g in rs):.3f} "
-            f"on the {v:.3f} G rows" for v, rs in groups)
-        notes.append(f"S-ACE: so the ratio ours / paper is not constant: {ratios}; the paper's rows cannot all "
-                     f"come from one MAC count.")
+        present = [(v, [g for g in rs if g.wst in rows]) for v, rs in groups]
+        ratios = "; ".join(f"{_span([rows[g.wst]['s_ace_ratio'] for g in rs])} on the {v:.3f} G rows"
+                           for v, rs in present if rs)
+        notes.append(f"S-ACE: the ratio ours / paper is therefore not one number: {ratios}. The paper's rows "
+                     f"cannot all come from one MAC count at one convention.")
+        if nominal is not None:
+            per_group = ", ".join(f"{nominal / v:.2f} against its {v:.3f} G rows" for v, _ in groups)
+            notes.append(f"S-ACE: with S_in = S for every spike input (BB = T*W*S per MAC), our count is {nominal:.3f} G "
+                         f"per unit of BB: {per_group}.")
         scaled = [r for r in paper.TABLE2 if abs(r.s_ace_g - base.s_ace_g * r.w_bits / base.w_bits) <= 0.01 * r.s_ace_g]
         if len(scaled) > 1:
             notes.append(f"S-ACE: rows {', '.join(r.wst for r in scaled)} equal the W={base.w_bits} figure "
                          f"({base.s_ace_g} G, also Spikformer-4-384's entry in the paper's Table 5) times "
                          f"W/{base.w_bits} (within 1%): those rows look like that baseline rescaled by W rather "
-                         f"than measured; the other rows fit {_bb_range([r for r in paper.TABLE2 if r not in scaled])} per unit "
-                         f"of BB.")
+                         f"than measured; the other rows fit {_bb_range([r for r in paper.TABLE2 if r not in scaled])} "
+                         f"per unit of BB, a different MAC count.")
     for label, v in result["alternatives_s_ace_per_bb_g"].items():
-        notes.append(f"For reading only (not used above): with {label}, our S-ACE / BB at 1/1/1 is {v:.3f} G.")
+        notes.append(f"For reading only (not used above): with {label}, our S-ACE / BB is {v:.3f} G (at 1/1/1).")
     return notes
 
 
