@@ -6,6 +6,6 @@ the ``qsnn budget`` command prints.
 """
 
 from . import formulas, paper
-from .profiler import Conventions, LayerRecord, Profile, profile
+from .profiler import Conventions, LayerRecord, Profile, profile, recount
 
-__all__ = ["Conventions", "LayerRecord", "Profile", "formulas", "paper", "profile"]
+__all__ = ["Conventions", "LayerRecord", "Profile", "formulas", "paper", "profile", "recount"]

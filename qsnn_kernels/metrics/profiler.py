@@ -22,7 +22,7 @@ these layouts ambiguous and is refused; profile with batch 1.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -187,7 +187,8 @@ def _hook(tally: _Tally, t: int, b: int):
     return hook
 
 
-def _record(tally: _Tally, module: nn.Module, b: int, conv: Conventions, s_bits: int | None) -> LayerRecord:
+def _record(tally: _Tally, module: nn.Module, b: int) -> LayerRecord:
+    """The measurement of one layer, before any convention is applied."""
     if tally.macs % (b * tally.steps):
         raise RuntimeError(f"profile: layer {tally.name!r}: {tally.macs} MACs do not split over {b} samples "
                            f"and {tally.steps} steps")
@@ -203,7 +204,13 @@ def _record(tally: _Tally, module: nn.Module, b: int, conv: Conventions, s_bits:
     if tally.kind == "matmul":
         rec.firing_rate_b = tally.nnz_b / tally.numel_b if tally.numel_b else 0.0
         rec.pair_rate = tally.pairs / tally.macs if tally.macs else 0.0
-    if tally.kind == "matmul" and conv.attention == "exclude":
+    return rec
+
+
+def _count(rec: LayerRecord, conv: Conventions, s_bits: int | None) -> LayerRecord:
+    """A copy of ``rec`` with its share of the totals under ``conv``."""
+    rec = replace(rec, counted=True, s_in=None, sops=None, s_ace=None, ns_ace=None)
+    if rec.kind == "matmul" and conv.attention == "exclude":
         rec.counted = False
     elif rec.in_bits is None and conv.encoding == "exclude":
         rec.counted = False
@@ -213,12 +220,42 @@ def _record(tally: _Tally, module: nn.Module, b: int, conv: Conventions, s_bits:
         rec.s_in = conv.real_input_bits
     else:
         rec.s_in = s_bits if conv.spike_width == "model" else rec.in_bits
-    rate = rec.pair_rate if tally.kind == "matmul" and conv.attention_rate == "pair" else fr
+    rate = rec.pair_rate if rec.kind == "matmul" and conv.attention_rate == "pair" else rec.firing_rate
     t = rec.t_steps
-    rec.sops = formulas.sops(macs, t, rec.s_in if conv.sops_spike_bits else 1)
-    rec.s_ace = formulas.s_ace(macs, t, rec.s_in, rec.w_bits)
-    rec.ns_ace = formulas.ns_ace(rate, macs, t, rec.s_in, rec.w_bits)
+    rec.sops = formulas.sops(rec.macs, t, rec.s_in if conv.sops_spike_bits else 1)
+    rec.s_ace = formulas.s_ace(rec.macs, t, rec.s_in, rec.w_bits)
+    rec.ns_ace = formulas.ns_ace(rate, rec.macs, t, rec.s_in, rec.w_bits)
     return rec
+
+
+def _check_s_bits(s_bits, conv: Conventions) -> None:
+    if conv.spike_width == "model" and (isinstance(s_bits, bool) or not isinstance(s_bits, int) or s_bits < 1):
+        raise ValueError(f"profile: spike_width='model' needs model.s_bits (an int >= 1), got {s_bits!r}")
+
+
+def _layer_totals(layers: list, t: int, w_bits, s_bits) -> dict:
+    counted = [r for r in layers if r.counted]
+    real = [r for r in layers if r.in_bits is None]
+    return {
+        "macs": sum(r.macs for r in layers),
+        "counted_macs": sum(r.macs for r in counted),
+        "real_input_macs": sum(r.macs for r in real),
+        "real_input_layers": {r.name: r.w_bits for r in real},
+        "sops": sum(r.sops for r in counted),
+        "s_ace": sum(r.s_ace for r in counted),
+        "ns_ace": sum(r.ns_ace for r in counted),
+        "bit_budget": None if w_bits is None or s_bits is None else formulas.bit_budget(t, w_bits, s_bits),
+    }
+
+
+def recount(p: Profile, **conventions) -> Profile:
+    """The same measurement (``p``'s layers, rates, parameters) counted under other conventions
+    (keyword arguments of :func:`profile`; those not given keep ``p``'s). No forward pass."""
+    conv = replace(p.conventions, **conventions)
+    _check_s_bits(p.s_bits, conv)
+    layers = [_count(r, conv, p.s_bits) for r in p.layers]
+    totals = {**p.totals, **_layer_totals(layers, p.t_steps, p.w_bits, p.s_bits)}
+    return replace(p, conventions=conv, layers=layers, totals=totals)
 
 
 def _parameter_totals(model: nn.Module, model_w_bits: int | None) -> dict:
@@ -288,10 +325,7 @@ def profile(model: nn.Module, x: torch.Tensor, *, encoding: str = "exclude",
             tallies[module] = _Tally(name or type(module).__name__, kind)
     if not tallies:
         raise ValueError("profile: the model has no conv, linear or spike-matmul layer to measure")
-    if conv.spike_width == "model":
-        s_bits = getattr(model, "s_bits", None)
-        if isinstance(s_bits, bool) or not isinstance(s_bits, int) or s_bits < 1:
-            raise ValueError(f"profile: spike_width='model' needs model.s_bits (an int >= 1), got {s_bits!r}")
+    _check_s_bits(getattr(model, "s_bits", None), conv)
     was_training = model.training
     try:
         for module, tally in tallies.items():
@@ -304,18 +338,7 @@ def profile(model: nn.Module, x: torch.Tensor, *, encoding: str = "exclude",
             h.remove()
         model.train(was_training)
     w_bits, s_bits = getattr(model, "w_bits", None), getattr(model, "s_bits", None)
-    layers = [_record(tally, m, b, conv, s_bits) for m, tally in tallies.items() if tally.steps]
-    counted = [r for r in layers if r.counted]
-    real = [r for r in layers if r.in_bits is None]
-    totals = {
-        "macs": sum(r.macs for r in layers),
-        "counted_macs": sum(r.macs for r in counted),
-        "real_input_macs": sum(r.macs for r in real),
-        "real_input_layers": {r.name: r.w_bits for r in real},
-        "sops": sum(r.sops for r in counted),
-        "s_ace": sum(r.s_ace for r in counted),
-        "ns_ace": sum(r.ns_ace for r in counted),
-        "bit_budget": None if w_bits is None or s_bits is None else formulas.bit_budget(t, w_bits, s_bits),
-    }
+    layers = [_count(_record(tally, m, b), conv, s_bits) for m, tally in tallies.items() if tally.steps]
+    totals = _layer_totals(layers, t, w_bits, s_bits)
     totals.update(_parameter_totals(model, w_bits))
     return Profile(model_name or type(model).__name__, tuple(x.shape), t, w_bits, s_bits, conv, layers, totals)
