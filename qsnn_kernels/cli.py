@@ -55,8 +55,8 @@ def _budget(args) -> int:
                        sops_spike_bits=args.sops_levels == "bits")
     try:
         if args.paper_table2:
-            if args.model is not None or args.wst is not None:
-                raise ValueError("--paper-table2 builds its own models: leave out --model and --wst")
+            if args.model is not None or args.wst is not None or args.checkpoint is not None:
+                raise ValueError("--paper-table2 builds its own models: leave out --model, --wst and --checkpoint")
             rows = None if args.rows is None else [r.strip() for r in args.rows.split(",")]
             result = report.table2(rows, **conventions)
             print(json.dumps(result, indent=2) if args.json else report.format_table2(result))
@@ -67,7 +67,7 @@ def _budget(args) -> int:
             raise ValueError("give --model and --wst (or --paper-table2)")
         w, s, t = report.parse_wst(args.wst)
         p = report.budget(args.model, w, s, t, input_size=args.input_size, num_classes=args.num_classes,
-                          batch=args.batch, seed=args.seed, **conventions)
+                          batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, **conventions)
     except (ValueError, TypeError) as exc:
         print(f"qsnn budget: error: {exc}", file=sys.stderr)
         return 2
@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     budget.add_argument("--num-classes", type=_positive_int, help="classes of the head (default: the model's)")
     budget.add_argument("--batch", type=_positive_int, default=1, help="batch of the profiled pass (default 1)")
     budget.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    budget.add_argument("--checkpoint", help="a state dict (torch.save) to load into the model first: trained "
+                                             "weights make the firing rates and NS-ACE meaningful")
     budget.add_argument("--paper-table2", action="store_true", help="the paper's Table 2 beside ours")
     budget.add_argument("--rows", help="with --paper-table2: only these W/S/T rows, comma-separated (e.g. 1/1/1,4/1/4)")
     budget.add_argument("--encoding", choices=("exclude", "include"), default="exclude",

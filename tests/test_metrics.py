@@ -324,6 +324,29 @@ def test_budget_bad_input(capsys, argv, message):
     assert rc == 2 and out == "" and message in err
 
 
+def test_budget_checkpoint(capsys, tmp_path):
+    from qsnn_kernels.models import create_model
+
+    torch.manual_seed(3)
+    model = create_model("sew_resnet18_cifar", w_bits=1, s_bits=1, t_steps=1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.fill_(2.0)  # every neuron above threshold: firing rates near 1
+    torch.save(model.state_dict(), tmp_path / "ok.pt")
+    argv = ["budget", "--model", "sew_resnet18_cifar", "--wst", "1/1/1", "--input-size", "8", "--json"]
+    fresh = json.loads(_run(capsys, *argv)[1])
+    rc, out, _ = _run(capsys, *argv, "--checkpoint", str(tmp_path / "ok.pt"))
+    loaded = json.loads(out)
+    assert rc == 0 and loaded["totals"]["ns_ace"] > fresh["totals"]["ns_ace"]
+    assert loaded["totals"]["s_ace"] == fresh["totals"]["s_ace"]  # firing rates move NS-ACE only
+    torch.save({"weight": torch.ones(1)}, tmp_path / "bad.pt")
+    rc, _, err = _run(capsys, *argv, "--checkpoint", str(tmp_path / "bad.pt"))
+    assert rc == 2 and "does not fit the model" in err
+    rc, _, err = _run(capsys, *argv, "--checkpoint", str(tmp_path / "missing.pt"))
+    assert rc == 2 and "cannot read checkpoint" in err
+
+
 def test_budget_bad_argument_type(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["budget", "--model", "sew_resnet18_cifar", "--wst", "1/1/1", "--input-size", "0"])

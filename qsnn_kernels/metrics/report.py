@@ -47,7 +47,24 @@ def _model_input_size(model) -> int | None:
     return size
 
 
-def _build(name: str, w_bits: int, s_bits: int, t_steps: int, input_size, num_classes, batch: int, seed: int):
+def _load_checkpoint(model, path: str) -> None:
+    """Load a state dict (or ``{"state_dict": ...}``) saved with torch.save; ValueError if it does not fit."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:  # missing file, not a torch file
+        raise ValueError(f"cannot read checkpoint {path!r}: {exc}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path!r} does not fit the model: {str(exc).splitlines()[0]}") from None
+
+
+def _build(name: str, w_bits: int, s_bits: int, t_steps: int, input_size, num_classes, batch: int, seed: int,
+           checkpoint: str | None = None):
     """(model, seeded randn input [batch, in_chans, H, H]) for registered model ``name``."""
     from ..models import create_model
 
@@ -55,6 +72,8 @@ def _build(name: str, w_bits: int, s_bits: int, t_steps: int, input_size, num_cl
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = create_model(name, **kwargs)
+    if checkpoint is not None:
+        _load_checkpoint(model, checkpoint)
     size = input_size if input_size is not None else _model_input_size(model)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"model {name!r} states no input size: pass --input-size (got {size!r})")
@@ -67,14 +86,18 @@ def _full_name(name: str) -> str:
 
 
 def budget(name: str, w_bits: int, s_bits: int, t_steps: int, *, input_size: int | None = None,
-           num_classes: int | None = None, batch: int = 1, seed: int = 0, **conventions) -> Profile:
+           num_classes: int | None = None, batch: int = 1, seed: int = 0, checkpoint: str | None = None,
+           **conventions) -> Profile:
     """Build registered model ``name`` at W/S/T and profile it on a seeded ``randn [batch, 3, H, H]``.
+
+    ``checkpoint``: a state dict saved with ``torch.save`` to load first (trained weights give
+    meaningful firing rates and NS-ACE; freshly built ones mostly do not fire).
 
     ``input_size`` defaults to the model's own (``model.img_size`` or its timm config); a model with
     neither needs it given. Conventions: keyword arguments of :func:`profile`.
     ValueError for an unknown model (close names listed), bad bits, a missing or wrong input size.
     """
-    model, x = _build(name, w_bits, s_bits, t_steps, input_size, num_classes, batch, seed)
+    model, x = _build(name, w_bits, s_bits, t_steps, input_size, num_classes, batch, seed, checkpoint)
     return profile(model, x, model_name=_full_name(name), **conventions)
 
 
@@ -103,7 +126,8 @@ def describe_conventions(c: Conventions) -> list[str]:
            else f"included with S_in = {c.real_input_bits} bits")
     att = ("counted, MACs between a_bits- and b_bits-wide operands, BB = T*S_in*b_bits"
            if c.attention == "include" else "not counted")
-    rate = "first operand's nonzero fraction" if c.attention_rate == "a" else "fraction of MACs with both operands nonzero"
+    rate = ("first operand's nonzero fraction" if c.attention_rate == "a"
+            else "fraction of MACs with both operands nonzero")
     width = ("the layer's declared input width in_bits (a product's a_bits)" if c.spike_width == "layer"
              else "the model's S for every spike input")
     return [
@@ -142,7 +166,8 @@ def format_profile(p: Profile) -> str:
         f"packed {t['params_packed_nbytes']:,} bytes",
         "conventions:",
     ] + ["  " + s for s in describe_conventions(p.conventions)]
-    lines.append("  firing rates: measured on this one seeded random input with the model's current weights")
+    lines.append("  firing rates: measured on one seeded random input, with the weights given (--checkpoint) or "
+                 "freshly initialized ones (then few neurons fire and NS-ACE means little)")
     return "\n".join(lines)
 
 
@@ -241,15 +266,12 @@ def _table2_notes(result: dict) -> list[str]:
     ours_bb = [r["ours_s_ace_per_bb_g"] for r in result["rows"]]
     desc = "; ".join(f"{v:.3f} G for {', '.join(g.wst for g in rs)} (T in {sorted({g.t_steps for g in rs})})"
                      for v, rs in groups)
-    notes.append(f"S-ACE / BB: if every MAC costs BB = T*W*S, S-ACE / BB is the network's MAC count, one number "
-                 f"for every row. The paper's takes {len(groups)} values: {desc}. Ours is "
-                 f"{min(ours_bb):.3f}-{max(ours_bb):.3f} G under the conventions used (spread "
-                 f"{_spread(ours_bb):.1%}: a layer's S_in is its declared input width, and residual streams of "
-                 f"summed spikes and Q K^T scores are wider than S, by amounts that depend on S)." if result["conventions"]
-                 ["spike_width"] == "layer" else
-                 f"S-ACE / BB: if every MAC costs BB = T*W*S, S-ACE / BB is the network's MAC count, one number for "
-                 f"every row. The paper's takes {len(groups)} values: {desc}. Ours is "
-                 f"{min(ours_bb):.3f}-{max(ours_bb):.3f} G (spread {_spread(ours_bb):.1%}).")
+    why = ("under the conventions used: a layer's S_in is its declared input width, and residual streams of summed "
+           "spikes and Q K^T scores are wider than S, by amounts that depend on S"
+           if result["conventions"]["spike_width"] == "layer" else "under the conventions used")
+    notes.append(f"S-ACE / BB: if every MAC costs BB = T*W*S, S-ACE / BB is the network's MAC count, one number for "
+                 f"every row. The paper's takes {len(groups)} values: {desc}. Ours is {_span(ours_bb)} G "
+                 f"(spread {_spread(ours_bb):.1%}) {why}.")
     nominal = result["alternatives_s_ace_per_bb_g"].get(ALTERNATIVES[2][0])
     if result["conventions"]["spike_width"] == "model":
         nominal = sum(ours_bb) / len(ours_bb)
@@ -261,12 +283,15 @@ def _table2_notes(result: dict) -> list[str]:
                      f"cannot all come from one MAC count at one convention.")
         if nominal is not None:
             per_group = ", ".join(f"{nominal / v:.2f} against its {v:.3f} G rows" for v, _ in groups)
-            notes.append(f"S-ACE: with S_in = S for every spike input (BB = T*W*S per MAC), our count is {nominal:.3f} G "
-                         f"per unit of BB: {per_group}.")
-        scaled = [r for r in paper.TABLE2 if abs(r.s_ace_g - base.s_ace_g * r.w_bits / base.w_bits) <= 0.01 * r.s_ace_g]
+            notes.append(f"S-ACE: with S_in = S for every spike input (BB = T*W*S per MAC), our count is "
+                         f"{nominal:.3f} G per unit of BB: {per_group}.")
+        scaled = [r for r in paper.TABLE2
+                  if abs(r.s_ace_g - base.s_ace_g * r.w_bits / base.w_bits) <= 0.01 * r.s_ace_g]
         if len(scaled) > 1:
+            table5 = (", also Spikformer-4-384's entry in the paper's Table 5"
+                      if base.s_ace_g == paper.TABLE5_SPIKFORMER_4_384_S_ACE_G else "")
             notes.append(f"S-ACE: rows {', '.join(r.wst for r in scaled)} equal the W={base.w_bits} figure "
-                         f"({base.s_ace_g} G, also Spikformer-4-384's entry in the paper's Table 5) times "
+                         f"({base.s_ace_g} G{table5}) times "
                          f"W/{base.w_bits} (within 1%): those rows look like that baseline rescaled by W rather "
                          f"than measured; the other rows fit {_bb_range([r for r in paper.TABLE2 if r not in scaled])} "
                          f"per unit of BB, a different MAC count.")
