@@ -13,6 +13,9 @@ encoding layer), the time steps it ran on, and the measured input firing rate (f
 input elements). The formulas are :mod:`qsnn_kernels.metrics.formulas`; the conventions below
 are explicit arguments, each defaulting to the paper's reading.
 
+Not seen: products computed functionally (``F.linear``, ``torch.matmul`` outside a hooked module,
+``nn.MultiheadAttention``'s internals); a hooked layer that never runs is left out of the records.
+
 Time and batch dims: the model input is ``[B, ...]`` and layers see ``[T, B, ...]``, ``[T*B, ...]``
 (steps = T) or ``[B, ...]`` (one step: an encoding layer computed once and repeated over T).
 A layer called several times per forward (a loop over T) sums its steps. ``B == T > 1`` would make
