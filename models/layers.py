@@ -25,7 +25,7 @@ from torch import nn
 
 from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
 from ..lif import MultiLevelLIF
-from ..reference import fake_quantize_weight
+from ..reference import fake_quantize_weight, quantize_weight
 
 __all__ = [
     "ALLOWED_W_BITS",
@@ -175,9 +175,49 @@ def spike_conv2d_bitserial(x: torch.Tensor, weight, w_bits: int, in_bits: int, i
     return y.reshape(n, oh, ow, cout).permute(0, 3, 1, 2)
 
 
+class _FakeQuant(torch.autograd.Function):
+    """``scale * q`` of Eq. 5 (reference.quantize_weight) with the identity as gradient: the same
+    values and gradient as reference.fake_quantize_weight, in one output tensor instead of three."""
+
+    @staticmethod
+    def forward(ctx, weight, w_bits):
+        return _dequantized(weight, w_bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _dequantized(weight: torch.Tensor, w_bits: int) -> torch.Tensor:
+    q, scale = quantize_weight(weight, w_bits)
+    return (q.to(torch.float32) * scale.reshape((-1,) + (1,) * (weight.dim() - 1))).to(weight.dtype)
+
+
 def quantized_weight(weight: torch.Tensor, w_bits: int) -> torch.Tensor:
-    """The weight a layer computes with: fake-quantized (Eq. 5, STE) for w_bits <= 8, else as is."""
-    return weight if w_bits in FULL_PRECISION_BITS else fake_quantize_weight(weight, w_bits)
+    """The weight a layer computes with: fake-quantized (Eq. 5, STE) for w_bits <= 8, else as is.
+    Equal to :func:`qsnn_kernels.reference.fake_quantize_weight` (values and gradient)."""
+    if w_bits in FULL_PRECISION_BITS:
+        return weight
+    if torch.compiler.is_compiling():
+        return fake_quantize_weight(weight, w_bits)
+    return _FakeQuant.apply(weight, w_bits)
+
+
+def _layer_weight(layer) -> torch.Tensor:
+    """``quantized_weight`` of a layer; without autograd (eval, inference) the quantized weight is
+    cached on the layer and reused while the master weight is unchanged (same tensor, same version),
+    so that repeated inference does not quantize again."""
+    w = layer.weight
+    if layer.w_bits in FULL_PRECISION_BITS or torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and w.requires_grad):
+        layer.__dict__.pop("_wq_cache", None)
+        return quantized_weight(w, layer.w_bits)
+    key = (w.data_ptr(), w._version, w.dtype, w.device, w.shape, layer.w_bits)
+    cache = layer.__dict__.get("_wq_cache")
+    if cache is None or cache[0] != key:
+        cache = (key, _dequantized(w.detach(), layer.w_bits))
+        layer.__dict__["_wq_cache"] = cache
+    return cache[1]
 
 
 class QuantLinear(nn.Linear):
@@ -207,7 +247,7 @@ class QuantLinear(nn.Linear):
             y = spike_linear_bitserial(spikes, self.weight, self.w_bits, self.in_bits, self.in_scale)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
-        return F.linear(x, quantized_weight(self.weight, self.w_bits), self.bias)
+        return F.linear(x, _layer_weight(self), self.bias)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
@@ -244,7 +284,7 @@ class QuantConv2d(nn.Conv2d):
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
         else:
-            y = self._conv_forward(x4, quantized_weight(self.weight, self.w_bits), self.bias)
+            y = self._conv_forward(x4, _layer_weight(self), self.bias)
         return y if x.dim() == 4 else y.unflatten(0, x.shape[:2])
 
     def extra_repr(self) -> str:
