@@ -31,10 +31,13 @@ Conventions (documented choices; the profiler and the inference conversion read 
 * ``Q K^T`` is not restricted (it is not a neuron output in the original): its entries are
   integers ``0 .. d_head (2^S - 1)^2``; the second :class:`SpikeMatmul` declares that width as
   ``a_bits`` (e.g. 6 bits for d_head = 32, S = 1), V's as ``b_bits = s_bits``.
-* ``in_bits`` of every layer is the true width of its integer input: ``s_bits`` after a neuron
-  or a max pool of spikes; the residual stream (sums of spikes) is wider: after the patch
-  splitting up to 2 L, after block i up to (2 + 2 i) L, L = 2^S - 1. The encoding conv and the
-  head (mean over tokens) take real values: ``in_bits = None``.
+* ``in_bits`` of a layer: ``s_bits`` after a neuron or a max pool of spikes. The residual stream
+  is not restricted (as in the original): it carries sums of spikes, up to 2 L after the patch
+  splitting and (2 + 2 i) L after block i (L = 2^S - 1), so the Q/K/V and first MLP layers get
+  the smallest spike width (1, 2, 4, 8) holding that level, or None (counted as real-valued)
+  beyond 8 bits: :func:`models.sew_resnet.bits_for_levels`, the convention of SEW-ResNet with
+  ``clamp_add=False``. The encoding conv and the head (mean over tokens) take real values:
+  ``in_bits = None``.
 * Every layer, the encoding conv and the head included, has ``w_bits`` weights.
 * Parameters: the original's blocks also hold two LayerNorms that its forward never uses; they
   are left out (8 * 2 * 2 D parameters, < 0.1 %).
@@ -49,6 +52,7 @@ from torch import nn
 
 from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, check_image_input,
                      check_model_args, encode_direct, mean_over_time, spiking_neuron)
+from .sew_resnet import bits_for_levels
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
            "TokenBatchNorm", "VARIANTS", "spikformer"]
@@ -85,7 +89,8 @@ class TokenBatchNorm(nn.BatchNorm1d):
 class _LinearBNLIF(nn.Module):
     """``LIF(BN(Linear(x)))`` on ``[T, B, N, C_in]`` tokens -> ``[T, B, N, C_out]`` spikes."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, w_bits: int, s_bits: int, in_bits: int):
+    def __init__(self, in_features: int, out_features: int, bias: bool, w_bits: int, s_bits: int,
+                 in_bits: int | None):
         super().__init__()
         self.linear = QuantLinear(in_features, out_features, bias=bias, w_bits=w_bits, in_bits=in_bits)
         self.bn = TokenBatchNorm(out_features)
@@ -145,10 +150,11 @@ class SpikingPatchSplitting(nn.Module):
 class SpikingSelfAttention(nn.Module):
     """SSA on ``[T, B, N, D]`` spike tokens (module docstring: conventions).
 
-    ``in_bits``: width of the block input (the residual stream). Output: spikes ``[T, B, N, D]``.
+    ``in_bits``: width of the block input (the residual stream; None: wider than 8 bits).
+    Output: spikes ``[T, B, N, D]``.
     """
 
-    def __init__(self, dim: int, num_heads: int, w_bits: int, s_bits: int, in_bits: int):
+    def __init__(self, dim: int, num_heads: int, w_bits: int, s_bits: int, in_bits: int | None):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.q = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_bits)
@@ -175,7 +181,7 @@ class SpikingSelfAttention(nn.Module):
 class SpikformerMLP(nn.Module):
     """``LIF(BN(Linear(4D -> D)))(LIF(BN(Linear(D -> 4D)))(x))`` on ``[T, B, N, D]``."""
 
-    def __init__(self, dim: int, hidden: int, w_bits: int, s_bits: int, in_bits: int):
+    def __init__(self, dim: int, hidden: int, w_bits: int, s_bits: int, in_bits: int | None):
         super().__init__()
         self.fc1 = _LinearBNLIF(dim, hidden, True, w_bits, s_bits, in_bits)
         self.fc2 = _LinearBNLIF(hidden, dim, True, w_bits, s_bits, s_bits)
@@ -190,8 +196,8 @@ class SpikformerBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, w_bits: int, s_bits: int, in_max: int):
         super().__init__()
         levels = (1 << s_bits) - 1
-        self.attn = SpikingSelfAttention(dim, num_heads, w_bits, s_bits, _int_bits(in_max))
-        self.mlp = SpikformerMLP(dim, int(dim * mlp_ratio), w_bits, s_bits, _int_bits(in_max + levels))
+        self.attn = SpikingSelfAttention(dim, num_heads, w_bits, s_bits, bits_for_levels(in_max))
+        self.mlp = SpikformerMLP(dim, int(dim * mlp_ratio), w_bits, s_bits, bits_for_levels(in_max + levels))
         self.out_max = in_max + 2 * levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
