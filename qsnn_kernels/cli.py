@@ -1,8 +1,11 @@
-"""The ``qsnn`` command: ``qsnn demo`` (a tour of the ops on this machine), ``qsnn info``."""
+"""The ``qsnn`` command: ``demo`` (a tour of the ops on this machine), ``info``, ``models`` (the
+registered architectures) and ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
+paper's Table 2 beside ours)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -36,6 +39,52 @@ def _info(args) -> int:
     return info_main(["--json"] if args.json else [])
 
 
+def _models(args) -> int:
+    from .models import list_models
+
+    names = list_models()
+    print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+def _budget(args) -> int:
+    from .metrics import report
+
+    conventions = dict(encoding=args.encoding, real_input_bits=args.real_input_bits, attention=args.attention,
+                       attention_rate=args.attention_rate, spike_width=args.spike_width,
+                       sops_spike_bits=args.sops_levels == "bits")
+    try:
+        if args.paper_table2:
+            if args.model is not None or args.wst is not None or args.checkpoint is not None:
+                raise ValueError("--paper-table2 builds its own models: leave out --model, --wst and --checkpoint")
+            rows = None if args.rows is None else [r.strip() for r in args.rows.split(",")]
+            result = report.table2(rows, **conventions)
+            print(json.dumps(result, indent=2) if args.json else report.format_table2(result))
+            return 0
+        if args.rows is not None:
+            raise ValueError("--rows selects rows of --paper-table2")
+        if args.model is None or args.wst is None:
+            raise ValueError("give --model and --wst (or --paper-table2)")
+        w, s, t = report.parse_wst(args.wst)
+        p = report.budget(args.model, w, s, t, input_size=args.input_size, num_classes=args.num_classes,
+                          batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, **conventions)
+    except (ValueError, TypeError) as exc:
+        print(f"qsnn budget: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(p.to_dict(), indent=2) if args.json else report.format_profile(p))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="qsnn", description="qsnn_kernels: kernels for quantized SNNs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +95,39 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="versions, what was built, CPU features, devices")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=_info)
+    models = sub.add_parser("models", help="list the registered models (timm names qsnn_*)")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_models)
+    budget = sub.add_parser(
+        "budget", help="a model's per-layer MACs, Bit Budget, SOPs, S-ACE, NS-ACE from a real forward pass",
+        description="Profile one forward pass (seeded random input, the model's freshly built weights) and print "
+                    "per-layer MACs, bits, firing rates and the totals; or, with --paper-table2, the paper's "
+                    "Table 2 beside our figures for Spikformer-4-384 on CIFAR.")
+    budget.add_argument("--model", help="registered model, with or without the qsnn_ prefix (see `qsnn models`)")
+    budget.add_argument("--wst", help="W/S/T: weight bits (1, 2, 4, 8, 16/32 = full precision) / spike bits "
+                                      "(1, 2, 4, 8) / time steps (>= 1), e.g. 4/2/1")
+    budget.add_argument("--input-size", type=_positive_int, help="image side in pixels (default: the model's own)")
+    budget.add_argument("--num-classes", type=_positive_int, help="classes of the head (default: the model's)")
+    budget.add_argument("--batch", type=_positive_int, default=1, help="batch of the profiled pass (default 1)")
+    budget.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    budget.add_argument("--checkpoint", help="a state dict (torch.save) to load into the model first: trained "
+                                             "weights make the firing rates and NS-ACE meaningful")
+    budget.add_argument("--paper-table2", action="store_true", help="the paper's Table 2 beside ours")
+    budget.add_argument("--rows", help="with --paper-table2: only these W/S/T rows, comma-separated (e.g. 1/1/1,4/1/4)")
+    budget.add_argument("--encoding", choices=("exclude", "include"), default="exclude",
+                        help="real-valued-input layers in SOPs/S-ACE/NS-ACE (default exclude, the paper's)")
+    budget.add_argument("--real-input-bits", type=_positive_int, default=16,
+                        help="S_in of a real-valued input under --encoding include (default 16)")
+    budget.add_argument("--attention", choices=("include", "exclude"), default="include",
+                        help="count spike matrix products (default include)")
+    budget.add_argument("--attention-rate", choices=("a", "pair"), default="a",
+                        help="NS-ACE rate of a product: first operand's (a) or both nonzero (pair)")
+    budget.add_argument("--spike-width", choices=("layer", "model"), default="layer",
+                        help="S_in of a spike input: the layer's declared in_bits (layer, default) or the model's S")
+    budget.add_argument("--sops-levels", choices=("bits", "one"), default="bits",
+                        help="a multi-level spike in SOPs: S_in operations (bits, default) or one")
+    budget.add_argument("--json", action="store_true", help="machine-readable output")
+    budget.set_defaults(func=_budget)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,93 @@
+"""The paper's published figures that our metrics are compared with: one place for them.
+
+Source: Shen, Zhao, Li, Li, Zeng, "Is Conventional SNN Really Efficient? A Perspective from Network
+Quantization", CVPR 2024, Table 2 (Spikformer-4-384 on CIFAR10/100, 32x32), as transcribed in
+the project's shared/PAPER.md. ``params_m`` is in 16-bit-equivalent millions (count * W / 16),
+``s_ace_g`` in G (1e9) operations, accuracies in %.
+
+The helpers below read the table's own arithmetic; they do not look at our measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CITATION = ("Shen et al., 'Is Conventional SNN Really Efficient? A Perspective from Network Quantization', "
+            "CVPR 2024, Table 2")
+
+TABLE2_MODEL = "spikformer_4_384"
+TABLE2_INPUT_SIZE = 32
+TABLE2_NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Table2Row:
+    w_bits: int
+    s_bits: int
+    t_steps: int
+    params_m: float
+    s_ace_g: float
+    cifar10: float
+    cifar100: float
+
+    @property
+    def wst(self) -> str:
+        return f"{self.w_bits}/{self.s_bits}/{self.t_steps}"
+
+    @property
+    def bit_budget(self) -> int:
+        return self.w_bits * self.s_bits * self.t_steps
+
+
+TABLE2 = (
+    Table2Row(16, 1, 4, 4.15, 59.10, 95.51, 78.21),
+    Table2Row(1, 1, 1, 0.26, 0.77, 90.48, 70.11),
+    Table2Row(1, 4, 1, 0.26, 3.08, 95.00, 76.90),
+    Table2Row(1, 2, 2, 0.52, 3.08, 94.43, 75.91),
+    Table2Row(1, 1, 4, 0.26, 3.69, 93.91, 74.13),
+    Table2Row(2, 2, 1, 0.52, 3.08, 95.41, 76.67),
+    Table2Row(2, 1, 2, 0.52, 3.09, 93.56, 75.91),
+    Table2Row(4, 1, 1, 1.04, 3.09, 94.51, 74.61),
+    Table2Row(4, 4, 1, 1.04, 12.32, 96.84, 80.13),
+    Table2Row(4, 2, 2, 1.04, 12.33, 96.50, 80.71),
+    Table2Row(4, 1, 4, 1.04, 14.77, 95.94, 78.77),
+    Table2Row(8, 1, 2, 2.08, 12.35, 95.55, 77.72),
+    Table2Row(8, 2, 1, 2.08, 12.33, 96.29, 80.00),
+)
+
+TABLE5_SPIKFORMER_4_384_S_ACE_G = 59.10
+"""The paper's Table 5 (CIFAR peers): Spikformer-4-384 at 16/1/4, S-ACE 59.10 G."""
+
+SPIKFORMER_4_384_PARAMS_M = 9.32
+"""Spikformer-4-384's parameter count on CIFAR in millions (Zhou et al. 2022)."""
+SPIKFORMER_4_256_PARAMS_M = 4.15
+"""Spikformer-4-256's on CIFAR: the count the paper's Table 2 uses as its 16-bit base."""
+
+
+def implied_base_params_m(row: Table2Row) -> float:
+    """The full-precision count a row implies: ``params_m * 16 / W``."""
+    return row.params_m * 16 / row.w_bits
+
+
+def s_ace_per_bit_budget(row: Table2Row) -> float:
+    """``S-ACE / BB`` in G: one network's MAC count if the row is ``MACs * T * W * S``."""
+    return row.s_ace_g / row.bit_budget
+
+
+def params_outliers(rel_tol: float = 0.02) -> list[Table2Row]:
+    """Rows whose params do not fit ``base * W / 16`` with the table's most common implied base."""
+    bases = [round(implied_base_params_m(r), 2) for r in TABLE2]
+    base = max(set(bases), key=bases.count)
+    return [r for r in TABLE2 if abs(implied_base_params_m(r) - base) > rel_tol * base]
+
+
+def s_ace_groups(rel_tol: float = 0.02) -> list[tuple[float, list[Table2Row]]]:
+    """Rows grouped by their ``S-ACE / BB`` (within ``rel_tol``): one group if one MAC count fits all."""
+    groups: list[tuple[float, list[Table2Row]]] = []
+    for row in sorted(TABLE2, key=s_ace_per_bit_budget):
+        v = s_ace_per_bit_budget(row)
+        if groups and abs(v - groups[-1][0]) <= rel_tol * groups[-1][0]:
+            groups[-1][1].append(row)
+        else:
+            groups.append((v, [row]))
+    return groups
