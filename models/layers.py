@@ -70,6 +70,15 @@ def _check_in_bits(in_bits) -> int | None:
     return in_bits
 
 
+def bits_for_levels(levels: int) -> int | None:
+    """The smallest spike width in (1, 2, 4, 8) holding levels ``0..levels``; None if none does
+    (the ``in_bits`` of a layer whose input can exceed one neuron's levels, e.g. a residual sum)."""
+    for bits in SPIKE_BITS:
+        if levels <= (1 << bits) - 1:
+            return bits
+    return None
+
+
 def check_model_args(w_bits, s_bits, t_steps, num_classes=None) -> None:
     """ValueError unless w_bits in ALLOWED_W_BITS, s_bits in SPIKE_BITS, t_steps an int >= 1 and
     num_classes (when given) an int >= 1. Model constructors call it before building anything."""

@@ -33,21 +33,12 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from ..bits import SPIKE_BITS
-from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, check_image_input, check_model_args,
-                     encode_direct, mean_over_time, spiking_neuron)
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, bits_for_levels, check_image_input,
+                     check_model_args, encode_direct, mean_over_time, spiking_neuron)
 
-__all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "sew_connect", "bits_for_levels"]
+__all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "sew_connect"]
 
 CONNECT_FUNCTIONS = ("ADD", "AND", "IAND")
-
-
-def bits_for_levels(levels: int) -> int | None:
-    """The smallest spike width in (1, 2, 4, 8) holding levels ``0..levels``; None if none does."""
-    for bits in SPIKE_BITS:
-        if levels <= (1 << bits) - 1:
-            return bits
-    return None
 
 
 def sew_connect(a: torch.Tensor, s: torch.Tensor, connect_f: str, top: float, binary: bool, clamp: bool):

@@ -35,7 +35,7 @@ Conventions (documented choices; the profiler and the inference conversion read 
   is not restricted (as in the original): it carries sums of spikes, up to 2 L after the patch
   splitting and (2 + 2 i) L after block i (L = 2^S - 1), so the Q/K/V and first MLP layers get
   the smallest spike width (1, 2, 4, 8) holding that level, or None (counted as real-valued)
-  beyond 8 bits: :func:`models.sew_resnet.bits_for_levels`, the convention of SEW-ResNet with
+  beyond 8 bits: :func:`models.layers.bits_for_levels`, the convention of SEW-ResNet with
   ``clamp_add=False``. The encoding conv and the head (mean over tokens) take real values:
   ``in_bits = None``.
 * Every layer, the encoding conv and the head included, has ``w_bits`` weights.
@@ -50,9 +50,8 @@ import math
 import torch
 from torch import nn
 
-from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, check_image_input,
-                     check_model_args, encode_direct, mean_over_time, spiking_neuron)
-from .sew_resnet import bits_for_levels
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, bits_for_levels,
+                     check_image_input, check_model_args, encode_direct, mean_over_time, spiking_neuron)
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
            "TokenBatchNorm", "VARIANTS", "spikformer"]
