@@ -10,7 +10,7 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def find_cuda_home():
@@ -57,7 +57,8 @@ else:
     )
 
 setup(
-    packages=["qsnn_kernels", "qsnn_kernels.triton", "qsnn_kernels.hls", "qsnn_kernels.models", "qsnn_kernels._hls"],
+    packages=find_packages(include=["qsnn_kernels", "qsnn_kernels.*"], exclude=["qsnn_kernels.models*"])
+    + ["qsnn_kernels.models", "qsnn_kernels._hls"],
     # models/ and hls/ are top-level folders of the repo, installed inside the package
     package_dir={"qsnn_kernels.models": "models", "qsnn_kernels._hls": "hls"},
     package_data={"qsnn_kernels._hls": ["Makefile", "README.md", "*/*.h", "*/*.cpp", "*/*.tcl"]},
