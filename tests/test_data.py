@@ -114,3 +114,110 @@ def test_digits_events_cache_dir_env(tmp_path, monkeypatch):
     info = build_dataset("digits-events", None, "train", t_steps=1)
     assert info.dataset[0][0].shape == (1, 2, 12, 12)
     assert list((tmp_path / "digits-events").glob("frames_T1_*.npy"))
+
+
+# ---------------------------------------------------------------- CIFAR-10/100 (pickled batches)
+
+import pickle  # noqa: E402
+
+from qsnn_kernels.data.common import CorruptFileError  # noqa: E402
+
+
+def _write_cifar(root, name, n_per_file=3, corrupt=None):
+    """torchvision's layout: pickled dicts with uint8 'data' [N, 3072] and the label list."""
+    rng = np.random.default_rng(0)
+    if name == "cifar10":
+        folder, files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        label_key, meta, meta_key, classes = "labels", "batches.meta", "label_names", 10
+    else:
+        folder, files = root / "cifar-100-python", ["train", "test"]
+        label_key, meta, meta_key, classes = "fine_labels", "meta", "fine_label_names", 100
+    folder.mkdir(parents=True)
+    written = {}
+    for k, f in enumerate(files):
+        data = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, classes, n_per_file)]
+        with open(folder / f, "wb") as fh:
+            pickle.dump({"data": data, label_key: labels, "batch_label": f}, fh)
+        written[f] = (data, labels)
+    with open(folder / meta, "wb") as fh:
+        pickle.dump({meta_key: [f"c{i}" for i in range(classes)]}, fh)
+    if corrupt:
+        (folder / corrupt).write_bytes(b"not a pickle")
+    return written
+
+
+@pytest.mark.parametrize("name,n_classes,train_files", [("cifar10", 10, 5), ("cifar100", 100, 1)])
+def test_cifar_val_exact_and_train_augmented(tmp_path, name, n_classes, train_files):
+    written = _write_cifar(tmp_path, name)
+    val = build_dataset(name, str(tmp_path), "val", t_steps=1)
+    assert (val.num_classes, val.in_chans, val.input_size, val.skipped) == (n_classes, 3, 32, 0)
+    data, labels = written["test_batch" if name == "cifar10" else "test"]
+    assert len(val.dataset) == 3
+    x, y = val.dataset[1]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == labels[1]
+    from qsnn_kernels.data.images import CIFAR_MEAN, CIFAR_STD
+    expect = data[1].reshape(3, 32, 32).astype(np.float64) / 255.0
+    expect = (expect - np.array(CIFAR_MEAN)[:, None, None]) / np.array(CIFAR_STD)[:, None, None]
+    assert np.abs(x.double().numpy() - expect).max() < 1e-5
+    train = build_dataset(name, str(tmp_path), "train", t_steps=1, augment=True)
+    assert len(train.dataset) == 3 * train_files
+    torch.manual_seed(0)
+    a = train.dataset[0][0]
+    b = train.dataset[0][0]
+    assert a.shape == (3, 32, 32) and not torch.equal(a, b)  # random crop/flip/RandAugment
+
+
+def test_cifar_corrupt_batch_skip_or_raise(tmp_path):
+    _write_cifar(tmp_path, "cifar10", corrupt="data_batch_2")
+    info = build_dataset("cifar10", str(tmp_path), "train", t_steps=1, on_error="skip")
+    assert info.skipped == 1 and len(info.dataset) == 12
+    with pytest.raises(CorruptFileError, match="data_batch_2"):
+        build_dataset("cifar10", str(tmp_path), "train", t_steps=1, on_error="raise")
+
+
+def test_cifar_missing_folder_and_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        build_dataset("cifar10", str(tmp_path / "nowhere"), "train", t_steps=1)
+    with pytest.raises(ValueError, match="root"):
+        build_dataset("cifar100", None, "train", t_steps=1)
+    (tmp_path / "cifar-100-python").mkdir()
+    with pytest.raises(FileNotFoundError, match="missing train"):
+        build_dataset("cifar100", str(tmp_path), "train", t_steps=1)
+
+
+# ---------------------------------------------------------------- ImageNet (ImageFolder tree)
+
+
+def _write_imagefolder(root, corrupt=True):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("n01440764", "n01443537"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for j in range(2):
+                arr = rng.integers(0, 256, (20 + j, 30, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"img_{j}.png")
+    if corrupt:
+        (root / "train" / "n01443537" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+
+def test_imagenet_imagefolder_and_corrupt_file(tmp_path):
+    _write_imagefolder(tmp_path)
+    info = build_dataset("imagenet", str(tmp_path), "train", t_steps=1, input_size=32, augment=True)
+    assert (info.num_classes, info.in_chans, info.input_size, info.skipped) == (2, 3, 32, 1)
+    assert len(info.dataset) == 4
+    x, y = info.dataset[3]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 1
+    with pytest.raises(CorruptFileError, match="broken.png"):
+        build_dataset("imagenet", str(tmp_path), "train", t_steps=1, input_size=32, on_error="raise")
+    val = build_dataset("imagenet", str(tmp_path), "val", t_steps=1, input_size=40, on_error="raise")
+    assert val.skipped == 0 and len(val.dataset) == 4 and val.dataset[0][0].shape == (3, 40, 40)
+    assert torch.equal(val.dataset[0][0], val.dataset[0][0])  # no augmentation in val
+
+
+def test_imagenet_missing_split_folder(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"<root>/val/<class>"):
+        build_dataset("imagenet", str(tmp_path), "val", t_steps=1)
