@@ -221,3 +221,140 @@ def test_imagenet_missing_split_folder(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(FileNotFoundError, match=r"<root>/val/<class>"):
         build_dataset("imagenet", str(tmp_path), "val", t_steps=1)
+
+
+# ---------------------------------------------------------------- tonic event data sets
+
+import importlib.util  # noqa: E402
+
+from qsnn_kernels.data import events as events_module  # noqa: E402
+
+
+def _write_gesture(root, splits=("Train", "Test")):
+    """tonic's DVSGesture archive: ibmGesture<Split>/user<NN>_<lighting>/<label>.npy, [N, 4] x, y, p, t(ms)."""
+    known = np.array([[127, 0, 1, 0], [64, 64, 1, 1], [10, 100, 0, 8], [10, 100, 0, 9], [0, 0, 0, 10]],
+                     dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for user, light in ((1, "fluorescent"), (2, "lab")):
+            d = root / "DVSGesture" / f"ibmGesture{split}" / f"user{user:02d}_{light}"
+            d.mkdir(parents=True)
+            np.save(d / "4.npy", known)
+            n = 50
+            rand = np.stack([rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n),
+                             np.sort(rng.integers(0, 500, n))], 1).astype(np.float64)
+            np.save(d / "7.npy", rand)
+    return known
+
+
+def test_dvs_gesture_frames_exact_and_cache(tmp_path, monkeypatch):
+    _write_gesture(tmp_path / "data")
+    cache = tmp_path / "cache"
+    info = build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache)
+    assert (info.num_classes, info.in_chans, info.input_size, info.is_events, info.skipped) == (11, 2, 48, True, 0)
+    assert len(info.dataset) == 4
+    labels = sorted(info.dataset[i][1] for i in range(4))
+    assert labels == [4, 4, 7, 7]
+    i4 = [i for i in range(4) if info.dataset[i][1] == 4][0]
+    x = info.dataset[i4][0]
+    assert x.shape == (2, 2, 48, 48) and x.dtype == torch.float32
+    # 128 -> 48: pixel coordinate * 0.375, floored; 10 ms in 2 bins of 5 ms; ON = channel 1
+    expect = torch.zeros(2, 2, 48, 48)
+    expect[0, 1, 0, 47] = 1   # (127, 0) ON at 0 ms
+    expect[0, 1, 24, 24] = 1  # (64, 64) ON at 1 ms
+    expect[1, 0, 37, 3] = 2   # (10, 100) OFF at 8 and 9 ms
+    # the event at exactly the recording's end (10 ms) falls outside tonic's last bin
+    assert torch.equal(x, expect)
+    # second pass: from the cache, no file is read or converted
+    calls = []
+    convert = events_module.recording_to_frames
+    monkeypatch.setattr(events_module, "recording_to_frames", lambda *a: calls.append(1) or convert(*a))
+    again = build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache)
+    assert torch.equal(again.dataset[i4][0], x) and len(calls) == 0
+    three = build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=3, cache_dir=cache)
+    assert len(calls) == 4 and three.dataset[0][0].shape == (3, 2, 48, 48)  # a new T: a new cache entry
+    val = build_dataset("dvs128-gesture", str(tmp_path / "data"), "val", t_steps=2, cache_dir=cache)
+    assert len(val.dataset) == 4  # ibmGestureTest has its own (cached) files
+
+
+def test_dvs_gesture_corrupt_file_skip_then_raise(tmp_path):
+    _write_gesture(tmp_path / "data", splits=("Train",))
+    bad = tmp_path / "data" / "DVSGesture" / "ibmGestureTrain" / "user02_lab" / "9.npy"
+    bad.write_bytes(b"\x93NUMPY truncated")
+    cache = tmp_path / "cache"
+    with pytest.raises(CorruptFileError, match="9.npy"):
+        build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache,
+                      on_error="raise")
+    info = build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache)
+    assert info.skipped == 1 and len(info.dataset) == 4
+    with pytest.raises(CorruptFileError, match="9.npy"):  # also when the skip is read from the cache
+        build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache,
+                      on_error="raise")
+
+
+def _write_ncaltech_bin(path, x, y, p, t):
+    """N-Caltech101 .bin: 5 bytes per event: x, y, p << 7 | t[22:16], t[15:8], t[7:0]."""
+    t = np.asarray(t, dtype=np.int64)
+    raw = np.zeros((len(x), 5), dtype=np.uint8)
+    raw[:, 0], raw[:, 1] = x, y
+    raw[:, 2] = (np.asarray(p) << 7) | ((t >> 16) & 127)
+    raw[:, 3], raw[:, 4] = (t >> 8) & 255, t & 255
+    path.write_bytes(raw.tobytes())
+
+
+def test_ncaltech101_bin_files_split_and_corrupt(tmp_path):
+    base = tmp_path / "data" / "NCALTECH101" / "Caltech101"
+    rng = np.random.default_rng(0)
+    for cls in ("ant", "airplanes", "Faces_easy"):
+        (base / cls).mkdir(parents=True)
+        for j in range(4):
+            n = 30
+            _write_ncaltech_bin(base / cls / f"image_{j:04d}.bin", rng.integers(5, 230, n),
+                                rng.integers(5, 170, n), rng.integers(0, 2, n), np.sort(rng.integers(0, 90000, n)))
+    # a known recording: after tonic subtracts the minimum x and y, (0, 0) and (239, 179) remain
+    _write_ncaltech_bin(base / "ant" / "image_0100.bin", [3, 3, 242, 3], [2, 2, 181, 2], [1, 1, 0, 1],
+                        [0, 10, 60000, 70000])
+    cache = tmp_path / "cache"
+    train = build_dataset("n-caltech101", str(tmp_path / "data"), "train", t_steps=1, cache_dir=cache)
+    val = build_dataset("n-caltech101", str(tmp_path / "data"), "val", t_steps=1, cache_dir=cache)
+    assert (train.num_classes, train.in_chans, train.input_size, train.is_events) == (101, 2, 48, True)
+    assert len(train.dataset) + len(val.dataset) == 13 and len(val.dataset) == 3
+    assert sorted(val.dataset[i][1] for i in range(3)) == [0, 1, 2]  # one per class, sorted names
+    frames = [train.dataset[i][0] for i in range(len(train.dataset))] + [val.dataset[i][0] for i in range(3)]
+    assert all(f.shape == (1, 2, 48, 48) for f in frames)
+    # the known one: ON twice at (0, 0), OFF at (239, 179) -> (47, 47) (x * 48/240, y * 48/180);
+    # the event at exactly the recording's end falls outside tonic's last bin
+    known = [f for f in frames if f.sum() == 3]
+    assert len(known) == 1
+    assert known[0][0, 1, 0, 0] == 2 and known[0][0, 0, 47, 47] == 1
+    (base / "ant" / "image_0003.bin").write_bytes(b"")
+    fresh_cache = tmp_path / "cache2"
+    both = [build_dataset("n-caltech101", str(tmp_path / "data"), s, t_steps=1, cache_dir=fresh_cache) for s in ("train", "val")]
+    assert sum(b.skipped for b in both) == 1 and sum(len(b.dataset) for b in both) == 12
+    with pytest.raises(CorruptFileError, match="image_0003.bin"):
+        for s in ("train", "val"):
+            build_dataset("n-caltech101", str(tmp_path / "data"), s, t_steps=1, cache_dir=fresh_cache, on_error="raise")
+
+
+def test_cifar10_dvs_layout_and_reader(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"CIFAR10DVS/<class name"):
+        build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2)
+    d = tmp_path / "CIFAR10DVS"
+    (d / "airplane").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no recordings"):
+        build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2)
+    for j in range(2):
+        (d / "airplane" / f"cifar10_airplane_{j}.aedat4").write_bytes(b"not an aedat4 file")
+    if importlib.util.find_spec("aedat") is None:
+        with pytest.raises(ImportError, match="pip install aedat"):
+            build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2, cache_dir=tmp_path / "c")
+    else:
+        with pytest.raises(CorruptFileError, match="cifar10_airplane_"):
+            build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2, cache_dir=tmp_path / "c",
+                          on_error="raise")
+
+
+@pytest.mark.parametrize("name", ["dvs128-gesture", "n-caltech101", "cifar10-dvs", "imagenet", "cifar10"])
+def test_missing_folder_names_the_layout(tmp_path, name):
+    with pytest.raises(FileNotFoundError, match="expected layout"):
+        build_dataset(name, str(tmp_path / "missing"), "train", t_steps=2)

@@ -108,13 +108,13 @@ class CachedFrames(torch.utils.data.Dataset):
 
 def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cache_dir=None) -> DatasetInfo:
     root = require_folder(root, name, LAYOUTS[name])
+    ds, sensor_wh = _tonic_dataset(name, root, split)
     if name == "cifar10-dvs":
         try:
             import aedat  # noqa: F401  (tonic's .aedat4 reader imports it per file)
         except ImportError as err:
             raise ImportError("cifar10-dvs: reading .aedat4 recordings needs the 'aedat' package "
                               "(pip install aedat)") from err
-    ds, sensor_wh = _tonic_dataset(name, root, split)
     if name == "dvs128-gesture":
         indices = list(range(len(ds.data)))
         class_names, num_classes = None, 11
