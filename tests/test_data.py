@@ -358,3 +358,10 @@ def test_cifar10_dvs_layout_and_reader(tmp_path):
 def test_missing_folder_names_the_layout(tmp_path, name):
     with pytest.raises(FileNotFoundError, match="expected layout"):
         build_dataset(name, str(tmp_path / "missing"), "train", t_steps=2)
+
+
+def test_datasets_pickle_for_loader_workers(tmp_path):
+    _write_cifar(tmp_path, "cifar10")
+    info = build_dataset("cifar10", str(tmp_path), "val", t_steps=1)
+    clone = pickle.loads(pickle.dumps(info.dataset))
+    assert torch.equal(clone[2][0], info.dataset[2][0])

@@ -35,22 +35,25 @@ def _readable_pickle(path: str) -> bool:
 
 
 def _cifar_class(name: str):
+    """torchvision's CIFAR class with the md5 check replaced (module level: picklable for workers)."""
+    global _Cifar10, _Cifar100
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    base = CIFAR10 if name == "cifar10" else CIFAR100
-
-    class _Cifar(base):
+    if _Cifar10 is None:
         # torchvision checks the md5 of the full release; we check that each file unpickles.
-        def _check_integrity(self) -> bool:
-            return True
-
         def _load_meta(self) -> None:
             path = os.path.join(self.root, self.base_folder, self.meta["filename"])
             with open(path, "rb") as f:
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-    return _Cifar
+        body = {"_check_integrity": lambda self: True, "_load_meta": _load_meta, "__module__": __name__}
+        _Cifar10 = type("_Cifar10", (CIFAR10,), dict(body, __qualname__="_Cifar10"))
+        _Cifar100 = type("_Cifar100", (CIFAR100,), dict(body, __qualname__="_Cifar100"))
+    return _Cifar10 if name == "cifar10" else _Cifar100
+
+
+_Cifar10 = _Cifar100 = None
 
 
 def cifar_transform(augment: bool):
