@@ -1,10 +1,17 @@
 """Data loaders: each on small files written here in that data set's own on-disk format."""
 
+import importlib.util
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 from qsnn_kernels.data import build_dataset
+from qsnn_kernels.data import digits_events as digits_events_module
+from qsnn_kernels.data import events as events_module
+from qsnn_kernels.data.common import CorruptFileError
+from qsnn_kernels.data.saccades import EVENT_DTYPE, saccade_events
 
 
 def test_digits_shapes_split_and_determinism():
@@ -36,9 +43,6 @@ def test_unknown_name_and_bad_arguments():
 
 
 # ---------------------------------------------------------------- digits-events (saccade generator)
-
-from qsnn_kernels.data import digits_events as digits_events_module  # noqa: E402
-from qsnn_kernels.data.saccades import EVENT_DTYPE, saccade_events  # noqa: E402
 
 
 def _square(value=1.0):
@@ -117,10 +121,6 @@ def test_digits_events_cache_dir_env(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- CIFAR-10/100 (pickled batches)
-
-import pickle  # noqa: E402
-
-from qsnn_kernels.data.common import CorruptFileError  # noqa: E402
 
 
 def _write_cifar(root, name, n_per_file=3, corrupt=None):
@@ -225,10 +225,6 @@ def test_imagenet_missing_split_folder(tmp_path):
 
 # ---------------------------------------------------------------- tonic event data sets
 
-import importlib.util  # noqa: E402
-
-from qsnn_kernels.data import events as events_module  # noqa: E402
-
 
 def _write_gesture(root, splits=("Train", "Test")):
     """tonic's DVSGesture archive: ibmGesture<Split>/user<NN>_<lighting>/<label>.npy, [N, 4] x, y, p, t(ms)."""
@@ -329,11 +325,12 @@ def test_ncaltech101_bin_files_split_and_corrupt(tmp_path):
     assert known[0][0, 1, 0, 0] == 2 and known[0][0, 0, 47, 47] == 1
     (base / "ant" / "image_0003.bin").write_bytes(b"")
     fresh_cache = tmp_path / "cache2"
-    both = [build_dataset("n-caltech101", str(tmp_path / "data"), s, t_steps=1, cache_dir=fresh_cache) for s in ("train", "val")]
+    data = str(tmp_path / "data")
+    both = [build_dataset("n-caltech101", data, s, t_steps=1, cache_dir=fresh_cache) for s in ("train", "val")]
     assert sum(b.skipped for b in both) == 1 and sum(len(b.dataset) for b in both) == 12
     with pytest.raises(CorruptFileError, match="image_0003.bin"):
         for s in ("train", "val"):
-            build_dataset("n-caltech101", str(tmp_path / "data"), s, t_steps=1, cache_dir=fresh_cache, on_error="raise")
+            build_dataset("n-caltech101", data, s, t_steps=1, cache_dir=fresh_cache, on_error="raise")
 
 
 def test_cifar10_dvs_layout_and_reader(tmp_path):

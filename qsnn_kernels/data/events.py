@@ -124,7 +124,9 @@ def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cac
         num_classes = 10 if name == "cifar10-dvs" else 101
     sources = [ds.data[i] for i in indices]
     stamp = [(os.path.relpath(p, root), os.path.getsize(p), os.path.getmtime(p)) for p in sources]
-    key = hashlib.sha1(repr((name, split, t_steps, FRAME_SIZE, str(root.resolve()), stamp)).encode()).hexdigest()[:16]
+    # the key changes with T, the frame size, and any file added, removed or rewritten
+    fingerprint = repr((name, split, t_steps, FRAME_SIZE, str(root.resolve()), stamp))
+    key = hashlib.sha1(fingerprint.encode()).hexdigest()[:16]
     folder = cache_root(cache_dir) / name / key
     manifest = folder / "manifest.json"
     if manifest.is_file():
