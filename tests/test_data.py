@@ -170,7 +170,8 @@ def test_cifar_val_exact_and_train_augmented(tmp_path, name, n_classes, train_fi
 
 def test_cifar_corrupt_batch_skip_or_raise(tmp_path):
     _write_cifar(tmp_path, "cifar10", corrupt="data_batch_2")
-    info = build_dataset("cifar10", str(tmp_path), "train", t_steps=1, on_error="skip")
+    with pytest.warns(UserWarning, match="skipped 1 corrupt file.*data_batch_2"):
+        info = build_dataset("cifar10", str(tmp_path), "train", t_steps=1, on_error="skip")
     assert info.skipped == 1 and len(info.dataset) == 12
     with pytest.raises(CorruptFileError, match="data_batch_2"):
         build_dataset("cifar10", str(tmp_path), "train", t_steps=1, on_error="raise")
@@ -205,7 +206,8 @@ def _write_imagefolder(root, corrupt=True):
 
 def test_imagenet_imagefolder_and_corrupt_file(tmp_path):
     _write_imagefolder(tmp_path)
-    info = build_dataset("imagenet", str(tmp_path), "train", t_steps=1, input_size=32, augment=True)
+    with pytest.warns(UserWarning, match="broken.png"):
+        info = build_dataset("imagenet", str(tmp_path), "train", t_steps=1, input_size=32, augment=True)
     assert (info.num_classes, info.in_chans, info.input_size, info.skipped) == (2, 3, 32, 1)
     assert len(info.dataset) == 4
     x, y = info.dataset[3]
@@ -281,7 +283,8 @@ def test_dvs_gesture_corrupt_file_skip_then_raise(tmp_path):
     with pytest.raises(CorruptFileError, match="9.npy"):
         build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache,
                       on_error="raise")
-    info = build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache)
+    with pytest.warns(UserWarning, match="9.npy"):
+        info = build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache)
     assert info.skipped == 1 and len(info.dataset) == 4
     with pytest.raises(CorruptFileError, match="9.npy"):  # also when the skip is read from the cache
         build_dataset("dvs128-gesture", str(tmp_path / "data"), "train", t_steps=2, cache_dir=cache,
@@ -326,7 +329,8 @@ def test_ncaltech101_bin_files_split_and_corrupt(tmp_path):
     (base / "ant" / "image_0003.bin").write_bytes(b"")
     fresh_cache = tmp_path / "cache2"
     data = str(tmp_path / "data")
-    both = [build_dataset("n-caltech101", data, s, t_steps=1, cache_dir=fresh_cache) for s in ("train", "val")]
+    with pytest.warns(UserWarning, match="image_0003.bin"):
+        both = [build_dataset("n-caltech101", data, s, t_steps=1, cache_dir=fresh_cache) for s in ("train", "val")]
     assert sum(b.skipped for b in both) == 1 and sum(len(b.dataset) for b in both) == 12
     with pytest.raises(CorruptFileError, match="image_0003.bin"):
         for s in ("train", "val"):

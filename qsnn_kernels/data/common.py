@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +44,22 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env)
     return Path.home() / ".cache" / "qsnn_kernels"
+
+
+def warn_skipped(name: str, files: list[str]) -> None:
+    """One warning naming the first few corrupt files skipped (on_error="skip")."""
+    if files:
+        shown = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+        warnings.warn(f"{name}: skipped {len(files)} corrupt file(s): {shown}", stacklevel=3)
+
+
+def save_npy_atomic(path: str | os.PathLike, array) -> None:
+    """np.save through a temporary file and a rename: readers (other ranks) never see half a file."""
+    import numpy as np
+
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
 
 
 def check_common(split: str, t_steps: int, on_error: str) -> None:

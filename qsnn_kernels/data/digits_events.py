@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from .common import DatasetInfo, TensorListDataset, cache_root
+from .common import DatasetInfo, TensorListDataset, cache_root, save_npy_atomic
 from .digits import SPLIT_SEED, VAL_FRACTION
 from .saccades import TRIANGLE, saccade_events, sensor_size
 
@@ -51,9 +51,7 @@ def all_frames(t_steps: int, cache_dir=None) -> np.ndarray:
     frames = np.stack([events_to_frames(saccade_events(img, seed=i, **PARAMS), size, t_steps)
                        for i, img in enumerate(images)])
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, frames)
-    os.replace(tmp, path)  # a half-written cache never replaces a good one
+    save_npy_atomic(path, frames)
     return frames
 
 

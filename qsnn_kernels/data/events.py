@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import CorruptFileError, DatasetInfo, cache_root, require_folder
+from .common import (CorruptFileError, DatasetInfo, cache_root, require_folder, save_npy_atomic,
+                     warn_skipped)
 
 FRAME_SIZE = 48
 VAL_FRACTION = 0.1
@@ -140,6 +141,7 @@ def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cac
     bad = [e["source"] for e in entries if e["frames"] is None]
     if bad and on_error == "raise":
         raise CorruptFileError(f"{name}: corrupt event file {bad[0]}")
+    warn_skipped(name, bad)
     good = [e for e in entries if e["frames"] is not None]
     dataset = CachedFrames([str(folder / e["frames"]) for e in good], [e["label"] for e in good])
     return DatasetInfo(dataset, num_classes=num_classes, in_chans=2, input_size=FRAME_SIZE,
@@ -158,9 +160,9 @@ def _first_pass(ds, indices, sensor_wh, t_steps, folder: Path, class_names, on_e
         except Exception as err:
             if on_error == "raise":
                 raise CorruptFileError(f"corrupt event file {source}: {err}") from err
-            entries.append({"source": source, "label": int(label), "frames": None})
+            entries.append({"source": source, "label": int(label), "frames": None, "error": repr(err)})
             continue
         fname = f"{k:06d}.npy"
-        np.save(folder / fname, frames)
+        save_npy_atomic(folder / fname, frames)
         entries.append({"source": source, "label": int(label), "frames": fname})
     return entries

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 
-from .common import CorruptFileError, DatasetInfo, require_folder
+from .common import CorruptFileError, DatasetInfo, require_folder, warn_skipped
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -76,14 +76,15 @@ def build_cifar(name: str, root, split: str, *, augment: bool, on_error: str) ->
     if missing:
         raise FileNotFoundError(f"{name}: missing {', '.join(missing)} in {folder}\n"
                                 f"expected layout:\n{CIFAR_LAYOUT[name]}")
-    good, skipped = [], 0
+    good, bad = [], []
     for fname, md5 in files:
         if _readable_pickle(str(folder / fname)):
             good.append([fname, md5])
         elif on_error == "raise":
             raise CorruptFileError(f"{name}: corrupt batch file {folder / fname}")
         else:
-            skipped += 1
+            bad.append(folder / fname)
+    warn_skipped(name, bad)
     if not good:
         raise CorruptFileError(f"{name}: no readable batch file for split {split!r} in {folder}")
     ds = cls.__new__(cls)
@@ -93,7 +94,7 @@ def build_cifar(name: str, root, split: str, *, augment: bool, on_error: str) ->
         ds.test_list = good
     ds.__init__(str(root), train=(split == "train"), transform=cifar_transform(augment), download=False)
     return DatasetInfo(ds, num_classes=10 if name == "cifar10" else 100, in_chans=3, input_size=32,
-                       is_events=False, skipped=skipped)
+                       is_events=False, skipped=len(bad))
 
 
 def _image_ok(path: str) -> bool:
@@ -114,15 +115,14 @@ def build_imagenet(root, split: str, *, input_size: int, augment: bool, on_error
 
     root = require_folder(root, "imagenet", IMAGENET_LAYOUT)
     folder = require_folder(root / split, "imagenet", IMAGENET_LAYOUT)
-    skipped = 0
+    bad = []
 
     def is_valid(path: str) -> bool:
-        nonlocal skipped
         if _image_ok(path):
             return True
         if on_error == "raise":
             raise CorruptFileError(f"imagenet: corrupt image file {path}")
-        skipped += 1
+        bad.append(path)
         return False
 
     exts = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".JPEG")
@@ -132,5 +132,6 @@ def build_imagenet(root, split: str, *, input_size: int, augment: bool, on_error
 
     transform = create_transform(input_size, is_training=augment)
     ds = ImageFolder(str(folder), transform=transform, is_valid_file=valid_file)
+    warn_skipped("imagenet", bad)
     return DatasetInfo(ds, num_classes=len(ds.classes), in_chans=3, input_size=input_size,
-                       is_events=False, skipped=skipped)
+                       is_events=False, skipped=len(bad))
