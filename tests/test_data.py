@@ -81,6 +81,15 @@ def test_saccade_events_deterministic_per_seed():
     assert not np.array_equal(a, c)
 
 
+def test_saccade_events_bad_input():
+    with pytest.raises(ValueError, match=r"\[H, W\]"):
+        saccade_events(np.zeros((1, 8, 8)))
+    with pytest.raises(ValueError, match="off the"):
+        saccade_events(_square(), path=((0.0, 0.0), (5.0, 0.0)))
+    with pytest.raises(ValueError, match="threshold"):
+        saccade_events(_square(), threshold=0.0)
+
+
 def test_digits_events_shapes_cache_and_determinism(tmp_path, monkeypatch):
     info = build_dataset("digits-events", None, "val", t_steps=3, cache_dir=tmp_path)
     assert (info.num_classes, info.in_chans, info.input_size, info.is_events) == (10, 2, 12, True)
