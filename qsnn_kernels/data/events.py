@@ -1,0 +1,164 @@
+"""Event-camera data sets through tonic: CIFAR10-DVS, DVS128 Gesture, N-Caltech101.
+
+The files are listed by tonic's own data set classes (tonic.datasets.*, save_to=root) and read by
+their __getitem__; nothing is downloaded (a missing folder raises FileNotFoundError naming the
+layout). Each recording's events are resized to 48x48 (tonic.transforms.Downsample with spatial
+factors 48/W, 48/H of the sensor) and binned into `t_steps` frames (tonic.transforms.ToFrame) ->
+float32 [T, 2, 48, 48] event counts. The first build reads every file once and writes the frames
+to the cache folder (one .npy per recording plus a manifest); later builds read only the cache.
+A file that fails to read (or holds no events) is skipped and counted, or raises naming the file.
+
+Splits: DVS128 Gesture has its own (ibmGestureTrain / ibmGestureTest). CIFAR10-DVS and N-Caltech101
+have none; a fixed per-class split puts 10% (at least one file of a class with two or more) in val.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import CorruptFileError, DatasetInfo, cache_root, require_folder
+
+FRAME_SIZE = 48
+VAL_FRACTION = 0.1
+SPLIT_SEED = 0
+
+LAYOUTS = {
+    "cifar10-dvs": "  <root>/CIFAR10DVS/<class name: airplane, automobile, ...>/<recording>.aedat4\n"
+                   "  (reading .aedat4 needs the 'aedat' package)",
+    "dvs128-gesture": "  <root>/DVSGesture/ibmGestureTrain/user<NN>_<lighting>/<label>.npy\n"
+                      "  <root>/DVSGesture/ibmGestureTest/user<NN>_<lighting>/<label>.npy\n"
+                      "  (each .npy an [N, 4] array of x, y, p, t in ms, as tonic's archive holds)",
+    "n-caltech101": "  <root>/NCALTECH101/Caltech101/<class name>/<recording>.bin\n"
+                    "  (40-bit ATIS events: x, y, polarity bit + 23-bit time stamp)",
+}
+
+
+def _tonic_dataset(name: str, root: Path, split: str):
+    """tonic's data set object over the files present (its download check bypassed)."""
+    import tonic.datasets as td
+
+    base = {"cifar10-dvs": td.CIFAR10DVS, "dvs128-gesture": td.DVSGesture,
+            "n-caltech101": td.NCALTECH101}[name]
+
+    # tonic downloads when fewer files than the full release are present; we use what is there.
+    # The subclass keeps the base's name: tonic puts the files under save_to/<class name>.
+    _Present = type(base.__name__, (base,), {"_check_exists": lambda self: True})
+
+    sub = {"cifar10-dvs": "CIFAR10DVS",
+           "dvs128-gesture": f"DVSGesture/ibmGesture{'Train' if split == 'train' else 'Test'}",
+           "n-caltech101": "NCALTECH101/Caltech101"}[name]
+    require_folder(root / sub, name, LAYOUTS[name])
+    if name == "dvs128-gesture":
+        ds = _Present(str(root), train=(split == "train"))
+    else:
+        ds = _Present(str(root))
+    if len(ds.data) == 0:
+        raise FileNotFoundError(f"{name}: no recordings found under {root / sub}\n"
+                                f"expected layout:\n{LAYOUTS[name]}")
+    return ds, (128, 128) if name != "n-caltech101" else (240, 180)
+
+
+def _split_indices(labels: list, split: str) -> list[int]:
+    """Per class: a seeded permutation, the first round(n * VAL_FRACTION) (>= 1 if n >= 2) to val."""
+    chosen = []
+    rng = np.random.default_rng(SPLIT_SEED)
+    for lab in sorted(set(labels), key=str):
+        idx = [i for i, l in enumerate(labels) if l == lab]
+        perm = [idx[j] for j in rng.permutation(len(idx))]
+        n_val = max(1, round(len(idx) * VAL_FRACTION)) if len(idx) >= 2 else 0
+        chosen += perm[:n_val] if split == "val" else perm[n_val:]
+    return sorted(chosen)
+
+
+def recording_to_frames(events: np.ndarray, sensor_wh: tuple[int, int], t_steps: int) -> np.ndarray:
+    """Events of one recording -> float32 [T, 2, 48, 48] (Downsample, then ToFrame)."""
+    import tonic.transforms as tt
+
+    if events.size == 0:
+        raise ValueError("recording holds no events")
+    w, h = sensor_wh
+    small = tt.Downsample(spatial_factor=(FRAME_SIZE / w, FRAME_SIZE / h))(events)
+    inside = (small["x"] >= 0) & (small["x"] < FRAME_SIZE) & (small["y"] >= 0) & (small["y"] < FRAME_SIZE)
+    small = small[inside]
+    if small.size == 0:
+        raise ValueError(f"no events inside the {w}x{h} sensor")
+    frames = tt.ToFrame(sensor_size=(FRAME_SIZE, FRAME_SIZE, 2), n_time_bins=t_steps)(small)
+    return frames.astype(np.float32)
+
+
+class CachedFrames(torch.utils.data.Dataset):
+    """Frames read from the cache: one .npy per recording, labels in memory."""
+
+    def __init__(self, files: list[str], labels: list[int]):
+        self.files = files
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.load(self.files[i])), self.labels[i]
+
+
+def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cache_dir=None) -> DatasetInfo:
+    root = require_folder(root, name, LAYOUTS[name])
+    if name == "cifar10-dvs":
+        try:
+            import aedat  # noqa: F401  (tonic's .aedat4 reader imports it per file)
+        except ImportError as err:
+            raise ImportError("cifar10-dvs: reading .aedat4 recordings needs the 'aedat' package "
+                              "(pip install aedat)") from err
+    ds, sensor_wh = _tonic_dataset(name, root, split)
+    if name == "dvs128-gesture":
+        indices = list(range(len(ds.data)))
+        class_names, num_classes = None, 11
+    else:
+        indices = _split_indices(ds.targets, split)
+        class_names = sorted(set(ds.targets), key=str) if name == "n-caltech101" else None
+        num_classes = 10 if name == "cifar10-dvs" else 101
+    sources = [ds.data[i] for i in indices]
+    stamp = [(os.path.relpath(p, root), os.path.getsize(p), os.path.getmtime(p)) for p in sources]
+    key = hashlib.sha1(repr((name, split, t_steps, FRAME_SIZE, str(root.resolve()), stamp)).encode()).hexdigest()[:16]
+    folder = cache_root(cache_dir) / name / key
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text())
+    else:
+        entries = _first_pass(ds, indices, sensor_wh, t_steps, folder, class_names, on_error)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"manifest.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, manifest)
+    bad = [e["source"] for e in entries if e["frames"] is None]
+    if bad and on_error == "raise":
+        raise CorruptFileError(f"{name}: corrupt event file {bad[0]}")
+    good = [e for e in entries if e["frames"] is not None]
+    dataset = CachedFrames([str(folder / e["frames"]) for e in good], [e["label"] for e in good])
+    return DatasetInfo(dataset, num_classes=num_classes, in_chans=2, input_size=FRAME_SIZE,
+                       is_events=True, skipped=len(bad))
+
+
+def _first_pass(ds, indices, sensor_wh, t_steps, folder: Path, class_names, on_error) -> list[dict]:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for k, i in enumerate(indices):
+        source = ds.data[i]
+        label = ds.targets[i] if class_names is None else class_names.index(ds.targets[i])
+        try:
+            events, _ = ds[i]
+            frames = recording_to_frames(events, sensor_wh, t_steps)
+        except Exception as err:
+            if on_error == "raise":
+                raise CorruptFileError(f"corrupt event file {source}: {err}") from err
+            entries.append({"source": source, "label": int(label), "frames": None})
+            continue
+        fname = f"{k:06d}.npy"
+        np.save(folder / fname, frames)
+        entries.append({"source": source, "label": int(label), "frames": fname})
+    return entries
