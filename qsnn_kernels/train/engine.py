@@ -22,17 +22,13 @@ rank 0 logs, writes metrics and checkpoints.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig, parse_wst
 
 __all__ = ["run", "resolve_model_name", "DistInfo"]
@@ -73,7 +69,7 @@ def resolve_model_name(name: str) -> str:
     return full
 
 
-def _resolve_device(cfg: TrainConfig, dist_info: DistInfo | None = None) -> torch.device:
+def _resolve_device(cfg: TrainConfig) -> torch.device:
     dev = cfg.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -187,12 +183,10 @@ def _autocast_factory(cfg, device):
 def _profile_report(model, val_info, device, t_steps, model_name):
     from ..metrics import profile
 
-    x, _ = val_info.dataset[0]
     b = min(len(val_info.dataset), 16)
     if b == t_steps and b > 1:
         b -= 1
     xs = torch.stack([val_info.dataset[i][0] for i in range(b)]).to(device)
-    del x
     prof = profile(model, xs, model_name=model_name)
     tot = prof.totals
     return dict(params=int(tot.get("params_count", sum(p.numel() for p in model.parameters()))),

@@ -8,7 +8,6 @@ import os
 import time
 
 import torch
-from torch import nn
 
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .engine import _criterion, _evaluate, _loaders, _profile_report, _seed_epoch
