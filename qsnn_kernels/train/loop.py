@@ -113,18 +113,25 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
                 if step % max(cfg.log_interval, 1) == 0 or step == steps - 1:
                     bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", img_s=f"{n_seen * dist_info.world / max(el, 1e-9):.0f}")
         epoch_time = time.perf_counter() - t0
+        n_total = n_seen * dist_info.world
+        if dist_info.world > 1:  # the epoch's loss over every rank's samples
+            import torch.distributed as dist
+
+            sums = torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64)
+            dist.all_reduce(sums)
+            loss_sum, n_total = sums[0].item(), int(sums[1].item())
         if bar is not None:
             bar.close()
         train_time += epoch_time
-        images_total += n_seen * dist_info.world
+        images_total += n_total
         if scheduler is not None:
             scheduler.step(epoch + 1)
         eval_model = ema.module if ema is not None else model
         val_loss, acc = _evaluate(eval_model, val_loader, device, autocast)
         is_best = acc > best_acc
         best_acc = max(best_acc, acc)
-        row = dict(epoch=epoch, train_loss=loss_sum / max(n_seen, 1), val_loss=val_loss, val_top1=acc,
-                   lr=optimizer.param_groups[0]["lr"], images_per_s=n_seen * dist_info.world / max(epoch_time, 1e-9),
+        row = dict(epoch=epoch, train_loss=loss_sum / max(n_total, 1), val_loss=val_loss, val_top1=acc,
+                   lr=optimizer.param_groups[0]["lr"], images_per_s=n_total / max(epoch_time, 1e-9),
                    epoch_time_s=epoch_time)
         history.append(row)
         if main:
