@@ -1,6 +1,6 @@
 """The ``qsnn`` command: ``demo`` (a tour of the ops on this machine), ``info``, ``models`` (the
-registered architectures) and ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
-paper's Table 2 beside ours)."""
+registered architectures), ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
+paper's Table 2 beside ours) and ``sweep`` (train every W/S/T split of a Bit Budget: qsnn_kernels.sweep)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,11 @@ def main(argv=None) -> int:
                         help="a multi-level spike in SOPs: S_in operations (bits, default) or one")
     budget.add_argument("--json", action="store_true", help="machine-readable output")
     budget.set_defaults(func=_budget)
+    from . import sweep as _sweep  # light: imports torch/matplotlib only when the command runs
+
+    sweep = sub.add_parser("sweep", help="train every W/S/T split of a Bit Budget; table and plots")
+    _sweep.add_arguments(sweep)
+    sweep.set_defaults(func=_sweep.main)
     args = parser.parse_args(argv)
     return args.func(args)
 
