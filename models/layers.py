@@ -115,9 +115,18 @@ def check_image_input(x, in_chans: int, name: str, img_size: int | tuple[int, in
 # --------------------------------------------------------------------------- time helpers
 
 
-def encode_direct(x: torch.Tensor, t_steps: int) -> torch.Tensor:
+def encode_direct(x: torch.Tensor, t_steps: int, *, events: bool = False) -> torch.Tensor:
     """Direct encoding: ``[B, ...]`` -> ``[T, B, ...]``, the same real-valued frame at every step
-    (an expanded view, no copy)."""
+    (an expanded view, no copy).
+
+    ``events=True``: ``x`` is already one frame per step, ``[B, T, ...]`` (event data binned into
+    T frames), and frame t is the input at step t: returns the ``[T, B, ...]`` view
+    ``x.transpose(0, 1)``. ValueError when its dim 1 is not ``t_steps``."""
+    if events:
+        if x.dim() < 2 or x.shape[1] != t_steps:
+            raise ValueError(f"encode_direct: event input must be [B, T={t_steps}, ...] frames, "
+                             f"got shape {tuple(x.shape)}")
+        return x.transpose(0, 1)
     return x.unsqueeze(0).expand(t_steps, *x.shape)
 
 

@@ -1,6 +1,6 @@
 """The ``qsnn`` command: ``demo`` (a tour of the ops on this machine), ``info``, ``models`` (the
-registered architectures), ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
-paper's Table 2 beside ours) and ``sweep`` (train every W/S/T split of a Bit Budget: qsnn_kernels.sweep)."""
+registered architectures), ``train`` (:mod:`qsnn_kernels.train`), ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
+paper's Table 2 beside ours) and ``sweep`` (train every W/S/T split of a Bit Budget: :mod:`qsnn_kernels.sweep`)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _train(args) -> int:
+    from .train import main as train_main
+
+    return train_main(args.train_args)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # every flag belongs to `qsnn train` (see python -m qsnn_kernels.train --help)
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="qsnn", description="qsnn_kernels: kernels for quantized SNNs")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the ops once on this machine and check them")
@@ -133,6 +144,10 @@ def main(argv=None) -> int:
     sweep = sub.add_parser("sweep", help="train every W/S/T split of a Bit Budget; table and plots")
     _sweep.add_arguments(sweep)
     sweep.set_defaults(func=_sweep.main)
+    train = sub.add_parser("train", help="train a model (embedded digits by default); `qsnn train --help`",
+                           add_help=False)
+    train.add_argument("train_args", nargs=argparse.REMAINDER)
+    train.set_defaults(func=_train)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,43 @@
+"""`build_dataset`: one entry point from a data set name to a DatasetInfo."""
+
+from __future__ import annotations
+
+from .common import DatasetInfo, check_common
+
+DATASETS = ("digits", "digits-events", "cifar10", "cifar100", "imagenet",
+            "cifar10-dvs", "dvs128-gesture", "n-caltech101")
+
+
+def build_dataset(name: str, root: str | None, split: str, *, t_steps: int,
+                  input_size: int | None = None, augment: bool = False,
+                  on_error: str = "skip", cache_dir: str | None = None) -> DatasetInfo:
+    """Build a data set by name.
+
+    name: one of DATASETS. root: the data folder (None for the embedded "digits" and
+    "digits-events"). split: "train" or "val". t_steps: frames per event sample (ignored by static
+    data sets). input_size: image side for "imagenet" (default 224); others have a fixed size.
+    augment: training augmentation (cifar, imagenet). on_error: "skip" a corrupt file and count it
+    in DatasetInfo.skipped, or "raise" an error naming the file. cache_dir: where event frames are
+    cached (default $QSNN_CACHE_DIR or ~/.cache/qsnn_kernels).
+
+    Samples: static x float32 [C, H, W]; event x float32 [T, C, H, W]. Errors: ValueError for an
+    unknown name or bad argument; FileNotFoundError naming the expected layout for a missing folder.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    check_common(split, t_steps, on_error)
+    if name == "digits":
+        from .digits import build_digits
+        return build_digits(split)
+    if name == "digits-events":
+        from .digits_events import build_digits_events
+        return build_digits_events(split, t_steps, cache_dir=cache_dir)
+    if name in ("cifar10", "cifar100"):
+        from .images import build_cifar
+        return build_cifar(name, root, split, augment=augment, on_error=on_error)
+    if name == "imagenet":
+        from .images import build_imagenet
+        return build_imagenet(root, split, input_size=input_size or 224, augment=augment,
+                              on_error=on_error)
+    from .events import build_tonic
+    return build_tonic(name, root, split, t_steps, on_error=on_error, cache_dir=cache_dir)

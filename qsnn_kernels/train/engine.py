@@ -1,0 +1,244 @@
+"""The training loop behind ``qsnn train``: :func:`run` (one process, or one rank under ``torchrun``).
+
+Built on timm's utilities: ``timm.create_model`` (our ``qsnn_`` registry), ``create_optimizer_v2``,
+``create_scheduler_v2`` (stepped per epoch, warmup included), ``LabelSmoothingCrossEntropy`` /
+``SoftTargetCrossEntropy`` with ``timm.data.Mixup``, ``ModelEmaV3``.
+
+Determinism and resume: every random choice of epoch ``e`` comes from seeds derived from
+``(seed, e, rank)`` set at the start of the epoch (the sampler's permutation: DistributedSampler
+``seed`` + ``set_epoch(e)``; mixup, dropout, augmentation: torch / numpy / random reseeded), so a run
+resumed after epoch ``e`` draws exactly what the uninterrupted run drew. The checkpoint also keeps
+the RNG states, optimizer, scheduler, EMA and epoch.
+
+Data parallel: under ``torchrun`` (WORLD_SIZE > 1) the process group is gloo on CPU, nccl on CUDA;
+each rank reads ``batch_size // world`` samples per step (``batch_size`` is the GLOBAL batch), the
+DistributedSampler gives rank r the positions ``r, r + world, ...`` of the epoch's permutation, so
+one step's samples over all ranks are the ones a single process reads with the same global batch.
+DDP averages the gradients, which equals the single-process mean loss's gradient up to float
+summation order. Batch norm computes statistics per rank (no SyncBatchNorm: it does not run on CPU),
+so with batch norm the runs differ by that. Validation runs on the whole val set on every rank;
+rank 0 logs, writes metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .config import TrainConfig, parse_wst
+
+__all__ = ["run", "resolve_model_name", "DistInfo"]
+
+
+class DistInfo:
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, owned: bool = False):
+        self.rank, self.world, self.local_rank, self.owned = rank, world, local_rank, owned
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_type: str) -> DistInfo:
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, owned=False)
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, owned=True)
+
+
+def resolve_model_name(name: str) -> str:
+    """The registered ``qsnn_`` name for ``name`` (prefix optional); ValueError listing close names."""
+    from .. import models
+    from ..models import tiny  # noqa: F401  (registers qsnn_spiking_cnn_tiny)
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"--model must be a model name, got {name!r}")
+    full = name if name.startswith(models.PREFIX) else models.PREFIX + name
+    if full not in models.list_models():
+        models.create_model(full)  # raises the ValueError with the close names
+    return full
+
+
+def _resolve_device(cfg: TrainConfig, dist_info: DistInfo | None = None) -> torch.device:
+    dev = cfg.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(dev)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def _check_config(cfg: TrainConfig) -> tuple[int, int, int]:
+    w, s, t = parse_wst(cfg.wst)
+    from ..models.layers import check_model_args
+
+    try:
+        check_model_args(w, s, t)
+    except ValueError as e:
+        raise ValueError(f"--wst {cfg.wst}: {e}") from None
+    for name in ("epochs", "batch_size"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {v!r}")
+    if cfg.amp not in ("auto", "bf16", "none"):
+        raise ValueError(f"--amp must be auto, bf16 or none, got {cfg.amp!r}")
+    if cfg.on_error not in ("skip", "raise"):
+        raise ValueError(f"--on-error must be skip or raise, got {cfg.on_error!r}")
+    if not (0.0 <= cfg.smoothing < 1.0) or cfg.mixup < 0 or cfg.cutmix < 0:
+        raise ValueError("--smoothing must be in [0, 1), --mixup and --cutmix >= 0")
+    return w, s, t
+
+
+def _dataset_name(cfg: TrainConfig) -> str:
+    if not cfg.events:
+        return cfg.data
+    if cfg.data == "digits":
+        return "digits-events"
+    if cfg.data in ("digits-events", "cifar10-dvs", "dvs128-gesture", "n-caltech101"):
+        return cfg.data
+    raise ValueError(f"--events: {cfg.data!r} has no event variant; use digits or an event data set")
+
+
+def _build_data(cfg: TrainConfig, t_steps: int):
+    from ..data import build_dataset
+
+    name = _dataset_name(cfg)
+    kw = dict(t_steps=t_steps, input_size=cfg.input_size, on_error=cfg.on_error)
+    augment = cfg.augment or cfg.randaug is not None
+    train = build_dataset(name, cfg.data_root, "train", augment=augment, **kw)
+    val = build_dataset(name, cfg.data_root, "val", augment=False, **kw)
+    return train, val
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    s = (seed * 1_000_003 + epoch * 1009 + rank) % (2 ** 31)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _loaders(cfg, train_info, val_info, dist_info, batch_per_rank, epoch_gen):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    drop_last = cfg.mixup > 0 or cfg.cutmix > 0
+    sampler = DistributedSampler(train_info.dataset, num_replicas=dist_info.world, rank=dist_info.rank,
+                                 shuffle=True, seed=cfg.seed, drop_last=drop_last)
+    train = DataLoader(train_info.dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=cfg.workers,
+                       drop_last=drop_last, generator=epoch_gen, persistent_workers=False)
+    val = DataLoader(val_info.dataset, batch_size=max(batch_per_rank, 64), shuffle=False, num_workers=cfg.workers)
+    return sampler, train, val
+
+
+def _criterion(cfg, num_classes):
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mix = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                    num_classes=num_classes)
+        return mix, SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return None, nn.CrossEntropyLoss()
+
+
+@torch.no_grad()
+def _evaluate(model, loader, device, autocast):
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            out = model(x)
+        out = out.float()
+        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        n += y.numel()
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def _autocast_factory(cfg, device):
+    import contextlib
+
+    if cfg.amp == "bf16" and device.type != "cuda":
+        raise ValueError("--amp bf16 runs on CUDA only (this CPU has no bf16 units); use --amp none or auto")
+    if device.type == "cuda" and cfg.amp in ("auto", "bf16"):
+        return lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _profile_report(model, val_info, device, t_steps, model_name):
+    from ..metrics import profile
+
+    x, _ = val_info.dataset[0]
+    b = min(len(val_info.dataset), 16)
+    if b == t_steps and b > 1:
+        b -= 1
+    xs = torch.stack([val_info.dataset[i][0] for i in range(b)]).to(device)
+    del x
+    prof = profile(model, xs, model_name=model_name)
+    tot = prof.totals
+    return dict(params=int(tot.get("params_count", sum(p.numel() for p in model.parameters()))),
+                bit_budget=tot.get("bit_budget"), s_ace=tot.get("s_ace"), ns_ace=tot.get("ns_ace"),
+                firing_rate={rec.name: rec.firing_rate for rec in prof.layers})
+
+
+def run(config: TrainConfig) -> dict:
+    """Train ``config.model`` on ``config.data`` and return the final report (also written as
+    ``report.json`` in ``config.output``): ``top1`` (final val accuracy, of the EMA model when
+    ``model_ema``), ``best_top1``, ``epochs``, ``wall_time_s``, ``images_per_s`` (training),
+    ``params``, ``bit_budget``, ``s_ace``, ``ns_ace``, ``firing_rate`` ({layer: rate}) from
+    :func:`qsnn_kernels.metrics.profile` on val samples, ``model``, ``wst``, ``data``, ``world_size``.
+
+    Raises ValueError (unknown model, impossible W/S/T, bad option, a checkpoint of another model),
+    FileNotFoundError (missing data folder or checkpoint) before training starts."""
+    from .loop import train_loop
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"run: expected a TrainConfig, got {type(config).__name__}")
+    cfg = config
+    wst = _check_config(cfg)
+    model_name = resolve_model_name(cfg.model)
+    device = _resolve_device(cfg)
+    autocast = _autocast_factory(cfg, device)
+    if cfg.events and cfg.cutmix > 0:
+        raise ValueError("--cutmix cuts image patches; it does not apply to --events frames")
+    dist_info = _init_distributed(device.type)
+    try:
+        if device.type == "cuda" and dist_info.world > 1 and device.index is None:
+            device = torch.device("cuda", dist_info.local_rank)
+            torch.cuda.set_device(device)
+        if cfg.batch_size % dist_info.world:
+            raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the "
+                             f"{dist_info.world} processes")
+        train_info, val_info = _build_data(cfg, wst[2])
+        torch.manual_seed(cfg.seed)
+        kw = dict(cfg.model_kwargs or {})
+        kw.update(w_bits=wst[0], s_bits=wst[1], t_steps=wst[2], num_classes=train_info.num_classes,
+                  in_chans=train_info.in_chans)
+        from .. import models
+
+        model = models.create_model(model_name, **kw).to(device)
+        return train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast)
+    finally:
+        if dist_info.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

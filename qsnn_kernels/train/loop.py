@@ -1,0 +1,160 @@
+"""The epoch loop of :func:`qsnn_kernels.train.run`: optimizer, schedule, EMA, resume, the run folder
+(config.yaml, metrics.jsonl, last.pt, best.pt, report.json) and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .engine import _criterion, _evaluate, _loaders, _profile_report, _seed_epoch
+
+__all__ = ["train_loop"]
+
+
+def _write_config(cfg, path):
+    import yaml
+
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+
+
+def _read_metrics(path, upto_epoch):
+    """The metrics.jsonl rows of epochs < upto_epoch (what a resumed run keeps)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r["epoch"] < upto_epoch]
+
+
+def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast) -> dict:
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+
+    main = dist_info.main
+    out = cfg.output
+    if main:
+        os.makedirs(out, exist_ok=True)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=max(cfg.epochs // 3, 1),
+                                       warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
+                                       min_lr=cfg.min_lr)
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    mixup, criterion = _criterion(cfg, train_info.num_classes)
+    start_epoch, best_acc, history = 0, -1.0, []
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    if cfg.resume:
+        path = cfg.resume if isinstance(cfg.resume, str) else os.path.join(out, "last.pt")
+        ckpt = load_checkpoint(path, model_name, wst)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, best_acc = ckpt["epoch"] + 1, ckpt["best_acc"]
+        history = _read_metrics(metrics_path, start_epoch)
+    if scheduler is not None:
+        scheduler.step(start_epoch)
+    train_model = model
+    if dist_info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if main:
+        _write_config(cfg, os.path.join(out, "config.yaml"))
+        with open(metrics_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in history)
+    batch_per_rank = cfg.batch_size // dist_info.world
+    gen = torch.Generator()
+    sampler, train_loader, val_loader = _loaders(cfg, train_info, val_info, dist_info, batch_per_rank, gen)
+    t_start, images_total, train_time = time.perf_counter(), 0, 0.0
+    acc = best_acc
+    for epoch in range(start_epoch, cfg.epochs):
+        _seed_epoch(cfg.seed, epoch, dist_info.rank)
+        gen.manual_seed(cfg.seed + epoch)
+        sampler.set_epoch(epoch)
+        train_model.train()
+        steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
+        bar = None
+        if main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
+        loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+        for step, (x, y) in enumerate(train_loader):
+            if step >= steps:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)
+            with autocast():
+                logits = train_model(x)
+            loss = criterion(logits.float(), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch + 1} step {step}: the loss is {loss.item()}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            loss_sum += loss.item() * y.shape[0]
+            n_seen += y.shape[0]
+            if bar is not None:
+                el = time.perf_counter() - t0
+                bar.update(1)
+                if step % max(cfg.log_interval, 1) == 0 or step == steps - 1:
+                    bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", img_s=f"{n_seen * dist_info.world / max(el, 1e-9):.0f}")
+        epoch_time = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        train_time += epoch_time
+        images_total += n_seen * dist_info.world
+        if scheduler is not None:
+            scheduler.step(epoch + 1)
+        eval_model = ema.module if ema is not None else model
+        val_loss, acc = _evaluate(eval_model, val_loader, device, autocast)
+        is_best = acc > best_acc
+        best_acc = max(best_acc, acc)
+        row = dict(epoch=epoch, train_loss=loss_sum / max(n_seen, 1), val_loss=val_loss, val_top1=acc,
+                   lr=optimizer.param_groups[0]["lr"], images_per_s=n_seen * dist_info.world / max(epoch_time, 1e-9),
+                   epoch_time_s=epoch_time)
+        history.append(row)
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            ckpt = dict(model_name=model_name, wst=list(wst), epoch=epoch, best_acc=best_acc,
+                        model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict() if scheduler is not None else None,
+                        ema=ema.state_dict() if ema is not None else None, rng=rng_state(), config=cfg.to_dict(),
+                        num_classes=train_info.num_classes, in_chans=train_info.in_chans)
+            save_atomic(ckpt, os.path.join(out, "last.pt"))
+            if is_best:
+                save_atomic(ckpt, os.path.join(out, "best.pt"))
+            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                  f"val top1 {acc * 100:.2f}%  {row['images_per_s']:.0f} img/s  {epoch_time:.1f}s", flush=True)
+    final_model = ema.module if ema is not None else model
+    report = dict(model=model_name, wst="/".join(map(str, wst)), data=train_info_name(cfg), epochs=cfg.epochs,
+                  top1=acc, best_top1=best_acc, wall_time_s=time.perf_counter() - t_start,
+                  train_time_s=train_time, images_per_s=images_total / train_time if train_time > 0 else None,
+                  world_size=dist_info.world, skipped_files=int(getattr(train_info, "skipped", 0))
+                  + int(getattr(val_info, "skipped", 0)))
+    report.update(_profile_report(final_model, val_info, device, wst[2], model_name))
+    if main:
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def train_info_name(cfg) -> str:
+    from .engine import _dataset_name
+
+    return _dataset_name(cfg)
