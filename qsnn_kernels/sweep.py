@@ -76,67 +76,49 @@ def split_dirname(w: int, s: int, t: int) -> str:
 # One row per split, from the training report
 # ---------------------------------------------------------------------------------------------------
 
-def _lookup(d: dict, *keys):
-    """The first of ``keys`` present (not None) in ``d`` or in its ``profile``/``totals`` parts."""
-    places = [d]
-    for part in ("totals", "profile", "metrics"):
-        sub = d.get(part)
-        if isinstance(sub, dict):
-            places.append(sub)
-            if isinstance(sub.get("totals"), dict):
-                places.append(sub["totals"])
-    for place in places:
-        for k in keys:
-            if place.get(k) is not None:
-                return place[k]
-    return None
-
-
 def _layer_rates(report: dict) -> dict:
-    """{layer name: firing rate} from the report: a ``firing_rate`` mapping or list of
-    {name, firing_rate} rows, else the profile's layer records (spike-input layers only)."""
-    fr = _lookup(report, "firing_rate_per_layer", "firing_rates", "firing_rate")
-    if isinstance(fr, dict):
-        return {str(k): float(v) for k, v in fr.items() if v is not None}
-    if isinstance(fr, list) and all(isinstance(r, dict) for r in fr):
-        return {str(r.get("name", i)): float(r["firing_rate"]) for i, r in enumerate(fr)
-                if r.get("firing_rate") is not None}
-    profile = report.get("profile")
-    layers = profile.get("layers") if isinstance(profile, dict) else None
-    if isinstance(layers, list):
-        return {str(r["name"]): float(r["firing_rate"]) for r in layers
-                if isinstance(r, dict) and r.get("in_bits") is not None and r.get("firing_rate") is not None}
-    return {}
+    """{layer name: firing rate} from the report's ``firing_rate`` mapping (empty when absent)."""
+    fr = report.get("firing_rate")
+    if not isinstance(fr, dict):
+        return {}
+    return {str(k): float(v) for k, v in fr.items() if v is not None}
 
 
-def _percent(acc):
-    """Accuracy as a percentage: reports holding a fraction (<= 1) are scaled by 100."""
-    if acc is None:
-        return None
-    acc = float(acc)
-    return acc * 100.0 if acc <= 1.0 else acc
+def _params_16bit_m(report: dict, w_bits: int):
+    from .metrics import formulas
+
+    count = report.get("params")
+    return None if count is None else formulas.params_16bit_equivalent(int(count), w_bits) / 1e6
 
 
 def row_from_report(split: tuple[int, int, int], report: dict | None, wall_s: float | None,
                     error: str | None = None) -> dict:
-    """One table row: :data:`COLUMNS` plus ``w_bits``, ``s_bits``, ``t_steps``, ``best_accuracy``,
-    ``firing_rate_per_layer`` ({layer: rate}) and ``error``. ``accuracy`` is the final top-1 val
-    accuracy in percent; ``mean_firing_rate`` the unweighted mean over the layers the report lists;
-    ``bit_budget`` the report's, else W * S * T. Missing figures are None. ``wall_s`` is the time
-    :func:`run_sweep` measured around the run (data loading, training, profiling)."""
+    """One table row from the report of :func:`qsnn_kernels.train.run` (keys read: ``top1`` and
+    ``best_top1`` as fractions, ``bit_budget``, ``s_ace``, ``ns_ace``, ``params``, ``firing_rate``
+    {layer: rate}; any of them may be missing, giving None).
+
+    Row: :data:`COLUMNS` plus ``w_bits``, ``s_bits``, ``t_steps``, ``best_accuracy``,
+    ``firing_rate_per_layer`` and ``error``. ``accuracy`` is the final top-1 val accuracy in percent;
+    ``bit_budget`` the report's, else W * S * T; ``params_16bit_m`` the paper's parameter figure
+    ``params * W / 16`` in millions; ``mean_firing_rate`` the unweighted mean over every layer the
+    report lists (the training report includes layers whose input is real-valued, such as the
+    encoding conv and a head after a mean over space: their rate is the nonzero fraction of that
+    input); ``wall_s`` the time :func:`run_sweep` measured around the whole run (data, training,
+    profiling); ``error`` the exception text of a failed split (then ``status`` is "failed")."""
     w, s, t = split
     report = report or {}
     rates = _layer_rates(report)
-    bb = _lookup(report, "bit_budget")
+    bb = report.get("bit_budget")
+    top1, best = report.get("top1"), report.get("best_top1")
     return {
         "wst": f"{w}/{s}/{t}", "w_bits": w, "s_bits": s, "t_steps": t,
         "bit_budget": int(bb) if bb is not None else w * s * t,
-        "accuracy": _percent(_lookup(report, "accuracy", "acc1", "top1", "val_accuracy")),
-        "best_accuracy": _percent(_lookup(report, "best_accuracy", "best_acc1", "best_top1")),
-        "s_ace": _lookup(report, "s_ace"),
-        "ns_ace": _lookup(report, "ns_ace"),
+        "accuracy": None if top1 is None else 100.0 * float(top1),
+        "best_accuracy": None if best is None else 100.0 * float(best),
+        "s_ace": report.get("s_ace"),
+        "ns_ace": report.get("ns_ace"),
         "mean_firing_rate": sum(rates.values()) / len(rates) if rates else None,
-        "params_16bit_m": _lookup(report, "params_16bit_m"),
+        "params_16bit_m": _params_16bit_m(report, w),
         "wall_s": wall_s,
         "status": "ok" if error is None else "failed",
         "error": error,
