@@ -12,6 +12,8 @@ digits by default) in its own sub-run folder and writes, in the sweep folder:
   ``firing_rate_per_layer.png`` (a heatmap, splits x layers);
 
 and prints the table in the terminal (with ``rich`` when it is installed, plain text otherwise).
+Splits of one budget share their S-ACE (that is what the budget means), so give several budgets
+(``qsnn sweep --budget 2,4,8``) to spread the accuracy-against-S-ACE plot along its axis.
 
     from qsnn_kernels.sweep import splits, run_sweep
     from qsnn_kernels.train import TrainConfig
@@ -189,11 +191,18 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
     # Fig. 4-like: accuracy against S-ACE, log x axis, each point labelled by its split.
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     pts = [r for r in ok if r["s_ace"] is not None and r["s_ace"] > 0]
+    budgets = sorted({r["bit_budget"] for r in rows})
+    colors = {b: f"C{i % 10}" for i, b in enumerate(budgets)}
+    for b in budgets:
+        mine = [r for r in pts if r["bit_budget"] == b]
+        if mine:
+            ax.scatter([r["s_ace"] for r in mine], [r["accuracy"] for r in mine], s=36, color=colors[b],
+                       label=f"BB {b}")
     for r in pts:
-        ax.scatter(r["s_ace"], r["accuracy"], s=36)
         ax.annotate(r["wst"], (r["s_ace"], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if pts:
         ax.set_xscale("log")
+        ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("S-ACE per sample (log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{title}: accuracy against S-ACE")
@@ -204,7 +213,7 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(max(6.4, 0.7 * len(rows) + 2), 4.8))
     x = np.arange(len(rows))
     acc = [r["accuracy"] if r["accuracy"] is not None else 0.0 for r in rows]
-    bars = ax.bar(x, acc, color="tab:blue")
+    bars = ax.bar(x, acc, color=[colors[r["bit_budget"]] for r in rows])
     for b, r in zip(bars, rows):
         label = f"{r['accuracy']:.1f}" if r["accuracy"] is not None else "failed"
         ax.annotate(label, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
@@ -232,7 +241,7 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.5 * np.nanmax(grid) else "k")
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [r["wst"] for r in rows])
-    ax.set_xlabel("layer (input spikes)")
+    ax.set_xlabel("layer (rate of its input)")
     ax.set_ylabel("W/S/T")
     ax.set_title(f"{title}: firing rate per layer")
     fig.colorbar(im, ax=ax, label="firing rate (nonzero fraction)")
@@ -249,12 +258,13 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def write_outputs(rows: list[dict], output_dir: str, *, budget: int | None = None, title: str | None = None,
+def write_outputs(rows: list[dict], output_dir: str, *, budget: int | list | None = None, title: str | None = None,
                   extra: dict | None = None) -> dict:
     """Write ``sweep.csv`` (the :data:`COLUMNS` plus ``error``), ``sweep.json`` (budget, extra, all
     row fields) and the three PNGs into ``output_dir`` (created). Returns {kind: path}."""
     os.makedirs(output_dir, exist_ok=True)
-    title = title or (f"Bit Budget {budget}" if budget is not None else "sweep")
+    title = title or (_budget_title(budget if isinstance(budget, list) else [budget]) if budget is not None
+                      else "sweep")
     csv_path = os.path.join(output_dir, "sweep.csv")
     keys = [k for k, _ in COLUMNS] + ["best_accuracy", "error"]
     with open(csv_path, "w", newline="") as f:
@@ -282,8 +292,29 @@ def _default_train_fn():
     return run
 
 
-def run_sweep(budget: int, base_config, output_dir: str, *, train_fn=None, quiet: bool = False) -> list[dict]:
-    """Train every split of :func:`splits` (``budget``) and write the table and plots.
+def _budgets(budget) -> list[int]:
+    """One budget or a non-empty sequence of distinct ones -> a list (each checked by :func:`splits`)."""
+    if isinstance(budget, (list, tuple)):
+        if not budget:
+            raise ValueError("run_sweep: give at least one budget")
+        if len(set(budget)) != len(budget):
+            raise ValueError(f"run_sweep: budgets repeat: {list(budget)}")
+        for b in budget:
+            splits(b)
+        return list(budget)
+    splits(budget)
+    return [budget]
+
+
+def _budget_title(budgets: list[int]) -> str:
+    return f"Bit Budget {budgets[0]}" if len(budgets) == 1 else f"Bit Budgets {', '.join(map(str, budgets))}"
+
+
+def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn=None,
+              quiet: bool = False) -> list[dict]:
+    """Train every split of :func:`splits` (``budget``; or of each budget of a list, in its order)
+    and write the table and plots. One budget gives splits of equal S-ACE (the point of the Bit
+    Budget), so the accuracy-against-S-ACE plot is a column; several budgets spread it out.
 
     ``base_config``: a :class:`qsnn_kernels.train.TrainConfig` (any dataclass with ``wst`` and
     ``output`` fields): each split runs with ``dataclasses.replace(base_config, wst="W/S/T",
@@ -296,7 +327,8 @@ def run_sweep(budget: int, base_config, output_dir: str, *, train_fn=None, quiet
     ``error``) and the sweep goes on. Returns the rows (see :func:`row_from_report`) after writing
     :func:`write_outputs` into ``output_dir`` and printing the table (unless ``quiet``).
     """
-    todo = splits(budget)
+    budgets = _budgets(budget)
+    todo = [split for b in budgets for split in splits(b)]
     if not dataclasses.is_dataclass(base_config) or isinstance(base_config, type):
         raise TypeError(f"run_sweep: base_config must be a TrainConfig instance, got {type(base_config).__name__}")
     names = {f.name for f in dataclasses.fields(base_config)}
@@ -327,8 +359,9 @@ def run_sweep(budget: int, base_config, output_dir: str, *, train_fn=None, quiet
             raise TypeError(f"sweep split {wst}: the training run returned {type(report).__name__}, not a report dict")
         rows.append(row_from_report((w, s, t), report, time.perf_counter() - t0))
     extra = {"base_config": _jsonable(dataclasses.asdict(base_config))}
-    title = f"Bit Budget {budget}, {getattr(base_config, 'model', '')}".rstrip(", ")
-    paths = write_outputs(rows, output_dir, budget=budget, title=title, extra=extra)
+    title = f"{_budget_title(budgets)}, {getattr(base_config, 'model', '')}".rstrip(", ")
+    paths = write_outputs(rows, output_dir, budget=budgets[0] if len(budgets) == 1 else budgets, title=title,
+                          extra=extra)
     if not quiet:
         print_table(rows, title=title)
         print(f"table: {paths['csv']}, {paths['json']}\nplots: {', '.join(paths['png'])}")
@@ -343,14 +376,21 @@ def _jsonable(d: dict) -> dict:
 # CLI: qsnn sweep
 # ---------------------------------------------------------------------------------------------------
 
-def _budget_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"the Bit Budget must be a positive integer (W * S * T), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"the Bit Budget must be a positive integer (W * S * T), got {value}")
-    return value
+def _budget_arg(text: str) -> list[int]:
+    """``8`` or ``2,4,8`` -> [8] or [2, 4, 8]: positive integers, no repeats."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"the Bit Budget must be a positive integer (W * S * T) or a comma-separated list, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"the Bit Budget must be a positive integer (W * S * T), got {value}")
+        if value in values:
+            raise argparse.ArgumentTypeError(f"budget {value} is given twice in {text!r}")
+        values.append(value)
+    return values
 
 
 def _positive_int(text: str) -> int:
@@ -384,7 +424,8 @@ def _set_value(text: str):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``qsnn sweep`` flags (the subcommand's parser is built by cli.py)."""
     parser.add_argument("--budget", type=_budget_arg, required=True,
-                        help="Bit Budget BB = W * S * T; every split with W, S in 1, 2, 4, 8 is trained")
+                        help="Bit Budget BB = W * S * T, or several (2,4,8); every split with W, S in 1, 2, 4, 8 "
+                             "and T >= 1 is trained (a budget without a factor 2, such as 3, has only 1/1/BB)")
     parser.add_argument("--model", help="registered model (default: the training default)")
     parser.add_argument("--epochs", type=_positive_int, default=3, help="epochs per split (default 3: short runs)")
     parser.add_argument("--output", default=None, help="sweep folder (default runs/sweep-bb<BUDGET>)")
@@ -425,13 +466,14 @@ def main(args) -> int:
     """``qsnn sweep``: exit 0 when every split trained, 1 when some failed, 2 on bad input."""
     try:
         config = base_config_from_args(args)
-        output = args.output or f"runs/sweep-bb{args.budget}"
-        rows = run_sweep(args.budget, config, output, quiet=args.quiet)
+        output = args.output or f"runs/sweep-bb{'-'.join(map(str, args.budget))}"
+        budget = args.budget[0] if len(args.budget) == 1 else args.budget
+        rows = run_sweep(budget, config, output, quiet=args.quiet)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"qsnn sweep: error: {exc}", file=sys.stderr)
         return 2
     if args.quiet:
-        print_table(rows, title=f"Bit Budget {args.budget}")
+        print_table(rows, title=_budget_title(args.budget))
     failed = [r["wst"] for r in rows if r["status"] != "ok"]
     if failed:
         print(f"qsnn sweep: {len(failed)} split(s) failed: {', '.join(failed)} (see sweep.json)", file=sys.stderr)

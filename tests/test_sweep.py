@@ -125,6 +125,21 @@ def test_run_sweep_with_fake_training_writes_table_and_plots(tmp_path, capsys):
     assert "S-ACE" in out and "NS-ACE" in out
 
 
+def test_several_budgets_one_sweep(tmp_path):
+    from matplotlib.image import imread
+
+    rows = sweep.run_sweep([2, 4], FakeConfig(), tmp_path, train_fn=fake_report, quiet=True)
+    assert [(r["w_bits"], r["s_bits"], r["t_steps"]) for r in rows] == sweep.splits(2) + sweep.splits(4)
+    assert [r["bit_budget"] for r in rows] == [2] * 3 + [4] * 6
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert data["budget"] == [2, 4] and len(data["rows"]) == 9
+    assert imread(tmp_path / "accuracy_vs_s_ace.png").ndim == 3
+    with pytest.raises(ValueError, match="repeat"):
+        sweep.run_sweep([2, 2], FakeConfig(), tmp_path, train_fn=fake_report, quiet=True)
+    with pytest.raises(ValueError, match="at least one"):
+        sweep.run_sweep([], FakeConfig(), tmp_path, train_fn=fake_report, quiet=True)
+
+
 def test_failed_split_is_recorded_and_others_continue(tmp_path, capsys):
     def train(config):
         if config.wst == "1/2/1":
@@ -179,12 +194,30 @@ def test_format_table_plain_text():
 
 # ------------------------------------------------------------------------------------------- CLI
 
-@pytest.mark.parametrize("budget", ["0", "-4", "3.5", "eight"])
+@pytest.mark.parametrize("budget", ["0", "-4", "3.5", "eight", "2,x", "4,0", ""])
 def test_cli_bad_budget(budget, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["sweep", "--budget", budget])
     assert exc.value.code == 2
     assert "Bit Budget must be a positive integer" in capsys.readouterr().err
+
+
+def test_cli_budget_repeated(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sweep", "--budget", "4,2,4"])
+    assert exc.value.code == 2 and "given twice" in capsys.readouterr().err
+
+
+def test_cli_bad_training_option_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("qsnn_kernels.train", reason="qsnn_kernels.train (branch train-core) is not importable")
+    assert cli.main(["sweep", "--budget", "2", "--output", str(tmp_path), "--set", "no_such_field=1"]) == 2
+    assert "no_such_field" in capsys.readouterr().err
+    assert cli.main(["sweep", "--budget", "2", "--output", str(tmp_path), "--set", "wst=1/1/2"]) == 2
+    assert "sets wst itself" in capsys.readouterr().err
+    assert cli.main(["sweep", "--budget", "2", "--output", str(tmp_path), "--model", "no_such_model",
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "split 1/1/2" in err and "no_such_model" in err
 
 
 def test_cli_budget_required(capsys):
