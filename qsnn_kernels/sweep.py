@@ -259,9 +259,9 @@ def _save(fig, path: str) -> str:
 
 
 def write_outputs(rows: list[dict], output_dir: str, *, budget: int | list | None = None, title: str | None = None,
-                  extra: dict | None = None) -> dict:
+                  extra: dict | None = None, plots: bool = True) -> dict:
     """Write ``sweep.csv`` (the :data:`COLUMNS` plus ``error``), ``sweep.json`` (budget, extra, all
-    row fields) and the three PNGs into ``output_dir`` (created). Returns {kind: path}."""
+    row fields) and, with ``plots``, the three PNGs into ``output_dir`` (created). Returns {kind: path}."""
     os.makedirs(output_dir, exist_ok=True)
     title = title or (_budget_title(budget if isinstance(budget, list) else [budget]) if budget is not None
                       else "sweep")
@@ -275,7 +275,7 @@ def write_outputs(rows: list[dict], output_dir: str, *, budget: int | list | Non
     json_path = os.path.join(output_dir, "sweep.json")
     with open(json_path, "w") as f:
         json.dump({"budget": budget, **(extra or {}), "rows": rows}, f, indent=2)
-    pngs = _plots(rows, output_dir, title)
+    pngs = _plots(rows, output_dir, title) if plots else []
     return {"csv": csv_path, "json": json_path, "png": pngs}
 
 
@@ -310,8 +310,35 @@ def _budget_title(budgets: list[int]) -> str:
     return f"Bit Budget {budgets[0]}" if len(budgets) == 1 else f"Bit Budgets {', '.join(map(str, budgets))}"
 
 
+#: Config fields that do not change a run's result: a finished run that differs only in these is reused.
+_NOT_RESULT_FIELDS = ("output", "progress", "log_interval", "resume", "workers")
+
+
+def _finished_report(config) -> dict | None:
+    """The report of a finished run of exactly this configuration in ``config.output`` (its
+    report.json, with a config.yaml equal to ``config`` except :data:`_NOT_RESULT_FIELDS`), else None."""
+    report_path = os.path.join(config.output, "report.json")
+    config_path = os.path.join(config.output, "config.yaml")
+    if not (os.path.isfile(report_path) and os.path.isfile(config_path)):
+        return None
+    try:
+        import yaml
+
+        with open(config_path) as f:
+            saved = yaml.safe_load(f)
+        with open(report_path) as f:
+            report = json.load(f)
+    except Exception:  # noqa: BLE001 - an unreadable leftover is simply trained again
+        return None
+    want = {k: v for k, v in _jsonable(dataclasses.asdict(config)).items() if k not in _NOT_RESULT_FIELDS}
+    if not isinstance(saved, dict) or not isinstance(report, dict):
+        return None
+    have = {k: saved.get(k) for k in want}
+    return report if have == want else None
+
+
 def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn=None,
-              quiet: bool = False) -> list[dict]:
+              quiet: bool = False, reuse: bool = False) -> list[dict]:
     """Train every split of :func:`splits` (``budget``; or of each budget of a list, in its order)
     and write the table and plots. One budget gives splits of equal S-ACE (the point of the Bit
     Budget), so the accuracy-against-S-ACE plot is a column; several budgets spread it out.
@@ -324,7 +351,11 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
     A split whose training raises ValueError or TypeError (bad configuration: an unknown model, a
     width it does not support) stops the sweep with that error, naming the split; any other error
     (e.g. a RuntimeError in the training loop) is recorded in that split's row (status "failed",
-    ``error``) and the sweep goes on. Returns the rows (see :func:`row_from_report`) after writing
+    ``error``) and the sweep goes on. ``reuse``: a split whose sub-run folder already holds a
+    finished run of the same configuration (see :func:`_finished_report`) is read, not trained
+    again (its ``wall_s`` is then the run's own ``wall_time_s``); so a sweep stopped half-way is
+    continued by running it again with ``reuse``. The CSV and JSON are rewritten after every split,
+    the plots at the end. Returns the rows (see :func:`row_from_report`) after writing
     :func:`write_outputs` into ``output_dir`` and printing the table (unless ``quiet``).
     """
     budgets = _budgets(budget)
@@ -339,6 +370,9 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
     output_dir = os.fspath(output_dir)
     train_fn = train_fn or _default_train_fn()
     os.makedirs(output_dir, exist_ok=True)
+    extra = {"base_config": _jsonable(dataclasses.asdict(base_config))}
+    title = f"{_budget_title(budgets)}, {getattr(base_config, 'model', '')}".rstrip(", ")
+    budget_field = budgets[0] if len(budgets) == 1 else budgets
     rows = []
     for i, (w, s, t) in enumerate(todo):
         wst = f"{w}/{s}/{t}"
@@ -346,6 +380,12 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
         if not quiet:
             print(f"[sweep {i + 1}/{len(todo)}] W/S/T {wst} -> {config.output}", flush=True)
         t0 = time.perf_counter()
+        done = _finished_report(config) if reuse else None
+        if done is not None:
+            if not quiet:
+                print(f"[sweep] W/S/T {wst}: reusing the finished run in {config.output}", flush=True)
+            rows.append(row_from_report((w, s, t), done, done.get("wall_time_s")))
+            continue
         try:
             report = train_fn(config)
         except (ValueError, TypeError) as exc:
@@ -358,10 +398,8 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
         if not isinstance(report, dict):
             raise TypeError(f"sweep split {wst}: the training run returned {type(report).__name__}, not a report dict")
         rows.append(row_from_report((w, s, t), report, time.perf_counter() - t0))
-    extra = {"base_config": _jsonable(dataclasses.asdict(base_config))}
-    title = f"{_budget_title(budgets)}, {getattr(base_config, 'model', '')}".rstrip(", ")
-    paths = write_outputs(rows, output_dir, budget=budgets[0] if len(budgets) == 1 else budgets, title=title,
-                          extra=extra)
+        write_outputs(rows, output_dir, budget=budget_field, extra=extra, plots=False)
+    paths = write_outputs(rows, output_dir, budget=budget_field, title=title, extra=extra)
     if not quiet:
         print_table(rows, title=title)
         print(f"table: {paths['csv']}, {paths['json']}\nplots: {', '.join(paths['png'])}")
@@ -437,6 +475,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="a YAML file of TrainConfig fields, the base of every split")
     parser.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[], metavar="KEY=VALUE",
                         help="any other TrainConfig field, e.g. --set max_steps_per_epoch=5 (repeatable)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the splits already finished in the sweep folder with the same settings "
+                             "(continue a stopped sweep)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines; the table is still printed")
 
 
@@ -468,7 +509,7 @@ def main(args) -> int:
         config = base_config_from_args(args)
         output = args.output or f"runs/sweep-bb{'-'.join(map(str, args.budget))}"
         budget = args.budget[0] if len(args.budget) == 1 else args.budget
-        rows = run_sweep(budget, config, output, quiet=args.quiet)
+        rows = run_sweep(budget, config, output, quiet=args.quiet, reuse=args.reuse)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"qsnn sweep: error: {exc}", file=sys.stderr)
         return 2

@@ -140,6 +140,54 @@ def test_several_budgets_one_sweep(tmp_path):
         sweep.run_sweep([], FakeConfig(), tmp_path, train_fn=fake_report, quiet=True)
 
 
+def _fake_training_with_run_folder(config):
+    """fake_report plus the run folder files reuse looks at (config.yaml, report.json)."""
+    import yaml
+
+    report = fake_report(config)
+    with open(os.path.join(config.output, "config.yaml"), "w") as f:
+        yaml.safe_dump(dataclasses.asdict(config), f)
+    with open(os.path.join(config.output, "report.json"), "w") as f:
+        json.dump({**report, "wall_time_s": 3.0}, f)
+    return report
+
+
+def test_reuse_skips_finished_splits_of_the_same_config(tmp_path):
+    first = sweep.run_sweep(4, FakeConfig(), tmp_path, train_fn=_fake_training_with_run_folder, quiet=True)
+    os.remove(tmp_path / "w1_s2_t2" / "report.json")  # as if stopped during this split
+    calls = []
+
+    def train(config):
+        calls.append(config.wst)
+        return _fake_training_with_run_folder(config)
+
+    again = sweep.run_sweep(4, FakeConfig(), tmp_path, train_fn=train, quiet=True, reuse=True)
+    assert calls == ["1/2/2"]
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in first]
+    assert again[0]["wall_s"] == 3.0  # the finished run's own time
+    # another setting (epochs) is trained again, never mixed with the old runs
+    calls.clear()
+    sweep.run_sweep(4, FakeConfig(epochs=5), tmp_path, train_fn=train, quiet=True, reuse=True)
+    assert calls == [f"{w}/{s}/{t}" for w, s, t in sweep.splits(4)]
+    # without reuse everything is trained
+    calls.clear()
+    sweep.run_sweep(4, FakeConfig(epochs=5), tmp_path, train_fn=train, quiet=True)
+    assert len(calls) == 6
+
+
+def test_table_is_written_after_each_split(tmp_path):
+    def train(config):
+        if config.wst == "2/1/1":
+            with open(tmp_path / "sweep.csv") as f:
+                assert [r["wst"] for r in csv.DictReader(f)] == ["1/1/2", "1/2/1"]
+            raise KeyboardInterrupt
+        return fake_report(config)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(2, FakeConfig(), tmp_path, train_fn=train, quiet=True)
+    assert json.loads((tmp_path / "sweep.json").read_text())["rows"][1]["wst"] == "1/2/1"
+
+
 def test_failed_split_is_recorded_and_others_continue(tmp_path, capsys):
     def train(config):
         if config.wst == "1/2/1":
@@ -261,3 +309,12 @@ def test_real_sweep_budget_2_end_to_end(tmp_path, capsys):
         assert r["wst"] in printed
     for name in ("sweep.csv", "accuracy_vs_s_ace.png", "accuracy_per_split.png", "firing_rate_per_layer.png"):
         assert (out / name).stat().st_size > 0
+    # the real run folders are recognised as finished by --reuse: nothing is trained again
+    assert cli.main(["sweep", "--budget", "2", "--epochs", "1", "--output", str(out), "--quiet", "--reuse",
+                     "--set", "max_steps_per_epoch=2", "--set", "progress=false", "--batch-size", "32"]) == 0
+    assert "reusing" not in capsys.readouterr().out  # quiet
+    again = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+    assert [r["wall_s"] for r in again] == [
+        json.loads((out / sweep.split_dirname(r["w_bits"], r["s_bits"], r["t_steps"]) / "report.json").read_text())
+        ["wall_time_s"] for r in rows]
