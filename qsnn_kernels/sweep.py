@@ -465,7 +465,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Bit Budget BB = W * S * T, or several (2,4,8); every split with W, S in 1, 2, 4, 8 "
                              "and T >= 1 is trained (a budget without a factor 2, such as 3, has only 1/1/BB)")
     parser.add_argument("--model", help="registered model (default: the training default)")
-    parser.add_argument("--epochs", type=_positive_int, default=3, help="epochs per split (default 3: short runs)")
+    parser.add_argument("--epochs", type=_positive_int, default=10,
+                        help="epochs per split (default 10: short runs; about 1 s per split on the digits when the CPU is free)")
     parser.add_argument("--output", default=None, help="sweep folder (default runs/sweep-bb<BUDGET>)")
     parser.add_argument("--data", default=None, help="dataset name (default: the embedded digits)")
     parser.add_argument("--data-root", default=None, help="dataset folder, for data sets that need one")
