@@ -466,7 +466,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and T >= 1 is trained (a budget without a factor 2, such as 3, has only 1/1/BB)")
     parser.add_argument("--model", help="registered model (default: the training default)")
     parser.add_argument("--epochs", type=_positive_int, default=10,
-                        help="epochs per split (default 10: short runs; about 1 s per split on the digits when the CPU is free)")
+                        help="epochs per split (default 10: short runs, about 1 s a split on the digits on a free CPU)")
     parser.add_argument("--output", default=None, help="sweep folder (default runs/sweep-bb<BUDGET>)")
     parser.add_argument("--data", default=None, help="dataset name (default: the embedded digits)")
     parser.add_argument("--data-root", default=None, help="dataset folder, for data sets that need one")
