@@ -238,7 +238,8 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
     if len(layers) * len(rows) <= 200:
         for (i, j), v in np.ndenumerate(grid):
             if not math.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.5 * np.nanmax(grid) else "k")
+                dark = v < 0.5 * np.nanmax(grid)
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [r["wst"] for r in rows])
     ax.set_xlabel("layer (rate of its input)")
@@ -421,8 +422,8 @@ def _budget_arg(text: str) -> list[int]:
         try:
             value = int(part)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"the Bit Budget must be a positive integer (W * S * T) or a comma-separated list, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"the Bit Budget must be a positive integer (W * S * T) or a "
+                                             f"comma-separated list, got {text!r}") from None
         if value < 1:
             raise argparse.ArgumentTypeError(f"the Bit Budget must be a positive integer (W * S * T), got {value}")
         if value in values:

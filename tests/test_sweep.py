@@ -113,7 +113,8 @@ def test_run_sweep_with_fake_training_writes_table_and_plots(tmp_path, capsys):
     assert [float(g["s_ace"]) for g in got] == [r["s_ace"] for r in rows]
     data = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert data["budget"] == 8 and len(data["rows"]) == 10
-    assert data["rows"][3]["firing_rate_per_layer"] == pytest.approx({n: 0.1 * (i + 1) / 8 for i, n in enumerate(LAYERS)})
+    expected_rates = {n: 0.1 * (i + 1) / 8 for i, n in enumerate(LAYERS)}  # split 1/8/1
+    assert data["rows"][3]["firing_rate_per_layer"] == pytest.approx(expected_rates)
     # PNGs decode
     for name in ("accuracy_vs_s_ace.png", "accuracy_per_split.png", "firing_rate_per_layer.png"):
         img = imread(tmp_path / "sw" / name)
