@@ -1,6 +1,6 @@
 """The ``qsnn`` command: ``demo`` (a tour of the ops on this machine), ``info``, ``models`` (the
-registered architectures), ``train`` (:mod:`qsnn_kernels.train`) and ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
-paper's Table 2 beside ours)."""
+registered architectures), ``train`` (:mod:`qsnn_kernels.train`), ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
+paper's Table 2 beside ours) and ``sweep`` (train every W/S/T split of a Bit Budget: :mod:`qsnn_kernels.sweep`)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,11 @@ def main(argv=None) -> int:
                         help="a multi-level spike in SOPs: S_in operations (bits, default) or one")
     budget.add_argument("--json", action="store_true", help="machine-readable output")
     budget.set_defaults(func=_budget)
+    from . import sweep as _sweep  # light: imports torch/matplotlib only when the command runs
+
+    sweep = sub.add_parser("sweep", help="train every W/S/T split of a Bit Budget; table and plots")
+    _sweep.add_arguments(sweep)
+    sweep.set_defaults(func=_sweep.main)
     train = sub.add_parser("train", help="train a model (embedded digits by default); `qsnn train --help`",
                            add_help=False)
     train.add_argument("train_args", nargs=argparse.REMAINDER)
