@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import convert, layers, sew_resnet, spikformer  # importing an architecture module registers its models
+from . import convert, layers, sew_resnet, spikformer, tiny  # importing an architecture module registers its models
 from .convert import convert_for_inference, model_nbytes
 from .layers import (ALLOWED_W_BITS, FULL_PRECISION_BITS, MultiStepBatchNorm, MultiStepBatchNorm1d,
                      MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, spiking_neuron)
@@ -31,6 +31,7 @@ __all__ = [
     "layers",
     "sew_resnet",
     "spikformer",
+    "tiny",
     "list_models",
     "model_nbytes",
     "spiking_neuron",

@@ -128,7 +128,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
 
 def test_event_input_frame_per_step(tmp_path, monkeypatch):
     monkeypatch.setenv("QSNN_CACHE_DIR", str(tmp_path / "cache"))  # the event frames' cache, not ~/.cache
-    from qsnn_kernels.models import create_model, tiny  # noqa: F401  (tiny registers qsnn_spiking_cnn_tiny)
+    from qsnn_kernels.models import create_model
     from qsnn_kernels.models.layers import encode_direct
 
     x = torch.randn(3, 5, 2, 4, 4)

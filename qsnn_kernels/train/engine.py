@@ -59,7 +59,6 @@ def _init_distributed(device_type: str) -> DistInfo:
 def resolve_model_name(name: str) -> str:
     """The registered ``qsnn_`` name for ``name`` (prefix optional); ValueError listing close names."""
     from .. import models
-    from ..models import tiny  # noqa: F401  (registers qsnn_spiking_cnn_tiny)
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"--model must be a model name, got {name!r}")
