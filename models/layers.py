@@ -39,8 +39,10 @@ __all__ = [
     "QuantLinear",
     "SpikeMatmul",
     "check_image_input",
+    "check_model_input",
     "check_model_args",
     "encode_direct",
+    "encode_input",
     "mean_over_time",
     "quantized_weight",
     "spike_conv2d_bitserial",
@@ -128,6 +130,30 @@ def encode_direct(x: torch.Tensor, t_steps: int, *, events: bool = False) -> tor
                              f"got shape {tuple(x.shape)}")
         return x.transpose(0, 1)
     return x.unsqueeze(0).expand(t_steps, *x.shape)
+
+
+def check_model_input(x, t_steps: int, in_chans: int, name: str,
+                      img_size: int | tuple[int, int] | None = None) -> bool:
+    """Validate a model's input; True for event frames ``[B, T, C, H, W]`` (T = ``t_steps``), False
+    for an image batch ``[B, C, H, W]`` (:func:`check_image_input`). Raises TypeError/ValueError."""
+    if isinstance(x, torch.Tensor) and x.dim() == 5:
+        if not x.is_floating_point() or x.shape[1] != t_steps or x.shape[2] != in_chans:
+            raise ValueError(f"{name}: event input must be float [B, {t_steps}, {in_chans}, H, W] frames, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        check_image_input(x[:, 0], in_chans, name, img_size)
+        return True
+    check_image_input(x, in_chans, name, img_size)
+    return False
+
+
+def encode_input(x: torch.Tensor, stem, t_steps: int, in_chans: int, name: str,
+                 img_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """The first layer (``stem``, real-valued input) on a model's input, as ``[T, B, ...]``: an image
+    ``[B, C, H, W]`` goes through ``stem`` once and the result is repeated over T (direct encoding);
+    event frames ``[B, T, C, H, W]`` go through it at every step."""
+    if check_model_input(x, t_steps, in_chans, name, img_size):
+        return stem(encode_direct(x, t_steps, events=True))
+    return encode_direct(stem(x), t_steps)
 
 
 def mean_over_time(x: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, bits_for_levels, check_image_input,
-                     check_model_args, encode_direct, mean_over_time, spiking_neuron)
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, bits_for_levels, check_model_args,
+                     encode_input, mean_over_time, spiking_neuron)
 
 __all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "sew_connect"]
 
@@ -181,9 +181,9 @@ class SEWResNet(nn.Module):
         return nn.Sequential(*stage)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` image -> last stage's block outputs ``[T, B, C', H', W']``."""
-        check_image_input(x, self.in_chans, type(self).__name__)
-        x = encode_direct(self.bn1(self.conv1(x)), self.t_steps)  # computed once, repeated over T
+        """Image ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> the last stage's block outputs
+        ``[T, B, C', H', W']``."""
+        x = encode_input(x, lambda z: self.bn1(self.conv1(z)), self.t_steps, self.in_chans, type(self).__name__)
         x = self.sn1(x)
         x = self.maxpool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, bits_for_levels,
-                     check_image_input, check_model_args, encode_direct, mean_over_time, spiking_neuron)
+                     check_model_args, check_model_input, encode_direct, mean_over_time, spiking_neuron)
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
            "TokenBatchNorm", "VARIANTS", "spikformer"]
@@ -143,8 +143,10 @@ class SpikingPatchSplitting(nn.Module):
     def _maxpool(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
-    def forward(self, x: torch.Tensor, t_steps: int) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+    def forward(self, x: torch.Tensor, t_steps: int | None) -> torch.Tensor:
+        """An image ``[B, C, H, W]`` with ``t_steps``, or frames ``[T, B, C, H, W]`` with None."""
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         for i, stage in enumerate(self.stages):
             x = stage(x, t_steps) if i == 0 else stage(x)
             if self.pool_after[i]:
@@ -262,9 +264,11 @@ class Spikformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``[B, C, H, W]`` -> per-step token means ``[T, B, D]``."""
-        check_image_input(x, self.in_chans, type(self).__name__, self.img_size)
-        x = self.patch_embed(x, self.t_steps)
+        """Image ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> per-step token means ``[T, B, D]``."""
+        if check_model_input(x, self.t_steps, self.in_chans, type(self).__name__, self.img_size):
+            x = self.patch_embed(encode_direct(x, self.t_steps, events=True), None)  # a frame per step
+        else:
+            x = self.patch_embed(x, self.t_steps)  # the first stage runs once, repeated over T
         for block in self.blocks:
             x = block(x)
         return x.mean(2)

@@ -14,8 +14,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, check_image_input, check_model_args,
-                     encode_direct, mean_over_time, spiking_neuron)
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, check_model_args, encode_input,
+                     mean_over_time, spiking_neuron)
 
 __all__ = ["SpikingCNNTiny", "qsnn_spiking_cnn_tiny"]
 
@@ -54,15 +54,7 @@ class SpikingCNNTiny(nn.Module):
         self.fc = QuantLinear(4 * c, num_classes, w_bits=w_bits, in_bits=None, in_scale=v_th)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = type(self).__name__
-        if isinstance(x, torch.Tensor) and x.dim() == 5:              # event frames [B, T, C, H, W]
-            if not x.is_floating_point() or x.shape[1] != self.t_steps or x.shape[2] != self.in_chans:
-                raise ValueError(f"{name}: event input must be float [B, {self.t_steps}, {self.in_chans}, H, W], "
-                                 f"got {x.dtype} {tuple(x.shape)}")
-            x = self.bn1(self.conv1(encode_direct(x, self.t_steps, events=True)))
-        else:
-            check_image_input(x, self.in_chans, name)
-            x = encode_direct(self.bn1(self.conv1(x)), self.t_steps)  # computed once, repeated over T
+        x = encode_input(x, lambda z: self.bn1(self.conv1(z)), self.t_steps, self.in_chans, type(self).__name__)
         x = self.sn1(x)
         x = self.sn2(self.bn2(self.conv2(x)))
         x = self.sn3(self.bn3(self.conv3(x)))

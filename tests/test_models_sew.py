@@ -16,7 +16,8 @@ from qsnn_kernels import reference
 from qsnn_kernels.models import sew_resnet
 from qsnn_kernels.models.convert import PackedConv2d, PackedLinear, convert_for_inference, model_nbytes
 from qsnn_kernels.models.layers import QuantConv2d, QuantLinear, spiking_neuron
-from qsnn_kernels.models.sew_resnet import BasicBlock, SEWResNet, bits_for_levels, sew_connect
+from qsnn_kernels.models.layers import bits_for_levels
+from qsnn_kernels.models.sew_resnet import BasicBlock, SEWResNet, sew_connect
 
 SEW_NAMES = ["qsnn_sew_resnet18", "qsnn_sew_resnet34", "qsnn_sew_resnet50", "qsnn_sew_resnet18_cifar",
              "qsnn_sew_resnet34_cifar"]
@@ -264,8 +265,8 @@ def test_bad_model_arguments(kw, match):
 
 def test_bad_input():
     model = _tiny(w_bits=4, s_bits=1, t_steps=1)
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        model(torch.randn(1, 2, 3, 8, 8))  # already time-major
+    with pytest.raises(ValueError, match=r"event input must be float \[B, 1, 3, H, W\] frames"):
+        model(torch.randn(1, 2, 3, 8, 8))  # time-major, or frames of another T
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model(torch.randn(2, 1, 8, 8))
     with pytest.raises(TypeError, match="float"):

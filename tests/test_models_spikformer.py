@@ -242,7 +242,7 @@ def test_bad_registry_arguments():
 
 @pytest.mark.parametrize("x, error, match", [
     (torch.randn(3, 16, 16), ValueError, r"\[B, 3, H, W\]"),
-    (torch.randn(2, 1, 3, 16, 16), ValueError, r"\[B, 3, H, W\]"),
+    (torch.randn(2, 1, 3, 16, 16), ValueError, r"event input must be float \[B, 2, 3, H, W\] frames"),
     (torch.randn(2, 4, 16, 16), ValueError, r"\[B, 3, H, W\]"),
     (torch.randn(2, 3, 32, 32), ValueError, "16x16"),
     (torch.randn(2, 3, 16, 15), ValueError, "16x16"),
