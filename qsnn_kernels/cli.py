@@ -75,7 +75,8 @@ def _budget(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -117,9 +118,9 @@ def main(argv=None) -> int:
     budget.add_argument("--model", help="registered model, with or without the qsnn_ prefix (see `qsnn models`)")
     budget.add_argument("--wst", help="W/S/T: weight bits (1, 2, 4, 8, 16/32 = full precision) / spike bits "
                                       "(1, 2, 4, 8) / time steps (>= 1), e.g. 4/2/1")
-    budget.add_argument("--input-size", type=_positive_int, help="image side in pixels (default: the model's own)")
-    budget.add_argument("--num-classes", type=_positive_int, help="classes of the head (default: the model's)")
-    budget.add_argument("--batch", type=_positive_int, default=1, help="batch of the profiled pass (default 1)")
+    budget.add_argument("--input-size", type=positive_int, help="image side in pixels (default: the model's own)")
+    budget.add_argument("--num-classes", type=positive_int, help="classes of the head (default: the model's)")
+    budget.add_argument("--batch", type=positive_int, default=1, help="batch of the profiled pass (default 1)")
     budget.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     budget.add_argument("--checkpoint", help="a state dict (torch.save) to load into the model first: trained "
                                              "weights make the firing rates and NS-ACE meaningful")
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     budget.add_argument("--rows", help="with --paper-table2: only these W/S/T rows, comma-separated (e.g. 1/1/1,4/1/4)")
     budget.add_argument("--encoding", choices=("exclude", "include"), default="exclude",
                         help="real-valued-input layers in SOPs/S-ACE/NS-ACE (default exclude, the paper's)")
-    budget.add_argument("--real-input-bits", type=_positive_int, default=16,
+    budget.add_argument("--real-input-bits", type=positive_int, default=16,
                         help="S_in of a real-valued input under --encoding include (default 16)")
     budget.add_argument("--attention", choices=("include", "exclude"), default="include",
                         help="count spike matrix products (default include)")

@@ -32,12 +32,14 @@ import os
 import sys
 import time
 
+from .bits import SPIKE_BITS, WEIGHT_BITS
+from .cli import positive_int
+
 __all__ = ["COLUMNS", "WEIGHT_BITS", "SPIKE_BITS", "add_arguments", "format_table", "main", "row_from_report",
            "run_sweep", "splits", "split_dirname", "write_outputs"]
 
-#: The weight and spike widths a sweep tries (the quantized widths; full precision is not a split).
-WEIGHT_BITS = (1, 2, 4, 8)
-SPIKE_BITS = (1, 2, 4, 8)
+# The widths a sweep tries are the quantized ones (bits.WEIGHT_BITS, bits.SPIKE_BITS); full
+# precision is not a split.
 
 #: Table columns, in order: (key, header).
 COLUMNS = (
@@ -432,16 +434,6 @@ def _budget_arg(text: str) -> list[int]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def _set_value(text: str):
     """``key=value`` -> (key, value): value parsed as YAML-ish scalar (int, float, bool, null, str)."""
     if "=" not in text:
@@ -466,13 +458,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Bit Budget BB = W * S * T, or several (2,4,8); every split with W, S in 1, 2, 4, 8 "
                              "and T >= 1 is trained (a budget without a factor 2, such as 3, has only 1/1/BB)")
     parser.add_argument("--model", help="registered model (default: the training default)")
-    parser.add_argument("--epochs", type=_positive_int, default=10,
+    parser.add_argument("--epochs", type=positive_int, default=10,
                         help="epochs per split (default 10: short runs, about 1 s a split on the digits on a free CPU)")
     parser.add_argument("--output", default=None, help="sweep folder (default runs/sweep-bb<BUDGET>)")
     parser.add_argument("--data", default=None, help="dataset name (default: the embedded digits)")
     parser.add_argument("--data-root", default=None, help="dataset folder, for data sets that need one")
     parser.add_argument("--events", action="store_true", help="the event variant of the data (digits-events)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: training's)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: training's)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: training's)")
     parser.add_argument("--config", default=None, help="a YAML file of TrainConfig fields, the base of every split")
     parser.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[], metavar="KEY=VALUE",
