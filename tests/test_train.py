@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,7 +101,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_equal_one_process(tmp_path):
+def test_ddp_two_processes_equal_one_process(tmp_path, monkeypatch):
     """Exact up to float summation order: no batch norm (norm=False; per-rank BN statistics would
     differ from the global batch's), no dropout, no mixup; the global batch 32 is 2 x 16 per rank and
     the DistributedSampler gives the two ranks the same samples one process reads per step. The
@@ -107,6 +109,9 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     are compared at float32 tolerance, not bitwise."""
     import torch.multiprocessing as mp
 
+    # the spawned ranks unpickle _ddp_worker from this module: they get this process's sys.path, to
+    # which the repository root is appended (last, so that the installed qsnn_kernels stays first)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(Path(__file__).resolve().parents[1])])
     kw = dict(model_kwargs={"width": 8, "norm": False}, epochs=1, max_steps_per_epoch=4, batch_size=32)
     one = _cfg(tmp_path, "one", **kw)
     run(one)
