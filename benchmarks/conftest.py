@@ -5,23 +5,14 @@ what it moved and computed, so that the report can give GB/s and MAC/s beside th
 """
 
 import os
-import time
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+if not torch.cuda.is_available():  # before any Triton kernel module is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-
-def _best_seconds(fn, repeat=5):
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from qsnn_kernels.testing import best_seconds  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +20,10 @@ def machine_limits():
     """Measured copy bandwidth (GB/s, read + write bytes) and fp32 matmul rate (G MAC/s) of this CPU."""
     src = torch.empty(64 * 2**20 // 4, dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
-    copy_s = _best_seconds(lambda: dst.copy_(src))
+    copy_s = best_seconds(lambda: dst.copy_(src))
     a = torch.randn(1024, 2048)
     b = torch.randn(2048, 2048)
-    mm_s = _best_seconds(lambda: torch.mm(a, b))
+    mm_s = best_seconds(lambda: torch.mm(a, b))
     return {
         "copy_GBps": 2 * src.numel() * 4 / copy_s / 1e9,
         "fp32_GMACps": 1024 * 2048 * 2048 / mm_s / 1e9,

@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import pytest
 import torch
 from torch import nn
+
+from qsnn_kernels.testing import best_seconds
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_bench_models_sew as sew_bench  # noqa: E402
@@ -64,14 +65,7 @@ def train_step_fn(model: nn.Module):
 
 def images_per_s(model: str, impl: str, wst, rounds: int = 3) -> float:
     step = train_step_fn(build(model, impl, *wst))
-    for _ in range(2):
-        step()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return BATCH / best
+    return BATCH / best_seconds(step, repeat=rounds, warmup=2)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .bits import code_range
@@ -14,3 +16,15 @@ def random_codes(shape, bits: int, signed: bool, generator=None, device="cpu") -
     if signed and bits == 1:
         x = torch.where(x == 0, 1, x)
     return x.to(device)
+
+
+def best_seconds(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """The fastest of ``repeat`` timed calls of ``fn`` (wall clock), after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
