@@ -1,4 +1,4 @@
-"""One-shot GPU check of the Triton bit-serial GEMM (issue 3), for a session that has a CUDA device.
+"""One-shot GPU check of the Triton kernels (bit-serial GEMM, fused LIF), for a session that has a CUDA device.
 
 Run from the repository root::
 
@@ -12,9 +12,11 @@ the others still report:
 
 1. ``env.json``: GPU, driver, torch and triton versions.
 2. ``tests.log``/``tests.xml``: ``tests/test_triton_bitserial.py`` on CUDA (the small-shape sweep,
-   then the ``gpu``-marked larger shapes, every autotune config, the autotuned path).
-3. ``bench.log``/``bench.json``: ``benchmarks/test_bench_bitserial_gpu.py`` (pytest-benchmark),
-   and ``bench.jsonl``, one line per finished benchmark (kept if the step times out).
+   then the ``gpu``-marked larger shapes, every autotune config, the autotuned path) and
+   ``tests/test_triton_lif.py`` (its ``gpu``-marked shapes and half precision included).
+3. ``bench.log``/``bench.json``: ``benchmarks/test_bench_bitserial_gpu.py`` and
+   ``benchmarks/test_bench_lif_gpu.py`` (pytest-benchmark), and ``bench.jsonl``, one line per
+   finished GEMM benchmark (kept if the step times out).
 4. ``summary.json``: per shape and W/S/T split, each strategy's int8-equivalent and binary TOPS,
    the fraction of int8 peak, the ratio to torch._int_mm and to bf16 at the same T * M rows, the
    faster strategy, and the ``x_bits * w_bits`` rule that the measurements suggest for ``"auto"``
@@ -135,13 +137,14 @@ def main() -> int:
 
     py = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
     if not args.bench_only:
-        cmd = py + ["tests/test_triton_bitserial.py", "-q", "-rs", "-m", "not slow", f"--junitxml={out}/tests.xml"]
+        cmd = py + ["tests/test_triton_bitserial.py", "tests/test_triton_lif.py", "-q", "-rs", "-m", "not slow",
+                    f"--junitxml={out}/tests.xml"]
         if importlib.util.find_spec("xdist") is not None:
             cmd += ["-n", "6"]  # the time goes into compiling kernels on the CPU: spread it
         report["steps"]["tests"] = _run(cmd, out / "tests.log", args.test_timeout, env)
     if not args.tests_only:
         cmd = py + [
-            "benchmarks/test_bench_bitserial_gpu.py", "--benchmark-only", "-q",
+            "benchmarks/test_bench_bitserial_gpu.py", "benchmarks/test_bench_lif_gpu.py", "--benchmark-only", "-q",
             f"--benchmark-json={out}/bench.json", "--benchmark-columns=min,median,max",
         ]  # fmt: skip
         env["QSNN_BENCH_JSONL"] = str(out / "bench.jsonl")
