@@ -23,17 +23,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..metrics.paper import TABLE4_FPS
+
 PIPELINE_DEPTH = 6
 """Assumed depth of the bit-serial pipeline (read, AND, popcount tree, shift, accumulate); a
 csynth report gives the real figure."""
 
-# The paper's Table 4 (AMD Kria xck26, 8-bit weights): BB -> {W/S/T: fps}. BB 128 is CIFAR10-DVS,
-# and its column is labelled latency in the paper.
-PAPER_TABLE4 = {
-    32: {"8/1/4": 342.35, "8/2/2": 343.52, "8/4/1": 343.29},
-    64: {"8/1/8": 155.30, "8/2/4": 155.55, "8/4/2": 155.47, "8/8/1": 155.23},
-    128: {"8/1/16": 49.58, "8/2/8": 49.56, "8/4/4": 49.58, "8/8/2": 49.57},
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +128,7 @@ def bb_table(layers, *, w_bits: int, bbs, pe: int, simd: int, clock_mhz: float,
             split = f"{w_bits}/{s}/{t}"
             rows.append({"bb": bb, "split": split, "cycles": c["sequential"], "fps": fps(c["sequential"], clock_mhz),
                          "fps_dataflow": fps(c["dataflow"], clock_mhz),
-                         "paper_fps": PAPER_TABLE4.get(bb, {}).get(split)})
+                         "paper_fps": TABLE4_FPS.get(bb, {}).get(split)})
     return rows
 
 

@@ -1,8 +1,8 @@
 """The paper's published figures that our metrics are compared with: one place for them.
 
 Source: Shen, Zhao, Li, Li, Zeng, "Is Conventional SNN Really Efficient? A Perspective from Network
-Quantization", CVPR 2024, Table 2 (Spikformer-4-384 on CIFAR10/100, 32x32), as transcribed in
-the project's shared/PAPER.md. ``params_m`` is in 16-bit-equivalent millions (count * W / 16),
+Quantization", CVPR 2024, Tables 2 (Spikformer-4-384 on CIFAR10/100, 32x32), 4 (FPGA fps; used by
+the HLS cycle model) and 5, as transcribed in the project's shared/PAPER.md. ``params_m`` is in 16-bit-equivalent millions (count * W / 16),
 ``s_ace_g`` in G (1e9) operations, accuracies in %.
 
 The helpers below read the table's own arithmetic; they do not look at our measurements.
@@ -54,6 +54,14 @@ TABLE2 = (
     Table2Row(8, 1, 2, 2.08, 12.35, 95.55, 77.72),
     Table2Row(8, 2, 1, 2.08, 12.33, 96.29, 80.00),
 )
+
+# Table 4 (AMD Kria xck26, 8-bit weights): BB -> {W/S/T: fps}. BB 128 is CIFAR10-DVS, and its
+# column is labelled latency in the paper; "8/2/3 (sic)" of BB 64 is read as 8/2/4.
+TABLE4_FPS = {
+    32: {"8/1/4": 342.35, "8/2/2": 343.52, "8/4/1": 343.29},
+    64: {"8/1/8": 155.30, "8/2/4": 155.55, "8/4/2": 155.47, "8/8/1": 155.23},
+    128: {"8/1/16": 49.58, "8/2/8": 49.56, "8/4/4": 49.58, "8/8/2": 49.57},
+}
 
 TABLE5_SPIKFORMER_4_384_S_ACE_G = 59.10
 """The paper's Table 5 (CIFAR peers): Spikformer-4-384 at 16/1/4, S-ACE 59.10 G."""
