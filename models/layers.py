@@ -26,6 +26,7 @@ from torch import nn
 from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
 from ..lif import MultiLevelLIF
 from ..reference import fake_quantize_weight, quantize_weight
+from .int8 import MIN_CONV_POSITIONS, int8_conv2d, int8_linear, int8_supported
 
 __all__ = [
     "ALLOWED_W_BITS",
@@ -49,6 +50,7 @@ __all__ = [
     "spike_linear_bitserial",
     "spiking_neuron",
     "uses_bitserial",
+    "uses_int8",
 ]
 
 FULL_PRECISION_BITS = (16, 32)
@@ -192,6 +194,18 @@ def uses_bitserial(layer) -> bool:
     return bool(layer.bitserial)
 
 
+def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
+    """Whether ``layer`` (QuantLinear/QuantConv2d, not on the bit-serial path) runs its forward in
+    exact int8 (:mod:`models.int8`) on input ``x``: ``layer.int8`` is not False, the input is
+    eligible (:func:`models.int8.int8_supported`), and for a convolution with ``int8=None`` (the
+    default) its output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions
+    (``positions``); ``int8=True`` skips that size rule."""
+    geometry = (layer.padding, layer.dilation) if positions is not None else (None, None)
+    if layer.int8 is False or not int8_supported(x, layer.weight, layer.w_bits, layer.in_bits, *geometry):
+        return False
+    return layer.int8 is True or positions is None or positions >= MIN_CONV_POSITIONS
+
+
 def _levels(x: torch.Tensor, in_scale: float) -> torch.Tensor:
     """Spike values / v_th as whole numbers; the gradient passes straight through (x / v_th)."""
     lv = x / in_scale if in_scale != 1.0 else x
@@ -284,13 +298,15 @@ class QuantLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, w_bits: int = 32,
-                 in_bits: int | None = None, in_scale: float = 1.0, bitserial: bool | None = None):
+                 in_bits: int | None = None, in_scale: float = 1.0, bitserial: bool | None = None,
+                 int8: bool | None = None):
         check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
         super().__init__(in_features, out_features, bias=bias)
         self.w_bits = w_bits
         self.in_bits = _check_in_bits(in_bits)
         self.in_scale = _check_in_scale(in_scale)
         self.bitserial = bitserial
+        self.int8 = int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -300,11 +316,14 @@ class QuantLinear(nn.Linear):
             y = spike_linear_bitserial(spikes, self.weight, self.w_bits, self.in_bits, self.in_scale)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
+        if uses_int8(self, x):
+            y = int8_linear(x, self.weight, self.w_bits, self.in_bits, self.in_scale)
+            return y if self.bias is None else y + self.bias
         return F.linear(x, _layer_weight(self), self.bias)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
-                f"in_scale={self.in_scale}, bitserial={self.bitserial}")
+                f"in_scale={self.in_scale}, bitserial={self.bitserial}, int8={self.int8}")
 
 
 class QuantConv2d(nn.Conv2d):
@@ -317,7 +336,7 @@ class QuantConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, groups: int = 1,
                  bias: bool = True, *, w_bits: int = 32, in_bits: int | None = None, in_scale: float = 1.0,
-                 bitserial: bool | None = None):
+                 bitserial: bool | None = None, int8: bool | None = None):
         check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
                          bias=bias)
@@ -325,6 +344,7 @@ class QuantConv2d(nn.Conv2d):
         self.in_bits = _check_in_bits(in_bits)
         self.in_scale = _check_in_scale(in_scale)
         self.bitserial = bitserial
+        self.int8 = int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (4, 5) or x.shape[-3] != self.in_channels:
@@ -336,13 +356,25 @@ class QuantConv2d(nn.Conv2d):
                                        self.padding, self.dilation)
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
+        elif self.padding_mode == "zeros" and not isinstance(self.padding, str) and uses_int8(
+                self, x4, self._positions(x4)):
+            y = int8_conv2d(x4, self.weight, self.w_bits, self.in_bits, self.in_scale, self.stride, self.padding,
+                            self.dilation, self.groups)
+            if self.bias is not None:
+                y = y + self.bias[:, None, None]
         else:
             y = self._conv_forward(x4, _layer_weight(self), self.bias)
         return y if x.dim() == 4 else y.unflatten(0, x.shape[:2])
 
+    def _positions(self, x4: torch.Tensor) -> int:
+        """N * H' * W' of the output for input ``x4 [N, C, H, W]``."""
+        out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+               zip(x4.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride)]
+        return x4.shape[0] * out[0] * out[1]
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
-                f"in_scale={self.in_scale}, bitserial={self.bitserial}")
+                f"in_scale={self.in_scale}, bitserial={self.bitserial}, int8={self.int8}")
 
 
 class SpikeMatmul(nn.Module):
