@@ -1,7 +1,10 @@
 """Data loaders: each on small files written here in that data set's own on-disk format."""
 
 import importlib.util
+import os
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,7 +349,138 @@ def test_ncaltech101_bin_files_split_and_corrupt(tmp_path):
             build_dataset("n-caltech101", data, s, t_steps=1, cache_dir=fresh_cache, on_error="raise")
 
 
-def test_cifar10_dvs_layout_and_reader(tmp_path):
+# CIFAR10-DVS: .aedat4 files written by tests/aedat4_writer.py (loaded by path: tests/ is no package)
+_spec = importlib.util.spec_from_file_location("aedat4_writer", Path(__file__).with_name("aedat4_writer.py"))
+aedat4_writer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(aedat4_writer)
+
+T0 = 1_600_000_000_000_000  # Unix time in us, as DV records it (< 2**53: exact through tonic's float bins)
+
+
+def _random_events(rng, n):
+    t = T0 + np.sort(rng.integers(0, 300_000, n))
+    return t, rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n).astype(bool)
+
+
+def _write_cifar10_dvs(base, classes=("airplane", "cat", "truck"), per_class=3):
+    """<base>/<class>/cifar10_<class>_<j>.aedat4 with random events in packets of 40: {path: events}."""
+    rng = np.random.default_rng(0)
+    written = {}
+    for cls in classes:
+        (base / cls).mkdir(parents=True)
+        for j in range(per_class):
+            path = base / cls / f"cifar10_{cls}_{j}.aedat4"
+            ev = _random_events(rng, 90 + 31 * j)
+            assert aedat4_writer.write_aedat4(path, *ev, packet_size=40) >= 3
+            written[str(path)] = ev
+    return written
+
+
+def _expected_frames(t, x, y, on, t_steps):
+    """Independent of tonic: pixel * 3/8 floored; bins of (t_last - t_first) // T from t_first."""
+    t = np.asarray(t, dtype=np.int64)
+    width = (t[-1] - t[0]) // t_steps
+    k = (t - t[0]) // width
+    keep = k < t_steps
+    frames = np.zeros((t_steps, 2, 48, 48), dtype=np.float32)
+    np.add.at(frames, (k[keep], np.asarray(on, dtype=np.int64)[keep], (np.asarray(y)[keep] * 3) // 8,
+                       (np.asarray(x)[keep] * 3) // 8), 1)
+    return frames
+
+
+def test_aedat4_writer_round_trip_through_tonic_reader(tmp_path):
+    import aedat
+    import tonic.io
+
+    # corners of the sensor, both polarities, several packets, one packet of a single event
+    t = T0 + np.array([0, 1, 1, 5, 70, 70, 71, 10**6, 10**6 + 3])
+    x, y = np.array([0, 127, 0, 127, 5, 6, 7, 64, 1]), np.array([0, 0, 127, 127, 9, 9, 9, 64, 2])
+    on = np.array([1, 0, 1, 0, 1, 1, 0, 0, 1], dtype=bool)
+    path = tmp_path / "rec.aedat4"
+    assert aedat4_writer.write_aedat4(path, t, x, y, on, packet_size=4) == 3
+    assert path.read_bytes()[:14] == b"#!AER-DAT4.0\r\n"
+    decoder = aedat.Decoder(str(path))
+    assert decoder.id_to_stream() == {0: {"type": "events", "width": 128, "height": 128}}
+    assert [len(p["events"]) for p in decoder] == [4, 4, 1]
+    ev = tonic.io.read_aedat4(str(path))
+    assert len(ev) == 9
+    for field, want in (("t", t), ("x", x), ("y", y)):
+        assert np.array_equal(ev[field].astype(np.int64), want), field
+    assert np.array_equal(ev["on"], on)
+    # another stream id: the reader takes the events stream the header names
+    ev7 = _random_events(np.random.default_rng(1), 10)
+    assert aedat4_writer.write_aedat4(tmp_path / "id7.aedat4", *ev7, stream_id=7) == 1
+    assert np.array_equal(tonic.io.read_aedat4(str(tmp_path / "id7.aedat4"))["t"], ev7[0])
+
+
+def test_cifar10_dvs_frames_labels_split(tmp_path, monkeypatch):
+    base = tmp_path / "data" / "CIFAR10DVS"
+    written = _write_cifar10_dvs(base)
+    # a known recording: (127, 0) ON, (64, 64) ON, (10, 100) OFF twice, (0, 0) OFF at the end
+    known = base / "cat" / "cifar10_cat_known.aedat4"
+    aedat4_writer.write_aedat4(known, T0 + np.array([0, 10, 100, 150, 200]), [127, 64, 10, 10, 0],
+                               [0, 64, 100, 100, 0], np.array([1, 1, 0, 0, 0], dtype=bool), packet_size=2)
+    data, cache = str(tmp_path / "data"), tmp_path / "cache"
+    train = build_dataset("cifar10-dvs", data, "train", t_steps=2, cache_dir=cache)
+    val = build_dataset("cifar10-dvs", data, "val", t_steps=2, cache_dir=cache)
+    for info in (train, val):
+        assert (info.num_classes, info.in_chans, info.input_size, info.is_events, info.skipped) == (10, 2, 48, True, 0)
+    items = [train.dataset[i] for i in range(len(train.dataset))] + [val.dataset[i] for i in range(len(val.dataset))]
+    assert all(x.shape == (2, 2, 48, 48) and x.dtype == torch.float32 for x, _ in items)
+    # the known one, by hand: 128 -> 48 is * 3/8 floored; bins of 100 us; the last event in none
+    expect = torch.zeros(2, 2, 48, 48)
+    expect[0, 1, 0, 47] = 1
+    expect[0, 1, 24, 24] = 1
+    expect[1, 0, 37, 3] = 2
+    place = {str(known): [k for k, (x, y) in enumerate(items) if torch.equal(x, expect) and y == 3]}
+    # every random recording: frames exactly as binned independently, label from its folder
+    labels = {"airplane": 0, "cat": 3, "truck": 9}
+    for path, (t, x, y, on) in written.items():
+        frames = torch.from_numpy(_expected_frames(t, x, y, on, t_steps=2))
+        place[path] = [k for k, item in enumerate(items) if torch.equal(item[0], frames)]
+        assert len(place[path]) == 1 and items[place[path][0]][1] == labels[Path(path).parent.name], path
+        # all events counted but those at or after t_first + T * width (tonic's bins): the last one
+        dropped = int(np.sum(t - t[0] >= 2 * ((t[-1] - t[0]) // 2)))
+        assert 1 <= dropped <= 2 and items[place[path][0]][0].sum() == len(t) - dropped
+    # each file in exactly one split; val: per class (by label) the first of a permutation
+    # (seed SPLIT_SEED) of its files sorted by path, one of 3 (of 4 in cat, with the known one)
+    assert len(place[str(known)]) == 1 and len(items) == 10 and len(val.dataset) == 3
+    rng = np.random.default_rng(events_module.SPLIT_SEED)
+    want_val = set()
+    for cls in ("airplane", "cat", "truck"):
+        files = sorted(str(f) for f in (base / cls).iterdir())
+        want_val.add(files[rng.permutation(len(files))[0]])
+    assert {path for path, (k,) in place.items() if k >= len(train.dataset)} == want_val
+    # and it does not depend on the order the file system lists the files in
+    walk = os.walk
+    monkeypatch.setattr(os, "walk", lambda *a, **k: ((p, d, f[::-1]) for p, d, f in walk(*a, **k)))
+    again = build_dataset("cifar10-dvs", data, "val", t_steps=2, cache_dir=tmp_path / "cache2")
+    assert all(torch.equal(again.dataset[i][0], val.dataset[i][0]) for i in range(3))
+
+
+def test_cifar10_dvs_corrupt_files_skip_or_raise(tmp_path):
+    base = tmp_path / "data" / "CIFAR10DVS"
+    written = _write_cifar10_dvs(base, classes=("dog", "ship"))
+    good = (base / "dog" / "cifar10_dog_0.aedat4").read_bytes()
+    empty = tmp_path / "empty.aedat4"
+    aedat4_writer.write_aedat4(empty, *_random_events(np.random.default_rng(2), 0))
+    corrupt = {"cut inside a packet": good[:-5], "header, no packets": empty.read_bytes(),
+               "AEDAT 3.1 magic": b"#!AER-DAT3.1\r\n" + good[14:]}
+    data = str(tmp_path / "data")
+    for k, (why, raw) in enumerate(corrupt.items()):
+        bad = base / "ship" / f"cifar10_ship_bad{k}.aedat4"
+        bad.write_bytes(raw)
+        with pytest.warns(UserWarning, match=f"skipped 1 corrupt file.*{bad.name}"):
+            both = [build_dataset("cifar10-dvs", data, s, t_steps=3, cache_dir=tmp_path / f"c{k}")
+                    for s in ("train", "val")]
+        assert sum(b.skipped for b in both) == 1 and sum(len(b.dataset) for b in both) == len(written), why
+        with pytest.raises(CorruptFileError, match=bad.name):
+            for s in ("train", "val"):
+                build_dataset("cifar10-dvs", data, s, t_steps=3, cache_dir=tmp_path / f"c{k}", on_error="raise")
+        bad.unlink()
+
+
+def test_cifar10_dvs_layout_errors_and_missing_aedat(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"CIFAR10DVS/<class name"):
         build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2)
     d = tmp_path / "CIFAR10DVS"
@@ -355,13 +489,16 @@ def test_cifar10_dvs_layout_and_reader(tmp_path):
         build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2)
     for j in range(2):
         (d / "airplane" / f"cifar10_airplane_{j}.aedat4").write_bytes(b"not an aedat4 file")
-    if importlib.util.find_spec("aedat") is None:
-        with pytest.raises(ImportError, match="pip install aedat"):
-            build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2, cache_dir=tmp_path / "c")
-    else:
-        with pytest.raises(CorruptFileError, match="cifar10_airplane_"):
-            build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2, cache_dir=tmp_path / "c",
-                          on_error="raise")
+    with pytest.raises(CorruptFileError, match="cifar10_airplane_"):
+        build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2, cache_dir=tmp_path / "c", on_error="raise")
+    monkeypatch.setitem(sys.modules, "aedat", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install aedat"):
+        build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2, cache_dir=tmp_path / "c")
+    monkeypatch.undo()
+    (d / "plane").mkdir()
+    aedat4_writer.write_aedat4(d / "plane" / "a.aedat4", [T0, T0 + 9], [1, 2], [3, 4], [True, False])
+    with pytest.raises(ValueError, match="'plane' is not a class name"):
+        build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2)
 
 
 @pytest.mark.parametrize("name", ["dvs128-gesture", "n-caltech101", "cifar10-dvs", "imagenet", "cifar10"])

@@ -9,7 +9,14 @@ to the cache folder (one .npy per recording plus a manifest); later builds read 
 A file that fails to read (or holds no events) is skipped and counted, or raises naming the file.
 
 Splits: DVS128 Gesture has its own (ibmGestureTrain / ibmGestureTest). CIFAR10-DVS and N-Caltech101
-have none; a fixed per-class split puts 10% (at least one file of a class with two or more) in val.
+have none; a fixed per-class split puts 10% (at least one file of a class with two or more) in val:
+per class, in sorted class order, a permutation (seed SPLIT_SEED) of the class's files sorted by
+path; its first max(1, round(n * VAL_FRACTION)) go to val (none of a class with a single file).
+
+CIFAR10-DVS .aedat4 files (AEDAT 4.0, read by tonic.io.read_aedat4 through the 'aedat' package): the
+events of the lowest-numbered event stream, all packets concatenated; t in us (uint64), x, y
+(uint16), polarity (bool, ON = 1 = frame channel 1). The sensor is taken as 128x128 (tonic's
+CIFAR10DVS.sensor_size; the file's own sizeX/sizeY are not read).
 """
 
 from __future__ import annotations
@@ -58,7 +65,15 @@ def _tonic_dataset(name: str, root: Path, split: str):
     if name == "dvs128-gesture":
         ds = _Present(str(root), train=(split == "train"))
     else:
-        ds = _Present(str(root))
+        try:
+            ds = _Present(str(root))
+        except KeyError as err:  # tonic's CIFAR10DVS labels a file by its folder's name
+            raise ValueError(f"{name}: folder {err.args[0]!r} is not a class name (recordings belong in "
+                             f"{root / sub}/<class name>/)\nexpected layout:\n{LAYOUTS[name]}") from None
+    # tonic lists files in os.walk order (the file system's): sort them, so that the split and the
+    # cache do not depend on it
+    order = sorted(range(len(ds.data)), key=lambda i: ds.data[i])
+    ds.data, ds.targets = [ds.data[i] for i in order], [ds.targets[i] for i in order]
     if len(ds.data) == 0:
         raise FileNotFoundError(f"{name}: no recordings found under {root / sub}\n"
                                 f"expected layout:\n{LAYOUTS[name]}")
@@ -78,7 +93,13 @@ def _split_indices(labels: list, split: str) -> list[int]:
 
 
 def recording_to_frames(events: np.ndarray, sensor_wh: tuple[int, int], t_steps: int) -> np.ndarray:
-    """Events of one recording -> float32 [T, 2, 48, 48] (Downsample, then ToFrame)."""
+    """Events of one recording -> float32 [T, 2, 48, 48] (Downsample, then ToFrame).
+
+    Pixel (x, y) goes to (floor(x * 48 / W), floor(y * 48 / H)). tonic's time bins (events sorted
+    by t): width w = (t_last - t_first) // T, bin k = [t_first + k w, t_first + (k + 1) w); events
+    at or after t_first + T w (the last one always; all when t_last - t_first < T: zero frames)
+    fall in no bin.
+    """
     import tonic.transforms as tt
 
     if events.size == 0:
@@ -111,11 +132,11 @@ def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cac
     root = require_folder(root, name, LAYOUTS[name])
     ds, sensor_wh = _tonic_dataset(name, root, split)
     if name == "cifar10-dvs":
-        try:
+        try:  # a dependency of qsnn_kernels; checked here so a broken install fails once, clearly
             import aedat  # noqa: F401  (tonic's .aedat4 reader imports it per file)
         except ImportError as err:
-            raise ImportError("cifar10-dvs: reading .aedat4 recordings needs the 'aedat' package "
-                              "(pip install aedat)") from err
+            raise ImportError("cifar10-dvs: reading .aedat4 recordings needs the 'aedat' package, a "
+                              "dependency of qsnn_kernels (pip install aedat)") from err
     if name == "dvs128-gesture":
         indices = list(range(len(ds.data)))
         class_names, num_classes = None, 11
