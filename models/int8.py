@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import quantize_weight
+from ..quantize import quantize_weight
 
 __all__ = ["MIN_CONV_POSITIONS", "int8_conv2d", "int8_linear", "int8_supported"]
 

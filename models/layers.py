@@ -25,7 +25,8 @@ from torch import nn
 
 from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
 from ..lif import MultiLevelLIF
-from ..reference import fake_quantize_weight, quantize_weight
+from ..quantize import dequantized_weight
+from ..reference import fake_quantize_weight
 from .int8 import MIN_CONV_POSITIONS, int8_conv2d, int8_linear, int8_supported
 
 __all__ = [
@@ -243,8 +244,9 @@ def spike_conv2d_bitserial(x: torch.Tensor, weight, w_bits: int, in_bits: int, i
 
 
 class _FakeQuant(torch.autograd.Function):
-    """``scale * q`` of Eq. 5 (reference.quantize_weight) with the identity as gradient: the same
-    values and gradient as reference.fake_quantize_weight, in one output tensor instead of three."""
+    """``scale * q`` of Eq. 5 (:func:`qsnn_kernels.quantize.dequantized_weight`, one pass on the
+    CPU) with the identity as gradient: the values and gradient of reference.fake_quantize_weight,
+    in one output tensor instead of three."""
 
     @staticmethod
     def forward(ctx, weight, w_bits):
@@ -256,8 +258,7 @@ class _FakeQuant(torch.autograd.Function):
 
 
 def _dequantized(weight: torch.Tensor, w_bits: int) -> torch.Tensor:
-    q, scale = quantize_weight(weight, w_bits)
-    return (q.to(torch.float32) * scale.reshape((-1,) + (1,) * (weight.dim() - 1))).to(weight.dtype)
+    return dequantized_weight(weight, w_bits)
 
 
 def quantized_weight(weight: torch.Tensor, w_bits: int) -> torch.Tensor:

@@ -1,0 +1,68 @@
+"""Per-output-channel weight quantization (Eq. 5): ``quantize_weight`` and ``dequantized_weight``
+(ops ``qsnn::quantize_weight`` / ``qsnn::dequantized_weight``), what a quantized layer computes on
+every training step.
+
+Oracle: :func:`qsnn_kernels.reference.quantize_weight`. Kernel: csrc/quantize_cpu.cpp (one pass
+over the weight after its per-channel max; OpenMP, AVX2), for float32 weights on the CPU. For
+W >= 2 it is bit-identical to the reference; for W = 1 the codes are identical and the scale
+``mean|w|`` is summed in double (the reference sums in float32 in torch's order): they agree to
+within a few float32 roundings. ``backend="auto"`` runs that kernel on a float32 CPU weight and the
+reference's torch operations on any other device or dtype (a GPU runs those at full speed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _extension, reference
+from .bits import WEIGHT_BITS, check_bits
+
+__all__ = ["dequantized_weight", "quantize_weight"]
+
+BACKENDS = ("auto", "reference")
+
+torch.library.define("qsnn::quantize_weight", "(Tensor w, int w_bits) -> (Tensor, Tensor)")
+torch.library.define("qsnn::dequantized_weight", "(Tensor w, int w_bits) -> Tensor")
+
+
+@torch.library.register_fake("qsnn::quantize_weight")
+def _quantize_weight_fake(w, w_bits):
+    return w.new_empty(w.shape, dtype=torch.int8), w.new_empty((w.shape[0],))
+
+
+@torch.library.register_fake("qsnn::dequantized_weight")
+def _dequantized_weight_fake(w, w_bits):
+    return w.new_empty(w.shape)
+
+
+def _check(w, w_bits: int, backend: str, name: str) -> bool:
+    """Validate; True when the compiled kernel runs."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise TypeError(f"{name}: w must be a float tensor, got {getattr(w, 'dtype', type(w).__name__)}")
+    if w.dim() < 1 or w.numel() == 0:
+        raise ValueError(f"{name}: need a non-empty weight [N, ...], got shape {tuple(w.shape)}")
+    check_bits(w_bits, WEIGHT_BITS, "w_bits")
+    if backend == "reference" or w.device.type != "cpu" or w.dtype != torch.float32:
+        return False
+    _extension.require("cpu")
+    return True
+
+
+def quantize_weight(w: torch.Tensor, w_bits: int, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes ``q`` (int8, ``w``'s shape) and scales (float32 ``[N]``) with ``w ~ scale[n] * q[n, ...]``,
+    as :func:`qsnn_kernels.reference.quantize_weight`. No gradient (``w`` is read detached).
+    Raises TypeError on a non-float ``w``, ValueError on an empty one or ``w_bits`` outside {1, 2, 4, 8}."""
+    if not _check(w, w_bits, backend, "quantize_weight"):
+        return reference.quantize_weight(w, w_bits)
+    return torch.ops.qsnn.quantize_weight(w.detach(), w_bits)
+
+
+def dequantized_weight(w: torch.Tensor, w_bits: int, *, backend: str = "auto") -> torch.Tensor:
+    """``scale * q`` in ``w``'s dtype and shape (the fake-quantized weight's values), without the codes:
+    one pass on the CPU kernel. No gradient; errors as :func:`quantize_weight`."""
+    if not _check(w, w_bits, backend, "dequantized_weight"):
+        q, scale = reference.quantize_weight(w, w_bits)
+        return (q.to(torch.float32) * scale.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
+    return torch.ops.qsnn.dequantized_weight(w.detach(), w_bits)

@@ -1,0 +1,90 @@
+"""qsnn_kernels.quantize (csrc/quantize_cpu.cpp) against reference.quantize_weight: bit-identical
+for W >= 2, identical codes and a scale within a few float32 roundings for W = 1; odd shapes, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qsnn_kernels import reference
+from qsnn_kernels.quantize import dequantized_weight, quantize_weight
+
+SHAPES = [(1, 1), (1, 31), (3, 33), (2, 273), (5, 4, 3, 3), (64, 7, 1, 1), (17, 1)]
+
+
+def _weight(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * torch.rand(shape[0], *([1] * (len(shape) - 1)), generator=g)
+    if shape[0] > 2:
+        w[1] = 0.0                                           # an all-zero channel
+        w[2].view(-1)[0] = 2.5 * w[2].abs().max()            # a channel with one outlier
+    return w
+
+
+def _expected(w, w_bits):
+    q, scale = reference.quantize_weight(w, w_bits)
+    return q, scale, q.to(torch.float32) * scale.reshape((-1,) + (1,) * (w.dim() - 1))
+
+
+@pytest.mark.parametrize("w_bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_reference(shape, w_bits):
+    w = _weight(shape, seed=len(shape) * 100 + shape[-1])
+    q_ref, scale_ref, deq_ref = _expected(w, w_bits)
+    q, scale = quantize_weight(w, w_bits)
+    deq = dequantized_weight(w, w_bits)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and deq.dtype == torch.float32
+    assert torch.equal(q, q_ref)
+    if w_bits == 1:  # mean|w|: summed in double here, in float32 by torch (a few float32 roundings apart)
+        torch.testing.assert_close(scale, scale_ref, rtol=5e-7, atol=0)
+        torch.testing.assert_close(deq, deq_ref, rtol=5e-7, atol=0)
+    else:
+        assert torch.equal(scale, scale_ref) and torch.equal(deq, deq_ref)
+
+
+def test_rounding_ties_and_clamp_edges():
+    """Values exactly on x.5 code boundaries round half to even, as torch.round does."""
+    w = torch.tensor([[7.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -7.0, 6.5]])  # scale 1 at W = 4
+    for fn in (quantize_weight, lambda *a: reference.quantize_weight(*a)):
+        q, scale = fn(w, 4)
+        assert scale.item() == 1.0
+        assert q.tolist() == [[7, 0, 2, 2, 0, -2, -2, 4, -7, 6]]
+
+
+def test_non_contiguous_and_other_devices_or_dtypes():
+    w = _weight((8, 40), 3).t()                             # [40, 8], non-contiguous
+    for w_bits in (1, 4):
+        assert torch.equal(quantize_weight(w, w_bits)[0], reference.quantize_weight(w, w_bits)[0])
+    w64 = w.double()                                         # not float32: the reference path
+    q, scale = quantize_weight(w64, 4)
+    assert torch.equal(q, reference.quantize_weight(w64, 4)[0])
+    assert dequantized_weight(w64, 4).dtype == torch.float64
+
+
+def test_no_gradient_and_detached():
+    w = torch.randn(4, 9, requires_grad=True)
+    assert not dequantized_weight(w, 2).requires_grad
+    assert not quantize_weight(w, 2)[1].requires_grad
+
+
+@pytest.mark.parametrize("w, w_bits, err, match", [
+    (torch.zeros(3, 4, dtype=torch.int32), 4, TypeError, "float tensor"),
+    ([1.0, 2.0], 4, TypeError, "float tensor"),
+    (torch.zeros(0, 4), 4, ValueError, "non-empty"),
+    (torch.zeros(4, 0), 4, ValueError, "non-empty"),
+    (torch.zeros(()), 4, ValueError, "non-empty"),
+    (torch.zeros(3, 4), 3, ValueError, "w_bits"),
+    (torch.zeros(3, 4), 16, ValueError, "w_bits"),
+])
+def test_bad_input(w, w_bits, err, match):
+    for fn in (quantize_weight, dequantized_weight):
+        with pytest.raises(err, match=match):
+            fn(w, w_bits)
+    with pytest.raises(ValueError, match="backend"):
+        quantize_weight(torch.zeros(3, 4), 4, backend="fast")
+
+
+def test_opcheck():
+    w = torch.randn(6, 35)
+    torch.library.opcheck(torch.ops.qsnn.quantize_weight.default, (w, 4))
+    torch.library.opcheck(torch.ops.qsnn.dequantized_weight.default, (w, 1))
