@@ -2,7 +2,7 @@
 spikingjelly's neurons and plain PyTorch layers, in one run; and converted-model inference.
 
     pytest benchmarks/test_bench_models_sew.py --benchmark-only --benchmark-columns=min,median,rounds
-    python benchmarks/test_bench_models_sew.py bitserial     # the bit-serial training measurement
+    python benchmarks/test_bench_models_sew.py layer-paths   # one layer: dense / int8 / bit-serial forward
 
 Batch 8, 32x32 input, W/S/T in {4/2/1, 16/1/4}. "forward" is inference (eval, no autograd
 graph); "forward_backward" is a training-mode forward plus ``loss.backward()``.
@@ -213,32 +213,34 @@ def test_sew_resnet18_cifar_inference(benchmark, which):
 # --------------------------------------------------------------------------- bit-serial training
 
 
-def measure_bitserial_training(repeat: int = 3) -> list[dict]:
-    """Forward+backward of one spike-input QuantConv2d (128 -> 128, 3x3, [T*B = 8, 128, 16, 16]),
-    dense fake-quant conv against the bit-serial forward (``bitserial=True``), per w_bits and
-    s_bits: best-of-``repeat`` ms. The input to choosing ``layers.BITSERIAL_TRAIN_BITS``."""
+def measure_layer_paths(repeat: int = 3) -> list[dict]:
+    """Forward+backward of one spike-input 3x3 QuantConv2d (C -> C on [T*B = 8, C, H, H] spikes) on
+    each forward path: dense float (``int8=False``), exact int8 (``int8=True``, models/int8.py) and
+    bit-serial (``bitserial=True``); best-of-``repeat`` ms. The input to choosing
+    ``layers.BITSERIAL_TRAIN_BITS`` and ``int8.MIN_CONV_POSITIONS`` (output positions 8*H*H)."""
     from qsnn_kernels.models.layers import QuantConv2d
 
+    cases = [(c, h, s, w) for s in (1, 2) for w in (1, 2, 4, 8) for c, h in [(128, 16)]]
+    cases += [(c, h, 1, 4) for c, h in [(64, 32), (256, 8), (512, 4), (512, 2)]]
     rows = []
-    for s_bits in (1, 2):
-        for w_bits in (1, 2, 4, 8):
-            torch.manual_seed(0)
-            conv = QuantConv2d(128, 128, 3, padding=1, bias=False, w_bits=w_bits, in_bits=s_bits)
-            x = torch.randint(0, 1 << s_bits, (8, 128, 16, 16)).float().requires_grad_()
-            row = {"w_bits": w_bits, "s_bits": s_bits}
-            for mode in (False, True):
-                conv.bitserial = mode
-                best = float("inf")
-                for _ in range(repeat + 1):
-                    t0 = time.perf_counter()
-                    conv(x).sum().backward()
-                    best = min(best, time.perf_counter() - t0)
-                row["bitserial_ms" if mode else "dense_ms"] = round(best * 1e3, 1)
-            rows.append(row)
+    for channels, size, s_bits, w_bits in cases:
+        torch.manual_seed(0)
+        conv = QuantConv2d(channels, channels, 3, padding=1, bias=False, w_bits=w_bits, in_bits=s_bits)
+        x = torch.randint(0, 1 << s_bits, (8, channels, size, size)).float().requires_grad_()
+        row = {"channels": channels, "size": size, "positions": 8 * size * size, "w_bits": w_bits, "s_bits": s_bits}
+        for name, bitserial, int8 in (("dense", False, False), ("int8", False, True), ("bitserial", True, False)):
+            conv.bitserial, conv.int8 = bitserial, int8
+            best = float("inf")
+            for _ in range(repeat + 1):
+                t0 = time.perf_counter()
+                conv(x).sum().backward()
+                best = min(best, time.perf_counter() - t0)
+            row[f"{name}_ms"] = round(best * 1e3, 2)
+        rows.append(row)
     return rows
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["bitserial"]:
-        for r in measure_bitserial_training():
+    if sys.argv[1:] == ["layer-paths"]:
+        for r in measure_layer_paths():
             print(r)

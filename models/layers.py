@@ -13,6 +13,10 @@ Conventions (models contract, DESIGN.md):
   ``[0, 2^in_bits - 1]``), or None for a real-valued input (the encoding layer, a layer after a
   float op such as average pooling). The architecture builder sets it; the profiler and the
   inference conversion (:mod:`models.convert`) read it.
+* Forward of a spike-input layer with a quantized weight, first match: the bit-serial kernel when
+  ``bitserial`` asks for it (:func:`uses_bitserial`); exact int8 on a CPU (:mod:`models.int8`,
+  :func:`uses_int8`; ``int8=False`` turns it off); else the dense float conv/linear. All three give
+  the same values up to float rounding and the same gradients.
 """
 
 from __future__ import annotations
@@ -176,7 +180,7 @@ def _check_in_scale(in_scale) -> float:
 BITSERIAL_TRAIN_BITS: tuple[int, ...] = ()
 """w_bits at which a spike-input layer with ``bitserial=None`` (the default) runs its forward on the
 bit-serial kernel: those where it measured faster than the dense float path on CPU
-(``python benchmarks/test_bench_models_sew.py bitserial``: forward+backward of a 128 -> 128 3x3 conv
+(``python benchmarks/test_bench_models_sew.py layer-paths``: forward+backward of a 128 -> 128 3x3 conv
 on [8, 128, 16, 16] spikes). It paid at no width: on a shared 2-core CPU, S = 1, dense vs
 bit-serial ms: W1 22 vs 97, W2 9 vs 42, W4 9 vs 41, W8 9 vs 47 (the bit-serial forward adds the
 level checks, im2col of float levels and packing per call, and the backward is dense anyway), so
