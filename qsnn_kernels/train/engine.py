@@ -243,14 +243,18 @@ def _profile_report(model, val_info, device, t_steps, model_name):
     tot = prof.totals
     return dict(params=int(tot.get("params_count", sum(p.numel() for p in model.parameters()))),
                 bit_budget=tot.get("bit_budget"), s_ace=tot.get("s_ace"), ns_ace=tot.get("ns_ace"),
-                firing_rate={rec.name: rec.firing_rate for rec in prof.layers})
+                firing_rate={rec.name: rec.firing_rate for rec in prof.layers},
+                input_bits={rec.name: rec.in_bits for rec in prof.layers})
 
 
 def run(config: TrainConfig) -> dict:
     """Train ``config.model`` on ``config.data`` and return the final report (also written as
     ``report.json`` in ``config.output``): ``top1`` (final val accuracy, of the EMA model when
     ``model_ema``), ``best_top1``, ``epochs``, ``wall_time_s``, ``images_per_s`` (training),
-    ``params``, ``bit_budget``, ``s_ace``, ``ns_ace``, ``firing_rate`` ({layer: rate}) from
+    ``params``, ``bit_budget``, ``s_ace``, ``ns_ace``, ``firing_rate`` ({layer: rate, the nonzero
+    fraction of the layer's input}) and ``input_bits`` ({layer: the bits of its input spikes, None
+    for a real-valued input such as the encoding conv or a head after a mean: the profiler's
+    ``LayerRecord.in_bits``; the layers with an int take spikes}) from
     :func:`qsnn_kernels.metrics.profile` on val samples, ``model``, ``wst``, ``data``, ``world_size``.
 
     Raises ValueError (unknown model, impossible W/S/T, bad option, a checkpoint of another model),
