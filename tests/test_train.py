@@ -90,27 +90,49 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
     assert strip(_metrics(full.output)) == strip(_metrics(cut.output))
 
 
+class _NearestClassMean(torch.nn.Module):
+    """A fixed digits classifier of about 90 % accuracy (logits: minus the squared distance to each
+    class's mean training image): a model whose val accuracy is far from chance and differs between
+    val shards, to check the sharded evaluation's all-reduce (a few training steps stay at chance)."""
+
+    def __init__(self):
+        super().__init__()
+        from qsnn_kernels.data import build_dataset
+
+        train = build_dataset("digits", None, "train", t_steps=1).dataset
+        xs = torch.stack([train[i][0].flatten() for i in range(len(train))])
+        ys = torch.tensor([int(train[i][1]) for i in range(len(train))])
+        self.register_buffer("means", torch.stack([xs[ys == c].mean(0) for c in range(10)]))
+
+    def forward(self, x):
+        return -((x.flatten(1)[:, None] - self.means[None]) ** 2).sum(-1)
+
+
 def _ddp_worker(rank, world, port, cfg_dict, out_q):
     """One rank: trains, then sends (rank, its report's top1, the val samples it evaluated per epoch,
-    its final batch-norm buffers) to the test process."""
+    its final batch-norm buffers, (accuracy over all ranks, over its own shard) of
+    :class:`_NearestClassMean` on the val loader) to the test process."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    real_evaluate, val_sizes, models_seen = loop_mod._evaluate, [], []
+    real_evaluate, val_sizes, models_seen, probe = loop_mod._evaluate, [], [], []
 
-    def spy(model, loader, *args):
+    def spy(model, loader, device, autocast, world):
         val_sizes.append(len(loader.dataset))
         models_seen.append(model)
-        return real_evaluate(model, loader, *args)
+        ncm = _NearestClassMean()
+        probe.append((real_evaluate(ncm, loader, device, autocast, world)[1], real_evaluate(ncm, loader, device, autocast)[1]))
+        return real_evaluate(model, loader, device, autocast, world)
 
     loop_mod._evaluate = spy
     report = run(TrainConfig(**cfg_dict))
     buffers = {k: v.numpy().copy() for k, v in models_seen[-1].state_dict().items() if "running" in k}
-    out_q.put((rank, report["top1"], val_sizes, buffers))
+    out_q.put((rank, report["top1"], val_sizes, buffers, probe[-1]))
 
 
 def _spawn_two(cfg):
-    """Run ``cfg`` on 2 gloo processes; {rank: (top1, val sizes, batch-norm buffers)}."""
+    """Run ``cfg`` on 2 gloo processes; {rank: (top1, val sizes, batch-norm buffers, probe)} (see
+    :func:`_ddp_worker`)."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -119,18 +141,23 @@ def _spawn_two(cfg):
     return {r: rest for r, *rest in (q.get() for _ in range(2))}
 
 
-def _full_val_top1(folder, model_kwargs, wst=(8, 1, 2)):
-    """top-1 of the checkpoint in ``folder`` on the whole digits val set, in this one process."""
+def _full_val_top1(model, t_steps=2):
+    """(top-1 of ``model`` on the whole digits val set in this one process, val set size)."""
     from torch.utils.data import DataLoader
 
     from qsnn_kernels.data import build_dataset
-    from qsnn_kernels.models import create_model
     from qsnn_kernels.train.engine import _evaluate
+
+    val = build_dataset("digits", None, "val", t_steps=t_steps).dataset
+    return _evaluate(model, DataLoader(val, batch_size=100), torch.device("cpu"), contextlib.nullcontext)[1], len(val)
+
+
+def _trained(folder, model_kwargs, wst=(8, 1, 2)):
+    from qsnn_kernels.models import create_model
 
     model = create_model("qsnn_spiking_cnn_tiny", w_bits=wst[0], s_bits=wst[1], t_steps=wst[2], **model_kwargs)
     model.load_state_dict(_weights(folder))
-    val = build_dataset("digits", None, "val", t_steps=wst[2]).dataset
-    return _evaluate(model, DataLoader(val, batch_size=100), torch.device("cpu"), contextlib.nullcontext)[1], len(val)
+    return model
 
 
 def _free_port():
@@ -162,10 +189,17 @@ def test_ddp_two_processes_equal_one_process(tmp_path, monkeypatch):
     assert r1["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-5)  # the loss over both ranks' samples
     # validation is sharded (each rank half of the val set, no sample twice) and the accuracy is the
     # exact global one: that of the same weights on the whole val set in one process
-    top1_full, n_val = _full_val_top1(two.output, kw["model_kwargs"])
+    top1_full, n_val = _full_val_top1(_trained(two.output, kw["model_kwargs"]))
     assert ranks[0][1] == [(n_val + 1) // 2] and ranks[1][1] == [n_val // 2]
     assert ranks[0][0] == top1_full == r2["val_top1"]
     assert report_one["top1"] == top1_full             # and the single-process run's (weights equal to 1e-5)
+    # 4 steps leave the spiking model near chance; a fixed 90 % classifier on the same val loaders:
+    # each rank's shard accuracy differs, the all-reduced one is exactly the whole set's
+    ncm_full, _ = _full_val_top1(_NearestClassMean())
+    (global0, local0), (global1, local1) = ranks[0][3], ranks[1][3]
+    assert global0 == global1 == ncm_full > 0.8
+    assert local0 != local1
+    assert local0 * ((n_val + 1) // 2) + local1 * (n_val // 2) == pytest.approx(ncm_full * n_val)
     init = _cfg(tmp_path, "init", **dict(kw, lr=0.0, weight_decay=0.0))
     run(init)                                          # the weights moved: the comparison is not trivial
     assert max((a[k] - w).abs().max().item() for k, w in _weights(init.output).items() if w.is_floating_point()) > 1e-3
@@ -190,7 +224,7 @@ def test_ddp_sync_bn_two_processes_equal_one_process(tmp_path, monkeypatch):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     for k, v in ranks[1][2].items():                   # rank 1's running statistics are rank 0's
         torch.testing.assert_close(torch.from_numpy(v), torch.from_numpy(ranks[0][2][k]), rtol=1e-6, atol=1e-7, msg=k)
-    top1_full, _ = _full_val_top1(two.output, kw["model_kwargs"])
+    top1_full, _ = _full_val_top1(_trained(two.output, kw["model_kwargs"]))
     assert ranks[0][0] == ranks[1][0] == top1_full
     assert report_one["top1"] == pytest.approx(top1_full, abs=1 / 360)  # at most one of 360 predictions differs
 
