@@ -117,8 +117,9 @@ def row_from_report(split: tuple[int, int, int], report: dict | None, wall_s: fl
     Row: :data:`COLUMNS` plus ``w_bits``, ``s_bits``, ``t_steps``, ``best_accuracy``,
     ``firing_rate_per_layer``, ``spike_input_layers`` and ``error``. ``accuracy`` is the final
     top-1 val accuracy in percent; ``bit_budget`` the report's, else W * S * T; ``params_16bit_m``
-    the paper's parameter figure ``params * W / 16`` in millions; ``mean_firing_rate`` the unweighted mean of the firing rates
-    of the layers that take spikes (``spike_input_layers``: the report's ``input_bits`` is an int);
+    the paper's parameter figure ``params * W / 16`` in millions; ``mean_firing_rate`` the
+    unweighted mean of the firing rates of the layers that take spikes (``spike_input_layers``:
+    the report's ``input_bits`` is an int);
     layers fed real values (the encoding conv, a head after a mean over space) are left out, since
     their "rate" is the nonzero fraction of an image or of averages, not of spikes; None when the
     report does not say which layers take spikes (no ``input_bits``) or none does.

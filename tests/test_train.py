@@ -121,7 +121,8 @@ def _ddp_worker(rank, world, port, cfg_dict, out_q):
         val_sizes.append(len(loader.dataset))
         models_seen.append(model)
         ncm = _NearestClassMean()
-        probe.append((real_evaluate(ncm, loader, device, autocast, world)[1], real_evaluate(ncm, loader, device, autocast)[1]))
+        probe.append((real_evaluate(ncm, loader, device, autocast, world)[1],   # all ranks
+                      real_evaluate(ncm, loader, device, autocast)[1]))         # this rank's shard
         return real_evaluate(model, loader, device, autocast, world)
 
     loop_mod._evaluate = spy
@@ -308,7 +309,14 @@ def test_global_batch_norm_one_rank_gradcheck_and_errors():
     with torch.no_grad():
         bn.weight.uniform_(0.5, 2.0)
     x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: global_batch_norm(bn, x, reduce=lambda t: t), (x, bn.weight, bn.bias))
+    from qsnn_kernels.models.sync_batch_norm import _GlobalBatchNorm
+
+    def one_rank(x, w, b):
+        return _GlobalBatchNorm.apply(x, w, b, None, None, 0.0, bn.eps, lambda t: t)
+
+    assert torch.autograd.gradcheck(one_rank, (x, bn.weight, bn.bias))
+    plain_bn = torch.nn.BatchNorm1d.forward(bn, x)                  # one rank: the plain batch norm
+    torch.testing.assert_close(global_batch_norm(bn, x, reduce=lambda t: t), plain_bn)
     with pytest.raises(ValueError, match="more than 1 value"):
         global_batch_norm(bn, torch.randn(1, 4, dtype=torch.float64), reduce=lambda t: t)
     with pytest.raises(ValueError, match="eval mode"):

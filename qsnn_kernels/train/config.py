@@ -33,8 +33,9 @@ class TrainConfig:
     over the global batch (all ranks; one all-reduce per batch-norm layer forward and one in its
     backward), so that N processes train as one process with the same global batch. Off by default:
     the extra communication per layer costs time, and the per-rank statistics of a large per-rank
-    batch are usually good enough. Runs on CPU (gloo) and CUDA (nccl); models whose batch norms are
-    not :class:`qsnn_kernels.models.MultiStepBatchNorm2d`/``1d`` are refused with a ValueError."""
+    batch are usually good enough. Plain all-reduces, so any backend (tested on CPU with gloo; the
+    same code runs on nccl); models whose batch norms are not
+    :class:`qsnn_kernels.models.MultiStepBatchNorm2d`/``1d`` are refused with a ValueError."""
 
     model: str = DEFAULT_MODEL
     model_kwargs: dict | None = None
