@@ -406,25 +406,43 @@ class SpikeMatmul(nn.Module):
 # --------------------------------------------------------------------------- batch norm, neurons
 
 
-class MultiStepBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d over ``[T, B, C, H, W]`` (statistics over T, B, H, W: T*B samples) or ``[N, C, H, W]``."""
+class _GlobalStats:
+    """``sync_stats`` for the multi-step batch norms: when True (``qsnn train --sync-bn`` sets it),
+    training-mode statistics are computed over every rank of the process group
+    (:func:`models.sync_batch_norm.global_batch_norm`; the plain batch norm without one). A plain
+    attribute, not state: checkpoints do not change."""
+
+    sync_stats: bool = False
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sync_stats and self.training:
+            from .sync_batch_norm import global_batch_norm
+
+            return global_batch_norm(self, x)
+        return super().forward(x)
+
+
+class MultiStepBatchNorm2d(_GlobalStats, nn.BatchNorm2d):
+    """BatchNorm2d over ``[T, B, C, H, W]`` (statistics over T, B, H, W: T*B samples) or ``[N, C, H, W]``;
+    ``sync_stats`` (:class:`_GlobalStats`) takes them over all ranks."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 5:
-            return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+            return self._normalize(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         if x.dim() != 4:
             raise ValueError(f"MultiStepBatchNorm2d: input must be [T, B, C, H, W] or [N, C, H, W], "
                              f"got shape {tuple(x.shape)}")
-        return super().forward(x)
+        return self._normalize(x)
 
 
-class MultiStepBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d over ``[T, B, C, L]`` (T*B samples) or the usual ``[N, C]`` / ``[N, C, L]``."""
+class MultiStepBatchNorm1d(_GlobalStats, nn.BatchNorm1d):
+    """BatchNorm1d over ``[T, B, C, L]`` (T*B samples) or the usual ``[N, C]`` / ``[N, C, L]``;
+    ``sync_stats`` (:class:`_GlobalStats`) takes the statistics over all ranks."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
-            return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-        return super().forward(x)
+            return self._normalize(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return self._normalize(x)
 
 
 MultiStepBatchNorm = MultiStepBatchNorm2d

@@ -6,10 +6,12 @@ which split buys the most accuracy (the paper's Figs. 4-6). :func:`splits` lists
 :func:`run_sweep` trains each one with :func:`qsnn_kernels.train.run` (short runs; the embedded
 digits by default) in its own sub-run folder and writes, in the sweep folder:
 
-* ``sweep.csv`` and ``sweep.json``: one row per split (:data:`COLUMNS`); the JSON also holds each
-  split's firing rate per layer and the budget;
+* ``sweep.csv`` and ``sweep.json``: one row per split (:data:`COLUMNS`; "mean fr" is the mean
+  firing rate of the layers that take spikes, not of the encoding conv or a head fed real values,
+  see :func:`row_from_report`); the JSON also holds each split's firing rate per layer (every
+  layer), which layers take spikes, and the budget;
 * ``accuracy_vs_s_ace.png`` (log x axis), ``accuracy_per_split.png`` (bars) and
-  ``firing_rate_per_layer.png`` (a heatmap, splits x layers);
+  ``firing_rate_per_layer.png`` (a heatmap, splits x the layers that take spikes);
 
 and prints the table in the terminal (with ``rich`` when it is installed, plain text otherwise).
 Splits of one budget share their S-ACE (that is what the budget means), so give several budgets
@@ -41,7 +43,8 @@ __all__ = ["COLUMNS", "WEIGHT_BITS", "SPIKE_BITS", "add_arguments", "format_tabl
 # The widths a sweep tries are the quantized ones (bits.WEIGHT_BITS, bits.SPIKE_BITS); full
 # precision is not a split.
 
-#: Table columns, in order: (key, header).
+#: Table columns, in order: (key, header). "mean fr": the mean firing rate of the layers that take
+#: spikes only (the encoding conv and a head fed real values are left out; :func:`row_from_report`).
 COLUMNS = (
     ("wst", "W/S/T"),
     ("bit_budget", "BB"),
@@ -88,6 +91,16 @@ def _layer_rates(report: dict) -> dict:
     return {str(k): float(v) for k, v in fr.items() if v is not None}
 
 
+def _spike_input_layers(report: dict, rates: dict) -> list | None:
+    """The layers of ``rates`` that take spikes: those whose ``input_bits`` in the report is an int
+    (the profiler's ``in_bits``; None marks a real-valued input). None when the report has no
+    ``input_bits`` (a report of an older version): then which layers take spikes is unknown."""
+    bits = report.get("input_bits")
+    if not isinstance(bits, dict):
+        return None
+    return [name for name in rates if bits.get(name) is not None]
+
+
 def _params_16bit_m(report: dict, w_bits: int):
     from .metrics import formulas
 
@@ -99,19 +112,24 @@ def row_from_report(split: tuple[int, int, int], report: dict | None, wall_s: fl
                     error: str | None = None) -> dict:
     """One table row from the report of :func:`qsnn_kernels.train.run` (keys read: ``top1`` and
     ``best_top1`` as fractions, ``bit_budget``, ``s_ace``, ``ns_ace``, ``params``, ``firing_rate``
-    {layer: rate}; any of them may be missing, giving None).
+    {layer: rate}, ``input_bits`` {layer: bits or None}; any of them may be missing, giving None).
 
     Row: :data:`COLUMNS` plus ``w_bits``, ``s_bits``, ``t_steps``, ``best_accuracy``,
-    ``firing_rate_per_layer`` and ``error``. ``accuracy`` is the final top-1 val accuracy in percent;
-    ``bit_budget`` the report's, else W * S * T; ``params_16bit_m`` the paper's parameter figure
-    ``params * W / 16`` in millions; ``mean_firing_rate`` the unweighted mean over every layer the
-    report lists (the training report includes layers whose input is real-valued, such as the
-    encoding conv and a head after a mean over space: their rate is the nonzero fraction of that
-    input); ``wall_s`` the time :func:`run_sweep` measured around the whole run (data, training,
-    profiling); ``error`` the exception text of a failed split (then ``status`` is "failed")."""
+    ``firing_rate_per_layer``, ``spike_input_layers`` and ``error``. ``accuracy`` is the final
+    top-1 val accuracy in percent; ``bit_budget`` the report's, else W * S * T; ``params_16bit_m``
+    the paper's parameter figure ``params * W / 16`` in millions; ``mean_firing_rate`` the
+    unweighted mean of the firing rates of the layers that take spikes (``spike_input_layers``:
+    the report's ``input_bits`` is an int);
+    layers fed real values (the encoding conv, a head after a mean over space) are left out, since
+    their "rate" is the nonzero fraction of an image or of averages, not of spikes; None when the
+    report does not say which layers take spikes (no ``input_bits``) or none does.
+    ``firing_rate_per_layer`` keeps every layer. ``wall_s`` the time :func:`run_sweep` measured
+    around the whole run (data, training, profiling); ``error`` the exception text of a failed split
+    (then ``status`` is "failed")."""
     w, s, t = split
     report = report or {}
     rates = _layer_rates(report)
+    spiking = _spike_input_layers(report, rates)
     bb = report.get("bit_budget")
     top1, best = report.get("top1"), report.get("best_top1")
     return {
@@ -121,12 +139,13 @@ def row_from_report(split: tuple[int, int, int], report: dict | None, wall_s: fl
         "best_accuracy": None if best is None else 100.0 * float(best),
         "s_ace": report.get("s_ace"),
         "ns_ace": report.get("ns_ace"),
-        "mean_firing_rate": sum(rates.values()) / len(rates) if rates else None,
+        "mean_firing_rate": sum(rates[n] for n in spiking) / len(spiking) if spiking else None,
         "params_16bit_m": _params_16bit_m(report, w),
         "wall_s": wall_s,
         "status": "ok" if error is None else "failed",
         "error": error,
         "firing_rate_per_layer": rates,
+        "spike_input_layers": spiking,
     }
 
 
@@ -227,9 +246,11 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
     paths.append(_save(fig, os.path.join(out, "accuracy_per_split.png")))
 
     # Fig. 6-like: firing rate per layer per split (heatmap; NaN where a split has no figure).
-    layers = []
+    layers = []  # the layers that take spikes (all of a row's layers when its report does not say)
     for r in rows:
-        layers += [name for name in r["firing_rate_per_layer"] if name not in layers]
+        names = r.get("spike_input_layers")
+        names = r["firing_rate_per_layer"] if names is None else names
+        layers += [name for name in names if name not in layers]
     grid = np.full((len(rows), max(len(layers), 1)), np.nan)
     for i, r in enumerate(rows):
         for j, name in enumerate(layers):
@@ -244,7 +265,7 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [r["wst"] for r in rows])
-    ax.set_xlabel("layer (rate of its input)")
+    ax.set_xlabel("layer taking spikes (rate of its input spikes)")
     ax.set_ylabel("W/S/T")
     ax.set_title(f"{title}: firing rate per layer")
     fig.colorbar(im, ax=ax, label="firing rate (nonzero fraction)")

@@ -177,7 +177,7 @@ def test_cifar_val_exact_and_train_augmented(tmp_path, name, n_classes, train_fi
     torch.manual_seed(0)
     a = train.dataset[0][0]
     b = train.dataset[0][0]
-    assert a.shape == (3, 32, 32) and not torch.equal(a, b)  # random crop/flip/RandAugment
+    assert a.shape == (3, 32, 32) and not torch.equal(a, b)  # random crop/flip
 
 
 def test_cifar_corrupt_batch_skip_or_raise(tmp_path):

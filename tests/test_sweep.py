@@ -62,7 +62,7 @@ class FakeConfig:
     output: str = "runs/x"
 
 
-LAYERS = ("conv2", "conv3", "head")
+LAYERS = ("conv2", "conv3", "head")  # the layers that take spikes; "conv1" (the encoding conv) does not
 
 
 def fake_report(config):
@@ -76,7 +76,8 @@ def fake_report(config):
         "s_ace": 1000.0 * w * s * t + w,
         "ns_ace": 100.0 * w * s * t / s,
         "params": 24000,
-        "firing_rate": {name: 0.1 * (i + 1) / s for i, name in enumerate(LAYERS)},
+        "firing_rate": {"conv1": 1.0, **{name: 0.1 * (i + 1) / s for i, name in enumerate(LAYERS)}},
+        "input_bits": {"conv1": None, **{name: s for name in LAYERS}},
     }
 
 
@@ -104,7 +105,8 @@ def test_run_sweep_with_fake_training_writes_table_and_plots(tmp_path, capsys):
         assert r["best_accuracy"] == pytest.approx(51.0 + 5 * r["w_bits"] + r["s_bits"])
         assert r["params_16bit_m"] == pytest.approx(0.024 * r["w_bits"] / 16)
         assert r["bit_budget"] == 8
-        assert r["mean_firing_rate"] == pytest.approx(0.2 / r["s_bits"])
+        assert r["mean_firing_rate"] == pytest.approx(0.2 / r["s_bits"])  # conv1's 1.0 left out
+        assert r["spike_input_layers"] == list(LAYERS)
     # CSV has one row per split with the table's columns
     with open(tmp_path / "sw" / "sweep.csv") as f:
         got = list(csv.DictReader(f))
@@ -113,7 +115,7 @@ def test_run_sweep_with_fake_training_writes_table_and_plots(tmp_path, capsys):
     assert [float(g["s_ace"]) for g in got] == [r["s_ace"] for r in rows]
     data = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert data["budget"] == 8 and len(data["rows"]) == 10
-    expected_rates = {n: 0.1 * (i + 1) / 8 for i, n in enumerate(LAYERS)}  # split 1/8/1
+    expected_rates = {"conv1": 1.0, **{n: 0.1 * (i + 1) / 8 for i, n in enumerate(LAYERS)}}  # split 1/8/1
     assert data["rows"][3]["firing_rate_per_layer"] == pytest.approx(expected_rates)
     # PNGs decode
     for name in ("accuracy_vs_s_ace.png", "accuracy_per_split.png", "firing_rate_per_layer.png"):
@@ -233,6 +235,20 @@ def test_row_from_report_missing_figures_and_bb_fallback():
     assert row["firing_rate_per_layer"] == {} and row["status"] == "ok"
 
 
+def test_mean_firing_rate_only_over_layers_taking_spikes():
+    rates = {"conv1": 1.0, "conv2": 0.2, "attn": 0.5, "fc": 0.9}
+    row = sweep.row_from_report((4, 2, 1), {"firing_rate": rates,
+                                            "input_bits": {"conv1": None, "conv2": 2, "attn": 8, "fc": None}}, 1.0)
+    assert row["spike_input_layers"] == ["conv2", "attn"]
+    assert row["mean_firing_rate"] == pytest.approx((0.2 + 0.5) / 2)
+    assert row["firing_rate_per_layer"] == rates                        # every layer is still listed
+    # a report that does not say which layers take spikes, or one where none does: no mean
+    old = sweep.row_from_report((4, 2, 1), {"firing_rate": rates}, 1.0)
+    assert old["mean_firing_rate"] is None and old["spike_input_layers"] is None
+    none = sweep.row_from_report((4, 2, 1), {"firing_rate": rates, "input_bits": dict.fromkeys(rates)}, 1.0)
+    assert none["mean_firing_rate"] is None and none["spike_input_layers"] == []
+
+
 def test_format_table_plain_text():
     rows = [sweep.row_from_report((1, 1, 2), {"top1": 0.9125, "s_ace": 2e6}, 2.0)]
     text = sweep.format_table(rows)
@@ -306,6 +322,11 @@ def test_real_sweep_budget_2_end_to_end(tmp_path, capsys):
         assert r["bit_budget"] == 2
         assert r["s_ace"] > 0 and r["ns_ace"] >= 0
         assert r["firing_rate_per_layer"] and all(0.0 <= v <= 1.0 for v in r["firing_rate_per_layer"].values())
+        # the tiny CNN: conv1 (encoding) and fc (after a mean over space) take real values
+        assert set(r["firing_rate_per_layer"]) == {"conv1", "conv2", "conv3", "fc"}
+        assert r["spike_input_layers"] == ["conv2", "conv3"]
+        fr = r["firing_rate_per_layer"]
+        assert r["mean_firing_rate"] == pytest.approx((fr["conv2"] + fr["conv3"]) / 2)
         assert os.path.isfile(out / sweep.split_dirname(r["w_bits"], r["s_bits"], r["t_steps"]) / "report.json")
         assert r["wst"] in printed
     for name in ("sweep.csv", "accuracy_vs_s_ace.png", "accuracy_per_split.png", "firing_rate_per_layer.png"):

@@ -6,6 +6,8 @@ files' md5 sums are not checked (a subset or re-pickled copy loads too); a batch
 unpickle is skipped and counted (on_error="skip") or raises naming the file.
 ImageNet: root/train/<class>/<image> and root/val/<class>/<image>; every file is opened and
 verified by PIL when the data set is built, so a corrupt one is skipped and counted or raises.
+Training augmentation (``augment``): CIFAR random crop + flip, ImageNet timm's training transform;
+``randaug`` (a timm RandAugment policy string, :func:`check_randaug`) adds RandAugment to either.
 """
 
 from __future__ import annotations
@@ -56,17 +58,92 @@ def _cifar_class(name: str):
 _Cifar10 = _Cifar100 = None
 
 
-def cifar_transform(augment: bool):
+RANDAUG_KEYS = ("m", "n", "mstd", "mmax", "inc", "p")
+"""The numeric sections of a RandAugment policy (timm's names): magnitude, ops per image, magnitude
+std, magnitude max, increasing-severity ops (0/1), probability of each op."""
+RANDAUG_TRANSFORM_SETS = ("weights", "3a", "3aw")
+"""The ``t<name>`` section's op sets in timm."""
+
+
+def check_randaug(policy) -> str:
+    """``policy`` checked as a timm RandAugment policy string: ``"rand"`` then ``-``-separated
+    sections ``m<magnitude>``, ``n<ops per image>``, ``mstd<std>``, ``mmax<max>``, ``inc<0|1>``,
+    ``p<prob>``, ``t<weights|3a|3aw>``, e.g. ``"rand-m9-mstd0.5-inc1"``. Returns it unchanged.
+
+    ValueError naming the bad section (timm itself skips a section it cannot parse without a word,
+    or asserts, so the check is done here): an unknown key, a value that is not a number, or a
+    policy that does not start with ``rand``."""
+    import re
+
+    hint = ("expected a timm RandAugment policy such as 'rand-m9-mstd0.5-inc1' (sections m<magnitude>, "
+            "n<ops per image>, mstd<std>, mmax<max magnitude>, inc<0|1>, p<probability>, t<weights|3a|3aw>)")
+    if not isinstance(policy, str):
+        raise ValueError(f"randaug: {hint}, got {type(policy).__name__}")
+    parts = policy.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"randaug {policy!r}: {hint}")
+    for part in parts[1:]:
+        if part.startswith("t"):  # timm: any section starting with t names the op set
+            if part[1:] not in RANDAUG_TRANSFORM_SETS:
+                raise ValueError(f"randaug {policy!r}: unknown op set {part!r}; {hint}")
+            continue
+        m = re.fullmatch(r"([a-z]+)(\d.*)", part)
+        if m is None or m.group(1) not in RANDAUG_KEYS:
+            raise ValueError(f"randaug {policy!r}: unknown section {part!r}; {hint}")
+        key, val = m.groups()
+        try:
+            num = float(val) if key in ("mstd", "p") else int(val)
+        except ValueError:
+            raise ValueError(f"randaug {policy!r}: section {part!r} needs a number after {key!r}; {hint}") from None
+        if key == "p" and not 0.0 <= num <= 1.0 or key == "inc" and num not in (0, 1):
+            raise ValueError(f"randaug {policy!r}: section {part!r} is out of range; {hint}")
+    return policy
+
+
+def randaug_op(policy: str, img_size: int, mean):
+    """timm's ``RandAugment`` for ``policy`` (:func:`check_randaug`) on PIL images of side
+    ``img_size`` whose channel mean is ``mean`` (fractions; the fill colour), with timm's hparams
+    (translation 45 % of the side)."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    check_randaug(policy)
+    hparams = dict(translate_const=int(img_size * 0.45), img_mean=tuple(min(255, round(255 * c)) for c in mean))
+    return rand_augment_transform(policy, hparams)
+
+
+def cifar_transform(augment: bool, randaug: str | None = None):
+    """CIFAR's transform: ToTensor + normalize; ``augment`` adds random crop (padding 4) and
+    horizontal flip on the PIL image, ``randaug`` (needs ``augment``) then timm's RandAugment."""
     from torchvision import transforms as T
 
     tail = [T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)]
     if not augment:
+        if randaug is not None:
+            raise ValueError("randaug is a training augmentation: it needs augment=True")
         return T.Compose(tail)
-    return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.RandAugment()] + tail)
+    head = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+    if randaug is not None:
+        head.append(randaug_op(randaug, 32, CIFAR_MEAN))
+    return T.Compose(head + tail)
 
 
-def build_cifar(name: str, root, split: str, *, augment: bool, on_error: str) -> DatasetInfo:
-    """torchvision CIFAR10/100 on the files present; x float32 [3, 32, 32] normalized."""
+def imagenet_transform(input_size: int, augment: bool, randaug: str | None = None):
+    """timm's ``create_transform`` (training form with ``augment``); ``randaug`` (needs ``augment``)
+    is passed as its ``auto_augment`` after :func:`check_randaug`."""
+    from timm.data import create_transform
+
+    if randaug is not None:
+        if not augment:
+            raise ValueError("randaug is a training augmentation: it needs augment=True")
+        check_randaug(randaug)
+    return create_transform(input_size, is_training=augment, auto_augment=randaug)
+
+
+def build_cifar(name: str, root, split: str, *, augment: bool, on_error: str,
+                randaug: str | None = None) -> DatasetInfo:
+    """torchvision CIFAR10/100 on the files present; x float32 [3, 32, 32] normalized; the transform
+    is :func:`cifar_transform` (``randaug`` checked before any file is read)."""
+    transform = cifar_transform(augment, randaug)
     root = require_folder(root, name, CIFAR_LAYOUT[name])
     cls = _cifar_class(name)
     folder = root / cls.base_folder
@@ -92,7 +169,7 @@ def build_cifar(name: str, root, split: str, *, augment: bool, on_error: str) ->
         ds.train_list = good
     else:
         ds.test_list = good
-    ds.__init__(str(root), train=(split == "train"), transform=cifar_transform(augment), download=False)
+    ds.__init__(str(root), train=(split == "train"), transform=transform, download=False)
     return DatasetInfo(ds, num_classes=10 if name == "cifar10" else 100, in_chans=3, input_size=32,
                        is_events=False, skipped=len(bad))
 
@@ -108,11 +185,13 @@ def _image_ok(path: str) -> bool:
         return False
 
 
-def build_imagenet(root, split: str, *, input_size: int, augment: bool, on_error: str) -> DatasetInfo:
-    """torchvision ImageFolder on root/<split> with timm's create_transform; x float32 [3, S, S]."""
-    from timm.data import create_transform
+def build_imagenet(root, split: str, *, input_size: int, augment: bool, on_error: str,
+                   randaug: str | None = None) -> DatasetInfo:
+    """torchvision ImageFolder on root/<split> with :func:`imagenet_transform` (timm's
+    create_transform; ``randaug`` checked before any file is read); x float32 [3, S, S]."""
     from torchvision.datasets import ImageFolder
 
+    transform = imagenet_transform(input_size, augment, randaug)
     root = require_folder(root, "imagenet", IMAGENET_LAYOUT)
     folder = require_folder(root / split, "imagenet", IMAGENET_LAYOUT)
     bad = []
@@ -130,7 +209,6 @@ def build_imagenet(root, split: str, *, input_size: int, augment: bool, on_error
     def valid_file(path: str) -> bool:
         return path.lower().endswith(tuple(e.lower() for e in exts)) and is_valid(path)
 
-    transform = create_transform(input_size, is_training=augment)
     ds = ImageFolder(str(folder), transform=transform, is_valid_file=valid_file)
     warn_skipped("imagenet", bad)
     return DatasetInfo(ds, num_classes=len(ds.classes), in_chans=3, input_size=input_size,

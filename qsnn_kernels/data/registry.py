@@ -6,17 +6,23 @@ from .common import DatasetInfo, check_common
 
 DATASETS = ("digits", "digits-events", "cifar10", "cifar100", "imagenet",
             "cifar10-dvs", "dvs128-gesture", "n-caltech101")
+RANDAUG_DATASETS = ("cifar10", "cifar100", "imagenet")
+"""The data sets whose training augmentation takes a RandAugment policy (PIL images)."""
 
 
 def build_dataset(name: str, root: str | None, split: str, *, t_steps: int,
                   input_size: int | None = None, augment: bool = False,
-                  on_error: str = "skip", cache_dir: str | None = None) -> DatasetInfo:
+                  on_error: str = "skip", cache_dir: str | None = None,
+                  randaug: str | None = None) -> DatasetInfo:
     """Build a data set by name.
 
     name: one of DATASETS. root: the data folder (None for the embedded "digits" and
     "digits-events"). split: "train" or "val". t_steps: frames per event sample (ignored by static
     data sets). input_size: image side for "imagenet" (default 224); others have a fixed size.
-    augment: training augmentation (cifar, imagenet). on_error: "skip" a corrupt file and count it
+    augment: training augmentation (cifar: random crop + flip; imagenet: timm's training
+    transform). randaug: a timm RandAugment policy such as "rand-m9-mstd0.5-inc1" added to that
+    augmentation (cifar, imagenet only; needs augment=True; checked by
+    :func:`qsnn_kernels.data.images.check_randaug`). on_error: "skip" a corrupt file and count it
     in DatasetInfo.skipped, or "raise" an error naming the file. cache_dir: where event frames are
     cached (default $QSNN_CACHE_DIR or ~/.cache/qsnn_kernels).
 
@@ -26,6 +32,8 @@ def build_dataset(name: str, root: str | None, split: str, *, t_steps: int,
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     check_common(split, t_steps, on_error)
+    if randaug is not None and name not in RANDAUG_DATASETS:
+        raise ValueError(f"randaug: RandAugment applies to {', '.join(RANDAUG_DATASETS)} images, not to {name!r}")
     if name == "digits":
         from .digits import build_digits
         return build_digits(split)
@@ -34,10 +42,10 @@ def build_dataset(name: str, root: str | None, split: str, *, t_steps: int,
         return build_digits_events(split, t_steps, cache_dir=cache_dir)
     if name in ("cifar10", "cifar100"):
         from .images import build_cifar
-        return build_cifar(name, root, split, augment=augment, on_error=on_error)
+        return build_cifar(name, root, split, augment=augment, on_error=on_error, randaug=randaug)
     if name == "imagenet":
         from .images import build_imagenet
         return build_imagenet(root, split, input_size=input_size or 224, augment=augment,
-                              on_error=on_error)
+                              on_error=on_error, randaug=randaug)
     from .events import build_tonic
     return build_tonic(name, root, split, t_steps, on_error=on_error, cache_dir=cache_dir)

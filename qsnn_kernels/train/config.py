@@ -20,7 +20,22 @@ class TrainConfig:
     ``data``: a :func:`qsnn_kernels.data.build_dataset` name ("digits", the embedded default);
     ``events`` uses the event variant ("digits" -> "digits-events"). ``resume``: False, True (the
     run folder's last.pt) or a checkpoint path. ``amp``: "auto" (bf16 autocast on CUDA only),
-    "bf16" (CUDA only) or "none". ``device``: "auto", "cpu", "cuda" or "cuda:N"."""
+    "bf16" (CUDA only) or "none". ``device``: "auto", "cpu", "cuda" or "cuda:N".
+
+    Augmentation (cifar10, cifar100, imagenet): ``augment`` turns on the training augmentation
+    (CIFAR random crop + flip; ImageNet timm's training transform); ``randaug``, a timm RandAugment
+    policy string such as "rand-m9-mstd0.5-inc1" (sections m<magnitude>, n<ops per image>,
+    mstd<std>, mmax<max magnitude>, inc<0|1>, p<probability>, t<weights|3a|3aw>), adds RandAugment
+    to it (and implies ``augment``); a bad policy, or one for another data set, is a ValueError
+    before training starts. ``mixup``/``cutmix``/``smoothing`` go through timm's Mixup.
+
+    ``sync_bn`` (default False): under ``torchrun`` batch norm computes its training statistics
+    over the global batch (all ranks; one all-reduce per batch-norm layer forward and one in its
+    backward), so that N processes train as one process with the same global batch. Off by default:
+    the extra communication per layer costs time, and the per-rank statistics of a large per-rank
+    batch are usually good enough. Plain all-reduces, so any backend (tested on CPU with gloo; the
+    same code runs on nccl); models whose batch norms are not
+    :class:`qsnn_kernels.models.MultiStepBatchNorm2d`/``1d`` are refused with a ValueError."""
 
     model: str = DEFAULT_MODEL
     model_kwargs: dict | None = None
@@ -44,6 +59,7 @@ class TrainConfig:
     cutmix: float = 0.0
     augment: bool = False
     randaug: str | None = None
+    sync_bn: bool = False
     model_ema: bool = False
     model_ema_decay: float = 0.998
     seed: int = 0
@@ -116,6 +132,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         elif f.name == "resume":
             p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None,
                            help="continue from the run folder's last.pt, or from the given checkpoint")
+        elif f.name == "randaug":
+            p.add_argument(flag, dest=f.name, default=None, metavar="POLICY",
+                           help="timm RandAugment policy for cifar/imagenet training, e.g. rand-m9-mstd0.5-inc1 "
+                                "(implies --augment; default: none)")
+        elif f.name == "sync_bn":
+            p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_bool,
+                           help="batch-norm statistics over all ranks under torchrun (extra communication; "
+                                "default: off, per-rank statistics)")
         elif isinstance(default, bool):
             p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_bool, help=help_)
         elif f.name in ("lr", "weight_decay", "warmup_lr", "min_lr", "smoothing", "mixup", "cutmix",

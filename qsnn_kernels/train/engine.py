@@ -15,8 +15,11 @@ each rank reads ``batch_size // world`` samples per step (``batch_size`` is the 
 DistributedSampler gives rank r the positions ``r, r + world, ...`` of the epoch's permutation, so
 one step's samples over all ranks are the ones a single process reads with the same global batch.
 DDP averages the gradients, which equals the single-process mean loss's gradient up to float
-summation order. Batch norm computes statistics per rank (no SyncBatchNorm: it does not run on CPU),
-so with batch norm the runs differ by that. Validation runs on the whole val set on every rank;
+summation order. Batch norm computes its training statistics per rank unless ``sync_bn`` (then over
+the global batch: :mod:`qsnn_kernels.models.sync_batch_norm`; torch's SyncBatchNorm refuses CPU
+tensors), so without it the runs of a model with batch norm differ by that. Validation: each rank
+evaluates the val samples ``rank, rank + world, ...`` (:func:`val_shard`, no padding) and the correct
+counts, loss sums and sample counts are all-reduced, so the accuracy is exactly the global one;
 rank 0 logs, writes metrics and checkpoints.
 """
 
@@ -31,7 +34,7 @@ from torch import nn
 
 from .config import TrainConfig, parse_wst
 
-__all__ = ["run", "resolve_model_name", "DistInfo"]
+__all__ = ["run", "resolve_model_name", "DistInfo", "enable_sync_batch_norm", "val_shard"]
 
 
 class DistInfo:
@@ -98,6 +101,17 @@ def _check_config(cfg: TrainConfig) -> tuple[int, int, int]:
         raise ValueError(f"--on-error must be skip or raise, got {cfg.on_error!r}")
     if not (0.0 <= cfg.smoothing < 1.0) or cfg.mixup < 0 or cfg.cutmix < 0:
         raise ValueError("--smoothing must be in [0, 1), --mixup and --cutmix >= 0")
+    if cfg.randaug is not None:
+        from ..data.images import check_randaug
+        from ..data.registry import RANDAUG_DATASETS
+
+        try:
+            check_randaug(cfg.randaug)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
+        if _dataset_name(cfg) not in RANDAUG_DATASETS:
+            raise ValueError(f"--randaug applies to {', '.join(RANDAUG_DATASETS)} images, not to "
+                             f"{_dataset_name(cfg)!r}")
     return w, s, t
 
 
@@ -117,9 +131,25 @@ def _build_data(cfg: TrainConfig, t_steps: int):
     name = _dataset_name(cfg)
     kw = dict(t_steps=t_steps, input_size=cfg.input_size, on_error=cfg.on_error)
     augment = cfg.augment or cfg.randaug is not None
-    train = build_dataset(name, cfg.data_root, "train", augment=augment, **kw)
+    train = build_dataset(name, cfg.data_root, "train", augment=augment, randaug=cfg.randaug, **kw)
     val = build_dataset(name, cfg.data_root, "val", augment=False, **kw)
     return train, val
+
+
+def enable_sync_batch_norm(model: nn.Module, model_name: str = "the model") -> int:
+    """Set ``sync_stats`` on every batch norm of ``model`` (``--sync-bn``: statistics over all ranks,
+    :mod:`qsnn_kernels.models.sync_batch_norm`); returns how many. ValueError naming the batch norms
+    that cannot (any ``nn.BatchNorm*`` that is not a ``MultiStepBatchNorm2d``/``1d``), before any
+    training."""
+    bns = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    unsupported = [f"{name} ({type(m).__name__})" for name, m in bns if not hasattr(m, "sync_stats")]
+    if unsupported:
+        shown = ", ".join(unsupported[:3]) + (f" and {len(unsupported) - 3} more" if len(unsupported) > 3 else "")
+        raise ValueError(f"--sync-bn: {model_name} has batch norms without cross-rank statistics: {shown}; "
+                         f"only MultiStepBatchNorm2d/1d synchronize (leave --sync-bn off for this model)")
+    for _, m in bns:
+        m.sync_stats = True
+    return len(bns)
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -137,8 +167,21 @@ def _loaders(cfg, train_info, val_info, dist_info, batch_per_rank, epoch_gen):
                                  shuffle=True, seed=cfg.seed, drop_last=drop_last)
     train = DataLoader(train_info.dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=cfg.workers,
                        drop_last=drop_last, generator=epoch_gen, persistent_workers=False)
-    val = DataLoader(val_info.dataset, batch_size=max(batch_per_rank, 64), shuffle=False, num_workers=cfg.workers)
+    val = DataLoader(val_shard(val_info.dataset, dist_info.rank, dist_info.world), batch_size=max(batch_per_rank, 64),
+                     shuffle=False, num_workers=cfg.workers)
     return sampler, train, val
+
+
+def val_shard(dataset, rank: int, world: int):
+    """Rank ``rank``'s part of the val set: the samples ``rank, rank + world, ...`` (a Subset; the
+    whole data set when ``world == 1``). The parts are disjoint and cover every sample once, with
+    no padding (unlike DistributedSampler, which repeats samples to even the ranks out), so the
+    counts summed over the ranks are exactly the val set's."""
+    from torch.utils.data import Subset
+
+    if world == 1:
+        return dataset
+    return Subset(dataset, range(rank, len(dataset), world))
 
 
 def _criterion(cfg, num_classes):
@@ -155,7 +198,11 @@ def _criterion(cfg, num_classes):
 
 
 @torch.no_grad()
-def _evaluate(model, loader, device, autocast):
+def _evaluate(model, loader, device, autocast, world: int = 1):
+    """(mean loss, top-1 accuracy) over the val set. Each rank evaluates its :func:`val_shard`;
+    with ``world > 1`` the loss sums, correct counts and sample counts are all-reduced (summed), so
+    every rank returns the global figures (exact counts: the accuracy is the one a single process
+    gets with the same weights)."""
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in loader:
@@ -166,6 +213,12 @@ def _evaluate(model, loader, device, autocast):
         loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         n += y.numel()
+    if world > 1:
+        import torch.distributed as dist
+
+        sums = torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        loss_sum, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
@@ -190,14 +243,18 @@ def _profile_report(model, val_info, device, t_steps, model_name):
     tot = prof.totals
     return dict(params=int(tot.get("params_count", sum(p.numel() for p in model.parameters()))),
                 bit_budget=tot.get("bit_budget"), s_ace=tot.get("s_ace"), ns_ace=tot.get("ns_ace"),
-                firing_rate={rec.name: rec.firing_rate for rec in prof.layers})
+                firing_rate={rec.name: rec.firing_rate for rec in prof.layers},
+                input_bits={rec.name: rec.in_bits for rec in prof.layers})
 
 
 def run(config: TrainConfig) -> dict:
     """Train ``config.model`` on ``config.data`` and return the final report (also written as
     ``report.json`` in ``config.output``): ``top1`` (final val accuracy, of the EMA model when
     ``model_ema``), ``best_top1``, ``epochs``, ``wall_time_s``, ``images_per_s`` (training),
-    ``params``, ``bit_budget``, ``s_ace``, ``ns_ace``, ``firing_rate`` ({layer: rate}) from
+    ``params``, ``bit_budget``, ``s_ace``, ``ns_ace``, ``firing_rate`` ({layer: rate, the nonzero
+    fraction of the layer's input}) and ``input_bits`` ({layer: the bits of its input spikes, None
+    for a real-valued input such as the encoding conv or a head after a mean: the profiler's
+    ``LayerRecord.in_bits``; the layers with an int take spikes}) from
     :func:`qsnn_kernels.metrics.profile` on val samples, ``model``, ``wst``, ``data``, ``world_size``.
 
     Raises ValueError (unknown model, impossible W/S/T, bad option, a checkpoint of another model),
@@ -229,6 +286,8 @@ def run(config: TrainConfig) -> dict:
         from .. import models
 
         model = models.create_model(model_name, **kw).to(device)
+        if cfg.sync_bn:
+            enable_sync_batch_norm(model, model_name)
         return train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast)
     finally:
         if dist_info.owned:

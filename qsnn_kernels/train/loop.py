@@ -127,7 +127,7 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         if scheduler is not None:
             scheduler.step(epoch + 1)
         eval_model = ema.module if ema is not None else model
-        val_loss, acc = _evaluate(eval_model, val_loader, device, autocast)
+        val_loss, acc = _evaluate(eval_model, val_loader, device, autocast, dist_info.world)
         is_best = acc > best_acc
         best_acc = max(best_acc, acc)
         row = dict(epoch=epoch, train_loss=loss_sum / max(n_total, 1), val_loss=val_loss, val_top1=acc,
