@@ -50,7 +50,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, bits_for_levels,
+from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, bits_for_levels,
                      check_model_args, check_model_input, encode_direct, mean_over_time, spiking_neuron)
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
@@ -77,12 +77,13 @@ def _int_bits(max_value: int) -> int:
     return max(1, int(max_value).bit_length())
 
 
-class TokenBatchNorm(nn.BatchNorm1d):
+class TokenBatchNorm(MultiStepBatchNorm1d):
     """BatchNorm over the last dimension of ``[..., C]`` (statistics over all other dimensions):
-    the original's BatchNorm1d on transposed ``[T*B, C, N]`` tokens, without the transposes."""
+    the original's BatchNorm1d on transposed ``[T*B, C, N]`` tokens, without the transposes.
+    ``sync_stats`` (``qsnn train --sync-bn``) as in :class:`MultiStepBatchNorm1d`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
+        return self._normalize(x.reshape(-1, x.shape[-1])).view(x.shape)
 
 
 class _LinearBNLIF(nn.Module):

@@ -55,6 +55,8 @@ def test_short_run_learns_and_writes_run_folder(tmp_path):
     assert report["s_ace"] > 0 and report["ns_ace"] > 0 and report["firing_rate"]
     assert all(0.0 <= r <= 1.0 for r in report["firing_rate"].values())
     assert not [n for n in os.listdir(cfg.output) if n.endswith(".tmp")]
+    ckpt = torch.load(os.path.join(cfg.output, "last.pt"), map_location="cpu", weights_only=False)
+    assert ckpt["optimizer"]["param_groups"][0]["fused"] is True      # AdamW: torch's fused kernel
 
 
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
@@ -334,6 +336,10 @@ def test_sync_bn_flag_and_unsupported_batch_norm(tmp_path):
     assert parse_args(["--sync-bn"]).sync_bn is True and parse_args([]).sync_bn is False
     m = create_model("qsnn_spiking_cnn_tiny", width=4)
     assert enable_sync_batch_norm(m) == 3 and all(m.get_submodule(f"bn{i}").sync_stats for i in (1, 2, 3))
+    for name in ("qsnn_sew_resnet18_cifar", "qsnn_spikformer_4_384"):               # every architecture's BNs
+        model = create_model(name, num_classes=2)
+        n_bn = sum(isinstance(b, torch.nn.modules.batchnorm._BatchNorm) for b in model.modules())
+        assert enable_sync_batch_norm(model) == n_bn > 0
     foreign = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     with pytest.raises(ValueError, match=r"--sync-bn: .*1 \(BatchNorm2d\)"):
         enable_sync_batch_norm(foreign)

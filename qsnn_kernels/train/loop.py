@@ -31,6 +31,12 @@ def _read_metrics(path, upto_epoch):
     return [r for r in rows if r["epoch"] < upto_epoch]
 
 
+FUSED_OPTIMIZERS = ("adam", "adamw")
+"""timm optimizer names that map to torch's Adam/AdamW, created with ``fused=True`` (one kernel over
+all parameters; on this 2-core CPU AdamW over SEW-ResNet-18's 11 M parameters takes 6 ms instead
+of 34 ms per step)."""
+
+
 def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast) -> dict:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
@@ -40,7 +46,8 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
     out = cfg.output
     if main:
         os.makedirs(out, exist_ok=True)
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = {"fused": True} if cfg.opt.lower() in FUSED_OPTIMIZERS and device.type in ("cpu", "cuda") else {}
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=max(cfg.epochs // 3, 1),
                                        warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
                                        min_lr=cfg.min_lr)
