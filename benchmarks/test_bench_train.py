@@ -8,8 +8,8 @@ One training step = forward, cross entropy, backward and an AdamW step (timm's
 it), batch 8, after two warm-up steps;
 images/s = batch / the best of 3 steps (wall time). The pair's ratio is ``speedup`` (ours / theirs
 in images/s; the issue's target is >= 1.5, at lower peak memory). Peak memory (the table only): a
-fresh process per build runs 3 steps; the figure is its peak RSS (getrusage) minus its RSS before
-the first step, in MiB. Run::
+fresh process per build runs three steps; the figure is their peak RSS above the RSS of the built
+model before them (optimizer state, activations kept for backward, temporaries), in MiB. Run::
 
     PYTHONPATH=. pytest benchmarks/test_bench_train.py --benchmark-only -s
     PYTHONPATH=. python benchmarks/test_bench_train.py      # the table only, no pytest
@@ -94,24 +94,25 @@ def test_train_throughput(benchmark, model, impl, case):
                           "spikingjelly_img_s": round(peer, 2), "speedup": round(ours / peer, 2)}))
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mib(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
 
 def _peak_growth_mib(model: str, impl: str, case: str) -> float:
-    """In this (fresh) process: peak RSS over 3 training steps minus RSS before them, MiB."""
-    import resource
-
+    """In this (fresh) process: the peak RSS of three training steps above the RSS of the built
+    model before them, MiB (Linux: /proc/self/clear_refs resets the peak to the current RSS)."""
     step = train_step_fn(build(model, impl, *CASES[case]))
-    before = _rss_mib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mib("VmRSS")
     for _ in range(3):
         step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    return _status_mib("VmHWM") - before
 
 
 def peak_memory_mib(model: str, impl: str, case: str) -> float:
-    """:func:`_peak_growth_mib` in a fresh Python process (ru_maxrss is a per-process high-water mark)."""
+    """:func:`_peak_growth_mib` in a fresh Python process."""
     import subprocess
 
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak", model, impl, case],

@@ -6,7 +6,7 @@ fit 8-bit integers, so the layer's GEMM/convolution can run on the CPU's int8 do
 (VNNI) with exact int32 accumulation; the float result is ``acc * v_th * scale[n]``. On this
 project's CPU that product is 4-9x faster than the fp32 one (benchmarks/test_bench_train.py
 measures whole training steps with and without it). The backward stays the float one of the dense layer (the gradient is a float
-tensor: nothing to gain exactly there), computed from the saved int8 levels and weight codes.
+tensor: nothing to gain exactly there), computed from the saved int8 levels and the master weight.
 
 Contract:
 
@@ -16,7 +16,10 @@ Contract:
   float master weight as :func:`models.layers.quantized_weight`.
 * The input must be spikes: ``x == level * in_scale`` with integer levels in ``[0, 2^in_bits - 1]``
   (one check pass per call); anything else is a ValueError naming the layer's ``in_bits``.
-* Saved for backward: int8 levels and codes (1 byte per element instead of 4).
+* Saved for backward: the int8 levels (1 byte per input element instead of 4) and the master
+  weight (a parameter: no copy), quantized again in the backward (one pass,
+  :func:`qsnn_kernels.quantize.dequantized_weight`); changing the weight in place between
+  forward and backward is an error (autograd's version check).
 
 Linear: ``torch._int_mm`` (signed int8: levels <= 127, so in_bits <= 4). Convolution: oneDNN's
 quantized convolution with a float output (``torch.ops.onednn.qconv2d_pointwise``, levels as
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quantize import quantize_weight
+from ..quantize import dequantized_weight, quantize_weight
 
 __all__ = ["MIN_CONV_POSITIONS", "int8_conv2d", "int8_linear", "int8_supported"]
 
@@ -75,10 +78,6 @@ def _levels(x: torch.Tensor, in_scale: float, in_bits: int, dtype: torch.dtype) 
     return levels.to(dtype)
 
 
-def _dequantized(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return codes.to(torch.float32) * scale.reshape((-1,) + (1,) * (codes.dim() - 1))
-
-
 class _Int8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, w_bits, in_bits, in_scale):
@@ -87,17 +86,17 @@ class _Int8Linear(torch.autograd.Function):
         flat = levels.reshape(-1, levels.shape[-1])
         acc = torch._int_mm(flat, codes.t()) if flat.shape[0] else flat.new_zeros((0, codes.shape[0]), dtype=torch.int32)
         y = acc.to(torch.float32).mul_(scale * in_scale)
-        ctx.save_for_backward(levels, codes, scale)
-        ctx.in_scale = in_scale
+        ctx.save_for_backward(levels, weight)
+        ctx.in_scale, ctx.w_bits = in_scale, w_bits
         return y.reshape(*x.shape[:-1], codes.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
-        levels, codes, scale = ctx.saved_tensors
+        levels, weight = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g @ _dequantized(codes, scale)).reshape(*levels.shape)
+            grad_x = (g @ dequantized_weight(weight, ctx.w_bits)).reshape(*levels.shape)
         if ctx.needs_input_grad[1]:
             x = levels.reshape(-1, levels.shape[-1]).to(torch.float32)
             if ctx.in_scale != 1.0:
@@ -117,20 +116,21 @@ class _Int8Conv2d(torch.autograd.Function):
         zero_points = torch.zeros(codes.shape[0], dtype=torch.long)
         y = torch.ops.onednn.qconv2d_pointwise(levels, in_scale, 0, packed, scale, zero_points, None, stride, padding,
                                                dilation, groups, 1.0, 0, torch.float32, "none", [], "")
-        ctx.save_for_backward(levels, codes, scale)
-        ctx.args = (in_scale, stride, padding, dilation, groups)
-        return y.contiguous()
+        ctx.save_for_backward(levels, weight)
+        ctx.args = (w_bits, in_scale, stride, padding, dilation, groups)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        levels, codes, scale = ctx.saved_tensors
-        in_scale, stride, padding, dilation, groups = ctx.args
+        levels, weight = ctx.saved_tensors
+        w_bits, in_scale, stride, padding, dilation, groups = ctx.args
         x = levels.to(torch.float32)
         if in_scale != 1.0:
             x.mul_(in_scale)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(grad.contiguous(), x, _dequantized(codes, scale), None,
-                                                                stride, padding, dilation, False, [0, 0], groups, mask)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(grad, x, dequantized_weight(weight, w_bits),
+                                                                None, stride, padding, dilation, False, [0, 0], groups,
+                                                                mask)
         return grad_x, grad_w, None, None, None, None, None, None, None
 
 
@@ -143,5 +143,6 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, w_bits: int, in_bits: int
 def int8_conv2d(x: torch.Tensor, weight: torch.Tensor, w_bits: int, in_bits: int, in_scale: float, stride, padding,
                 dilation, groups: int) -> torch.Tensor:
     """Convolution of spikes ``x [N, C, H, W]`` (levels <= 8 bits) with the ``w_bits``-quantized
-    ``weight`` -> ``[N, Cout, H', W']`` float32 (contiguous), no bias, zero padding."""
+    ``weight`` -> ``[N, Cout, H', W']`` float32 in channels-last memory order (oneDNN's; batch norm
+    and the neurons keep it without copies), no bias, zero padding."""
     return _Int8Conv2d.apply(x, weight, w_bits, in_bits, in_scale, stride, padding, dilation, groups)

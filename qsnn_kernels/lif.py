@@ -347,9 +347,10 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
                                                   detach_reset, v_init)
         return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
     path = _kernel_path(backend, x.device, "multilevel_lif")
+    x, undo = _time_major_dense(x)
     steps, shape = x.shape[0], x.shape
     x2 = x.reshape(steps, -1).contiguous()
-    v2 = None if v_init is None else v_init.reshape(-1).to(_state_dtype(x.dtype)).contiguous()
+    v2 = None if v_init is None else undo.state_in(v_init).reshape(-1).to(_state_dtype(x.dtype)).contiguous()
     args = (x2, v2, s_bits, float(v_th), float(decay), float(v_reset), reset == "hard", surrogate, alpha,
             bool(detach_reset))
     if path == "op":
@@ -358,8 +359,39 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
         spikes, v_last, _ = torch.ops.qsnn.lif_forward(*args, save_h)
     else:
         spikes, v_last, _ = _TritonInterpreted.apply(*args)
-    spikes, v_last = spikes.view(shape), v_last.view(shape[1:])
+    spikes, v_last = undo.out(spikes.view(shape)), undo.state_out(v_last.view(shape[1:]))
     return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
+
+
+class _Permutation:
+    """Dims 1.. of a ``[T, ...]`` tensor put in memory order (``perm``), and back."""
+
+    def __init__(self, perm: tuple[int, ...]):
+        self.perm = perm
+        self.inverse = tuple(perm.index(d) for d in range(len(perm)))
+        self.state = tuple(d - 1 for d in perm[1:])
+        self.state_inverse = tuple(self.state.index(d) for d in range(len(self.state)))
+
+    def out(self, t):
+        return t.permute(self.inverse)
+
+    def state_in(self, t):
+        return t.permute(self.state)
+
+    def state_out(self, t):
+        return t.permute(self.state_inverse)
+
+
+def _time_major_dense(x: torch.Tensor):
+    """``(x viewed with dims 1.. in memory order, how to undo it)``: a tensor stored densely in another
+    dim order with time outermost (a channels-last ``[T, B, C, H, W]``, as convolutions produce on
+    the CPU) is then contiguous, and the neurons run on it without a copy; outputs get x's layout."""
+    order = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    perm = (0, *order)
+    if x.is_contiguous() or not x.permute(perm).is_contiguous():
+        perm = tuple(range(x.dim()))
+    undo = _Permutation(perm)
+    return x.permute(perm), undo
 
 
 def multilevel_lif_int(x: torch.Tensor, *, s_bits: int, theta: int, leak_shift: int = 0, v_reset: int = 0,
