@@ -108,11 +108,20 @@ void check_weight(const at::Tensor& w, int64_t bits, const char* name) {
   TORCH_CHECK(w.dim() >= 1 && w.size(0) > 0 && w.numel() > 0, name, ": need a non-empty weight [N, ...]");
 }
 
+// The weight as is when each output channel is one dense block of memory in any inner order (a
+// channels-last conv weight): quantization per channel does not depend on the order inside it,
+// and the outputs take the same strides. Otherwise a contiguous copy.
+at::Tensor channel_blocks(const at::Tensor& w) {
+  const int64_t k = w.numel() / w.size(0);
+  const bool blocks = w.is_non_overlapping_and_dense() && (w.size(0) == 1 || w.stride(0) == k);
+  return blocks ? w : w.contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& w, int64_t bits) {
   check_weight(w, bits, "quantize_weight");
-  const at::Tensor x = w.contiguous();
+  const at::Tensor x = channel_blocks(w);
   const int64_t rows = x.size(0), k = x.numel() / rows;
-  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  at::Tensor codes = at::empty_like(x, x.options().dtype(at::kChar));
   at::Tensor scales = at::empty({rows}, x.options());
   quantize_rows(x.data_ptr<float>(), rows, k, static_cast<int>(bits), scales.data_ptr<float>(),
                 codes.data_ptr<int8_t>(), nullptr);
@@ -121,9 +130,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& w, int6
 
 at::Tensor dequantized_weight_cpu(const at::Tensor& w, int64_t bits) {
   check_weight(w, bits, "dequantized_weight");
-  const at::Tensor x = w.contiguous();
+  const at::Tensor x = channel_blocks(w);
   const int64_t rows = x.size(0), k = x.numel() / rows;
-  at::Tensor deq = at::empty(x.sizes(), x.options());
+  at::Tensor deq = at::empty_like(x);
   at::Tensor scales = at::empty({rows}, x.options());
   quantize_rows(x.data_ptr<float>(), rows, k, static_cast<int>(bits), scales.data_ptr<float>(), nullptr,
                 deq.data_ptr<float>());

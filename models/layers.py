@@ -361,8 +361,9 @@ class QuantConv2d(nn.Conv2d):
                                        self.padding, self.dilation)
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
-        elif self.padding_mode == "zeros" and not isinstance(self.padding, str) and uses_int8(
-                self, x4, self._positions(x4)):
+        elif self.padding_mode != "zeros" or isinstance(self.padding, str):
+            y = self._conv_forward(x4, _layer_weight(self), self.bias)
+        elif uses_int8(self, x4, self._positions(x4)):
             y = int8_conv2d(x4, self.weight, self.w_bits, self.in_bits, self.in_scale, self.stride, self.padding,
                             self.dilation, self.groups)
             if self.bias is not None:

@@ -61,6 +61,17 @@ def test_non_contiguous_and_other_devices_or_dtypes():
     assert dequantized_weight(w64, 4).dtype == torch.float64
 
 
+def test_channels_last_weight_keeps_its_layout():
+    """A channels-last conv weight (each output channel one block of memory) is read in place and
+    the outputs take its strides; the values are the reference's."""
+    w = _weight((6, 5, 3, 3), 4).contiguous(memory_format=torch.channels_last)
+    q, _ = quantize_weight(w, 4)
+    deq = dequantized_weight(w, 4)
+    assert q.stride() == w.stride() and deq.stride() == w.stride()
+    q_ref, _, deq_ref = _expected(w.contiguous(), 4)
+    assert torch.equal(q, q_ref) and torch.equal(deq, deq_ref)
+
+
 def test_no_gradient_and_detached():
     w = torch.randn(4, 9, requires_grad=True)
     assert not dequantized_weight(w, 2).requires_grad
