@@ -77,6 +77,22 @@ def test_non_contiguous_input():
     assert mismatches(s, multilevel_lif(x.contiguous(), v_init=v_init.contiguous(), s_bits=4, reset="soft")[0]) == 0
 
 
+def test_channels_last_runs_in_place_and_keeps_layout():
+    """A time-major channels-last [T, B, C, H, W] (dense in another dim order) gives the same spikes,
+    membrane and gradients as its contiguous copy, and the outputs keep its strides."""
+    x = currents((3 * 2, 5, 4, 6), 2).contiguous(memory_format=torch.channels_last).unflatten(0, (3, 2))
+    v_init = currents((2, 5, 4, 6), 2, seed=5)
+    results = []
+    for xi in (x, x.contiguous()):
+        xi = xi.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        s, v = multilevel_lif(xi, s_bits=2, v_init=v_init)
+        s.backward(torch.linspace(-1, 1, s.numel()).reshape(s.shape))
+        results.append((s, v, xi.grad))
+    (s, v, g), (sc, vc, gc) = results
+    assert s.stride() == x.stride() and g.stride() == x.stride()
+    assert mismatches(s, sc) == 0 and mismatches(v, vc) == 0 and torch.equal(g, gc)
+
+
 def test_one_dimensional_and_empty_neurons():
     x = currents((16,), 1)
     (s, v), (sr, vr) = run_both(x)
