@@ -219,8 +219,11 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
         if mine:
             ax.scatter([r["s_ace"] for r in mine], [r["accuracy"] for r in mine], s=36, color=colors[b],
                        label=f"BB {b}")
+    labels: dict[tuple, list[str]] = {}  # splits on the same point share one label
     for r in pts:
-        ax.annotate(r["wst"], (r["s_ace"], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        labels.setdefault((r["s_ace"], r["accuracy"]), []).append(r["wst"])
+    for point, names in labels.items():
+        ax.annotate(", ".join(names), point, textcoords="offset points", xytext=(4, 4), fontsize=8)
     if pts:
         ax.set_xscale("log")
         ax.legend(loc="best", fontsize=8)
