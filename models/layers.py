@@ -254,15 +254,11 @@ class _FakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, w_bits):
-        return _dequantized(weight, w_bits)
+        return dequantized_weight(weight, w_bits)
 
     @staticmethod
     def backward(ctx, grad):
         return grad, None
-
-
-def _dequantized(weight: torch.Tensor, w_bits: int) -> torch.Tensor:
-    return dequantized_weight(weight, w_bits)
 
 
 def quantized_weight(weight: torch.Tensor, w_bits: int) -> torch.Tensor:
@@ -287,7 +283,7 @@ def _layer_weight(layer) -> torch.Tensor:
     key = (w.data_ptr(), w._version, w.dtype, w.device, w.shape, layer.w_bits)
     cache = layer.__dict__.get("_wq_cache")
     if cache is None or cache[0] != key:
-        cache = (key, _dequantized(w.detach(), layer.w_bits))
+        cache = (key, dequantized_weight(w, layer.w_bits))
         layer.__dict__["_wq_cache"] = cache
     return cache[1]
 
@@ -361,9 +357,8 @@ class QuantConv2d(nn.Conv2d):
                                        self.padding, self.dilation)
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
-        elif self.padding_mode != "zeros" or isinstance(self.padding, str):
-            y = self._conv_forward(x4, _layer_weight(self), self.bias)
-        elif uses_int8(self, x4, self._positions(x4)):
+        elif self.padding_mode == "zeros" and not isinstance(self.padding, str) and uses_int8(
+                self, x4, self._positions(x4)):
             y = int8_conv2d(x4, self.weight, self.w_bits, self.in_bits, self.in_scale, self.stride, self.padding,
                             self.dilation, self.groups)
             if self.bias is not None:

@@ -50,8 +50,9 @@ import math
 import torch
 from torch import nn
 
-from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, bits_for_levels,
-                     check_model_args, check_model_input, encode_direct, mean_over_time, spiking_neuron)
+from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul,
+                     bits_for_levels, check_model_args, check_model_input, encode_direct, mean_over_time,
+                     spiking_neuron)
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
            "TokenBatchNorm", "VARIANTS", "spikformer"]

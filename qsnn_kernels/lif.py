@@ -310,7 +310,8 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
     ``return_levels=True`` also the levels ``s_t`` as uint8.
 
     * ``x``: float32 (CPU and GPU), float64 (CPU), float16/bfloat16 (GPU); any trailing shape,
-      any strides (copied to contiguous if needed).
+      any strides: a tensor stored densely in another dim order with time outermost (channels-last
+      ``[T, B, C, H, W]``) runs in place and the outputs keep its layout; others are copied.
     * Forward: spikes and v_T equal the reference bit for bit (same float operations).
     * Backward (BPTT, surrogate gradients of :data:`qsnn_kernels.reference.SURROGATES`, with
       ``alpha`` None meaning the surrogate's default): d level/d h ~ (1/v_th) sum_{l=1..L}
@@ -367,7 +368,6 @@ class _Permutation:
     """Dims 1.. of a ``[T, ...]`` tensor put in memory order (``perm``), and back."""
 
     def __init__(self, perm: tuple[int, ...]):
-        self.perm = perm
         self.inverse = tuple(perm.index(d) for d in range(len(perm)))
         self.state = tuple(d - 1 for d in perm[1:])
         self.state_inverse = tuple(self.state.index(d) for d in range(len(self.state)))
