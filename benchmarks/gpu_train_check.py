@@ -5,7 +5,7 @@ Run from the repository root (PYTHONPATH=. when the package is not installed)::
 
     OUT=/some/dir python3 benchmarks/gpu_train_check.py [--batch 32] [--steps 10] [--quick]
 
-One training step = bf16 autocast forward, cross entropy, backward, AdamW step (timm), what
+One training step = bf16 autocast forward, cross entropy, backward, fused AdamW step (timm), what
 ``qsnn train`` runs on CUDA. Per case: images/s over ``--steps`` timed steps after 3 warm-up steps
 (torch.cuda.synchronize around the timed loop) and the peak memory (torch.cuda.max_memory_allocated,
 reset before the warm-up). Cases: ours at W/S/T 4/1/4 and 16/1/4, spikingjelly (binary LIF, float
@@ -82,7 +82,7 @@ def measure(impl: str, arg: str, batch: int, steps: int) -> dict:
     dev = torch.device("cuda")
     model = (build_spikingjelly(arg) if impl == "spikingjelly" else build_ours(*map(int, arg.split("/")[:2])))
     model = model.to(dev).train()
-    opt = create_optimizer_v2(model, opt="adamw", lr=5e-4, weight_decay=0.05)
+    opt = create_optimizer_v2(model, opt="adamw", lr=5e-4, weight_decay=0.05, fused=True)
     g = torch.Generator(device=dev).manual_seed(1)
     x = torch.randn(batch, 3, IMG, IMG, device=dev, generator=g)
     y = torch.randint(0, CLASSES, (batch,), device=dev, generator=g)
