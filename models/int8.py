@@ -58,7 +58,7 @@ def int8_supported(x: torch.Tensor, weight: torch.Tensor, w_bits: int, in_bits: 
             or x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
             or torch.compiler.is_compiling()):
         return False
-    k = weight[0].numel()
+    k = weight.numel() // max(weight.shape[0], 1)
     if k < 2 or k * ((1 << in_bits) - 1) * (1 << (w_bits - 1)) >= 1 << 31:
         return False
     if conv:
