@@ -4,6 +4,8 @@
 // order (amax / qmax, round-half-even of w / scale, clamp), so results are bit-identical; for
 // W = 1 the scale mean|w| is summed in double (torch sums in float32 in its own order): equal
 // to the reference within a few float32 roundings, the codes sign(w) are identical.
+// spike_levels: spike values x = level * scale -> integer levels (int8/uint8) in one pass, counting
+// the elements that are not such values (the forward of the int8 spike-input layers, models/int8.py).
 // The Python API (qsnn_kernels/quantize.py) validates before calling; these checks are the last guard.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -12,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <tuple>
 
 #include "cpu_features.h"
@@ -139,11 +142,68 @@ at::Tensor dequantized_weight_cpu(const at::Tensor& w, int64_t bits) {
   return deq;
 }
 
+// Levels of x[0, n): lv = rint(x * inv) (x itself when scale is 1), valid when 0 <= lv <= top and
+// lv * scale == x exactly (the float32 operations of models/int8.py's former torch code); invalid
+// elements are written as 0. Returns how many were invalid.
+int64_t levels_scalar(const float* x, int64_t n, float inv, float scale, bool unit, float top, uint8_t* out) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float lv = std::nearbyint(unit ? x[i] : x[i] * inv);
+    const bool good = lv >= 0.0f && lv <= top && (unit ? lv : lv * scale) == x[i];
+    bad += !good;
+    out[i] = good ? static_cast<uint8_t>(static_cast<int>(lv)) : 0;
+  }
+  return bad;
+}
+
+__attribute__((target("avx2,popcnt"))) int64_t levels_avx2(const float* x, int64_t n, float inv, float scale, bool unit,
+                                                         float top, uint8_t* out) {
+  const __m256 vinv = _mm256_set1_ps(inv), vs = _mm256_set1_ps(scale), vtop = _mm256_set1_ps(top);
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t bad = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 lv = _mm256_round_ps(unit ? v : _mm256_mul_ps(v, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 good = _mm256_and_ps(_mm256_cmp_ps(lv, zero, _CMP_GE_OQ), _mm256_cmp_ps(lv, vtop, _CMP_LE_OQ));
+    good = _mm256_and_ps(good, _mm256_cmp_ps(unit ? lv : _mm256_mul_ps(lv, vs), v, _CMP_EQ_OQ));
+    bad += 8 - _mm_popcnt_u32(static_cast<unsigned>(_mm256_movemask_ps(good)));
+    const __m256i q = _mm256_cvtps_epi32(_mm256_and_ps(lv, good));  // invalid -> 0; valid in [0, 255]
+    const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(q16, q16));
+  }
+  return bad + levels_scalar(x + i, n - i, inv, scale, unit, top, out + i);
+}
+
+std::tuple<at::Tensor, at::Tensor> spike_levels_cpu(const at::Tensor& x, double scale, int64_t bits, bool is_signed) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "spike_levels: float32 spikes expected, got ", x.scalar_type());
+  TORCH_CHECK(bits >= 1 && bits <= (is_signed ? 7 : 8), "spike_levels: bits must be 1..", is_signed ? 7 : 8);
+  TORCH_CHECK(scale > 0.0, "spike_levels: scale must be > 0");
+  const at::Tensor xc = x.is_non_overlapping_and_dense() ? x : x.contiguous();
+  at::Tensor out = at::empty_like(xc, xc.options().dtype(is_signed ? at::kChar : at::kByte));
+  const int64_t n = xc.numel();
+  const float* src = xc.data_ptr<float>();
+  auto* dst = static_cast<uint8_t*>(out.data_ptr());
+  const float inv = static_cast<float>(1.0 / scale), s = static_cast<float>(scale);
+  const float top = static_cast<float>((1 << bits) - 1);
+  const bool unit = scale == 1.0, avx2 = cpu_has_avx2();
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  int64_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : bad) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
+    bad += avx2 ? levels_avx2(src + lo, len, inv, s, unit, top, dst + lo)
+                : levels_scalar(src + lo, len, inv, s, unit, top, dst + lo);
+  }
+  return {out, at::scalar_tensor(bad, x.options().dtype(at::kLong))};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qsnn, CPU, m) {
   m.impl("quantize_weight", &quantize_weight_cpu);
   m.impl("dequantized_weight", &dequantized_weight_cpu);
+  m.impl("spike_levels", &spike_levels_cpu);
 }
 
 }  // namespace qsnn

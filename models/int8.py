@@ -17,7 +17,7 @@ Contract:
   partial sum): tests use rtol 1e-5. Gradients equal the dense layer's, straight-through to the
   float master weight as :func:`models.layers.quantized_weight`.
 * The input must be spikes: ``x == level * in_scale`` with integer levels in ``[0, 2^in_bits - 1]``
-  (one check pass per call); anything else is a ValueError naming the layer's ``in_bits``.
+  (checked in the pass that converts them); anything else is a ValueError naming ``in_bits``.
 * Saved for backward: the int8 levels (1 byte per input element instead of 4) and the master
   weight (a parameter: no copy), quantized again in the backward (one pass,
   :func:`qsnn_kernels.quantize.dequantized_weight`); changing the weight in place between
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quantize import dequantized_weight, quantize_weight
+from ..quantize import dequantized_weight, quantize_weight, spike_levels
 
 __all__ = ["MIN_CONV_POSITIONS", "int8_conv2d", "int8_linear", "int8_supported"]
 
@@ -68,16 +68,13 @@ def int8_supported(x: torch.Tensor, weight: torch.Tensor, w_bits: int, in_bits: 
 
 
 def _levels(x: torch.Tensor, in_scale: float, in_bits: int, dtype: torch.dtype) -> torch.Tensor:
-    """``x / in_scale`` as integers of ``dtype``; ValueError unless every element is exactly
-    ``level * in_scale`` with level in ``[0, 2^in_bits - 1]``."""
-    levels = torch.round(x * (1.0 / in_scale)) if in_scale != 1.0 else torch.round(x)
-    lo, hi = torch.aminmax(levels) if levels.numel() else (levels.new_zeros(()), levels.new_zeros(()))
-    exact = torch.equal(levels * in_scale, x) if in_scale != 1.0 else torch.equal(levels, x)
-    if not exact or lo.item() < 0 or hi.item() > (1 << in_bits) - 1:
-        raise ValueError(f"int8 forward: the input is not {in_bits}-bit spikes (level * {in_scale} with "
-                         f"integer level in 0..{(1 << in_bits) - 1}); values in [{x.min().item()}, "
-                         f"{x.max().item()}]. Check the layer's in_bits/in_scale, or set int8=False on it")
-    return levels.to(dtype)
+    """``x / in_scale`` as integers of ``dtype`` (:func:`qsnn_kernels.quantize.spike_levels`, one
+    pass); ValueError unless every element is ``level * in_scale``, level in ``[0, 2^in_bits - 1]``."""
+    try:
+        return spike_levels(x, in_scale, in_bits, dtype)
+    except ValueError as err:
+        raise ValueError(f"int8 forward: the input is {err}. Check the layer's in_bits/in_scale, or set "
+                         f"int8=False on it") from None
 
 
 class _Int8Linear(torch.autograd.Function):

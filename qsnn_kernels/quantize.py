@@ -1,6 +1,7 @@
 """Per-output-channel weight quantization (Eq. 5): ``quantize_weight`` and ``dequantized_weight``
 (ops ``qsnn::quantize_weight`` / ``qsnn::dequantized_weight``), what a quantized layer computes on
-every training step.
+every training step; and ``spike_levels`` (``qsnn::spike_levels``), spike values to their integer
+levels with a check, the input side of the int8 layers (models/int8.py).
 
 Oracle: :func:`qsnn_kernels.reference.quantize_weight`. Kernel: csrc/quantize_cpu.cpp (one pass
 over the weight after its per-channel max; OpenMP, AVX2), for float32 weights on the CPU. For
@@ -17,12 +18,13 @@ import torch
 from . import _extension, reference
 from .bits import WEIGHT_BITS, check_bits
 
-__all__ = ["dequantized_weight", "quantize_weight"]
+__all__ = ["dequantized_weight", "quantize_weight", "spike_levels"]
 
 BACKENDS = ("auto", "reference")
 
 torch.library.define("qsnn::quantize_weight", "(Tensor w, int w_bits) -> (Tensor, Tensor)")
 torch.library.define("qsnn::dequantized_weight", "(Tensor w, int w_bits) -> Tensor")
+torch.library.define("qsnn::spike_levels", "(Tensor x, float scale, int bits, bool is_signed) -> (Tensor, Tensor)")
 
 
 @torch.library.register_fake("qsnn::quantize_weight")
@@ -33,6 +35,11 @@ def _quantize_weight_fake(w, w_bits):
 @torch.library.register_fake("qsnn::dequantized_weight")
 def _dequantized_weight_fake(w, w_bits):
     return w.new_empty(w.shape)
+
+
+@torch.library.register_fake("qsnn::spike_levels")
+def _spike_levels_fake(x, scale, bits, is_signed):
+    return torch.empty_like(x, dtype=torch.int8 if is_signed else torch.uint8), x.new_empty((), dtype=torch.long)
 
 
 def _check(w, w_bits: int, backend: str, name: str) -> bool:
@@ -66,3 +73,41 @@ def dequantized_weight(w: torch.Tensor, w_bits: int, *, backend: str = "auto") -
         q, scale = reference.quantize_weight(w, w_bits)
         return (q.to(torch.float32) * scale.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
     return torch.ops.qsnn.dequantized_weight(w.detach(), w_bits)
+
+
+def spike_levels(x: torch.Tensor, scale: float, bits: int, dtype: torch.dtype = torch.uint8, *,
+                 backend: str = "auto") -> torch.Tensor:
+    """The integer levels of spike values ``x = level * scale``, level in ``[0, 2^bits - 1]``, as
+    ``dtype`` (uint8, or int8 for bits <= 7) in ``x``'s shape (and layout, when dense): one pass on
+    the CPU kernel for a float32 CPU ``x``, torch operations otherwise (``backend="reference"``
+    forces them). Exact: ``level = round(x * (1 / scale))`` in float32, valid when
+    ``level * scale == x``. No gradient.
+
+    Raises ValueError naming the range when any element is not such a value (a NaN or inf
+    included), or on bits outside 1..8 (1..7 for int8), scale <= 0 or an unknown backend;
+    TypeError on a non-float ``x`` or another dtype."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"spike_levels: x must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if dtype not in (torch.uint8, torch.int8):
+        raise TypeError(f"spike_levels: dtype must be torch.uint8 or torch.int8, got {dtype}")
+    max_bits = 7 if dtype == torch.int8 else 8
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= max_bits:
+        raise ValueError(f"spike_levels: bits must be an int in 1..{max_bits} for {dtype}, got {bits!r}")
+    if not scale > 0:
+        raise ValueError(f"spike_levels: scale must be > 0, got {scale!r}")
+    top = (1 << bits) - 1
+    if backend == "auto" and x.device.type == "cpu" and x.dtype == torch.float32:
+        _extension.require("cpu")
+        levels, bad = torch.ops.qsnn.spike_levels(x.detach(), float(scale), bits, dtype == torch.int8)
+        ok = bad.item() == 0
+    else:
+        xd = x.detach()
+        levels = torch.round(xd * (1.0 / scale)) if scale != 1.0 else torch.round(xd)
+        ok = levels.numel() == 0 or bool(((levels * scale == xd) & (levels >= 0) & (levels <= top)).all())
+        levels = levels.clamp(0, top).nan_to_num(0).to(dtype)
+    if not ok:
+        raise ValueError(f"not {bits}-bit spikes: every element must be level * {scale} with an integer level in "
+                         f"0..{top}; values in [{x.min().item()}, {x.max().item()}]")
+    return levels

@@ -1,5 +1,6 @@
-"""qsnn_kernels.quantize (csrc/quantize_cpu.cpp) against reference.quantize_weight: bit-identical
-for W >= 2, identical codes and a scale within a few float32 roundings for W = 1; odd shapes, bad input."""
+"""qsnn_kernels.quantize (csrc/quantize_cpu.cpp): weights against reference.quantize_weight
+(bit-identical for W >= 2; identical codes and a scale within a few float32 roundings for W = 1)
+and spike_levels against its torch path; odd shapes, layouts, bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from qsnn_kernels import reference
-from qsnn_kernels.quantize import dequantized_weight, quantize_weight
+from qsnn_kernels.quantize import dequantized_weight, quantize_weight, spike_levels
 
 SHAPES = [(1, 1), (1, 31), (3, 33), (2, 273), (5, 4, 3, 3), (64, 7, 1, 1), (17, 1)]
 
@@ -99,3 +100,53 @@ def test_opcheck():
     w = torch.randn(6, 35)
     torch.library.opcheck(torch.ops.qsnn.quantize_weight.default, (w, 4))
     torch.library.opcheck(torch.ops.qsnn.dequantized_weight.default, (w, 1))
+
+
+# --------------------------------------------------------------------------- spike_levels
+
+
+@pytest.mark.parametrize("bits, scale, dtype", [(1, 1.0, torch.uint8), (2, 0.5, torch.int8), (4, 0.3, torch.uint8),
+                                                (7, 0.75, torch.int8), (8, 1.0, torch.uint8)])
+@pytest.mark.parametrize("n", [1, 7, 9, 65536 + 13])
+def test_spike_levels_match_the_torch_path(bits, scale, dtype, n):
+    g = torch.Generator().manual_seed(n + bits)
+    levels = torch.randint(0, 1 << bits, (n,), generator=g)
+    x = levels.float() * scale
+    out = spike_levels(x, scale, bits, dtype)
+    assert out.dtype == dtype and torch.equal(out, levels.to(dtype))
+    assert torch.equal(out, spike_levels(x, scale, bits, dtype, backend="reference"))
+
+
+def test_spike_levels_layouts():
+    x = torch.randint(0, 4, (6, 5, 4, 3)).float().contiguous(memory_format=torch.channels_last)
+    out = spike_levels(x, 1.0, 2)
+    assert out.stride() == x.stride() and torch.equal(out, x.to(torch.uint8))
+    y = x.transpose(0, 3)[::2]                                                # not dense: copied
+    assert torch.equal(spike_levels(y, 1.0, 2), y.to(torch.uint8))
+
+
+@pytest.mark.parametrize("bad", [0.5, -1.0, 4.0, float("nan"), float("inf"), 0.3 * 3 + 1e-3])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_spike_levels_reject_non_spikes(bad, backend):
+    for n in (5, 70000):                                                      # vector body and scalar tail
+        x = torch.zeros(n)
+        x[n - 2] = bad
+        with pytest.raises(ValueError, match="not 2-bit spikes"):
+            spike_levels(x, 1.0 if bad != 0.3 * 3 + 1e-3 else 0.3, 2, backend=backend)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(x=torch.zeros(3, dtype=torch.int32)), TypeError, "float tensor"),
+    (dict(dtype=torch.int16), TypeError, "dtype"),
+    (dict(bits=0), ValueError, "bits"), (dict(bits=9), ValueError, "bits"),
+    (dict(bits=8, dtype=torch.int8), ValueError, "bits"),
+    (dict(scale=0.0), ValueError, "scale"), (dict(backend="fast"), ValueError, "backend")])
+def test_spike_levels_bad_arguments(kwargs, err, match):
+    args = dict(x=torch.zeros(3), scale=1.0, bits=2, dtype=torch.uint8) | kwargs
+    backend = args.pop("backend", "auto")
+    with pytest.raises(err, match=match):
+        spike_levels(args["x"], args["scale"], args["bits"], args["dtype"], backend=backend)
+
+
+def test_spike_levels_opcheck():
+    torch.library.opcheck(torch.ops.qsnn.spike_levels.default, (torch.tensor([0.0, 0.5, 1.5]), 0.5, 2, False))
