@@ -26,16 +26,19 @@ Contract:
 Linear: ``torch._int_mm`` (signed int8: levels <= 127, so in_bits <= 4). Convolution: oneDNN's
 quantized convolution with a float output (``torch.ops.onednn.qconv2d_pointwise``, levels as
 uint8), which needs the weight re-packed every call (the weight changes every step): it pays only
-when the output has enough positions, :data:`MIN_CONV_POSITIONS`.
+when the output has enough positions, :data:`MIN_CONV_POSITIONS`. The layers use this path by
+default only on a CPU with int8 dot-product units (:func:`cpu_has_int8_dot`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from ..quantize import dequantized_weight, quantize_weight, spike_levels
 
-__all__ = ["MIN_CONV_POSITIONS", "int8_conv2d", "int8_linear", "int8_supported"]
+__all__ = ["MIN_CONV_POSITIONS", "cpu_has_int8_dot", "int8_conv2d", "int8_linear", "int8_supported"]
 
 MIN_CONV_POSITIONS = 512
 """Smallest output size N * H' * W' at which the int8 convolution is used automatically. Re-packing
@@ -44,6 +47,16 @@ weight element per output position on this CPU (fp32 ~100 G MAC/s, int8 ~4x that
 near 100 positions. Measured forward+backward of a 3x3 layer (``python
 benchmarks/test_bench_models_sew.py layer-paths``): 512 positions (256 channels, 8x8, batch 8)
 int8 4.7 ms vs dense 5.1 ms; 128 positions (512 channels, 4x4) 8.5 vs 7.5 ms."""
+
+
+@functools.cache
+def cpu_has_int8_dot() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI), the units that
+    make the int8 forward pay. Without them torch's int8 products can be far slower than fp32 (the
+    project's brief reports 50-400x for ``torch._int_mm`` on such a CPU), so the automatic rule
+    (``int8=None``) keeps the float path there; ``int8=True`` still forces the int8 one."""
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("avx512_vnni") or caps.get("avx_vnni"))
 
 
 def int8_supported(x: torch.Tensor, weight: torch.Tensor, w_bits: int, in_bits: int | None,

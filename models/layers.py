@@ -31,7 +31,7 @@ from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
 from ..lif import MultiLevelLIF
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
-from .int8 import MIN_CONV_POSITIONS, int8_conv2d, int8_linear, int8_supported
+from .int8 import MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported
 
 __all__ = [
     "ALLOWED_W_BITS",
@@ -202,13 +202,16 @@ def uses_bitserial(layer) -> bool:
 def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
     """Whether ``layer`` (QuantLinear/QuantConv2d, not on the bit-serial path) runs its forward in
     exact int8 (:mod:`models.int8`) on input ``x``: ``layer.int8`` is not False, the input is
-    eligible (:func:`models.int8.int8_supported`), and for a convolution with ``int8=None`` (the
-    default) its output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions
-    (``positions``); ``int8=True`` skips that size rule."""
+    eligible (:func:`models.int8.int8_supported`), and with ``int8=None`` (the default) the CPU has
+    int8 dot-product units (:func:`models.int8.cpu_has_int8_dot`) and, for a convolution, its
+    output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions (``positions``);
+    ``int8=True`` skips those two rules."""
     geometry = (layer.padding, layer.dilation) if positions is not None else (None, None)
     if layer.int8 is False or not int8_supported(x, layer.weight, layer.w_bits, layer.in_bits, *geometry):
         return False
-    return layer.int8 is True or positions is None or positions >= MIN_CONV_POSITIONS
+    if layer.int8 is True:
+        return True
+    return cpu_has_int8_dot() and (positions is None or positions >= MIN_CONV_POSITIONS)
 
 
 def _levels(x: torch.Tensor, in_scale: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import qsnn_kernels.models as qm
+from qsnn_kernels.models import layers as layers_mod
 from qsnn_kernels.models.layers import QuantConv2d, QuantLinear, uses_int8
 
 
@@ -41,6 +42,7 @@ def test_linear_matches_dense(w_bits, in_bits, in_scale, shape, k):
     torch.manual_seed(1)
     lin = QuantLinear(shape[-1], k, w_bits=w_bits, in_bits=in_bits, in_scale=in_scale)
     x = _spikes(shape, in_bits, in_scale)
+    lin.int8 = True
     assert uses_int8(lin, x)
     _assert_same(_run(lin, x, True), _run(lin, x, False))
 
@@ -70,7 +72,8 @@ def test_conv_matches_dense(w_bits, in_bits, in_scale, cin, cout, k, stride, pad
     _assert_same(_run(conv, xt, True), _run(conv, xt, False))
 
 
-def test_dispatch_rule():
+def test_dispatch_rule(monkeypatch):
+    monkeypatch.setattr(layers_mod, "cpu_has_int8_dot", lambda: True)
     conv = QuantConv2d(4, 4, 3, padding=1, w_bits=4, in_bits=1)
     small, large = torch.zeros(1, 4, 8, 8), torch.zeros(8, 4, 8, 8)           # 64 and 512 output positions
     assert not uses_int8(conv, small, conv._positions(small))
@@ -96,6 +99,11 @@ def test_dispatch_rule():
     assert not uses_int8(lin, torch.zeros(2, 4, dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not uses_int8(lin, torch.zeros(2, 4))
+    # a CPU without int8 dot-product units: the automatic rule keeps the float path, True forces int8
+    monkeypatch.setattr(layers_mod, "cpu_has_int8_dot", lambda: False)
+    assert not uses_int8(lin, torch.zeros(2, 4))
+    lin.int8 = True
+    assert uses_int8(lin, torch.zeros(2, 4))
 
 
 @pytest.mark.parametrize("bad, match", [(0.5, "not 1-bit spikes"), (2.0, "not 1-bit spikes"),
