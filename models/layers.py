@@ -291,7 +291,23 @@ def _layer_weight(layer) -> torch.Tensor:
     return cache[1]
 
 
-class QuantLinear(nn.Linear):
+class _QuantAttrs:
+    """What QuantLinear and QuantConv2d add to their torch base: the bit widths, the input spikes'
+    scale and the forward-path switches (checked), and their repr."""
+
+    def _set_quant_attrs(self, w_bits, in_bits, in_scale, bitserial, int8) -> None:
+        self.w_bits = w_bits
+        self.in_bits = _check_in_bits(in_bits)
+        self.in_scale = _check_in_scale(in_scale)
+        self.bitserial = bitserial
+        self.int8 = int8
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
+                f"in_scale={self.in_scale}, bitserial={self.bitserial}, int8={self.int8}")
+
+
+class QuantLinear(_QuantAttrs, nn.Linear):
     """``nn.Linear`` with a W-bit weight: ``x [..., in_features] -> [..., out_features]``.
 
     ``w_bits`` in :data:`ALLOWED_W_BITS` (ValueError otherwise); for w_bits <= 8 the weight is
@@ -306,11 +322,7 @@ class QuantLinear(nn.Linear):
                  int8: bool | None = None):
         check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
         super().__init__(in_features, out_features, bias=bias)
-        self.w_bits = w_bits
-        self.in_bits = _check_in_bits(in_bits)
-        self.in_scale = _check_in_scale(in_scale)
-        self.bitserial = bitserial
-        self.int8 = int8
+        self._set_quant_attrs(w_bits, in_bits, in_scale, bitserial, int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -325,12 +337,8 @@ class QuantLinear(nn.Linear):
             return y if self.bias is None else y + self.bias
         return F.linear(x, _layer_weight(self), self.bias)
 
-    def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
-                f"in_scale={self.in_scale}, bitserial={self.bitserial}, int8={self.int8}")
 
-
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(_QuantAttrs, nn.Conv2d):
     """``nn.Conv2d`` with a W-bit weight, multi-step aware.
 
     forward: ``[T, B, C, H, W]`` (T and B flattened for the convolution, restored after) or
@@ -344,11 +352,7 @@ class QuantConv2d(nn.Conv2d):
         check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
                          bias=bias)
-        self.w_bits = w_bits
-        self.in_bits = _check_in_bits(in_bits)
-        self.in_scale = _check_in_scale(in_scale)
-        self.bitserial = bitserial
-        self.int8 = int8
+        self._set_quant_attrs(w_bits, in_bits, in_scale, bitserial, int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (4, 5) or x.shape[-3] != self.in_channels:
@@ -375,10 +379,6 @@ class QuantConv2d(nn.Conv2d):
         out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
                zip(x4.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride)]
         return x4.shape[0] * out[0] * out[1]
-
-    def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
-                f"in_scale={self.in_scale}, bitserial={self.bitserial}, int8={self.int8}")
 
 
 class SpikeMatmul(nn.Module):
