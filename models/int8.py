@@ -92,6 +92,13 @@ def _levels(x: torch.Tensor, in_scale: float, in_bits: int, dtype: torch.dtype) 
                          f"int8=False on it") from None
 
 
+def _spike_values(levels: torch.Tensor, in_scale: float) -> torch.Tensor:
+    """The float spikes ``level * in_scale`` back from saved levels (equal to the forward's input:
+    :func:`_levels` checked that)."""
+    x = levels.to(torch.float32)
+    return x.mul_(in_scale) if in_scale != 1.0 else x
+
+
 class _Int8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, w_bits, in_bits, in_scale):
@@ -115,10 +122,7 @@ class _Int8Linear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (g @ dequantized_weight(weight, ctx.w_bits)).reshape(*levels.shape)
         if ctx.needs_input_grad[1]:
-            x = levels.reshape(-1, levels.shape[-1]).to(torch.float32)
-            if ctx.in_scale != 1.0:
-                x.mul_(ctx.in_scale)
-            grad_w = g.t() @ x
+            grad_w = g.t() @ _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale)
         return grad_x, grad_w, None, None, None
 
 
@@ -143,9 +147,7 @@ class _Int8Conv2d(torch.autograd.Function):
     def backward(ctx, grad):
         levels, weight = ctx.saved_tensors
         w_bits, in_scale, stride, padding, dilation, groups = ctx.args
-        x = levels.to(torch.float32)
-        if in_scale != 1.0:
-            x.mul_(in_scale)
+        x = _spike_values(levels, in_scale)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
         w = dequantized_weight(weight, w_bits)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(grad.contiguous(), x, w, None, stride, padding,
