@@ -6,7 +6,14 @@ layout). Each recording's events are resized to 48x48 (tonic.transforms.Downsamp
 factors 48/W, 48/H of the sensor) and binned into `t_steps` frames (tonic.transforms.ToFrame) ->
 float32 [T, 2, 48, 48] event counts. The first build reads every file once and writes the frames
 to the cache folder (one .npy per recording plus a manifest); later builds read only the cache.
-A file that fails to read (or holds no events) is skipped and counted, or raises naming the file.
+A file that fails to read (or holds no events) is skipped and counted, or raises naming the file;
+so is a cached frame file that fails to load during training (qsnn_kernels.data.common.DecodedFiles).
+
+Names and labels are checked when the data set is built, whatever on_error (ValueError naming the
+file or folder): DVS128 Gesture's folders must be user<NN>_<lighting> and its files <label>.npy
+with an integer label 0..10 (GESTURE_SCHEME; tonic itself fails with an unpacking or int() error);
+CIFAR10-DVS's folders must be its 10 class names; N-Caltech101 may have at most 101 class folders
+(labels are their sorted names' indices).
 
 Splits: DVS128 Gesture has its own (ibmGestureTrain / ibmGestureTest). CIFAR10-DVS and N-Caltech101
 have none; a fixed per-class split puts 10% (at least one file of a class with two or more) in val:
@@ -24,17 +31,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .common import (CorruptFileError, DatasetInfo, cache_root, require_folder, save_npy_atomic,
-                     warn_skipped)
+from .common import (CorruptFileError, DatasetInfo, DecodedFiles, cache_root, check_labels, require_folder,
+                     save_npy_atomic, warn_skipped)
 
 FRAME_SIZE = 48
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
+NUM_CLASSES = {"cifar10-dvs": 10, "dvs128-gesture": 11, "n-caltech101": 101}
+GESTURE_SCHEME = "ibmGesture<Train|Test>/user<NN>_<lighting>/<label>.npy, label an integer 0..10"
+_GESTURE_FOLDER = re.compile(r"user\d+_.+")
+_GESTURE_FILE = re.compile(r"(\d+)\.npy")
 
 LAYOUTS = {
     "cifar10-dvs": "  <root>/CIFAR10DVS/<class name: airplane, automobile, ...>/<recording>.aedat4\n"
@@ -45,6 +57,24 @@ LAYOUTS = {
     "n-caltech101": "  <root>/NCALTECH101/Caltech101/<class name>/<recording>.bin\n"
                     "  (40-bit ATIS events: x, y, polarity bit + 23-bit time stamp)",
 }
+
+
+def _gesture_files(folder: Path) -> tuple[list[str], list[int]]:
+    """DVS128 Gesture's recordings under ``folder`` (ibmGestureTrain or ibmGestureTest) and their
+    labels from the file names, in sorted order. ValueError naming a .npy file whose path does not
+    follow GESTURE_SCHEME (other files are ignored, as tonic ignores them)."""
+    files, labels = [], []
+    for dirpath, dirs, fnames in os.walk(folder):
+        dirs.sort()
+        for fname in sorted(f for f in fnames if f.endswith(".npy")):
+            path = os.path.join(dirpath, fname)
+            parts = Path(path).relative_to(folder).parts
+            m = _GESTURE_FILE.fullmatch(fname)
+            if len(parts) != 2 or not _GESTURE_FOLDER.fullmatch(parts[0]) or m is None:
+                raise ValueError(f"dvs128-gesture: {path} does not follow the naming scheme {GESTURE_SCHEME}")
+            files.append(path)
+            labels.append(int(m.group(1)))
+    return files, labels
 
 
 def _tonic_dataset(name: str, root: Path, split: str):
@@ -63,7 +93,12 @@ def _tonic_dataset(name: str, root: Path, split: str):
            "n-caltech101": "NCALTECH101/Caltech101"}[name]
     require_folder(root / sub, name, LAYOUTS[name])
     if name == "dvs128-gesture":
-        ds = _Present(str(root), train=(split == "train"))
+        # listed here, checked (tonic's own listing fails on a misnamed file or folder with an
+        # unpacking or int() error); read by tonic's __getitem__
+        ds = _Present.__new__(_Present)
+        super(base, ds).__init__(str(root))
+        ds.train = split == "train"
+        ds.data, ds.targets = _gesture_files(root / sub)
     else:
         try:
             ds = _Present(str(root))
@@ -77,6 +112,9 @@ def _tonic_dataset(name: str, root: Path, split: str):
     if len(ds.data) == 0:
         raise FileNotFoundError(f"{name}: no recordings found under {root / sub}\n"
                                 f"expected layout:\n{LAYOUTS[name]}")
+    if name == "n-caltech101" and len(set(ds.targets)) > NUM_CLASSES[name]:
+        raise ValueError(f"n-caltech101: {len(set(ds.targets))} class folders with recordings in {root / sub}, "
+                         f"at most {NUM_CLASSES[name]} expected (one folder per class)")
     return ds, (128, 128) if name != "n-caltech101" else (240, 180)
 
 
@@ -114,18 +152,20 @@ def recording_to_frames(events: np.ndarray, sensor_wh: tuple[int, int], t_steps:
     return frames.astype(np.float32)
 
 
-class CachedFrames(torch.utils.data.Dataset):
-    """Frames read from the cache: one .npy per recording, labels in memory."""
+class CachedFrames(DecodedFiles):
+    """Frames read from the cache: one .npy per recording (np.load, no pickles), labels in memory;
+    a file that fails to load follows ``on_error`` (:class:`DecodedFiles`)."""
 
-    def __init__(self, files: list[str], labels: list[int]):
-        self.files = files
+    def __init__(self, name: str, files: list[str], labels: list[int], on_error: str = "raise"):
+        super().__init__(name, files, on_error)
+        self.files = self.paths
         self.labels = labels
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def decode(self, path: str):
+        return np.load(path)
 
-    def __getitem__(self, i):
-        return torch.from_numpy(np.load(self.files[i])), self.labels[i]
+    def finish(self, frames, i: int):
+        return torch.from_numpy(frames), self.labels[i]
 
 
 def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cache_dir=None) -> DatasetInfo:
@@ -137,14 +177,15 @@ def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cac
         except ImportError as err:
             raise ImportError("cifar10-dvs: reading .aedat4 recordings needs the 'aedat' package, a "
                               "dependency of qsnn_kernels (pip install aedat)") from err
-    if name == "dvs128-gesture":
-        indices = list(range(len(ds.data)))
-        class_names, num_classes = None, 11
+    num_classes = NUM_CLASSES[name]
+    indices = list(range(len(ds.data))) if name == "dvs128-gesture" else _split_indices(ds.targets, split)
+    if name == "n-caltech101":  # labels: the sorted class folder names' indices
+        class_names = sorted(set(ds.targets), key=str)
+        labels = [class_names.index(ds.targets[i]) for i in indices]
     else:
-        indices = _split_indices(ds.targets, split)
-        class_names = sorted(set(ds.targets), key=str) if name == "n-caltech101" else None
-        num_classes = 10 if name == "cifar10-dvs" else 101
+        labels = [ds.targets[i] for i in indices]
     sources = [ds.data[i] for i in indices]
+    check_labels(name, labels, num_classes, lambda k: sources[k])
     stamp = [(os.path.relpath(p, root), os.path.getsize(p), os.path.getmtime(p)) for p in sources]
     # the key changes with T, the frame size, and any file added, removed or rewritten
     fingerprint = repr((name, split, t_steps, FRAME_SIZE, str(root.resolve()), stamp))
@@ -154,7 +195,7 @@ def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cac
     if manifest.is_file():
         entries = json.loads(manifest.read_text())
     else:
-        entries = _first_pass(ds, indices, sensor_wh, t_steps, folder, class_names, on_error)
+        entries = _first_pass(ds, indices, labels, sensor_wh, t_steps, folder, on_error)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"manifest.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(entries))
@@ -164,17 +205,16 @@ def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cac
         raise CorruptFileError(f"{name}: corrupt event file {bad[0]}")
     warn_skipped(name, bad)
     good = [e for e in entries if e["frames"] is not None]
-    dataset = CachedFrames([str(folder / e["frames"]) for e in good], [e["label"] for e in good])
+    dataset = CachedFrames(name, [str(folder / e["frames"]) for e in good], [e["label"] for e in good], on_error)
     return DatasetInfo(dataset, num_classes=num_classes, in_chans=2, input_size=FRAME_SIZE,
-                       is_events=True, skipped=len(bad))
+                       is_events=True, skipped_at_build=len(bad))
 
 
-def _first_pass(ds, indices, sensor_wh, t_steps, folder: Path, class_names, on_error) -> list[dict]:
+def _first_pass(ds, indices, labels, sensor_wh, t_steps, folder: Path, on_error) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
-    for k, i in enumerate(indices):
+    for k, (i, label) in enumerate(zip(indices, labels)):
         source = ds.data[i]
-        label = ds.targets[i] if class_names is None else class_names.index(ds.targets[i])
         try:
             events, _ = ds[i]
             frames = recording_to_frames(events, sensor_wh, t_steps)
