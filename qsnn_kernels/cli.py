@@ -1,6 +1,11 @@
 """The ``qsnn`` command: ``demo`` (a tour of the ops on this machine), ``info``, ``models`` (the
 registered architectures), ``train`` (:mod:`qsnn_kernels.train`), ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
-paper's Table 2 beside ours) and ``sweep`` (train every W/S/T split of a Bit Budget: :mod:`qsnn_kernels.sweep`)."""
+paper's Table 2 beside ours) and ``sweep`` (train every W/S/T split of a Bit Budget: :mod:`qsnn_kernels.sweep`).
+
+Errors: a misuse of any command prints one line ``qsnn <command>: error: ...`` naming the argument
+and exits 2, before anything is written; a command that fails for an outside reason (disk full, not
+enough memory) prints one line and exits 1 (:mod:`qsnn_kernels.argtypes` holds the contract and the
+argparse types every command uses)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import argparse
 import json
 import sys
 import time
+
+from .argtypes import Parser, error_status, positive_int, print_error
 
 
 def _demo(args) -> int:
@@ -66,24 +73,17 @@ def _budget(args) -> int:
         if args.model is None or args.wst is None:
             raise ValueError("give --model and --wst (or --paper-table2)")
         w, s, t = report.parse_wst(args.wst)
+        from .train.config import MAX_T_STEPS
+
+        if t > MAX_T_STEPS:
+            raise ValueError(f"--wst {args.wst}: time steps T must be in [1, {MAX_T_STEPS}], got {t}")
         p = report.budget(args.model, w, s, t, input_size=args.input_size, num_classes=args.num_classes,
                           batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, **conventions)
     except (ValueError, TypeError) as exc:
-        print(f"qsnn budget: error: {exc}", file=sys.stderr)
+        print_error("budget", str(exc))
         return 2
     print(json.dumps(p.to_dict(), indent=2) if args.json else report.format_profile(p))
     return 0
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def _train(args) -> int:
@@ -98,11 +98,11 @@ def main(argv=None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="qsnn", description="qsnn_kernels: kernels for quantized SNNs")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="qsnn", description="qsnn_kernels: kernels for quantized SNNs")
+    sub = parser.add_subparsers(dest="command", required=True)  # subparsers are Parsers too: one-line errors
     demo = sub.add_parser("demo", help="run the ops once on this machine and check them")
-    demo.add_argument("--out-features", type=int, default=1024)
-    demo.add_argument("--in-features", type=int, default=4096)
+    demo.add_argument("--out-features", type=positive_int, default=1024, help="rows N of the weight (default 1024)")
+    demo.add_argument("--in-features", type=positive_int, default=4096, help="columns K of the weight (default 4096)")
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="versions, what was built, CPU features, devices")
     info.add_argument("--json", action="store_true")
@@ -150,7 +150,14 @@ def main(argv=None) -> int:
     train.add_argument("train_args", nargs=argparse.REMAINDER)
     train.set_defaults(func=_train)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:  # noqa: BLE001 - error_status sorts bad input and outside failures from bugs
+        status = error_status(exc)
+        if status is None:
+            raise
+        print_error(args.command, status[1])
+        return status[0]
 
 
 if __name__ == "__main__":

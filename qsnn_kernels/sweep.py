@@ -26,6 +26,7 @@ Splits of one budget share their S-ACE (that is what the budget means), so give 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -34,8 +35,8 @@ import os
 import sys
 import time
 
+from .argtypes import error_status, existing_file, int_in, output_folder, positive_int, print_error
 from .bits import SPIKE_BITS, WEIGHT_BITS
-from .cli import positive_int
 
 __all__ = ["COLUMNS", "WEIGHT_BITS", "SPIKE_BITS", "add_arguments", "format_table", "main", "row_from_report",
            "run_sweep", "splits", "split_dirname", "write_outputs"]
@@ -376,9 +377,13 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
     ``train_fn`` (default :func:`qsnn_kernels.train.run`) takes the config and returns its report dict.
 
     A split whose training raises ValueError or TypeError (bad configuration: an unknown model, a
-    width it does not support) stops the sweep with that error, naming the split; any other error
-    (e.g. a RuntimeError in the training loop) is recorded in that split's row (status "failed",
-    ``error``) and the sweep goes on. ``reuse``: a split whose sub-run folder already holds a
+    width it does not support), an OSError (disk full, a folder it cannot write) or the data
+    loaders' CorruptFileError (every split reads the same data) stops the sweep with that error,
+    naming the split; any other error (e.g. a RuntimeError in the training loop) is recorded in
+    that split's row (status "failed", ``error``) and the sweep goes on. ``output_dir`` is created
+    by the first split's run (a configuration that the first split refuses leaves nothing behind).
+    ``quiet``: no progress lines, no progress bars (each split runs with ``progress=False``) and
+    no per-epoch lines (the training's stdout is dropped); warnings still reach stderr. ``reuse``: a split whose sub-run folder already holds a
     finished run of the same configuration (see :func:`_finished_report`) is read, not trained
     again (its ``wall_s`` is then the run's own ``wall_time_s``); so a sweep stopped half-way is
     continued by running it again with ``reuse``. The CSV and JSON are rewritten after every split,
@@ -396,7 +401,8 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
         raise TypeError(f"run_sweep: output_dir must be a path, got {type(output_dir).__name__}")
     output_dir = os.fspath(output_dir)
     train_fn = train_fn or _default_train_fn()
-    os.makedirs(output_dir, exist_ok=True)
+    if quiet and "progress" in names:
+        base_config = dataclasses.replace(base_config, progress=False)
     extra = {"base_config": _jsonable(dataclasses.asdict(base_config))}
     title = f"{_budget_title(budgets)}, {getattr(base_config, 'model', '')}".rstrip(", ")
     budget_field = budgets[0] if len(budgets) == 1 else budgets
@@ -414,13 +420,19 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
             rows.append(row_from_report((w, s, t), done, done.get("wall_time_s")))
             continue
         try:
-            report = train_fn(config)
+            with _quiet_stdout(quiet):
+                report = train_fn(config)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"sweep split {wst}: {exc}") from exc
+        except OSError:  # the disk or the folder: the next split would fail the same way
+            raise
+        except RuntimeError as exc:
+            if type(exc).__name__ == "CorruptFileError":  # the data: every split reads the same files
+                raise
+            rows.append(_failed_row((w, s, t), t0, exc, quiet))
+            continue
         except Exception as exc:  # noqa: BLE001 - one failed split must not lose the others
-            rows.append(row_from_report((w, s, t), None, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"))
-            if not quiet:
-                print(f"[sweep] W/S/T {wst} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            rows.append(_failed_row((w, s, t), t0, exc, quiet))
             continue
         if not isinstance(report, dict):
             raise TypeError(f"sweep split {wst}: the training run returned {type(report).__name__}, not a report dict")
@@ -433,6 +445,23 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
     return rows
 
 
+def _failed_row(split, t0: float, exc: BaseException, quiet: bool) -> dict:
+    if not quiet:
+        print(f"[sweep] W/S/T {'/'.join(map(str, split))} failed: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+    return row_from_report(split, None, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _quiet_stdout(quiet: bool):
+    """Drop stdout inside the block when ``quiet`` (the training's per-epoch lines), else nothing."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
 def _jsonable(d: dict) -> dict:
     return {k: (v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)) for k, v in d.items()}
 
@@ -442,7 +471,10 @@ def _jsonable(d: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 def _budget_arg(text: str) -> list[int]:
-    """``8`` or ``2,4,8`` -> [8] or [2, 4, 8]: positive integers, no repeats."""
+    """``8`` or ``2,4,8`` -> [8] or [2, 4, 8]: positive integers up to
+    :data:`qsnn_kernels.train.config.MAX_T_STEPS` (the split 1/1/BB trains BB time steps), no repeats."""
+    from .train.config import MAX_T_STEPS
+
     values = []
     for part in text.split(","):
         try:
@@ -452,6 +484,9 @@ def _budget_arg(text: str) -> list[int]:
                                              f"comma-separated list, got {text!r}") from None
         if value < 1:
             raise argparse.ArgumentTypeError(f"the Bit Budget must be a positive integer (W * S * T), got {value}")
+        if value > MAX_T_STEPS:
+            raise argparse.ArgumentTypeError(f"the Bit Budget must be at most {MAX_T_STEPS} (its split 1/1/BB "
+                                             f"trains BB time steps, and qsnn train allows {MAX_T_STEPS}), got {value}")
         if value in values:
             raise argparse.ArgumentTypeError(f"budget {value} is given twice in {text!r}")
         values.append(value)
@@ -481,22 +516,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=_budget_arg, required=True,
                         help="Bit Budget BB = W * S * T, or several (2,4,8); every split with W, S in 1, 2, 4, 8 "
                              "and T >= 1 is trained (a budget without a factor 2, such as 3, has only 1/1/BB)")
-    parser.add_argument("--model", help="registered model (default: the training default)")
+    parser.add_argument("--model", type=_text, help="registered model (default: the training default)")
     parser.add_argument("--epochs", type=positive_int, default=10,
                         help="epochs per split (default 10: short runs, about 1 s a split on the digits on a free CPU)")
-    parser.add_argument("--output", default=None, help="sweep folder (default runs/sweep-bb<BUDGET>)")
-    parser.add_argument("--data", default=None, help="dataset name (default: the embedded digits)")
-    parser.add_argument("--data-root", default=None, help="dataset folder, for data sets that need one")
+    parser.add_argument("--output", type=output_folder, default=None, help="sweep folder (default runs/sweep-bb<BUDGET>)")
+    parser.add_argument("--data", type=_text, default=None, help="dataset name (default: the embedded digits)")
+    parser.add_argument("--data-root", type=_text, default=None, help="dataset folder, for data sets that need one")
     parser.add_argument("--events", action="store_true", help="the event variant of the data (digits-events)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: training's)")
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: training's)")
-    parser.add_argument("--config", default=None, help="a YAML file of TrainConfig fields, the base of every split")
+    parser.add_argument("--seed", type=int_in(), default=None, help="seed (default: training's)")
+    parser.add_argument("--config", type=existing_file, default=None,
+                        help="a YAML file of TrainConfig fields, the base of every split")
     parser.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[], metavar="KEY=VALUE",
                         help="any other TrainConfig field, e.g. --set max_steps_per_epoch=5 (repeatable)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the splits already finished in the sweep folder with the same settings "
                              "(continue a stopped sweep)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines; the table is still printed")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress lines or bars, no per-epoch lines; the table is still printed")
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty string")
+    return value
 
 
 def base_config_from_args(args):
@@ -508,29 +551,53 @@ def base_config_from_args(args):
         raise ImportError(f"qsnn sweep needs qsnn_kernels.train (the training loop), which failed to import: "
                           f"{exc}") from exc
 
-    d = load_yaml(args.config) if args.config else {}
+    from .train.config import check_dict
+
+    d = {}
+    if args.config:
+        try:
+            raw = load_yaml(args.config)
+        except ValueError as e:  # the message starts with the path
+            raise ValueError(f"--config {e}") from None
+        try:
+            d = check_dict(raw)
+        except ValueError as e:
+            raise ValueError(f"--config {args.config}: {e}") from None
     for key in ("model", "epochs", "data", "data_root", "batch_size", "seed"):
         if getattr(args, key) is not None:
             d[key] = getattr(args, key)
     if args.events:
         d["events"] = True
     for key, value in args.overrides:
-        d[key] = value
+        try:
+            d.update(check_dict({key: value}))
+        except ValueError as e:
+            raise ValueError(f"--set {key}={value}: {e}") from None
     if "wst" in d or "resume" in d and d["resume"]:
         raise ValueError("a sweep sets wst itself and cannot resume: leave wst and resume out")
     return TrainConfig.from_dict(d)
 
 
 def main(args) -> int:
-    """``qsnn sweep``: exit 0 when every split trained, 1 when some failed, 2 on bad input."""
+    """``qsnn sweep``: exit 0 when every split trained, 1 when some failed or the sweep failed for an
+    outside reason (disk full), 2 on bad input (one line ``qsnn sweep: error: ...``; a bad
+    configuration is refused before the sweep folder is created)."""
+    output = args.output or f"runs/sweep-bb{'-'.join(map(str, args.budget))}"
     try:
+        output_folder(output)
         config = base_config_from_args(args)
-        output = args.output or f"runs/sweep-bb{'-'.join(map(str, args.budget))}"
-        budget = args.budget[0] if len(args.budget) == 1 else args.budget
-        rows = run_sweep(budget, config, output, quiet=args.quiet, reuse=args.reuse)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
-        print(f"qsnn sweep: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, argparse.ArgumentTypeError) as exc:
+        print_error("sweep", f"--output {exc}" if isinstance(exc, argparse.ArgumentTypeError) else str(exc))
         return 2
+    budget = args.budget[0] if len(args.budget) == 1 else args.budget
+    try:
+        rows = run_sweep(budget, config, output, quiet=args.quiet, reuse=args.reuse)
+    except Exception as exc:  # noqa: BLE001 - error_status sorts bad input and outside failures from bugs
+        status = error_status(exc, output=output)
+        if status is None:
+            raise
+        print_error("sweep", status[1])
+        return status[0]
     if args.quiet:
         print_table(rows, title=_budget_title(args.budget))
     failed = [r["wst"] for r in rows if r["status"] != "ok"]

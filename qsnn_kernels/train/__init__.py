@@ -11,17 +11,29 @@ __all__ = ["TrainConfig", "main", "parse_args", "parse_wst", "run"]
 
 def main(argv=None) -> int:
     """Parse flags (and ``--config`` YAML) into a TrainConfig, run it, print the report's summary.
-    Bad input -> a one-line message on stderr and exit status 2."""
+
+    Exit status (:mod:`qsnn_kernels.argtypes`): 2 with one line ``qsnn train: error: ...`` on
+    stderr for a misuse (a bad flag or YAML value, an unknown model or data set, a missing or
+    corrupt data file), refused before the run folder is written where it can be found out before
+    training; 1 with one line when the run fails for an outside reason (disk full: the line names
+    the path or the run folder; not enough memory; a loss that diverged); 0 on success. Any other
+    exception is a bug and keeps its traceback."""
     import json
+    import os
     import sys
 
-    cfg = parse_args(argv)
+    from ..argtypes import error_status, print_error
+
+    cfg = parse_args(argv)  # a misuse exits 2 here, with one line
     try:
         report = run(cfg)
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"qsnn train: error: {e}", file=sys.stderr)
-        return 2
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    except Exception as e:  # noqa: BLE001 - error_status sorts bad input and outside failures from bugs
+        status = error_status(e, output=cfg.output)
+        if status is None:
+            raise
+        print_error("train", status[1])
+        return status[0]
+    if int(os.environ.get("RANK", "0")) == 0:
         keys = ("model", "wst", "data", "top1", "best_top1", "wall_time_s", "images_per_s", "params",
                 "bit_budget", "s_ace", "ns_ace")
         print(json.dumps({k: report.get(k) for k in keys}, indent=2))

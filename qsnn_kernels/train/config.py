@@ -7,11 +7,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
 from dataclasses import dataclass, fields
 
-__all__ = ["TrainConfig", "build_parser", "parse_args", "parse_wst", "load_yaml"]
+from ..argtypes import (Parser, float_in, int_in, nonnegative_int, one_line, output_folder, positive_float,
+                        positive_int)
+
+__all__ = ["TrainConfig", "MAX_T_STEPS", "SCHEDULERS", "build_parser", "parse_args", "parse_wst", "load_yaml",
+           "check_field"]
 
 DEFAULT_MODEL = "qsnn_spiking_cnn_tiny"
+
+MAX_T_STEPS = 1024
+"""The most time steps T a run may use (``--wst W/S/T``; a sweep's budget, whose split 1/1/BB has
+T = BB). A sanity bound, refused before anything is allocated: activations grow linearly with T
+(the digits' tiny CNN needs about 0.26 MB per step per batch of 64 in one layer alone, so T =
+100000 asked for 26 GB and died in the allocator), and the paper's runs use T <= 8."""
+
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")
+"""``--sched``: the names timm's ``create_scheduler_v2`` knows (another name silently gives no schedule)."""
 
 
 @dataclass
@@ -19,7 +34,8 @@ class TrainConfig:
     """One training run. ``wst`` is "W/S/T" (e.g. "4/2/1": 4-bit weights, 2-bit spikes, 1 step).
     ``data``: a :func:`qsnn_kernels.data.build_dataset` name ("digits", the embedded default);
     ``events`` uses the event variant ("digits" -> "digits-events"). ``resume``: False, True (the
-    run folder's last.pt) or a checkpoint path. ``amp``: "auto" (bf16 autocast on CUDA only),
+    run folder's last.pt) or a checkpoint path. ``overwrite``: replace the run already in ``output``
+(without it, or ``resume``, such a folder is refused). ``amp``: "auto" (bf16 autocast on CUDA only),
     "bf16" (CUDA only) or "none". ``device``: "auto", "cpu", "cuda" or "cuda:N".
 
     Augmentation (cifar10, cifar100, imagenet): ``augment`` turns on the training augmentation
@@ -28,6 +44,10 @@ class TrainConfig:
     mstd<std>, mmax<max magnitude>, inc<0|1>, p<probability>, t<weights|3a|3aw>), adds RandAugment
     to it (and implies ``augment``); a bad policy, or one for another data set, is a ValueError
     before training starts. ``mixup``/``cutmix``/``smoothing`` go through timm's Mixup.
+
+    Every field has a type and a range (:func:`check_field`: counts >= 1, ``lr`` > 0, rates in
+    range, choices for ``amp``/``on_error``/``sched``/``device``, T <= :data:`MAX_T_STEPS`); flags
+    and YAML values are refused outside them, naming the flag or key, before anything runs.
 
     ``sync_bn`` (default False): under ``torchrun`` batch norm computes its training statistics
     over the global batch (all ranks; one all-reduce per batch-norm layer forward and one in its
@@ -65,6 +85,7 @@ class TrainConfig:
     seed: int = 0
     output: str = "runs/train"
     resume: bool | str = False
+    overwrite: bool = False
     workers: int = 0
     amp: str = "auto"
     device: str = "auto"
@@ -77,42 +98,181 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """ValueError naming any key that is not a field."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        """The config of mapping ``d`` (field name -> value), every value checked by
+        :func:`check_field` (strings from a command line or YAML are converted). ValueError naming
+        the first key that is not a field (with the close names) or whose value is refused."""
+        return cls(**check_dict(d))
+
+
+def check_dict(d: dict) -> dict:
+    """``d`` with each value checked and converted by :func:`check_field`; ValueError naming the
+    first unknown key (and the close field names) or refused value."""
+    import difflib
+
+    if not isinstance(d, dict):
+        raise ValueError(f"a training config must be a mapping of options, got {type(d).__name__}")
+    names = [f.name for f in fields(TrainConfig)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f"; known: {', '.join(names)}"
+        raise ValueError(f"unknown training option {key!r}{hint}")
+    return {k: check_field(k, v) for k, v in d.items()}
+
+
+def _text(value):
+    if not isinstance(value, str) or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(*names):
+    def parse(value):
+        if value not in names:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(names)}, got {value!r}")
+        return value
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def _json_object(value):
+    """model_kwargs: a JSON object (from a flag) or a mapping (from YAML)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 8}}', got {value!r} "
+                                             f"({e.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object (keyword arguments of the model), got {value!r}")
+    return value
+
+
+def _wst(value):
+    from ..models.layers import check_model_args
+
+    try:
+        w, s, t = parse_wst(value)
+        check_model_args(w, s, t)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace(f"--wst {value}: ", "").replace("--wst ", "")) from None
+    return value
+
+
+_DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
+
+
+def _device(value):
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def _optimizer(value):
+    value = _text(value)
+    if value != TrainConfig.opt:  # importing timm costs a second: only for a name other than the default
+        from timm.optim import list_optimizers
+
+        known = list_optimizers()
+        if value.lower() not in known:
+            import difflib
+
+            close = difflib.get_close_matches(value.lower(), known, n=3)
+            raise argparse.ArgumentTypeError(f"unknown optimizer {value!r} (a timm optimizer name"
+                                             + (f"; did you mean {', '.join(close)}?)" if close else ")"))
+    return value
+
+
+def _resume(value):
+    """False/True (the run folder's last.pt) or a checkpoint path (a file that exists)."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str) or not value:
+        raise argparse.ArgumentTypeError(f"expected true, false or a checkpoint path, got {value!r}")
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"no checkpoint file at {value}")
+    return value
+
+
+_FIELD_TYPES = {
+    "model": _text, "model_kwargs": _json_object, "wst": _wst, "data": _text, "data_root": _text,
+    "input_size": positive_int, "on_error": _choice("skip", "raise"), "epochs": positive_int,
+    "batch_size": positive_int, "lr": positive_float, "weight_decay": float_in(0.0), "opt": _optimizer,
+    "sched": _choice(*SCHEDULERS), "warmup_epochs": nonnegative_int, "warmup_lr": float_in(0.0),
+    "min_lr": float_in(0.0), "smoothing": float_in(0.0, 1.0, hi_open=True), "mixup": float_in(0.0),
+    "cutmix": float_in(0.0), "randaug": _text, "model_ema_decay": float_in(0.0, 1.0), "seed": int_in(),
+    "output": output_folder, "resume": _resume, "workers": nonnegative_int, "amp": _choice("auto", "bf16", "none"),
+    "device": _device, "log_interval": positive_int, "max_steps_per_epoch": positive_int,
+}
+"""The type of each field: an argparse type that also takes the field's own Python type (YAML
+values). Boolean fields use :func:`_bool`; a field missing here is a string."""
+
+
+def _field_type(name: str):
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    if name in _FIELD_TYPES:
+        return _FIELD_TYPES[name]
+    return _bool if isinstance(f.default, bool) else _text
+
+
+def check_field(name: str, value):
+    """``value`` for field ``name``, checked (and converted when it is a string); None passes
+    for the fields whose default is None. ValueError ``"<name>: expected ..., got ..."``."""
+    f = next((f for f in fields(TrainConfig) if f.name == name), None)
+    if f is None:
+        raise ValueError(f"unknown training option {name!r}")
+    if value is None and f.default is None:
+        return None
+    try:
+        return _field_type(name)(value)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise ValueError(f"{name}: {one_line(e)}") from None
 
 
 def parse_wst(wst: str) -> tuple[int, int, int]:
-    """"W/S/T" -> (w_bits, s_bits, t_steps) ints; ValueError on another form (the values themselves
-    are checked by the model)."""
+    """"W/S/T" -> (w_bits, s_bits, t_steps) ints; ValueError on another form or T outside
+    ``[1, MAX_T_STEPS]`` (W and S themselves are checked by the model)."""
     parts = str(wst).split("/")
     try:
-        if len(parts) != 3:
+        if not isinstance(wst, str) or len(parts) != 3:
             raise ValueError
         w, s, t = (int(p) for p in parts)
     except ValueError:
         raise ValueError(f"--wst must be W/S/T, three integers such as 4/2/1, got {wst!r}") from None
+    if not 1 <= t <= MAX_T_STEPS:
+        raise ValueError(f"--wst {wst}: time steps T must be in [1, {MAX_T_STEPS}], got {t}")
     return w, s, t
 
 
 def load_yaml(path: str) -> dict:
-    """The mapping in a YAML file (ValueError when it is not a mapping)."""
+    """The mapping in a YAML file. ValueError naming the file when it is missing, unreadable, not
+    YAML or not a mapping."""
     import yaml
 
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: a training config must be a YAML mapping, got {type(d).__name__}")
     return d
 
 
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
+def _bool(s) -> bool:
+    if isinstance(s, bool):
+        return s
+    if isinstance(s, str) and s.lower() in ("1", "true", "yes", "on"):
         return True
-    if s.lower() in ("0", "false", "no", "off"):
+    if isinstance(s, str) and s.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
@@ -120,20 +280,23 @@ def _bool(s: str) -> bool:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add every TrainConfig field as ``--name`` (underscores as dashes) with no default (so that
     only the flags given override the YAML file and the dataclass defaults), plus ``--config``."""
-    p = parser or argparse.ArgumentParser(prog="qsnn train", description="train a registered qsnn model")
+    p = parser or Parser(prog="qsnn train", description="train a registered qsnn model")
     p.add_argument("--config", help="a YAML file of TrainConfig fields (flags override it)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         help_ = f"(default: {default!r})"
         if f.name == "model_kwargs":
-            p.add_argument(flag, dest=f.name, type=json.loads, default=None,
+            p.add_argument(flag, dest=f.name, type=_json_object, default=None,
                            help='extra model arguments as JSON, e.g. \'{"width": 8}\'')
         elif f.name == "resume":
-            p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None,
+            p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_resume,
                            help="continue from the run folder's last.pt, or from the given checkpoint")
+        elif f.name == "wst":
+            p.add_argument(flag, dest=f.name, type=_wst, default=None,
+                           help=f"weight bits / spike bits / time steps, T <= {MAX_T_STEPS} (default: {default!r})")
         elif f.name == "randaug":
-            p.add_argument(flag, dest=f.name, default=None, metavar="POLICY",
+            p.add_argument(flag, dest=f.name, default=None, metavar="POLICY", type=_text,
                            help="timm RandAugment policy for cifar/imagenet training, e.g. rand-m9-mstd0.5-inc1 "
                                 "(implies --augment; default: none)")
         elif f.name == "sync_bn":
@@ -142,25 +305,50 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                 "default: off, per-rank statistics)")
         elif isinstance(default, bool):
             p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_bool, help=help_)
-        elif f.name in ("lr", "weight_decay", "warmup_lr", "min_lr", "smoothing", "mixup", "cutmix",
-                        "model_ema_decay"):
-            p.add_argument(flag, dest=f.name, type=float, default=None, help=help_)
-        elif f.name in ("epochs", "batch_size", "warmup_epochs", "seed", "workers", "log_interval",
-                        "input_size", "max_steps_per_epoch"):
-            p.add_argument(flag, dest=f.name, type=int, default=None, help=help_)
         else:
-            p.add_argument(flag, dest=f.name, default=None, help=help_)
+            kind = _field_type(f.name)
+            expected = getattr(kind, "expected", None)
+            p.add_argument(flag, dest=f.name, type=kind, default=None,
+                           help=f"{expected} {help_}" if expected else help_)
     return p
 
 
+def _check_run_folder(cfg: TrainConfig) -> None:
+    """ValueError when ``--resume`` (without a path) has no last.pt in the run folder to resume."""
+    if cfg.resume is True and not os.path.isfile(os.path.join(cfg.output, "last.pt")):
+        raise ValueError(f"--resume: no checkpoint to resume at {os.path.join(cfg.output, 'last.pt')} "
+                         f"(give --output of the run, or the checkpoint's path: --resume PATH)")
+
+
 def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
-    d = load_yaml(ns.config) if getattr(ns, "config", None) else {}
+    """The TrainConfig of parsed flags: the ``--config`` YAML file (each value checked, ValueError
+    naming the file and key), then the flags given."""
+    d = {}
+    if getattr(ns, "config", None):
+        try:
+            raw = load_yaml(ns.config)
+        except ValueError as e:  # the message starts with the path
+            raise ValueError(f"--config {e}") from None
+        try:
+            d = check_dict(raw)
+        except ValueError as e:
+            raise ValueError(f"--config {ns.config}: {e}") from None
     for f in fields(TrainConfig):
         v = getattr(ns, f.name, None)
         if v is not None:
             d[f.name] = v
-    return TrainConfig.from_dict(d)
+    cfg = TrainConfig.from_dict(d)
+    _check_run_folder(cfg)
+    return cfg
 
 
 def parse_args(argv=None) -> TrainConfig:
-    return config_from_namespace(build_parser().parse_args(argv))
+    """The TrainConfig of ``qsnn train`` flags. A misuse (a bad flag value, a missing or bad
+    ``--config`` file, an unknown or ill-typed YAML key, ``--resume`` with nothing to resume)
+    exits with status 2 after one line ``qsnn train: error: ...`` on stderr, before anything runs."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return config_from_namespace(ns)
+    except ValueError as e:
+        parser.error(str(e))
