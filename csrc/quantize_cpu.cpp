@@ -2,8 +2,8 @@
 // weight scale * q in one pass, for the models' every training step. The oracle is
 // qsnn_kernels/reference.py quantize_weight; for W >= 2 the same float32 operations in the same
 // order (amax / qmax, round-half-even of w / scale, clamp), so results are bit-identical; for
-// W = 1 the scale mean|w| is summed in double (torch sums in float32 in its own order): equal
-// to the reference within a few float32 roundings, the codes sign(w) are identical.
+// W = 1 the scale mean|w| is summed in double, as the reference does, but in another order: the
+// float32 scales are equal except, rarely, by one rounding; the codes sign(w) are identical.
 // spike_levels: spike values x = level * scale -> integer levels (int8/uint8) in one pass, counting
 // the elements that are not such values (the forward of the int8 spike-input layers, models/int8.py).
 // The Python API (qsnn_kernels/quantize.py) validates before calling; these checks are the last guard.
@@ -12,6 +12,7 @@
 
 #include <immintrin.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
@@ -22,29 +23,42 @@
 namespace qsnn {
 namespace {
 
+// Special values (the contract, stated in qsnn_kernels/reference.py quantize_weight): a channel
+// holding a NaN or +-inf gets scale NaN and the codes of a zero weight (0; +1 for W = 1), so its
+// dequantized weights are NaN; W >= 2: a scale of 0 (all zeros, or max|w| / qmax underflowing)
+// becomes 1, so the codes are round(w) = 0. Scale of a finite channel, or NaN for a non-finite one.
 float channel_scale(const float* w, int64_t k, int bits) {
-  if (bits == 1) {
+  if (bits == 1) {  // a non-finite |w| makes the double sum non-finite; finite ones cannot overflow it
     double sum = 0.0;
     for (int64_t i = 0; i < k; ++i) sum += std::fabs(w[i]);
-    return static_cast<float>(sum / static_cast<double>(k));
+    return std::isfinite(sum) ? static_cast<float>(sum / static_cast<double>(k)) : NAN;
   }
   float amax = 0.0f;
-  for (int64_t i = 0; i < k; ++i) amax = std::fmax(amax, std::fabs(w[i]));
-  const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
-  return amax > 0.0f ? amax / qmax : 1.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < k; ++i) {
+    const float a = std::fabs(w[i]);
+    finite &= a <= FLT_MAX;  // false for inf and NaN
+    amax = std::fmax(amax, a);
+  }
+  return finite ? amax : NAN;
 }
 
+// max|w| of a channel, or NaN when it holds a NaN or an inf (W >= 2).
 __attribute__((target("avx2"))) float channel_amax_avx2(const float* w, int64_t k) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 acc = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.0f), vmax = _mm256_set1_ps(FLT_MAX);
+  __m256 acc = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
   int64_t i = 0;
-  for (; i + 8 <= k; i += 8) acc = _mm256_max_ps(acc, _mm256_andnot_ps(sign, _mm256_loadu_ps(w + i)));
+  for (; i + 8 <= k; i += 8) {
+    const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(w + i));
+    acc = _mm256_max_ps(acc, a);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, vmax, _CMP_NLE_UQ));  // inf > FLT_MAX; NaN unordered
+  }
   float lanes[8];
   _mm256_storeu_ps(lanes, acc);
   float amax = 0.0f;
   for (float v : lanes) amax = std::fmax(amax, v);
-  for (; i < k; ++i) amax = std::fmax(amax, std::fabs(w[i]));
-  return amax;
+  const float tail = channel_scale(w + i, k - i, 2);  // the rest's max|w|, NaN if non-finite
+  return _mm256_movemask_ps(bad) || std::isnan(tail) ? NAN : std::fmax(amax, tail);
 }
 
 // One channel: codes (may be null) and dequantized weight (may be null), scalar.
@@ -87,16 +101,19 @@ void quantize_rows(const float* w, int64_t rows, int64_t k, int bits, float* sca
 #pragma omp parallel for schedule(static) if (rows * k > 32768)
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = w + r * k;
-    float scale;
-    if (bits > 1 && avx2) {
-      const float amax = channel_amax_avx2(row, k);
-      scale = amax > 0.0f ? amax / static_cast<float>((1 << (bits - 1)) - 1) : 1.0f;
-    } else {
-      scale = channel_scale(row, k, bits);
+    float scale = bits > 1 && avx2 ? channel_amax_avx2(row, k) : channel_scale(row, k, bits);
+    if (bits > 1) {
+      scale /= static_cast<float>((1 << (bits - 1)) - 1);
+      if (scale == 0.0f) scale = 1.0f;  // all zeros or underflow: codes round(w / 1) = 0
     }
     scales[r] = scale;
     int8_t* c = codes ? codes + r * k : nullptr;
     float* d = deq ? deq + r * k : nullptr;
+    if (std::isnan(scale)) {  // a non-finite channel: the codes of a zero weight, NaN weights
+      if (c) std::fill(c, c + k, static_cast<int8_t>(bits == 1 ? 1 : 0));
+      if (d) std::fill(d, d + k, scale);
+      continue;
+    }
     if (avx2) {
       quantize_channel_avx2(row, k, bits, scale, c, d);
     } else {

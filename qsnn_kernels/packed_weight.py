@@ -7,8 +7,16 @@ import math
 import torch
 
 from . import reference
-from .bits import WEIGHT_BITS, WORD_DTYPE, check_bits, num_words
+from .bits import INTEGER_DTYPES, WEIGHT_BITS, WORD_DTYPE, check_bits, num_words
 from .packing import check_padding, pack_bits, unpack_bits
+
+
+def _check_shape(shape) -> torch.Size:
+    """``shape`` as a torch.Size of at least 2 ints >= 0, else ValueError (no float or bool dims)."""
+    dims = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+    if dims is None or len(dims) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in dims):
+        raise ValueError(f"PackedWeight: shape must be [N, K, ...], at least 2 ints >= 0, got {shape!r}")
+    return torch.Size(dims)
 
 
 class PackedWeight:
@@ -27,12 +35,14 @@ class PackedWeight:
 
     def __init__(self, planes: torch.Tensor, scale: torch.Tensor, shape, w_bits: int):
         check_bits(w_bits, WEIGHT_BITS, "w_bits")
-        shape = torch.Size(shape)
-        if len(shape) < 2:
-            raise ValueError(f"PackedWeight: shape must be [N, K, ...], got {tuple(shape)}")
+        shape = _check_shape(shape)
         n, k = shape[0], math.prod(shape[1:])
         if k < 1:
             raise ValueError(f"PackedWeight: K = prod(shape[1:]) must be >= 1, got shape {tuple(shape)}")
+        for name, value in (("planes", planes), ("scale", scale)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"PackedWeight: {name} must be a torch.Tensor, got {type(value).__module__}."
+                                f"{type(value).__qualname__}")
         if planes.dtype != WORD_DTYPE or tuple(planes.shape) != (w_bits, n, num_words(k)):
             raise ValueError(
                 f"PackedWeight: planes must be int32 {(w_bits, n, num_words(k))}, "
@@ -42,6 +52,10 @@ class PackedWeight:
             raise ValueError(f"PackedWeight: scale must be float32 ({n},), got {scale.dtype} {tuple(scale.shape)}")
         if scale.device != planes.device:
             raise ValueError(f"PackedWeight: planes on {planes.device} but scale on {scale.device}")
+        bad = ~(torch.isfinite(scale) & (scale >= 0))
+        if n and bool(bad.any()):
+            raise ValueError(f"PackedWeight: scale must be finite and >= 0; {int(bad.sum())} channel(s) are not, "
+                             f"the first is channel {int(bad.nonzero()[0, 0])} ({float(scale[bad][0])})")
         check_padding(planes, k)
         self.planes, self.scale, self.shape, self.w_bits = planes, scale, shape, w_bits
 
@@ -59,11 +73,25 @@ class PackedWeight:
 
     @classmethod
     def from_float(cls, w: torch.Tensor, w_bits: int) -> "PackedWeight":
-        """Quantize a float weight ``[N, ...]`` per output channel (Eq. 5, reference.quantize_weight), then pack."""
+        """Quantize a float weight ``[N, ...]`` per output channel (Eq. 5, reference.quantize_weight), then pack.
+
+        Raises TypeError on a non-float ``w``; ValueError on an empty one (N or K = 0), a bad
+        ``w_bits``, or any NaN/inf in ``w`` (naming how many and the first index): integer codes
+        cannot hold them (the training quantizer propagates them as NaN instead)."""
         if not isinstance(w, torch.Tensor) or not w.is_floating_point():
             raise TypeError(f"PackedWeight.from_float: a float tensor is expected, got {getattr(w, 'dtype', type(w))}")
-        if w.dim() < 2:
-            raise ValueError(f"PackedWeight.from_float: w must be [N, K, ...], got shape {tuple(w.shape)}")
+        if w.dim() < 2 or w.numel() == 0:
+            raise ValueError(f"PackedWeight.from_float: w must be a non-empty [N, K, ...] (N, K >= 1), "
+                             f"got shape {tuple(w.shape)}")
+        check_bits(w_bits, WEIGHT_BITS, "w_bits")
+        bad = ~torch.isfinite(w.detach().to(torch.float32))
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"PackedWeight.from_float: w holds {int(bad.sum())} non-finite value(s) (NaN or +-inf"
+                f"{'' if w.dtype == torch.float32 else ', or beyond float32 range'}), the first at index {where} "
+                f"(channel {where[0]}); integer codes cannot hold them"
+            )
         q, scale = reference.quantize_weight(w, w_bits)
         return cls.from_int(q, w_bits, scale)
 
@@ -128,12 +156,27 @@ class PackedWeight:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "PackedWeight":
-        """Rebuild from :meth:`state_dict`; raises ValueError on missing keys or an inconsistent state."""
+        """Rebuild from :meth:`state_dict`, strictly: ``w_bits`` an integer tensor holding 1, 2, 4 or 8,
+        ``shape`` a 1-d integer tensor of dims >= 0 (K >= 1), ``planes`` int32 of exactly the
+        packed shape with zero padding bits, ``scale`` float32 ``[N]``, finite and >= 0. Nothing is
+        coerced (no float or bool ``w_bits``/``shape``). Raises ValueError naming the key on a
+        missing key or an inconsistent value, TypeError on a value that is not a tensor."""
+        if not isinstance(state, dict):
+            raise TypeError(f"PackedWeight.from_state_dict: a dict of tensors is expected, got {type(state).__name__}")
         missing = {"planes", "scale", "shape", "w_bits"} - set(state)
         if missing:
             raise ValueError(f"PackedWeight.from_state_dict: missing keys {sorted(missing)}")
-        shape = [int(s) for s in state["shape"].tolist()]
-        return cls(state["planes"], state["scale"], shape, int(state["w_bits"]))
+        for key in ("planes", "scale", "shape", "w_bits"):
+            if not isinstance(state[key], torch.Tensor):
+                raise TypeError(f"PackedWeight.from_state_dict: {key!r} must be a torch.Tensor, "
+                                f"got {type(state[key]).__module__}.{type(state[key]).__qualname__}")
+        shape, w_bits = state["shape"], state["w_bits"]
+        for key, value, dims in (("shape", shape, 1), ("w_bits", w_bits, 0)):
+            if value.dtype not in INTEGER_DTYPES or value.dim() != dims:
+                kind = "a 1-d integer tensor" if dims else "a 0-d integer tensor"
+                raise ValueError(f"PackedWeight.from_state_dict: {key!r} must be {kind}, "
+                                 f"got {value.dtype} of shape {tuple(value.shape)}")
+        return cls(state["planes"], state["scale"], [int(s) for s in shape.tolist()], int(w_bits))
 
     def __repr__(self) -> str:
         return (

@@ -91,24 +91,38 @@ def unpack_bits(planes: torch.Tensor, k: int, signed: bool) -> torch.Tensor:
 def quantize_weight(w: torch.Tensor, w_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel quantization (Eq. 5): ``w ~ scale[n] * q[n, ...]``.
 
-    * W >= 2: ``scale = max|w_n| / (2^(W-1) - 1)``, ``q = clamp(round(w / scale), -2^(W-1), 2^(W-1)-1)``
-      (round half to even, torch.round); an all-zero channel gets scale 1 and q = 0.
-    * W = 1: ``q = sign(w)`` with sign(0) = +1 and ``scale = mean|w_n|`` (the L2-optimal binary
-      scale); an all-zero channel gets scale 0.
+    ``w`` is first rounded to float32 (a float64 value beyond float32's range becomes inf).
 
+    * W >= 2: ``scale = max|w_n| / (2^(W-1) - 1)`` in float32, ``q = clamp(round(w / scale),
+      -2^(W-1), 2^(W-1)-1)`` (round half to even, torch.round). A channel whose scale is 0 (all
+      zeros, or a max so small that the division underflows) gets scale 1 and q = 0.
+    * W = 1: ``q = sign(w)`` with sign(0) = +1 and ``scale = mean|w_n|`` (the L2-optimal binary
+      scale), summed in float64 and rounded once to float32 (so float32-max weights do not
+      overflow the sum); an all-zero channel gets scale 0.
+    * Non-finite: a channel holding a NaN or +-inf gets scale NaN and the codes of a zero weight
+      (0; +1 for W = 1), so ``scale * q`` is NaN across that channel: NaN propagates to the layer's
+      output and the loss, never a finite stand-in. (Packing to integer codes refuses such a weight
+      instead: :meth:`qsnn_kernels.PackedWeight.from_float`.)
+
+    This is the contract of every backend (csrc/quantize_cpu.cpp bit for bit).
     Returns ``q`` (int8, same shape as ``w``) and ``scale`` (float32, ``[w.shape[0]]``).
     """
     check_bits(w_bits, WEIGHT_BITS, "w_bits")
     w32 = w.detach().to(torch.float32)
-    flat = w32.reshape(w32.shape[0], -1)
+    flat = w32.reshape(w32.shape[0], math.prod(w32.shape[1:]))
+    finite = torch.isfinite(flat).all(dim=1)
     if w_bits == 1:
-        scale = flat.abs().mean(dim=1)
+        scale = (flat.abs().sum(dim=1, dtype=torch.float64) / flat.shape[1]).to(torch.float32)
         q = torch.where(flat >= 0, 1, -1)
+        zero_code = 1
     else:
         qmax = (1 << (w_bits - 1)) - 1
-        amax = flat.abs().amax(dim=1)
-        scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+        scale = flat.abs().amax(dim=1) / qmax
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         q = torch.clamp(torch.round(flat / scale[:, None]), -qmax - 1, qmax)
+        zero_code = 0
+    q = torch.where(finite[:, None], q, zero_code)
+    scale = torch.where(finite, scale, torch.full_like(scale, math.nan))
     return q.to(torch.int8).reshape(w.shape), scale
 
 
