@@ -23,11 +23,17 @@ def build_dataset(name: str, root: str | None, split: str, *, t_steps: int,
     transform). randaug: a timm RandAugment policy such as "rand-m9-mstd0.5-inc1" added to that
     augmentation (cifar, imagenet only; needs augment=True; checked by
     :func:`qsnn_kernels.data.images.check_randaug`). on_error: "skip" a corrupt file and count it
-    in DatasetInfo.skipped, or "raise" an error naming the file. cache_dir: where event frames are
-    cached (default $QSNN_CACHE_DIR or ~/.cache/qsnn_kernels).
+    in DatasetInfo.skipped, or "raise" an error naming the file; this holds both when the data set
+    is built and when a sample's file fails to decode later (also in DataLoader workers; a skipped
+    sample is replaced by the next readable one). cache_dir: where event frames are cached (default
+    $QSNN_CACHE_DIR or ~/.cache/qsnn_kernels). No file is unpickled without restriction (CIFAR:
+    :mod:`qsnn_kernels.data.safe_pickle`).
 
-    Samples: static x float32 [C, H, W]; event x float32 [T, C, H, W]. Errors: ValueError for an
-    unknown name or bad argument; FileNotFoundError naming the expected layout for a missing folder.
+    Samples: static x float32 [C, H, W]; event x float32 [T, C, H, W]; labels in [0, num_classes).
+    Errors: ValueError for an unknown name or bad argument, and (whatever on_error) for a label out
+    of range, a file or folder name outside the data set's naming scheme, or an ImageNet val/ class
+    folder that train/ lacks, naming the file or folder; FileNotFoundError naming the expected
+    layout for a missing folder; CorruptFileError naming the file (on_error="raise").
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
