@@ -45,8 +45,8 @@ VAL_FRACTION = 0.1
 SPLIT_SEED = 0
 NUM_CLASSES = {"cifar10-dvs": 10, "dvs128-gesture": 11, "n-caltech101": 101}
 GESTURE_SCHEME = "ibmGesture<Train|Test>/user<NN>_<lighting>/<label>.npy, label an integer 0..10"
-_GESTURE_FOLDER = re.compile(r"user\d+_.+")
-_GESTURE_FILE = re.compile(r"(\d+)\.npy")
+_GESTURE_FOLDER = re.compile(r"user[0-9]+_.+")
+_GESTURE_FILE = re.compile(r"([0-9]+)\.npy")
 
 LAYOUTS = {
     "cifar10-dvs": "  <root>/CIFAR10DVS/<class name: airplane, automobile, ...>/<recording>.aedat4\n"
