@@ -35,7 +35,7 @@ def _metrics(folder):
 
 
 def _weights(folder, name="last.pt"):
-    return torch.load(os.path.join(folder, name), map_location="cpu", weights_only=False)["model"]
+    return torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)["model"]
 
 
 def test_short_run_learns_and_writes_run_folder(tmp_path):
@@ -55,7 +55,7 @@ def test_short_run_learns_and_writes_run_folder(tmp_path):
     assert report["s_ace"] > 0 and report["ns_ace"] > 0 and report["firing_rate"]
     assert all(0.0 <= r <= 1.0 for r in report["firing_rate"].values())
     assert not [n for n in os.listdir(cfg.output) if n.endswith(".tmp")]
-    ckpt = torch.load(os.path.join(cfg.output, "last.pt"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(cfg.output, "last.pt"), map_location="cpu", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["fused"] is True      # AdamW: torch's fused kernel
 
 
@@ -85,8 +85,8 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     mismatched = [k for k in a if not torch.equal(a[k], b[k])]
     assert mismatched == []
-    ema_a = torch.load(os.path.join(full.output, "last.pt"), weights_only=False)["ema"]
-    ema_b = torch.load(os.path.join(cut.output, "last.pt"), weights_only=False)["ema"]
+    ema_a = torch.load(os.path.join(full.output, "last.pt"), weights_only=True)["ema"]
+    ema_b = torch.load(os.path.join(cut.output, "last.pt"), weights_only=True)["ema"]
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s")} for r in rows]
     assert strip(_metrics(full.output)) == strip(_metrics(cut.output))
@@ -475,7 +475,8 @@ def test_bad_inputs_clear_errors(tmp_path):
     # a checkpoint written for another model
     other = tmp_path / "other"
     other.mkdir()
-    torch.save(dict(model_name="qsnn_sew_resnet18_cifar", wst=[8, 1, 2], model={}, epoch=0), other / "last.pt")
+    ckpt_mod.save_atomic(dict(model_name="qsnn_sew_resnet18_cifar", wst=[8, 1, 2], model={}, epoch=0),
+                         str(other / "last.pt"))
     with pytest.raises(ValueError, match="qsnn_sew_resnet18_cifar.*not of 'qsnn_spiking_cnn_tiny'"):
         run(_cfg(tmp_path, "other", resume=True))
     with pytest.raises(ValueError, match="unknown training option"):
@@ -505,6 +506,9 @@ def test_cli_flags_and_yaml(tmp_path, capsys):
     yml.write_text("epochs: 7\nwst: 4/2/1\nlr: 0.001\nmodel_kwargs: {width: 4}\n")
     cfg = parse_args(["--config", str(yml), "--wst", "2/1/3", "--model-ema"])
     assert (cfg.epochs, cfg.wst, cfg.lr, cfg.model_ema, cfg.model_kwargs) == (7, "2/1/3", 1e-3, True, {"width": 4})
-    assert parse_args(["--resume"]).resume is True and parse_args(["--resume", "x.pt"]).resume == "x.pt"
+    (tmp_path / "x.pt").write_bytes(b"")  # --resume needs a checkpoint file to be there (refused otherwise)
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert parse_args(["--resume", "--output", str(tmp_path)]).resume is True
+    assert parse_args(["--resume", str(tmp_path / "x.pt")]).resume == str(tmp_path / "x.pt")
     assert main(["train", "--model", "no_such_model", "--output", str(tmp_path / "r")]) == 2
     assert "unknown model" in capsys.readouterr().err

@@ -47,16 +47,40 @@ def _model_input_size(model) -> int | None:
     return size
 
 
-def _load_checkpoint(model, path: str) -> None:
-    """Load a state dict (or ``{"state_dict": ...}``) saved with torch.save; ValueError if it does not fit."""
+def _read_checkpoint(path: str, name: str, wst: tuple[int, int, int]) -> tuple[dict, dict]:
+    """(state dict, model arguments) of the checkpoint file ``path``: a state dict (or
+    ``{"state_dict": ...}``) saved with torch.save, or a ``qsnn train`` checkpoint (last.pt,
+    best.pt: its checksum verified, its ``model`` weights, and the model arguments it was trained
+    with: ``model_kwargs``, ``num_classes``, ``in_chans``). Read with ``weights_only=True``
+    (tensors and plain values only: no code in the file runs). ValueError when the file is
+    missing, unreadable, corrupted, holds other objects, or is a training checkpoint of another
+    model or W/S/T."""
+    from ..train.checkpoint import is_training_checkpoint, read_checkpoint
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:  # missing file, not a torch file
-        raise ValueError(f"cannot read checkpoint {path!r}: {exc}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = read_checkpoint(path, "--checkpoint")
+    except FileNotFoundError:
+        raise ValueError(f"cannot read checkpoint {path!r}: no such file") from None
+    kwargs = {}
+    if is_training_checkpoint(state):
+        full = _full_name(name)
+        if state.get("model_name") != full:
+            raise ValueError(f"checkpoint {path!r} was trained for model {state.get('model_name')!r}, not {full!r}")
+        trained = tuple(state.get("wst") or ())
+        if trained != tuple(wst):
+            raise ValueError(f"checkpoint {path!r} was trained at W/S/T {'/'.join(map(str, trained))}, not "
+                             f"{'/'.join(map(str, wst))}: give that --wst")
+        kwargs = dict((state.get("config") or {}).get("model_kwargs") or {})
+        kwargs.update({k: state[k] for k in ("num_classes", "in_chans") if state.get(k) is not None})
+        state = state["model"]
+    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state dict")
+    return state, kwargs
+
+
+def _load_state(model, state: dict, path: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -68,12 +92,13 @@ def _build(name: str, w_bits: int, s_bits: int, t_steps: int, input_size, num_cl
     """(model, seeded randn input [batch, in_chans, H, H]) for registered model ``name``."""
     from ..models import create_model
 
-    kwargs = dict(w_bits=w_bits, s_bits=s_bits, t_steps=t_steps)
+    state, kwargs = (None, {}) if checkpoint is None else _read_checkpoint(checkpoint, name, (w_bits, s_bits, t_steps))
+    kwargs.update(w_bits=w_bits, s_bits=s_bits, t_steps=t_steps)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = create_model(name, **kwargs)
-    if checkpoint is not None:
-        _load_checkpoint(model, checkpoint)
+    if state is not None:
+        _load_state(model, state, checkpoint)
     size = input_size if input_size is not None else _model_input_size(model)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"model {name!r} states no input size: pass --input-size (got {size!r})")
@@ -90,8 +115,10 @@ def budget(name: str, w_bits: int, s_bits: int, t_steps: int, *, input_size: int
            **conventions) -> Profile:
     """Build registered model ``name`` at W/S/T and profile it on a seeded ``randn [batch, 3, H, H]``.
 
-    ``checkpoint``: a state dict saved with ``torch.save`` to load first (trained weights give
-    meaningful firing rates and NS-ACE; freshly built ones mostly do not fire).
+    ``checkpoint``: a state dict saved with ``torch.save``, or a ``qsnn train`` checkpoint (last.pt,
+    best.pt: its model weights, built with the arguments it was trained with), to load first
+    (trained weights give meaningful firing rates and NS-ACE; freshly built ones mostly do not
+    fire). Read with ``weights_only=True``: no code in the file runs.
 
     ``input_size`` defaults to the model's own (``model.img_size`` or its timm config); a model with
     neither needs it given. Conventions: keyword arguments of :func:`profile`.

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, parse_wst
+from .run_folder import check_output
 
 __all__ = ["run", "resolve_model_name", "DistInfo", "enable_sync_batch_norm", "val_shard"]
 
@@ -257,9 +258,15 @@ def run(config: TrainConfig) -> dict:
     ``LayerRecord.in_bits``; the layers with an int take spikes}) from
     :func:`qsnn_kernels.metrics.profile` on val samples, ``model``, ``wst``, ``data``, ``world_size``.
 
-    Raises ValueError (unknown model, impossible W/S/T, bad option, a checkpoint of another model),
-    FileNotFoundError (missing data folder or checkpoint) before training starts."""
-    from .loop import train_loop
+    The run folder (:mod:`qsnn_kernels.train.run_folder`): a folder that already holds a run is
+    refused unless ``resume`` (continue it; a finished one is left as it is and its report
+    returned) or ``overwrite`` (replace it). Checkpoints hold tensors and plain values only and are
+    read with ``weights_only=True`` and a checksum (:mod:`qsnn_kernels.train.checkpoint`).
+
+    Raises ValueError (unknown model, impossible W/S/T, bad option, an output folder holding a run,
+    a checkpoint of another model, a corrupted or foreign checkpoint), FileNotFoundError (missing
+    data folder or checkpoint) before training starts."""
+    from .loop import finished_report, resume_checkpoint, train_loop
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"run: expected a TrainConfig, got {type(config).__name__}")
@@ -270,6 +277,11 @@ def run(config: TrainConfig) -> dict:
     autocast = _autocast_factory(cfg, device)
     if cfg.events and cfg.cutmix > 0:
         raise ValueError("--cutmix cuts image patches; it does not apply to --events frames")
+    check_output(cfg.output, cfg.resume, cfg.overwrite)
+    resumed = resume_checkpoint(cfg, model_name, wst)
+    done = finished_report(cfg, resumed[1], int(os.environ.get("RANK", "0")) == 0)
+    if done is not None:
+        return done
     dist_info = _init_distributed(device.type)
     try:
         if device.type == "cuda" and dist_info.world > 1 and device.index is None:
@@ -288,7 +300,7 @@ def run(config: TrainConfig) -> dict:
         model = models.create_model(model_name, **kw).to(device)
         if cfg.sync_bn:
             enable_sync_batch_norm(model, model_name)
-        return train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast)
+        return train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast, resumed)
     finally:
         if dist_info.owned:
             import torch.distributed as dist

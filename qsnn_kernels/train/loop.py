@@ -1,5 +1,7 @@
 """The epoch loop of :func:`qsnn_kernels.train.run`: optimizer, schedule, EMA, resume, the run folder
-(config.yaml, metrics.jsonl, last.pt, best.pt, report.json) and the progress bar."""
+(config.yaml, metrics.jsonl, last.pt, best.pt, report.json; written in the order and the way
+:mod:`qsnn_kernels.train.run_folder` describes, so that a kill at any point leaves it consistent
+and resumable) and the progress bar."""
 
 from __future__ import annotations
 
@@ -9,26 +11,11 @@ import time
 
 import torch
 
+from . import run_folder as rf
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .engine import _criterion, _evaluate, _loaders, _profile_report, _seed_epoch
 
-__all__ = ["train_loop"]
-
-
-def _write_config(cfg, path):
-    import yaml
-
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-
-
-def _read_metrics(path, upto_epoch):
-    """The metrics.jsonl rows of epochs < upto_epoch (what a resumed run keeps)."""
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r["epoch"] < upto_epoch]
+__all__ = ["train_loop", "resume_checkpoint", "finished_report"]
 
 
 FUSED_OPTIMIZERS = ("adam", "adamw")
@@ -37,15 +24,45 @@ all parameters; on this 2-core CPU AdamW over SEW-ResNet-18's 11 M parameters ta
 of 34 ms per step)."""
 
 
-def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast) -> dict:
+def resume_checkpoint(cfg, model_name, wst) -> tuple[str | None, dict | None]:
+    """(path, checkpoint) that ``cfg.resume`` names (the run folder's last.pt for True), read and
+    checked by :func:`load_checkpoint`; (None, None) without ``resume``."""
+    if not cfg.resume:
+        return None, None
+    path = cfg.resume if isinstance(cfg.resume, str) else os.path.join(cfg.output, rf.LAST)
+    return path, load_checkpoint(path, model_name, wst)
+
+
+def finished_report(cfg, ckpt, main: bool = True) -> dict | None:
+    """For ``--resume`` of a run whose last epoch is done and whose report.json is written: its
+    report (and a line saying there is nothing to do; the folder is left as it is). None when
+    there is something to do (epochs left, or the report of a run killed before writing it)."""
+    report_path = os.path.join(cfg.output, rf.REPORT)
+    if ckpt is None or ckpt["epoch"] + 1 < cfg.epochs or not os.path.isfile(report_path):
+        return None
+    if main:
+        print(f"qsnn train: the run in {cfg.output} is finished (epoch {ckpt['epoch'] + 1}/{cfg.epochs} done, "
+              f"report.json written); nothing to do", flush=True)
+    with open(report_path) as f:
+        return json.load(f)
+
+
+def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast,
+               resumed: tuple[str | None, dict | None] = (None, None)) -> dict:
+    """Train from scratch, or from ``resumed`` (:func:`resume_checkpoint`'s (path, checkpoint)),
+    writing the run folder; returns the report."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
     main = dist_info.main
     out = cfg.output
-    if main:
-        os.makedirs(out, exist_ok=True)
+    t_start = time.perf_counter()
+    report_path, metrics_path = os.path.join(out, rf.REPORT), os.path.join(out, rf.METRICS)
+    start_epoch, best_acc, best_epoch, history, wall_before = 0, -1.0, -1, [], 0.0
+    resumed_from, ckpt = resumed
+    if ckpt is not None:
+        start_epoch = ckpt["epoch"] + 1
     fused = {"fused": True} if cfg.opt.lower() in FUSED_OPTIMIZERS and device.type in ("cpu", "cuda") else {}
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=max(cfg.epochs // 3, 1),
@@ -53,11 +70,7 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
                                        min_lr=cfg.min_lr)
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
     mixup, criterion = _criterion(cfg, train_info.num_classes)
-    start_epoch, best_acc, history = 0, -1.0, []
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    if cfg.resume:
-        path = cfg.resume if isinstance(cfg.resume, str) else os.path.join(out, "last.pt")
-        ckpt = load_checkpoint(path, model_name, wst)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -65,8 +78,8 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         if ema is not None and ckpt.get("ema") is not None:
             ema.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
-        start_epoch, best_acc = ckpt["epoch"] + 1, ckpt["best_acc"]
-        history = _read_metrics(metrics_path, start_epoch)
+        best_acc, best_epoch = ckpt["best_acc"], ckpt["best_epoch"]
+        history, wall_before = list(ckpt["history"]), ckpt["wall_time_s"]
     if scheduler is not None:
         scheduler.step(start_epoch)
     train_model = model
@@ -74,15 +87,11 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if main:
-        _write_config(cfg, os.path.join(out, "config.yaml"))
-        with open(metrics_path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
+    if main:  # after DDP's first collective: every rank has checked the folder before it changes
+        _start_folder(cfg, out, resumed_from, ckpt, history)
     batch_per_rank = cfg.batch_size // dist_info.world
     gen = torch.Generator()
     sampler, train_loader, val_loader = _loaders(cfg, train_info, val_info, dist_info, batch_per_rank, gen)
-    t_start, images_total, train_time = time.perf_counter(), 0, 0.0
-    acc = best_acc
     for epoch in range(start_epoch, cfg.epochs):
         _seed_epoch(cfg.seed, epoch, dist_info.rank)
         gen.manual_seed(cfg.seed + epoch)
@@ -129,42 +138,57 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
             loss_sum, n_total = sums[0].item(), int(sums[1].item())
         if bar is not None:
             bar.close()
-        train_time += epoch_time
-        images_total += n_total
         if scheduler is not None:
             scheduler.step(epoch + 1)
         eval_model = ema.module if ema is not None else model
         val_loss, acc = _evaluate(eval_model, val_loader, device, autocast, dist_info.world)
         is_best = acc > best_acc
-        best_acc = max(best_acc, acc)
+        if is_best:
+            best_acc, best_epoch = acc, epoch
         row = dict(epoch=epoch, train_loss=loss_sum / max(n_total, 1), val_loss=val_loss, val_top1=acc,
-                   lr=optimizer.param_groups[0]["lr"], images_per_s=n_total / max(epoch_time, 1e-9),
+                   lr=optimizer.param_groups[0]["lr"], images=n_total, images_per_s=n_total / max(epoch_time, 1e-9),
                    epoch_time_s=epoch_time)
         history.append(row)
-        if main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            ckpt = dict(model_name=model_name, wst=list(wst), epoch=epoch, best_acc=best_acc,
+        if main:  # metrics.jsonl, last.pt, best.pt: in this order (see run_folder)
+            rf.write_metrics(metrics_path, history)
+            ckpt = dict(model_name=model_name, wst=list(wst), epoch=epoch, best_acc=best_acc, best_epoch=best_epoch,
                         model=model.state_dict(), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict() if scheduler is not None else None,
                         ema=ema.state_dict() if ema is not None else None, rng=rng_state(), config=cfg.to_dict(),
-                        num_classes=train_info.num_classes, in_chans=train_info.in_chans)
-            save_atomic(ckpt, os.path.join(out, "last.pt"))
+                        num_classes=train_info.num_classes, in_chans=train_info.in_chans, history=list(history),
+                        wall_time_s=wall_before + time.perf_counter() - t_start)
+            save_atomic(ckpt, os.path.join(out, rf.LAST))
             if is_best:
-                save_atomic(ckpt, os.path.join(out, "best.pt"))
+                rf.copy_atomic(os.path.join(out, rf.LAST), os.path.join(out, rf.BEST))
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                   f"val top1 {acc * 100:.2f}%  {row['images_per_s']:.0f} img/s  {epoch_time:.1f}s", flush=True)
     final_model = ema.module if ema is not None else model
+    train_time = sum(r["epoch_time_s"] for r in history)
+    images_total = sum(r["images"] for r in history)
     report = dict(model=model_name, wst="/".join(map(str, wst)), data=train_info_name(cfg), epochs=cfg.epochs,
-                  top1=acc, best_top1=best_acc, wall_time_s=time.perf_counter() - t_start,
+                  top1=history[-1]["val_top1"] if history else None, best_top1=best_acc if history else None,
+                  wall_time_s=wall_before + time.perf_counter() - t_start,
                   train_time_s=train_time, images_per_s=images_total / train_time if train_time > 0 else None,
                   world_size=dist_info.world, skipped_files=int(getattr(train_info, "skipped", 0))
                   + int(getattr(val_info, "skipped", 0)))
     report.update(_profile_report(final_model, val_info, device, wst[2], model_name))
     if main:
-        with open(os.path.join(out, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        rf.write_json(report_path, report)
     return report
+
+
+def _start_folder(cfg, out, resumed_from, ckpt, history) -> None:
+    """The run folder before the first epoch (run_folder's step 1): created; stale temporary files
+    removed; an ``overwrite``'s old run removed; best.pt repaired from the checkpoint resumed from;
+    config.yaml; metrics.jsonl with the rows of the checkpoint resumed from."""
+    os.makedirs(out, exist_ok=True)
+    rf.clean_stale_temps(out)
+    if ckpt is None and cfg.overwrite:
+        rf.remove_run(out)
+    if ckpt is not None:
+        rf.repair_best(out, resumed_from, ckpt)
+    rf.write_config(os.path.join(out, rf.CONFIG), cfg.to_dict())
+    rf.write_metrics(os.path.join(out, rf.METRICS), history)
 
 
 def train_info_name(cfg) -> str:
