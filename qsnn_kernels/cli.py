@@ -76,7 +76,7 @@ def _budget(args) -> int:
         from .train.config import MAX_T_STEPS
 
         if t > MAX_T_STEPS:
-            raise ValueError(f"--wst {args.wst}: time steps T must be in [1, {MAX_T_STEPS}], got {t}")
+            raise ValueError(f"--wst {args.wst}: time steps T must be at most {MAX_T_STEPS} (MAX_T_STEPS), got {t}")
         p = report.budget(args.model, w, s, t, input_size=args.input_size, num_classes=args.num_classes,
                           batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, **conventions)
     except (ValueError, TypeError) as exc:
