@@ -1,6 +1,10 @@
-"""Loads the compiled kernels (qsnn_kernels._C) on first use, never at import.
+"""The compiled kernels (qsnn_kernels._C), loaded once when ``qsnn_kernels`` is imported.
 
-A missing piece raises only when it is asked for, saying what is missing and how to get it.
+Loading the module registers its kernels with the ``qsnn::`` ops (``TORCH_LIBRARY_IMPL``), so every
+entry point finds them after ``import qsnn_kernels``: the Python API, raw ``torch.ops.qsnn.*``
+calls, ``torch.compile`` graphs and programs saved by ``torch.export`` and loaded again. Loading
+never imports triton and never touches a GPU. A missing or broken extension does not make the
+import fail: the reason is kept and raised as :class:`BackendUnavailable` when a kernel is asked for.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ class BackendUnavailable(RuntimeError):
 
 
 @functools.cache
-def _load():
-    """The extension module, or the ImportError text if it cannot be loaded."""
+def load():
+    """The extension module and None, or None and the ImportError text if it cannot be loaded."""
     try:
         return importlib.import_module("qsnn_kernels._C"), None
     except ImportError as exc:  # not built, or built against another torch
@@ -24,7 +28,7 @@ def _load():
 
 def extension():
     """The loaded extension module; raises BackendUnavailable if it is missing."""
-    module, error = _load()
+    module, error = load()
     if module is None:
         raise BackendUnavailable(
             "the qsnn_kernels C++ extension is not built or failed to load "
@@ -46,7 +50,7 @@ def require(device_type: str) -> None:
 
 def build_info() -> dict:
     """What was compiled, or {"error": ...} if the extension cannot be loaded."""
-    module, error = _load()
+    module, error = load()
     if module is None:
         return {"error": error}
     return dict(module.build_info()) | {"cpu_features": dict(module.cpu_features())}
