@@ -26,7 +26,7 @@ namespace {
 // Special values (the contract, stated in qsnn_kernels/reference.py quantize_weight): a channel
 // holding a NaN or +-inf gets scale NaN and the codes of a zero weight (0; +1 for W = 1), so its
 // dequantized weights are NaN; W >= 2: a scale of 0 (all zeros, or max|w| / qmax underflowing)
-// becomes 1, so the codes are round(w) = 0. Scale of a finite channel, or NaN for a non-finite one.
+// becomes 1, so the codes are round(w) = 0, and one whose qmax * scale overflows goes a step down. Scale of a finite channel, or NaN for a non-finite one.
 float channel_scale(const float* w, int64_t k, int bits) {
   if (bits == 1) {  // a non-finite |w| makes the double sum non-finite; finite ones cannot overflow it
     double sum = 0.0;
@@ -103,7 +103,9 @@ void quantize_rows(const float* w, int64_t rows, int64_t k, int bits, float* sca
     const float* row = w + r * k;
     float scale = bits > 1 && avx2 ? channel_amax_avx2(row, k) : channel_scale(row, k, bits);
     if (bits > 1) {
-      scale /= static_cast<float>((1 << (bits - 1)) - 1);
+      const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
+      scale /= qmax;
+      if (scale * qmax > FLT_MAX) scale = std::nextafter(scale, 0.0f);  // else q = qmax dequantizes to inf
       if (scale == 0.0f) scale = 1.0f;  // all zeros or underflow: codes round(w / 1) = 0
     }
     scales[r] = scale;

@@ -3,12 +3,15 @@
 every training step; and ``spike_levels`` (``qsnn::spike_levels``), spike values to their integer
 levels with a check, the input side of the int8 layers (models/int8.py).
 
-Oracle: :func:`qsnn_kernels.reference.quantize_weight`. Kernel: csrc/quantize_cpu.cpp (one pass
-over the weight after its per-channel max; OpenMP, AVX2), for float32 weights on the CPU. For
-W >= 2 it is bit-identical to the reference; for W = 1 the codes are identical and the scale
-``mean|w|`` is summed in double (the reference sums in float32 in torch's order): they agree to
-within a few float32 roundings. ``backend="auto"`` runs that kernel on a float32 CPU weight and the
-reference's torch operations on any other device or dtype (a GPU runs those at full speed).
+Oracle and contract: :func:`qsnn_kernels.reference.quantize_weight` (its docstring states it,
+special values included: a channel with a NaN or inf gets scale NaN, so its dequantized weights
+and the layer's output are NaN, never finite stand-ins; a zero or underflowing scale becomes 1
+with codes 0). Kernel: csrc/quantize_cpu.cpp (one pass over the weight after its per-channel max;
+OpenMP, AVX2), for float32 weights on the CPU. For W >= 2 it is bit-identical to the reference,
+special values included; for W = 1 the codes are identical and the scale ``mean|w|`` is summed in
+double as the reference does, in another order (equal, or rarely one float32 rounding apart).
+``backend="auto"`` runs that kernel on a float32 CPU weight and the reference's torch operations on
+any other device or dtype (a GPU runs those at full speed).
 """
 
 from __future__ import annotations

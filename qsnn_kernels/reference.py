@@ -88,6 +88,9 @@ def unpack_bits(planes: torch.Tensor, k: int, signed: bool) -> torch.Tensor:
 # --------------------------------------------------------------------------- weights (Eq. 5)
 
 
+_F32_MAX = torch.finfo(torch.float32).max
+
+
 def quantize_weight(w: torch.Tensor, w_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel quantization (Eq. 5): ``w ~ scale[n] * q[n, ...]``.
 
@@ -95,7 +98,9 @@ def quantize_weight(w: torch.Tensor, w_bits: int) -> tuple[torch.Tensor, torch.T
 
     * W >= 2: ``scale = max|w_n| / (2^(W-1) - 1)`` in float32, ``q = clamp(round(w / scale),
       -2^(W-1), 2^(W-1)-1)`` (round half to even, torch.round). A channel whose scale is 0 (all
-      zeros, or a max so small that the division underflows) gets scale 1 and q = 0.
+      zeros, or a max so small that the division underflows) gets scale 1 and q = 0; a scale
+      that rounded up so that ``qmax * scale`` overflows to inf (max|w| within a rounding of
+      float32's max) is taken one float32 step down: a finite weight never dequantizes to inf.
     * W = 1: ``q = sign(w)`` with sign(0) = +1 and ``scale = mean|w_n|`` (the L2-optimal binary
       scale), summed in float64 and rounded once to float32 (so float32-max weights do not
       overflow the sum); an all-zero channel gets scale 0.
@@ -118,6 +123,8 @@ def quantize_weight(w: torch.Tensor, w_bits: int) -> tuple[torch.Tensor, torch.T
     else:
         qmax = (1 << (w_bits - 1)) - 1
         scale = flat.abs().amax(dim=1) / qmax
+        # rounded up so far that qmax * scale overflows (max|w| near float32's max): one step down
+        scale = torch.where(scale * qmax <= _F32_MAX, scale, torch.nextafter(scale, torch.zeros_like(scale)))
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         q = torch.clamp(torch.round(flat / scale[:, None]), -qmax - 1, qmax)
         zero_code = 0

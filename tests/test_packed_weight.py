@@ -95,3 +95,41 @@ def test_bad_input():
         PackedWeight(pw.planes, pw.scale, (2, 40), 2)
     with pytest.raises(ValueError, match="missing keys"):
         PackedWeight.from_state_dict({"planes": pw.planes})
+
+
+def test_from_state_dict_is_strict():
+    """Nothing is coerced: float/bool w_bits and shapes, negative dims, NaN/negative/inf scales,
+    wrong dtypes or shapes and non-tensors are refused with a message naming the value."""
+    pw = PackedWeight.from_float(torch.randn(3, 40), 4)
+    good = pw.state_dict()
+    bad_values = [
+        ("w_bits", torch.tensor(2.7), ValueError, "'w_bits' must be a 0-d integer tensor"),
+        ("w_bits", torch.tensor(True), ValueError, "'w_bits' must be a 0-d integer tensor"),
+        ("w_bits", torch.tensor([4]), ValueError, "'w_bits' must be a 0-d integer tensor"),
+        ("w_bits", torch.tensor(3), ValueError, "w_bits must be one of"),
+        ("shape", torch.tensor([3.0, 40.0]), ValueError, "'shape' must be a 1-d integer tensor"),
+        ("shape", torch.tensor([3, -40]), ValueError, "ints >= 0"),
+        ("shape", torch.tensor([-3, 40]), ValueError, "ints >= 0"),
+        ("shape", torch.tensor([3]), ValueError, r"\[N, K, ...\]"),
+        ("shape", torch.tensor([3, 70]), ValueError, "planes must be int32"),
+        ("scale", torch.tensor([1.0, math.nan, 1.0]), ValueError, r"finite and >= 0.*channel 1 \(nan\)"),
+        ("scale", torch.tensor([1.0, 1.0, -0.5]), ValueError, r"channel 2 \(-0.5\)"),
+        ("scale", torch.tensor([math.inf, 1.0, 1.0]), ValueError, "finite and >= 0"),
+        ("scale", torch.ones(3, dtype=torch.float64), ValueError, "scale must be float32"),
+        ("scale", torch.ones(4), ValueError, r"scale must be float32 \(3,\)"),
+        ("planes", good["planes"].to(torch.int64), ValueError, "planes must be int32"),
+        ("planes", good["planes"][:, :2], ValueError, "planes must be int32"),
+        ("planes", good["planes"].numpy(), TypeError, "'planes' must be a torch.Tensor, got numpy.ndarray"),
+        ("scale", [1.0, 1.0, 1.0], TypeError, "'scale' must be a torch.Tensor, got builtins.list"),
+    ]
+    for key, value, error, message in bad_values:
+        with pytest.raises(error, match=message):
+            PackedWeight.from_state_dict({**good, key: value})
+    with pytest.raises(TypeError, match="planes must be a torch.Tensor, got numpy.ndarray"):
+        PackedWeight(good["planes"].numpy(), pw.scale, pw.shape, 4)
+    with pytest.raises(ValueError, match="ints >= 0"):
+        PackedWeight(pw.planes, pw.scale, (3.0, 40), 4)
+    same = PackedWeight.from_state_dict({**good, "w_bits": torch.tensor(4, dtype=torch.int32)})
+    assert torch.equal(same.dequantize(), pw.dequantize())
+    zeros = PackedWeight.from_int(torch.ones(2, 3, dtype=torch.int8), 1, torch.zeros(2))  # scale 0 is allowed
+    assert torch.equal(zeros.dequantize(), torch.zeros(2, 3))

@@ -1,5 +1,5 @@
 """qsnn_kernels.quantize (csrc/quantize_cpu.cpp): weights against reference.quantize_weight
-(bit-identical for W >= 2; identical codes and a scale within a few float32 roundings for W = 1)
+(bit-identical for W >= 2; identical codes and a scale at most one float32 rounding apart for W = 1)
 and spike_levels against its torch path; odd shapes, layouts, bad input."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_matches_reference(shape, w_bits):
     deq = dequantized_weight(w, w_bits)
     assert q.dtype == torch.int8 and scale.dtype == torch.float32 and deq.dtype == torch.float32
     assert torch.equal(q, q_ref)
-    if w_bits == 1:  # mean|w|: summed in double here, in float32 by torch (a few float32 roundings apart)
+    if w_bits == 1:  # mean|w|: summed in double in both, in different orders
         torch.testing.assert_close(scale, scale_ref, rtol=5e-7, atol=0)
         torch.testing.assert_close(deq, deq_ref, rtol=5e-7, atol=0)
     else:
