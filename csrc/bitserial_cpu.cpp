@@ -47,6 +47,7 @@
 namespace qsnn {
 namespace {
 
+constexpr int64_t kMaxBitplanes = 8;  // reduce="bitplane": max(SPIKE_BITS), as bitserial.py
 constexpr int64_t kL2BlockBytes = 384 * 1024;  // activation words per row block (L2 is >= 512 KiB)
 constexpr int64_t kL1PanelBytes = 24 * 1024;   // weight panels swept per tile (L1d is >= 32 KiB)
 
@@ -498,22 +499,37 @@ void pack_panels(const int32_t* w, int64_t w_bits, int64_t n, int64_t words, int
 
 at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Tensor& w_planes, int64_t k,
                                        int64_t x_bits, c10::string_view reduce) {
-  TORCH_CHECK(x_planes.scalar_type() == at::kInt && w_planes.scalar_type() == at::kInt,
-              "bitserial_matmul_packed: planes must be int32 words");
-  TORCH_CHECK(x_planes.dim() == 3 && w_planes.dim() == 3, "bitserial_matmul_packed: planes must be 3-d");
-  TORCH_CHECK(k > 0, "bitserial_matmul_packed: k must be >= 1");
+  // The op's own contract, the same as the Python API's (qsnn_kernels/bitserial.py _check_op, also
+  // the fake kernel's): a raw torch.ops.qsnn call gets the same errors, before any work.
+  TORCH_CHECK_TYPE(x_planes.scalar_type() == at::kInt && w_planes.scalar_type() == at::kInt,
+                   "bitserial_matmul_packed: planes must be int32 words, got ", x_planes.scalar_type(), " and ",
+                   w_planes.scalar_type());
+  TORCH_CHECK_VALUE(x_planes.dim() == 3 && w_planes.dim() == 3, "bitserial_matmul_packed: planes must be 3-d");
+  TORCH_CHECK_VALUE(k > 0, "bitserial_matmul_packed: k must be >= 1, got ", k);
   const int64_t words = num_words(k);
-  TORCH_CHECK(x_planes.size(2) == words && w_planes.size(2) == words,
-              "bitserial_matmul_packed: k=", k, " needs ", words, " words per row");
-  TORCH_CHECK(x_bits >= 1 && x_bits <= 8 && x_planes.size(0) % x_bits == 0 && x_planes.size(0) > 0,
-              "bitserial_matmul_packed: x planes must be a positive multiple of x_bits");
+  TORCH_CHECK_VALUE(x_planes.size(2) == words && w_planes.size(2) == words,
+                    "bitserial_matmul_packed: k=", k, " needs ", words, " words per row");
+  TORCH_CHECK_VALUE(x_bits == 1 || x_bits == 2 || x_bits == 4 || x_bits == 8,
+                    "bitserial_matmul_packed: x_bits must be one of (1, 2, 4, 8), got ", x_bits);
+  TORCH_CHECK_VALUE(x_planes.size(0) % x_bits == 0 && x_planes.size(0) > 0,
+                    "bitserial_matmul_packed: x planes must be a positive multiple of x_bits");
   const int64_t w_bits = w_planes.size(0);
-  TORCH_CHECK(w_bits == 1 || w_bits == 2 || w_bits == 4 || w_bits == 8, "bitserial_matmul_packed: w_bits must be 1, 2, 4 or 8");
+  TORCH_CHECK_VALUE(w_bits == 1 || w_bits == 2 || w_bits == 4 || w_bits == 8,
+                    "bitserial_matmul_packed: w_bits (w_planes.size(0)) must be one of (1, 2, 4, 8), got ", w_bits);
   const int64_t steps = x_planes.size(0) / x_bits;
   const std::string red(reduce);
-  TORCH_CHECK(red == "none" || red == "time" || red == "bitplane",
-              "bitserial_matmul_packed: reduce must be none, time or bitplane");
-  TORCH_CHECK(red != "bitplane" || steps <= 31, "bitserial_matmul_packed: bitplane needs at most 31 planes");
+  TORCH_CHECK_VALUE(red == "none" || red == "time" || red == "bitplane",
+                    "bitserial_matmul_packed: reduce must be one of ('none', 'time', 'bitplane'), got ", red);
+  TORCH_CHECK_VALUE(red != "bitplane" || (x_bits == 1 && steps <= kMaxBitplanes),
+                    "bitserial_matmul_packed: reduce=\"bitplane\" needs x_bits=1 and at most ", kMaxBitplanes,
+                    " planes; got x_bits=", x_bits, " and ", steps, " planes");
+  // int32_bound: K * max|code| * max level * (1, P or 2^P - 1), in double (exact far beyond 2^31)
+  const double factor = red == "none" ? 1.0 : red == "time" ? static_cast<double>(steps) : std::ldexp(1.0, steps) - 1;
+  const double bound = static_cast<double>(k) * (w_bits > 1 ? std::ldexp(1.0, w_bits - 1) : 1.0) *
+                       (std::ldexp(1.0, x_bits) - 1) * factor;
+  TORCH_CHECK_VALUE(bound < 2147483648.0, "bitserial_matmul_packed: the result could overflow int32: K=", k,
+                    ", w_bits=", w_bits, ", x_bits=", x_bits, ", ", steps, " planes (", red,
+                    ") bound ", static_cast<int64_t>(bound), " >= 2^31; split K or the planes");
 
   const Simd simd = simd_from_env();
   const int nr = simd == Simd::kAvx512     ? kNr512

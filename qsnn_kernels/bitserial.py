@@ -53,15 +53,39 @@ torch.library.define(
 torch.library.define("qsnn::bitserial_cpu_simd", "(str request) -> str")
 
 
+def _check_op(x_planes, w_planes, k, x_bits, reduce) -> None:
+    """The op's contract, checked by its fake (meta) kernel and its CUDA kernel as csrc/bitserial_cpu.cpp
+    checks it on the CPU, so that a raw ``torch.ops.qsnn.bitserial_matmul_packed`` call gets the
+    errors of :func:`bitserial_matmul` (TypeError/ValueError), int32 overflow risk included."""
+    torch._check_type(x_planes.dtype == WORD_DTYPE and w_planes.dtype == WORD_DTYPE,
+                      lambda: f"bitserial_matmul_packed: planes must be int32 words, got {x_planes.dtype} and "
+                              f"{w_planes.dtype}")
+    torch._check_value(x_planes.dim() == 3 and w_planes.dim() == 3, lambda: "bitserial_matmul_packed: planes must be 3-d")
+    torch._check_value(k > 0, lambda: f"bitserial_matmul_packed: k must be >= 1, got {k}")
+    torch._check_value(x_planes.shape[2] == num_words(k) and w_planes.shape[2] == num_words(k),
+                       lambda: f"bitserial_matmul_packed: k={k} needs {num_words(k)} words per row")
+    torch._check_value(x_bits in SPIKE_BITS, lambda: f"bitserial_matmul_packed: x_bits must be one of {SPIKE_BITS}, "
+                                                     f"got {x_bits}")
+    torch._check_value(x_planes.shape[0] > 0 and x_planes.shape[0] % x_bits == 0,
+                       lambda: "bitserial_matmul_packed: x planes must be a positive multiple of x_bits")
+    w_bits = w_planes.shape[0]
+    torch._check_value(w_bits in WEIGHT_BITS, lambda: "bitserial_matmul_packed: w_bits (w_planes.size(0)) must be "
+                                                      f"one of {WEIGHT_BITS}, got {w_bits}")
+    torch._check_value(reduce in REDUCTIONS,
+                       lambda: f"bitserial_matmul_packed: reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    steps = x_planes.shape[0] // x_bits
+    torch._check_value(reduce != "bitplane" or (x_bits == 1 and steps <= MAX_BITPLANES),
+                       lambda: f'bitserial_matmul_packed: reduce="bitplane" needs x_bits=1 and at most '
+                               f"{MAX_BITPLANES} planes; got x_bits={x_bits} and {steps} planes")
+    bound = int32_bound(k, w_bits, x_bits, steps, reduce)
+    torch._check_value(bound < 2**31, lambda: f"bitserial_matmul_packed: the result could overflow int32: K={k}, "
+                                             f"w_bits={w_bits}, x_bits={x_bits}, {steps} planes ({reduce}) bound "
+                                             f"{bound} >= 2^31; split K or the planes")
+
+
 @torch.library.register_fake("qsnn::bitserial_matmul_packed")
 def _bitserial_matmul_packed_fake(x_planes, w_planes, k, x_bits, reduce):
-    torch._check(x_planes.dtype == WORD_DTYPE and w_planes.dtype == WORD_DTYPE,
-                 lambda: "bitserial_matmul_packed: planes must be int32 words")
-    torch._check(x_planes.dim() == 3 and w_planes.dim() == 3, lambda: "bitserial_matmul_packed: planes must be 3-d")
-    torch._check(x_planes.shape[2] == num_words(k) and w_planes.shape[2] == num_words(k),
-                 lambda: f"bitserial_matmul_packed: k={k} needs {num_words(k)} words per row")
-    torch._check(x_planes.shape[0] % x_bits == 0, lambda: "bitserial_matmul_packed: x planes not a multiple of x_bits")
-    torch._check(reduce in REDUCTIONS, lambda: f"bitserial_matmul_packed: reduce must be one of {REDUCTIONS}")
+    _check_op(x_planes, w_planes, k, x_bits, reduce)
     m, n = x_planes.shape[1], w_planes.shape[1]
     if reduce == "none":
         return x_planes.new_empty((x_planes.shape[0] // x_bits, m, n))
@@ -70,6 +94,7 @@ def _bitserial_matmul_packed_fake(x_planes, w_planes, k, x_bits, reduce):
 
 @torch.library.register_kernel("qsnn::bitserial_matmul_packed", "cuda")
 def _bitserial_matmul_packed_cuda(x_planes, w_planes, k, x_bits, reduce):
+    _check_op(x_planes, w_planes, k, x_bits, reduce)
     return _triton_kernel(x_planes.device)(x_planes, w_planes, k, x_bits, reduce)
 
 

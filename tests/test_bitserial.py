@@ -383,6 +383,48 @@ def test_opcheck_bitserial_matmul_packed(device, reduce):
     opcheck(torch.ops.qsnn.bitserial_matmul_packed.default, (planes, w.planes, 45, 1, reduce))
 
 
+RAW_OP_MISUSES = [
+    # (x planes, w planes, k, x_bits, reduce, message): what the Python API refuses, called raw
+    ((31, 2, 1), (2, 3, 1), 5, 1, "bitplane", 'bitplane".*at most 8 planes; got x_bits=1 and 31 planes'),
+    ((9, 2, 1), (2, 3, 1), 5, 1, "bitplane", "at most 8 planes"),
+    ((4, 2, 1), (2, 3, 1), 5, 2, "bitplane", "needs x_bits=1"),
+    ((3, 2, 1), (2, 3, 1), 5, 3, "none", r"x_bits must be one of \(1, 2, 4, 8\), got 3"),
+    ((16, 2, 1), (2, 3, 1), 5, 16, "time", "x_bits must be one of"),
+    ((1, 2, 1), (3, 3, 1), 5, 1, "none", r"w_bits \(w_planes.size\(0\)\) must be one of"),
+    ((8, 1, 1 << 14), (8, 1, 1 << 14), 1 << 19, 8, "none", "could overflow int32.*>= 2\\^31"),
+    ((32, 1, 1 << 14), (8, 1, 1 << 14), 1 << 19, 1, "time", "could overflow int32"),
+    ((1, 2, 1), (2, 3, 1), 5, 1, "sum", "reduce must be one of"),
+    ((1, 2, 2), (2, 3, 2), 5, 1, "none", "k=5 needs 1 words per row"),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, k, x_bits, reduce, message", RAW_OP_MISUSES)
+@pytest.mark.parametrize("mode", ["eager", "meta"])
+def test_raw_op_refuses_what_the_api_refuses(device, mode, x_shape, w_shape, k, x_bits, reduce, message):
+    """torch.ops.qsnn.bitserial_matmul_packed itself (C++ on CPU, the CUDA kernel, the fake/meta
+    kernel that torch.compile traces) raises ValueError before any work: no wrapped int32."""
+    where = "meta" if mode == "meta" else device
+    x = torch.zeros(x_shape, dtype=torch.int32, device=where)
+    w = torch.zeros(w_shape, dtype=torch.int32, device=where)
+    with pytest.raises(ValueError, match=message):
+        torch.ops.qsnn.bitserial_matmul_packed(x, w, k, x_bits, reduce)
+
+
+def test_raw_op_bound_is_the_api_bound():
+    """The largest problem the API accepts runs raw; one more K is refused by both."""
+    k = (2**31 - 1) // (128 * 255)                       # w_bits=8, x_bits=8, reduce="none"
+    assert int32_bound(k, 8, 8, 1, "none") < 2**31 <= int32_bound(k + 1, 8, 8, 1, "none")
+    w = torch.zeros(8, 1, (k + 32) // 32, dtype=torch.int32)
+    x = torch.zeros(8, 1, (k + 32) // 32, dtype=torch.int32)
+    assert torch.ops.qsnn.bitserial_matmul_packed(x, w, k, 8, "none").shape == (1, 1, 1)
+    x1 = torch.zeros(8, 1, (k + 1 + 31) // 32, dtype=torch.int32)
+    w1 = torch.zeros(8, 1, (k + 1 + 31) // 32, dtype=torch.int32)
+    for call in (lambda: torch.ops.qsnn.bitserial_matmul_packed(x1, w1, k + 1, 8, "none"),
+                 lambda: bitserial_matmul(x1, PackedWeight(w1, torch.ones(1), (1, k + 1), 8), x_bits=8, k=k + 1)):
+        with pytest.raises(ValueError, match="overflow int32"):
+            call()
+
+
 @pytest.mark.parametrize("reduce", ["none", "time"])
 def test_opcheck_bitserial_linear(device, reduce):
     x, _ = operands(4, 33, 3, 2, 4, 2, seed=1, device=device)
