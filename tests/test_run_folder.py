@@ -23,6 +23,7 @@ import torch
 
 from qsnn_kernels.train import TrainConfig, run
 from qsnn_kernels.train import checkpoint as ckpt_mod
+from qsnn_kernels.train import loop as loop_mod
 from qsnn_kernels.train import run_folder as rf
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -223,6 +224,22 @@ def test_resume_of_a_finished_run_changes_nothing(run_copy, capsys):
     assert run(_cfg(run_copy, resume=True)) == on_disk
     assert "nothing to do" in capsys.readouterr().out
     assert _snapshot(run_copy) == before
+
+
+def test_resume_with_more_epochs_is_no_longer_finished(run_copy, monkeypatch):
+    """A finished run resumed with more --epochs and killed in the new epoch does not keep the
+    old report.json (which would mark it finished); resumed again, it finishes with its report."""
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop_mod, "_evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(run_copy, resume=True, epochs=3))
+    assert not (run_copy / rf.REPORT).exists()
+    monkeypatch.undo()
+    report = run(_cfg(run_copy, resume=True, epochs=3))
+    assert report["epochs"] == 3 and json.loads((run_copy / rf.REPORT).read_text()) == report
+    assert [r["epoch"] for r in map(json.loads, (run_copy / rf.METRICS).read_text().splitlines())] == [0, 1, 2]
 
 
 def test_write_atomic_keeps_the_old_file_on_error(tmp_path):

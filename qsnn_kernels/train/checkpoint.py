@@ -114,10 +114,10 @@ def read_checkpoint(path: str, what: str = "checkpoint"):
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
-        detail = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        detail = next((line.strip().rstrip(".") for line in first if "GLOBAL" in line or "Unsupported" in line), "")
         raise ValueError(f"{what}: {path} holds objects other than tensors and plain values, so it was not "
                          f"loaded (nothing in it ran){': ' + detail if detail else ''}; qsnn checkpoints "
-                         f"of format version {VERSION} hold only those") from None
+                         f"(format version {VERSION}) hold only those, older ones cannot be read") from None
     except Exception as e:  # noqa: BLE001 - a truncated, corrupted or foreign file
         first = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(f"{what}: {path} is not a readable checkpoint ({type(e).__name__}: {first})") from None

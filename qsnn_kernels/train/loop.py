@@ -179,12 +179,15 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
 
 def _start_folder(cfg, out, resumed_from, ckpt, history) -> None:
     """The run folder before the first epoch (run_folder's step 1): created; stale temporary files
-    removed; an ``overwrite``'s old run removed; best.pt repaired from the checkpoint resumed from;
-    config.yaml; metrics.jsonl with the rows of the checkpoint resumed from."""
+    removed; an ``overwrite``'s old run removed; the report.json of a finished run resumed with
+    more epochs removed (it is not finished any more); best.pt repaired from the checkpoint resumed
+    from; config.yaml; metrics.jsonl with the rows of the checkpoint resumed from."""
     os.makedirs(out, exist_ok=True)
     rf.clean_stale_temps(out)
     if ckpt is None and cfg.overwrite:
         rf.remove_run(out)
+    elif os.path.lexists(os.path.join(out, rf.REPORT)):
+        os.unlink(os.path.join(out, rf.REPORT))
     if ckpt is not None:
         rf.repair_best(out, resumed_from, ckpt)
     rf.write_config(os.path.join(out, rf.CONFIG), cfg.to_dict())

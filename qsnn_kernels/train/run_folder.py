@@ -15,8 +15,9 @@ behind; the next run or resume in the folder deletes such leftovers (:func:`clea
 Order of the writes, and what a kill between two of them leaves:
 
 1. At the start: stale temporary files removed; with ``overwrite`` the old run's report.json,
-   last.pt and best.pt removed (in that order); config.yaml; metrics.jsonl (the rows of the
-   checkpoint resumed from, none for a new run). A kill here leaves no checkpoint newer than
+   last.pt and best.pt removed (in that order); on a resume with epochs to do, report.json
+   removed (a finished run given more epochs is not finished any more) and best.pt repaired;
+   config.yaml; metrics.jsonl (the rows of the checkpoint resumed from, none for a new run). A kill here leaves no checkpoint newer than
    the run resumed from.
 2. After each epoch e: metrics.jsonl (rows 0..e); last.pt (epoch e; it also holds the rows and
    ``best_epoch``); best.pt, copied from last.pt, when epoch e is the best so far. A kill after
