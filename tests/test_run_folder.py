@@ -48,9 +48,15 @@ def _cli(*argv):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A finished tiny run (2 epochs), trained once for the module; tests copy it."""
+    """A finished tiny run (2 epochs) of ``qsnn train`` with the flags of :data:`TINY`, trained
+    once for the module; tests copy it."""
     folder = tmp_path_factory.mktemp("finished") / "run"
-    run(_cfg(folder))
+    flags = [f"--{k.replace('_', '-')}={json.dumps(v) if isinstance(v, dict) else str(v).lower()}"
+             for k, v in TINY.items()]
+    assert _cli("train", *flags, "--output", str(folder)) == 0
+    import yaml
+
+    assert yaml.safe_load((folder / rf.CONFIG).read_text()) == _cfg(folder).to_dict()  # the flags gave TINY
     return folder
 
 
@@ -169,6 +175,25 @@ def test_flipped_bytes_in_last_pt_are_refused(run_copy, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(last) in err
     assert _snapshot(run_copy) == before
+
+
+def test_no_flipped_byte_is_ever_loaded(run_copy):
+    """8 bytes flipped at 48 places across last.pt: each is refused with a ValueError naming the
+    file, or falls in bytes torch never reads (zip header padding) and the content is unchanged."""
+    last = run_copy / rf.LAST
+    original, data = ckpt_mod.read_checkpoint(str(last)), last.read_bytes()
+    refused = 0
+    for offset in range(0, len(data) - 8, len(data) // 48):
+        last.write_bytes(data)
+        _flip(last, offset)
+        try:
+            got = ckpt_mod.read_checkpoint(str(last))
+        except ValueError as e:
+            assert str(last) in str(e)
+            refused += 1
+            continue
+        assert ckpt_mod.content_digest(got) == ckpt_mod.content_digest(original), offset
+    assert refused >= 40
 
 
 def test_checksum_catches_a_changed_optimizer_state(run_copy):

@@ -11,7 +11,9 @@ possible a checkpoint holds nothing else: the RNG states are stored as tensors a
 Integrity: :func:`save_atomic` stores ``sha256``, a digest of the whole content (every key, value
 and tensor payload, in order: :func:`content_digest`); :func:`read_checkpoint` recomputes it and
 raises ValueError naming the file on a mismatch, so a flipped byte in the weights or the optimizer
-state is refused rather than resumed from. Files are replaced atomically
+state is refused rather than resumed from. The digest covers everything that is loaded; a changed
+byte elsewhere either breaks the zip/pickle structure (also a ValueError) or lies in bytes torch
+never reads (the zip headers' alignment padding), which change nothing loaded. Files are replaced atomically
 (:func:`qsnn_kernels.train.run_folder.write_atomic`)."""
 
 from __future__ import annotations
