@@ -225,6 +225,9 @@ def test_existing_run_is_refused_without_overwrite(run_copy, capsys):
         run(_cfg(run_copy, resume=True, overwrite=True))
     assert _snapshot(run_copy) == before
     # --overwrite replaces it: a new run (another seed) from scratch, no file of the old one left
+    from qsnn_kernels.train import parse_args
+
+    assert parse_args(["--overwrite", "--output", str(run_copy)]).overwrite is True
     (run_copy / ".last.pt.abc.tmp").write_bytes(b"left by a kill")
     report = run(_cfg(run_copy, overwrite=True, seed=1, epochs=1))
     assert json.loads((run_copy / rf.REPORT).read_text()) == report and report["epochs"] == 1
