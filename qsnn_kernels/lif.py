@@ -30,6 +30,14 @@ Outputs of the C++ kernels of 1 MiB or more come from a small pool of warm host 
 (csrc/host_pool.h; ``QSNN_HOST_POOL_MB``, default 512, 0 disables): a fresh 32 MiB tensor from
 the OS costs more in page faults than this whole op; such tensors cannot be resized in place.
 
+Autograd: the op's registered formula (BPTT on the saved h) is differentiable once. A backward
+under ``create_graph=True``, or a torch.func transform nested in another that differentiates
+(``grad(grad(f))``, ``hessian``), raises :data:`DOUBLE_BACKWARD_ERROR` rather than return a
+gradient whose own derivative would silently be lost; the reference backend is differentiable
+twice. ``torch.func.grad``/``vjp``/``jacrev``/``vmap(grad)`` work: under a transform
+:func:`multilevel_lif` calls the op through :class:`_LifFunction` (torch.library's generated
+autograd Function has no separate setup_context, which torch.func requires).
+
 The state dtype (v_init, v_last, gradients) is float64 for float64 input (CPU only) and float32
 otherwise. ``surrogate``, ``alpha`` and ``detach_reset`` are in the forward schema only so that the
 registered autograd formula can see them; the forward kernels ignore them.
@@ -152,24 +160,82 @@ def _lif_setup_context(ctx, inputs, output):
     args = args[:8]  # the backward's parameters; save_h (True whenever a backward can run) is not one
     h = output[2]
     ctx.save_for_backward(h)
-    ctx.args = args
+    ctx.args = tuple(args)
     ctx.x_dtype = x.dtype
     ctx.mark_non_differentiable(h)  # internal saved state, not a result
     ctx.set_materialize_grads(False)  # an unused output costs no zero-filled gradient
 
 
-def _lif_backward(ctx, grad_spikes, grad_v_last, grad_h):
+DOUBLE_BACKWARD_ERROR = (
+    "multilevel_lif: double backward is not supported: the surrogate-gradient backward (qsnn::lif_backward) "
+    "is not itself differentiable; compute the first gradient without create_graph=True, or use "
+    "backend='reference' for higher-order gradients"
+)
+
+
+def _check_once_differentiable(needs_input_grad) -> None:
+    """Raise :data:`DOUBLE_BACKWARD_ERROR` when the backward runs under ``create_graph=True`` (grad
+    mode on) for an input that needs a gradient: the formula has no derivative, and a gradient
+    without a graph would silently lose the second-order term (or report the input as unused)."""
+    if torch.is_grad_enabled() and any(needs_input_grad):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+def _lif_grads(ctx, grad_spikes, grad_v_last) -> tuple:
+    """(grad_x, grad_v_init or None) from the saved h: the backward formula, not differentiable itself."""
     (h,) = ctx.saved_tensors
-    none = (None,) * 8
     if grad_spikes is None and grad_v_last is None:
-        return (None, None) + none + (None,)
+        return None, None
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(h)
     grad_x, grad_v_init = torch.ops.qsnn.lif_backward(grad_spikes, grad_v_last, h, *ctx.args)
-    return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None, *none, None
+    return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None
+
+
+def _lif_backward(ctx, grad_spikes, grad_v_last, grad_h):
+    _check_once_differentiable(ctx.needs_input_grad[:2])
+    return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 9
 
 
 torch.library.register_autograd("qsnn::lif_forward", _lif_backward, setup_context=_lif_setup_context)
+
+
+_TransformType = torch._C._functorch.TransformType
+
+
+def _outer_differentiation(grad) -> bool:
+    """Whether a torch.func transform that differentiates (grad, jvp) encloses the one running this
+    backward: it would differentiate the backward formula, which has no derivative (its result
+    would silently be 0). The innermost Grad level is this backward's own when ``grad`` is wrapped by it."""
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    kinds = [ci.key() for ci in stack]
+    differentiating = sum(k in (_TransformType.Grad, _TransformType.Jvp) for k in kinds)
+    own = bool(kinds) and kinds[-1] == _TransformType.Grad and grad is not None and \
+        torch._C._functorch.is_functorch_wrapped_tensor(grad)
+    return differentiating - own > 0
+
+
+class _LifFunction(torch.autograd.Function):
+    """The op's registered autograd as an autograd.Function with a separate ``setup_context``, for
+    torch.func transforms (grad, vjp, jacrev): torch.library's generated Function has none, which
+    functorch refuses. The same forward op, setup and backward formula; used only under a transform."""
+
+    @staticmethod
+    def forward(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset):
+        return torch.ops.qsnn.lif_forward(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
+                                          detach_reset, True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _lif_setup_context(ctx, inputs, output)
+
+    generate_vmap_rule = True  # vmap(grad(...)), jacrev: the ops' batching fallback
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_v_last, grad_h):
+        if _outer_differentiation(grad_spikes if grad_spikes is not None else grad_v_last):
+            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+        return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 8
 
 
 class _TritonInterpreted(torch.autograd.Function):
@@ -186,11 +252,11 @@ class _TritonInterpreted(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last, grad_h):
+        _check_once_differentiable(ctx.needs_input_grad[:2])
         (h,) = ctx.saved_tensors
         grad_x, grad_v_init = _triton_lif().lif_backward_triton(grad_spikes.contiguous(), grad_v_last.contiguous(),
                                                                 h, *ctx.args)
-        grad_x = grad_x.to(grad_spikes.dtype)
-        return grad_x, grad_v_init if ctx.needs_input_grad[1] else None, *(None,) * 8
+        return grad_x.to(grad_spikes.dtype), grad_v_init if ctx.needs_input_grad[1] else None, *(None,) * 8
 
 
 # --------------------------------------------------------------------------- validation
@@ -326,6 +392,10 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
     * ``backend``: "auto" (the kernel for x's device: C++ on CPU, Triton on CUDA), "triton"
       (CUDA, or CPU under TRITON_INTERPRET=1), "reference". No fallback between them.
 
+    * Autograd: differentiable once (torch.autograd and torch.func.grad/vjp/jacrev); a backward
+      with ``create_graph=True`` or nested differentiating transforms raise RuntimeError
+      (``backend="reference"`` is differentiable twice).
+
     Raises ValueError (s_bits outside {1, 2, 4, 8}, v_th <= 0, decay outside (0, 1], T = 0,
     unknown reset/surrogate/backend, v_init of the wrong shape or device), TypeError (an integer
     x or v_init, float16/bfloat16 on CPU), BackendUnavailable (no kernel for the device).
@@ -354,7 +424,9 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
     v2 = None if v_init is None else undo.state_in(v_init).reshape(-1).to(_state_dtype(x.dtype)).contiguous()
     args = (x2, v2, s_bits, float(v_th), float(decay), float(v_reset), reset == "hard", surrogate, alpha,
             bool(detach_reset))
-    if path == "op":
+    if path == "op" and torch._C._are_functorch_transforms_active():
+        spikes, v_last, _ = _LifFunction.apply(*args)  # torch.func.grad & co. (see _LifFunction)
+    elif path == "op":
         # without a backward to come, h (4 bytes per neuron per step in float32) is not written at all
         save_h = torch.is_grad_enabled() and (x.requires_grad or (v_init is not None and v_init.requires_grad))
         spikes, v_last, _ = torch.ops.qsnn.lif_forward(*args, save_h)
@@ -464,8 +536,6 @@ class MultiLevelLIF(torch.nn.Module):
         self.reset_mode, self.surrogate, self.detach_reset = reset, surrogate, bool(detach_reset)
         self.stateful, self.backend = bool(stateful), backend
         self.v: torch.Tensor | None = None
-        if backend == "auto":
-            _extension._load()  # so that a compiled graph finds the CPU kernels registered
 
     def reset(self) -> None:
         """Forget the carried membrane potential (``stateful=True``); a no-op otherwise."""

@@ -257,10 +257,14 @@ class _Staircase(torch.autograd.Function):
     """Integer level ``clamp(floor(h / v_th), 0, levels)`` (as h's dtype) with a surrogate backward."""
 
     @staticmethod
-    def forward(ctx, h, v_th, levels, surrogate, alpha):
-        ctx.save_for_backward(h)
-        ctx.args = (v_th, levels, surrogate, alpha)
+    def forward(h, v_th, levels, surrogate, alpha):
         return torch.clamp(torch.floor(h / v_th), 0, levels)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # separate from forward: torch.func transforms need that
+        h, *args = inputs
+        ctx.save_for_backward(h)
+        ctx.args = tuple(args)
 
     @staticmethod
     def backward(ctx, grad):

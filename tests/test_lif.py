@@ -300,6 +300,68 @@ def test_triton_backend_without_gpu_or_interpreter(monkeypatch):
         multilevel_lif(torch.zeros(2, 3, dtype=torch.float64), backend="triton")
 
 
+# --------------------------------------------------------------------------- torch.func and double backward
+
+
+def _loss(backend, s_bits, reset, surrogate, weights):
+    def loss(x, v_init):
+        spikes, v_last = multilevel_lif(x, s_bits=s_bits, v_th=0.75, decay=0.8, v_reset=0.1, reset=reset,
+                                        surrogate=surrogate, v_init=v_init, backend=backend)
+        return (spikes * weights).sum() + (v_last * weights[0]).sum()
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("s_bits, reset, surrogate", [(1, "hard", "atan"), (2, "soft", "sigmoid"), (4, "hard", "rect")])
+def test_func_grad_equals_reference_autograd(dtype, s_bits, reset, surrogate):
+    """torch.func.grad over multilevel_lif (it failed in setup_context) = autograd of the reference."""
+    x = currents((5, 2, 7), s_bits, dtype=dtype)
+    v_init = currents((2, 7), s_bits, dtype=_state(dtype), seed=1)
+    weights = torch.randn(5, 2, 7, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    gx, gv = torch.func.grad(_loss("auto", s_bits, reset, surrogate, weights), argnums=(0, 1))(x, v_init)
+    xr, vr = x.clone().requires_grad_(), v_init.clone().requires_grad_()
+    gxr, gvr = torch.autograd.grad(_loss("reference", s_bits, reset, surrogate, weights)(xr, vr), (xr, vr))
+    torch.testing.assert_close(gx, gxr, **GRAD_TOL[dtype])
+    torch.testing.assert_close(gv, gvr.to(gv.dtype), **GRAD_TOL[dtype])
+    # and the other transforms built on it: per-sample gradients, Jacobians
+    batch = torch.stack([x, x * 0.5, x + 0.25])
+    per_sample = torch.func.vmap(torch.func.grad(_loss("auto", s_bits, reset, surrogate, weights)), in_dims=(0, None))(batch, None)
+    for xb, g in zip(batch, per_sample):
+        xb = xb.clone().requires_grad_()
+        (gr,) = torch.autograd.grad(_loss("reference", s_bits, reset, surrogate, weights)(xb, None), xb)
+        torch.testing.assert_close(g, gr, **GRAD_TOL[dtype])
+    spikes = lambda backend: lambda x: multilevel_lif(x, s_bits=s_bits, reset=reset, surrogate=surrogate,
+                                                      backend=backend)[0]
+    torch.testing.assert_close(torch.func.jacrev(spikes("auto"))(x[:, :1, :3]),
+                               torch.func.jacrev(spikes("reference"))(x[:, :1, :3]), **GRAD_TOL[dtype])
+
+
+def _state(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def test_double_backward_raises_instead_of_a_gradient_without_graph():
+    """A backward under create_graph=True raises a clear error: it used to return a gradient with no
+    graph, so differentiating it again silently lost the second-order term (or called x unused)."""
+    x = currents((4, 6), 2, dtype=torch.float64).requires_grad_()
+    weights = torch.randn(4, 6, dtype=torch.float64)
+    (g_plain,) = torch.autograd.grad((multilevel_lif(x, s_bits=2)[0] * weights).sum(), x)
+    assert not g_plain.requires_grad
+    with pytest.raises(RuntimeError, match="multilevel_lif: double backward is not supported"):
+        torch.autograd.grad((multilevel_lif(x, s_bits=2)[0] * weights).sum(), x, create_graph=True)
+    # the raw op's registered autograd, and v_init's gradient, the same
+    v = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    _, v_last, _ = torch.ops.qsnn.lif_forward(x, v, 2, 1.0, 0.5, 0.0, True, "atan", 2.0, False)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        v_last.sum().backward(create_graph=True)
+    # nested torch.func transforms (a single torch.func.grad works: test_func_grad_equals_reference_autograd)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.func.grad(lambda y: torch.func.grad(lambda z: multilevel_lif(z, s_bits=2)[0].sum())(y).sum())(x.detach())
+    # the reference is differentiable twice, as the message says
+    (gr,) = torch.autograd.grad(multilevel_lif(x, s_bits=2, backend="reference")[0].sum(), x, create_graph=True)
+    gr.sum().backward()
+
+
 # --------------------------------------------------------------------------- opcheck
 
 
