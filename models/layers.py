@@ -8,7 +8,9 @@ Conventions (models contract, DESIGN.md):
   head's output (:func:`mean_over_time`).
 * ``w_bits`` in :data:`ALLOWED_W_BITS`: 1, 2, 4, 8 quantize the weight per output channel (Eq. 5,
   :func:`qsnn_kernels.reference.fake_quantize_weight`, straight-through gradient); 16 and 32 both
-  mean an unquantized float weight (16 is how the paper counts full precision).
+  mean an unquantized float weight (16 is how the paper counts full precision). A NaN or inf in a
+  quantized weight makes its output channel NaN on every forward path below (the quantizer's
+  contract, :func:`qsnn_kernels.reference.quantize_weight`), so a diverging run trips a loss NaN check.
 * ``in_bits`` of a layer: the bits of its input spike levels (input = level * v_th, level in
   ``[0, 2^in_bits - 1]``), or None for a real-valued input (the encoding layer, a layer after a
   float op such as average pooling). The architecture builder sets it; the profiler and the
