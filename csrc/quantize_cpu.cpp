@@ -26,8 +26,9 @@ namespace {
 // Special values (the contract, stated in qsnn_kernels/reference.py quantize_weight): a channel
 // holding a NaN or +-inf gets scale NaN and the codes of a zero weight (0; +1 for W = 1), so its
 // dequantized weights are NaN; W >= 2: a scale of 0 (all zeros, or max|w| / qmax underflowing)
-// becomes 1, so the codes are round(w) = 0, and one whose qmax * scale overflows goes a step down. Scale of a finite channel, or NaN for a non-finite one.
-float channel_scale(const float* w, int64_t k, int bits) {
+// becomes 1, so the codes are round(w) = 0, and one whose qmax * scale overflows goes a step down.
+// channel_magnitude: mean|w| (W = 1) or max|w| (W >= 2) of a finite channel, NaN for a non-finite one.
+float channel_magnitude(const float* w, int64_t k, int bits) {
   if (bits == 1) {  // a non-finite |w| makes the double sum non-finite; finite ones cannot overflow it
     double sum = 0.0;
     for (int64_t i = 0; i < k; ++i) sum += std::fabs(w[i]);
@@ -57,7 +58,7 @@ __attribute__((target("avx2"))) float channel_amax_avx2(const float* w, int64_t 
   _mm256_storeu_ps(lanes, acc);
   float amax = 0.0f;
   for (float v : lanes) amax = std::fmax(amax, v);
-  const float tail = channel_scale(w + i, k - i, 2);  // the rest's max|w|, NaN if non-finite
+  const float tail = channel_magnitude(w + i, k - i, 2);  // the rest's max|w|, NaN if non-finite
   return _mm256_movemask_ps(bad) || std::isnan(tail) ? NAN : std::fmax(amax, tail);
 }
 
@@ -101,7 +102,7 @@ void quantize_rows(const float* w, int64_t rows, int64_t k, int bits, float* sca
 #pragma omp parallel for schedule(static) if (rows * k > 32768)
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = w + r * k;
-    float scale = bits > 1 && avx2 ? channel_amax_avx2(row, k) : channel_scale(row, k, bits);
+    float scale = bits > 1 && avx2 ? channel_amax_avx2(row, k) : channel_magnitude(row, k, bits);
     if (bits > 1) {
       const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
       scale /= qmax;

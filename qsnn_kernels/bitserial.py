@@ -60,7 +60,8 @@ def _check_op(x_planes, w_planes, k, x_bits, reduce) -> None:
     torch._check_type(x_planes.dtype == WORD_DTYPE and w_planes.dtype == WORD_DTYPE,
                       lambda: f"bitserial_matmul_packed: planes must be int32 words, got {x_planes.dtype} and "
                               f"{w_planes.dtype}")
-    torch._check_value(x_planes.dim() == 3 and w_planes.dim() == 3, lambda: "bitserial_matmul_packed: planes must be 3-d")
+    torch._check_value(x_planes.dim() == 3 and w_planes.dim() == 3,
+                       lambda: "bitserial_matmul_packed: planes must be 3-d")
     torch._check_value(k > 0, lambda: f"bitserial_matmul_packed: k must be >= 1, got {k}")
     torch._check_value(x_planes.shape[2] == num_words(k) and w_planes.shape[2] == num_words(k),
                        lambda: f"bitserial_matmul_packed: k={k} needs {num_words(k)} words per row")

@@ -325,7 +325,8 @@ def test_func_grad_equals_reference_autograd(dtype, s_bits, reset, surrogate):
     torch.testing.assert_close(gv, gvr.to(gv.dtype), **GRAD_TOL[dtype])
     # and the other transforms built on it: per-sample gradients, Jacobians
     batch = torch.stack([x, x * 0.5, x + 0.25])
-    per_sample = torch.func.vmap(torch.func.grad(_loss("auto", s_bits, reset, surrogate, weights)), in_dims=(0, None))(batch, None)
+    per_sample_grad = torch.func.vmap(torch.func.grad(_loss("auto", s_bits, reset, surrogate, weights)), in_dims=(0, None))
+    per_sample = per_sample_grad(batch, None)
     for xb, g in zip(batch, per_sample):
         xb = xb.clone().requires_grad_()
         (gr,) = torch.autograd.grad(_loss("reference", s_bits, reset, surrogate, weights)(xb, None), xb)
