@@ -311,6 +311,7 @@ def _loss(backend, s_bits, reset, surrogate, weights):
     return loss
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's per-sample loop over the ops
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("s_bits, reset, surrogate", [(1, "hard", "atan"), (2, "soft", "sigmoid"), (4, "hard", "rect")])
 def test_func_grad_equals_reference_autograd(dtype, s_bits, reset, surrogate):
