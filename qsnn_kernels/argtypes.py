@@ -42,7 +42,7 @@ def int_in(lo: int | None = None, hi: int | None = None, what: str = "an integer
     ArgumentTypeError saying what was expected. Also accepts an int (not a bool), so the same
     function checks a value read from YAML."""
     if lo is not None and hi is not None:
-        expected = f"{what} in [{lo}, {hi}]"
+        expected = f"{what} >= {lo} and <= {hi}"
     elif lo is not None:
         expected = f"{what} >= {lo}"
     elif hi is not None:

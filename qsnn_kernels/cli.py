@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from .argtypes import Parser, error_status, positive_int, print_error
+from .argtypes import Parser, error_status, int_in, positive_int, print_error
 
 
 def _demo(args) -> int:
@@ -118,7 +118,10 @@ def main(argv=None) -> int:
     budget.add_argument("--model", help="registered model, with or without the qsnn_ prefix (see `qsnn models`)")
     budget.add_argument("--wst", help="W/S/T: weight bits (1, 2, 4, 8, 16/32 = full precision) / spike bits "
                                       "(1, 2, 4, 8) / time steps (>= 1), e.g. 4/2/1")
-    budget.add_argument("--input-size", type=positive_int, help="image side in pixels (default: the model's own)")
+    from .train.config import MAX_INPUT_SIZE
+
+    budget.add_argument("--input-size", type=int_in(1, MAX_INPUT_SIZE),
+                        help=f"image side in pixels, at most {MAX_INPUT_SIZE} (default: the model's own)")
     budget.add_argument("--num-classes", type=positive_int, help="classes of the head (default: the model's)")
     budget.add_argument("--batch", type=positive_int, default=1, help="batch of the profiled pass (default 1)")
     budget.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")

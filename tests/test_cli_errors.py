@@ -55,6 +55,7 @@ MISUSES = [
     # qsnn train: flags refused at parse time
     ("train", ["--max-steps-per-epoch", "0"], "--max-steps-per-epoch"),
     ("train", ["--input-size", "-5"], "--input-size"),
+    ("train", ["--input-size", "100000"], "--input-size"),
     ("train", ["--warmup-epochs", "-1"], "--warmup-epochs"),
     ("train", ["--epochs", "0"], "--epochs"),
     ("train", ["--batch-size", "-2"], "--batch-size"),
@@ -116,6 +117,7 @@ MISUSES = [
     ("budget", ["--model", "spiking_cnn_tiny", "--wst", "1/1/5000"], "--wst"),
     ("budget", ["--model", "spiking_cnn_tiny", "--wst", "3/1/1"], "--wst"),
     ("budget", ["--model", "spiking_cnn_tiny", "--wst", "1/1/1", "--input-size", "0"], "--input-size"),
+    ("budget", ["--model", "sew_resnet18", "--wst", "1/1/1", "--input-size", "100000"], "--input-size"),
     ("budget", ["--model", "spiking_cnn_tiny", "--wst", "1/1/1", "--batch", "-1"], "--batch"),
     ("budget", ["--model", "spiking_cnn_tiny", "--wst", "1/1/1", "--encoding", "maybe"], "--encoding"),
     ("budget", ["--model", "no_such_model", "--wst", "1/1/1"], "no_such_model"),

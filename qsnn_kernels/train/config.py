@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from ..argtypes import (Parser, float_in, int_in, nonnegative_int, one_line, output_folder, positive_float,
                         positive_int)
 
-__all__ = ["TrainConfig", "MAX_T_STEPS", "SCHEDULERS", "build_parser", "parse_args", "parse_wst", "load_yaml",
+__all__ = ["TrainConfig", "MAX_T_STEPS", "MAX_INPUT_SIZE", "SCHEDULERS", "build_parser", "parse_args", "parse_wst", "load_yaml",
            "check_field"]
 
 DEFAULT_MODEL = "qsnn_spiking_cnn_tiny"
@@ -24,6 +24,10 @@ MAX_T_STEPS = 1024
 T = BB). A sanity bound, refused before anything is allocated: activations grow linearly with T
 (the digits' tiny CNN needs about 0.26 MB per step per batch of 64 in one layer alone, so T =
 100000 asked for 26 GB and died in the allocator), and the paper's runs use T <= 8."""
+
+MAX_INPUT_SIZE = 1024
+"""The largest image side ``--input-size`` may ask for (training, ``qsnn budget``): a sanity bound
+like :data:`MAX_T_STEPS` (ImageNet runs use 224; 1024 is already 20x the pixels)."""
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")
 """``--sched``: the names timm's ``create_scheduler_v2`` knows (another name silently gives no schedule)."""
@@ -46,7 +50,8 @@ class TrainConfig:
     before training starts. ``mixup``/``cutmix``/``smoothing`` go through timm's Mixup.
 
     Every field has a type and a range (:func:`check_field`: counts >= 1, ``lr`` > 0, rates in
-    range, choices for ``amp``/``on_error``/``sched``/``device``, T <= :data:`MAX_T_STEPS`); flags
+    range, choices for ``amp``/``on_error``/``sched``/``device``, T <= :data:`MAX_T_STEPS`,
+    ``input_size`` <= :data:`MAX_INPUT_SIZE`); flags
     and YAML values are refused outside them, naming the flag or key, before anything runs.
 
     ``sync_bn`` (default False): under ``torchrun`` batch norm computes its training statistics
@@ -130,10 +135,11 @@ def _text(value):
 def _choice(*names):
     def parse(value):
         if value not in names:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(names)}, got {value!r}")
+            raise argparse.ArgumentTypeError(f"expected {parse.expected}, got {value!r}")
         return value
 
     parse.__name__ = "choice"
+    parse.expected = f"one of {', '.join(names)}"
     return parse
 
 
@@ -197,7 +203,7 @@ def _resume(value):
 
 _FIELD_TYPES = {
     "model": _text, "model_kwargs": _json_object, "wst": _wst, "data": _text, "data_root": _text,
-    "input_size": positive_int, "on_error": _choice("skip", "raise"), "epochs": positive_int,
+    "input_size": int_in(1, MAX_INPUT_SIZE), "on_error": _choice("skip", "raise"), "epochs": positive_int,
     "batch_size": positive_int, "lr": positive_float, "weight_decay": float_in(0.0), "opt": _optimizer,
     "sched": _choice(*SCHEDULERS), "warmup_epochs": nonnegative_int, "warmup_lr": float_in(0.0),
     "min_lr": float_in(0.0), "smoothing": float_in(0.0, 1.0, hi_open=True), "mixup": float_in(0.0),
