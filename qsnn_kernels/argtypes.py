@@ -172,7 +172,7 @@ def error_status(exc: BaseException, *, output: str | None = None) -> tuple[int,
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
             isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OUT_OF_MEMORY)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return 1, one_line(f"not enough memory ({first}); lower the batch size, the time steps or the input size")
+        return 1, one_line(f"not enough memory for what was asked (a smaller batch, input or T needs less): {first}")
     if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _TORCH_WRITE_FAILURES):
         where = f" in {output}" if output else ""
         return 1, one_line(f"could not write a checkpoint{where} (is the disk full?): {exc}")

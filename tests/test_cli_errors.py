@@ -245,3 +245,36 @@ def test_sweep_quiet_prints_no_progress(workdir, capsys):
     assert "epoch 1/1" not in out and "[sweep" not in out
     assert "1/1/1" in out  # the table
     assert (workdir / "sw" / "sweep.csv").is_file()
+
+
+@pytest.mark.parametrize("exc, status, text", [
+    (ValueError("--wst 4/2: bad"), 2, "--wst 4/2: bad"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y"), 2, "/x/y: No such file or directory"),
+    (OSError(errno.ENOSPC, "No space left on device"), 1, "out: No space left on device"),
+    (PermissionError(errno.EACCES, "Permission denied", "/ro/run"), 1, "/ro/run: Permission denied"),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"), 1, "disk full"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 26214400000 bytes.\nmore"), 1, "not enough memory"),
+    (FloatingPointError("epoch 1 step 3: the loss is nan; lower --lr"), 1, "the loss is nan"),
+    (KeyError("a bug"), None, None),
+    (RuntimeError("some internal assertion"), None, None),
+])
+def test_error_status_sorts_misuse_outside_failures_and_bugs(exc, status, text):
+    from qsnn_kernels.argtypes import error_status
+
+    got = error_status(exc, output="out")
+    if status is None:
+        assert got is None  # a bug keeps its traceback
+    else:
+        assert got[0] == status and text in got[1] and "\n" not in got[1]
+
+
+def test_a_bug_during_the_run_keeps_its_traceback(workdir, monkeypatch):
+    import qsnn_kernels.train as train
+
+    def buggy(cfg):
+        raise KeyError("an internal bug")
+
+    monkeypatch.setattr(train, "run", buggy)
+    with pytest.raises(KeyError, match="an internal bug"):
+        main(["train", "--output", "out"])
