@@ -20,8 +20,8 @@ import math
 import os
 import sys
 
-__all__ = ["Parser", "one_line", "positive_int", "nonnegative_int", "int_in", "float_in", "positive_float",
-           "output_folder", "existing_file", "error_status", "print_error"]
+__all__ = ["Parser", "one_line", "nonempty_text", "positive_int", "nonnegative_int", "int_in", "float_in",
+           "positive_float", "output_folder", "existing_file", "error_status", "print_error"]
 
 
 def one_line(text) -> str:
@@ -35,6 +35,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):  # noqa: D102 - argparse's hook
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def nonempty_text(value):
+    """argparse type: a string that is not empty or blank (names: a model, a data set, a folder)."""
+    if not isinstance(value, str) or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected a non-empty string, got {value!r}")
+    return value
 
 
 def int_in(lo: int | None = None, hi: int | None = None, what: str = "an integer"):

@@ -35,7 +35,7 @@ import os
 import sys
 import time
 
-from .argtypes import error_status, existing_file, int_in, output_folder, positive_int, print_error
+from .argtypes import error_status, existing_file, int_in, nonempty_text, output_folder, positive_int, print_error
 from .bits import SPIKE_BITS, WEIGHT_BITS
 
 __all__ = ["COLUMNS", "WEIGHT_BITS", "SPIKE_BITS", "add_arguments", "format_table", "main", "row_from_report",
@@ -383,10 +383,11 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
     that split's row (status "failed", ``error``) and the sweep goes on. ``output_dir`` is created
     by the first split's run (a configuration that the first split refuses leaves nothing behind).
     ``quiet``: no progress lines, no progress bars (each split runs with ``progress=False``) and
-    no per-epoch lines (the training's stdout is dropped); warnings still reach stderr. ``reuse``: a split whose sub-run folder already holds a
-    finished run of the same configuration (see :func:`_finished_report`) is read, not trained
-    again (its ``wall_s`` is then the run's own ``wall_time_s``); so a sweep stopped half-way is
-    continued by running it again with ``reuse``. The CSV and JSON are rewritten after every split,
+    no per-epoch lines (the training's stdout is dropped); warnings still reach stderr.
+    ``reuse``: a split whose sub-run folder already holds a finished run of the same
+    configuration (see :func:`_finished_report`) is read, not trained again (its ``wall_s`` is then
+    the run's own ``wall_time_s``); so a sweep stopped half-way is continued by running it again
+    with ``reuse``. The CSV and JSON are rewritten after every split,
     the plots at the end. Returns the rows (see :func:`row_from_report`) after writing
     :func:`write_outputs` into ``output_dir`` and printing the table (unless ``quiet``).
     """
@@ -516,12 +517,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=_budget_arg, required=True,
                         help="Bit Budget BB = W * S * T, or several (2,4,8); every split with W, S in 1, 2, 4, 8 "
                              "and T >= 1 is trained (a budget without a factor 2, such as 3, has only 1/1/BB)")
-    parser.add_argument("--model", type=_text, help="registered model (default: the training default)")
+    parser.add_argument("--model", type=nonempty_text, help="registered model (default: the training default)")
     parser.add_argument("--epochs", type=positive_int, default=10,
                         help="epochs per split (default 10: short runs, about 1 s a split on the digits on a free CPU)")
-    parser.add_argument("--output", type=output_folder, default=None, help="sweep folder (default runs/sweep-bb<BUDGET>)")
-    parser.add_argument("--data", type=_text, default=None, help="dataset name (default: the embedded digits)")
-    parser.add_argument("--data-root", type=_text, default=None, help="dataset folder, for data sets that need one")
+    parser.add_argument("--output", type=output_folder, default=None,
+                        help="sweep folder (default runs/sweep-bb<BUDGET>)")
+    parser.add_argument("--data", type=nonempty_text, default=None,
+                        help="dataset name (default: the embedded digits)")
+    parser.add_argument("--data-root", type=nonempty_text, default=None,
+                        help="dataset folder, for data sets that need one")
     parser.add_argument("--events", action="store_true", help="the event variant of the data (digits-events)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: training's)")
     parser.add_argument("--seed", type=int_in(), default=None, help="seed (default: training's)")
@@ -534,12 +538,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(continue a stopped sweep)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress lines or bars, no per-epoch lines; the table is still printed")
-
-
-def _text(value: str) -> str:
-    if not value.strip():
-        raise argparse.ArgumentTypeError("expected a non-empty string")
-    return value
 
 
 def base_config_from_args(args):
@@ -584,10 +582,14 @@ def main(args) -> int:
     configuration is refused before the sweep folder is created)."""
     output = args.output or f"runs/sweep-bb{'-'.join(map(str, args.budget))}"
     try:
-        output_folder(output)
+        output_folder(output)  # the default one (a given --output was checked by argparse)
+    except argparse.ArgumentTypeError as exc:
+        print_error("sweep", f"--output {exc}")
+        return 2
+    try:
         config = base_config_from_args(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, argparse.ArgumentTypeError) as exc:
-        print_error("sweep", f"--output {exc}" if isinstance(exc, argparse.ArgumentTypeError) else str(exc))
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        print_error("sweep", str(exc))
         return 2
     budget = args.budget[0] if len(args.budget) == 1 else args.budget
     try:

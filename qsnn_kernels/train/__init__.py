@@ -20,7 +20,6 @@ def main(argv=None) -> int:
     exception is a bug and keeps its traceback."""
     import json
     import os
-    import sys
 
     from ..argtypes import error_status, print_error
 

@@ -7,15 +7,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass, fields
 
-from ..argtypes import (Parser, float_in, int_in, nonnegative_int, one_line, output_folder, positive_float,
-                        positive_int)
+from ..argtypes import (Parser, float_in, int_in, nonempty_text, nonnegative_int, one_line, output_folder,
+                        positive_float, positive_int)
 
-__all__ = ["TrainConfig", "MAX_T_STEPS", "MAX_INPUT_SIZE", "SCHEDULERS", "build_parser", "parse_args", "parse_wst", "load_yaml",
-           "check_field"]
+__all__ = ["TrainConfig", "MAX_T_STEPS", "MAX_INPUT_SIZE", "SCHEDULERS", "build_parser", "parse_args", "parse_wst",
+           "load_yaml", "check_dict", "check_field"]
 
 DEFAULT_MODEL = "qsnn_spiking_cnn_tiny"
 
@@ -126,10 +125,7 @@ def check_dict(d: dict) -> dict:
     return {k: check_field(k, v) for k, v in d.items()}
 
 
-def _text(value):
-    if not isinstance(value, str) or not value.strip():
-        raise argparse.ArgumentTypeError(f"expected a non-empty string, got {value!r}")
-    return value
+_text = nonempty_text
 
 
 def _choice(*names):
