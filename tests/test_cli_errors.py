@@ -76,6 +76,7 @@ MISUSES = [
     ("train", ["--sched", "cosinus"], "--sched"),
     ("train", ["--opt", "adamz"], "--opt"),
     ("train", ["--device", "tpu"], "--device"),
+    ("train", ["--device", "cuda:99"], "--device"),
     ("train", ["--wst", "4/2/100000"], "--wst"),
     ("train", ["--wst", "4/2"], "--wst"),
     ("train", ["--wst", "3/1/1"], "--wst"),

@@ -167,8 +167,17 @@ _DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 
 def _device(value):
-    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+    """auto, cpu, cuda or cuda:N with N below the count of CUDA devices here (counted without
+    initializing CUDA); whether plain ``cuda`` is available is the run's check."""
+    m = _DEVICE.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    if m.group(2):
+        import torch
+
+        count = torch.cuda.device_count()
+        if int(m.group(2)[1:]) >= count:
+            raise argparse.ArgumentTypeError(f"{value}: this machine has {count} CUDA device(s)")
     return value
 
 
