@@ -181,12 +181,12 @@ def test_full_disk_while_saving_is_one_line_exit_1(workdir, capsys, monkeypatch,
         raise exc
 
     monkeypatch.setattr(torch, "save", no_space)
-    code = _call(["train", *FAST, "--output", "run"])
+    code = _call(["train", *FAST, "--output", "full_run"])
     out, err = capsys.readouterr()
     lines = err.splitlines()
     assert code == 1, err
     assert len(lines) == 1 and lines[0].startswith("qsnn train: error: "), err
-    assert "run" in lines[0].split("error: ", 1)[1] and ("space" in lines[0] or "disk" in lines[0]), lines[0]
+    assert "full_run" in lines[0] and ("space" in lines[0] or "disk" in lines[0]), lines[0]
     assert "Traceback" not in err
 
 
