@@ -339,7 +339,7 @@ def _budget_title(budgets: list[int]) -> str:
 
 
 #: Config fields that do not change a run's result: a finished run that differs only in these is reused.
-_NOT_RESULT_FIELDS = ("output", "progress", "log_interval", "resume", "workers")
+_NOT_RESULT_FIELDS = ("output", "progress", "log_interval", "resume", "overwrite", "workers")
 
 
 def _finished_report(config) -> dict | None:
@@ -407,6 +407,9 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
     extra = {"base_config": _jsonable(dataclasses.asdict(base_config))}
     title = f"{_budget_title(budgets)}, {getattr(base_config, 'model', '')}".rstrip(", ")
     budget_field = budgets[0] if len(budgets) == 1 else budgets
+    if not reuse and not getattr(base_config, "overwrite", True):  # refused before any split trains
+        for w, s, t in todo:
+            _refuse_existing_run(os.path.join(output_dir, split_dirname(w, s, t)))
     rows = []
     for i, (w, s, t) in enumerate(todo):
         wst = f"{w}/{s}/{t}"
@@ -420,6 +423,8 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
                 print(f"[sweep] W/S/T {wst}: reusing the finished run in {config.output}", flush=True)
             rows.append(row_from_report((w, s, t), done, done.get("wall_time_s")))
             continue
+        if reuse and "overwrite" in names:  # an unfinished or different run in the split's folder is retrained
+            config = dataclasses.replace(config, overwrite=True)
         try:
             with _quiet_stdout(quiet):
                 report = train_fn(config)
@@ -444,6 +449,16 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
         print_table(rows, title=title)
         print(f"table: {paths['csv']}, {paths['json']}\nplots: {', '.join(paths['png'])}")
     return rows
+
+
+def _refuse_existing_run(folder: str) -> None:
+    from .train.run_folder import run_files
+
+    found = run_files(folder) if os.path.isdir(folder) else []
+    if found:
+        raise ValueError(f"--output: the split folder {folder} already holds a run ({', '.join(found)}); pass "
+                         f"--reuse to keep the finished splits and retrain the others, --set overwrite=true to "
+                         f"retrain every split, or another --output")
 
 
 def _failed_row(split, t0: float, exc: BaseException, quiet: bool) -> dict:

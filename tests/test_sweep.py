@@ -340,3 +340,16 @@ def test_real_sweep_budget_2_end_to_end(tmp_path, capsys):
     assert [r["wall_s"] for r in again] == [
         json.loads((out / sweep.split_dirname(r["w_bits"], r["s_bits"], r["t_steps"]) / "report.json").read_text())
         ["wall_time_s"] for r in rows]
+    # without --reuse the finished runs are not replaced: one line, exit 2, before any split trains
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert cli.main(["sweep", "--budget", "2", "--epochs", "1", "--output", str(out), "--quiet",
+                     "--set", "max_steps_per_epoch=2", "--set", "progress=false", "--batch-size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qsnn sweep: error:") and "--reuse" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # a split killed after its first checkpoint (last.pt, no report.json) is retrained under --reuse
+    killed = out / sweep.split_dirname(1, 2, 1)
+    os.remove(killed / "report.json")
+    assert cli.main(["sweep", "--budget", "2", "--epochs", "1", "--output", str(out), "--quiet", "--reuse",
+                     "--set", "max_steps_per_epoch=2", "--set", "progress=false", "--batch-size", "32"]) == 0
+    assert (killed / "report.json").stat().st_mtime_ns > before[killed / "last.pt"]
