@@ -231,7 +231,7 @@ def test_case_arguments_validated():
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_missing_backend_is_an_error_not_a_fallback(backend, monkeypatch):
     if backend == "cpu":  # as if the extension were not built
-        monkeypatch.setattr(_extension, "_load", lambda: (None, "simulated: not built"))
+        monkeypatch.setattr(_extension, "load", lambda: (None, "simulated: not built"))
     elif torch.cuda.is_available():
         pytest.skip("triton runs on the GPU here; the interpreter switch cannot make it missing")
     else:  # as if TRITON_INTERPRET were not set on a machine without a GPU

@@ -43,7 +43,7 @@ def all_frames(t_steps: int, cache_dir=None) -> np.ndarray:
     """Frames of all 1797 digits in load_digits order, [N, T, 2, 12, 12], cached after the first pass."""
     path = _cache_file(t_steps, cache_dir)
     if os.path.exists(path):
-        return np.load(path)
+        return np.load(path, allow_pickle=False)
     from sklearn.datasets import load_digits
 
     images = load_digits().images / 16.0

@@ -162,7 +162,7 @@ class CachedFrames(DecodedFiles):
         self.labels = labels
 
     def decode(self, path: str):
-        return np.load(path)
+        return np.load(path, allow_pickle=False)
 
     def finish(self, frames, i: int):
         return torch.from_numpy(frames), self.labels[i]
