@@ -8,11 +8,12 @@ Layout (DESIGN.md): a binary matrix ``X in {0,1}^{R x K}`` packs along K into
 (little-endian bit order); padding bits are zero. A ``b``-bit tensor is ``b`` such planes,
 plane ``p`` holding bit ``p`` of each value; planes lead: ``[planes, *rows, words]``.
 Words are stored as ``torch.int32`` (the bit pattern; torch has no general uint32 math).
+
+Importing this module does not import torch (the ``qsnn`` command line reads the widths before
+torch is needed); :data:`WORD_DTYPE` and :data:`INTEGER_DTYPES` import it when first read.
 """
 
 from __future__ import annotations
-
-import torch
 
 WORD_BITS = 32
 """Bits per packed word."""
@@ -23,8 +24,18 @@ WEIGHT_BITS = (1, 2, 4, 8)
 SPIKE_BITS = (1, 2, 4, 8)
 """Allowed spike widths S: unsigned levels 0 .. 2^S - 1."""
 
-WORD_DTYPE = torch.int32
-INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def __getattr__(name: str):
+    # WORD_DTYPE: the dtype of a packed word; INTEGER_DTYPES: the dtypes integer codes may come in.
+    if name not in ("WORD_DTYPE", "INTEGER_DTYPES"):  # e.g. __path__, asked by every `from .bits import`
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch
+
+    dtypes = {"WORD_DTYPE": torch.int32,
+              "INTEGER_DTYPES": (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)}
+    globals().update(dtypes)
+    return dtypes[name]
 
 
 def num_words(k: int) -> int:
@@ -56,6 +67,8 @@ def check_codes(x: torch.Tensor, bits: int, signed: bool, name: str) -> None:
     """Raise ValueError if ``x`` (an integer tensor) holds a value that ``bits`` cannot encode."""
     if x.numel() == 0:
         return
+    import torch
+
     lo, hi = code_range(bits, signed)
     xmin, xmax = (int(v) for v in torch.aminmax(x))
     if xmin < lo or xmax > hi:

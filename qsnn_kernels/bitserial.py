@@ -133,6 +133,9 @@ def _weight_source(w, w_bits) -> tuple[torch.Tensor, bool, int, int]:
         return w.planes, False, w.in_features, w.w_bits
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"bitserial_matmul: w must be a PackedWeight or an integer tensor [N, K], got {type(w).__name__}")
+    if w.is_floating_point():
+        raise TypeError(f"bitserial_matmul: w is a float tensor ({w.dtype}); quantize and pack it first with "
+                        f"PackedWeight.from_float(w, w_bits), or pass integer codes [N, K] with w_bits")
     if w_bits is None:
         raise ValueError("bitserial_matmul: w_bits is required when w is a tensor of integer codes")
     check_bits(w_bits, WEIGHT_BITS, "w_bits")
@@ -144,7 +147,7 @@ def _weight_source(w, w_bits) -> tuple[torch.Tensor, bool, int, int]:
 
 
 def _activation_source(x, x_bits: int, k) -> tuple[torch.Tensor, bool, int, int]:
-    """Validate ``x`` shapes: (planes or levels, is_levels, K, P) from levels [P, M, K] or packed planes."""
+    """Validate ``x`` shapes: (planes or levels, is_levels, K, T) from levels [T, M, K] or packed planes."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"bitserial_matmul: x must be a tensor, got {type(x).__name__}")
     if k is not None:
@@ -154,7 +157,7 @@ def _activation_source(x, x_bits: int, k) -> tuple[torch.Tensor, bool, int, int]
             raise TypeError(f"bitserial_matmul: with k given, x must be packed int32 planes, got {x.dtype}")
         if x.dim() != 3 or x.shape[0] == 0 or x.shape[0] % x_bits or x.shape[2] != num_words(k):
             raise ValueError(
-                f"bitserial_matmul: packed x must be [P * x_bits, M, ceil(k/32)] = [P * {x_bits}, M, {num_words(k)}], "
+                f"bitserial_matmul: packed x must be [T * x_bits, M, ceil(k/32)] = [T * {x_bits}, M, {num_words(k)}], "
                 f"got shape {tuple(x.shape)}"
             )
         return x, False, k, x.shape[0] // x_bits
@@ -163,7 +166,7 @@ def _activation_source(x, x_bits: int, k) -> tuple[torch.Tensor, bool, int, int]
     if x.dtype not in INTEGER_DTYPES:
         raise TypeError(f"bitserial_matmul: x must hold integer levels (or packed planes with k=...), got {x.dtype}")
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[2] == 0:
-        raise ValueError(f"bitserial_matmul: x levels must be [P, M, K] with P, K >= 1, got shape {tuple(x.shape)}")
+        raise ValueError(f"bitserial_matmul: x levels must be [T, M, K] with T, K >= 1, got shape {tuple(x.shape)}")
     return x, True, x.shape[2], x.shape[0]
 
 
@@ -176,7 +179,7 @@ def _pack(codes: torch.Tensor, bits: int, signed: bool, backend: str) -> torch.T
 
 
 def _level_planes(levels: torch.Tensor, x_bits: int, backend: str) -> torch.Tensor:
-    """Levels [P, M, K] -> planes [P * x_bits, M, words], plane p * x_bits + b = bit b of step p."""
+    """Levels [T, M, K] -> planes [T * x_bits, M, words], plane t * x_bits + b = bit b of step t."""
     planes = _pack(levels, x_bits, False, backend)  # [x_bits, P, M, words]
     return planes.transpose(0, 1).reshape(levels.shape[0] * x_bits, levels.shape[1], planes.shape[-1])
 
@@ -211,22 +214,24 @@ def bitserial_matmul(
     k: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Exact integer GEMM of spike planes and low-bit weights (Eq. 3): ``Y_p = x_p @ q^T``.
+    """Exact integer GEMM of spike planes and low-bit weights (Eq. 3): ``Y_t = x_t @ q^T``.
 
-    * ``x``: integer levels ``[P, M, K]`` (any integer dtype or bool; each ``< 2^x_bits``), or,
-      when ``k`` is given, packed planes int32 ``[P * x_bits, M, ceil(k/32)]`` (plane
-      ``p * x_bits + b`` holds bit b of step p, layout of :mod:`qsnn_kernels.bits`).
+    * ``x``: integer levels ``[T, M, K]`` (T time steps, or the bit planes of one activation for
+      reduce="bitplane"; any integer dtype or bool; each ``< 2^x_bits``), or, when ``k`` is
+      given, packed planes int32 ``[T * x_bits, M, ceil(k/32)]`` (plane ``t * x_bits + b`` holds
+      bit b of step t, layout of :mod:`qsnn_kernels.bits`).
     * ``w``: a :class:`PackedWeight` (``[N, ...]``, K = prod(shape[1:])), or integer codes
       ``[N, K]`` with ``w_bits`` in {1, 2, 4, 8} (two's complement; +-1 for W = 1).
-    * ``reduce``: "none" -> int32 ``[P, M, N]``; "time" -> ``sum_p Y_p`` ``[M, N]``;
-      "bitplane" -> ``sum_p 2^p Y_p`` ``[M, N]`` (needs x_bits = 1 and P <= 8).
+    * ``reduce``: "none" -> int32 ``[T, M, N]``; "time" -> ``sum_t Y_t`` ``[M, N]``;
+      "bitplane" -> ``sum_t 2^t Y_t`` ``[M, N]`` (needs x_bits = 1 and T <= 8).
     * ``backend``: "auto" (the op by device: CPU -> C++ kernel, CUDA -> Triton), "triton"
       (CUDA, or CPU with TRITON_INTERPRET=1), "reference" (reference.py's popcount form).
       Levels and codes are packed first, by the compiled packer (reference.pack_bits for
       backend="reference"); packed planes and a PackedWeight skip that step.
 
     Exact: equals ``reference.bitserial_matmul`` bit for bit. Raises, before any kernel runs,
-    TypeError for float levels/codes or a wrong argument type; ValueError for mismatched K,
+    TypeError for float levels/codes (a float weight: pack it with ``PackedWeight.from_float``)
+    or a wrong argument type; ValueError for mismatched K,
     a value outside its bit width, a bit width outside {1, 2, 4, 8}, w_bits disagreeing with a
     PackedWeight, a bad reduce or backend, inconsistent bitplane planes, x and w on different
     devices, or an int32 overflow risk (:func:`int32_bound` >= 2^31); BackendUnavailable if the

@@ -75,7 +75,7 @@ def _bitserial_linear_op(
 
 @_bitserial_linear_op.register_fake
 def _(x, w_planes, w_scale, weight, k, x_bits, x_scale, reduce, backend):
-    torch._check(x.dim() == 3 and x.shape[2] == k, lambda: "bitserial_linear: spikes must be [P, M, K]")
+    torch._check(x.dim() == 3 and x.shape[2] == k, lambda: "bitserial_linear: spikes must be [T, M, K]")
     torch._check(w_planes.dim() == 3 and w_scale.shape == (w_planes.shape[1],), lambda: "bitserial_linear: bad weight")
     m, n = x.shape[1], w_planes.shape[1]
     shape = (x.shape[0], m, n) if reduce == "none" else (m, n)
@@ -180,7 +180,7 @@ def bitserial_linear(
     if not spikes.is_floating_point() and spikes.dtype not in INTEGER_DTYPES:
         raise TypeError(f"bitserial_linear: spikes must be float or integer levels, got {spikes.dtype}")
     if spikes.dim() != 3 or spikes.shape[0] == 0 or spikes.shape[2] == 0:
-        raise ValueError(f"bitserial_linear: spikes must be [P, M, K] with P, K >= 1, got shape {tuple(spikes.shape)}")
+        raise ValueError(f"bitserial_linear: spikes must be [T, M, K] with T, K >= 1, got shape {tuple(spikes.shape)}")
     if isinstance(w, PackedWeight):
         if w_bits is not None and w_bits != w.w_bits:
             raise ValueError(f"bitserial_linear: w_bits={w_bits!r} disagrees with the PackedWeight's w_bits={w.w_bits}")

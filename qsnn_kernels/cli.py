@@ -1,43 +1,35 @@
-"""The ``qsnn`` command: ``demo`` (a tour of the ops on this machine), ``info``, ``models`` (the
-registered architectures), ``train`` (:mod:`qsnn_kernels.train`), ``budget`` (a model's Bit Budget, SOPs, S-ACE and NS-ACE, or the
-paper's Table 2 beside ours) and ``sweep`` (train every W/S/T split of a Bit Budget: :mod:`qsnn_kernels.sweep`).
+"""The ``qsnn`` command: ``demo`` (a tour of the ops on this machine: :mod:`qsnn_kernels.demo`),
+``info``, ``models`` (the registered architectures), ``train`` (:mod:`qsnn_kernels.train`), ``budget`` (a
+model's Bit Budget, SOPs, S-ACE and NS-ACE, or the paper's Table 2 beside ours) and ``sweep`` (train
+every W/S/T split of a Bit Budget: :mod:`qsnn_kernels.sweep`). ``qsnn --version`` prints the version.
 
 Errors: a misuse of any command prints one line ``qsnn <command>: error: ...`` naming the argument
 and exits 2, before anything is written; a command that fails for an outside reason (disk full, not
 enough memory) prints one line and exits 1 (:mod:`qsnn_kernels.argtypes` holds the contract and the
-argparse types every command uses)."""
+argparse types every command uses).
+
+Help and argument errors are instant: this module and what it imports to build a parser import
+neither torch nor the models (the package defers them in a ``qsnn`` process, see
+:mod:`qsnn_kernels`); only the parser of the command named is built, and the command loads the
+package once its arguments are parsed."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-import time
 
+from . import __version__
 from .argtypes import Parser, error_status, int_in, positive_int, print_error
+
+# --------------------------------------------------------------------------- the commands
 
 
 def _demo(args) -> int:
-    import torch
+    from .demo import run_demo
 
-    import qsnn_kernels as qk
-
-    torch.manual_seed(0)
-    n, k = args.out_features, args.in_features
-    print(f"qsnn_kernels {qk.__version__} demo on cpu: a {n} x {k} float32 weight, packed per bit width")
-    w = torch.randn(n, k)
-    print(f"{'w_bits':>6} {'bytes':>12} {'vs fp32':>8} {'pack ms':>8} {'exact round trip':>17}")
-    for w_bits in qk.bits.WEIGHT_BITS:
-        q, scale = qk.reference.quantize_weight(w, w_bits)
-        t0 = time.perf_counter()
-        pw = qk.PackedWeight.from_int(q, w_bits, scale)
-        pack_ms = (time.perf_counter() - t0) * 1e3
-        exact = bool(torch.equal(pw.int_codes(), q))
-        print(f"{w_bits:>6} {pw.nbytes:>12,} {pw.dense_nbytes / pw.nbytes:>7.1f}x {pack_ms:>8.1f} {str(exact):>17}")
-        if not exact:
-            print("error: the packed weight does not round-trip", file=sys.stderr)
-            return 1
-    return 0
+    return run_demo(quick=args.quick, n=args.out_features, k=args.in_features, m=args.batch, repeats=args.repeats)
 
 
 def _info(args) -> int:
@@ -46,11 +38,59 @@ def _info(args) -> int:
     return info_main(["--json"] if args.json else [])
 
 
-def _models(args) -> int:
-    from .models import list_models
+def _paper_row(model) -> str:
+    """Which figures of the paper the model's defaults reproduce (read from :mod:`.metrics.paper`)."""
+    from .metrics import paper
 
-    names = list_models()
-    print(json.dumps(names) if args.json else "\n".join(names))
+    name = model.pretrained_cfg.get("architecture") if getattr(model, "pretrained_cfg", None) else None
+    wst = f"{model.w_bits}/{model.s_bits}/{model.t_steps}"
+    if name == "qsnn_" + paper.TABLE2_MODEL:
+        row = next((r for r in paper.TABLE2 if r.wst == wst), None)
+        at = f"row {wst} (CIFAR10 {row.cifar10}%, CIFAR100 {row.cifar100}%)" if row else f"W/S/T {wst}"
+        return f"Table 2 {at}; every other row with --wst (`qsnn budget --paper-table2`)"
+    if type(model).__name__ in ("Spikformer", "SEWResNet"):
+        return "an architecture of the paper's experiments (SEW-ResNet, Spikformer); no row of its tables"
+    return "not in the paper: the small model of the embedded digits (`qsnn train`)"
+
+
+def describe_models() -> list[dict]:
+    """One dict per registered model: name, description (its docstring's first line), parameter
+    count and the model's defaults (num_classes, input, W/S/T), and the paper row it reproduces.
+    Built on the meta device: no memory and no initialization, so the whole list takes well under
+    a second after the imports."""
+    import timm
+    import torch
+
+    from .models import create_model, list_models
+
+    rows = []
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name)
+        doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", timm.models.model_entrypoint(name).__doc__ or "").strip().splitlines()
+        size, chans = getattr(model, "img_size", None), model.in_chans
+        rows.append({
+            "name": name,
+            "description": doc[0] if doc else "",
+            "params": sum(p.numel() for p in model.parameters()),
+            "num_classes": model.num_classes,
+            "input": f"{chans} x {size} x {size}" if size else f"{chans} channel{'s' if chans > 1 else ''}, any size",
+            "wst": f"{model.w_bits}/{model.s_bits}/{model.t_steps}",
+            "paper": _paper_row(model),
+        })
+    return rows
+
+
+def _models(args) -> int:
+    rows = describe_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']}  ({r['params']:,} parameters at {r['num_classes']} classes; input {r['input']}; "
+              f"defaults W/S/T {r['wst']})")
+        print(f"    {r['description']}")
+        print(f"    paper: {r['paper']}")
     return 0
 
 
@@ -86,10 +126,108 @@ def _budget(args) -> int:
     return 0
 
 
-def _train(args) -> int:
-    from .train import main as train_main
+# --------------------------------------------------------------------------- their flags
 
-    return train_main(args.train_args)
+
+def _demo_arguments(demo) -> None:
+    demo.add_argument("--quick", action="store_true",
+                      help="smaller problems and fewer repeats (about a second; what the tests run)")
+    demo.add_argument("--out-features", type=positive_int, default=None, metavar="N",
+                      help="rows N of the weight in the packing and GEMM sections (default 512; 128 with --quick)")
+    demo.add_argument("--in-features", type=positive_int, default=None, metavar="K",
+                      help="columns K of the weight (default 2048; 256 with --quick)")
+    demo.add_argument("--batch", type=positive_int, default=None, metavar="M",
+                      help="rows M of the spike matrix in the GEMM section (default 64; 16 with --quick)")
+    demo.add_argument("--repeats", type=int_in(1, 100), default=None,
+                      help="timed runs per measurement, the median is shown; warm-up runs are not timed "
+                           "(default 3, also with --quick)")
+
+
+def _info_arguments(info) -> None:
+    info.add_argument("--json", action="store_true", help="one JSON object instead of aligned lines")
+
+
+def _models_arguments(models) -> None:
+    models.add_argument("--json", action="store_true",
+                        help="a JSON list of objects (name, description, params, num_classes, input, wst, paper)")
+
+
+def _budget_arguments(budget) -> None:
+    from .train.config import MAX_INPUT_SIZE
+
+    budget.add_argument("--model", help="registered model, with or without the qsnn_ prefix (see `qsnn models`); "
+                                        "required unless --paper-table2")
+    budget.add_argument("--wst", help="W/S/T: weight bits (1, 2, 4, 8, 16/32 = full precision) / spike bits "
+                                      "(1, 2, 4, 8) / time steps (>= 1), e.g. 4/2/1; required unless --paper-table2")
+    budget.add_argument("--input-size", type=int_in(1, MAX_INPUT_SIZE), metavar="PIXELS",
+                        help=f"image side in pixels, at most {MAX_INPUT_SIZE} (default: the model's own, e.g. 32 "
+                             "for spikformer_4_384, 224 for an ImageNet model; required for a model without one)")
+    budget.add_argument("--num-classes", type=positive_int, help="classes of the head (default: the model's)")
+    budget.add_argument("--batch", type=positive_int, default=1, help="batch of the profiled pass (default 1)")
+    budget.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0,
+                        help="seed of the model's initial weights and of the random input (default 0): the same "
+                             "command prints the same figures; another seed gives other firing rates and NS-ACE")
+    budget.add_argument("--checkpoint", help="a state dict (torch.save) or a `qsnn train` checkpoint to load into "
+                                             "the model first: trained weights make the firing rates and NS-ACE "
+                                             "meaningful (default: the freshly built, seeded weights)")
+    budget.add_argument("--paper-table2", action="store_true",
+                        help="the paper's Table 2 (Spikformer-4-384, CIFAR) beside ours, instead of one model")
+    budget.add_argument("--rows", help="with --paper-table2: only these W/S/T rows, comma-separated (e.g. 1/1/1,4/1/4; "
+                                       "default all 13)")
+    budget.add_argument("--encoding", choices=("exclude", "include"), default="exclude",
+                        help="real-valued-input layers in SOPs/S-ACE/NS-ACE: exclude (default, the paper's) or include")
+    budget.add_argument("--real-input-bits", type=positive_int, default=16,
+                        help="S_in of a real-valued input under --encoding include (default 16)")
+    budget.add_argument("--attention", choices=("include", "exclude"), default="include",
+                        help="spike matrix products (attention): include (default) or exclude from the counts")
+    budget.add_argument("--attention-rate", choices=("a", "pair"), default="a",
+                        help="NS-ACE rate of a product: the first operand's (a, default) or both nonzero (pair)")
+    budget.add_argument("--spike-width", choices=("layer", "model"), default="layer",
+                        help="S_in of a spike input: the layer's declared in_bits (layer, default) or the model's S")
+    budget.add_argument("--sops-levels", choices=("bits", "one"), default="bits",
+                        help="a multi-level spike in SOPs: S_in operations (bits, default) or one")
+    budget.add_argument("--json", action="store_true", help="machine-readable output instead of tables")
+
+
+def _sweep_arguments(sweep) -> None:
+    from . import sweep as sweep_module
+
+    sweep_module.add_arguments(sweep)
+    sweep.set_defaults(func=sweep_module.main)
+
+
+# name: (one-line help, description or None, adds the flags (and func if not below), runs it)
+COMMANDS = {
+    "demo": ("a tour of the ops on this machine: packing, the bit-serial GEMM against torch.matmul, the LIF, "
+             "a converted model, each checked", None, _demo_arguments, _demo),
+    "info": ("versions, what was built, CPU features, devices", None, _info_arguments, _info),
+    "models": ("the registered models: description, parameters, the paper row each reproduces", None,
+               _models_arguments, _models),
+    "budget": ("a model's per-layer MACs, Bit Budget, SOPs, S-ACE, NS-ACE from a real forward pass",
+               "Profile one forward pass (a seeded random input through the model's seeded initial weights, or "
+               "those of --checkpoint) and print per-layer MACs, bits, firing rates and the totals; or, with "
+               "--paper-table2, the paper's Table 2 beside our figures for Spikformer-4-384 on CIFAR. The same "
+               "command prints the same figures (--seed).", _budget_arguments, _budget),
+    "sweep": ("train every W/S/T split of a Bit Budget; table and plots", None, _sweep_arguments, None),
+    "train": ("train a model (embedded digits by default); `qsnn train --help`", None, None, None),
+}
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The ``qsnn`` parser; the flags of ``command`` only (the others are listed with their help)."""
+    parser = Parser(prog="qsnn", description="qsnn_kernels: kernels for quantized spiking neural networks. "
+                                             "`qsnn <command> --help` for a command's flags.")
+    parser.add_argument("--version", action="version", version=f"qsnn_kernels {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")  # Parsers too: one-line errors
+    for name, (help_text, description, add_flags, func) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description or help_text, add_help=name != "train")
+        if name == "train":
+            p.add_argument("train_args", nargs=argparse.REMAINDER)
+        elif name == command:
+            add_flags(p)
+        if func is not None:
+            p.set_defaults(func=func)
+    return parser
 
 
 def main(argv=None) -> int:
@@ -98,61 +236,11 @@ def main(argv=None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
-    parser = Parser(prog="qsnn", description="qsnn_kernels: kernels for quantized SNNs")
-    sub = parser.add_subparsers(dest="command", required=True)  # subparsers are Parsers too: one-line errors
-    demo = sub.add_parser("demo", help="run the ops once on this machine and check them")
-    demo.add_argument("--out-features", type=positive_int, default=1024, help="rows N of the weight (default 1024)")
-    demo.add_argument("--in-features", type=positive_int, default=4096, help="columns K of the weight (default 4096)")
-    demo.set_defaults(func=_demo)
-    info = sub.add_parser("info", help="versions, what was built, CPU features, devices")
-    info.add_argument("--json", action="store_true")
-    info.set_defaults(func=_info)
-    models = sub.add_parser("models", help="list the registered models (timm names qsnn_*)")
-    models.add_argument("--json", action="store_true")
-    models.set_defaults(func=_models)
-    budget = sub.add_parser(
-        "budget", help="a model's per-layer MACs, Bit Budget, SOPs, S-ACE, NS-ACE from a real forward pass",
-        description="Profile one forward pass (seeded random input, the model's freshly built weights) and print "
-                    "per-layer MACs, bits, firing rates and the totals; or, with --paper-table2, the paper's "
-                    "Table 2 beside our figures for Spikformer-4-384 on CIFAR.")
-    budget.add_argument("--model", help="registered model, with or without the qsnn_ prefix (see `qsnn models`)")
-    budget.add_argument("--wst", help="W/S/T: weight bits (1, 2, 4, 8, 16/32 = full precision) / spike bits "
-                                      "(1, 2, 4, 8) / time steps (>= 1), e.g. 4/2/1")
-    from .train.config import MAX_INPUT_SIZE
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)  # --help, --version and a misuse exit here, before torch
+    import qsnn_kernels
 
-    budget.add_argument("--input-size", type=int_in(1, MAX_INPUT_SIZE),
-                        help=f"image side in pixels, at most {MAX_INPUT_SIZE} (default: the model's own)")
-    budget.add_argument("--num-classes", type=positive_int, help="classes of the head (default: the model's)")
-    budget.add_argument("--batch", type=positive_int, default=1, help="batch of the profiled pass (default 1)")
-    budget.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
-    budget.add_argument("--checkpoint", help="a state dict (torch.save) to load into the model first: trained "
-                                             "weights make the firing rates and NS-ACE meaningful")
-    budget.add_argument("--paper-table2", action="store_true", help="the paper's Table 2 beside ours")
-    budget.add_argument("--rows", help="with --paper-table2: only these W/S/T rows, comma-separated (e.g. 1/1/1,4/1/4)")
-    budget.add_argument("--encoding", choices=("exclude", "include"), default="exclude",
-                        help="real-valued-input layers in SOPs/S-ACE/NS-ACE (default exclude, the paper's)")
-    budget.add_argument("--real-input-bits", type=positive_int, default=16,
-                        help="S_in of a real-valued input under --encoding include (default 16)")
-    budget.add_argument("--attention", choices=("include", "exclude"), default="include",
-                        help="count spike matrix products (default include)")
-    budget.add_argument("--attention-rate", choices=("a", "pair"), default="a",
-                        help="NS-ACE rate of a product: first operand's (a) or both nonzero (pair)")
-    budget.add_argument("--spike-width", choices=("layer", "model"), default="layer",
-                        help="S_in of a spike input: the layer's declared in_bits (layer, default) or the model's S")
-    budget.add_argument("--sops-levels", choices=("bits", "one"), default="bits",
-                        help="a multi-level spike in SOPs: S_in operations (bits, default) or one")
-    budget.add_argument("--json", action="store_true", help="machine-readable output")
-    budget.set_defaults(func=_budget)
-    from . import sweep as _sweep  # light: imports torch/matplotlib only when the command runs
-
-    sweep = sub.add_parser("sweep", help="train every W/S/T split of a Bit Budget; table and plots")
-    _sweep.add_arguments(sweep)
-    sweep.set_defaults(func=_sweep.main)
-    train = sub.add_parser("train", help="train a model (embedded digits by default); `qsnn train --help`",
-                           add_help=False)
-    train.add_argument("train_args", nargs=argparse.REMAINDER)
-    train.set_defaults(func=_train)
-    args = parser.parse_args(argv)
+    qsnn_kernels.load()  # the ops and the compiled kernels, deferred until now in a `qsnn` process
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - error_status sorts bad input and outside failures from bugs

@@ -249,7 +249,7 @@ def bad_cases():
         ("packed not multiple of x_bits", (planes[:3], w), dict(x_bits=2, k=40), ValueError, "P \\* x_bits"),
         ("packed dirty padding", (dirty, w), dict(x_bits=2, k=40), ValueError, "padding bits"),
         ("k not int", (planes, w), dict(x_bits=2, k=40.0), ValueError, "k must be a positive int"),
-        ("x 2-d", (x[0], w), ok, ValueError, "\\[P, M, K\\]"),
+        ("x 2-d", (x[0], w), ok, ValueError, "\\[T, M, K\\]"),
         ("x not a tensor", (x.tolist(), w), ok, TypeError, "x must be a tensor"),
         ("w not a weight", (x, "w"), ok, TypeError, "PackedWeight or an integer tensor"),
         ("devices differ", (x.to("meta"), w), ok, ValueError, "x is on meta but w is on cpu"),

@@ -37,14 +37,26 @@ def parse_wst(text: str) -> tuple[int, int, int]:
     return w, s, t
 
 
+STEM_INPUT_SIZES = {"imagenet": 224, "cifar": 32}
+"""The image side of the data set a SEW-ResNet ``stem`` is made for (the model states no size)."""
+
+
 def _model_input_size(model) -> int | None:
+    """The image side the model states (``img_size``, its timm config's input size, or its stem's
+    data set: :data:`STEM_INPUT_SIZES`), or None."""
     size = getattr(model, "img_size", None)
     if size is None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         size = (cfg.get("input_size") or (None,))[-1]
+    if size is None:
+        size = STEM_INPUT_SIZES.get(getattr(model, "stem", None))
     if isinstance(size, (tuple, list)):
         size = size[-1]
     return size
+
+
+USUAL_INPUT_SIZES = "8 for the embedded digits, 32 for CIFAR, 48 for the paper's event data, 224 for ImageNet"
+"""What ``--input-size`` usually is, for the message to a model that states no input size."""
 
 
 def _read_checkpoint(path: str, name: str, wst: tuple[int, int, int]) -> tuple[dict, dict]:
@@ -89,19 +101,25 @@ def _load_state(model, state: dict, path: str) -> None:
 
 def _build(name: str, w_bits: int, s_bits: int, t_steps: int, input_size, num_classes, batch: int, seed: int,
            checkpoint: str | None = None):
-    """(model, seeded randn input [batch, in_chans, H, H]) for registered model ``name``."""
+    """(model, seeded randn input [batch, in_chans, H, H]) for registered model ``name``; the model's
+    initial weights come from ``seed`` too (the global RNG is left as it was)."""
     from ..models import create_model
 
     state, kwargs = (None, {}) if checkpoint is None else _read_checkpoint(checkpoint, name, (w_bits, s_bits, t_steps))
     kwargs.update(w_bits=w_bits, s_bits=s_bits, t_steps=t_steps)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    model = create_model(name, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(name, **kwargs)
     if state is not None:
         _load_state(model, state, checkpoint)
     size = input_size if input_size is not None else _model_input_size(model)
+    if size is None:
+        raise ValueError(f"model {_full_name(name)!r} states no input size: pass --input-size, the side of the "
+                         f"images it will see ({USUAL_INPUT_SIZES})")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"model {name!r} states no input size: pass --input-size (got {size!r})")
+        raise ValueError(f"input_size must be an int >= 1, got {size!r}")
     gen = torch.Generator().manual_seed(seed)
     return model, torch.randn(batch, getattr(model, "in_chans", 3), size, size, generator=gen)
 
@@ -115,13 +133,16 @@ def budget(name: str, w_bits: int, s_bits: int, t_steps: int, *, input_size: int
            **conventions) -> Profile:
     """Build registered model ``name`` at W/S/T and profile it on a seeded ``randn [batch, 3, H, H]``.
 
+    ``seed`` seeds both the model's initial weights and the input, so the same call gives the same
+    figures (firing rates and NS-ACE depend on both); the caller's global RNG is left unchanged.
+
     ``checkpoint``: a state dict saved with ``torch.save``, or a ``qsnn train`` checkpoint (last.pt,
     best.pt: its model weights, built with the arguments it was trained with), to load first
     (trained weights give meaningful firing rates and NS-ACE; freshly built ones mostly do not
     fire). Read with ``weights_only=True``: no code in the file runs.
 
-    ``input_size`` defaults to the model's own (``model.img_size`` or its timm config); a model with
-    neither needs it given. Conventions: keyword arguments of :func:`profile`.
+    ``input_size`` defaults to the model's own (``model.img_size``, its timm config, or a SEW-ResNet
+    stem's data set: 224 or 32); a model with none needs it given. Conventions: keyword arguments of :func:`profile`.
     ValueError for an unknown model (close names listed), bad bits, a missing or wrong input size.
     """
     model, x = _build(name, w_bits, s_bits, t_steps, input_size, num_classes, batch, seed, checkpoint)

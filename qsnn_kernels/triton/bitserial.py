@@ -322,7 +322,7 @@ def _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config):
     assert reduce in REDUCTIONS and strategy in STRATEGIES, (reduce, strategy)
     assert x_planes.dtype == torch.int32 and w_planes.dtype == torch.int32
     assert x_planes.dim() == 3 and w_planes.dim() == 3 and x_planes.device == w_planes.device
-    assert x_bits >= 1 and x_planes.shape[0] % x_bits == 0, "x planes must be P * x_bits"
+    assert x_bits >= 1 and x_planes.shape[0] % x_bits == 0, "x planes must be T * x_bits"
     w_bits, n, kw = w_planes.shape
     planes, m, kx = x_planes.shape
     assert w_bits in (1, 2, 4, 8) and x_bits <= 8
