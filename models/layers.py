@@ -51,6 +51,8 @@ __all__ = [
     "check_model_args",
     "encode_direct",
     "encode_input",
+    "input_frames",
+    "repeat_frame",
     "mean_over_time",
     "quantized_weight",
     "spike_conv2d_bitserial",
@@ -92,14 +94,15 @@ def bits_for_levels(levels: int) -> int | None:
 
 def check_model_args(w_bits, s_bits, t_steps, num_classes=None) -> None:
     """ValueError unless w_bits in ALLOWED_W_BITS, s_bits in SPIKE_BITS, t_steps an int >= 1 and
-    num_classes (when given) an int >= 1. Model constructors call it before building anything."""
+    num_classes (when given) an int >= 0 (0: no classifier, timm's convention: the model returns its
+    pooled features). Model constructors call it before building anything."""
     check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
     check_bits(s_bits, SPIKE_BITS, "s_bits")
     if isinstance(t_steps, bool) or not isinstance(t_steps, int) or t_steps < 1:
         raise ValueError(f"t_steps must be an int >= 1, got {t_steps!r}")
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+                                    or num_classes < 0):
+        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
 
 
 def check_image_input(x, in_chans: int, name: str, img_size: int | tuple[int, int] | None = None,
@@ -155,14 +158,29 @@ def check_model_input(x, t_steps: int, in_chans: int, name: str,
     return False
 
 
+def input_frames(x, t_steps: int, in_chans: int, name: str,
+                 img_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """A model's input, checked (:func:`check_model_input`), as its encoding layer takes it: an
+    image batch ``[B, C, H, W]`` as it is (the layer runs once), event frames ``[B, T, C, H, W]``
+    as ``[T, B, C, H, W]`` (a view: frame t is step t's input). A leaf of fx graphs
+    (:mod:`models.timm_support`): its checks branch on the input's shape."""
+    return x.transpose(0, 1) if check_model_input(x, t_steps, in_chans, name, img_size) else x
+
+
+def repeat_frame(y: torch.Tensor, t_steps: int) -> torch.Tensor:
+    """The encoding layer's output over time: ``[B, C, H, W]`` (computed once from an image) ->
+    ``[T, B, C, H, W]``, the same frame at every step (an expanded view: direct encoding);
+    ``[T, B, C, H, W]`` (from event frames) is returned as it is. A leaf of fx graphs."""
+    return y.unsqueeze(0).expand(t_steps, *y.shape) if y.dim() == 4 else y
+
+
 def encode_input(x: torch.Tensor, stem, t_steps: int, in_chans: int, name: str,
                  img_size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """The first layer (``stem``, real-valued input) on a model's input, as ``[T, B, ...]``: an image
     ``[B, C, H, W]`` goes through ``stem`` once and the result is repeated over T (direct encoding);
-    event frames ``[B, T, C, H, W]`` go through it at every step."""
-    if check_model_input(x, t_steps, in_chans, name, img_size):
-        return stem(encode_direct(x, t_steps, events=True))
-    return encode_direct(stem(x), t_steps)
+    event frames ``[B, T, C, H, W]`` go through it at every step (:func:`input_frames`,
+    :func:`repeat_frame`)."""
+    return repeat_frame(stem(input_frames(x, t_steps, in_chans, name, img_size)), t_steps)
 
 
 def mean_over_time(x: torch.Tensor) -> torch.Tensor:

@@ -25,16 +25,24 @@ pool. The stem conv is the encoding layer (``in_bits=None``): it runs once on th
 and its batch-normed output is repeated over T before the first neuron (direct encoding). The head
 averages each step's feature map (so the fc input is real-valued, ``in_bits=None``), applies the fc
 per step and returns the mean over T: ``[B, C, H, W] -> [B, num_classes]``.
+
+timm's model contract (features averaged over T, classifier, intermediates, checkpointing, weights):
+:mod:`models.timm_support`. Features (``feature_info``): the stem's neuron ``sn1`` (64 channels,
+before the max pool) and the four stages ``layer1`` .. ``layer4``.
 """
 
 from __future__ import annotations
 
 import torch
-from timm.models import register_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..data.images import CIFAR_MEAN, CIFAR_STD
 from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, bits_for_levels, check_model_args,
-                     encode_input, mean_over_time, spiking_neuron)
+                     encode_input, spiking_neuron)
+from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, run_blocks
 
 __all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "sew_connect"]
 
@@ -125,20 +133,23 @@ class Bottleneck(_Block):
         return self._connect(x, out)
 
 
-class SEWResNet(nn.Module):
+class SEWResNet(SpikingTimmModel):
     """SEW-ResNet with W-bit weights, S-bit spikes and T steps (module docstring).
 
     ``block``: :class:`BasicBlock` or :class:`Bottleneck`; ``layers``: blocks per stage (18: 2,2,2,2;
     34: 3,4,6,3; 50: 3,4,6,3 with Bottleneck). ``w_bits`` in 1, 2, 4, 8, 16, 32 (16/32: float
-    weights), ``s_bits`` in 1, 2, 4, 8, ``t_steps >= 1``, ``connect_f`` in :data:`CONNECT_FUNCTIONS`,
-    ``stem`` "imagenet" or "cifar"; ``neuron_kw`` overrides :func:`spiking_neuron`'s defaults.
-    ValueError on any bad argument; ``forward`` raises TypeError/ValueError on an input that is not
-    a float ``[B, in_chans, H, W]`` image.
+    weights), ``s_bits`` in 1, 2, 4, 8, ``t_steps >= 1``, ``num_classes >= 0`` (0: no classifier),
+    ``connect_f`` in :data:`CONNECT_FUNCTIONS`, ``stem`` "imagenet" or "cifar", ``global_pool`` "avg"
+    or "" (with num_classes 0), ``drop_rate`` the classifier's dropout; ``neuron_kw`` overrides
+    :func:`spiking_neuron`'s defaults. ValueError on any bad argument; ``forward`` raises
+    TypeError/ValueError on an input that is not a float ``[B, in_chans, H, W]`` image or
+    ``[B, t_steps, in_chans, H, W]`` event frames.
     """
 
     def __init__(self, block, layers, *, w_bits: int = 32, s_bits: int = 1, t_steps: int = 4,
                  num_classes: int = 1000, connect_f: str = "ADD", stem: str = "imagenet", in_chans: int = 3,
-                 clamp_add: bool = True, neuron_kw: dict | None = None):
+                 clamp_add: bool = True, neuron_kw: dict | None = None, global_pool: str = "avg",
+                 drop_rate: float = 0.0):
         super().__init__()
         check_model_args(w_bits, s_bits, t_steps, num_classes)
         if connect_f not in CONNECT_FUNCTIONS:
@@ -148,9 +159,9 @@ class SEWResNet(nn.Module):
         if block not in (BasicBlock, Bottleneck) or len(layers) != 4 or any(n < 1 for n in layers):
             raise ValueError("SEWResNet: block must be BasicBlock or Bottleneck and layers four counts >= 1")
         neuron_kw = dict(neuron_kw or {})
-        self.w_bits, self.s_bits, self.t_steps, self.num_classes = w_bits, s_bits, t_steps, num_classes
+        self.w_bits, self.s_bits, self.t_steps = w_bits, s_bits, t_steps
         self.connect_f, self.stem, self.in_chans, self.clamp_add = connect_f, stem, in_chans, clamp_add
-        v_th = float(neuron_kw.get("v_th", 1.0))
+        self.v_th = float(neuron_kw.get("v_th", 1.0))
         if stem == "imagenet":
             self.conv1 = QuantConv2d(in_chans, 64, 7, stride=2, padding=3, bias=False, w_bits=w_bits)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -164,12 +175,19 @@ class SEWResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], 2, common)
         self.layer3 = self._make_layer(block, 256, layers[2], 2, common)
         self.layer4 = self._make_layer(block, 512, layers[3], 2, common)
-        self.fc = QuantLinear(512 * block.expansion, num_classes, w_bits=w_bits, in_bits=None, in_scale=v_th)
         self.out_levels = self._levels
         del self._inplanes, self._levels
+        stem_stride, pool_stride = (2, 2) if stem == "imagenet" else (1, 1)
+        self.feature_info = [dict(num_chs=64, reduction=stem_stride, module="sn1")] + [
+            dict(num_chs=planes * block.expansion, reduction=stem_stride * pool_stride * 2 ** i, module=f"layer{i + 1}")
+            for i, planes in enumerate((64, 128, 256, 512))]
+        self._init_head(512 * block.expansion, num_classes, global_pool, drop_rate)
         for m in self.modules():
             if isinstance(m, QuantConv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_classifier(self, num_classes: int) -> QuantLinear:
+        return QuantLinear(self.num_features, num_classes, w_bits=self.w_bits, in_bits=None, in_scale=self.v_th)
 
     def _make_layer(self, block, planes, blocks, stride, common):
         stage = []
@@ -180,60 +198,116 @@ class SEWResNet(nn.Module):
             stage.append(b)
         return nn.Sequential(*stage)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> the stem neuron's spikes ``[T, B, 64, H', W']`` (before the max pool)."""
+        return self.sn1(encode_input(x, lambda z: self.bn1(self.conv1(z)), self.t_steps, self.in_chans,
+                                     type(self).__name__))
+
+    def _pool_steps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+    def _stages(self) -> tuple:
+        return self.layer1, self.layer2, self.layer3, self.layer4
+
+    def forward_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> the last stage's block outputs
         ``[T, B, C', H', W']``."""
-        x = encode_input(x, lambda z: self.bn1(self.conv1(z)), self.t_steps, self.in_chans, type(self).__name__)
-        x = self.sn1(x)
-        x = self.maxpool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self._pool_steps(self._stem(x))
+        for stage in self._stages():
+            x = run_blocks(stage, x, self.grad_checkpointing)
+        return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        x = x.mean(dim=(3, 4))                                     # [T, B, C']: real-valued
-        return mean_over_time(self.fc(x))
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's forward_intermediates: features ``indices`` of :attr:`feature_info` (0: the stem
+        neuron, 1-4: the stages; an int n: the last n; None: all), each averaged over T in
+        ``output_fmt``; with the final features (as :meth:`forward_features`) unless
+        ``intermediates_only``. ``norm`` is accepted and changes nothing (no final norm)."""
+        self._check_fmt(output_fmt)
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self._stem(x)
+        if 0 in take_indices:
+            intermediates.append(self._intermediate(x, output_fmt))
+        x = self._pool_steps(x)
+        stages = self._stages()[:max_index] if stop_early else self._stages()
+        for i, stage in enumerate(stages, start=1):
+            x = run_blocks(stage, x, self.grad_checkpointing)
+            if i in take_indices:
+                intermediates.append(self._intermediate(x, output_fmt))
+        if intermediates_only:
+            return intermediates
+        return self._intermediate(x, "NCHW"), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last feature of ``indices`` (and the classifier when
+        ``prune_head``, or when the features no longer end at the last stage); returns the absolute
+        indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        for i in range(max_index + 1, len(self.feature_info)):
+            setattr(self, f"layer{i}", nn.Sequential())
+        if max_index == 0:
+            self.maxpool = nn.Identity()
+        if max_index < len(self.feature_info) - 1:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.reset_classifier(0, "")
+        return take_indices
 
 
 # --------------------------------------------------------------------------- timm registry
 
-_TIMM_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
-
-def _build(block, layers, stem, pretrained, kwargs):
-    if pretrained:
-        raise ValueError("qsnn models have no pretrained weights; use pretrained=False")
-    for key in _TIMM_KEYS:
-        kwargs.pop(key, None)
+def _cfg(stem: str, **kwargs) -> dict:
     if stem == "cifar":
-        kwargs.setdefault("num_classes", 10)
-    return SEWResNet(block, layers, stem=stem, **kwargs)
+        data = dict(input_size=(3, 32, 32), pool_size=(4, 4), num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
+                    crop_pct=1.0)
+    else:
+        data = dict(input_size=(3, 224, 224), pool_size=(7, 7), num_classes=1000, mean=IMAGENET_DEFAULT_MEAN,
+                    std=IMAGENET_DEFAULT_STD, crop_pct=0.875)
+    return qsnn_cfg(SEWResNet, first_conv="conv1", classifier="fc",
+                    paper_name="Deep Residual Learning in Spiking Neural Networks", **data, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "qsnn_sew_resnet18": _cfg("imagenet"),
+    "qsnn_sew_resnet34": _cfg("imagenet"),
+    "qsnn_sew_resnet50": _cfg("imagenet"),
+    "qsnn_sew_resnet18_cifar": _cfg("cifar"),
+    "qsnn_sew_resnet34_cifar": _cfg("cifar"),
+})
+
+
+def _build(variant, block, layers, stem, pretrained, kwargs):
+    return build_qsnn(SEWResNet, variant, pretrained, block=block, layers=layers, stem=stem, **kwargs)
 
 
 @register_model
 def qsnn_sew_resnet18(pretrained=False, **kwargs) -> SEWResNet:
     """SEW-ResNet-18, ImageNet stem (1000 classes by default)."""
-    return _build(BasicBlock, (2, 2, 2, 2), "imagenet", pretrained, kwargs)
+    return _build("qsnn_sew_resnet18", BasicBlock, (2, 2, 2, 2), "imagenet", pretrained, kwargs)
 
 
 @register_model
 def qsnn_sew_resnet34(pretrained=False, **kwargs) -> SEWResNet:
     """SEW-ResNet-34, ImageNet stem (about 21.79 M parameters at 1000 classes)."""
-    return _build(BasicBlock, (3, 4, 6, 3), "imagenet", pretrained, kwargs)
+    return _build("qsnn_sew_resnet34", BasicBlock, (3, 4, 6, 3), "imagenet", pretrained, kwargs)
 
 
 @register_model
 def qsnn_sew_resnet50(pretrained=False, **kwargs) -> SEWResNet:
     """SEW-ResNet-50 (Bottleneck), ImageNet stem."""
-    return _build(Bottleneck, (3, 4, 6, 3), "imagenet", pretrained, kwargs)
+    return _build("qsnn_sew_resnet50", Bottleneck, (3, 4, 6, 3), "imagenet", pretrained, kwargs)
 
 
 @register_model
 def qsnn_sew_resnet18_cifar(pretrained=False, **kwargs) -> SEWResNet:
     """SEW-ResNet-18, CIFAR stem (3x3 conv, no max pool; 10 classes by default)."""
-    return _build(BasicBlock, (2, 2, 2, 2), "cifar", pretrained, kwargs)
+    return _build("qsnn_sew_resnet18_cifar", BasicBlock, (2, 2, 2, 2), "cifar", pretrained, kwargs)
 
 
 @register_model
 def qsnn_sew_resnet34_cifar(pretrained=False, **kwargs) -> SEWResNet:
     """SEW-ResNet-34, CIFAR stem (10 classes by default)."""
-    return _build(BasicBlock, (3, 4, 6, 3), "cifar", pretrained, kwargs)
+    return _build("qsnn_sew_resnet34_cifar", BasicBlock, (3, 4, 6, 3), "cifar", pretrained, kwargs)

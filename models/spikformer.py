@@ -41,6 +41,10 @@ Conventions (documented choices; the profiler and the inference conversion read 
 * Every layer, the encoding conv and the head included, has ``w_bits`` weights.
 * Parameters: the original's blocks also hold two LayerNorms that its forward never uses; they
   are left out (depth * 2 * 2 D parameters, < 0.1 %; the papers' counts match without them).
+
+timm's model contract (features averaged over T, classifier, intermediates, checkpointing, weights):
+:mod:`models.timm_support`. Features (``feature_info``): the blocks' outputs ``blocks.i`` (tokens on
+the ``img_size / patch_size`` grid; ``output_fmt`` "NLC" gives them as ``[B, N, D]``).
 """
 
 from __future__ import annotations
@@ -48,11 +52,15 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import generate_default_cfgs
+from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..data.images import CIFAR_MEAN, CIFAR_STD
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul,
-                     bits_for_levels, check_model_args, check_model_input, encode_direct, mean_over_time,
-                     spiking_neuron)
+                     bits_for_levels, check_model_args, input_frames, repeat_frame, spiking_neuron)
+from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, run_blocks
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
            "TokenBatchNorm", "VARIANTS", "spikformer"]
@@ -102,9 +110,10 @@ class _LinearBNLIF(nn.Module):
 
 
 class _ConvBNLIF(nn.Module):
-    """``LIF(BN(conv3x3(x)))`` on ``[T, B, C, H, W]``; with ``t_steps`` the input is a real image
-    ``[B, C, H, W]``: conv and BN run once and the result is repeated over ``t_steps`` (direct
-    encoding). Tensors are channels-last in memory (module docstring of :class:`SpikingPatchSplitting`)."""
+    """``LIF(BN(conv3x3(x)))`` on ``[T, B, C, H, W]``; with ``t_steps`` the encoding layer: the input
+    is a real image ``[B, C, H, W]`` (conv and BN run once and the result is repeated over
+    ``t_steps``: direct encoding) or event frames ``[T, B, C, H, W]`` (:func:`repeat_frame`).
+    Tensors are channels-last in memory (module docstring of :class:`SpikingPatchSplitting`)."""
 
     def __init__(self, in_ch: int, out_ch: int, w_bits: int, s_bits: int, in_bits: int | None):
         super().__init__()
@@ -115,7 +124,7 @@ class _ConvBNLIF(nn.Module):
     def forward(self, x: torch.Tensor, t_steps: int | None = None) -> torch.Tensor:
         y = self.bn(self.conv(x))
         if t_steps is not None:
-            y = encode_direct(y, t_steps)
+            y = repeat_frame(y, t_steps)
         # the neuron walks its input in memory order: give it [T, B, H, W, C], a view here
         return self.lif(y.movedim(-3, -1)).movedim(-1, -3)
 
@@ -145,16 +154,15 @@ class SpikingPatchSplitting(nn.Module):
     def _maxpool(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
-    def forward(self, x: torch.Tensor, t_steps: int | None) -> torch.Tensor:
-        """An image ``[B, C, H, W]`` with ``t_steps``, or frames ``[T, B, C, H, W]`` with None."""
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def forward(self, x: torch.Tensor, t_steps: int) -> torch.Tensor:
+        """An image ``[B, C, H, W]`` or event frames ``[T, B, C, H, W]`` (T = ``t_steps``)."""
+        x = x.movedim(-3, -1).contiguous().movedim(-1, -3)  # channels-last in memory, either rank
         for i, stage in enumerate(self.stages):
             x = stage(x, t_steps) if i == 0 else stage(x)
             if self.pool_after[i]:
                 x = self._maxpool(x)
         x = (x + self.rpe(x)).movedim(2, -1)  # [T, B, H', W', D]
-        return x.reshape(*x.shape[:2], -1, x.shape[-1])  # [T, B, N, D] (a view when channels-last)
+        return x.flatten(2, 3)  # [T, B, N, D] (a view when channels-last)
 
 
 class SpikingSelfAttention(nn.Module):
@@ -215,23 +223,32 @@ class SpikformerBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class Spikformer(nn.Module):
-    """Spikformer-``depth``-``embed_dim``: image ``[B, in_chans, img_size, img_size]`` (float,
-    real-valued: direct encoding) -> logits ``[B, num_classes]`` (mean over T).
+class Spikformer(SpikingTimmModel):
+    """Spikformer-``depth``-``embed_dim``: image ``[B, in_chans, H, W]`` (float, real-valued: direct
+    encoding; H = W = ``img_size``) or event frames ``[B, t_steps, in_chans, H, W]`` -> logits
+    ``[B, num_classes]`` (mean over T).
 
     * ``w_bits`` in (1, 2, 4, 8, 16, 32) (16/32: float weights), ``s_bits`` in (1, 2, 4, 8),
-      ``t_steps >= 1``, ``num_classes >= 1`` (ValueError otherwise, before anything is built).
+      ``t_steps >= 1``, ``num_classes >= 0`` (0: no classifier) (ValueError otherwise, before
+      anything is built).
     * ``patch_size`` in (1, 2, 4, 8, 16): 2^k, a max pool after each of the last k SPS stages;
-      ``img_size`` a positive multiple of it; ``embed_dim`` a multiple of 8 and of ``num_heads``.
+      ``img_size`` a positive multiple of it (an int, or a square ``(H, W)`` as timm passes it);
+      ``embed_dim`` a multiple of 8 and of ``num_heads``.
+    * ``global_pool`` "avg" (mean over tokens) or "" (the classifier on every token); ``drop_rate``
+      the classifier's dropout.
     * forward raises TypeError (not a float tensor) or ValueError (rank, channels, size not
       ``img_size``) before any computation.
     """
 
-    def __init__(self, *, depth: int, embed_dim: int, num_heads: int, patch_size: int = 16, img_size: int = 224,
+    classifier_name = "head"
+    token_features = True
+
+    def __init__(self, *, depth: int, embed_dim: int, num_heads: int, patch_size: int = 16, img_size=224,
                  in_chans: int = 3, num_classes: int = 1000, mlp_ratio: float = 4.0, w_bits: int = 16,
-                 s_bits: int = 1, t_steps: int = 4):
+                 s_bits: int = 1, t_steps: int = 4, global_pool: str = "avg", drop_rate: float = 0.0):
         super().__init__()
         check_model_args(w_bits, s_bits, t_steps, num_classes)
+        img_size = _square_size(img_size)
         for name, value in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads),
                             ("img_size", img_size), ("in_chans", in_chans)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -247,7 +264,7 @@ class Spikformer(nn.Module):
         self.w_bits, self.s_bits, self.t_steps = w_bits, s_bits, t_steps
         self.depth, self.embed_dim, self.num_heads = depth, embed_dim, num_heads
         self.patch_size, self.img_size, self.in_chans = patch_size, img_size, in_chans
-        self.num_classes, self.num_features = num_classes, embed_dim
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.patch_embed = SpikingPatchSplitting(in_chans, embed_dim, patch_size, w_bits, s_bits)
         stream_max = 2 * ((1 << s_bits) - 1)
         blocks = []
@@ -255,8 +272,14 @@ class Spikformer(nn.Module):
             blocks.append(SpikformerBlock(embed_dim, num_heads, mlp_ratio, w_bits, s_bits, stream_max))
             stream_max = blocks[-1].out_max
         self.blocks = nn.ModuleList(blocks)
-        self.head = QuantLinear(embed_dim, num_classes, w_bits=w_bits, in_bits=None)
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
+        self._init_head(embed_dim, num_classes, global_pool, drop_rate)
         self.apply(self._init_weights)
+
+    def _make_classifier(self, num_classes: int) -> QuantLinear:
+        head = QuantLinear(self.embed_dim, num_classes, w_bits=self.w_bits, in_bits=None)
+        self._init_weights(head)
+        return head
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -265,22 +288,44 @@ class Spikformer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> per-step token means ``[T, B, D]``."""
-        if check_model_input(x, self.t_steps, self.in_chans, type(self).__name__, self.img_size):
-            x = self.patch_embed(encode_direct(x, self.t_steps, events=True), None)  # a frame per step
-        else:
-            x = self.patch_embed(x, self.t_steps)  # the first stage runs once, repeated over T
-        for block in self.blocks:
-            x = block(x)
-        return x.mean(2)
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> the patch splitting's tokens ``[T, B, N, D]`` (the first stage runs once on an image)."""
+        return self.patch_embed(input_frames(x, self.t_steps, self.in_chans, type(self).__name__, self.img_size),
+                                self.t_steps)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """``[T, B, D]`` -> logits ``[B, num_classes]``: the head per step, then the mean over T."""
-        return mean_over_time(self.head(x))
+    def forward_per_step(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> the last block's tokens ``[T, B, N, D]``."""
+        return run_blocks(self.blocks, self._embed(x), self.grad_checkpointing)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's forward_intermediates over the blocks (:attr:`feature_info`; an int n: the last n,
+        None: all): each block's tokens averaged over T, as ``[B, D, H', W']`` ("NCHW") or
+        ``[B, N, D]`` ("NLC"); with the final tokens ``[B, N, D]`` (as :meth:`forward_features`)
+        unless ``intermediates_only``. ``norm`` changes nothing (no final norm)."""
+        self._check_fmt(output_fmt)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        intermediates = []
+        x = self._embed(x)
+        for i, block in enumerate(blocks):
+            x = run_blocks([block], x, self.grad_checkpointing)
+            if i in take_indices:
+                intermediates.append(self._intermediate(x, output_fmt, self.grid_size))
+        if intermediates_only:
+            return intermediates
+        return x.mean(0), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last of ``indices`` and, with ``prune_head``, the classifier;
+        returns the absolute indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def extra_repr(self) -> str:
         return (f"depth={self.depth}, embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
@@ -288,39 +333,56 @@ class Spikformer(nn.Module):
                 f"s_bits={self.s_bits}, t_steps={self.t_steps}")
 
 
+def _square_size(img_size):
+    """An int side from an int or a square (H, W) pair (timm passes the cfg's input size as a pair)."""
+    if isinstance(img_size, (tuple, list)):
+        if len(img_size) != 2 or img_size[0] != img_size[1]:
+            raise ValueError(f"Spikformer: img_size must be an int or a square (H, W), got {img_size!r}")
+        return img_size[0]
+    return img_size
+
+
 # --------------------------------------------------------------------------- timm registry
 
-MODEL_ARGS = ("w_bits", "s_bits", "t_steps", "num_classes", "img_size", "in_chans")
+MODEL_ARGS = ("w_bits", "s_bits", "t_steps", "num_classes", "img_size", "in_chans", "global_pool", "drop_rate")
 """The keyword arguments a registered variant accepts (the architecture itself is fixed)."""
 
-_TIMM_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # passed by timm.create_model
+_TIMM_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args", "features_only",
+              "out_indices", "feature_cls", "feature_cfg")
+"""Passed by timm.create_model to the builder (not to the model)."""
+
+
+def _cfg(name: str) -> dict:
+    _, dim, _, patch, img, classes = VARIANTS[name]
+    cifar = img == 32
+    return qsnn_cfg(Spikformer, input_size=(3, img, img), fixed_input_size=True, num_classes=classes,
+                    first_conv="patch_embed.stages.0.conv", classifier="head",
+                    mean=CIFAR_MEAN if cifar else IMAGENET_DEFAULT_MEAN, std=CIFAR_STD if cifar else IMAGENET_DEFAULT_STD,
+                    crop_pct=1.0 if cifar else 0.875,
+                    paper_name="Spikformer: When Spiking Neural Network Meets Transformer")
+
+
+default_cfgs = generate_default_cfgs({f"qsnn_{name}": _cfg(name) for name in VARIANTS})
 
 
 def spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spikformer:
-    """Build a registered variant (``"spikformer_8_512"``, with or without the ``qsnn_`` prefix).
+    """Build a registered variant (``"spikformer_8_512"``, with or without the ``qsnn_`` prefix)
+    through timm's builder (:func:`models.timm_support.build_qsnn`).
 
-    ``kwargs``: any of :data:`MODEL_ARGS`; defaults: the paper's full-precision baseline
-    w_bits=16, s_bits=1, t_steps=4, and the variant's dataset (CIFAR10 32x32 or ImageNet 224x224).
-    ValueError: unknown variant, ``pretrained=True`` (no weights are published for these models);
+    ``kwargs``: any of :data:`MODEL_ARGS` (and timm's builder arguments); defaults: the paper's
+    full-precision baseline w_bits=16, s_bits=1, t_steps=4, and the variant's dataset (CIFAR10 32x32
+    or ImageNet 224x224). ValueError: unknown variant, ``pretrained=True`` without a weight file;
     TypeError: an argument that is not one of :data:`MODEL_ARGS`.
     """
     name = variant.removeprefix("qsnn_")
     if name not in VARIANTS:
         raise ValueError(f"unknown Spikformer variant {variant!r}; known: {', '.join(VARIANTS)}")
-    if pretrained:
-        raise ValueError(f"qsnn_{name}: no pretrained weights exist; use pretrained=False")
-    for key in _TIMM_ARGS:
-        kwargs.pop(key, None)
-    unknown = sorted(set(kwargs) - set(MODEL_ARGS))
+    unknown = sorted(set(kwargs) - set(MODEL_ARGS) - set(_TIMM_ARGS))
     if unknown:
         raise TypeError(f"qsnn_{name}: unexpected argument(s) {', '.join(unknown)}; accepted: {', '.join(MODEL_ARGS)}")
-    depth, dim, heads, patch, img, classes = VARIANTS[name]
-    args = dict(img_size=img, num_classes=classes)
-    args.update(kwargs)
-    model = Spikformer(depth=depth, embed_dim=dim, num_heads=heads, patch_size=patch, **args)
-    model.pretrained_cfg = dict(architecture=f"qsnn_{name}", input_size=(model.in_chans, model.img_size,
-                                model.img_size), num_classes=model.num_classes)
-    return model
+    depth, dim, heads, patch, _, _ = VARIANTS[name]
+    return build_qsnn(Spikformer, f"qsnn_{name}", pretrained, depth=depth, embed_dim=dim, num_heads=heads,
+                      patch_size=patch, **kwargs)
 
 
 def _register() -> None:

@@ -257,7 +257,7 @@ def test_torch_compile_small_model():
 @pytest.mark.parametrize("kw, match", [
     ({"w_bits": 3}, "w_bits"), ({"w_bits": 0}, "w_bits"), ({"s_bits": 3}, "s_bits"), ({"s_bits": 16}, "s_bits"),
     ({"t_steps": 0}, "t_steps"), ({"t_steps": 1.5}, "t_steps"), ({"connect_f": "OR"}, "connect_f"),
-    ({"num_classes": 0}, "num_classes")])
+    ({"num_classes": -1}, "num_classes")])
 def test_bad_model_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         qm.create_model("sew_resnet18_cifar", **kw)

@@ -220,7 +220,7 @@ def test_torch_compile_small_model():
 
 @pytest.mark.parametrize("kw, match", [
     (dict(w_bits=3), "w_bits"), (dict(s_bits=3), "s_bits"), (dict(s_bits=16), "s_bits"),
-    (dict(t_steps=0), "t_steps"), (dict(t_steps=1.0), "t_steps"), (dict(num_classes=0), "num_classes"),
+    (dict(t_steps=0), "t_steps"), (dict(t_steps=1.0), "t_steps"), (dict(num_classes=-1), "num_classes"),
     (dict(img_size=30), "multiple of patch_size"), (dict(patch_size=3), "patch_size"),
     (dict(num_heads=5), "num_heads"), (dict(depth=0), "depth"),
 ])
