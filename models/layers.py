@@ -50,7 +50,6 @@ __all__ = [
     "check_model_input",
     "check_model_args",
     "encode_direct",
-    "encode_input",
     "input_frames",
     "repeat_frame",
     "mean_over_time",
@@ -161,9 +160,10 @@ def check_model_input(x, t_steps: int, in_chans: int, name: str,
 def input_frames(x, t_steps: int, in_chans: int, name: str,
                  img_size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """A model's input, checked (:func:`check_model_input`), as its encoding layer takes it: an
-    image batch ``[B, C, H, W]`` as it is (the layer runs once), event frames ``[B, T, C, H, W]``
-    as ``[T, B, C, H, W]`` (a view: frame t is step t's input). A leaf of fx graphs
-    (:mod:`models.timm_support`): its checks branch on the input's shape."""
+    image batch ``[B, C, H, W]`` as it is (the layer runs once; :func:`repeat_frame` repeats its
+    output over T: direct encoding), event frames ``[B, T, C, H, W]`` as ``[T, B, C, H, W]`` (a
+    view: frame t is step t's input). A leaf of fx graphs (:mod:`models.timm_support`): its checks
+    branch on the input's shape."""
     return x.transpose(0, 1) if check_model_input(x, t_steps, in_chans, name, img_size) else x
 
 
@@ -172,15 +172,6 @@ def repeat_frame(y: torch.Tensor, t_steps: int) -> torch.Tensor:
     ``[T, B, C, H, W]``, the same frame at every step (an expanded view: direct encoding);
     ``[T, B, C, H, W]`` (from event frames) is returned as it is. A leaf of fx graphs."""
     return y.unsqueeze(0).expand(t_steps, *y.shape) if y.dim() == 4 else y
-
-
-def encode_input(x: torch.Tensor, stem, t_steps: int, in_chans: int, name: str,
-                 img_size: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """The first layer (``stem``, real-valued input) on a model's input, as ``[T, B, ...]``: an image
-    ``[B, C, H, W]`` goes through ``stem`` once and the result is repeated over T (direct encoding);
-    event frames ``[B, T, C, H, W]`` go through it at every step (:func:`input_frames`,
-    :func:`repeat_frame`)."""
-    return repeat_frame(stem(input_frames(x, t_steps, in_chans, name, img_size)), t_steps)
 
 
 def mean_over_time(x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, bits_for_levels, check_model_args,
-                     encode_input, spiking_neuron)
+                     spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, run_blocks
 
 __all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "sew_connect"]
@@ -200,8 +200,7 @@ class SEWResNet(SpikingTimmModel):
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> the stem neuron's spikes ``[T, B, 64, H', W']`` (before the max pool)."""
-        return self.sn1(encode_input(x, lambda z: self.bn1(self.conv1(z)), self.t_steps, self.in_chans,
-                                     type(self).__name__))
+        return self.sn1(self._encode(x, lambda z: self.bn1(self.conv1(z))))
 
     def _pool_steps(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
@@ -280,7 +279,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _build(variant, block, layers, stem, pretrained, kwargs):
-    return build_qsnn(SEWResNet, variant, pretrained, block=block, layers=layers, stem=stem, **kwargs)
+    return build_qsnn(SEWResNet, variant, pretrained, feature_count=5, block=block, layers=layers, stem=stem,
+                      **kwargs)
 
 
 @register_model

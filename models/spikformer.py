@@ -59,7 +59,7 @@ from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul,
-                     bits_for_levels, check_model_args, input_frames, repeat_frame, spiking_neuron)
+                     bits_for_levels, check_model_args, repeat_frame, spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, run_blocks
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
@@ -290,8 +290,7 @@ class Spikformer(SpikingTimmModel):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> the patch splitting's tokens ``[T, B, N, D]`` (the first stage runs once on an image)."""
-        return self.patch_embed(input_frames(x, self.t_steps, self.in_chans, type(self).__name__, self.img_size),
-                                self.t_steps)
+        return self.patch_embed(self._frames(x), self.t_steps)
 
     def forward_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> the last block's tokens ``[T, B, N, D]``."""
@@ -381,8 +380,8 @@ def spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spikformer:
     if unknown:
         raise TypeError(f"qsnn_{name}: unexpected argument(s) {', '.join(unknown)}; accepted: {', '.join(MODEL_ARGS)}")
     depth, dim, heads, patch, _, _ = VARIANTS[name]
-    return build_qsnn(Spikformer, f"qsnn_{name}", pretrained, depth=depth, embed_dim=dim, num_heads=heads,
-                      patch_size=patch, **kwargs)
+    return build_qsnn(Spikformer, f"qsnn_{name}", pretrained, feature_count=depth, depth=depth, embed_dim=dim,
+                      num_heads=heads, patch_size=patch, **kwargs)
 
 
 def _register() -> None:

@@ -106,11 +106,12 @@ def check_wst_match(what: str, source: dict, architecture: str, wst: tuple, requ
                          f"with the checkpoint's architecture and w_bits/s_bits/t_steps")
 
 
-def build_qsnn(model_cls, variant: str, pretrained: bool = False, **kwargs):
+def build_qsnn(model_cls, variant: str, pretrained: bool = False, *, feature_count: int, **kwargs):
     """``timm.models.build_model_with_cfg`` for a ``qsnn_`` model (see the module docstring).
 
     Beyond timm's: ``features_only=True`` uses timm's ``FeatureGetterNet`` (forward_intermediates)
-    unless ``feature_cls`` says otherwise; ``pretrained=True`` without a weight file, or with an
+    unless ``feature_cls`` says otherwise, and returns all ``feature_count`` features of
+    ``feature_info`` unless ``out_indices`` says otherwise; ``pretrained=True`` without a weight file, or with an
     exported folder (``local-dir:``) of another W/S/T than the one asked for, is a ValueError
     before anything is built; weight files are read by the model's ``load_pretrained``
     (:func:`models.weights.load_weights`); the W/S/T built are recorded in ``model._model_args``."""
@@ -126,7 +127,7 @@ def build_qsnn(model_cls, variant: str, pretrained: bool = False, **kwargs):
                          f"or a folder written by `qsnn export`), or use pretrained=False")
     if cfg.source != "local-dir":  # our files are read, verified and checked by model.load_pretrained
         kwargs["pretrained_cfg_overlay"] = dict(kwargs.get("pretrained_cfg_overlay") or {}, custom_load=True)
-    feature_cfg = dict(feature_cls="getter")
+    feature_cfg = dict(feature_cls="getter", out_indices=tuple(range(feature_count)))
     feature_cfg.update(kwargs.pop("feature_cfg", None) or {})
     model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
     model._model_args = dict(getattr(model, "_model_args", {}), **dict(zip(WST_KEYS, wst)))
@@ -199,6 +200,17 @@ class SpikingTimmModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward instead of keeping them."""
         self.grad_checkpointing = enable
+
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The input checked, as the encoding layer takes it (:func:`models.layers.input_frames`).
+        Called here, not in the architectures' modules: fx patches a leaf function where the traced
+        forward was defined, and every model's forward is this class's."""
+        return input_frames(x, self.t_steps, self.in_chans, type(self).__name__, getattr(self, "img_size", None))
+
+    def _encode(self, x: torch.Tensor, stem) -> torch.Tensor:
+        """The encoding layer ``stem`` on the input, over time ``[T, B, ...]``: once on an image
+        (repeated: direct encoding), at every step on event frames."""
+        return repeat_frame(stem(self._frames(x)), self.t_steps)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over positions ``[.., C, H, W] -> [.., C]`` or tokens ``[.., N, D] -> [.., D]``."""

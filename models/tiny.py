@@ -18,7 +18,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .layers import MultiStepBatchNorm2d, QuantConv2d, QuantLinear, check_model_args, encode_input, spiking_neuron
+from .layers import MultiStepBatchNorm2d, QuantConv2d, QuantLinear, check_model_args, spiking_neuron
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, run_checkpointed
 
 __all__ = ["SpikingCNNTiny", "qsnn_spiking_cnn_tiny"]
@@ -65,8 +65,7 @@ class SpikingCNNTiny(SpikingTimmModel):
         return QuantLinear(self.num_features, num_classes, w_bits=self.w_bits, in_bits=None, in_scale=self.v_th)
 
     def _stage1(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sn1(encode_input(x, lambda z: self.bn1(self.conv1(z)), self.t_steps, self.in_chans,
-                                     type(self).__name__))
+        return self.sn1(self._encode(x, lambda z: self.bn1(self.conv1(z))))
 
     def _stage2(self, x: torch.Tensor) -> torch.Tensor:
         return self.sn2(self.bn2(self.conv2(x)))
@@ -125,4 +124,4 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def qsnn_spiking_cnn_tiny(pretrained=False, **kwargs) -> SpikingCNNTiny:
     """The tiny spiking CNN (10 classes, 1 input channel by default): the embedded default's model."""
-    return build_qsnn(SpikingCNNTiny, "qsnn_spiking_cnn_tiny", pretrained, **kwargs)
+    return build_qsnn(SpikingCNNTiny, "qsnn_spiking_cnn_tiny", pretrained, feature_count=3, **kwargs)
