@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
+from ..bits import ALLOWED_W_BITS, FULL_PRECISION_BITS, SPIKE_BITS, WEIGHT_BITS, check_bits
 from ..lif import MultiLevelLIF
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
@@ -60,12 +60,6 @@ __all__ = [
     "uses_bitserial",
     "uses_int8",
 ]
-
-FULL_PRECISION_BITS = (16, 32)
-"""w_bits meaning an unquantized float weight (16: as the paper counts it; 32: plain float)."""
-
-ALLOWED_W_BITS = WEIGHT_BITS + FULL_PRECISION_BITS
-"""Every w_bits a layer or model accepts."""
 
 NEURON_DEFAULTS = dict(decay=0.5, v_th=1.0, reset="hard", surrogate="atan", detach_reset=True)
 """Defaults of :func:`spiking_neuron` (every architecture builds its neurons through it)."""

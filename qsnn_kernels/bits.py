@@ -24,6 +24,12 @@ WEIGHT_BITS = (1, 2, 4, 8)
 SPIKE_BITS = (1, 2, 4, 8)
 """Allowed spike widths S: unsigned levels 0 .. 2^S - 1."""
 
+FULL_PRECISION_BITS = (16, 32)
+"""w_bits meaning an unquantized float weight in a model (16: as the paper counts it; 32: plain float)."""
+
+ALLOWED_W_BITS = WEIGHT_BITS + FULL_PRECISION_BITS
+"""Every w_bits a model layer accepts (``qsnn train --wst`` checks it before torch is imported)."""
+
 
 
 def __getattr__(name: str):

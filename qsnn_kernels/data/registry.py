@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .common import DatasetInfo, check_common
-
 DATASETS = ("digits", "digits-events", "cifar10", "cifar100", "imagenet",
             "cifar10-dvs", "dvs128-gesture", "n-caltech101")
 RANDAUG_DATASETS = ("cifar10", "cifar100", "imagenet")
@@ -35,6 +33,8 @@ def build_dataset(name: str, root: str | None, split: str, *, t_steps: int,
     folder that train/ lacks, naming the file or folder; FileNotFoundError naming the expected
     layout for a missing folder; CorruptFileError naming the file (on_error="raise").
     """
+    from .common import check_common  # torch: imported when a data set is built, not for its name
+
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     check_common(split, t_steps, on_error)
