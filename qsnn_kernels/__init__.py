@@ -68,7 +68,9 @@ _SUBMODULES = ("bits", "reference")
 
 def load() -> None:
     """Register the ops and load the compiled kernels (what ``import qsnn_kernels`` does outside
-    the command line); idempotent."""
+    the command line); runs once, later calls return at once."""
+    if "PackedWeight" in globals():
+        return
     from importlib import import_module
 
     for module in ("bits", "quantize", "reference", "bitserial", "bitserial_linear", "lif", "packed_weight",

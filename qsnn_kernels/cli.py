@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 
@@ -54,13 +55,15 @@ def _paper_row(model) -> str:
 
 
 def describe_models() -> list[dict]:
-    """One dict per registered model: name, description (its docstring's first line), parameter
+    """One dict per registered model: name, description (its docstring's first line, and its data
+    from the timm config when it names them), parameter
     count and the model's defaults (num_classes, input, W/S/T), and the paper row it reproduces.
     Built on the meta device: no memory and no initialization, so the whole list takes well under
     a second after the imports."""
     import timm
     import torch
 
+    from .metrics.report import model_input_size
     from .models import create_model, list_models
 
     rows = []
@@ -68,10 +71,12 @@ def describe_models() -> list[dict]:
         with torch.device("meta"):
             model = create_model(name)
         doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", timm.models.model_entrypoint(name).__doc__ or "").strip().splitlines()
-        size, chans = getattr(model, "img_size", None), model.in_chans
+        description = doc[0] if doc else ""
+        data = (getattr(model, "pretrained_cfg", None) or {}).get("description")
+        size, chans = model_input_size(model), model.in_chans
         rows.append({
             "name": name,
-            "description": doc[0] if doc else "",
+            "description": f"{description} {data[0].upper()}{data[1:]}." if data else description,
             "params": sum(p.numel() for p in model.parameters()),
             "num_classes": model.num_classes,
             "input": f"{chans} x {size} x {size}" if size else f"{chans} channel{'s' if chans > 1 else ''}, any size",
@@ -196,6 +201,22 @@ def _sweep_arguments(sweep) -> None:
     sweep.set_defaults(func=sweep_module.main)
 
 
+def _export(args) -> int:
+    from .models.weights import export_run
+
+    print(export_run(args.run_dir, args.output, args.checkpoint))
+    return 0
+
+
+def _export_arguments(export) -> None:
+    from .argtypes import output_folder
+
+    export.add_argument("run_dir", type=output_folder, help="a `qsnn train` run folder (holds best.pt, last.pt)")
+    export.add_argument("--output", type=output_folder, help="the folder to write (default RUN_DIR/export)")
+    export.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="the checkpoint to export: best.pt (default) or last.pt")
+
+
 # name: (one-line help, description or None, adds the flags (and func if not below), runs it)
 COMMANDS = {
     "demo": ("a tour of the ops on this machine: packing, the bit-serial GEMM against torch.matmul, the LIF, "
@@ -209,6 +230,10 @@ COMMANDS = {
                "--paper-table2, the paper's Table 2 beside our figures for Spikformer-4-384 on CIFAR. The same "
                "command prints the same figures (--seed).", _budget_arguments, _budget),
     "sweep": ("train every W/S/T split of a Bit Budget; table and plots", None, _sweep_arguments, None),
+    "export": ("write a run's weights as a folder timm loads (config.json, model.safetensors)",
+               "Write RUN_DIR's best.pt (or last.pt) as a timm / Hugging Face style folder: config.json (the "
+               "architecture, W/S/T, model arguments and timm's pretrained cfg) and model.safetensors. Load it with "
+               "timm.create_model('local-dir:DIR', pretrained=True).", _export_arguments, _export),
     "train": ("train a model (embedded digits by default); `qsnn train --help`", None, None, None),
 }
 
@@ -243,6 +268,9 @@ def main(argv=None) -> int:
     qsnn_kernels.load()  # the ops and the compiled kernels, deferred until now in a `qsnn` process
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`qsnn models | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
     except Exception as exc:  # noqa: BLE001 - error_status sorts bad input and outside failures from bugs
         status = error_status(exc)
         if status is None:

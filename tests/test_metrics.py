@@ -279,9 +279,62 @@ def _run(capsys, *argv):
 
 def test_models_lists_registry(capsys):
     rc, out, _ = _run(capsys, "models", "--json")
-    names = json.loads(out)
+    rows = json.loads(out)
+    names = [r["name"] for r in rows]
     assert rc == 0 and names == list_models() and "qsnn_sew_resnet18_cifar" in names
     assert all(n.startswith("qsnn_") for n in names)
+    assert all(r["description"] and r["paper"] and r["params"] > 0 for r in rows)
+    by_name = {r["name"]: r for r in rows}
+    from qsnn_kernels.models import create_model
+
+    tiny = create_model("spiking_cnn_tiny")  # counted on the meta device by the command; here on a real one
+    assert by_name["qsnn_spiking_cnn_tiny"]["params"] == sum(p.numel() for p in tiny.parameters())
+    assert by_name["qsnn_sew_resnet34"]["params"] == 21_797_672  # the original's count (README)
+    if SPIKFORMER in by_name:
+        row = by_name[SPIKFORMER]
+        assert row["wst"] == "16/1/4" and row["input"] == "3 x 32 x 32" and row["num_classes"] == 10
+        assert row["paper"].startswith("Table 2 row 16/1/4 (CIFAR10 95.51%")
+
+
+def test_models_text(capsys):
+    rc, out, _ = _run(capsys, "models")
+    assert rc == 0 and "qsnn_sew_resnet34  (21,797,672 parameters at 1000 classes" in out
+    assert "paper: " in out and ":func:" not in out  # docstring roles are read as plain words
+
+
+def test_budget_same_command_same_figures(capsys):
+    """The seed covers the model's initial weights, not only the input: the same command twice in one
+    process prints the same JSON, whatever the global RNG did in between, and leaves that RNG alone."""
+    argv = ["budget", "--model", "spiking_cnn_tiny", "--wst", "4/2/2", "--input-size", "8", "--json"]
+    torch.manual_seed(123)
+    first = _run(capsys, *argv)
+    after = torch.rand(3)
+    torch.rand(100)  # move the global RNG: the next run must not depend on it
+    second = _run(capsys, *argv)
+    assert first[0] == second[0] == 0 and first[1] == second[1]
+    torch.manual_seed(123)
+    _run(capsys, *argv)
+    assert torch.equal(torch.rand(3), after)  # the command did not consume the caller's RNG
+    other = json.loads(_run(capsys, *argv, "--seed", "1")[1])
+    rates = lambda p: [r["firing_rate"] for r in p["layers"]]  # noqa: E731
+    assert rates(other) != rates(json.loads(first[1]))  # another seed: other weights, other firing rates
+
+
+def test_budget_input_size_defaults_and_hint(capsys, monkeypatch):
+    rc, out, _ = _run(capsys, "budget", "--model", "sew_resnet18_cifar", "--wst", "1/1/1", "--json")
+    assert rc == 0 and json.loads(out)["input_shape"][-2:] == [32, 32]  # a CIFAR model's size
+    import qsnn_kernels.models as qm
+
+    def sizeless(name, **kwargs):  # a model that states no input size at all
+        model = real(name, **kwargs)
+        model.pretrained_cfg = {}
+        return model
+
+    real = qm.create_model
+    monkeypatch.setattr(qm, "create_model", sizeless)
+    rc, out, err = _run(capsys, "budget", "--model", "spiking_cnn_tiny", "--wst", "4/2/1")
+    assert rc == 2 and out == "" and len(err.splitlines()) == 1
+    assert "pass --input-size" in err and "8 for the embedded digits" in err and "None" not in err
 
 
 @pytest.mark.parametrize("name", ["sew_resnet18_cifar", "qsnn_sew_resnet18_cifar"])
@@ -313,7 +366,6 @@ def test_budget_text(capsys):
     (["--model", "sew_resnet18_cifar", "--wst", "4/1"], "W/S/T with three integers"),
     (["--model", "sew_resnet18_cifar", "--wst", "4/1/1.5"], "W/S/T with three integers"),
     (["--model", "sew_resnet18_cifr", "--wst", "4/1/1"], "did you mean: qsnn_sew_resnet18_cifar"),
-    (["--model", "sew_resnet18_cifar", "--wst", "4/1/1"], "pass --input-size"),
     (["--model", "sew_resnet18_cifar"], "give --model and --wst"),
     (["--paper-table2", "--model", "sew_resnet18_cifar"], "leave out --model"),
     (["--model", "sew_resnet18_cifar", "--wst", "4/1/1", "--rows", "1/1/1"], "--rows selects rows"),

@@ -41,7 +41,7 @@ STEM_INPUT_SIZES = {"imagenet": 224, "cifar": 32}
 """The image side of the data set a SEW-ResNet ``stem`` is made for (the model states no size)."""
 
 
-def _model_input_size(model) -> int | None:
+def model_input_size(model) -> int | None:
     """The image side the model states (``img_size``, its timm config's input size, or its stem's
     data set: :data:`STEM_INPUT_SIZES`), or None."""
     size = getattr(model, "img_size", None)
@@ -114,7 +114,7 @@ def _build(name: str, w_bits: int, s_bits: int, t_steps: int, input_size, num_cl
         model = create_model(name, **kwargs)
     if state is not None:
         _load_state(model, state, checkpoint)
-    size = input_size if input_size is not None else _model_input_size(model)
+    size = input_size if input_size is not None else model_input_size(model)
     if size is None:
         raise ValueError(f"model {_full_name(name)!r} states no input size: pass --input-size, the side of the "
                          f"images it will see ({USUAL_INPUT_SIZES})")
