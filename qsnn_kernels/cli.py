@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 from . import __version__
@@ -39,63 +38,11 @@ def _info(args) -> int:
     return info_main(["--json"] if args.json else [])
 
 
-def _paper_row(model) -> str:
-    """Which figures of the paper the model's defaults reproduce (read from :mod:`.metrics.paper`)."""
-    from .metrics import paper
-
-    name = model.pretrained_cfg.get("architecture") if getattr(model, "pretrained_cfg", None) else None
-    wst = f"{model.w_bits}/{model.s_bits}/{model.t_steps}"
-    if name == "qsnn_" + paper.TABLE2_MODEL:
-        row = next((r for r in paper.TABLE2 if r.wst == wst), None)
-        at = f"row {wst} (CIFAR10 {row.cifar10}%, CIFAR100 {row.cifar100}%)" if row else f"W/S/T {wst}"
-        return f"Table 2 {at}; every other row with --wst (`qsnn budget --paper-table2`)"
-    if type(model).__name__ in ("Spikformer", "SEWResNet"):
-        return "an architecture of the paper's experiments (SEW-ResNet, Spikformer); no row of its tables"
-    return "not in the paper: the small model of the embedded digits (`qsnn train`)"
-
-
-def describe_models() -> list[dict]:
-    """One dict per registered model: name, description (its docstring's first line, and its data
-    from the timm config when it names them), parameter
-    count and the model's defaults (num_classes, input, W/S/T), and the paper row it reproduces.
-    Built on the meta device: no memory and no initialization, so the whole list takes well under
-    a second after the imports."""
-    import timm
-    import torch
-
-    from .metrics.report import model_input_size
-    from .models import create_model, list_models
-
-    rows = []
-    for name in list_models():
-        with torch.device("meta"):
-            model = create_model(name)
-        doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", timm.models.model_entrypoint(name).__doc__ or "").strip().splitlines()
-        description = doc[0] if doc else ""
-        data = (getattr(model, "pretrained_cfg", None) or {}).get("description")
-        size, chans = model_input_size(model), model.in_chans
-        rows.append({
-            "name": name,
-            "description": f"{description} {data[0].upper()}{data[1:]}." if data else description,
-            "params": sum(p.numel() for p in model.parameters()),
-            "num_classes": model.num_classes,
-            "input": f"{chans} x {size} x {size}" if size else f"{chans} channel{'s' if chans > 1 else ''}, any size",
-            "wst": f"{model.w_bits}/{model.s_bits}/{model.t_steps}",
-            "paper": _paper_row(model),
-        })
-    return rows
-
-
 def _models(args) -> int:
+    from .model_list import describe_models, format_models
+
     rows = describe_models()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['name']}  ({r['params']:,} parameters at {r['num_classes']} classes; input {r['input']}; "
-              f"defaults W/S/T {r['wst']})")
-        print(f"    {r['description']}")
-        print(f"    paper: {r['paper']}")
+    print(json.dumps(rows, indent=2) if args.json else format_models(rows))
     return 0
 
 
