@@ -43,14 +43,14 @@ COMMAND_MODULES = ("qsnn_kernels.cli", "qsnn_kernels.train")
 
 def _started_as_command() -> bool:
     """True when this process is the ``qsnn`` console script or ``python -m`` one of :data:`COMMAND_MODULES`."""
-    if os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0] in ("qsnn", "qsnn-script"):
-        return True
+    if os.path.basename(sys.argv[0] if sys.argv else "") in ("qsnn", "qsnn.exe", "qsnn-script.py"):
+        return True  # the console script (a user's own qsnn.py is not it)
     args = getattr(sys, "orig_argv", [])[1:]
     i = 0
     while i < len(args):
         arg = args[i]
         if arg == "-m":
-            return args[i + 1:i + 2] and args[i + 1] in COMMAND_MODULES
+            return i + 1 < len(args) and args[i + 1] in COMMAND_MODULES
         if arg.startswith("-m"):
             return arg[2:] in COMMAND_MODULES
         if arg in ("-X", "-W"):  # options that take a separate value

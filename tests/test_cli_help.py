@@ -5,6 +5,7 @@ about a second; and every flag of demo, info, models and budget explains itself.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -55,6 +56,32 @@ def test_argument_errors_are_instant_and_one_line(args, message):
     assert len(err) == 1 and err[0].startswith("qsnn") and ": error: " in err[0] and message in err[0], err
     assert not imported & set(HEAVY), f"{' '.join(args)} imported {sorted(imported & set(HEAVY))}"
     assert wall < 1.5, f"{' '.join(args)} took {wall:.2f} s"
+
+
+def test_plain_import_still_loads_everything():
+    """Outside the command line, ``import qsnn_kernels`` registers the ops and loads the kernels at
+    once (tests/test_entry_points.py relies on it); a script that happens to be named qsnn.py too."""
+    code = ("import sys, qsnn_kernels; import torch; "
+            "print('torch' in sys.modules, 'PackedWeight' in vars(qsnn_kernels), torch.ops.qsnn.pack_bits.default)")
+    for argv in ([sys.executable, "-c", code], [sys.executable, "qsnn.py"]):
+        cwd = None
+        if argv[-1] == "qsnn.py":
+            import tempfile
+
+            cwd = tempfile.mkdtemp()
+            with open(f"{cwd}/qsnn.py", "w") as f:
+                f.write(code.replace("; ", "\n"))
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split()[:2] == ["True", "True"], proc.stdout
+
+
+def test_command_loads_the_kernels_before_it_runs():
+    proc = subprocess.run([sys.executable, "-m", "qsnn_kernels.cli", "info", "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout)
+    assert "error" not in info["extension"] and not info["cpu_simd"].startswith("unavailable")
 
 
 def test_version(capsys):
