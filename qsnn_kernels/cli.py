@@ -83,7 +83,7 @@ def _budget(args) -> int:
 
 def _demo_arguments(demo) -> None:
     demo.add_argument("--quick", action="store_true",
-                      help="smaller problems and fewer repeats (about a second; what the tests run)")
+                      help="small problems (about a second: what the tests run)")
     demo.add_argument("--out-features", type=positive_int, default=None, metavar="N",
                       help="rows N of the weight in the packing and GEMM sections (default 512; 128 with --quick)")
     demo.add_argument("--in-features", type=positive_int, default=None, metavar="K",
@@ -91,8 +91,8 @@ def _demo_arguments(demo) -> None:
     demo.add_argument("--batch", type=positive_int, default=None, metavar="M",
                       help="rows M of the spike matrix in the GEMM section (default 64; 16 with --quick)")
     demo.add_argument("--repeats", type=int_in(1, 100), default=None,
-                      help="timed runs per measurement, the median is shown; warm-up runs are not timed "
-                           "(default 3, also with --quick)")
+                      help="timed runs per measurement at least (a fast op runs more), the median is shown; the "
+                           "warm-up run is not timed (default 3)")
 
 
 def _info_arguments(info) -> None:
