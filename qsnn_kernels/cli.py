@@ -125,7 +125,7 @@ def _budget_arguments(budget) -> None:
     budget.add_argument("--paper-table2", action="store_true",
                         help="the paper's Table 2 (Spikformer-4-384, CIFAR) beside ours, instead of one model")
     budget.add_argument("--rows", help="with --paper-table2: only these W/S/T rows, comma-separated (e.g. 1/1/1,4/1/4; "
-                                       "default all 13)")
+                                       "default: every row)")
     budget.add_argument("--encoding", choices=("exclude", "include"), default="exclude",
                         help="real-valued-input layers in SOPs/S-ACE/NS-ACE: exclude (default, the paper's) or include")
     budget.add_argument("--real-input-bits", type=positive_int, default=16,
