@@ -32,7 +32,7 @@ def run_cli(*args: str) -> tuple[subprocess.CompletedProcess, float, set[str]]:
 
 @pytest.mark.parametrize("args", [
     ["--help"], ["--version"], ["demo", "--help"], ["info", "--help"], ["models", "--help"], ["budget", "--help"],
-    ["sweep", "--help"]])
+    ["sweep", "--help"], ["train", "--help"]])
 def test_help_is_instant(args):
     proc, wall, imported = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
