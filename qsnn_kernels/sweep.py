@@ -10,12 +10,15 @@ digits by default) in its own sub-run folder and writes, in the sweep folder:
   firing rate of the layers that take spikes, not of the encoding conv or a head fed real values,
   see :func:`row_from_report`); the JSON also holds each split's firing rate per layer (every
   layer), which layers take spikes, and the budget;
-* ``accuracy_vs_s_ace.png`` (log x axis), ``accuracy_per_split.png`` (bars) and
-  ``firing_rate_per_layer.png`` (a heatmap, splits x the layers that take spikes);
+* the plots (:func:`plot_figures`): for one budget ``trade_off_per_split.png`` (accuracy, NS-ACE
+  and mean firing rate per split, one panel each, the S-ACE they share in the title: splits of
+  one budget have the same S-ACE, which is what the budget means); for several budgets
+  ``accuracy_vs_s_ace.png`` (log x axis, a colour per budget); and in both cases
+  ``accuracy_per_split.png`` (bars) and ``firing_rate_per_layer.png`` (a heatmap, splits x the
+  layers that take spikes);
 
 and prints the table in the terminal (with ``rich`` when it is installed, plain text otherwise).
-Splits of one budget share their S-ACE (that is what the budget means), so give several budgets
-(``qsnn sweep --budget 2,4,8``) to spread the accuracy-against-S-ACE plot along its axis.
+Accuracies are top-1 in percent, as in the training report (``top1_percent``).
 
     from qsnn_kernels.sweep import splits, run_sweep
     from qsnn_kernels.train import TrainConfig
@@ -38,14 +41,16 @@ import time
 from .argtypes import error_status, existing_file, int_in, nonempty_text, output_folder, positive_int, print_error
 from .bits import SPIKE_BITS, WEIGHT_BITS
 
-__all__ = ["COLUMNS", "WEIGHT_BITS", "SPIKE_BITS", "add_arguments", "format_table", "main", "row_from_report",
-           "run_sweep", "splits", "split_dirname", "write_outputs"]
+__all__ = ["COLUMNS", "WEIGHT_BITS", "SPIKE_BITS", "add_arguments", "format_table", "main", "plot_figures",
+           "row_from_report", "run_sweep", "splits", "split_dirname", "write_outputs"]
 
 # The widths a sweep tries are the quantized ones (bits.WEIGHT_BITS, bits.SPIKE_BITS); full
 # precision is not a split.
 
 #: Table columns, in order: (key, header). "mean fr": the mean firing rate of the layers that take
 #: spikes only (the encoding conv and a head fed real values are left out; :func:`row_from_report`).
+#: "params 16b-eq": a count (the CSV and JSON hold it as it is); the table shows it in the unit
+#: that suits the sweep's largest figure (:func:`_count_unit`), named in the header.
 COLUMNS = (
     ("wst", "W/S/T"),
     ("bit_budget", "BB"),
@@ -53,7 +58,7 @@ COLUMNS = (
     ("s_ace", "S-ACE"),
     ("ns_ace", "NS-ACE"),
     ("mean_firing_rate", "mean fr"),
-    ("params_16bit_m", "params 16b-eq (M)"),
+    ("params_16bit", "params 16b-eq"),
     ("wall_s", "wall s"),
     ("status", "status"),
 )
@@ -102,23 +107,23 @@ def _spike_input_layers(report: dict, rates: dict) -> list | None:
     return [name for name in rates if bits.get(name) is not None]
 
 
-def _params_16bit_m(report: dict, w_bits: int):
+def _params_16bit(report: dict, w_bits: int):
     from .metrics import formulas
 
     count = report.get("params")
-    return None if count is None else formulas.params_16bit_equivalent(int(count), w_bits) / 1e6
+    return None if count is None else formulas.params_16bit_equivalent(int(count), w_bits)
 
 
 def row_from_report(split: tuple[int, int, int], report: dict | None, wall_s: float | None,
                     error: str | None = None) -> dict:
-    """One table row from the report of :func:`qsnn_kernels.train.run` (keys read: ``top1`` and
-    ``best_top1`` as fractions, ``bit_budget``, ``s_ace``, ``ns_ace``, ``params``, ``firing_rate``
+    """One table row from the report of :func:`qsnn_kernels.train.run` (keys read: ``top1_percent``
+    and ``best_top1_percent``, ``bit_budget``, ``s_ace``, ``ns_ace``, ``params``, ``firing_rate``
     {layer: rate}, ``input_bits`` {layer: bits or None}; any of them may be missing, giving None).
 
     Row: :data:`COLUMNS` plus ``w_bits``, ``s_bits``, ``t_steps``, ``best_accuracy``,
     ``firing_rate_per_layer``, ``spike_input_layers`` and ``error``. ``accuracy`` is the final
-    top-1 val accuracy in percent; ``bit_budget`` the report's, else W * S * T; ``params_16bit_m``
-    the paper's parameter figure ``params * W / 16`` in millions; ``mean_firing_rate`` the
+    top-1 val accuracy in percent; ``bit_budget`` the report's, else W * S * T; ``params_16bit``
+    the paper's parameter figure ``params * W / 16`` (a count); ``mean_firing_rate`` the
     unweighted mean of the firing rates of the layers that take spikes (``spike_input_layers``:
     the report's ``input_bits`` is an int);
     layers fed real values (the encoding conv, a head after a mean over space) are left out, since
@@ -132,16 +137,16 @@ def row_from_report(split: tuple[int, int, int], report: dict | None, wall_s: fl
     rates = _layer_rates(report)
     spiking = _spike_input_layers(report, rates)
     bb = report.get("bit_budget")
-    top1, best = report.get("top1"), report.get("best_top1")
+    top1, best = report.get("top1_percent"), report.get("best_top1_percent")
     return {
         "wst": f"{w}/{s}/{t}", "w_bits": w, "s_bits": s, "t_steps": t,
         "bit_budget": int(bb) if bb is not None else w * s * t,
-        "accuracy": None if top1 is None else 100.0 * float(top1),
-        "best_accuracy": None if best is None else 100.0 * float(best),
+        "accuracy": None if top1 is None else float(top1),
+        "best_accuracy": None if best is None else float(best),
         "s_ace": report.get("s_ace"),
         "ns_ace": report.get("ns_ace"),
         "mean_firing_rate": sum(rates[n] for n in spiking) / len(spiking) if spiking else None,
-        "params_16bit_m": _params_16bit_m(report, w),
+        "params_16bit": _params_16bit(report, w),
         "wall_s": wall_s,
         "status": "ok" if error is None else "failed",
         "error": error,
@@ -154,7 +159,17 @@ def row_from_report(split: tuple[int, int, int], report: dict | None, wall_s: fl
 # Table and plots
 # ---------------------------------------------------------------------------------------------------
 
-def _cell(key: str, v) -> str:
+_UNITS = ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""))
+
+
+def _count_unit(values) -> tuple[float, str]:
+    """(scale, prefix) for showing counts: the largest unit (G, M, k, none) in which the largest of
+    ``values`` (Nones skipped) is at least 1, so 1,513 reads 1.513 k rather than 0.0015 M."""
+    top = max((abs(v) for v in values if v is not None), default=0.0)
+    return next(((scale, name) for scale, name in _UNITS if top >= scale), _UNITS[-1])
+
+
+def _cell(key: str, v, scale: float = 1.0) -> str:
     if v is None:
         return "-"
     if key == "accuracy":
@@ -163,17 +178,23 @@ def _cell(key: str, v) -> str:
         return f"{v:.4g}"
     if key == "mean_firing_rate":
         return f"{v:.3f}"
-    if key == "params_16bit_m":
-        return f"{v:.4f}"
+    if key == "params_16bit":
+        return f"{v / scale:.4g}"
     if key == "wall_s":
         return f"{v:.1f}"
     return str(v)
 
 
+def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(headers, cells) of the table; the params column in the unit :func:`_count_unit` picks for these rows."""
+    scale, prefix = _count_unit(r.get("params_16bit") for r in rows)
+    headers = [f"{h} ({prefix})" if k == "params_16bit" and prefix else h for k, h in COLUMNS]
+    return headers, [[_cell(k, r.get(k), scale) for k, _ in COLUMNS] for r in rows]
+
+
 def format_table(rows: list[dict]) -> str:
     """The rows as a plain-text table (right-aligned columns of :data:`COLUMNS`)."""
-    header = [h for _, h in COLUMNS]
-    body = [[_cell(k, r.get(k)) for k, _ in COLUMNS] for r in rows]
+    header, body = _table(rows)
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     lines = ["  ".join(x.rjust(n) for x, n in zip(line, widths)) for line in [header, *body]]
     lines.insert(1, "  ".join("-" * n for n in widths))
@@ -191,30 +212,88 @@ def print_table(rows: list[dict], title: str = "", file=None) -> None:
             print(title, file=file)
         print(format_table(rows), file=file)
         return
+    header, body = _table(rows)
     table = Table(title=title or None)
-    for _, h in COLUMNS:
+    for h in header:
         table.add_column(h, justify="right")
-    for r in rows:
-        table.add_row(*[_cell(k, r.get(k)) for k, _ in COLUMNS])
+    for cells in body:
+        table.add_row(*cells)
     Console(file=file).print(table)
 
 
-def _plots(rows: list[dict], out: str, title: str) -> list[str]:
-    """The three PNGs (Agg backend, no display needed); returns their paths."""
+def plot_figures(rows: list[dict], title: str) -> dict:
+    """The sweep's figures, not yet saved: {file name: matplotlib Figure}. One budget:
+    ``trade_off_per_split.png``, a panel per figure of merit over the splits (top-1 %, with the
+    best epoch's as a mark; NS-ACE; mean firing rate of the layers taking spikes; and S-ACE when
+    the splits' differ, else the shared S-ACE is in the title). Several budgets:
+    ``accuracy_vs_s_ace.png`` (log x axis). Both: ``accuracy_per_split.png`` and
+    ``firing_rate_per_layer.png``. A failed split is an empty slot (or left out of a scatter)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    paths = []
-    ok = [r for r in rows if r["accuracy"] is not None]
-
-    # Fig. 4-like: accuracy against S-ACE, log x axis, each point labelled by its split.
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    pts = [r for r in ok if r["s_ace"] is not None and r["s_ace"] > 0]
     budgets = sorted({r["bit_budget"] for r in rows})
     colors = {b: f"C{i % 10}" for i, b in enumerate(budgets)}
+    figs = {}
+    if len(budgets) == 1:
+        figs["trade_off_per_split.png"] = _trade_off_figure(plt, rows, title)
+    else:
+        figs["accuracy_vs_s_ace.png"] = _accuracy_vs_s_ace_figure(plt, rows, title, budgets, colors)
+    figs["accuracy_per_split.png"] = _accuracy_figure(plt, rows, title, colors)
+    figs["firing_rate_per_layer.png"] = _firing_rate_figure(plt, rows, title)
+    return figs
+
+
+def _plots(rows: list[dict], out: str, title: str) -> list[str]:
+    """:func:`plot_figures` saved into ``out`` as PNGs (Agg backend, no display needed); returns their paths."""
+    return [_save(fig, os.path.join(out, name)) for name, fig in plot_figures(rows, title).items()]
+
+
+def _split_bars(ax, rows: list[dict], key: str, ylabel: str, fmt: str, color: str, inside: bool = False) -> None:
+    """Bars of ``row[key]`` per split on ``ax``, each labelled with its value ("-" where None),
+    above the bar or, with ``inside``, just under its top (leaving room for a mark above it)."""
+    import numpy as np
+
+    x = np.arange(len(rows))
+    values = [r.get(key) for r in rows]
+    bars = ax.bar(x, [0.0 if v is None else v for v in values], color=color, width=0.7)
+    for bar, v in zip(bars, values):
+        ax.annotate("-" if v is None else format(v, fmt), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    xytext=(0, -3 if inside and v else 1), textcoords="offset points", ha="center",
+                    va="top" if inside and v else "bottom", fontsize=7, color="w" if inside and v else "k")
+    ax.set_ylabel(ylabel)
+    ax.margins(y=0.18)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def _trade_off_figure(plt, rows: list[dict], title: str):
+    s_aces = {r["s_ace"] for r in rows if r.get("s_ace") is not None}
+    panels = [("accuracy", "top-1 (%)", ".1f", "C0"), ("ns_ace", "NS-ACE", ".3g", "C1"),
+              ("mean_firing_rate", "mean firing rate", ".3f", "C2")]
+    if len(s_aces) > 1:
+        panels.insert(1, ("s_ace", "S-ACE", ".3g", "C3"))
+    fig, axes = plt.subplots(len(panels), 1, sharex=True,
+                             figsize=(max(6.4, 0.7 * len(rows) + 2), 2.0 * len(panels) + 1))
+    for ax, (key, label, fmt, color) in zip(axes, panels):
+        _split_bars(ax, rows, key, label, fmt, color, inside=key == "accuracy")
+    best = [(i, r["best_accuracy"]) for i, r in enumerate(rows) if r.get("best_accuracy") is not None]
+    if best:
+        axes[0].scatter([i for i, _ in best], [v for _, v in best], marker="_", s=200, color="k", zorder=3,
+                        label="best epoch")
+        axes[0].legend(loc="lower right", fontsize=7)
+    axes[0].set_ylim(0, 105)
+    axes[-1].set_xticks(range(len(rows)), [r["wst"] for r in rows], rotation=45, ha="right")
+    axes[-1].set_xlabel("W/S/T")
+    shared = f"; S-ACE {next(iter(s_aces)):.4g} for every split" if len(s_aces) == 1 else ""
+    axes[0].set_title(f"{title}: accuracy and cost per split{shared}", fontsize=10)
+    return fig
+
+
+def _accuracy_vs_s_ace_figure(plt, rows: list[dict], title: str, budgets: list, colors: dict):
+    """Fig. 4-like: accuracy against S-ACE, log x axis, each point labelled by its split."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    pts = [r for r in rows if r["accuracy"] is not None and r["s_ace"] is not None and r["s_ace"] > 0]
     for b in budgets:
         mine = [r for r in pts if r["bit_budget"] == b]
         if mine:
@@ -232,9 +311,13 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{title}: accuracy against S-ACE")
     ax.grid(True, which="both", alpha=0.3)
-    paths.append(_save(fig, os.path.join(out, "accuracy_vs_s_ace.png")))
+    return fig
 
-    # Fig. 5-like: accuracy per split (bars; a failed split shows an empty slot).
+
+def _accuracy_figure(plt, rows: list[dict], title: str, colors: dict):
+    """Fig. 5-like: accuracy per split (bars; a failed split shows an empty slot)."""
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(max(6.4, 0.7 * len(rows) + 2), 4.8))
     x = np.arange(len(rows))
     acc = [r["accuracy"] if r["accuracy"] is not None else 0.0 for r in rows]
@@ -247,9 +330,13 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title(f"{title}: accuracy per split")
-    paths.append(_save(fig, os.path.join(out, "accuracy_per_split.png")))
+    return fig
 
-    # Fig. 6-like: firing rate per layer per split (heatmap; NaN where a split has no figure).
+
+def _firing_rate_figure(plt, rows: list[dict], title: str):
+    """Fig. 6-like: firing rate per layer per split (heatmap; NaN where a split has no figure)."""
+    import numpy as np
+
     layers = []  # the layers that take spikes (all of a row's layers when its report does not say)
     for r in rows:
         names = r.get("spike_input_layers")
@@ -273,8 +360,7 @@ def _plots(rows: list[dict], out: str, title: str) -> list[str]:
     ax.set_ylabel("W/S/T")
     ax.set_title(f"{title}: firing rate per layer")
     fig.colorbar(im, ax=ax, label="firing rate (nonzero fraction)")
-    paths.append(_save(fig, os.path.join(out, "firing_rate_per_layer.png")))
-    return paths
+    return fig
 
 
 def _save(fig, path: str) -> str:
@@ -289,7 +375,8 @@ def _save(fig, path: str) -> str:
 def write_outputs(rows: list[dict], output_dir: str, *, budget: int | list | None = None, title: str | None = None,
                   extra: dict | None = None, plots: bool = True) -> dict:
     """Write ``sweep.csv`` (the :data:`COLUMNS` plus ``error``), ``sweep.json`` (budget, extra, all
-    row fields) and, with ``plots``, the three PNGs into ``output_dir`` (created). Returns {kind: path}."""
+    row fields) and, with ``plots``, the PNGs of :func:`plot_figures` into ``output_dir`` (created).
+    Returns {kind: path}."""
     os.makedirs(output_dir, exist_ok=True)
     title = title or (_budget_title(budget if isinstance(budget, list) else [budget]) if budget is not None
                       else "sweep")
@@ -344,7 +431,8 @@ _NOT_RESULT_FIELDS = ("output", "progress", "log_interval", "resume", "overwrite
 
 def _finished_report(config) -> dict | None:
     """The report of a finished run of exactly this configuration in ``config.output`` (its
-    report.json, with a config.yaml equal to ``config`` except :data:`_NOT_RESULT_FIELDS`), else None."""
+    report.json, with a config.yaml equal to ``config`` except :data:`_NOT_RESULT_FIELDS`), else None
+    (also for the report of an older version, which gave accuracies as fractions under ``top1``)."""
     report_path = os.path.join(config.output, "report.json")
     config_path = os.path.join(config.output, "config.yaml")
     if not (os.path.isfile(report_path) and os.path.isfile(config_path)):
@@ -359,7 +447,7 @@ def _finished_report(config) -> dict | None:
     except Exception:  # noqa: BLE001 - an unreadable leftover is simply trained again
         return None
     want = {k: v for k, v in _jsonable(dataclasses.asdict(config)).items() if k not in _NOT_RESULT_FIELDS}
-    if not isinstance(saved, dict) or not isinstance(report, dict):
+    if not isinstance(saved, dict) or not isinstance(report, dict) or "top1_percent" not in report:
         return None
     have = {k: saved.get(k) for k in want}
     return report if have == want else None
@@ -368,8 +456,8 @@ def _finished_report(config) -> dict | None:
 def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn=None,
               quiet: bool = False, reuse: bool = False) -> list[dict]:
     """Train every split of :func:`splits` (``budget``; or of each budget of a list, in its order)
-    and write the table and plots. One budget gives splits of equal S-ACE (the point of the Bit
-    Budget), so the accuracy-against-S-ACE plot is a column; several budgets spread it out.
+    and write the table and plots (:func:`plot_figures`: one budget's splits share their S-ACE, so
+    they are compared per split; several budgets are also plotted against S-ACE).
 
     ``base_config``: a :class:`qsnn_kernels.train.TrainConfig` (any dataclass with ``wst`` and
     ``output`` fields): each split runs with ``dataclasses.replace(base_config, wst="W/S/T",

@@ -380,7 +380,7 @@ def _same_run(folder, ref):
         for part in ("model", "ema"):
             x, y = a[name][part] or {}, b[name][part] or {}
             assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), (name, part)
-    for key in ("top1", "best_top1", "epochs", "s_ace", "ns_ace", "firing_rate"):
+    for key in ("top1_percent", "best_top1_percent", "epochs", "s_ace", "ns_ace", "firing_rate"):
         assert a[rf.REPORT][key] == b[rf.REPORT][key], key
     assert a[rf.REPORT]["images_per_s"] > 0 and a[rf.REPORT]["train_time_s"] > 0
 

@@ -70,8 +70,8 @@ def fake_report(config):
     w, s, t = (int(x) for x in config.wst.split("/"))
     os.makedirs(config.output, exist_ok=True)
     return {  # the keys qsnn_kernels.train.run documents
-        "top1": (50.0 + 5 * w + s) / 100,
-        "best_top1": (51.0 + 5 * w + s) / 100,
+        "top1_percent": 50.0 + 5 * w + s,
+        "best_top1_percent": 51.0 + 5 * w + s,
         "bit_budget": w * s * t,
         "s_ace": 1000.0 * w * s * t + w,
         "ns_ace": 100.0 * w * s * t / s,
@@ -103,7 +103,7 @@ def test_run_sweep_with_fake_training_writes_table_and_plots(tmp_path, capsys):
         assert r["status"] == "ok"
         assert r["accuracy"] == pytest.approx(50.0 + 5 * r["w_bits"] + r["s_bits"])
         assert r["best_accuracy"] == pytest.approx(51.0 + 5 * r["w_bits"] + r["s_bits"])
-        assert r["params_16bit_m"] == pytest.approx(0.024 * r["w_bits"] / 16)
+        assert r["params_16bit"] == pytest.approx(24000 * r["w_bits"] / 16)
         assert r["bit_budget"] == 8
         assert r["mean_firing_rate"] == pytest.approx(0.2 / r["s_bits"])  # conv1's 1.0 left out
         assert r["spike_input_layers"] == list(LAYERS)
@@ -117,8 +117,9 @@ def test_run_sweep_with_fake_training_writes_table_and_plots(tmp_path, capsys):
     assert data["budget"] == 8 and len(data["rows"]) == 10
     expected_rates = {"conv1": 1.0, **{n: 0.1 * (i + 1) / 8 for i, n in enumerate(LAYERS)}}  # split 1/8/1
     assert data["rows"][3]["firing_rate_per_layer"] == pytest.approx(expected_rates)
-    # PNGs decode
-    for name in ("accuracy_vs_s_ace.png", "accuracy_per_split.png", "firing_rate_per_layer.png"):
+    # PNGs decode (one budget: no accuracy-against-S-ACE plot)
+    assert not (tmp_path / "sw" / "accuracy_vs_s_ace.png").exists()
+    for name in ("trade_off_per_split.png", "accuracy_per_split.png", "firing_rate_per_layer.png"):
         img = imread(tmp_path / "sw" / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
         assert img.std() > 0  # something was drawn
@@ -137,6 +138,7 @@ def test_several_budgets_one_sweep(tmp_path):
     data = json.loads((tmp_path / "sweep.json").read_text())
     assert data["budget"] == [2, 4] and len(data["rows"]) == 9
     assert imread(tmp_path / "accuracy_vs_s_ace.png").ndim == 3
+    assert not (tmp_path / "trade_off_per_split.png").exists()
     with pytest.raises(ValueError, match="repeat"):
         sweep.run_sweep([2, 2], FakeConfig(), tmp_path, train_fn=fake_report, quiet=True)
     with pytest.raises(ValueError, match="at least one"):
@@ -228,10 +230,10 @@ def test_run_sweep_bad_arguments(tmp_path):
 
 
 def test_row_from_report_missing_figures_and_bb_fallback():
-    row = sweep.row_from_report((2, 2, 1), {"top1": 0.875}, 1.5)
+    row = sweep.row_from_report((2, 2, 1), {"top1_percent": 87.5}, 1.5)
     assert row["accuracy"] == pytest.approx(87.5)
     assert row["bit_budget"] == 4  # W * S * T when the report has none
-    assert row["s_ace"] is None and row["mean_firing_rate"] is None and row["params_16bit_m"] is None
+    assert row["s_ace"] is None and row["mean_firing_rate"] is None and row["params_16bit"] is None
     assert row["firing_rate_per_layer"] == {} and row["status"] == "ok"
 
 
@@ -250,11 +252,84 @@ def test_mean_firing_rate_only_over_layers_taking_spikes():
 
 
 def test_format_table_plain_text():
-    rows = [sweep.row_from_report((1, 1, 2), {"top1": 0.9125, "s_ace": 2e6}, 2.0)]
+    rows = [sweep.row_from_report((1, 1, 2), {"top1_percent": 91.25, "s_ace": 2e6}, 2.0)]
     text = sweep.format_table(rows)
     lines = text.splitlines()
     assert len(lines) == 3 and "W/S/T" in lines[0] and set(lines[1]) <= {"-", " "}
     assert "1/1/2" in lines[2] and "91.25" in lines[2] and "2e+06" in lines[2]
+
+
+def _one_budget_rows():
+    """Rows of a budget-8 sweep as the tiny CNN gives them: one S-ACE for every split, accuracy,
+    NS-ACE and firing rates that differ, W=1 params of 24,202 (1,513 16-bit-equivalent)."""
+    rows = []
+    for i, (w, s, t) in enumerate(sweep.splits(8)):
+        rates = {"conv1": 1.0, "conv2": 0.05 + 0.03 * i, "conv3": 0.04 + 0.02 * i, "fc": 0.3}
+        report = {"top1_percent": 60.0 + 3 * i, "best_top1_percent": 62.0 + 3 * i, "bit_budget": 8,
+                  "s_ace": 2654208, "ns_ace": 2654208 * (0.05 + 0.025 * i), "params": 24202, "firing_rate": rates,
+                  "input_bits": {"conv1": None, "conv2": s, "conv3": s, "fc": None}}
+        rows.append(sweep.row_from_report((w, s, t), report, 1.0))
+    return rows
+
+
+def _bar_heights(ax):
+    return [p.get_height() for p in ax.patches]
+
+
+def test_one_budget_plot_compares_the_splits_not_one_s_ace_column():
+    """One budget: every split has the same S-ACE, so a plot against S-ACE is one column. The
+    trade-off figure has a panel per figure of merit whose bars differ from split to split, and
+    states the shared S-ACE; no axis is logarithmic."""
+    import matplotlib.pyplot as plt
+
+    rows = _one_budget_rows()
+    figs = sweep.plot_figures(rows, "BB 8")
+    assert set(figs) == {"trade_off_per_split.png", "accuracy_per_split.png", "firing_rate_per_layer.png"}
+    fig = figs["trade_off_per_split.png"]
+    axes = fig.axes
+    assert [ax.get_ylabel() for ax in axes] == ["top-1 (%)", "NS-ACE", "mean firing rate"]
+    for ax, key in zip(axes, ("accuracy", "ns_ace", "mean_firing_rate")):
+        heights = _bar_heights(ax)
+        assert heights == pytest.approx([r[key] for r in rows]), key
+        assert len(set(heights)) == len(rows), key   # one distinct bar per split
+        assert ax.get_xscale() == "linear" and ax.get_yscale() == "linear"
+    assert [t.get_text() for t in axes[-1].get_xticklabels()] == [r["wst"] for r in rows]
+    assert "S-ACE 2.654e+06 for every split" in axes[0].get_title()
+    for f in figs.values():
+        plt.close(f)
+    # several budgets: the S-ACE axis (log), whose points now spread over it
+    rows2 = [sweep.row_from_report((1, 1, 2), {"top1_percent": 50.0, "s_ace": 663552, "bit_budget": 2}, 1.0),
+             *rows]
+    figs = sweep.plot_figures(rows2, "BB 2, 8")
+    ax = figs["accuracy_vs_s_ace.png"].axes[0]
+    assert ax.get_xscale() == "log" and "trade_off_per_split.png" not in figs
+    xs = sorted({x for coll in ax.collections for x, _ in coll.get_offsets()})
+    assert xs == [663552, 2654208]
+    for f in figs.values():
+        plt.close(f)
+
+
+def test_one_budget_trade_off_png(tmp_path):
+    """The PNG is written and holds the drawing (looked at by eye too: three panels, ten splits)."""
+    from matplotlib.image import imread
+
+    paths = sweep.write_outputs(_one_budget_rows(), str(tmp_path), budget=8)
+    img = imread(tmp_path / "trade_off_per_split.png")
+    assert str(tmp_path / "trade_off_per_split.png") in paths["png"]
+    assert img.shape[0] > 400 and img.std() > 0
+
+
+@pytest.mark.parametrize("params,w_bits,header,cell", [
+    (24202, 1, "params 16b-eq (k)", "1.513"),        # the tiny CNN at W=1: 1,512.6, not "0.0015" M
+    (21797672, 4, "params 16b-eq (M)", "5.449"),     # SEW-ResNet-34 at W=4
+    (120, 8, "params 16b-eq", "60"),
+])
+def test_params_column_in_a_unit_that_shows_the_figure(params, w_bits, header, cell):
+    row = sweep.row_from_report((w_bits, 1, 1), {"params": params}, 1.0)
+    assert row["params_16bit"] == pytest.approx(params * w_bits / 16)   # the CSV/JSON keep the count
+    header_line, _, body = sweep.format_table([row]).splitlines()
+    assert header in header_line and (header + " (") not in header_line
+    assert body.split()[list(k for k, _ in sweep.COLUMNS).index("params_16bit")] == cell
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -329,7 +404,7 @@ def test_real_sweep_budget_2_end_to_end(tmp_path, capsys):
         assert r["mean_firing_rate"] == pytest.approx((fr["conv2"] + fr["conv3"]) / 2)
         assert os.path.isfile(out / sweep.split_dirname(r["w_bits"], r["s_bits"], r["t_steps"]) / "report.json")
         assert r["wst"] in printed
-    for name in ("sweep.csv", "accuracy_vs_s_ace.png", "accuracy_per_split.png", "firing_rate_per_layer.png"):
+    for name in ("sweep.csv", "trade_off_per_split.png", "accuracy_per_split.png", "firing_rate_per_layer.png"):
         assert (out / name).stat().st_size > 0
     # the real run folders are recognised as finished by --reuse: nothing is trained again
     assert cli.main(["sweep", "--budget", "2", "--epochs", "1", "--output", str(out), "--quiet", "--reuse",

@@ -44,12 +44,12 @@ def test_short_run_learns_and_writes_run_folder(tmp_path):
     rows = _metrics(cfg.output)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1, rows
-    assert report["top1"] > 0.3  # 10 classes: chance is 0.1
+    assert report["top1_percent"] > 30  # 10 classes: chance is 10 %
     for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "report.json"):
         assert os.path.isfile(os.path.join(cfg.output, name)), name
     with open(os.path.join(cfg.output, "report.json")) as f:
         on_disk = json.load(f)
-    assert on_disk["top1"] == report["top1"] and on_disk["bit_budget"] == 8 * 1 * 2
+    assert on_disk["top1_percent"] == report["top1_percent"] and on_disk["bit_budget"] == 8 * 1 * 2
     assert report["params"] == sum(v.numel() for k, v in _weights(cfg.output).items()
                                    if "running" not in k and "num_batches" not in k)
     assert report["s_ace"] > 0 and report["ns_ace"] > 0 and report["firing_rate"]
@@ -111,7 +111,7 @@ class _NearestClassMean(torch.nn.Module):
 
 
 def _ddp_worker(rank, world, port, cfg_dict, out_q):
-    """One rank: trains, then sends (rank, its report's top1, the val samples it evaluated per epoch,
+    """One rank: trains, then sends (rank, its report's top-1 in percent, the val samples it evaluated per epoch,
     its final batch-norm buffers, (accuracy over all ranks, over its own shard) of
     :class:`_NearestClassMean` on the val loader) to the test process."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
@@ -130,7 +130,7 @@ def _ddp_worker(rank, world, port, cfg_dict, out_q):
     loop_mod._evaluate = spy
     report = run(TrainConfig(**cfg_dict))
     buffers = {k: v.numpy().copy() for k, v in models_seen[-1].state_dict().items() if "running" in k}
-    out_q.put((rank, report["top1"], val_sizes, buffers, probe[-1]))
+    out_q.put((rank, report["top1_percent"], val_sizes, buffers, probe[-1]))
 
 
 def _spawn_two(cfg):
@@ -145,7 +145,7 @@ def _spawn_two(cfg):
 
 
 def _full_val_top1(model, t_steps=2):
-    """(top-1 of ``model`` on the whole digits val set in this one process, val set size)."""
+    """(top-1 in percent of ``model`` on the whole digits val set in this one process, val set size)."""
     from torch.utils.data import DataLoader
 
     from qsnn_kernels.data import build_dataset
@@ -194,13 +194,13 @@ def test_ddp_two_processes_equal_one_process(tmp_path, monkeypatch):
     # exact global one: that of the same weights on the whole val set in one process
     top1_full, n_val = _full_val_top1(_trained(two.output, kw["model_kwargs"]))
     assert ranks[0][1] == [(n_val + 1) // 2] and ranks[1][1] == [n_val // 2]
-    assert ranks[0][0] == top1_full == r2["val_top1"]
-    assert report_one["top1"] == top1_full             # and the single-process run's (weights equal to 1e-5)
+    assert ranks[0][0] == top1_full == r2["val_top1_percent"]
+    assert report_one["top1_percent"] == top1_full             # and the single-process run's (weights equal to 1e-5)
     # 4 steps leave the spiking model near chance; a fixed 90 % classifier on the same val loaders:
     # each rank's shard accuracy differs, the all-reduced one is exactly the whole set's
     ncm_full, _ = _full_val_top1(_NearestClassMean())
     (global0, local0), (global1, local1) = ranks[0][3], ranks[1][3]
-    assert global0 == global1 == ncm_full > 0.8
+    assert global0 == global1 == ncm_full > 80
     assert local0 != local1
     assert local0 * ((n_val + 1) // 2) + local1 * (n_val // 2) == pytest.approx(ncm_full * n_val)
     init = _cfg(tmp_path, "init", **dict(kw, lr=0.0, weight_decay=0.0))
@@ -229,7 +229,7 @@ def test_ddp_sync_bn_two_processes_equal_one_process(tmp_path, monkeypatch):
         torch.testing.assert_close(torch.from_numpy(v), torch.from_numpy(ranks[0][2][k]), rtol=1e-6, atol=1e-7, msg=k)
     top1_full, _ = _full_val_top1(_trained(two.output, kw["model_kwargs"]))
     assert ranks[0][0] == ranks[1][0] == top1_full
-    assert report_one["top1"] == pytest.approx(top1_full, abs=1 / 360)  # at most one of 360 predictions differs
+    assert report_one["top1_percent"] == pytest.approx(top1_full, abs=100 / 360)  # at most one of 360 predictions differs
 
 
 class _ThreadRanks:
@@ -452,7 +452,7 @@ def test_event_input_frame_per_step(tmp_path, monkeypatch):
 
     cfg = _cfg(tmp_path, events=True, epochs=1, max_steps_per_epoch=2)
     report = run(cfg)
-    assert report["data"] == "digits-events" and 0.0 <= report["top1"] <= 1.0
+    assert report["data"] == "digits-events" and 0.0 <= report["top1_percent"] <= 100.0
 
 
 def test_bad_inputs_clear_errors(tmp_path):

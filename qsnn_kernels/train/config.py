@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 from ..argtypes import (Parser, float_in, int_in, nonempty_text, nonnegative_int, one_line, output_folder,
                         positive_float, positive_int)
+from ..bits import FULL_PRECISION_BITS, SPIKE_BITS, WEIGHT_BITS
 
 __all__ = ["TrainConfig", "MAX_T_STEPS", "MAX_INPUT_SIZE", "SCHEDULERS", "build_parser", "parse_args", "parse_wst",
            "load_yaml", "check_dict", "check_field"]
@@ -53,6 +54,12 @@ class TrainConfig:
     ``input_size`` <= :data:`MAX_INPUT_SIZE`); flags
     and YAML values are refused outside them, naming the flag or key, before anything runs.
 
+    ``precise_bn`` (default 200): before each evaluation the batch-norm statistics are recomputed
+    with the epoch's final weights over up to this many training batches, each weighing the same
+    (:func:`qsnn_kernels.train.loop.recompute_batch_norm`); so the accuracy reported, and the
+    model saved, do not depend on the last few batches' running averages. 0 keeps the running
+    averages.
+
     ``sync_bn`` (default False): under ``torchrun`` batch norm computes its training statistics
     over the global batch (all ranks; one all-reduce per batch-norm layer forward and one in its
     backward), so that N processes train as one process with the same global batch. Off by default:
@@ -86,6 +93,7 @@ class TrainConfig:
     sync_bn: bool = False
     model_ema: bool = False
     model_ema_decay: float = 0.998
+    precise_bn: int = 200
     seed: int = 0
     output: str = "runs/train"
     resume: bool | str = False
@@ -139,6 +147,19 @@ def _choice(*names):
     return parse
 
 
+def _data_name(value):
+    from ..data.registry import DATASETS  # no torch: the names only
+
+    value = _text(value)
+    if value not in DATASETS:
+        import difflib
+
+        close = difflib.get_close_matches(value, DATASETS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise argparse.ArgumentTypeError(f"unknown data set {value!r}{hint} (known: {', '.join(DATASETS)})")
+    return value
+
+
 def _json_object(value):
     """model_kwargs: a JSON object (from a flag) or a mapping (from YAML)."""
     if isinstance(value, str):
@@ -153,11 +174,16 @@ def _json_object(value):
 
 
 def _wst(value):
-    from ..models.layers import check_model_args
+    """W/S/T with W in :data:`qsnn_kernels.bits.ALLOWED_W_BITS`, S in ``SPIKE_BITS``, 1 <= T <=
+    :data:`MAX_T_STEPS` (the widths the models accept, checked without importing torch)."""
+    from ..bits import ALLOWED_W_BITS, SPIKE_BITS, check_bits
 
     try:
         w, s, t = parse_wst(value)
-        check_model_args(w, s, t)
+        check_bits(w, ALLOWED_W_BITS, "w_bits")
+        check_bits(s, SPIKE_BITS, "s_bits")
+        if t < 1:
+            raise ValueError(f"t_steps must be an int >= 1, got {t}")
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e).replace(f"--wst {value}: ", "").replace("--wst ", "")) from None
     return value
@@ -167,11 +193,19 @@ _DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 
 def _device(value):
-    """auto, cpu, cuda or cuda:N with N below the count of CUDA devices here (counted without
-    initializing CUDA); whether plain ``cuda`` is available is the run's check."""
-    m = _DEVICE.fullmatch(value) if isinstance(value, str) else None
-    if m is None:
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    """auto, cpu, cuda or cuda:N (the form; :func:`_device_index` checks N once the flags are parsed)."""
+    if not isinstance(value, str) or _DEVICE.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(f"expected {_device.expected}, got {value!r}")
+    return value
+
+
+_device.expected = "auto, cpu, cuda or cuda:N"
+
+
+def _device_index(value):
+    """cuda:N with N below the count of CUDA devices here (counted without initializing CUDA);
+    whether plain ``cuda`` is available is the run's check."""
+    m = _DEVICE.fullmatch(value)
     if m.group(2):
         import torch
 
@@ -182,8 +216,10 @@ def _device(value):
 
 
 def _optimizer(value):
+    """A timm optimizer name (importing timm to list them costs seconds: done by :func:`check_field`
+    after the flags are parsed, and only for a name other than the default)."""
     value = _text(value)
-    if value != TrainConfig.opt:  # importing timm costs a second: only for a name other than the default
+    if value != TrainConfig.opt:
         from timm.optim import list_optimizers
 
         known = list_optimizers()
@@ -207,17 +243,22 @@ def _resume(value):
 
 
 _FIELD_TYPES = {
-    "model": _text, "model_kwargs": _json_object, "wst": _wst, "data": _text, "data_root": _text,
+    "model": _text, "model_kwargs": _json_object, "wst": _wst, "data": _data_name, "data_root": _text,
     "input_size": int_in(1, MAX_INPUT_SIZE), "on_error": _choice("skip", "raise"), "epochs": positive_int,
-    "batch_size": positive_int, "lr": positive_float, "weight_decay": float_in(0.0), "opt": _optimizer,
+    "batch_size": positive_int, "lr": positive_float, "weight_decay": float_in(0.0), "opt": _text,
     "sched": _choice(*SCHEDULERS), "warmup_epochs": nonnegative_int, "warmup_lr": float_in(0.0),
     "min_lr": float_in(0.0), "smoothing": float_in(0.0, 1.0, hi_open=True), "mixup": float_in(0.0),
-    "cutmix": float_in(0.0), "randaug": _text, "model_ema_decay": float_in(0.0, 1.0), "seed": int_in(),
+    "cutmix": float_in(0.0), "precise_bn": nonnegative_int, "randaug": _text,
+    "model_ema_decay": float_in(0.0, 1.0), "seed": int_in(),
     "output": output_folder, "resume": _resume, "workers": nonnegative_int, "amp": _choice("auto", "bf16", "none"),
     "device": _device, "log_interval": positive_int, "max_steps_per_epoch": positive_int,
 }
 """The type of each field: an argparse type that also takes the field's own Python type (YAML
-values). Boolean fields use :func:`_bool`; a field missing here is a string."""
+values). Boolean fields use :func:`_bool`; a field missing here is a string. These never import
+torch, timm or tonic, so that ``qsnn train --help`` and a misused flag answer at once."""
+
+_LATE_CHECKS = {"opt": _optimizer, "device": _device_index}
+"""Checks that need torch or timm: made by :func:`check_field` (after argparse, for flags)."""
 
 
 def _field_type(name: str):
@@ -236,7 +277,8 @@ def check_field(name: str, value):
     if value is None and f.default is None:
         return None
     try:
-        return _field_type(name)(value)
+        value = _field_type(name)(value)
+        return _LATE_CHECKS[name](value) if name in _LATE_CHECKS else value
     except (argparse.ArgumentTypeError, ValueError) as e:
         raise ValueError(f"{name}: {one_line(e)}") from None
 
@@ -287,39 +329,90 @@ def _bool(s) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
 
+_HELP = {
+    "model": "registered model, with or without the qsnn_ prefix (see `qsnn models`)",
+    "model_kwargs": 'extra model arguments as a JSON object, e.g. \'{"width": 8}\'',
+    "wst": f"weight bits / spike bits / time steps: W in {', '.join(map(str, WEIGHT_BITS))} "
+           f"({', '.join(map(str, FULL_PRECISION_BITS))}: float weights), S in {', '.join(map(str, SPIKE_BITS))}, "
+           f"1 <= T <= {MAX_T_STEPS}",
+    "data": "data set (digits and digits-events are embedded; the others need --data-root)",
+    "data_root": "folder holding the data set (not needed for digits, digits-events)",
+    "events": "train on event frames: digits becomes digits-events (simulated saccades); the DVS data sets "
+              "are event data already",
+    "input_size": f"image side in pixels for imagenet (default there: 224; at most {MAX_INPUT_SIZE}); the "
+                  f"other data sets have a fixed size",
+    "on_error": "a data file that fails to decode: skip it (counted in report.json) or raise (stop, naming it)",
+    "epochs": "training epochs",
+    "batch_size": "global batch size (split evenly over the torchrun processes)",
+    "lr": "peak learning rate, reached after the warmup",
+    "weight_decay": "weight decay of the optimizer",
+    "opt": "optimizer, a timm name (adamw, sgd, lamb, ...)",
+    "sched": "learning-rate schedule (timm), stepped once per epoch",
+    "warmup_epochs": "epochs of linear warmup from --warmup-lr to --lr",
+    "warmup_lr": "learning rate at the start of the warmup",
+    "min_lr": "learning rate at the end of the schedule",
+    "smoothing": "label smoothing",
+    "mixup": "mixup alpha (0: off)",
+    "cutmix": "cutmix alpha (0: off; images only, not --events)",
+    "augment": "training augmentation of cifar10/cifar100 (random crop, flip) and imagenet (timm's)",
+    "randaug": "timm RandAugment policy for cifar/imagenet training, e.g. rand-m9-mstd0.5-inc1 (implies "
+               "--augment)",
+    "sync_bn": "batch-norm statistics over all ranks under torchrun (extra communication; off: per-rank "
+               "statistics)",
+    "model_ema": "evaluate, report and save an exponential moving average of the weights",
+    "model_ema_decay": "decay of --model-ema per step",
+    "precise_bn": "before each evaluation, recompute the batch-norm statistics over this many training "
+                  "batches with the epoch's final weights (0: keep the running averages)",
+    "seed": "seed of the weights, the data order and the augmentation",
+    "output": "run folder: config.yaml, metrics.jsonl, last.pt, best.pt, report.json",
+    "resume": "continue the run in --output from its last.pt, or from the given checkpoint",
+    "overwrite": "replace the run already in --output",
+    "workers": "data-loader worker processes (0: load in the training process)",
+    "amp": "autocast: auto (bf16 on CUDA, none on CPU), bf16 (CUDA only) or none",
+    "device": "device to train on (auto: cuda when available, else cpu)",
+    "log_interval": "steps between updates of the progress bar's loss and speed",
+    "progress": "a progress bar per epoch when stderr is a terminal (in a log or a pipe: the epoch lines only)",
+    "max_steps_per_epoch": "cap on the training steps of an epoch, for quick checks (none: the whole epoch)",
+}
+"""The help line of each TrainConfig field's flag (``qsnn train --help`` adds the choices and the default)."""
+
+
+def _choices_text(name: str) -> str | None:
+    """The values a flag takes, for its help line (None when the type does not say)."""
+    if name == "data":
+        from ..data.registry import DATASETS
+
+        return "one of " + ", ".join(DATASETS)
+    return getattr(_FIELD_TYPES.get(name), "expected", None)
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add every TrainConfig field as ``--name`` (underscores as dashes) with no default (so that
-    only the flags given override the YAML file and the dataclass defaults), plus ``--config``."""
-    p = parser or Parser(prog="qsnn train", description="train a registered qsnn model")
-    p.add_argument("--config", help="a YAML file of TrainConfig fields (flags override it)")
+    only the flags given override the YAML file and the dataclass defaults), plus ``--config`` and
+    ``--json`` (the output of the command, not a field). Each flag's help says what it does, the
+    values it takes and its default. Building it imports neither torch nor timm."""
+    p = parser or Parser(prog="qsnn train", description="train a registered qsnn model (default: a tiny spiking CNN "
+                         "on the embedded 8x8 digits); accuracies are top-1 in percent")
+    p.add_argument("--config", help="a YAML file of training options (the flag names with underscores); flags "
+                                    "given on the command line override it")
+    p.add_argument("--json", action="store_true",
+                   help="end with the report as JSON (top-1 in percent) instead of the one-line summary")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        help_ = f"(default: {default!r})"
+        default = "none" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else f.default
+        choices = _choices_text(f.name)
+        help_ = _HELP[f.name] + (f" ({choices}; default: {default})" if choices else f" (default: {default})")
+        help_ = help_.replace("%", "%%")
         if f.name == "model_kwargs":
-            p.add_argument(flag, dest=f.name, type=_json_object, default=None,
-                           help='extra model arguments as JSON, e.g. \'{"width": 8}\'')
+            p.add_argument(flag, dest=f.name, type=_json_object, default=None, metavar="JSON", help=_HELP[f.name])
         elif f.name == "resume":
-            p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_resume,
-                           help="continue from the run folder's last.pt, or from the given checkpoint")
-        elif f.name == "wst":
-            p.add_argument(flag, dest=f.name, type=_wst, default=None,
-                           help=f"weight bits / spike bits / time steps, T <= {MAX_T_STEPS} (default: {default!r})")
-        elif f.name == "randaug":
-            p.add_argument(flag, dest=f.name, default=None, metavar="POLICY", type=_text,
-                           help="timm RandAugment policy for cifar/imagenet training, e.g. rand-m9-mstd0.5-inc1 "
-                                "(implies --augment; default: none)")
-        elif f.name == "sync_bn":
-            p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_bool,
-                           help="batch-norm statistics over all ranks under torchrun (extra communication; "
-                                "default: off, per-rank statistics)")
-        elif isinstance(default, bool):
-            p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_bool, help=help_)
+            p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_resume, metavar="CHECKPOINT",
+                           help=_HELP[f.name])
+        elif isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_bool, metavar="BOOL",
+                           help=help_.replace(" (default:", " (true/false; default:"))
         else:
-            kind = _field_type(f.name)
-            expected = getattr(kind, "expected", None)
-            p.add_argument(flag, dest=f.name, type=kind, default=None,
-                           help=f"{expected} {help_}" if expected else help_)
+            p.add_argument(flag, dest=f.name, type=_field_type(f.name), default=None, help=help_)
     return p
 
 
@@ -338,8 +431,14 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
             raise ValueError(f"--config {ns.config}: {e}") from None
     for f in fields(TrainConfig):
         v = getattr(ns, f.name, None)
-        if v is not None:
-            d[f.name] = v
+        if v is None:
+            continue
+        if f.name in _LATE_CHECKS:  # the checks that need torch or timm, once every flag is parsed
+            try:
+                _LATE_CHECKS[f.name](v)
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"argument --{f.name.replace('_', '-')}: {e}") from None
+        d[f.name] = v
     return TrainConfig.from_dict(d)
 
 

@@ -200,10 +200,10 @@ def _criterion(cfg, num_classes):
 
 @torch.no_grad()
 def _evaluate(model, loader, device, autocast, world: int = 1):
-    """(mean loss, top-1 accuracy) over the val set. Each rank evaluates its :func:`val_shard`;
-    with ``world > 1`` the loss sums, correct counts and sample counts are all-reduced (summed), so
-    every rank returns the global figures (exact counts: the accuracy is the one a single process
-    gets with the same weights)."""
+    """(mean loss, top-1 accuracy in percent: ``100 * correct / n``) over the val set. Each rank
+    evaluates its :func:`val_shard`; with ``world > 1`` the loss sums, correct counts and sample
+    counts are all-reduced (summed), so every rank returns the global figures (exact counts: the
+    accuracy is the one a single process gets with the same weights)."""
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in loader:
@@ -220,7 +220,7 @@ def _evaluate(model, loader, device, autocast, world: int = 1):
         sums = torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=device)
         dist.all_reduce(sums)
         loss_sum, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
-    return loss_sum / max(n, 1), correct / max(n, 1)
+    return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
 
 
 def _autocast_factory(cfg, device):
@@ -250,8 +250,10 @@ def _profile_report(model, val_info, device, t_steps, model_name):
 
 def run(config: TrainConfig) -> dict:
     """Train ``config.model`` on ``config.data`` and return the final report (also written as
-    ``report.json`` in ``config.output``): ``top1`` (final val accuracy, of the EMA model when
-    ``model_ema``), ``best_top1``, ``epochs``, ``wall_time_s``, ``images_per_s`` (training),
+    ``report.json`` in ``config.output``): ``top1_percent`` (final top-1 val accuracy in percent, of
+    the EMA model when ``model_ema``; with ``precise_bn``, evaluated with batch-norm statistics
+    recomputed over training batches), ``best_top1_percent`` (the best epoch's, whose weights are
+    best.pt), ``epochs``, ``wall_time_s``, ``images_per_s`` (training),
     ``params``, ``bit_budget``, ``s_ace``, ``ns_ace``, ``firing_rate`` ({layer: rate, the nonzero
     fraction of the layer's input}) and ``input_bits`` ({layer: the bits of its input spikes, None
     for a real-valued input such as the encoding conv or a head after a mean: the profiler's
@@ -259,9 +261,10 @@ def run(config: TrainConfig) -> dict:
     :func:`qsnn_kernels.metrics.profile` on val samples, ``model``, ``wst``, ``data``, ``world_size``.
 
     The run folder (:mod:`qsnn_kernels.train.run_folder`): a folder that already holds a run is
-    refused unless ``resume`` (continue it; a finished one is left as it is and its report
-    returned) or ``overwrite`` (replace it). Checkpoints hold tensors and plain values only and are
-    read with ``weights_only=True`` and a checksum (:mod:`qsnn_kernels.train.checkpoint`).
+    refused unless ``resume`` (continue it; a finished one is left as it is, one line says there
+    is nothing to do, and its report is returned) or ``overwrite`` (replace it). Checkpoints hold
+    tensors and plain values only and are read with ``weights_only=True`` and a checksum
+    (:mod:`qsnn_kernels.train.checkpoint`).
 
     Raises ValueError (unknown model, impossible W/S/T, bad option, an output folder holding a run,
     a checkpoint of another model, a corrupted or foreign checkpoint), FileNotFoundError (missing

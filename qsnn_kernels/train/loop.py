@@ -1,12 +1,16 @@
-"""The epoch loop of :func:`qsnn_kernels.train.run`: optimizer, schedule, EMA, resume, the run folder
-(config.yaml, metrics.jsonl, last.pt, best.pt, report.json; written in the order and the way
+"""The epoch loop of :func:`qsnn_kernels.train.run`: optimizer, schedule, EMA, batch-norm statistics
+recomputed before each evaluation (``precise_bn``), resume, the run folder (config.yaml,
+metrics.jsonl, last.pt, best.pt, report.json; written in the order and the way
 :mod:`qsnn_kernels.train.run_folder` describes, so that a kill at any point leaves it consistent
-and resumable) and the progress bar."""
+and resumable) and the progress shown: one line per epoch on stdout, and a progress bar on stderr
+when stderr is a terminal (a log file or a pipe gets the lines only). Accuracies are top-1 in
+percent (``val_top1_percent``, ``top1_percent``, ``best_top1_percent``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import torch
@@ -30,7 +34,11 @@ def resume_checkpoint(cfg, model_name, wst) -> tuple[str | None, dict | None]:
     if not cfg.resume:
         return None, None
     path = cfg.resume if isinstance(cfg.resume, str) else os.path.join(cfg.output, rf.LAST)
-    return path, load_checkpoint(path, model_name, wst)
+    ckpt = load_checkpoint(path, model_name, wst)
+    if "best_top1_percent" not in ckpt:
+        raise ValueError(f"--resume: {path} was written by an older qsnn_kernels (accuracies as fractions); "
+                         f"start a new run (--overwrite) or use another --output")
+    return path, ckpt
 
 
 def finished_report(cfg, ckpt, main: bool = True) -> dict | None:
@@ -59,7 +67,7 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
     out = cfg.output
     t_start = time.perf_counter()
     report_path, metrics_path = os.path.join(out, rf.REPORT), os.path.join(out, rf.METRICS)
-    start_epoch, best_acc, best_epoch, history, wall_before = 0, -1.0, -1, [], 0.0
+    start_epoch, best_top1, best_epoch, history, wall_before = 0, -1.0, -1, [], 0.0
     resumed_from, ckpt = resumed
     if ckpt is not None:
         start_epoch = ckpt["epoch"] + 1
@@ -78,7 +86,7 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         if ema is not None and ckpt.get("ema") is not None:
             ema.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
-        best_acc, best_epoch = ckpt["best_acc"], ckpt["best_epoch"]
+        best_top1, best_epoch = ckpt["best_top1_percent"], ckpt["best_epoch"]
         history, wall_before = list(ckpt["history"]), ckpt["wall_time_s"]
     if scheduler is not None:
         scheduler.step(start_epoch)
@@ -99,7 +107,7 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         train_model.train()
         steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
         bar = None
-        if main and cfg.progress:
+        if main and cfg.progress and _is_terminal(sys.stderr):
             from tqdm import tqdm
 
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
@@ -141,17 +149,21 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         if scheduler is not None:
             scheduler.step(epoch + 1)
         eval_model = ema.module if ema is not None else model
+        if cfg.precise_bn:
+            recompute_batch_norm(eval_model, train_loader, min(cfg.precise_bn, steps), device, autocast,
+                                 dist_info.world)
         val_loss, acc = _evaluate(eval_model, val_loader, device, autocast, dist_info.world)
-        is_best = acc > best_acc
+        is_best = acc > best_top1
         if is_best:
-            best_acc, best_epoch = acc, epoch
-        row = dict(epoch=epoch, train_loss=loss_sum / max(n_total, 1), val_loss=val_loss, val_top1=acc,
+            best_top1, best_epoch = acc, epoch
+        row = dict(epoch=epoch, train_loss=loss_sum / max(n_total, 1), val_loss=val_loss, val_top1_percent=acc,
                    lr=optimizer.param_groups[0]["lr"], images=n_total, images_per_s=n_total / max(epoch_time, 1e-9),
                    epoch_time_s=epoch_time)
         history.append(row)
         if main:  # metrics.jsonl, last.pt, best.pt: in this order (see run_folder)
             rf.write_metrics(metrics_path, history)
-            ckpt = dict(model_name=model_name, wst=list(wst), epoch=epoch, best_acc=best_acc, best_epoch=best_epoch,
+            ckpt = dict(model_name=model_name, wst=list(wst), epoch=epoch, best_top1_percent=best_top1,
+                        best_epoch=best_epoch,
                         model=model.state_dict(), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict() if scheduler is not None else None,
                         ema=ema.state_dict() if ema is not None else None, rng=rng_state(), config=cfg.to_dict(),
@@ -161,12 +173,13 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
             if is_best:
                 rf.copy_atomic(os.path.join(out, rf.LAST), os.path.join(out, rf.BEST))
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                  f"val top1 {acc * 100:.2f}%  {row['images_per_s']:.0f} img/s  {epoch_time:.1f}s", flush=True)
+                  f"val top-1 {acc:.2f}%  {row['images_per_s']:.0f} img/s  {epoch_time:.1f}s", flush=True)
     final_model = ema.module if ema is not None else model
     train_time = sum(r["epoch_time_s"] for r in history)
     images_total = sum(r["images"] for r in history)
     report = dict(model=model_name, wst="/".join(map(str, wst)), data=train_info_name(cfg), epochs=cfg.epochs,
-                  top1=history[-1]["val_top1"] if history else None, best_top1=best_acc if history else None,
+                  top1_percent=history[-1]["val_top1_percent"] if history else None,
+                  best_top1_percent=best_top1 if history else None,
                   wall_time_s=wall_before + time.perf_counter() - t_start,
                   train_time_s=train_time, images_per_s=images_total / train_time if train_time > 0 else None,
                   world_size=dist_info.world, skipped_files=int(getattr(train_info, "skipped", 0))
@@ -175,6 +188,53 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
     if main:
         rf.write_json(report_path, report)
     return report
+
+
+def _is_terminal(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+@torch.no_grad()
+def recompute_batch_norm(model, loader, batches: int, device, autocast, world: int = 1) -> int:
+    """Replace the running statistics of every batch norm in ``model`` by their average over the
+    first ``batches`` batches of ``loader`` (each batch weighing the same; with ``world > 1`` also
+    averaged over the ranks, which all read the same number of batches), computed with the
+    weights as they are, which it leaves unchanged. The model is left in eval mode. Returns how
+    many batches each rank used (0 when the model has no batch norm: nothing runs).
+
+    Why (``precise_bn``, on by default): the running averages (momentum 0.1) follow the last ten
+    or so batches, and a spiking network's thresholds make its accuracy swing with them; on
+    ``--events --wst 1/2/4`` the final epoch lost 10 points to them at a learning rate near zero."""
+    bns = [m for m in model.modules()
+           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or batches < 1:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch weighs the same
+    model.train()
+    used = 0
+    try:
+        for x, _ in loader:
+            if used >= batches:
+                break
+            with autocast():
+                model(x.to(device, non_blocking=True))
+            used += 1
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.eval()
+    if world > 1:
+        import torch.distributed as dist
+
+        for m in bns:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(world)
+    return used
 
 
 def _start_folder(cfg, out, resumed_from, ckpt, history) -> None:
