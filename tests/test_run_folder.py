@@ -254,6 +254,18 @@ def test_resume_of_a_finished_run_changes_nothing(run_copy, capsys):
     assert _snapshot(run_copy) == before
 
 
+def test_resume_of_a_checkpoint_with_fractional_accuracies_is_refused(run_copy):
+    """Checkpoints written before accuracies were percentages hold ``best_acc`` (a fraction): resuming
+    from one would compare a fraction with percentages, so it is refused with a clear message."""
+    path = run_copy / rf.LAST
+    old = ckpt_mod.read_checkpoint(str(path))
+    old = {k: v for k, v in old.items() if k not in ("format", "version", "sha256")}
+    old["best_acc"] = old.pop("best_top1_percent") / 100
+    ckpt_mod.save_atomic(old, str(path))
+    with pytest.raises(ValueError, match="older qsnn_kernels"):
+        run(_cfg(run_copy, resume=True, epochs=3))
+
+
 def test_resume_with_more_epochs_is_no_longer_finished(run_copy, monkeypatch):
     """A finished run resumed with more --epochs and killed in the new epoch does not keep the
     old report.json (which would mark it finished); resumed again, it finishes with its report."""

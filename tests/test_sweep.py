@@ -170,6 +170,14 @@ def test_reuse_skips_finished_splits_of_the_same_config(tmp_path):
     assert calls == ["1/2/2"]
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in first]
     assert again[0]["wall_s"] == 3.0  # the finished run's own time
+    # a report of an older version (top-1 as a fraction under "top1") is not read as a percent: retrained
+    path = tmp_path / "w1_s1_t4" / "report.json"
+    old = json.loads(path.read_text())
+    old["top1"] = old.pop("top1_percent") / 100
+    path.write_text(json.dumps(old))
+    calls.clear()
+    sweep.run_sweep(4, FakeConfig(), tmp_path, train_fn=train, quiet=True, reuse=True)
+    assert calls == ["1/1/4"]
     # another setting (epochs) is trained again, never mixed with the old runs
     calls.clear()
     sweep.run_sweep(4, FakeConfig(epochs=5), tmp_path, train_fn=train, quiet=True, reuse=True)
