@@ -204,8 +204,8 @@ def recompute_batch_norm(model, loader, batches: int, device, autocast, world: i
     many batches each rank used (0 when the model has no batch norm: nothing runs).
 
     Why (``precise_bn``, on by default): the running averages (momentum 0.1) follow the last ten
-    or so batches, and a spiking network's thresholds make its accuracy swing with them; on
-    ``--events --wst 1/2/4`` the final epoch lost 10 points to them at a learning rate near zero."""
+    or so batches, and a spiking network's thresholds make its accuracy swing with them from one
+    epoch to the next (figures in the README's Training section)."""
     bns = [m for m in model.modules()
            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or batches < 1:
