@@ -11,7 +11,9 @@ triton, never needs a GPU, and never fails for want of the extension: a missing 
 One exception keeps the command line instant: in a process started as the ``qsnn`` command (the
 console script, ``python -m qsnn_kernels.cli`` or ``python -m qsnn_kernels.train``) the import
 defers all of that, torch included, to the first use of a public name below (``qsnn --help`` and a
-misused flag answer before torch is imported); the commands then load it before they run.
+misused flag answer before torch is imported). ``qsnn`` commands call :func:`load` once their
+arguments are parsed (``qsnn train`` loads the modules it uses as it builds the run), and every op
+loads the compiled kernels before its first eager call in any case.
 """
 
 from __future__ import annotations

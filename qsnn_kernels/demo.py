@@ -14,8 +14,8 @@ Five sections, in the order a user meets the library:
 5. where to go next.
 
 Timings run on the CPU with torch's threads; each is the median of at least ``repeats`` runs (of
-more for a fast op) after one untimed warm-up run. :func:`run_demo` returns 0 when every check passed, 1 otherwise (the failed
-checks are listed on stderr).
+more for a fast op) after one untimed warm-up run, so they are only as steady as the machine is idle.
+:func:`run_demo` returns 0 when every check passed, 1 otherwise (the failed checks named on stderr).
 """
 
 from __future__ import annotations
