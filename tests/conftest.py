@@ -4,6 +4,11 @@ import os
 
 import torch
 
+# Subprocesses of the tests (``python -c``/``-m``, multiprocessing's servers) import the installed
+# package, never the source tree that is the working folder: without the extension built in place,
+# the tree's copy has no kernels and no qsnn_kernels.models.
+os.environ["PYTHONSAFEPATH"] = "1"
+
 # Triton kernels run on the CPU under the interpreter; the variable must be set before any
 # kernel module is imported (triton.jit reads it at decoration time).
 if not torch.cuda.is_available():
