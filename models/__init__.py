@@ -1,7 +1,8 @@
 """Quantized spiking models (installed as ``qsnn_kernels.models``).
 
 Importing this package registers every architecture with timm under names starting ``qsnn_``
-(``timm.create_model("qsnn_sew_resnet18_cifar", w_bits=4, s_bits=2, t_steps=1)``).
+(``timm.create_model("qsnn_sew_resnet18_cifar", w_bits=4, s_bits=2, t_steps=1)``), under timm's
+model contract (:mod:`.timm_support`; weight files and ``qsnn export``: :mod:`.weights`).
 :func:`create_model` is the same with a clear error, listing the close names, for an unknown one.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import convert, layers, sew_resnet, spikformer, tiny  # importing an architecture module registers its models
+from . import convert, layers, sew_resnet, spikformer, timm_support, tiny, weights  # an architecture module registers its models
 from .convert import convert_for_inference, model_nbytes
 from .layers import (ALLOWED_W_BITS, FULL_PRECISION_BITS, MultiStepBatchNorm, MultiStepBatchNorm1d,
                      MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, spiking_neuron)
@@ -32,6 +33,8 @@ __all__ = [
     "sew_resnet",
     "spikformer",
     "tiny",
+    "timm_support",
+    "weights",
     "list_models",
     "model_nbytes",
     "spiking_neuron",

@@ -198,7 +198,9 @@ class SpikingTimmModel(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward instead of keeping them."""
+        """Recompute each block's activations in the backward instead of keeping them (the same
+        outputs and gradients; as with any torch checkpoint, a batch norm in training mode updates
+        its running statistics again when its block is recomputed)."""
         self.grad_checkpointing = enable
 
     def _frames(self, x: torch.Tensor) -> torch.Tensor:
