@@ -48,8 +48,8 @@ from ..lif import MultiLevelLIF
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul,
                      input_frames, mean_over_time, repeat_frame)
 
-__all__ = ["WST_KEYS", "LICENSE", "GLOBAL_POOLS", "qsnn_cfg", "cfg_wst", "build_qsnn", "SpikingTimmModel",
-           "check_wst_match", "run_blocks"]
+__all__ = ["WST_KEYS", "LICENSE", "GLOBAL_POOLS", "qsnn_cfg", "cfg_wst", "constructor_wst", "build_qsnn",
+           "SpikingTimmModel", "check_wst_match", "run_blocks", "run_checkpointed"]
 
 WST_KEYS = ("w_bits", "s_bits", "t_steps")
 LICENSE = "apache-2.0"
