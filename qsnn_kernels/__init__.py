@@ -23,21 +23,21 @@ import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackendUnavailable",
-    "MultiLevelLIF",
-    "PackedWeight",
-    "bits",
-    "bitserial_linear",
-    "bitserial_matmul",
-    "build_info",
-    "cpu_simd",
-    "multilevel_lif",
-    "multilevel_lif_int",
-    "pack_bits",
-    "reference",
-    "unpack_bits",
-]
+_PUBLIC = {
+    "BackendUnavailable": "_extension", "build_info": "_extension",
+    "bitserial_matmul": "bitserial", "cpu_simd": "bitserial",
+    "bitserial_linear": "bitserial_linear",
+    "MultiLevelLIF": "lif", "multilevel_lif": "lif", "multilevel_lif_int": "lif",
+    "PackedWeight": "packed_weight",
+    "pack_bits": "packing", "unpack_bits": "packing",
+}
+"""The public names and the module each comes from."""
+_SUBMODULES = ("bits", "reference")
+"""The public names that are submodules (imported as they are asked for)."""
+OP_MODULES = ("quantize", *dict.fromkeys(_PUBLIC.values()), *_SUBMODULES)
+"""The modules whose import defines ``torch.ops.qsnn.*``."""
+
+__all__ = sorted([*_PUBLIC, *_SUBMODULES])
 
 COMMAND_MODULES = ("qsnn_kernels.cli", "qsnn_kernels.train")
 """The modules run with ``python -m`` that are the ``qsnn`` command line (see the module docstring)."""
@@ -64,10 +64,6 @@ def _started_as_command() -> bool:
     return False
 
 
-_SUBMODULES = ("bits", "reference")
-"""The public names of :data:`__all__` that are submodules (imported as they are asked for)."""
-
-
 def load() -> None:
     """Register the ops and load the compiled kernels (what ``import qsnn_kernels`` does outside
     the command line); runs once, later calls return at once."""
@@ -75,20 +71,10 @@ def load() -> None:
         return
     from importlib import import_module
 
-    for module in ("bits", "quantize", "reference", "bitserial", "bitserial_linear", "lif", "packed_weight",
-                   "packing"):
-        import_module(f"{__name__}.{module}")  # importing registers the ops
-    extension = import_module(f"{__name__}._extension")
-    extension.load()  # registers the compiled kernels with the ops the modules above define
-    m = sys.modules
-    globals().update(
-        BackendUnavailable=extension.BackendUnavailable, build_info=extension.build_info,
-        bitserial_matmul=m[f"{__name__}.bitserial"].bitserial_matmul, cpu_simd=m[f"{__name__}.bitserial"].cpu_simd,
-        bitserial_linear=m[f"{__name__}.bitserial_linear"].bitserial_linear,
-        MultiLevelLIF=m[f"{__name__}.lif"].MultiLevelLIF, multilevel_lif=m[f"{__name__}.lif"].multilevel_lif,
-        multilevel_lif_int=m[f"{__name__}.lif"].multilevel_lif_int,
-        PackedWeight=m[f"{__name__}.packed_weight"].PackedWeight, pack_bits=m[f"{__name__}.packing"].pack_bits,
-        unpack_bits=m[f"{__name__}.packing"].unpack_bits)
+    for module in OP_MODULES:
+        import_module(f"{__name__}.{module}")  # importing defines the ops
+    sys.modules[f"{__name__}._extension"].load()  # registers the compiled kernels with those ops
+    globals().update({name: getattr(sys.modules[f"{__name__}.{module}"], name) for name, module in _PUBLIC.items()})
 
 
 def __getattr__(name: str):
