@@ -647,23 +647,12 @@ def base_config_from_args(args):
     """The TrainConfig every split starts from: the YAML file, then the flags given."""
     try:
         from .train import TrainConfig
-        from .train.config import load_yaml
+        from .train.config import check_dict, read_config_file
     except ImportError as exc:
         raise ImportError(f"qsnn sweep needs qsnn_kernels.train (the training loop), which failed to import: "
                           f"{exc}") from exc
 
-    from .train.config import check_dict
-
-    d = {}
-    if args.config:
-        try:
-            raw = load_yaml(args.config)
-        except ValueError as e:  # the message starts with the path
-            raise ValueError(f"--config {e}") from None
-        try:
-            d = check_dict(raw)
-        except ValueError as e:
-            raise ValueError(f"--config {args.config}: {e}") from None
+    d = read_config_file(args.config) if args.config else {}
     for key in ("model", "epochs", "data", "data_root", "batch_size", "seed"):
         if getattr(args, key) is not None:
             d[key] = getattr(args, key)

@@ -298,6 +298,20 @@ def parse_wst(wst: str) -> tuple[int, int, int]:
     return w, s, t
 
 
+def read_config_file(path: str) -> dict:
+    """The TrainConfig fields of the ``--config`` YAML file ``path``, each value checked
+    (:func:`check_dict`). ValueError starting ``--config <path>``: the file is missing, not YAML or
+    not a mapping, or a key or value is wrong."""
+    try:
+        raw = load_yaml(path)
+    except ValueError as e:  # the message starts with the path
+        raise ValueError(f"--config {e}") from None
+    try:
+        return check_dict(raw)
+    except ValueError as e:
+        raise ValueError(f"--config {path}: {e}") from None
+
+
 def load_yaml(path: str) -> dict:
     """The mapping in a YAML file. ValueError naming the file when it is missing, unreadable, not
     YAML or not a mapping."""
@@ -419,16 +433,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed flags: the ``--config`` YAML file (each value checked, ValueError
     naming the file and key), then the flags given."""
-    d = {}
-    if getattr(ns, "config", None):
-        try:
-            raw = load_yaml(ns.config)
-        except ValueError as e:  # the message starts with the path
-            raise ValueError(f"--config {e}") from None
-        try:
-            d = check_dict(raw)
-        except ValueError as e:
-            raise ValueError(f"--config {ns.config}: {e}") from None
+    d = read_config_file(ns.config) if getattr(ns, "config", None) else {}
     for f in fields(TrainConfig):
         v = getattr(ns, f.name, None)
         if v is None:
