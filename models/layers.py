@@ -158,14 +158,14 @@ def input_frames(x, t_steps: int, in_chans: int, name: str,
     output over T: direct encoding), event frames ``[B, T, C, H, W]`` as ``[T, B, C, H, W]`` (a
     view: frame t is step t's input). A leaf of fx graphs (:mod:`models.timm_support`): its checks
     branch on the input's shape."""
-    return x.transpose(0, 1) if check_model_input(x, t_steps, in_chans, name, img_size) else x
+    return encode_direct(x, t_steps, events=True) if check_model_input(x, t_steps, in_chans, name, img_size) else x
 
 
 def repeat_frame(y: torch.Tensor, t_steps: int) -> torch.Tensor:
     """The encoding layer's output over time: ``[B, C, H, W]`` (computed once from an image) ->
     ``[T, B, C, H, W]``, the same frame at every step (an expanded view: direct encoding);
     ``[T, B, C, H, W]`` (from event frames) is returned as it is. A leaf of fx graphs."""
-    return y.unsqueeze(0).expand(t_steps, *y.shape) if y.dim() == 4 else y
+    return encode_direct(y, t_steps) if y.dim() == 4 else y
 
 
 def mean_over_time(x: torch.Tensor) -> torch.Tensor:

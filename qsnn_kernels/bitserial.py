@@ -180,7 +180,7 @@ def _pack(codes: torch.Tensor, bits: int, signed: bool, backend: str) -> torch.T
 
 def _level_planes(levels: torch.Tensor, x_bits: int, backend: str) -> torch.Tensor:
     """Levels [T, M, K] -> planes [T * x_bits, M, words], plane t * x_bits + b = bit b of step t."""
-    planes = _pack(levels, x_bits, False, backend)  # [x_bits, P, M, words]
+    planes = _pack(levels, x_bits, False, backend)  # [x_bits, T, M, words]
     return planes.transpose(0, 1).reshape(levels.shape[0] * x_bits, levels.shape[1], planes.shape[-1])
 
 
