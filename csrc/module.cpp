@@ -2,6 +2,8 @@
 // other sources); it exposes only what was built and which CPU features the kernels can use.
 #include <pybind11/pybind11.h>
 
+#include "bitplanes.h"
+#include "contract.h"
 #include "cpu_features.h"
 
 namespace py = pybind11;
@@ -24,6 +26,17 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["compiler"] = __VERSION__;
     return info;
+  });
+  m.def("contract", [] {  // the facts of contract.h, compared with Python's by tests/test_contract.py
+    py::dict c;
+    py::list bits;
+    for (int64_t b : qsnn::kAllowedBits) bits.append(b);
+    c["allowed_bits"] = py::tuple(bits);
+    py::dict surrogates;
+    for (int64_t i = 0; i < qsnn::kNumSurrogates; ++i) surrogates[qsnn::kSurrogateNames[i]] = i;
+    c["surrogates"] = surrogates;
+    c["word_bits"] = qsnn::kWordBits;
+    return c;
   });
   m.def("cpu_features", [] {
     py::dict f;

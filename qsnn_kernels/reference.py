@@ -20,6 +20,7 @@ import math
 import torch
 
 from .bits import WORD_BITS, check_bits, num_words, SPIKE_BITS, WEIGHT_BITS
+from .choices import DEFAULT_ALPHA, REDUCTIONS, RESETS, check_choice
 
 __all__ = [
     "pack_bits",
@@ -146,7 +147,6 @@ def fake_quantize_weight(w: torch.Tensor, w_bits: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- bit-serial GEMM (Eq. 3)
 
-REDUCTIONS = ("none", "time", "bitplane")
 
 
 def _reduce(y: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -166,8 +166,7 @@ def bitserial_matmul(x: torch.Tensor, q: torch.Tensor, reduce: str = "none") -> 
     ``reduce``: "none" -> ``[P, M, N]``; "time" -> ``sum_p Y_p``; "bitplane" -> ``sum_p 2^p Y_p``.
     Computed in int64 and checked to fit int32.
     """
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    check_choice(reduce, REDUCTIONS, "reduce")
     y = torch.einsum("pmk,nk->pmn", x.to(torch.int64), q.to(torch.int64))
     y = _reduce(y, reduce)
     if y.numel() and (y.abs().max() >= 2**31):
@@ -216,7 +215,6 @@ def bitserial_matmul_popcount(
 
 # --------------------------------------------------------------------------- multi-level LIF (Eqs. 6-7)
 
-RESETS = ("hard", "soft")
 
 
 def _atan(z: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -234,9 +232,9 @@ def _rect(z: torch.Tensor, alpha: float) -> torch.Tensor:
 
 SURROGATES = {
     # name: (derivative g'(z) of one step at z = (h - l*v_th)/v_th, default alpha)
-    "rect": (_rect, 1.0),  # alpha * 1[|z| < 1/(2 alpha)]: straight-through within each level's window
-    "atan": (_atan, 2.0),  # (alpha/2) / (1 + (pi/2 alpha z)^2), SpikingJelly's ATan
-    "sigmoid": (_sigmoid, 4.0),  # alpha sig(alpha z)(1 - sig(alpha z))
+    "rect": (_rect, DEFAULT_ALPHA["rect"]),  # alpha * 1[|z| < 1/(2 alpha)]: straight-through in each level's window
+    "atan": (_atan, DEFAULT_ALPHA["atan"]),  # (alpha/2) / (1 + (pi/2 alpha z)^2), SpikingJelly's ATan
+    "sigmoid": (_sigmoid, DEFAULT_ALPHA["sigmoid"]),  # alpha sig(alpha z)(1 - sig(alpha z))
 }
 """Surrogate gradients for the staircase ``clamp(floor(h / v_th), 0, L)``, ``L = 2^S - 1``.
 
@@ -304,8 +302,7 @@ def multilevel_lif(
     membrane from that step on (floor and clamp pass NaN through); other neurons are unaffected.
     """
     check_bits(s_bits, SPIKE_BITS, "s_bits")
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    check_choice(reset, RESETS, "reset")
     levels = (1 << s_bits) - 1
     v = torch.zeros_like(x[0]) if v_init is None else v_init.to(x.dtype)
     out = []
@@ -343,8 +340,7 @@ def multilevel_lif_int(
     Returns ``(levels uint8 [T, ...], v_T int32)``. Raises OverflowError if h leaves int32.
     """
     check_bits(s_bits, SPIKE_BITS, "s_bits")
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    check_choice(reset, RESETS, "reset")
     levels = (1 << s_bits) - 1
     v = torch.zeros_like(x[0], dtype=torch.int64) if v_init is None else v_init.to(torch.int64)
     out = []
