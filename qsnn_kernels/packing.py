@@ -1,4 +1,5 @@
-"""Packed bit-plane storage: ``pack_bits`` and ``unpack_bits`` (ops ``qsnn::pack_bits``/``unpack_bits``).
+"""Packed bit-plane storage: ``pack_bits``, ``unpack_bits`` (ops ``qsnn::pack_bits``/``unpack_bits``)
+and ``pack_levels`` (time-major spike levels -> the step-major planes the bit-serial GEMM reads).
 
 Layout in :mod:`qsnn_kernels.bits`. Kernels: csrc/pack_cpu.cpp (CPU, OpenMP) and
 csrc/cuda/pack_cuda.cu (CUDA); oracle: :func:`qsnn_kernels.reference.pack_bits`.
@@ -10,8 +11,9 @@ import torch
 
 from . import _extension, reference
 from .bits import INTEGER_DTYPES, SPIKE_BITS, WEIGHT_BITS, WORD_BITS, WORD_DTYPE, check_bits, check_codes, num_words
+from .choices import BACKENDS, check_backend
 
-BACKENDS = ("auto", "reference")
+_OFFERED = tuple(b for b in BACKENDS if b != "triton")  # no Triton packer: "auto" or "reference"
 
 # --------------------------------------------------------------------------- op registration
 
@@ -36,11 +38,6 @@ def _unpack_bits_fake(planes, k, is_signed):
 # --------------------------------------------------------------------------- functional API
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
 def pack_bits(x: torch.Tensor, bits: int, *, signed: bool = False, backend: str = "auto") -> torch.Tensor:
     """Pack integer codes ``[..., K]`` into bit planes ``[bits, ..., ceil(K/32)]`` (int32 words).
 
@@ -50,7 +47,7 @@ def pack_bits(x: torch.Tensor, bits: int, *, signed: bool = False, backend: str 
     Raises ValueError/TypeError on a bit width outside {1, 2, 4, 8}, a float tensor, K = 0 or a
     value the width cannot hold; BackendUnavailable if no kernel is built for the device.
     """
-    _check_backend(backend)
+    check_backend(backend, "pack_bits", allowed=_OFFERED)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"pack_bits: x must be a tensor, got {type(x).__name__}")
     check_bits(bits, WEIGHT_BITS if signed else SPIKE_BITS, "bits")
@@ -68,13 +65,31 @@ def pack_bits(x: torch.Tensor, bits: int, *, signed: bool = False, backend: str 
     return torch.ops.qsnn.pack_bits(x, bits, signed)
 
 
+def pack_levels(levels: torch.Tensor, s_bits: int, *, backend: str = "auto") -> torch.Tensor:
+    """Pack time-major spike levels ``[T, ...rows, K]`` into step-major planes ``[T * s_bits, ...rows, ceil(K/32)]``.
+
+    Plane ``t * s_bits + b`` holds bit ``b`` of the levels of step ``t`` (layout of
+    :mod:`qsnn_kernels.bits` along K): the activation operand of
+    :func:`qsnn_kernels.bitserial.bitserial_matmul` and of the HLS bit-serial kernels.
+    Levels are unsigned, ``0 .. 2^s_bits - 1`` (bool allowed for ``s_bits = 1``).
+    ``backend``: "auto" (the compiled packer for the tensor's device) or "reference".
+    Raises as :func:`pack_bits` does (``s_bits`` outside {1, 2, 4, 8}, float levels, a level the
+    width cannot hold, K = 0), and ValueError for a tensor without a leading step dimension.
+    """
+    if not isinstance(levels, torch.Tensor) or levels.dim() < 2:
+        raise ValueError(f"pack_levels: levels must be a tensor [T, ..., K], got "
+                         f"{tuple(levels.shape) if isinstance(levels, torch.Tensor) else type(levels).__name__}")
+    planes = pack_bits(levels, s_bits, signed=False, backend=backend)  # [s_bits, T, ...rows, words]
+    return planes.transpose(0, 1).reshape(-1, *planes.shape[2:])
+
+
 def unpack_bits(planes: torch.Tensor, k: int, *, signed: bool = False, backend: str = "auto") -> torch.Tensor:
     """Inverse of :func:`pack_bits`: ``[bits, ..., words]`` -> ``[..., k]``; int8 if signed, else uint8.
 
     Raises on non-int32 planes, a plane count outside {1, 2, 4, 8}, ``words != ceil(k/32)``
     or set padding bits (corrupt data).
     """
-    _check_backend(backend)
+    check_backend(backend, "unpack_bits", allowed=_OFFERED)
     if not isinstance(planes, torch.Tensor) or planes.dtype != WORD_DTYPE:
         raise TypeError(f"unpack_bits: planes must be an int32 tensor, got {getattr(planes, 'dtype', type(planes))}")
     if planes.dim() < 2:

@@ -7,6 +7,7 @@ from torch.library import opcheck
 import qsnn_kernels as qk
 from qsnn_kernels import reference
 from qsnn_kernels.bits import code_range
+from qsnn_kernels.packing import pack_levels
 from qsnn_kernels.testing import random_codes
 
 BITS = [1, 2, 4, 8]
@@ -136,3 +137,30 @@ def test_compiles():
 
     x = random_codes((4, 50), 8, True).to(torch.int8)
     assert mismatches(round_trip(x), x) == 0
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("s_bits", BITS)
+def test_pack_levels_is_step_major(device, s_bits, backend):
+    """Plane t * s_bits + b holds bit b of step t: each step packed alone, its planes in order."""
+    g = torch.Generator().manual_seed(s_bits)
+    levels = random_codes((3, 2, 5, 33), s_bits, False, generator=g, device=device)  # [T, rows..., K]
+    planes = pack_levels(levels, s_bits, backend=backend)
+    assert planes.shape == (3 * s_bits, 2, 5, 2) and planes.dtype == torch.int32
+    expected = torch.cat([reference.pack_bits(levels[t], s_bits, False) for t in range(3)])
+    assert mismatches(planes, expected) == 0
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: pack_levels(torch.zeros(4, dtype=torch.uint8), 1), ValueError, r"\[T, ..., K\]"),
+        (lambda: pack_levels(torch.full((1, 2, 3), 2, dtype=torch.uint8), 1), ValueError, "unsigned range"),
+        (lambda: pack_levels(torch.zeros(1, 2, 3, dtype=torch.uint8), 3), ValueError, "bits must be one of"),
+        (lambda: pack_levels(torch.zeros(1, 2, 3, dtype=torch.uint8), 1, backend="triton"), ValueError,
+         "pack_bits: backend must be one of"),
+    ],
+)
+def test_pack_levels_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
