@@ -35,13 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batch_norm import batch_norm_affine
 from ..bits import SPIKE_BITS, WEIGHT_BITS
 from ..bitserial import bitserial_matmul
+from ..conv_geometry import im2col_hwc
 from ..packed_weight import PackedWeight
 from ..reference import quantize_weight
 from .layers import QuantConv2d, QuantLinear, spike_linear_bitserial
 
-__all__ = ["PackedConv2d", "PackedLinear", "convert_for_inference", "model_nbytes"]
+__all__ = ["PackedConv2d", "PackedLinear", "batch_norm_affine", "convert_for_inference", "im2col_hwc", "model_nbytes"]
 
 
 class _Packed(nn.Module):
@@ -81,7 +83,7 @@ class PackedLinear(_Packed):
         if self.spike_input:
             if _fast_path(x):
                 levels = spike_levels_u8(x.reshape(1, -1, k), self.in_scale, self.in_bits)
-                y = _scaled(bitserial_matmul(levels, self.packed_weight, x_bits=self.in_bits), self.scale,
+                y = _scaled(bitserial_matmul(levels, self.packed_weight, s_bits=self.in_bits), self.scale,
                             self.in_scale, x.dtype)
             else:
                 y = spike_linear_bitserial(x.reshape(1, -1, k), self.packed_weight, self.w_bits, self.in_bits,
@@ -126,7 +128,7 @@ class PackedConv2d(_Packed):
             if _fast_path(x):
                 cols, oh, ow = im2col_hwc(spike_levels_u8(x4, self.in_scale, self.in_bits), self.weight_shape[2:],
                                           self.stride, self.padding)
-                y = bitserial_matmul(cols.unsqueeze(0), self.packed_weight, x_bits=self.in_bits)[0]
+                y = bitserial_matmul(cols.unsqueeze(0), self.packed_weight, s_bits=self.in_bits)[0]
                 y = _scaled(y, self.scale, self.in_scale, x.dtype)
             else:
                 cols, oh, ow = im2col_hwc(x4, self.weight_shape[2:], self.stride, self.padding)
@@ -146,7 +148,7 @@ class PackedConv2d(_Packed):
         if not self.spike_input or self.groups != 1 or self.dilation != (1, 1):
             raise ValueError("PackedConv2d.integer_forward: only for a spike-input conv, groups = 1, dilation 1")
         cols, oh, ow = im2col_hwc(levels.to(torch.uint8), self.weight_shape[2:], self.stride, self.padding)
-        y = bitserial_matmul(cols.unsqueeze(0), self.packed_weight, x_bits=self.in_bits)[0]
+        y = bitserial_matmul(cols.unsqueeze(0), self.packed_weight, s_bits=self.in_bits)[0]
         return y.reshape(levels.shape[0], oh, ow, -1).permute(0, 3, 1, 2)
 
 
@@ -171,43 +173,12 @@ def spike_levels_u8(x: torch.Tensor, in_scale: float, in_bits: int) -> torch.Ten
     return r.to(torch.uint8)
 
 
-def im2col_hwc(x: torch.Tensor, kernel, stride, padding) -> tuple[torch.Tensor, int, int]:
-    """``[N, C, H, W]`` (any dtype; differentiable) -> columns ``[N * H' * W', kh * kw * C]`` in
-    (kh, kw, C) order, zero padding, and H', W'. Built from kh * kw strided slices of the NHWC
-    view, each copied with C contiguous (far cheaper than a 6-d permuted copy)."""
-    kh, kw = kernel
-    n, c = x.shape[0], x.shape[1]
-    xh = x.permute(0, 2, 3, 1)
-    if padding[0] or padding[1]:
-        xh = F.pad(xh, (0, 0, padding[1], padding[1], padding[0], padding[0]))
-    oh = (xh.shape[1] - kh) // stride[0] + 1
-    ow = (xh.shape[2] - kw) // stride[1] + 1
-    if (kh, kw) == (1, 1):
-        cols = xh[:, :(oh - 1) * stride[0] + 1:stride[0], :(ow - 1) * stride[1] + 1:stride[1], :]
-        return cols.reshape(n * oh * ow, c), oh, ow
-    slices = [xh[:, i:i + (oh - 1) * stride[0] + 1:stride[0], j:j + (ow - 1) * stride[1] + 1:stride[1], :]
-              for i in range(kh) for j in range(kw)]
-    return torch.stack(slices, dim=3).reshape(n * oh * ow, kh * kw * c), oh, ow
-
-
 def _scaled(y: torch.Tensor, scale: torch.Tensor, in_scale: float, dtype) -> torch.Tensor:
     # the same float operations as qsnn::bitserial_linear: one rounding of alpha * x_scale * Y
     return y.to(dtype) * (scale.to(dtype) * in_scale)
 
 
 # --------------------------------------------------------------------------- folding
-
-
-def _bn_factor(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c, shift) in float64 with BN(y) = c * y + shift in eval."""
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    c = torch.rsqrt(var + bn.eps)
-    shift = -mean * c
-    if bn.affine:
-        c2 = c * bn.weight.detach().double()
-        shift = shift * bn.weight.detach().double() + bn.bias.detach().double()
-        c = c2
-    return c, shift
 
 
 def _fold_pairs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, nn.Module]:
@@ -251,7 +222,7 @@ def _convert_conv(conv: QuantConv2d, bn) -> nn.Module:
     bias = None if conv.bias is None else conv.bias.detach().double()
     c = shift = None
     if bn is not None:
-        c, shift = _bn_factor(bn)
+        c, shift = batch_norm_affine(bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
         bias = shift if bias is None else shift + c * bias
     if conv.w_bits not in WEIGHT_BITS:  # full precision: fold into a float weight
         out = QuantConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
