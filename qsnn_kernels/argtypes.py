@@ -10,7 +10,7 @@ The contract of every ``qsnn`` command (``train``, ``sweep``, ``budget``, ``demo
   not enough memory, a loss that diverged) prints one line too and exits with status **1**; the
   line names the path when there is one. Only an unexpected exception (a bug) gives a traceback.
 
-Kept free of torch and of the rest of the package, so that ``cli.py``, ``sweep.py`` and
+Kept free of torch and of the rest of the package, so that ``cli.py``, ``sweep/command.py`` and
 ``train/config.py`` can all import it at no cost (and without an import cycle)."""
 
 from __future__ import annotations
@@ -44,71 +44,54 @@ def nonempty_text(value):
     return value
 
 
-def int_in(lo: int | None = None, hi: int | None = None, what: str = "an integer"):
-    """An argparse type: ``int(text)`` within ``[lo, hi]`` (either bound optional), else an
-    ArgumentTypeError saying what was expected. Also accepts an int (not a bool), so the same
-    function checks a value read from YAML."""
-    if lo is not None and hi is not None:
-        expected = f"{what} >= {lo} and <= {hi}"
-    elif lo is not None:
-        expected = f"{what} >= {lo}"
-    elif hi is not None:
-        expected = f"{what} <= {hi}"
-    else:
-        expected = what
-
-    def parse(value):
-        if isinstance(value, bool):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
-        if not isinstance(value, int):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r} ({type(value).__name__})")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-        return value
-
-    parse.__name__ = "int"
-    parse.expected = expected
-    return parse
-
-
-def float_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False):
-    """An argparse type: a finite ``float(text)`` within the bounds (``lo_open``/``hi_open``
-    exclude the bound itself), else an ArgumentTypeError. Also accepts an int or float (not a bool)."""
+def _bounded(convert, accepts: tuple, what: str, show, lo, hi, lo_open: bool, hi_open: bool):
+    """An argparse type: ``convert(text)`` (or a value of a type in ``accepts``, never a bool) that is
+    finite and within the bounds (``lo_open``/``hi_open`` exclude the bound itself), else an
+    ArgumentTypeError saying what was expected; ``show`` writes a bound or a value in a message.
+    The returned function carries ``expected``, the phrase it uses, and is named after ``convert``."""
     parts = []
     if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+        parts.append(f"{'>' if lo_open else '>='} {show(lo)}")
     if hi is not None:
-        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
-    expected = "a number" + (" " + " and ".join(parts) if parts else "")
+        parts.append(f"{'<' if hi_open else '<='} {show(hi)}")
+    expected = what + (" " + " and ".join(parts) if parts else "")
 
     def parse(value):
         if isinstance(value, bool):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
         if isinstance(value, str):
             try:
-                value = float(value.strip())
+                value = convert(value.strip())
             except ValueError:
                 raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
-        if not isinstance(value, (int, float)):
+        if not isinstance(value, accepts):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r} ({type(value).__name__})")
-        value = float(value)
-        bad = not math.isfinite(value)
+        value = convert(value)
+        bad = isinstance(value, float) and not math.isfinite(value)
         if lo is not None:
             bad |= value <= lo if lo_open else value < lo
         if hi is not None:
             bad |= value >= hi if hi_open else value > hi
         if bad:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value:g}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {show(value)}")
         return value
 
-    parse.__name__ = "float"
+    parse.__name__ = convert.__name__
     parse.expected = expected
     return parse
+
+
+def int_in(lo: int | None = None, hi: int | None = None, what: str = "an integer"):
+    """An argparse type: ``int(text)`` within ``[lo, hi]`` (either bound optional), else an
+    ArgumentTypeError saying what was expected. Also accepts an int (not a bool), so the same
+    function checks a value read from YAML."""
+    return _bounded(int, (int,), what, str, lo, hi, False, False)
+
+
+def float_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type: a finite ``float(text)`` within the bounds (``lo_open``/``hi_open``
+    exclude the bound itself), else an ArgumentTypeError. Also accepts an int or float (not a bool)."""
+    return _bounded(float, (int, float), "a number", lambda v: f"{v:g}", lo, hi, lo_open, hi_open)
 
 
 positive_int = int_in(1)

@@ -142,10 +142,10 @@ def _budget_arguments(budget) -> None:
 
 
 def _sweep_arguments(sweep) -> None:
-    from . import sweep as sweep_module
+    from .sweep import command
 
-    sweep_module.add_arguments(sweep)
-    sweep.set_defaults(func=sweep_module.main)
+    command.add_arguments(sweep)
+    sweep.set_defaults(func=command.main)
 
 
 def _export(args) -> int:
