@@ -217,7 +217,7 @@ def measure_layer_paths(repeat: int = 3) -> list[dict]:
     """Forward+backward of one spike-input 3x3 QuantConv2d (C -> C on [T*B = 8, C, H, H] spikes) on
     each forward path: dense float (``int8=False``), exact int8 (``int8=True``, models/int8.py) and
     bit-serial (``bitserial=True``); best-of-``repeat`` ms. The input to choosing
-    ``layers.BITSERIAL_TRAIN_BITS`` and ``int8.MIN_CONV_POSITIONS`` (output positions 8*H*H)."""
+    ``int8.MIN_CONV_POSITIONS`` (output positions 8*H*H) and to a layer's ``bitserial=``."""
     from qsnn_kernels.models.layers import QuantConv2d
 
     cases = [(c, h, s, w) for s in (1, 2) for w in (1, 2, 4, 8) for c, h in [(128, 16)]]
@@ -225,7 +225,7 @@ def measure_layer_paths(repeat: int = 3) -> list[dict]:
     rows = []
     for channels, size, s_bits, w_bits in cases:
         torch.manual_seed(0)
-        conv = QuantConv2d(channels, channels, 3, padding=1, bias=False, w_bits=w_bits, in_bits=s_bits)
+        conv = QuantConv2d(channels, channels, 3, padding=1, bias=False, w_bits=w_bits, s_bits=s_bits)
         x = torch.randint(0, 1 << s_bits, (8, channels, size, size)).float().requires_grad_()
         row = {"channels": channels, "size": size, "positions": 8 * size * size, "w_bits": w_bits, "s_bits": s_bits}
         for name, bitserial, int8 in (("dense", False, False), ("int8", False, True), ("bitserial", True, False)):

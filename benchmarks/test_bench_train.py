@@ -8,7 +8,7 @@ One training step = forward, cross entropy, backward and an AdamW step (timm's
 it), batch 8, after two warm-up steps;
 images/s = batch / the best of 3 steps (wall time; the table of ``main`` interleaves the two
 builds' steps, 8 each, see :func:`images_per_s_pair`). The pair's ratio is ``speedup`` (ours / theirs
-in images/s; the issue's target is >= 1.5, at lower peak memory). Peak memory (the table only): a
+in images/s). Peak memory (the table only): a
 fresh process per build runs three steps; the figure is their peak RSS above the RSS of the built
 model before them (optimizer state, activations kept for backward, temporaries), in MiB. Run::
 

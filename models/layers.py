@@ -11,33 +11,37 @@ Conventions (models contract, DESIGN.md):
   mean an unquantized float weight (16 is how the paper counts full precision). A NaN or inf in a
   quantized weight makes its output channel NaN on every forward path below (the quantizer's
   contract, :func:`qsnn_kernels.reference.quantize_weight`), so a diverging run trips a loss NaN check.
-* ``in_bits`` of a layer: the bits of its input spike levels (input = level * v_th, level in
-  ``[0, 2^in_bits - 1]``), or None for a real-valued input (the encoding layer, a layer after a
+* ``s_bits`` of a layer: the spike width of its input (input = level * v_th, level in
+  ``[0, 2^s_bits - 1]``), or None for a real-valued input (the encoding layer, a layer after a
   float op such as average pooling). The architecture builder sets it; the profiler and the
-  inference conversion (:mod:`models.convert`) read it.
-* Forward of a spike-input layer with a quantized weight, first match: the bit-serial kernel when
-  ``bitserial`` asks for it (:func:`uses_bitserial`); exact int8 on a CPU (:mod:`models.int8`,
-  :func:`uses_int8`; ``int8=False`` turns it off); else the dense float conv/linear. All three give
-  the same values up to float rounding and the same gradients.
+  inference conversion (:mod:`models.convert`) read it. (Its former name ``in_bits`` is a
+  deprecated alias.)
+* Forward of a spike-input layer with a quantized weight, chosen per layer by its ``bitserial``
+  and ``int8`` arguments, first match: the bit-serial kernel when ``bitserial=True``
+  (:func:`uses_bitserial`); exact int8 on a CPU (:mod:`models.int8`, :func:`uses_int8`;
+  ``int8=False`` turns it off); else the dense float conv/linear. All three give the same values
+  up to float rounding and the same gradients.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..bits import ALLOWED_W_BITS, FULL_PRECISION_BITS, SPIKE_BITS, WEIGHT_BITS, check_bits
+from ..deprecation import NOT_GIVEN, renamed_keyword
 from ..lif import MultiLevelLIF
-from ..quantize import dequantized_weight
+from ..quantize import dequantized_weight, spike_levels
 from ..reference import fake_quantize_weight
-from .int8 import MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported
+from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported,
+                   spike_input_levels)
 
 __all__ = [
     "ALLOWED_W_BITS",
-    "BITSERIAL_TRAIN_BITS",
     "NEURON_DEFAULTS",
     "FULL_PRECISION_BITS",
     "MultiStepBatchNorm1d",
@@ -68,17 +72,18 @@ NEURON_DEFAULTS = dict(decay=0.5, v_th=1.0, reset="hard", surrogate="atan", deta
 # --------------------------------------------------------------------------- argument checks
 
 
-def _check_in_bits(in_bits) -> int | None:
-    if in_bits is None:
+def _check_s_bits(s_bits) -> int | None:
+    if s_bits is None:
         return None
-    if isinstance(in_bits, bool) or not isinstance(in_bits, int) or in_bits < 1:
-        raise ValueError(f"in_bits must be None (real-valued input) or an int >= 1, got {in_bits!r}")
-    return in_bits
+    if isinstance(s_bits, bool) or not isinstance(s_bits, int) or s_bits < 1:
+        raise ValueError(f"s_bits (the input's spike width) must be None (real-valued input) or an int >= 1, "
+                         f"got {s_bits!r}")
+    return s_bits
 
 
 def bits_for_levels(levels: int) -> int | None:
     """The smallest spike width in (1, 2, 4, 8) holding levels ``0..levels``; None if none does
-    (the ``in_bits`` of a layer whose input can exceed one neuron's levels, e.g. a residual sum)."""
+    (the ``s_bits`` of a layer whose input can exceed one neuron's levels, e.g. a residual sum)."""
     for bits in SPIKE_BITS:
         if levels <= (1 << bits) - 1:
             return bits
@@ -182,26 +187,11 @@ def _check_in_scale(in_scale) -> float:
     return float(in_scale)
 
 
-BITSERIAL_TRAIN_BITS: tuple[int, ...] = ()
-"""w_bits at which a spike-input layer with ``bitserial=None`` (the default) runs its forward on the
-bit-serial kernel: those where it measured faster than the dense float path on CPU
-(``python benchmarks/test_bench_models_sew.py layer-paths``: forward+backward of a 128 -> 128 3x3 conv
-on [8, 128, 16, 16] spikes). It paid at no width: on a shared 2-core CPU, S = 1, dense vs
-bit-serial ms: W1 22 vs 97, W2 9 vs 42, W4 9 vs 41, W8 9 vs 47 (the bit-serial forward adds the
-level checks, im2col of float levels and packing per call, and the backward is dense anyway), so
-it is empty: dense everywhere; ``bitserial=True`` on a layer forces it."""
-
-
 def uses_bitserial(layer) -> bool:
     """Whether ``layer`` (QuantLinear/QuantConv2d) runs its forward on ``qsnn_kernels.bitserial_linear``:
-    its input is spikes (``in_bits`` in 1, 2, 4, 8), its weight quantized, and ``layer.bitserial`` is
-    True, or None with w_bits in :data:`BITSERIAL_TRAIN_BITS`. Not under torch.compile tracing
-    of the dense path's callers; the op itself is compile-safe."""
-    if layer.in_bits not in SPIKE_BITS or layer.w_bits not in WEIGHT_BITS:
-        return False
-    if layer.bitserial is None:
-        return layer.w_bits in BITSERIAL_TRAIN_BITS
-    return bool(layer.bitserial)
+    ``layer.bitserial`` is True, its input is spikes (``s_bits`` in 1, 2, 4, 8) and its weight
+    quantized. The op is compile-safe."""
+    return bool(layer.bitserial) and layer.s_bits in SPIKE_BITS and layer.w_bits in WEIGHT_BITS
 
 
 def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
@@ -212,46 +202,50 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
     output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions (``positions``);
     ``int8=True`` skips those two rules."""
     geometry = (layer.padding, layer.dilation) if positions is not None else (None, None)
-    if layer.int8 is False or not int8_supported(x, layer.weight, layer.w_bits, layer.in_bits, *geometry):
+    if layer.int8 is False or not int8_supported(x, layer.weight, layer.w_bits, layer.s_bits, *geometry):
         return False
     if layer.int8 is True:
         return True
     return cpu_has_int8_dot() and (positions is None or positions >= MIN_CONV_POSITIONS)
 
 
-def _levels(x: torch.Tensor, in_scale: float) -> torch.Tensor:
-    """Spike values / v_th as whole numbers; the gradient passes straight through (x / v_th)."""
+def _float_levels(x: torch.Tensor, s_bits: int, in_scale: float) -> torch.Tensor:
+    """The spike levels of ``x`` (:func:`models.int8.spike_input_levels`: ValueError unless every
+    element is ``level * in_scale``, level in ``[0, 2^s_bits - 1]``) as a float tensor, with the
+    straight-through gradient of ``x / in_scale``."""
     lv = x / in_scale if in_scale != 1.0 else x
-    return lv + (torch.round(lv) - lv).detach()
+    levels = spike_input_levels(x, in_scale, s_bits, torch.uint8, "bit-serial forward")
+    return lv + (levels.to(lv.dtype) - lv).detach()
 
 
-def spike_linear_bitserial(spikes: torch.Tensor, weight, w_bits: int, in_bits: int, in_scale: float) -> torch.Tensor:
-    """``spikes [P, M, K]`` (values level * in_scale) @ W-bit ``weight`` (a float master weight
-    ``[N, K...]``, quantized per call, or a :class:`qsnn_kernels.PackedWeight`) on the exact
-    bit-serial kernel -> ``[P, M, N]`` float; straight-through autograd (bitserial_linear)."""
+def spike_linear_bitserial(spikes: torch.Tensor, weight, w_bits: int, s_bits: int, in_scale: float) -> torch.Tensor:
+    """``spikes [P, M, K]`` (values level * in_scale, level of ``s_bits`` bits) @ W-bit ``weight``
+    (a float master weight ``[N, K...]``, quantized per call, or a
+    :class:`qsnn_kernels.PackedWeight`) on the exact bit-serial kernel -> ``[P, M, N]`` float;
+    straight-through autograd (bitserial_linear). ValueError when ``spikes`` are not such values."""
     from ..bitserial_linear import bitserial_linear
     from ..packed_weight import PackedWeight
 
-    levels = _levels(spikes, in_scale)
+    levels = _float_levels(spikes, s_bits, in_scale)
     if isinstance(weight, PackedWeight):
-        return bitserial_linear(levels, weight, x_bits=in_bits, x_scale=in_scale)
-    return bitserial_linear(levels, weight, x_bits=in_bits, x_scale=in_scale, w_bits=w_bits)
+        return bitserial_linear(levels, weight, s_bits=s_bits, x_scale=in_scale)
+    return bitserial_linear(levels, weight, s_bits=s_bits, x_scale=in_scale, w_bits=w_bits)
 
 
-def spike_conv2d_bitserial(x: torch.Tensor, weight, w_bits: int, in_bits: int, in_scale: float, stride, padding,
+def spike_conv2d_bitserial(x: torch.Tensor, weight, w_bits: int, s_bits: int, in_scale: float, stride, padding,
                            dilation) -> torch.Tensor:
     """Convolution of spikes ``x [N, C, H, W]`` as a GEMM (im2col, zero padding = level 0) on the
     bit-serial kernel: ``[N, Cout, H', W']`` float, no bias. ``weight``: float ``[Cout, C, kh, kw]``
     or a PackedWeight of that shape; groups = 1."""
     cout, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh = _conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    ow = _conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):
         cols = x[:, :, ::stride[0], ::stride[1]].permute(0, 2, 3, 1)            # [N, H', W', C]
     else:
         cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
-    y = spike_linear_bitserial(cols.reshape(1, n * oh * ow, -1), weight, w_bits, in_bits, in_scale)
+    y = spike_linear_bitserial(cols.reshape(1, n * oh * ow, -1), weight, w_bits, s_bits, in_scale)
     return y.reshape(n, oh, ow, cout).permute(0, 3, 1, 2)
 
 
@@ -298,18 +292,40 @@ def _layer_weight(layer) -> torch.Tensor:
 
 class _QuantAttrs:
     """What QuantLinear and QuantConv2d add to their torch base: the bit widths, the input spikes'
-    scale and the forward-path switches (checked), and their repr."""
+    scale and the forward-path switches (checked), and their repr. Plain attributes, not state:
+    a state_dict holds only the torch base's tensors."""
 
-    def _set_quant_attrs(self, w_bits, in_bits, in_scale, bitserial, int8) -> None:
+    def _set_quant_attrs(self, w_bits, s_bits, in_bits, in_scale, bitserial, int8) -> None:
+        s_bits = renamed_keyword(type(self).__name__, "s_bits", s_bits, "in_bits", in_bits, default=None,
+                                 stacklevel=2)
         self.w_bits = w_bits
-        self.in_bits = _check_in_bits(in_bits)
+        self.s_bits = _check_s_bits(s_bits)
         self.in_scale = _check_in_scale(in_scale)
         self.bitserial = bitserial
         self.int8 = int8
 
+    @property
+    def in_bits(self) -> int | None:
+        """Deprecated name of :attr:`s_bits` (read-only; FutureWarning)."""
+        warnings.warn(f"{type(self).__name__}.in_bits is deprecated; read s_bits (same value)", FutureWarning,
+                      stacklevel=2)
+        return self.s_bits
+
+    def __setstate__(self, state: dict) -> None:
+        # a layer pickled whole before the rename holds its input width as "in_bits"
+        if "in_bits" in state:
+            state = dict(state)
+            state.setdefault("s_bits", state.pop("in_bits"))
+        super().__setstate__(state)
+
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, w_bits={self.w_bits}, in_bits={self.in_bits}, "
+        return (f"{super().extra_repr()}, w_bits={self.w_bits}, s_bits={self.s_bits}, "
                 f"in_scale={self.in_scale}, bitserial={self.bitserial}, int8={self.int8}")
+
+
+def _conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one spatial dimension (zero padding)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class QuantLinear(_QuantAttrs, nn.Linear):
@@ -317,28 +333,31 @@ class QuantLinear(_QuantAttrs, nn.Linear):
 
     ``w_bits`` in :data:`ALLOWED_W_BITS` (ValueError otherwise); for w_bits <= 8 the weight is
     fake-quantized per output channel on every forward, gradients pass straight through to the
-    float master weight. The bias stays float. ``in_bits``: bits of the input spike levels, None
-    for a real-valued input (set by the architecture builder; read by the profiler and by
-    :func:`models.convert.convert_for_inference`).
+    float master weight. The bias stays float. ``s_bits``: the spike width of the input (levels
+    ``0 .. 2^s_bits - 1`` times ``in_scale``), None for a real-valued input (set by the
+    architecture builder; read by the profiler and by :func:`models.convert.convert_for_inference`).
+    ``bitserial=True``: the forward runs on the bit-serial kernel; ``int8``: None (automatic),
+    True or False for the exact int8 forward (module docstring). ``in_bits``: the deprecated name
+    of ``s_bits`` (FutureWarning; TypeError with both).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, w_bits: int = 32,
-                 in_bits: int | None = None, in_scale: float = 1.0, bitserial: bool | None = None,
-                 int8: bool | None = None):
+                 s_bits: int | None = None, in_scale: float = 1.0, bitserial: bool = False,
+                 int8: bool | None = None, in_bits=NOT_GIVEN):
         check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
         super().__init__(in_features, out_features, bias=bias)
-        self._set_quant_attrs(w_bits, in_bits, in_scale, bitserial, int8)
+        self._set_quant_attrs(w_bits, s_bits, in_bits, in_scale, bitserial, int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: input must be [..., {self.in_features}], got shape {tuple(x.shape)}")
         if uses_bitserial(self):
             spikes = x.reshape(1, -1, self.in_features)
-            y = spike_linear_bitserial(spikes, self.weight, self.w_bits, self.in_bits, self.in_scale)
+            y = spike_linear_bitserial(spikes, self.weight, self.w_bits, self.s_bits, self.in_scale)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
         if uses_int8(self, x):
-            y = int8_linear(x, self.weight, self.w_bits, self.in_bits, self.in_scale)
+            y = int8_linear(x, self.weight, self.w_bits, self.s_bits, self.in_scale)
             return y if self.bias is None else y + self.bias
         return F.linear(x, _layer_weight(self), self.bias)
 
@@ -348,16 +367,17 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
 
     forward: ``[T, B, C, H, W]`` (T and B flattened for the convolution, restored after) or
     ``[N, C, H, W]``; any other rank or channel count is a ValueError. Weight quantization,
-    ``w_bits`` and ``in_bits`` as in :class:`QuantLinear`. Zero padding only.
+    ``w_bits``, ``s_bits`` (``in_bits`` deprecated), ``in_scale``, ``bitserial`` and ``int8`` as in
+    :class:`QuantLinear`; the bit-serial forward needs ``groups=1``. Zero padding only.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, groups: int = 1,
-                 bias: bool = True, *, w_bits: int = 32, in_bits: int | None = None, in_scale: float = 1.0,
-                 bitserial: bool | None = None, int8: bool | None = None):
+                 bias: bool = True, *, w_bits: int = 32, s_bits: int | None = None, in_scale: float = 1.0,
+                 bitserial: bool = False, int8: bool | None = None, in_bits=NOT_GIVEN):
         check_bits(w_bits, ALLOWED_W_BITS, "w_bits")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
                          bias=bias)
-        self._set_quant_attrs(w_bits, in_bits, in_scale, bitserial, int8)
+        self._set_quant_attrs(w_bits, s_bits, in_bits, in_scale, bitserial, int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (4, 5) or x.shape[-3] != self.in_channels:
@@ -365,13 +385,13 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
                              f"[N, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
         x4 = x if x.dim() == 4 else x.flatten(0, 1)
         if uses_bitserial(self) and self.groups == 1:
-            y = spike_conv2d_bitserial(x4, self.weight, self.w_bits, self.in_bits, self.in_scale, self.stride,
+            y = spike_conv2d_bitserial(x4, self.weight, self.w_bits, self.s_bits, self.in_scale, self.stride,
                                        self.padding, self.dilation)
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
         elif self.padding_mode == "zeros" and not isinstance(self.padding, str) and uses_int8(
                 self, x4, self._positions(x4)):
-            y = int8_conv2d(x4, self.weight, self.w_bits, self.in_bits, self.in_scale, self.stride, self.padding,
+            y = int8_conv2d(x4, self.weight, self.w_bits, self.s_bits, self.in_scale, self.stride, self.padding,
                             self.dilation, self.groups)
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
@@ -381,9 +401,9 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
 
     def _positions(self, x4: torch.Tensor) -> int:
         """N * H' * W' of the output for input ``x4 [N, C, H, W]``."""
-        out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
-               zip(x4.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride)]
-        return x4.shape[0] * out[0] * out[1]
+        oh, ow = (_conv_output_size(*args) for args in
+                  zip(x4.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation))
+        return x4.shape[0] * oh * ow
 
 
 class SpikeMatmul(nn.Module):

@@ -13,17 +13,17 @@ its output is ``g(A, S)``, the spike-element-wise connect function:
 
 (values: A, S are levels times v_th; L = 2^S - 1 the top level.)
 
-Block outputs restricted to the chosen spike bits (issue 6): with ``clamp_add=True`` (default) the
-ADD output is clamped to the top level, ``min(A + S, L * v_th)``, so that every conv after the stem
-sees S-bit spikes (``in_bits = s_bits``); the clamp passes gradients straight through (the identity
-path of SEW keeps its unit gradient). With ``clamp_add=False`` the paper's unbounded sum is kept and
-the next layers' ``in_bits`` is the smallest spike width (1, 2, 4, 8) holding the largest possible
-level, or None (treated as real-valued) beyond 8 bits. AND/IAND never leave ``[0, L]``.
+Block outputs restricted to the chosen spike bits: with ``clamp_add=True`` (default) the ADD
+output is clamped to the top level, ``min(A + S, L * v_th)``, so that every conv after the stem
+takes S-bit spikes (its ``s_bits`` is the model's); the clamp passes gradients straight through
+(the identity path of SEW keeps its unit gradient). With ``clamp_add=False`` the paper's unbounded
+sum is kept and the next convs' ``s_bits`` is the smallest spike width (1, 2, 4, 8) holding the
+largest possible level, or None (treated as real-valued) beyond 8 bits. AND/IAND never leave ``[0, L]``.
 
 Stems: ``"imagenet"`` 7x7/2 conv, BN, neuron, 3x3/2 max pool; ``"cifar"`` 3x3/1 conv, BN, neuron, no
-pool. The stem conv is the encoding layer (``in_bits=None``): it runs once on the real-valued image
+pool. The stem conv is the encoding layer (``s_bits=None``): it runs once on the real-valued image
 and its batch-normed output is repeated over T before the first neuron (direct encoding). The head
-averages each step's feature map (so the fc input is real-valued, ``in_bits=None``), applies the fc
+averages each step's feature map (so the fc input is real-valued, ``s_bits=None``), applies the fc
 per step and returns the mean over T: ``[B, C, H, W] -> [B, num_classes]``.
 
 timm's model contract (features averaged over T, classifier, intermediates, checkpointing, weights):
@@ -33,18 +33,21 @@ before the max pool) and the four stages ``layer1`` .. ``layer4``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
+from ..deprecation import NOT_GIVEN, renamed_keyword
 from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, bits_for_levels, check_model_args,
-                     spiking_neuron)
-from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, run_blocks
+                     mean_over_time, spiking_neuron)
+from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
-__all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "sew_connect"]
+__all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "VARIANTS", "sew_connect"]
 
 CONNECT_FUNCTIONS = ("ADD", "AND", "IAND")
 
@@ -64,14 +67,14 @@ def sew_connect(a: torch.Tensor, s: torch.Tensor, connect_f: str, top: float, bi
 class _Block(nn.Module):
     """Shared by both block types: the downsample path and the connect function."""
 
-    def _init_common(self, inplanes, planes_out, stride, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw):
+    def _init_common(self, inplanes, planes_out, stride, w_bits, s_bits, in_s_bits, connect_f, clamp_add, neuron_kw):
         self.connect_f, self.clamp_add = connect_f, clamp_add
         self.v_th = float(neuron_kw.get("v_th", 1.0))
         self.top_level = (1 << s_bits) - 1
         self.binary = s_bits == 1
         if stride != 1 or inplanes != planes_out:
             self.downsample = nn.Sequential(
-                _conv(inplanes, planes_out, 1, stride, 0, w_bits, in_bits, self.v_th),
+                _conv(inplanes, planes_out, 1, stride, 0, w_bits, in_s_bits, self.v_th),
                 MultiStepBatchNorm2d(planes_out), spiking_neuron(s_bits, **neuron_kw))
         else:
             self.downsample = None
@@ -87,20 +90,23 @@ class _Block(nn.Module):
         return sew_connect(identity, out, self.connect_f, self.top_level * self.v_th, self.binary, self.clamp_add)
 
 
-def _conv(cin, cout, k, stride, padding, w_bits, in_bits, v_th):
-    return QuantConv2d(cin, cout, k, stride=stride, padding=padding, bias=False, w_bits=w_bits, in_bits=in_bits,
+def _conv(cin, cout, k, stride, padding, w_bits, s_bits, v_th):
+    return QuantConv2d(cin, cout, k, stride=stride, padding=padding, bias=False, w_bits=w_bits, s_bits=s_bits,
                        in_scale=v_th)
 
 
 class BasicBlock(_Block):
-    """3x3 conv-BN-SN, 3x3 conv-BN-SN, g(A, S). ``in_bits``: bits of the block input's levels."""
+    """3x3 conv-BN-SN, 3x3 conv-BN-SN, g(A, S). ``s_bits``: the spike width of the block's neurons;
+    ``in_s_bits``: that of its input (``in_bits``: its deprecated name)."""
 
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride, *, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw):
+    def __init__(self, inplanes, planes, stride, *, w_bits, s_bits, in_s_bits=NOT_GIVEN, connect_f, clamp_add,
+                 neuron_kw, in_bits=NOT_GIVEN):
         super().__init__()
-        self._init_common(inplanes, planes, stride, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw)
-        self.conv1 = _conv(inplanes, planes, 3, stride, 1, w_bits, in_bits, self.v_th)
+        in_s_bits = renamed_keyword(type(self).__name__, "in_s_bits", in_s_bits, "in_bits", in_bits)
+        self._init_common(inplanes, planes, stride, w_bits, s_bits, in_s_bits, connect_f, clamp_add, neuron_kw)
+        self.conv1 = _conv(inplanes, planes, 3, stride, 1, w_bits, in_s_bits, self.v_th)
         self.bn1, self.sn1 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
         self.conv2 = _conv(planes, planes, 3, 1, 1, w_bits, s_bits, self.v_th)
         self.bn2, self.sn2 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
@@ -112,14 +118,16 @@ class BasicBlock(_Block):
 
 
 class Bottleneck(_Block):
-    """1x1, 3x3 (stride), 1x1 (x4 channels) conv-BN-SN, then g(A, S)."""
+    """1x1, 3x3 (stride), 1x1 (x4 channels) conv-BN-SN, then g(A, S). Widths as in :class:`BasicBlock`."""
 
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride, *, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw):
+    def __init__(self, inplanes, planes, stride, *, w_bits, s_bits, in_s_bits=NOT_GIVEN, connect_f, clamp_add,
+                 neuron_kw, in_bits=NOT_GIVEN):
         super().__init__()
-        self._init_common(inplanes, planes * 4, stride, w_bits, s_bits, in_bits, connect_f, clamp_add, neuron_kw)
-        self.conv1 = _conv(inplanes, planes, 1, 1, 0, w_bits, in_bits, self.v_th)
+        in_s_bits = renamed_keyword(type(self).__name__, "in_s_bits", in_s_bits, "in_bits", in_bits)
+        self._init_common(inplanes, planes * 4, stride, w_bits, s_bits, in_s_bits, connect_f, clamp_add, neuron_kw)
+        self.conv1 = _conv(inplanes, planes, 1, 1, 0, w_bits, in_s_bits, self.v_th)
         self.bn1, self.sn1 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
         self.conv2 = _conv(planes, planes, 3, stride, 1, w_bits, s_bits, self.v_th)
         self.bn2, self.sn2 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
@@ -187,12 +195,12 @@ class SEWResNet(SpikingTimmModel):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _make_classifier(self, num_classes: int) -> QuantLinear:
-        return QuantLinear(self.num_features, num_classes, w_bits=self.w_bits, in_bits=None, in_scale=self.v_th)
+        return QuantLinear(self.num_features, num_classes, w_bits=self.w_bits, s_bits=None, in_scale=self.v_th)
 
     def _make_layer(self, block, planes, blocks, stride, common):
         stage = []
         for i in range(blocks):
-            b = block(self._inplanes, planes, stride if i == 0 else 1, in_bits=bits_for_levels(self._levels), **common)
+            b = block(self._inplanes, planes, stride if i == 0 else 1, in_s_bits=bits_for_levels(self._levels), **common)
             self._levels = b._out_levels(self._levels)
             self._inplanes = planes * block.expansion
             stage.append(b)
@@ -224,19 +232,13 @@ class SEWResNet(SpikingTimmModel):
         ``intermediates_only``. ``norm`` is accepted and changes nothing (no final norm)."""
         self._check_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates = []
         x = self._stem(x)
-        if 0 in take_indices:
-            intermediates.append(self._intermediate(x, output_fmt))
-        x = self._pool_steps(x)
+        intermediates = [self._intermediate(x, output_fmt)] if 0 in take_indices else []
         stages = self._stages()[:max_index] if stop_early else self._stages()
-        for i, stage in enumerate(stages, start=1):
-            x = run_blocks(stage, x, self.grad_checkpointing)
-            if i in take_indices:
-                intermediates.append(self._intermediate(x, output_fmt))
-        if intermediates_only:
-            return intermediates
-        return self._intermediate(x, "NCHW"), intermediates
+        x, later = self._run_collecting(stages, self._pool_steps(x), take_indices, output_fmt, first_index=1,
+                                        run=run_blocks)
+        intermediates += later
+        return intermediates if intermediates_only else (mean_over_time(x), intermediates)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
@@ -269,45 +271,26 @@ def _cfg(stem: str, **kwargs) -> dict:
                     paper_name="Deep Residual Learning in Spiking Neural Networks", **data, **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    "qsnn_sew_resnet18": _cfg("imagenet"),
-    "qsnn_sew_resnet34": _cfg("imagenet"),
-    "qsnn_sew_resnet50": _cfg("imagenet"),
-    "qsnn_sew_resnet18_cifar": _cfg("cifar"),
-    "qsnn_sew_resnet34_cifar": _cfg("cifar"),
-})
+VARIANTS = {
+    # name: (block, blocks per stage, stem, description)
+    "sew_resnet18": (BasicBlock, (2, 2, 2, 2), "imagenet", "SEW-ResNet-18, ImageNet stem (1000 classes by default)."),
+    "sew_resnet34": (BasicBlock, (3, 4, 6, 3), "imagenet",
+                     "SEW-ResNet-34, ImageNet stem (about 21.79 M parameters at 1000 classes)."),
+    "sew_resnet50": (Bottleneck, (3, 4, 6, 3), "imagenet", "SEW-ResNet-50 (Bottleneck), ImageNet stem."),
+    "sew_resnet18_cifar": (BasicBlock, (2, 2, 2, 2), "cifar",
+                           "SEW-ResNet-18, CIFAR stem (3x3 conv, no max pool; 10 classes by default)."),
+    "sew_resnet34_cifar": (BasicBlock, (3, 4, 6, 3), "cifar", "SEW-ResNet-34, CIFAR stem (10 classes by default)."),
+}
+"""The registered variants ``qsnn_<name>`` (the timm entry points' docstrings are the descriptions)."""
+
+default_cfgs = generate_default_cfgs({f"qsnn_{name}": _cfg(stem) for name, (_, _, stem, _) in VARIANTS.items()})
 
 
-def _build(variant, block, layers, stem, pretrained, kwargs):
+def _build(variant: str, block, layers, stem: str, pretrained: bool = False, **kwargs) -> SEWResNet:
     return build_qsnn(SEWResNet, variant, pretrained, feature_count=5, block=block, layers=layers, stem=stem,
                       **kwargs)
 
 
-@register_model
-def qsnn_sew_resnet18(pretrained=False, **kwargs) -> SEWResNet:
-    """SEW-ResNet-18, ImageNet stem (1000 classes by default)."""
-    return _build("qsnn_sew_resnet18", BasicBlock, (2, 2, 2, 2), "imagenet", pretrained, kwargs)
-
-
-@register_model
-def qsnn_sew_resnet34(pretrained=False, **kwargs) -> SEWResNet:
-    """SEW-ResNet-34, ImageNet stem (about 21.79 M parameters at 1000 classes)."""
-    return _build("qsnn_sew_resnet34", BasicBlock, (3, 4, 6, 3), "imagenet", pretrained, kwargs)
-
-
-@register_model
-def qsnn_sew_resnet50(pretrained=False, **kwargs) -> SEWResNet:
-    """SEW-ResNet-50 (Bottleneck), ImageNet stem."""
-    return _build("qsnn_sew_resnet50", Bottleneck, (3, 4, 6, 3), "imagenet", pretrained, kwargs)
-
-
-@register_model
-def qsnn_sew_resnet18_cifar(pretrained=False, **kwargs) -> SEWResNet:
-    """SEW-ResNet-18, CIFAR stem (3x3 conv, no max pool; 10 classes by default)."""
-    return _build("qsnn_sew_resnet18_cifar", BasicBlock, (2, 2, 2, 2), "cifar", pretrained, kwargs)
-
-
-@register_model
-def qsnn_sew_resnet34_cifar(pretrained=False, **kwargs) -> SEWResNet:
-    """SEW-ResNet-34, CIFAR stem (10 classes by default)."""
-    return _build("qsnn_sew_resnet34_cifar", BasicBlock, (3, 4, 6, 3), "cifar", pretrained, kwargs)
+for _name, (_block, _layers, _stem, _description) in VARIANTS.items():
+    register_entry_point(globals(), f"qsnn_{_name}", _description,
+                         functools.partial(_build, f"qsnn_{_name}", _block, _layers, _stem))

@@ -31,13 +31,14 @@ Conventions (documented choices; the profiler and the inference conversion read 
 * ``Q K^T`` is not restricted (it is not a neuron output in the original): its entries are
   integers ``0 .. d_head (2^S - 1)^2``; the second :class:`SpikeMatmul` declares that width as
   ``a_bits`` (e.g. 6 bits for d_head = 32, S = 1), V's as ``b_bits = s_bits``.
-* ``in_bits`` of a layer: ``s_bits`` after a neuron or a max pool of spikes. The residual stream
+* ``s_bits`` of a layer (its input's spike width): the model's after a neuron or a max pool of
+  spikes. The residual stream
   is not restricted (as in the original): it carries sums of spikes, up to 2 L after the patch
   splitting and (2 + 2 i) L after block i (L = 2^S - 1), so the Q/K/V and first MLP layers get
   the smallest spike width (1, 2, 4, 8) holding that level, or None (counted as real-valued)
   beyond 8 bits: :func:`models.layers.bits_for_levels`, the convention of SEW-ResNet with
   ``clamp_add=False``. The encoding conv and the head (mean over tokens) take real values:
-  ``in_bits = None``.
+  ``s_bits = None``.
 * Every layer, the encoding conv and the head included, has ``w_bits`` weights.
 * Parameters: the original's blocks also hold two LayerNorms that its forward never uses; they
   are left out (depth * 2 * 2 D parameters, < 0.1 %; the papers' counts match without them).
@@ -49,6 +50,7 @@ the ``img_size / patch_size`` grid; ``output_fmt`` "NLC" gives them as ``[B, N, 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -58,9 +60,10 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
+from ..deprecation import NOT_GIVEN, renamed_keyword
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul,
-                     bits_for_levels, check_model_args, repeat_frame, spiking_neuron)
-from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, run_blocks
+                     bits_for_levels, check_model_args, mean_over_time, repeat_frame, spiking_neuron)
+from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
            "TokenBatchNorm", "VARIANTS", "spikformer"]
@@ -99,9 +102,9 @@ class _LinearBNLIF(nn.Module):
     """``LIF(BN(Linear(x)))`` on ``[T, B, N, C_in]`` tokens -> ``[T, B, N, C_out]`` spikes."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, w_bits: int, s_bits: int,
-                 in_bits: int | None):
+                 in_s_bits: int | None):
         super().__init__()
-        self.linear = QuantLinear(in_features, out_features, bias=bias, w_bits=w_bits, in_bits=in_bits)
+        self.linear = QuantLinear(in_features, out_features, bias=bias, w_bits=w_bits, s_bits=in_s_bits)
         self.bn = TokenBatchNorm(out_features)
         self.lif = spiking_neuron(s_bits)
 
@@ -115,9 +118,9 @@ class _ConvBNLIF(nn.Module):
     ``t_steps``: direct encoding) or event frames ``[T, B, C, H, W]`` (:func:`repeat_frame`).
     Tensors are channels-last in memory (module docstring of :class:`SpikingPatchSplitting`)."""
 
-    def __init__(self, in_ch: int, out_ch: int, w_bits: int, s_bits: int, in_bits: int | None):
+    def __init__(self, in_ch: int, out_ch: int, w_bits: int, s_bits: int, in_s_bits: int | None):
         super().__init__()
-        self.conv = QuantConv2d(in_ch, out_ch, 3, padding=1, bias=False, w_bits=w_bits, in_bits=in_bits)
+        self.conv = QuantConv2d(in_ch, out_ch, 3, padding=1, bias=False, w_bits=w_bits, s_bits=in_s_bits)
         self.bn = MultiStepBatchNorm2d(out_ch)
         self.lif = spiking_neuron(s_bits)
 
@@ -168,16 +171,19 @@ class SpikingPatchSplitting(nn.Module):
 class SpikingSelfAttention(nn.Module):
     """SSA on ``[T, B, N, D]`` spike tokens (module docstring: conventions).
 
-    ``in_bits``: width of the block input (the residual stream; None: wider than 8 bits).
-    Output: spikes ``[T, B, N, D]``.
+    ``s_bits``: the spike width of its neurons; ``in_s_bits``: that of the block input (the
+    residual stream; None: wider than 8 bits; ``in_bits``: its deprecated name). Output: spikes
+    ``[T, B, N, D]``.
     """
 
-    def __init__(self, dim: int, num_heads: int, w_bits: int, s_bits: int, in_bits: int | None):
+    def __init__(self, dim: int, num_heads: int, w_bits: int, s_bits: int, in_s_bits: int | None = NOT_GIVEN, *,
+                 in_bits=NOT_GIVEN):
         super().__init__()
+        in_s_bits = renamed_keyword(type(self).__name__, "in_s_bits", in_s_bits, "in_bits", in_bits)
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.q = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_bits)
-        self.k = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_bits)
-        self.v = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_bits)
+        self.q = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_s_bits)
+        self.k = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_s_bits)
+        self.v = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_s_bits)
         levels = (1 << s_bits) - 1
         self.qk = SpikeMatmul(s_bits, s_bits)
         self.attn_v = SpikeMatmul(_int_bits(self.head_dim * levels * levels), s_bits)
@@ -197,11 +203,14 @@ class SpikingSelfAttention(nn.Module):
 
 
 class SpikformerMLP(nn.Module):
-    """``LIF(BN(Linear(4D -> D)))(LIF(BN(Linear(D -> 4D)))(x))`` on ``[T, B, N, D]``."""
+    """``LIF(BN(Linear(4D -> D)))(LIF(BN(Linear(D -> 4D)))(x))`` on ``[T, B, N, D]``; widths as in
+    :class:`SpikingSelfAttention`."""
 
-    def __init__(self, dim: int, hidden: int, w_bits: int, s_bits: int, in_bits: int | None):
+    def __init__(self, dim: int, hidden: int, w_bits: int, s_bits: int, in_s_bits: int | None = NOT_GIVEN, *,
+                 in_bits=NOT_GIVEN):
         super().__init__()
-        self.fc1 = _LinearBNLIF(dim, hidden, True, w_bits, s_bits, in_bits)
+        in_s_bits = renamed_keyword(type(self).__name__, "in_s_bits", in_s_bits, "in_bits", in_bits)
+        self.fc1 = _LinearBNLIF(dim, hidden, True, w_bits, s_bits, in_s_bits)
         self.fc2 = _LinearBNLIF(hidden, dim, True, w_bits, s_bits, s_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,7 +286,7 @@ class Spikformer(SpikingTimmModel):
         self.apply(self._init_weights)
 
     def _make_classifier(self, num_classes: int) -> QuantLinear:
-        head = QuantLinear(self.embed_dim, num_classes, w_bits=self.w_bits, in_bits=None)
+        head = QuantLinear(self.embed_dim, num_classes, w_bits=self.w_bits, s_bits=None)
         self._init_weights(head)
         return head
 
@@ -305,15 +314,8 @@ class Spikformer(SpikingTimmModel):
         self._check_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
-        intermediates = []
-        x = self._embed(x)
-        for i, block in enumerate(blocks):
-            x = run_blocks([block], x, self.grad_checkpointing)
-            if i in take_indices:
-                intermediates.append(self._intermediate(x, output_fmt, self.grid_size))
-        if intermediates_only:
-            return intermediates
-        return x.mean(0), intermediates
+        x, intermediates = self._run_collecting(blocks, self._embed(x), take_indices, output_fmt, grid=self.grid_size)
+        return intermediates if intermediates_only else (mean_over_time(x), intermediates)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
@@ -384,19 +386,7 @@ def spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spikformer:
                       num_heads=heads, patch_size=patch, **kwargs)
 
 
-def _register() -> None:
-    """One ``qsnn_<variant>`` timm entry point per :data:`VARIANTS` entry."""
-    from timm.models import register_model
-
-    for name in VARIANTS:
-        def entry(pretrained: bool = False, _name: str = name, **kwargs) -> Spikformer:
-            return spikformer(_name, pretrained=pretrained, **kwargs)
-
-        entry.__name__ = entry.__qualname__ = f"qsnn_{name}"
-        entry.__module__ = __name__
-        entry.__doc__ = f"Spikformer-{name.split('_', 1)[1].replace('_', '-')} (see :func:`spikformer`)."
-        globals()[entry.__name__] = entry
-        register_model(entry)
-
-
-_register()
+for _name in VARIANTS:
+    register_entry_point(globals(), f"qsnn_{_name}",
+                         f"Spikformer-{_name.split('_', 1)[1].replace('_', '-')} (see :func:`spikformer`).",
+                         functools.partial(spikformer, _name))

@@ -41,7 +41,7 @@ import inspect
 
 import torch
 from timm.layers import Format, nchw_to, register_notrace_function, register_notrace_module
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, register_model, resolve_pretrained_cfg
 from torch import nn
 
 from ..lif import MultiLevelLIF
@@ -49,7 +49,8 @@ from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, Qu
                      input_frames, mean_over_time, repeat_frame)
 
 __all__ = ["WST_KEYS", "LICENSE", "GLOBAL_POOLS", "qsnn_cfg", "cfg_wst", "constructor_wst", "build_qsnn",
-           "SpikingTimmModel", "check_wst_match", "run_blocks", "run_checkpointed"]
+           "SpikingTimmModel", "check_wst_match", "register_entry_point", "run_blocks",
+           "run_checkpointed"]
 
 WST_KEYS = ("w_bits", "s_bits", "t_steps")
 LICENSE = "apache-2.0"
@@ -132,6 +133,20 @@ def build_qsnn(model_cls, variant: str, pretrained: bool = False, *, feature_cou
     model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
     model._model_args = dict(getattr(model, "_model_args", {}), **dict(zip(WST_KEYS, wst)))
     return model
+
+
+def register_entry_point(namespace: dict, name: str, description: str, build) -> None:
+    """Register with timm the entry point ``name(pretrained=False, **kwargs)``, which returns
+    ``build(pretrained, **kwargs)``, as a function ``name`` (docstring ``description``) of the module
+    whose globals are ``namespace`` (timm files a model under its entry point's module)."""
+    def entry(pretrained: bool = False, **kwargs):
+        return build(pretrained, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__module__ = namespace["__name__"]
+    entry.__doc__ = description
+    namespace[name] = entry
+    register_model(entry)
 
 
 def run_blocks(blocks, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
@@ -233,6 +248,19 @@ class SpikingTimmModel(nn.Module):
         """Input -> logits ``[B, num_classes]``: the classifier at every step, then the mean over T."""
         x = self.head_drop(self._pool(self.forward_per_step(x)))
         return mean_over_time(self.get_classifier()(x))
+
+    def _run_collecting(self, stages, x: torch.Tensor, take_indices, output_fmt, *, first_index: int = 0,
+                        run=run_checkpointed, grid=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``stages`` in order on ``x``, each as ``run(stage, x, self.grad_checkpointing)``
+        (:func:`run_checkpointed` or :func:`run_blocks`); returns the last output and, in order,
+        the features (:meth:`_intermediate`) of the stages whose index (counted from
+        ``first_index``) is in ``take_indices``: the loop of every ``forward_intermediates``."""
+        intermediates = []
+        for i, stage in enumerate(stages, start=first_index):
+            x = run(stage, x, self.grad_checkpointing)
+            if i in take_indices:
+                intermediates.append(self._intermediate(x, output_fmt, grid))
+        return x, intermediates
 
     def _intermediate(self, x: torch.Tensor, output_fmt, grid=None) -> torch.Tensor:
         """A time-major feature ``[T, B, C, H, W]`` (or tokens ``[T, B, N, D]`` on a ``grid``) averaged

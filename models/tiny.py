@@ -1,11 +1,11 @@
 """A tiny spiking CNN for small inputs (the 8x8 digits of ``qsnn train``'s embedded default).
 
 Three 3x3 conv-BN-SN stages (16, 32, 64 channels; the second and third with stride 2), a spatial
-mean and a QuantLinear head: about 24 k parameters, trained in a minute on a 2-core CPU. The stem
-conv is the encoding layer (``in_bits=None``): on an image ``[B, C, H, W]`` it runs once and its
-output is repeated over T (:func:`encode_direct`); on event frames ``[B, T, C, H, W]`` (T =
-``t_steps``) it runs on frame t at step t. The other convs see S-bit spikes (``in_bits = s_bits``);
-the head sees the spatial mean of spikes, a real value (``in_bits=None``).
+mean and a QuantLinear head: about 24 k parameters at the default width. The stem conv is the
+encoding layer (``s_bits=None``): on an image ``[B, C, H, W]`` it runs once and its output is
+repeated over T (:func:`encode_direct`); on event frames ``[B, T, C, H, W]`` (T = ``t_steps``) it
+runs on frame t at step t. The other convs take S-bit spikes (their ``s_bits`` is the model's); the
+head sees the spatial mean of spikes, a real value (``s_bits=None``).
 
 timm's model contract (features averaged over T, classifier, intermediates, checkpointing, weights):
 :mod:`models.timm_support`. Features (``feature_info``): the three neurons ``sn1``, ``sn2``, ``sn3``.
@@ -18,7 +18,8 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .layers import MultiStepBatchNorm2d, QuantConv2d, QuantLinear, check_model_args, spiking_neuron
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, check_model_args, mean_over_time,
+                     spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, run_checkpointed
 
 __all__ = ["SpikingCNNTiny", "qsnn_spiking_cnn_tiny"]
@@ -52,17 +53,17 @@ class SpikingCNNTiny(SpikingTimmModel):
         bn = MultiStepBatchNorm2d if norm else (lambda ch: nn.Identity())
         self.conv1 = QuantConv2d(in_chans, c, 3, padding=1, bias=False, w_bits=w_bits)
         self.bn1, self.sn1 = bn(c), spiking_neuron(s_bits, **neuron_kw)
-        self.conv2 = QuantConv2d(c, 2 * c, 3, stride=2, padding=1, bias=False, w_bits=w_bits, in_bits=s_bits,
+        self.conv2 = QuantConv2d(c, 2 * c, 3, stride=2, padding=1, bias=False, w_bits=w_bits, s_bits=s_bits,
                                  in_scale=self.v_th)
         self.bn2, self.sn2 = bn(2 * c), spiking_neuron(s_bits, **neuron_kw)
-        self.conv3 = QuantConv2d(2 * c, 4 * c, 3, stride=2, padding=1, bias=False, w_bits=w_bits, in_bits=s_bits,
+        self.conv3 = QuantConv2d(2 * c, 4 * c, 3, stride=2, padding=1, bias=False, w_bits=w_bits, s_bits=s_bits,
                                  in_scale=self.v_th)
         self.bn3, self.sn3 = bn(4 * c), spiking_neuron(s_bits, **neuron_kw)
         self.feature_info = [dict(num_chs=c * 2 ** i, reduction=2 ** i, module=f"sn{i + 1}") for i in range(3)]
         self._init_head(4 * c, num_classes, global_pool, drop_rate)
 
     def _make_classifier(self, num_classes: int) -> QuantLinear:
-        return QuantLinear(self.num_features, num_classes, w_bits=self.w_bits, in_bits=None, in_scale=self.v_th)
+        return QuantLinear(self.num_features, num_classes, w_bits=self.w_bits, s_bits=None, in_scale=self.v_th)
 
     def _stage1(self, x: torch.Tensor) -> torch.Tensor:
         return self.sn1(self._encode(x, lambda z: self.bn1(self.conv1(z))))
@@ -90,14 +91,8 @@ class SpikingCNNTiny(SpikingTimmModel):
         self._check_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         stages = self._stages()[:max_index + 1] if stop_early else self._stages()
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = run_checkpointed(stage, x, self.grad_checkpointing)
-            if i in take_indices:
-                intermediates.append(self._intermediate(x, output_fmt))
-        if intermediates_only:
-            return intermediates
-        return self._intermediate(x, "NCHW"), intermediates
+        x, intermediates = self._run_collecting(stages, x, take_indices, output_fmt)
+        return intermediates if intermediates_only else (mean_over_time(x), intermediates)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:

@@ -5,6 +5,7 @@ functions, converted-model equivalence, torch.compile, state_dict round trip, ba
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_parameter_count_matches_torchvision_resnet(name):
         expected -= (7 * 7 - 3 * 3) * 3 * 64
     assert _count(model) == expected
     if name == "qsnn_sew_resnet34":
-        assert abs(_count(model) / 1e6 - 21.79) < 0.01  # the issue's figure (21.797672 M, truncated)
+        assert abs(_count(model) / 1e6 - 21.79) < 0.01  # 21.797672 M, as usually quoted
 
 
 @pytest.mark.parametrize("name", SEW_NAMES)
@@ -81,12 +82,12 @@ def test_shapes_on_tiny_input(name):
     assert (model.w_bits, model.s_bits, model.t_steps) == (2, 1, 1)
 
 
-def test_cifar_default_classes_and_in_bits():
+def test_cifar_default_classes_and_input_widths():
     model = qm.create_model("sew_resnet18_cifar", w_bits=4, s_bits=2, t_steps=2)
     assert model.fc.out_features == 10
-    assert model.conv1.in_bits is None and model.fc.in_bits is None  # encoding layer, pooled head
+    assert model.conv1.s_bits is None and model.fc.s_bits is None  # encoding layer, pooled head
     convs = [m for m in model.modules() if isinstance(m, QuantConv2d) and m is not model.conv1]
-    assert convs and all(m.in_bits == 2 for m in convs)  # clamped ADD: every block output is 2-bit
+    assert convs and all(m.s_bits == 2 for m in convs)  # clamped ADD: every block output is 2-bit
 
 
 # --------------------------------------------------------------------------- forward and backward
@@ -110,7 +111,7 @@ def test_forward_backward(w_bits, s_bits, t_steps, connect_f, clamp_add):
 @pytest.mark.parametrize("connect_f, clamp_add", [("ADD", True), ("ADD", False), ("IAND", True)])
 def test_block_outputs_are_levels_in_range(connect_f, clamp_add):
     """Every block output is level * v_th with the level an integer in [0, bound], bound = 2^S - 1
-    (clamped ADD, IAND) or the builder's running bound (unclamped ADD), and the next convs' in_bits
+    (clamped ADD, IAND) or the builder's running bound (unclamped ADD), and the next convs' s_bits
     holds that bound."""
     torch.manual_seed(2)
     v_th = 0.5
@@ -131,7 +132,7 @@ def test_block_outputs_are_levels_in_range(connect_f, clamp_add):
         bound = block._out_levels(levels_in)
         assert int((lv != lv.round()).sum()) == 0 and float(lv.min()) >= 0 and float(lv.max()) <= bound
         if nxt is not None:
-            assert nxt.conv1.in_bits == bits_for_levels(bound)
+            assert nxt.conv1.s_bits == bits_for_levels(bound)
         levels_in = bound
     if connect_f == "ADD" and not clamp_add:
         assert max(float(o.max()) for _, o in outs) / v_th > 3  # the unbounded sum exceeds 2 bits
@@ -156,15 +157,15 @@ def test_connect_functions_binary_match_the_paper():
     assert torch.equal(sew_connect(a3, s3, "AND", 3.0, False, True), torch.tensor([0.0, 1, 3, 0]))
 
 
-@pytest.mark.parametrize("w_bits, in_bits, cin, k, stride, pad", [
+@pytest.mark.parametrize("w_bits, s_bits, cin, k, stride, pad", [
     (1, 1, 1, 1, 1, 0), (2, 2, 31, 1, 2, 0), (4, 1, 33, 3, 1, 1), (8, 4, 3, 3, 2, 1)])
-def test_bitserial_training_path_matches_dense(w_bits, in_bits, cin, k, stride, pad):
+def test_bitserial_training_path_matches_dense(w_bits, s_bits, cin, k, stride, pad):
     """``bitserial=True`` (exact kernel forward, dense STE backward) gives the dense path's output
     and gradients; inputs non-contiguous, odd channel counts (K = 1, 31, 33, 27)."""
     torch.manual_seed(4)
     v_th = 0.75
-    conv = QuantConv2d(cin, 6, k, stride=stride, padding=pad, w_bits=w_bits, in_bits=in_bits, in_scale=v_th)
-    lv = torch.randint(0, 1 << in_bits, (2, 2, 7, 5, cin)).float().permute(0, 1, 4, 2, 3)  # non-contiguous
+    conv = QuantConv2d(cin, 6, k, stride=stride, padding=pad, w_bits=w_bits, s_bits=s_bits, in_scale=v_th)
+    lv = torch.randint(0, 1 << s_bits, (2, 2, 7, 5, cin)).float().permute(0, 1, 4, 2, 3)  # non-contiguous
     outs = []
     for mode in (False, True):
         conv.bitserial = mode
@@ -175,11 +176,107 @@ def test_bitserial_training_path_matches_dense(w_bits, in_bits, cin, k, stride, 
         outs.append((y.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
     for dense, serial in zip(*outs):
         torch.testing.assert_close(serial, dense, rtol=1e-5, atol=1e-5)
-    lin = QuantLinear(cin, 4, w_bits=w_bits, in_bits=in_bits, in_scale=v_th)
+    lin = QuantLinear(cin, 4, w_bits=w_bits, s_bits=s_bits, in_scale=v_th)
     xs = lv[0, :, :, :, 0].transpose(1, 2) * v_th  # [2, 7, cin], non-contiguous
     y_dense = lin(xs)
     lin.bitserial = True
     torch.testing.assert_close(lin(xs), y_dense, rtol=1e-5, atol=1e-5)
+
+
+def test_bitserial_path_rejects_input_that_is_not_spikes():
+    """The bit-serial forward reads its input's levels through the one checked conversion
+    (quantize.spike_levels): a value that is not ``level * in_scale`` is a ValueError naming
+    s_bits, not a silently rounded level."""
+    lin = QuantLinear(4, 3, w_bits=4, s_bits=1, in_scale=0.5, bitserial=True)
+    conv = QuantConv2d(4, 3, 1, w_bits=4, s_bits=1, in_scale=0.5, bitserial=True)
+    for layer, x in ((lin, torch.zeros(2, 4)), (conv, torch.zeros(1, 4, 2, 2))):
+        layer(x)  # level 0: fine
+        for bad in (0.3, 1.0, -0.5):  # off the grid, level 2 > 1, negative
+            x.view(-1)[1] = bad
+            with pytest.raises(ValueError, match="s_bits=1"):
+                layer(x)
+            x.view(-1)[1] = 0.0
+
+
+def test_bitserial_is_off_unless_asked():
+    """The forward path is chosen per layer by its arguments: the bit-serial kernel only with
+    ``bitserial=True``, at every weight width."""
+    from qsnn_kernels.models.layers import uses_bitserial
+
+    for w_bits in (1, 2, 4, 8):
+        assert not uses_bitserial(QuantLinear(4, 3, w_bits=w_bits, s_bits=1))
+        assert uses_bitserial(QuantLinear(4, 3, w_bits=w_bits, s_bits=1, bitserial=True))
+    assert not uses_bitserial(QuantLinear(4, 3, w_bits=16, s_bits=1, bitserial=True))  # float weight
+    assert not uses_bitserial(QuantLinear(4, 3, w_bits=4, s_bits=None, bitserial=True))  # real-valued input
+
+
+# --------------------------------------------------------------------------- renamed keywords
+
+
+def _layers(**kw):
+    return QuantLinear(4, 3, w_bits=4, **kw), QuantConv2d(4, 3, 3, padding=1, w_bits=4, **kw)
+
+
+def test_in_bits_is_a_deprecated_alias_of_s_bits():
+    """``in_bits=`` (the former name of a layer's input spike width) still builds the same layer,
+    with a FutureWarning naming s_bits; both names at once is a TypeError; reading ``.in_bits``
+    warns and gives s_bits; ``s_bits=`` alone warns nothing."""
+    with pytest.warns(FutureWarning, match="s_bits"):
+        old = _layers(in_bits=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = _layers(s_bits=2)
+        _layers()
+    for a, b in zip(old, new):
+        assert a.s_bits == b.s_bits == 2 and repr(a) == repr(b)
+        with pytest.warns(FutureWarning, match="s_bits"):
+            assert a.in_bits == 2
+    with pytest.raises(TypeError, match="s_bits"):
+        QuantLinear(4, 3, s_bits=2, in_bits=2)
+    with pytest.raises(TypeError, match="s_bits"):
+        QuantConv2d(4, 3, 3, s_bits=1, in_bits=1)
+
+
+def test_blocks_take_in_s_bits_and_the_former_in_bits():
+    """The blocks' input width is ``in_s_bits`` (``in_bits`` deprecated, FutureWarning); both or
+    neither is a TypeError."""
+    from qsnn_kernels.models.sew_resnet import Bottleneck
+    from qsnn_kernels.models.spikformer import SpikformerMLP, SpikingSelfAttention
+
+    kw = dict(w_bits=4, s_bits=1, connect_f="ADD", clamp_add=True, neuron_kw={})
+    for block in (BasicBlock, Bottleneck):
+        assert block(8, 8, 1, in_s_bits=2, **kw).conv1.s_bits == 2
+        with pytest.warns(FutureWarning, match="in_s_bits"):
+            assert block(8, 8, 1, in_bits=2, **kw).conv1.s_bits == 2
+        with pytest.raises(TypeError, match="in_s_bits"):
+            block(8, 8, 1, in_s_bits=2, in_bits=2, **kw)
+        with pytest.raises(TypeError, match="in_s_bits"):
+            block(8, 8, 1, **kw)
+    assert SpikingSelfAttention(16, 2, 4, 1, 2).q.linear.s_bits == 2
+    with pytest.warns(FutureWarning, match="in_s_bits"):
+        assert SpikingSelfAttention(16, 2, 4, 1, in_bits=4).q.linear.s_bits == 4
+    with pytest.warns(FutureWarning, match="in_s_bits"):
+        assert SpikformerMLP(16, 32, 4, 1, in_bits=None).fc1.linear.s_bits is None
+    with pytest.raises(TypeError, match="in_s_bits"):
+        SpikformerMLP(16, 32, 4, 1, 2, in_bits=2)
+
+
+def test_checkpoints_and_pickles_survive_the_rename():
+    """s_bits is an attribute, not state: a layer's state_dict holds the tensors of its torch base
+    only, so checkpoints load as before; a layer pickled whole before the rename (``in_bits`` in
+    its __dict__) loads with its width as s_bits."""
+    for layer in _layers(s_bits=2):
+        base = torch.nn.Linear(4, 3) if isinstance(layer, QuantLinear) else torch.nn.Conv2d(4, 3, 3)
+        assert layer.state_dict().keys() == base.state_dict().keys()
+        state = layer.__getstate__()
+        state["in_bits"] = state.pop("s_bits")  # the old layout
+        old = type(layer).__new__(type(layer))
+        old.__setstate__(state)
+        assert old.s_bits == 2 and "in_bits" not in old.__dict__
+        buf = io.BytesIO()
+        torch.save(old, buf)
+        buf.seek(0)
+        assert torch.load(buf, weights_only=False).s_bits == 2
 
 
 # --------------------------------------------------------------------------- inference conversion
@@ -275,8 +372,8 @@ def test_bad_input():
         QuantConv2d(3, 4, 3)(torch.randn(3, 8, 8))
     with pytest.raises(ValueError, match="QuantLinear"):
         QuantLinear(3, 4)(torch.randn(2, 5))
-    with pytest.raises(ValueError, match="in_bits"):
-        QuantLinear(3, 4, in_bits=0)
+    with pytest.raises(ValueError, match="s_bits"):
+        QuantLinear(3, 4, s_bits=0)
     with pytest.raises(ValueError, match="s_bits"):
         spiking_neuron(3)
     with pytest.raises(TypeError):

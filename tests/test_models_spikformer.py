@@ -68,7 +68,7 @@ def test_parameter_count_matches_original(name):
     assert (model.w_bits, model.s_bits, model.t_steps, model.img_size, model.num_classes) == (4, 2, 1, img, classes)
 
 
-def test_create_model_as_in_the_issue():
+def test_create_model_spikformer_8_512_at_w4_s2_t1():
     with torch.device("meta"):
         model = timm.create_model("qsnn_spikformer_8_512", w_bits=4, s_bits=2, t_steps=1)
     assert isinstance(model, sf.Spikformer)
@@ -148,7 +148,7 @@ def original_ssa_attention(q, k, v, num_heads, s_bits):
 @pytest.mark.parametrize("s_bits", [1, 2, 4])
 def test_attention_matches_the_original_formula(s_bits):
     torch.manual_seed(s_bits)
-    attn = sf.SpikingSelfAttention(48, 3, w_bits=4, s_bits=s_bits, in_bits=2)
+    attn = sf.SpikingSelfAttention(48, 3, w_bits=4, s_bits=s_bits, in_s_bits=2)
     captured = {}
     for name in ("q", "k", "v"):
         getattr(attn, name).register_forward_hook(lambda m, a, out, name=name: captured.__setitem__(name, out))
@@ -165,13 +165,13 @@ def test_attention_matches_the_original_formula(s_bits):
 
 @pytest.mark.parametrize("s_bits", [1, 2])
 def test_declared_bits_hold_the_values_that_flow(s_bits):
-    """Every layer with in_bits holds integer inputs in [0, 2^in_bits - 1] (in_scale 1); SpikeMatmul
+    """Every layer with s_bits holds integer inputs in [0, 2^s_bits - 1] (in_scale 1); SpikeMatmul
     operands fit a_bits/b_bits; the encoding conv and the head are the real-valued ones."""
     model = small(depth=3, s_bits=s_bits, t_steps=2)
     checked = []
 
     def check(m, args, out):
-        for x, bits in zip(args, (m.a_bits, m.b_bits) if isinstance(m, SpikeMatmul) else (m.in_bits,)):
+        for x, bits in zip(args, (m.a_bits, m.b_bits) if isinstance(m, SpikeMatmul) else (m.s_bits,)):
             if bits is None:
                 continue
             assert torch.equal(x, x.round()) and x.min() >= 0 and x.max() <= (1 << bits) - 1, (m, bits)
@@ -181,10 +181,10 @@ def test_declared_bits_hold_the_values_that_flow(s_bits):
         if isinstance(m, (QuantConv2d, QuantLinear, SpikeMatmul)):
             m.register_forward_hook(check)
     model(images(2, 16))
-    real = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear)) and m.in_bits is None]
+    real = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear)) and m.s_bits is None]
     assert real == [model.patch_embed.stages[0].conv, model.head]
     assert len(set(checked)) == 4 + 3 * 8  # SPS convs after the first, 6 linears + 2 matmuls per block
-    assert model.blocks[0].attn.q.linear.in_bits == {1: 2, 2: 4}[s_bits]  # the SPS output reaches 2 L
+    assert model.blocks[0].attn.q.linear.s_bits == {1: 2, 2: 4}[s_bits]  # the SPS output reaches 2 L
 
 
 def test_conversion_for_inference_agrees():
@@ -257,7 +257,7 @@ def test_bad_forward_input(x, error, match):
 
 def test_attention_width_formula():
     """a_bits of (Q K^T) @ V: Q K^T entries reach d_head (2^S - 1)^2 exactly when Q = K = top level."""
-    attn = sf.SpikingSelfAttention(32, 2, w_bits=4, s_bits=2, in_bits=2)
+    attn = sf.SpikingSelfAttention(32, 2, w_bits=4, s_bits=2, in_s_bits=2)
     top = torch.full((1, 1, 3, 2, 16), 3.0)
     entry = attn.qk(top, top.transpose(-2, -1)).max().item()
     assert entry == 16 * 9 and math.ceil(math.log2(entry + 1)) == attn.attn_v.a_bits

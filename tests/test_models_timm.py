@@ -1,4 +1,4 @@
-"""The qsnn_ models under timm's model contract (models/timm_support.py, models/weights.py, issue 15):
+"""The qsnn_ models under timm's model contract (models/timm_support.py, models/weights.py):
 configs, features (averaged over T), classifier reset, intermediates, grad checkpointing, fx,
 torch.compile, weights from `qsnn train` and `qsnn export`, and the path of timm's train/validate
 scripts. Every registered name is checked cheaply (meta device); the forward checks run one
