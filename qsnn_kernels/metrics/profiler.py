@@ -200,7 +200,7 @@ def _record(tally: _Tally, module: nn.Module, b: int) -> LayerRecord:
         w_bits = int(module.b_bits)
         in_bits = formulas.counted_weight_bits(int(module.a_bits))  # a float operand (32) counts as 16
     else:
-        w_bits, in_bits = int(getattr(module, "w_bits", 32)), getattr(module, "in_bits", None)
+        w_bits, in_bits = int(getattr(module, "w_bits", 32)), getattr(module, "s_bits", None)
     fr = tally.nnz / tally.numel if tally.numel else 0.0
     rec = LayerRecord(tally.name, tally.kind, macs, formulas.counted_weight_bits(w_bits),
                       None if in_bits is None else int(in_bits), tally.steps, fr, counted=True)
