@@ -53,8 +53,8 @@ class Tiny(nn.Module):
         self.t_steps, self.w_bits, self.s_bits = t, w_bits, s_bits
         lv = (1 << s_bits) - 1
         self.enc = QuantConv2d(2, 4, 3, padding=1, w_bits=w_bits)
-        self.conv = QuantConv2d(4, 6, 3, stride=2, padding=1, groups=2, w_bits=w_bits, in_bits=s_bits)
-        self.fc = QuantLinear(6, 8, w_bits=w_bits, in_bits=fc_in_bits or s_bits)
+        self.conv = QuantConv2d(4, 6, 3, stride=2, padding=1, groups=2, w_bits=w_bits, s_bits=s_bits)
+        self.fc = QuantLinear(6, 8, w_bits=w_bits, s_bits=fc_in_bits or s_bits)
         self.mm = SpikeMatmul(s_bits, s_bits)
         self.head = QuantLinear(8, 5, w_bits=w_bits)
         self.register_buffer("s_conv", _sparse((t, b, 4, 5, 5), nnz["conv"], gen, lv))

@@ -134,10 +134,10 @@ def test_fake_quantized_weight_propagates_nan_with_identity_gradient():
 def test_quantized_layers_output_nan_for_a_nan_weight(kind, path):
     torch.manual_seed(0)
     if kind == "linear":
-        layer = QuantLinear(16, 4, w_bits=4, in_bits=1, **path)
+        layer = QuantLinear(16, 4, w_bits=4, s_bits=1, **path)
         x = torch.randint(0, 2, (2, 3, 16)).float()
     else:
-        layer = QuantConv2d(3, 4, 3, padding=1, w_bits=4, in_bits=1, **path)
+        layer = QuantConv2d(3, 4, 3, padding=1, w_bits=4, s_bits=1, **path)
         x = torch.randint(0, 2, (2, 3, 3, 5, 5)).float()
     with torch.no_grad():
         layer.weight[2].view(-1)[0] = NAN
