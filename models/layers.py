@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bits import ALLOWED_W_BITS, FULL_PRECISION_BITS, SPIKE_BITS, WEIGHT_BITS, check_bits
+from ..conv_geometry import conv_output_size, im2col_hwc
 from ..deprecation import NOT_GIVEN, renamed_keyword
 from ..lif import MultiLevelLIF
-from ..quantize import dequantized_weight, spike_levels
+from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
 from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported,
                    spike_input_levels)
@@ -232,21 +233,15 @@ def spike_linear_bitserial(spikes: torch.Tensor, weight, w_bits: int, s_bits: in
     return bitserial_linear(levels, weight, s_bits=s_bits, x_scale=in_scale, w_bits=w_bits)
 
 
-def spike_conv2d_bitserial(x: torch.Tensor, weight, w_bits: int, s_bits: int, in_scale: float, stride, padding,
-                           dilation) -> torch.Tensor:
-    """Convolution of spikes ``x [N, C, H, W]`` as a GEMM (im2col, zero padding = level 0) on the
-    bit-serial kernel: ``[N, Cout, H', W']`` float, no bias. ``weight``: float ``[Cout, C, kh, kw]``
-    or a PackedWeight of that shape; groups = 1."""
-    cout, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
-    n, h, w = x.shape[0], x.shape[2], x.shape[3]
-    oh = _conv_output_size(h, kh, stride[0], padding[0], dilation[0])
-    ow = _conv_output_size(w, kw, stride[1], padding[1], dilation[1])
-    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):
-        cols = x[:, :, ::stride[0], ::stride[1]].permute(0, 2, 3, 1)            # [N, H', W', C]
-    else:
-        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
-    y = spike_linear_bitserial(cols.reshape(1, n * oh * ow, -1), weight, w_bits, s_bits, in_scale)
-    return y.reshape(n, oh, ow, cout).permute(0, 3, 1, 2)
+def spike_conv2d_bitserial(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float, stride,
+                           padding, dilation) -> torch.Tensor:
+    """Convolution of spikes ``x [N, C, H, W]`` with the float weight ``[Cout, C, kh, kw]`` (groups = 1,
+    zero padding = level 0) as a GEMM (:func:`qsnn_kernels.conv_geometry.im2col_hwc`) on the
+    bit-serial kernel (:func:`spike_linear_bitserial`): ``[N, Cout, H', W']`` float, no bias."""
+    cols, oh, ow = im2col_hwc(x, weight.shape[2:], stride, padding, dilation)
+    w_cols = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # K in im2col_hwc's (kh, kw, C) order
+    y = spike_linear_bitserial(cols.unsqueeze(0), w_cols, w_bits, s_bits, in_scale)
+    return y.reshape(x.shape[0], oh, ow, -1).permute(0, 3, 1, 2)
 
 
 class _FakeQuant(torch.autograd.Function):
@@ -323,11 +318,6 @@ class _QuantAttrs:
                 f"in_scale={self.in_scale}, bitserial={self.bitserial}, int8={self.int8}")
 
 
-def _conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length of a convolution along one spatial dimension (zero padding)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 class QuantLinear(_QuantAttrs, nn.Linear):
     """``nn.Linear`` with a W-bit weight: ``x [..., in_features] -> [..., out_features]``.
 
@@ -401,8 +391,7 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
 
     def _positions(self, x4: torch.Tensor) -> int:
         """N * H' * W' of the output for input ``x4 [N, C, H, W]``."""
-        oh, ow = (_conv_output_size(*args) for args in
-                  zip(x4.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation))
+        oh, ow = conv_output_size(x4.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
         return x4.shape[0] * oh * ow
 
 

@@ -200,7 +200,8 @@ class SEWResNet(SpikingTimmModel):
     def _make_layer(self, block, planes, blocks, stride, common):
         stage = []
         for i in range(blocks):
-            b = block(self._inplanes, planes, stride if i == 0 else 1, in_s_bits=bits_for_levels(self._levels), **common)
+            b = block(self._inplanes, planes, stride if i == 0 else 1, in_s_bits=bits_for_levels(self._levels),
+                      **common)
             self._levels = b._out_levels(self._levels)
             self._inplanes = planes * block.expansion
             stage.append(b)
