@@ -2,8 +2,8 @@
 
 Each parameter set compiles one testbench binary (template parameters are compile-time); binaries
 are cached across tests and runs by a hash of the sources and defines (qsnn_kernels.hls.csim), so
-a rerun costs only the simulations. Expected outputs come from every backend that this build has
-(reference always; the compiled C++ kernels and Triton once their modules are merged).
+a rerun costs only the simulations. Expected outputs come from every backend that can run here
+(qsnn_kernels.choices.BACKENDS: reference always; the compiled kernels and Triton where available).
 """
 
 import math
@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from qsnn_kernels import BackendUnavailable, _extension
+from qsnn_kernels import BackendUnavailable, _extension, choices
 from qsnn_kernels import hls
 from qsnn_kernels.hls import backends, cycles, network
 from qsnn_kernels.hls.__main__ import main as hls_main
@@ -42,15 +42,15 @@ def _assert_clean(result, case):
         assert total == case.arrays[name].numel(), (name, total)
 
 
-def _iterations(case, w_bits, s_in, t_steps, m, n, k):
+def _iterations(case, w_bits, s_bits_in, t_steps, m, n, k):
     pe, simd = case.defines["PE"], case.defines["SIMD"]
     layer = cycles.Layer("l", m, n, k)
-    return cycles.layer_iterations(layer, w_bits=w_bits, s_bits=s_in, t_steps=t_steps, pe=pe, simd=simd)
+    return cycles.layer_iterations(layer, w_bits=w_bits, s_bits=s_bits_in, t_steps=t_steps, pe=pe, simd=simd)
 
 
 # --------------------------------------------------------------------------- GEMM
 
-GEMM_SETS = [  # w_bits, x_bits, T, M, N, K, PE, SIMD: every W and S, odd K, PE/SIMD not dividing N/K
+GEMM_SETS = [  # w_bits, s_bits, T, M, N, K, PE, SIMD: every W and S, odd K, PE/SIMD not dividing N/K
     (1, 1, 1, 1, 1, 1, 1, 1),
     (2, 2, 2, 3, 5, 31, 4, 2),
     (4, 4, 3, 2, 7, 33, 3, 1),
@@ -62,13 +62,13 @@ GEMM_SETS = [  # w_bits, x_bits, T, M, N, K, PE, SIMD: every W and S, odd K, PE/
 
 @needs_cxx
 @pytest.mark.parametrize("backend", BACKEND)
-@pytest.mark.parametrize("w_bits,x_bits,t_steps,m,n,k,pe,simd", GEMM_SETS)
-def test_gemm_csim(backend, w_bits, x_bits, t_steps, m, n, k, pe, simd):
-    case = hls.gemm_case(w_bits=w_bits, x_bits=x_bits, t_steps=t_steps, m=m, n=n, k=k, pe=pe, simd=simd, seed=k,
+@pytest.mark.parametrize("w_bits,s_bits,t_steps,m,n,k,pe,simd", GEMM_SETS)
+def test_gemm_csim(backend, w_bits, s_bits, t_steps, m, n, k, pe, simd):
+    case = hls.gemm_case(w_bits=w_bits, s_bits=s_bits, t_steps=t_steps, m=m, n=n, k=k, pe=pe, simd=simd, seed=k,
                          backend=backend)
     result = hls.run_case(case)
     _assert_clean(result, case)
-    assert result.iterations == _iterations(case, w_bits, x_bits, t_steps, m, n, k)
+    assert result.iterations == _iterations(case, w_bits, s_bits, t_steps, m, n, k)
 
 
 # --------------------------------------------------------------------------- LIF
@@ -93,7 +93,7 @@ def test_lif_csim(backend, reset, s_bits, t_steps, neurons, theta, leak_shift, v
 
 # --------------------------------------------------------------------------- layer (GEMM + LIF over T)
 
-LAYER_SETS = [  # w_bits, s_in, s_out, T, M, N, K, PE, SIMD
+LAYER_SETS = [  # w_bits, s_bits_in, s_bits_out, T, M, N, K, PE, SIMD
     (1, 1, 2, 2, 1, 1, 1, 1, 1),
     (2, 4, 1, 3, 2, 33, 31, 4, 2),
     (4, 8, 4, 1, 3, 5, 273, 2, 3),
@@ -104,15 +104,15 @@ LAYER_SETS = [  # w_bits, s_in, s_out, T, M, N, K, PE, SIMD
 @needs_cxx
 @pytest.mark.parametrize("backend", BACKEND)
 @pytest.mark.parametrize("reset", ["hard", "soft"])
-@pytest.mark.parametrize("w_bits,s_in,s_out,t_steps,m,n,k,pe,simd", LAYER_SETS)
-def test_layer_csim(backend, reset, w_bits, s_in, s_out, t_steps, m, n, k, pe, simd):
-    case = hls.layer_case(w_bits=w_bits, s_in=s_in, s_out=s_out, t_steps=t_steps, m=m, n=n, k=k, reset=reset,
-                          leak_shift=2, v_reset=-1, pe=pe, simd=simd, seed=n, backend=backend)
+@pytest.mark.parametrize("w_bits,s_bits_in,s_bits_out,t_steps,m,n,k,pe,simd", LAYER_SETS)
+def test_layer_csim(backend, reset, w_bits, s_bits_in, s_bits_out, t_steps, m, n, k, pe, simd):
+    case = hls.layer_case(w_bits=w_bits, s_bits_in=s_bits_in, s_bits_out=s_bits_out, t_steps=t_steps, m=m, n=n, k=k,
+                          reset=reset, leak_shift=2, v_reset=-1, pe=pe, simd=simd, seed=n, backend=backend)
     result = hls.run_case(case)
     _assert_clean(result, case)
-    assert result.iterations == _iterations(case, w_bits, s_in, t_steps, m, n, k)
+    assert result.iterations == _iterations(case, w_bits, s_bits_in, t_steps, m, n, k)
     if case.arrays["levels"].numel() >= 60:  # the layer really spikes, at more than one level
-        assert len(torch.unique(case.arrays["levels"])) >= min(3, 2**s_out)
+        assert len(torch.unique(case.arrays["levels"])) >= min(3, 2**s_bits_out)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -122,8 +122,8 @@ def test_layer_csim(backend, reset, w_bits, s_in, s_out, t_steps, m, n, k, pe, s
 @pytest.mark.parametrize("backend", BACKEND)
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_network_csim(backend, reset):
-    net, x = network.random_network((64, 48, 33, 10), w_bits=4, s_in=8, s_bits=2, t_steps=3, batch=7, reset=reset,
-                                    seed=1, backend=backend)
+    net, x = network.random_network((64, 48, 33, 10), w_bits=4, s_bits_in=8, s_bits=2, t_steps=3, batch=7,
+                                    reset=reset, seed=1, backend=backend)
     case = network.net_case(net, x, backend=backend)
     result = hls.run_case(case)
     _assert_clean(result, case)
@@ -139,7 +139,7 @@ def test_network_csim(backend, reset):
 
 def test_network_backends_agree_with_reference():
     """The library's integer inference gives the same spikes and predictions on every backend here."""
-    net, x = network.random_network((40, 33, 17, 5), w_bits=2, s_in=8, s_bits=4, t_steps=2, batch=3, seed=2)
+    net, x = network.random_network((40, 33, 17, 5), w_bits=2, s_bits_in=8, s_bits=4, t_steps=2, batch=3, seed=2)
     ref = net.forward(x, "reference")
     for backend in hls.BACKENDS:
         if hls.unavailable_reason(backend) is None:
@@ -155,13 +155,13 @@ def test_network_backends_agree_with_reference():
 def gemm_binary():
     if hls.compiler() is None:
         pytest.skip("no C++ compiler (g++) on PATH")
-    case = hls.gemm_case(w_bits=2, x_bits=2, t_steps=2, m=3, n=5, k=31, pe=4, simd=2, seed=31)
+    case = hls.gemm_case(w_bits=2, s_bits=2, t_steps=2, m=3, n=5, k=31, pe=4, simd=2, seed=31)
     return hls.build(case.kind, case.defines), case
 
 
 def test_header_rejected_bit_width(gemm_binary, tmp_path):
     exe, _ = gemm_binary
-    other = hls.gemm_case(w_bits=4, x_bits=2, t_steps=2, m=3, n=5, k=31)
+    other = hls.gemm_case(w_bits=4, s_bits=2, t_steps=2, m=3, n=5, k=31)
     result = hls.run(exe, other.write(tmp_path / "w4.bin"))
     assert result.rejected and not result.mismatches
     assert "w_bits = 4" in result.message and "QSNN_W_BITS=2" in result.message
@@ -211,13 +211,13 @@ def test_vectors_roundtrip_and_errors(tmp_path):
 
 def test_case_arguments_validated():
     with pytest.raises(ValueError, match="w_bits"):
-        hls.gemm_case(w_bits=3, x_bits=1, t_steps=1, m=1, n=1, k=1)
+        hls.gemm_case(w_bits=3, s_bits=1, t_steps=1, m=1, n=1, k=1)
     with pytest.raises(ValueError, match="s_bits"):
         hls.lif_case(s_bits=5, t_steps=1, neurons=1, theta=1)
     with pytest.raises(ValueError, match="reset"):
-        hls.layer_case(w_bits=1, s_in=1, s_out=1, t_steps=1, m=1, n=1, k=1, reset="none")
+        hls.layer_case(w_bits=1, s_bits_in=1, s_bits_out=1, t_steps=1, m=1, n=1, k=1, reset="none")
     with pytest.raises(ValueError, match="backend"):
-        hls.gemm_case(w_bits=1, x_bits=1, t_steps=1, m=1, n=1, k=1, backend="fpga")
+        hls.gemm_case(w_bits=1, s_bits=1, t_steps=1, m=1, n=1, k=1, backend="fpga")
     with pytest.raises(ValueError, match="s_bits"):
         network.random_network(s_bits=3)
     with pytest.raises(ValueError, match="positive ints"):
@@ -228,9 +228,9 @@ def test_case_arguments_validated():
                                 in_scale=1.0, v_th=1.0)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_missing_backend_is_an_error_not_a_fallback(backend, monkeypatch):
-    if backend == "cpu":  # as if the extension were not built
+    if backend == "auto":  # as if the extension were not built
         monkeypatch.setattr(_extension, "load", lambda: (None, "simulated: not built"))
     elif torch.cuda.is_available():
         pytest.skip("triton runs on the GPU here; the interpreter switch cannot make it missing")
@@ -238,7 +238,73 @@ def test_missing_backend_is_an_error_not_a_fallback(backend, monkeypatch):
         monkeypatch.delenv("TRITON_INTERPRET")
     assert hls.unavailable_reason(backend) is not None
     with pytest.raises(BackendUnavailable):
-        hls.gemm_case(w_bits=1, x_bits=1, t_steps=1, m=1, n=1, k=1, backend=backend)
+        hls.gemm_case(w_bits=1, s_bits=1, t_steps=1, m=1, n=1, k=1, backend=backend)
+
+
+def test_vector_header_is_the_compiled_defines():
+    """Each file names its compiled parameters as the testbench's -D defines in lower case (PE and
+    SIMD excluded), and carries the reset as the kernels' hard_reset flag."""
+    gemm = hls.gemm_case(w_bits=2, s_bits=4, t_steps=2, m=3, n=5, k=31, pe=3, simd=1)
+    assert {name: int(gemm.arrays[name]) for name in ("w_bits", "s_bits_in", "t_steps", "m_rows", "n_out", "k_in")} \
+        == {"w_bits": 2, "s_bits_in": 4, "t_steps": 2, "m_rows": 3, "n_out": 5, "k_in": 31}
+    assert "pe" not in gemm.arrays and "simd" not in gemm.arrays
+    for reset, flag in (("hard", 1), ("soft", 0)):
+        lif = hls.lif_case(s_bits=2, t_steps=2, neurons=3, theta=5, reset=reset)
+        assert lif.arrays["hard_reset"] == flag and int(lif.arrays["s_bits_out"]) == 2
+        assert "soft_reset" not in lif.arrays
+
+
+@needs_cxx
+def test_bit_width_outside_the_contract_does_not_compile():
+    with pytest.raises(hls.CsimBuildError, match="WEIGHT_BITS"):
+        hls.build("gemm", {"W_BITS": 3})
+    with pytest.raises(hls.CsimBuildError, match="SPIKE_BITS"):
+        hls.build("lif", {"S_BITS_OUT": 16})
+
+
+def test_former_keyword_names_warn_and_still_work():
+    new = hls.gemm_case(w_bits=2, s_bits=4, t_steps=2, m=2, n=3, k=5)
+    with pytest.warns(FutureWarning, match="s_bits="):
+        old = hls.gemm_case(w_bits=2, x_bits=4, t_steps=2, m=2, n=3, k=5)
+    assert old.defines == new.defines and all(torch.equal(torch.as_tensor(old.arrays[name]), torch.as_tensor(v))
+                                               for name, v in new.arrays.items())
+    new = hls.layer_case(w_bits=2, s_bits_in=4, s_bits_out=2, t_steps=2, m=2, n=3, k=5)
+    with pytest.warns(FutureWarning) as record:
+        old = hls.layer_case(w_bits=2, s_in=4, s_out=2, t_steps=2, m=2, n=3, k=5)
+    said = " ".join(str(w.message) for w in record)
+    assert "use s_bits_in=" in said and "use s_bits_out=" in said
+    assert old.defines == new.defines and torch.equal(old.arrays["levels"], new.arrays["levels"])
+    with pytest.warns(FutureWarning, match="s_bits_in="):
+        net, _ = network.random_network(s_in=4, seed=3)
+    assert net.s_bits_in == 4
+    with pytest.raises(TypeError, match="both"):
+        hls.gemm_case(w_bits=2, s_bits=4, x_bits=4, t_steps=2, m=2, n=3, k=5)
+
+
+def test_backend_names_are_the_library_s():
+    assert hls.BACKENDS is choices.BACKENDS
+    assert backends.backend_name("auto") == "auto"
+    with pytest.warns(FutureWarning, match="'auto'"):
+        assert backends.backend_name("cpu") == "auto"
+    with pytest.raises(ValueError, match="backend"):
+        backends.backend_name("fpga")
+
+
+@pytest.mark.skipif(hls.unavailable_reason("auto") is not None, reason="the C++ extension is not built")
+def test_former_command_line_spellings_warn_and_write_the_same_file(tmp_path, capsys):
+    common = ["--w-bits", "2", "--t-steps", "2", "--m", "2", "--n", "3", "--k", "5"]
+    assert hls_main(["export", "layer", "--out", str(tmp_path / "new.bin"), "--backend", "auto", "--s-bits-in", "4",
+                     "--s-bits-out", "1", *common]) == 0
+    with pytest.warns(FutureWarning) as record:
+        assert hls_main(["export", "layer", "--out", str(tmp_path / "old.bin"), "--backend", "cpu", "--s-in", "4",
+                         "--s-out", "1", *common]) == 0
+    said = " ".join(str(w.message) for w in record)
+    assert "'auto'" in said and "--s-bits-in" in said and "--s-bits-out" in said
+    assert (tmp_path / "new.bin").read_bytes() == (tmp_path / "old.bin").read_bytes()
+    with pytest.warns(FutureWarning, match="--net-s-bits-in"):
+        assert hls_main(["export", "net", "--out", str(tmp_path / "net.bin"), "--net-s0", "4"]) == 0
+    assert int(hls.read_vectors(tmp_path / "net.bin")["net_s_bits_in"]) == 4
+    capsys.readouterr()
 
 
 def test_missing_compiler_is_reported(monkeypatch):
@@ -303,9 +369,9 @@ def test_cycles_command(capsys):
 @needs_cxx
 def test_export_and_csim_commands(tmp_path, capsys):
     path = tmp_path / "lif.bin"
-    assert hls_main(["export", "lif", "--out", str(path), "--s-out", "4", "--t-steps", "2", "--neurons", "9"]) == 0
-    assert "-DQSNN_S_OUT=4" in capsys.readouterr().out and int(hls.read_vectors(path)["s_bits"]) == 4
-    assert hls_main(["csim", "lif", "--s-out", "4", "--t-steps", "2", "--neurons", "9", "--reset", "soft"]) == 0
+    assert hls_main(["export", "lif", "--out", str(path), "--s-bits-out", "4", "--t-steps", "2", "--neurons", "9"]) == 0
+    assert "-DQSNN_S_BITS_OUT=4" in capsys.readouterr().out and int(hls.read_vectors(path)["s_bits_out"]) == 4
+    assert hls_main(["csim", "lif", "--s-bits-out", "4", "--t-steps", "2", "--neurons", "9", "--reset", "soft"]) == 0
     assert "lif    PASS" in capsys.readouterr().out
 
 

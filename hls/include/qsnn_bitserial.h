@@ -2,21 +2,21 @@
 //
 // Eq. 3 of the paper in the integer form of DESIGN.md:
 //   Y_t[m, n] = sum_b 2^b sum_q sign_q 2^q popcount(A_{t,b}[m, :] & B_q[n, :])
-// with A_{t,b} the plane of bit b of the X_BITS-bit input levels at step t, B_q the weight plane q,
+// with A_{t,b} the plane of bit b of the S_BITS-bit input levels at step t, B_q the weight plane q,
 // sign_q = -1 for the top plane of a W >= 2 code and +1 otherwise; for W = 1 (+-1 weights) the
 // plane term is 2 popcount(A & B) - popcount(A).
 //
 // Parallelism (template arguments, FINN-style):
 //   PE   output neurons n computed side by side (one accumulator each),
 //   SIMD packed words (32 synapses each) of the K dimension read per cycle and per PE.
-// The engine is bit-serial over the X_BITS x W_BITS plane pairs: one pipelined loop iteration
+// The engine is bit-serial over the S_BITS x W_BITS plane pairs: one pipelined loop iteration
 // handles one plane pair and SIMD words for PE neurons, i.e. PE * SIMD * 32 binary synapses per
-// cycle. A row of one step takes ceil(N / PE) * X_BITS * W_BITS * ceil(KW / SIMD) iterations plus
+// cycle. A row of one step takes ceil(N / PE) * S_BITS * W_BITS * ceil(KW / SIMD) iterations plus
 // one pipeline fill, and a layer over T steps
-//   T * M * (ceil(N / PE) * X_BITS * W_BITS * ceil(KW / SIMD) + depth)
+//   T * M * (ceil(N / PE) * S_BITS * W_BITS * ceil(KW / SIMD) + depth)
 // cycles: the Bit Budget T * W * S is a factor of the latency (qsnn_kernels/hls/cycles.py models it).
 //
-// Memory layout: x planes [T * X_BITS][M][KW] (plane t * X_BITS + b = bit b of step t) and weight
+// Memory layout: x planes [T * S_BITS][M][KW] (plane t * S_BITS + b = bit b of step t) and weight
 // planes [W_BITS][N][KW], KW = ceil(K / 32), exactly the int32 words of csrc/ and bits.py.
 #ifndef QSNN_BITSERIAL_H
 #define QSNN_BITSERIAL_H
@@ -48,18 +48,20 @@ inline uint32_t bitserial_pe(const word_t x[SIMD], const word_t w[SIMD], int xb,
 }
 
 // One row m of step t against all N neurons, in folds of PE neurons. The fold, plane-pair and
-// K-word loops are flattened into one pipelined loop of ceil(N/PE) * X_BITS * W_BITS * KF
+// K-word loops are flattened into one pipelined loop of ceil(N/PE) * S_BITS * W_BITS * KF
 // iterations at II = 1 (one SIMD slice for every PE per cycle), so the pipeline fills once per row,
 // not once per fold. Needs x partitioned cyclic by SIMD on its word dimension and w by PE on its
 // neuron dimension and by SIMD on its word dimension (the callers' pragmas). At the last
-// iteration of each fold the PE accumulators go to epilogue(n0, acc) (GEMM store, LIF, read-out),
-// which runs inside the same pipeline.
-template <int W_BITS, int X_BITS, int PE, int SIMD, int M, int N, int KW, int XP, typename Epilogue>
+// iteration of each fold, epilogue(n, y) receives Y_t[m, n] of each of the fold's PE neurons
+// n < N (GEMM store, LIF, read-out), unrolled inside the same pipeline.
+template <int W_BITS, int S_BITS, int PE, int SIMD, int M, int N, int KW, int XP, typename Epilogue>
 inline void bitserial_row(const word_t x[XP][M][KW], const word_t w[W_BITS][N][KW], int t, int m,
                           Epilogue &epilogue) {
 #pragma HLS inline
+    static_assert(weight_bits_ok(W_BITS), "W_BITS must be one of WEIGHT_BITS");
+    static_assert(spike_bits_ok(S_BITS), "S_BITS must be one of SPIKE_BITS");
     constexpr int KF = ceil_div(KW, SIMD);
-    constexpr int PER_FOLD = X_BITS * W_BITS * KF;
+    constexpr int PER_FOLD = S_BITS * W_BITS * KF;
     constexpr int FOLDS = ceil_div(N, PE);
     uint32_t sum[PE];
 #pragma HLS array_partition variable = sum complete
@@ -77,10 +79,8 @@ folds_plane_pairs_words:
         for (int s = 0; s < SIMD; ++s) {
 #pragma HLS unroll
             const int kw = kf * SIMD + s;
-            xs[s] = kw < KW ? x[t * X_BITS + xb][m][kw] : 0u;
+            xs[s] = kw < KW ? x[t * S_BITS + xb][m][kw] : 0u;
         }
-        acc_t acc[PE];
-#pragma HLS array_partition variable = acc complete
         for (int pe = 0; pe < PE; ++pe) {
 #pragma HLS unroll
             const int n = n0 + pe;
@@ -92,31 +92,27 @@ folds_plane_pairs_words:
                 ws[s] = (kw < KW && n < N) ? w[wb][n][kw] : 0u;
             }
             sum[pe] = (j == 0 ? 0u : sum[pe]) + bitserial_pe<W_BITS, SIMD>(xs, ws, xb, wb);
-            acc[pe] = wrap_int32(sum[pe]);
+            if (j == PER_FOLD - 1 && n < N) epilogue(n, wrap_int32(sum[pe]));
         }
-        if (j == PER_FOLD - 1) epilogue(n0, acc);
     }
 }
 
-// Epilogue of the GEMM engine: store the fold's PE results of row m, step t.
-template <int PE, int M, int N>
-struct StoreFold {
+// Epilogue of the GEMM engine: store Y_t[m, n].
+template <int M, int N>
+struct StoreResult {
     acc_t (*y)[M][N];
     int t, m;
-    void operator()(int n0, const acc_t acc[PE]) {
+    void operator()(int n, acc_t acc) {
 #pragma HLS inline
-        for (int pe = 0; pe < PE; ++pe) {
-#pragma HLS unroll
-            if (n0 + pe < N) y[t][m][n0 + pe] = acc[pe];
-        }
+        y[t][m][n] = acc;
     }
 };
 
-// The GEMM engine: per-step results y[t][m][n] = Y_t[m, n] (reduce="none" with x_bits = X_BITS
+// The GEMM engine: per-step results y[t][m][n] = Y_t[m, n] (reduce="none" with S_BITS-bit levels
 // in qsnn_kernels.bitserial_matmul / reference.bitserial_matmul_popcount). Latency:
-// T * M * (ceil(N/PE) * X_BITS * W_BITS * ceil(KW/SIMD) + pipeline depth) cycles.
-template <int W_BITS, int X_BITS, int T, int PE, int SIMD, int M, int N, int K>
-void bitserial_gemm(const word_t x[T * X_BITS][M][num_words(K)], const word_t w[W_BITS][N][num_words(K)],
+// T * M * (ceil(N/PE) * S_BITS * W_BITS * ceil(KW/SIMD) + pipeline depth) cycles.
+template <int W_BITS, int S_BITS, int T, int PE, int SIMD, int M, int N, int K>
+void bitserial_gemm(const word_t x[T * S_BITS][M][num_words(K)], const word_t w[W_BITS][N][num_words(K)],
                     acc_t y[T][M][N]) {
     constexpr int KW = num_words(K);
 #pragma HLS array_partition variable = x cyclic factor = SIMD dim = 3
@@ -127,8 +123,8 @@ steps:
     for (int t = 0; t < T; ++t) {
     rows:
         for (int m = 0; m < M; ++m) {
-            StoreFold<PE, M, N> store{y, t, m};
-            bitserial_row<W_BITS, X_BITS, PE, SIMD, M, N, KW, T * X_BITS>(x, w, t, m, store);
+            StoreResult<M, N> store{y, t, m};
+            bitserial_row<W_BITS, S_BITS, PE, SIMD, M, N, KW, T * S_BITS>(x, w, t, m, store);
         }
     }
 }

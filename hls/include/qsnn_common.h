@@ -4,10 +4,13 @@
 // (unknown #pragma HLS lines are ignored there: build with -Wno-unknown-pragmas).
 //
 // Numeric contract: DESIGN.md "Integer mode" and "Packed bit planes". One fact each:
-//  * a packed word holds 32 binary elements, element k = bit (k % 32) of word (k / 32),
+//  * a packed word holds WORD_BITS = 32 binary elements, element k = bit (k % 32) of word (k / 32),
 //    padding bits zero; a b-bit tensor is b planes, plane p = bit p, planes leading;
-//  * a W-bit weight is two's complement for W >= 2 and +-1 for W = 1 (bit b -> 2b - 1);
+//  * a W-bit weight (W in WEIGHT_BITS) is two's complement for W >= 2 and +-1 for W = 1
+//    (bit b -> 2b - 1); an S-bit spike (S in SPIKE_BITS) is an unsigned level 0 .. 2^S - 1;
 //  * accumulators are 32-bit and exact (the contract guarantees the results fit int32).
+// These constants mirror qsnn_kernels/bits.py; tests/test_contract.py compiles hls/tb/contract.cpp
+// and fails when the two disagree.
 #ifndef QSNN_COMMON_H
 #define QSNN_COMMON_H
 
@@ -17,9 +20,21 @@ namespace qsnn {
 
 typedef uint32_t word_t;  // one packed word: 32 binary elements, LSB first
 typedef int32_t acc_t;    // GEMM results, membrane potentials, thresholds
-typedef uint8_t level_t;  // a spike level 0 .. 2^S - 1 (S <= 8)
+typedef uint8_t level_t;  // a spike level 0 .. 2^S - 1
 
 constexpr int WORD_BITS = 32;
+constexpr int WEIGHT_BITS[] = {1, 2, 4, 8};  // allowed W
+constexpr int SPIKE_BITS[] = {1, 2, 4, 8};   // allowed S
+
+template <int N>
+constexpr bool one_of(int bits, const int (&allowed)[N]) {
+    for (int i = 0; i < N; ++i) {
+        if (allowed[i] == bits) return true;
+    }
+    return false;
+}
+constexpr bool weight_bits_ok(int w_bits) { return one_of(w_bits, WEIGHT_BITS); }
+constexpr bool spike_bits_ok(int s_bits) { return one_of(s_bits, SPIKE_BITS) && s_bits <= 8 * int(sizeof(level_t)); }
 
 constexpr int num_words(int k) { return (k + WORD_BITS - 1) / WORD_BITS; }
 constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }

@@ -1,10 +1,11 @@
 // qsnn_layer.h - a spiking layer: bit-serial GEMM + bias + integer multi-level LIF, fused over T.
 //
-// Input: S_IN-bit spike levels as packed planes x [T * S_IN][M][ceil(K / 32)] (plane t * S_IN + b
-// = bit b of step t). Weights: W_BITS planes [W_BITS][N][ceil(K / 32)]. Per step t, row m and
-// neuron n the input current is x_t = Y_t[m, n] + bias[n] (Y_t of qsnn_bitserial.h) and the LIF of
-// qsnn_lif.h turns it into an S_OUT-bit level; levels come out both as bytes [T][M][N] (for checks
-// and for the host) and packed [T * S_OUT][M][ceil(N / 32)], the next layer's input format.
+// Input: S_BITS_IN-bit spike levels as packed planes x [T * S_BITS_IN][M][ceil(K / 32)]
+// (plane t * S_BITS_IN + b = bit b of step t). Weights: W_BITS planes [W_BITS][N][ceil(K / 32)].
+// Per step t, row m and neuron n the input current is x_t = Y_t[m, n] + bias[n] (Y_t of
+// qsnn_bitserial.h) and the LIF of qsnn_lif.h turns it into an S_BITS_OUT-bit level; levels come
+// out both as bytes [T][M][N] (for checks and for the host) and packed
+// [T * S_BITS_OUT][M][ceil(N / 32)], the next layer's input format.
 #ifndef QSNN_LAYER_H
 #define QSNN_LAYER_H
 
@@ -13,46 +14,40 @@
 
 namespace qsnn {
 
-// Epilogue of a spiking layer: bias + LIF for the fold's PE neurons (one cycle, unrolled), the
-// levels stored as bytes and OR-ed into this row's output planes.
-template <int S_OUT, int PE, int M, int N, int NW>
-struct LifFold {
+// Epilogue of a spiking layer: bias + LIF for one neuron, its level stored as a byte and OR-ed
+// into this row's output planes.
+template <int S_BITS_OUT, int M, int N, int NW>
+struct LifNeuron {
     const acc_t *bias;
     acc_t (*v)[N];
     level_t (*out_levels)[M][N];
     word_t (*row)[NW];
     acc_t theta, v_reset;
     int leak_shift, t, m;
-    bool soft_reset;
-    void operator()(int n0, const acc_t acc[PE]) {
+    bool hard_reset;
+    void operator()(int n, acc_t acc) {
 #pragma HLS inline
-        for (int pe = 0; pe < PE; ++pe) {
+        const acc_t current = wrap_int32(static_cast<uint32_t>(acc) + static_cast<uint32_t>(bias[n]));
+        const level_t s = lif_step<S_BITS_OUT>(current, v[m][n], theta, leak_shift, v_reset, hard_reset);
+        out_levels[t][m][n] = s;
+        for (int b = 0; b < S_BITS_OUT; ++b) {
 #pragma HLS unroll
-            const int n = n0 + pe;
-            if (n < N) {
-                const acc_t current = wrap_int32(static_cast<uint32_t>(acc[pe]) + static_cast<uint32_t>(bias[n]));
-                const level_t s = lif_step<S_OUT>(current, v[m][n], theta, leak_shift, v_reset, soft_reset);
-                out_levels[t][m][n] = s;
-                for (int b = 0; b < S_OUT; ++b) {
-#pragma HLS unroll
-                    row[b][n / WORD_BITS] |= static_cast<word_t>((s >> b) & 1u) << (n % WORD_BITS);
-                }
-            }
+            row[b][n / WORD_BITS] |= static_cast<word_t>((s >> b) & 1u) << (n % WORD_BITS);
         }
     }
 };
 
 // Spiking layer. Schedule: steps outermost (the membrane state v[M][N] carries from step to step),
 // then rows; each row is one pipelined bit-serial loop over all folds (II = 1, see bitserial_row)
-// whose epilogue updates the fold's PE neurons. v is partitioned by PE, so a fold reads and writes
+// whose epilogue updates each fold's PE neurons. v is partitioned by PE, so a fold reads and writes
 // PE different banks; the same neuron is touched again only a row later (no II-limiting
 // dependence). The row's output planes collect in `row` (completely partitioned by plane); two
-// folds can share an output word, at a distance of X_BITS * W_BITS * ceil(KW/SIMD) iterations, so
-// the OR into `row` keeps II = 1 unless that distance is 1 (S_IN = W = 1 and K <= 32 * SIMD).
-template <int W_BITS, int S_IN, int S_OUT, int T, int PE, int SIMD, int M, int N, int K>
-void spiking_layer(const word_t x[T * S_IN][M][num_words(K)], const word_t w[W_BITS][N][num_words(K)],
-                   const acc_t bias[N], acc_t theta, int leak_shift, acc_t v_reset, bool soft_reset,
-                   const acc_t v_init[M][N], word_t out_planes[T * S_OUT][M][num_words(N)],
+// folds can share an output word, at a distance of S_BITS_IN * W_BITS * ceil(KW/SIMD) iterations, so
+// the OR into `row` keeps II = 1 unless that distance is 1 (S_BITS_IN = W = 1 and K <= 32 * SIMD).
+template <int W_BITS, int S_BITS_IN, int S_BITS_OUT, int T, int PE, int SIMD, int M, int N, int K>
+void spiking_layer(const word_t x[T * S_BITS_IN][M][num_words(K)], const word_t w[W_BITS][N][num_words(K)],
+                   const acc_t bias[N], acc_t theta, int leak_shift, acc_t v_reset, bool hard_reset,
+                   const acc_t v_init[M][N], word_t out_planes[T * S_BITS_OUT][M][num_words(N)],
                    level_t out_levels[T][M][N], acc_t v_last[M][N]) {
     constexpr int KW = num_words(K);
     constexpr int NW = num_words(N);
@@ -74,17 +69,17 @@ steps:
     for (int t = 0; t < T; ++t) {
     rows:
         for (int m = 0; m < M; ++m) {
-            word_t row[S_OUT][NW];  // this row's output planes, assembled before one write-out
+            word_t row[S_BITS_OUT][NW];  // this row's output planes, assembled before one write-out
 #pragma HLS array_partition variable = row complete dim = 1
             for (int j = 0; j < NW; ++j) {
 #pragma HLS pipeline II = 1
-                for (int b = 0; b < S_OUT; ++b) row[b][j] = 0u;
+                for (int b = 0; b < S_BITS_OUT; ++b) row[b][j] = 0u;
             }
-            LifFold<S_OUT, PE, M, N, NW> lif{bias, v, out_levels, row, theta, v_reset, leak_shift, t, m, soft_reset};
-            bitserial_row<W_BITS, S_IN, PE, SIMD, M, N, KW, T * S_IN>(x, w, t, m, lif);
+            LifNeuron<S_BITS_OUT, M, N, NW> lif{bias, v, out_levels, row, theta, v_reset, leak_shift, t, m, hard_reset};
+            bitserial_row<W_BITS, S_BITS_IN, PE, SIMD, M, N, KW, T * S_BITS_IN>(x, w, t, m, lif);
             for (int j = 0; j < NW; ++j) {
 #pragma HLS pipeline II = 1
-                for (int b = 0; b < S_OUT; ++b) out_planes[t * S_OUT + b][m][j] = row[b][j];
+                for (int b = 0; b < S_BITS_OUT; ++b) out_planes[t * S_BITS_OUT + b][m][j] = row[b][j];
             }
         }
     }
@@ -97,30 +92,23 @@ done:
     }
 }
 
-// Epilogue of the read-out: add the fold's results and the bias to the logits.
-template <int PE, int M, int N>
-struct ReadoutFold {
+// Epilogue of the read-out: add one neuron's result and bias to its logit.
+template <int N>
+struct ReadoutNeuron {
     const acc_t *bias;
     acc_t (*logits)[N];
     int m;
-    void operator()(int n0, const acc_t acc[PE]) {
+    void operator()(int n, acc_t acc) {
 #pragma HLS inline
-        for (int pe = 0; pe < PE; ++pe) {
-#pragma HLS unroll
-            const int n = n0 + pe;
-            if (n < N) {
-                const uint32_t sum = static_cast<uint32_t>(logits[m][n]) + static_cast<uint32_t>(acc[pe]) +
-                                     static_cast<uint32_t>(bias[n]);
-                logits[m][n] = wrap_int32(sum);
-            }
-        }
+        logits[m][n] = wrap_int32(static_cast<uint32_t>(logits[m][n]) + static_cast<uint32_t>(acc) +
+                                  static_cast<uint32_t>(bias[n]));
     }
 };
 
 // The read-out layer: no neuron, the integer logits sum_t (Y_t[m, n] + bias[n]) (reduce="time"
 // plus T * bias), accumulated in place over the steps.
-template <int W_BITS, int S_IN, int T, int PE, int SIMD, int M, int N, int K>
-void readout_layer(const word_t x[T * S_IN][M][num_words(K)], const word_t w[W_BITS][N][num_words(K)],
+template <int W_BITS, int S_BITS, int T, int PE, int SIMD, int M, int N, int K>
+void readout_layer(const word_t x[T * S_BITS][M][num_words(K)], const word_t w[W_BITS][N][num_words(K)],
                    const acc_t bias[N], acc_t logits[M][N]) {
     constexpr int KW = num_words(K);
 #pragma HLS array_partition variable = x cyclic factor = SIMD dim = 3
@@ -137,8 +125,8 @@ void readout_layer(const word_t x[T * S_IN][M][num_words(K)], const word_t w[W_B
 steps:
     for (int t = 0; t < T; ++t) {
         for (int m = 0; m < M; ++m) {
-            ReadoutFold<PE, M, N> readout{bias, logits, m};
-            bitserial_row<W_BITS, S_IN, PE, SIMD, M, N, KW, T * S_IN>(x, w, t, m, readout);
+            ReadoutNeuron<N> readout{bias, logits, m};
+            bitserial_row<W_BITS, S_BITS, PE, SIMD, M, N, KW, T * S_BITS>(x, w, t, m, readout);
         }
     }
 }

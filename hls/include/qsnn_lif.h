@@ -3,8 +3,8 @@
 // For t = 1 .. T, with L = 2^S_BITS - 1 and theta > 0:
 //   h_t = (v_{t-1} >> leak_shift) + x_t             arithmetic shift: decay 2^-leak_shift
 //   s_t = clamp(floor(h_t / theta), 0, L)            floor also for negative h_t
-//   v_t = v_reset if s_t > 0 else h_t                 (hard reset, soft_reset = false)
-//   v_t = h_t - s_t * theta                           (soft reset, soft_reset = true)
+//   v_t = v_reset if s_t > 0 else h_t                 (hard_reset = true:  reset="hard")
+//   v_t = h_t - s_t * theta                           (hard_reset = false: reset="soft")
 // The reset mode is a run-time input (a register and a 32-bit mux), like theta, leak_shift and
 // v_reset, so one bitstream serves both.
 // Bit-exact with qsnn_kernels.reference.multilevel_lif_int. The caller guarantees that h stays in
@@ -44,15 +44,16 @@ inline level_t spike_level(int64_t h, int64_t theta, int64_t &rem) {
 
 // One neuron, one step: updates v in place and returns the level.
 template <int S_BITS>
-inline level_t lif_step(acc_t x, acc_t &v, acc_t theta, int leak_shift, acc_t v_reset, bool soft_reset) {
+inline level_t lif_step(acc_t x, acc_t &v, acc_t theta, int leak_shift, acc_t v_reset, bool hard_reset) {
 #pragma HLS inline
+    static_assert(spike_bits_ok(S_BITS), "S_BITS must be one of SPIKE_BITS");
     const int64_t h = static_cast<int64_t>(shift_right_arith(v, leak_shift)) + x;
     int64_t rem;
     const level_t s = spike_level<S_BITS>(h, theta, rem);
-    if (soft_reset) {
-        v = static_cast<acc_t>(rem);
-    } else {
+    if (hard_reset) {
         v = s > 0 ? v_reset : static_cast<acc_t>(h);
+    } else {
+        v = static_cast<acc_t>(rem);
     }
     return s;
 }
@@ -63,7 +64,7 @@ inline level_t lif_step(acc_t x, acc_t &v, acc_t theta, int leak_shift, acc_t v_
 // levels and v are partitioned by PAR.
 template <int S_BITS, int T, int NEURONS, int PAR = 1>
 void multilevel_lif_int(const acc_t x[T][NEURONS], const acc_t v_init[NEURONS], acc_t theta, int leak_shift,
-                        acc_t v_reset, bool soft_reset, level_t levels[T][NEURONS], acc_t v_last[NEURONS]) {
+                        acc_t v_reset, bool hard_reset, level_t levels[T][NEURONS], acc_t v_last[NEURONS]) {
 #pragma HLS array_partition variable = x cyclic factor = PAR dim = 2
 #pragma HLS array_partition variable = levels cyclic factor = PAR dim = 2
     acc_t v[NEURONS];
@@ -79,7 +80,7 @@ steps:
         for (int i = 0; i < NEURONS; ++i) {
 #pragma HLS pipeline II = 1
 #pragma HLS unroll factor = PAR
-            levels[t][i] = lif_step<S_BITS>(x[t][i], v[i], theta, leak_shift, v_reset, soft_reset);
+            levels[t][i] = lif_step<S_BITS>(x[t][i], v[i], theta, leak_shift, v_reset, hard_reset);
         }
     }
 out:

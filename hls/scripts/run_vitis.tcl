@@ -5,7 +5,7 @@
 #   make build/layer.bin                                   # or: python -m qsnn_kernels.hls export layer --out build/layer.bin
 #   vitis_hls -f scripts/run_vitis.tcl -tclargs layer all  # kind: gemm | lif | layer | net
 #                                                          # steps: csim | csynth | cosim | all (default all)
-#   QSNN_DEFS="-DQSNN_W_BITS=8 -DQSNN_S_IN=1" vitis_hls -f scripts/run_vitis.tcl -tclargs layer all
+#   QSNN_DEFS="-DQSNN_W_BITS=8 -DQSNN_S_BITS_IN=1" vitis_hls -f scripts/run_vitis.tcl -tclargs layer all
 # csim and cosim run the same testbench as `make csim` and fail on a mismatch; csynth writes the
 # latency / II / resource report to qsnn_<kind>_prj/solution1/syn/report/.
 

@@ -2,7 +2,8 @@
 #include "qsnn_bitserial.h"
 #include "qsnn_tops.h"
 
-void qsnn_gemm_top(const word_t x[cfg::T * cfg::S_IN][cfg::M][cfg::KW], const word_t w[cfg::W][cfg::N][cfg::KW],
-                   acc_t y[cfg::T][cfg::M][cfg::N]) {
-    qsnn::bitserial_gemm<cfg::W, cfg::S_IN, cfg::T, cfg::PE, cfg::SIMD, cfg::M, cfg::N, cfg::K>(x, w, y);
+using namespace cfg;
+
+void qsnn_gemm_top(const word_t x[T * S_BITS_IN][M][KW], const word_t w[W_BITS][N][KW], acc_t y[T][M][N]) {
+    qsnn::bitserial_gemm<W_BITS, S_BITS_IN, T, PE, SIMD, M, N, K>(x, w, y);
 }

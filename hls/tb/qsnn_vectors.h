@@ -1,5 +1,6 @@
-// qsnn_vectors.h - the test-vector file that qsnn_kernels/hls.py writes and the testbenches read.
-// Testbench-only code (not synthesized).
+// qsnn_vectors.h - the test-vector file that qsnn_kernels/hls/vectors.py writes, and what every
+// testbench shares: reading it, checking it against the compiled parameters, typed buffers for
+// the top's inputs and outputs, mismatch counts and the exit status. Testbench-only (not synthesized).
 //
 // Format "QSNNVEC", version 1, all integers little-endian:
 //   char     magic[8]     "QSNNVEC\0"
@@ -10,15 +11,17 @@
 //     uint32 ndim (0 = a scalar), then uint32 dims[ndim]
 //     int32  data[prod(dims)]   (packed words are stored as their int32 bit patterns)
 // Every file carries the scalar "kind" (1 gemm, 2 lif, 3 layer, 4 net) and the scalars that fix
-// the compiled template parameters (w_bits, s_in, t_steps, ...). A testbench checks each of them
-// and each array's shape against what it was compiled for and refuses a file that differs
-// (exit code 2 and a message naming the field), before it computes anything.
+// the compiled parameters, each named as its -D define without QSNN_ in lower case (w_bits,
+// s_bits_in, t_steps, ...). A testbench checks each of them and each array's shape against what
+// it was compiled for and refuses a file that differs (exit code 2 and a message naming the
+// field), before it computes anything.
 #ifndef QSNN_VECTORS_H
 #define QSNN_VECTORS_H
 
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -26,11 +29,14 @@
 #include <string>
 #include <vector>
 
-#include "qsnn_common.h"
+#include "qsnn_params.h"
 
 namespace qsnn_tb {
 
+constexpr char MAGIC[8] = {'Q', 'S', 'N', 'N', 'V', 'E', 'C', '\0'};
+constexpr uint32_t VERSION = 1;
 enum Kind { KIND_GEMM = 1, KIND_LIF = 2, KIND_LAYER = 3, KIND_NET = 4 };
+constexpr Kind KINDS[] = {KIND_GEMM, KIND_LIF, KIND_LAYER, KIND_NET};
 
 inline const char *kind_name(int kind) {
     switch (kind) {
@@ -42,13 +48,37 @@ inline const char *kind_name(int kind) {
     }
 }
 
+// The value this binary was compiled with of the parameter that a vector file names `name`: the
+// define QSNN_<NAME> of qsnn_params.h. An unknown name is a testbench bug (std::logic_error).
+inline long compiled_param(const std::string &name) {
+    static const std::map<std::string, long> params = {
+        {"w_bits", QSNN_W_BITS},         {"s_bits_in", QSNN_S_BITS_IN}, {"s_bits_out", QSNN_S_BITS_OUT},
+        {"t_steps", QSNN_T_STEPS},       {"m_rows", QSNN_M_ROWS},       {"n_out", QSNN_N_OUT},
+        {"k_in", QSNN_K_IN},             {"lif_neurons", QSNN_LIF_NEURONS}, {"net_k0", QSNN_NET_K0},
+        {"net_s_bits_in", QSNN_NET_S_BITS_IN}, {"net_n1", QSNN_NET_N1}, {"net_n2", QSNN_NET_N2},
+        {"net_n3", QSNN_NET_N3},
+    };
+    const auto it = params.find(name);
+    if (it == params.end()) throw std::logic_error("no compiled parameter named '" + name + "'");
+    return it->second;
+}
+
+// "w_bits" -> "QSNN_W_BITS".
+inline std::string define_name(const std::string &name) {
+    std::string macro = "QSNN_";
+    for (char c : name) macro += static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+    return macro;
+}
+
 // A file that does not match this testbench: wrong magic/version, kind, parameter or shape.
 struct HeaderError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+typedef std::vector<uint32_t> Dims;
+
 struct Array {
-    std::vector<uint32_t> dims;
+    Dims dims;
     std::vector<int32_t> data;
 };
 
@@ -59,11 +89,13 @@ class Vectors {
         if (!f) throw HeaderError("cannot open vector file '" + path + "'");
         std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
         size_t pos = 0;
-        if (bytes.size() < 16 || std::memcmp(bytes.data(), "QSNNVEC\0", 8) != 0)
+        if (bytes.size() < 16 || std::memcmp(bytes.data(), MAGIC, sizeof MAGIC) != 0)
             throw HeaderError(path + ": not a QSNNVEC file (bad magic)");
-        pos = 8;
+        pos = sizeof MAGIC;
         const uint32_t version = u32(bytes, pos);
-        if (version != 1) throw HeaderError(path + ": QSNNVEC version " + std::to_string(version) + ", expected 1");
+        if (version != VERSION)
+            throw HeaderError(path + ": QSNNVEC version " + std::to_string(version) + ", expected " +
+                              std::to_string(VERSION));
         const uint32_t n = u32(bytes, pos);
         for (uint32_t i = 0; i < n; ++i) {
             const uint32_t len = u32(bytes, pos);
@@ -98,26 +130,28 @@ class Vectors {
         return a.data[0];
     }
 
-    void expect_kind(int kind) const {
+    // The file holds a `kind` test and each of `params` (header scalar names) equals the value
+    // this binary was compiled with (compiled_param).
+    void expect_header(Kind kind, std::initializer_list<const char *> params) const {
         const int got = scalar("kind");
         if (got != kind)
             throw HeaderError(path_ + ": holds a '" + kind_name(got) + "' test, this is the '" + kind_name(kind) +
                               "' testbench");
-    }
-
-    // A compiled parameter: the file's value must equal the -D value the binary was built with.
-    void expect_param(const std::string &name, long compiled, const char *macro) const {
-        const long got = scalar(name);
-        if (got != compiled) {
-            std::ostringstream msg;
-            msg << path_ << ": header mismatch: " << name << " = " << got << " in the file, but this testbench was "
-                << "compiled with " << macro << "=" << compiled << " (rebuild with -D" << macro << "=" << got << ")";
-            throw HeaderError(msg.str());
+        for (const char *name : params) {
+            const long file = scalar(name), compiled = compiled_param(name);
+            if (file != compiled) {
+                const std::string macro = define_name(name);
+                std::ostringstream msg;
+                msg << path_ << ": header mismatch: " << name << " = " << file << " in the file, but this testbench "
+                    << "was compiled with " << macro << "=" << compiled << " (rebuild with -D" << macro << "=" << file
+                    << ")";
+                throw HeaderError(msg.str());
+            }
         }
     }
 
     // An array of the given shape; any other shape is refused with both shapes in the message.
-    const std::vector<int32_t> &array(const std::string &name, const std::vector<uint32_t> &dims) const {
+    const std::vector<int32_t> &array(const std::string &name, const Dims &dims) const {
         const Array &a = get(name);
         if (a.dims != dims)
             throw HeaderError(path_ + ": header mismatch: array '" + name + "' has shape " + shape(a.dims) +
@@ -125,7 +159,7 @@ class Vectors {
         return a.data;
     }
 
-    static std::string shape(const std::vector<uint32_t> &dims) {
+    static std::string shape(const Dims &dims) {
         std::string s = "[";
         for (size_t i = 0; i < dims.size(); ++i) s += (i ? "," : "") + std::to_string(dims[i]);
         return s + "]";
@@ -146,25 +180,46 @@ class Vectors {
     std::map<std::string, Array> arrays_;
 };
 
-// Copy a file array into a typed buffer (words keep their bit pattern, levels fit a byte).
+// An input array of the file as a buffer of the top's element type (words keep their bit
+// pattern, levels fit a byte).
 template <typename T>
-void fill(T *dst, const std::vector<int32_t> &src) {
-    for (size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<T>(static_cast<uint32_t>(src[i]));
+std::vector<T> input(const Vectors &v, const std::string &name, const Dims &dims) {
+    const std::vector<int32_t> &src = v.array(name, dims);
+    std::vector<T> out(src.size());
+    for (size_t i = 0; i < src.size(); ++i) out[i] = static_cast<T>(static_cast<uint32_t>(src[i]));
+    return out;
 }
 
-// Count and print the mismatches between expected and computed values.
+// An output of the top: a buffer of its element type for the top to fill, and the file's
+// expected values of the same shape.
 template <typename T>
-long count_mismatches(const char *name, const std::vector<int32_t> &expected, const T *got) {
-    long bad = 0;
-    for (size_t i = 0; i < expected.size(); ++i) {
-        const int64_t g = static_cast<int64_t>(got[i]);
-        if (g != expected[i]) {
-            if (bad < 5) std::printf("  %s[%zu]: expected %d, got %lld\n", name, i, expected[i], (long long)g);
-            ++bad;
+struct Output {
+    std::string name;
+    const std::vector<int32_t> &expected;
+    std::vector<T> got;
+
+    Output(const Vectors &v, const std::string &array_name, const Dims &dims)
+        : name(array_name), expected(v.array(array_name, dims)), got(expected.size()) {}
+
+    // Prints and returns the elements whose 32-bit pattern differs from the expected one.
+    long mismatches() const {
+        long bad = 0;
+        for (size_t i = 0; i < expected.size(); ++i) {
+            const int32_t g = qsnn::wrap_int32(static_cast<uint32_t>(got[i]));
+            if (g != expected[i]) {
+                if (bad < 5) std::printf("  %s[%zu]: expected %d, got %d\n", name.c_str(), i, expected[i], g);
+                ++bad;
+            }
         }
+        std::printf("MISMATCHES %s %ld / %zu\n", name.c_str(), bad, expected.size());
+        return bad;
     }
-    std::printf("MISMATCHES %s %ld / %zu\n", name, bad, expected.size());
-    return bad;
+};
+
+// A flat buffer as the pointer type of a top's array parameter: rows<const word_t[M][KW]>(x).
+template <typename Row, typename T>
+Row *rows(std::vector<T> &buffer) {
+    return reinterpret_cast<Row *>(buffer.data());
 }
 
 inline int report(long total) {

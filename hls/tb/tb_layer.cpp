@@ -1,47 +1,25 @@
 // tb_layer.cpp - C-simulation testbench of qsnn_layer_top: expected levels (bytes and packed
 // planes) and v_T from the Python kernels (bit-serial GEMM + bias, then the integer LIF).
-#include <vector>
-
 #include "qsnn_tops.h"
 #include "qsnn_vectors.h"
 
+using namespace cfg;
 using namespace qsnn_tb;
 
 static long run(const Vectors &v) {
-    v.expect_kind(KIND_LAYER);
-    v.expect_param("w_bits", QSNN_W_BITS, "QSNN_W_BITS");
-    v.expect_param("s_in", QSNN_S_IN, "QSNN_S_IN");
-    v.expect_param("s_out", QSNN_S_OUT, "QSNN_S_OUT");
-    v.expect_param("t_steps", QSNN_T_STEPS, "QSNN_T_STEPS");
-    v.expect_param("m", QSNN_M_ROWS, "QSNN_M_ROWS");
-    v.expect_param("n", QSNN_N_OUT, "QSNN_N_OUT");
-    v.expect_param("k", QSNN_K_IN, "QSNN_K_IN");
-    const auto &xs = v.array("x_planes", {cfg::T * cfg::S_IN, cfg::M, cfg::KW});
-    const auto &ws = v.array("w_planes", {cfg::W, cfg::N, cfg::KW});
-    const auto &bs = v.array("bias", {cfg::N});
-    const auto &v0 = v.array("v_init", {cfg::M, cfg::N});
-    const auto &expected_levels = v.array("levels", {cfg::T, cfg::M, cfg::N});
-    const auto &expected_planes = v.array("out_planes", {cfg::T * cfg::S_OUT, cfg::M, cfg::NW});
-    const auto &expected_v = v.array("v_last", {cfg::M, cfg::N});
-    std::vector<word_t> x(xs.size()), w(ws.size()), planes(expected_planes.size());
-    std::vector<acc_t> bias(bs.size()), v_init(v0.size()), v_last(expected_v.size());
-    std::vector<level_t> levels(expected_levels.size());
-    fill(x.data(), xs);
-    fill(w.data(), ws);
-    fill(bias.data(), bs);
-    fill(v_init.data(), v0);
-    qsnn_layer_top(reinterpret_cast<const word_t(*)[cfg::M][cfg::KW]>(x.data()),
-                   reinterpret_cast<const word_t(*)[cfg::N][cfg::KW]>(w.data()), bias.data(), v.scalar("theta"),
-                   v.scalar("leak_shift"), v.scalar("v_reset"), v.scalar("soft_reset") != 0,
-                   reinterpret_cast<const acc_t(*)[cfg::N]>(v_init.data()),
-                   reinterpret_cast<word_t(*)[cfg::M][cfg::NW]>(planes.data()),
-                   reinterpret_cast<level_t(*)[cfg::M][cfg::N]>(levels.data()),
-                   reinterpret_cast<acc_t(*)[cfg::N]>(v_last.data()));
-    std::vector<int32_t> planes_bits(planes.size());
-    for (size_t i = 0; i < planes.size(); ++i) planes_bits[i] = qsnn::wrap_int32(planes[i]);
-    return count_mismatches("levels", expected_levels, levels.data()) +
-           count_mismatches("out_planes", expected_planes, planes_bits.data()) +
-           count_mismatches("v_last", expected_v, v_last.data());
+    v.expect_header(KIND_LAYER, {"w_bits", "s_bits_in", "s_bits_out", "t_steps", "m_rows", "n_out", "k_in"});
+    auto x = input<word_t>(v, "x_planes", {T * S_BITS_IN, M, KW});
+    auto w = input<word_t>(v, "w_planes", {W_BITS, N, KW});
+    auto bias = input<acc_t>(v, "bias", {N});
+    auto v_init = input<acc_t>(v, "v_init", {M, N});
+    Output<level_t> levels(v, "levels", {T, M, N});
+    Output<word_t> planes(v, "out_planes", {T * S_BITS_OUT, M, NW});
+    Output<acc_t> v_last(v, "v_last", {M, N});
+    qsnn_layer_top(rows<const word_t[M][KW]>(x), rows<const word_t[N][KW]>(w), bias.data(), v.scalar("theta"),
+                   v.scalar("leak_shift"), v.scalar("v_reset"), v.scalar("hard_reset") != 0,
+                   rows<const acc_t[N]>(v_init), rows<word_t[M][NW]>(planes.got), rows<level_t[M][N]>(levels.got),
+                   rows<acc_t[N]>(v_last.got));
+    return levels.mismatches() + planes.mismatches() + v_last.mismatches();
 }
 
 int main(int argc, char **argv) { return tb_main(argc, argv, run); }

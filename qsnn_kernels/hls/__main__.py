@@ -6,20 +6,23 @@
 
 The defaults are the parameter set of hls/src/qsnn_params.h, so ``export`` writes the vectors that
 ``make -C hls csim`` and hls/scripts/run_vitis.tcl expect. ``export`` prints the -D defines of its
-file; ``csim`` builds one testbench per parameter set (cached, see :mod:`.csim`).
+file; ``csim`` builds one testbench per parameter set (cached, see :mod:`.csim`). ``--backend``
+takes :data:`qsnn_kernels.choices.BACKENDS`; the former spellings ``--backend cpu``, ``--s-in``,
+``--s-out`` and ``--net-s0`` still work, with a FutureWarning naming their replacement.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
+import warnings
 from pathlib import Path
 
+from ..choices import BACKENDS, RESETS
 from . import cycles
-from .backends import BACKENDS
+from .backends import DEPRECATED_NAMES, backend_name
 from .csim import run_case
-from .export import RESETS, gemm_case, layer_case, lif_case
+from .export import gemm_case, layer_case, lif_case
 from .network import net_case, random_network
 
 KINDS = ("gemm", "lif", "layer", "net")
@@ -29,24 +32,43 @@ def make_case(kind: str, a):
     """The Case of ``kind`` for the parsed options ``a``."""
     common = {"seed": a.seed, "backend": a.backend}
     if kind == "gemm":
-        return gemm_case(w_bits=a.w_bits, x_bits=a.s_in, t_steps=a.t_steps, m=a.m, n=a.n, k=a.k, pe=a.pe,
+        return gemm_case(w_bits=a.w_bits, s_bits=a.s_bits_in, t_steps=a.t_steps, m=a.m, n=a.n, k=a.k, pe=a.pe,
                          simd=a.simd, **common)
     if kind == "lif":
-        return lif_case(s_bits=a.s_out, t_steps=a.t_steps, neurons=a.neurons, theta=a.theta,
+        return lif_case(s_bits=a.s_bits_out, t_steps=a.t_steps, neurons=a.neurons, theta=a.theta,
                         leak_shift=a.leak_shift, v_reset=a.v_reset, reset=a.reset, **common)
     if kind == "layer":
-        return layer_case(w_bits=a.w_bits, s_in=a.s_in, s_out=a.s_out, t_steps=a.t_steps, m=a.m, n=a.n, k=a.k,
-                          reset=a.reset, leak_shift=a.leak_shift, v_reset=a.v_reset, pe=a.pe, simd=a.simd, **common)
-    net, x = random_network(tuple(a.net_sizes), w_bits=a.w_bits, s_in=a.net_s0, s_bits=a.s_out, t_steps=a.t_steps,
-                            batch=a.m, reset=a.reset, leak_shift=a.leak_shift, **common)
+        return layer_case(w_bits=a.w_bits, s_bits_in=a.s_bits_in, s_bits_out=a.s_bits_out, t_steps=a.t_steps, m=a.m,
+                          n=a.n, k=a.k, reset=a.reset, leak_shift=a.leak_shift, v_reset=a.v_reset, pe=a.pe,
+                          simd=a.simd, **common)
+    net, x = random_network(tuple(a.net_sizes), w_bits=a.w_bits, s_bits_in=a.net_s_bits_in, s_bits=a.s_bits_out,
+                            t_steps=a.t_steps, batch=a.m, reset=a.reset, leak_shift=a.leak_shift, **common)
     return net_case(net, x, pe=a.pe, simd=a.simd, backend=a.backend)
 
 
+def _backend_option(value: str) -> str:
+    # a former name maps to its replacement (with a warning); anything else meets argparse's choices
+    return backend_name(value) if value in DEPRECATED_NAMES else value
+
+
+class _FormerOption(argparse.Action):
+    """A former spelling of an option: stores into the new option's destination, with a FutureWarning."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is deprecated; use {self.new}", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
 def _case_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=BACKENDS, default="reference", help="what computes the expected outputs")
+    p.add_argument("--backend", type=_backend_option, choices=BACKENDS, default="reference",
+                   help="what computes the expected outputs")
     p.add_argument("--w-bits", type=int, default=4)
-    p.add_argument("--s-in", type=int, default=2, help="input spike bits (the GEMM's x_bits)")
-    p.add_argument("--s-out", type=int, default=2, help="output spike bits (LIF, layer, hidden layers of net)")
+    p.add_argument("--s-bits-in", type=int, default=2, help="input spike bits (gemm, layer)")
+    p.add_argument("--s-bits-out", type=int, default=2, help="output spike bits (lif, layer, hidden layers of net)")
     p.add_argument("--t-steps", type=int, default=3)
     p.add_argument("--m", type=int, default=3, help="rows (batch)")
     p.add_argument("--n", type=int, default=37)
@@ -57,7 +79,9 @@ def _case_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--v-reset", type=int, default=0)
     p.add_argument("--reset", choices=RESETS, default="hard")
     p.add_argument("--net-sizes", type=int, nargs=4, default=[64, 48, 33, 10], metavar=("K0", "N1", "N2", "N3"))
-    p.add_argument("--net-s0", type=int, default=8, help="net: bits of the input levels")
+    p.add_argument("--net-s-bits-in", type=int, default=8, help="net: bits of the input levels")
+    for old, new in (("--s-in", "--s-bits-in"), ("--s-out", "--s-bits-out"), ("--net-s0", "--net-s-bits-in")):
+        p.add_argument(old, dest=new[2:].replace("-", "_"), type=int, action=_FormerOption, new=new)
     p.add_argument("--pe", type=int, default=4)
     p.add_argument("--simd", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -90,7 +114,7 @@ def _cycles(a) -> int:
     print(f"network {a.net}: {len(layers)} GEMM layers; PE={a.pe}, SIMD={a.simd} words "
           f"({a.pe * a.simd * 32} binary synapses/cycle), clock {a.clock_mhz:g} MHz, encoding {a.encoding}, "
           f"pipeline depth {cycles.PIPELINE_DEPTH}")
-    print("cycles/layer = T * M * (ceil(N/PE) * S_in * W * ceil(ceil(K/32)/SIMD) + depth); fps: one engine, "
+    print("cycles/layer = T * M * (ceil(N/PE) * S_BITS_IN * W * ceil(ceil(K/32)/SIMD) + depth); fps: one engine, "
           "layers in sequence; fps dataflow: one such engine per layer (layers x the resources), slowest layer")
     if a.per_layer:
         s, t = cycles.splits(a.bb[0], a.w_bits)[0]

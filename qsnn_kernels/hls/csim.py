@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,27 @@ def _sources_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def _compile(name: str, sources: list[Path], flags: list[str], build_dir) -> Path:
+    """Compile ``sources`` with ``flags`` into a cached binary ``<name>_<key>``; return its path."""
+    cxx = compiler()
+    if cxx is None:
+        raise FileNotFoundError(f"no C++ compiler: {os.environ.get('CXX', 'g++')} is not on PATH")
+    root = hls_dir()
+    cmd = [cxx, *flags, *(f"-I{root / sub}" for sub in ("include", "src", "tb")), *map(str, sources)]
+    key = hashlib.sha256("\0".join([name, cxx, *flags, _sources_digest(root)]).encode()).hexdigest()[:20]
+    out_dir = Path(build_dir or os.environ.get("QSNN_HLS_BUILD_DIR") or Path(tempfile.gettempdir()) / "qsnn_hls_build")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = out_dir / f"{name}_{key}"
+    if exe.is_file():
+        return exe
+    tmp = out_dir / f".{exe.name}.{os.getpid()}"
+    proc = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CsimBuildError(f"{' '.join(cmd)}\n{proc.stderr}")
+    os.replace(tmp, exe)  # atomic: a concurrent build of the same key writes the same binary
+    return exe
+
+
 def build(kind: str, defines: dict[str, int], build_dir=None) -> Path:
     """Compile the ``kind`` testbench (gemm, lif, layer, net) for ``defines``; return the binary.
 
@@ -60,25 +82,20 @@ def build(kind: str, defines: dict[str, int], build_dir=None) -> Path:
     """
     if kind not in TOPS:
         raise ValueError(f"kind must be one of {tuple(TOPS)}, got {kind!r}")
-    cxx = compiler()
-    if cxx is None:
-        raise FileNotFoundError(f"no C++ compiler: {os.environ.get('CXX', 'g++')} is not on PATH")
     root = hls_dir()
     flags = [*CXXFLAGS, *(f"-DQSNN_{k}={int(v)}" for k, v in sorted(defines.items()))]
-    cmd = [cxx, *flags, f"-I{root / 'include'}", f"-I{root / 'src'}", f"-I{root / 'tb'}",
-           str(root / "tb" / f"tb_{kind}.cpp"), str(root / "src" / TOPS[kind])]
-    key = hashlib.sha256("\0".join([kind, cxx, *flags, _sources_digest(root)]).encode()).hexdigest()[:20]
-    out_dir = Path(build_dir or os.environ.get("QSNN_HLS_BUILD_DIR") or Path(tempfile.gettempdir()) / "qsnn_hls_build")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    exe = out_dir / f"tb_{kind}_{key}"
-    if exe.is_file():
-        return exe
-    tmp = out_dir / f".{exe.name}.{os.getpid()}"
-    proc = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CsimBuildError(f"{' '.join(cmd)}\n{proc.stderr}")
-    os.replace(tmp, exe)  # atomic: a concurrent build of the same key writes the same binary
-    return exe
+    return _compile(f"tb_{kind}", [root / "tb" / f"tb_{kind}.cpp", root / "src" / TOPS[kind]], flags, build_dir)
+
+
+def contract(build_dir=None) -> dict:
+    """The facts the HLS headers share with the Python package, as the headers state them: word
+    and accumulator bits, allowed weight and spike widths, level bits, the reset each value of the
+    ``hard_reset`` flag performs, the vector file's magic, version and kind codes.
+
+    Compiles and runs hls/tb/contract.cpp (cached like :func:`build`). Raises FileNotFoundError
+    without a compiler, CsimBuildError if it does not compile."""
+    exe = _compile("contract", [hls_dir() / "tb" / "contract.cpp"], list(CXXFLAGS), build_dir)
+    return json.loads(subprocess.run([str(exe)], capture_output=True, text=True, check=True, timeout=60).stdout)
 
 
 @dataclasses.dataclass

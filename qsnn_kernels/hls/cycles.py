@@ -1,21 +1,22 @@
 """Cycle model of the HLS operators: latency of a layer and a network, frames per second.
 
 It counts the trip counts of hls/include/qsnn_layer.h's loops. A layer with M rows (batch times
-output pixels for a conv as GEMM), N outputs, K inputs, ``s_in``-bit input levels, W-bit weights
-and T steps runs, for every step and row, one pipelined loop (II = 1) over its ceil(N / PE) folds of
-PE neurons, ``s_in * W`` plane pairs and ``ceil(ceil(K/32) / SIMD)`` word slices; the LIF update
-of each fold runs inside that pipeline, so a row pays the pipeline depth once::
+output pixels for a conv as GEMM), N outputs, K inputs, ``s_bits_in``-bit input levels, W-bit
+weights and T steps runs, for every step and row, one pipelined loop (II = 1) over its
+ceil(N / PE) folds of PE neurons, ``s_bits_in * W`` plane pairs and ``ceil(ceil(K/32) / SIMD)``
+word slices; the LIF update of each fold runs inside that pipeline, so a row pays the pipeline
+depth once::
 
-    cycles = T * M * (ceil(N / PE) * s_in * W * ceil(ceil(K / 32) / SIMD) + depth)
+    cycles = T * M * (ceil(N / PE) * s_bits_in * W * ceil(ceil(K / 32) / SIMD) + depth)
 
-so, apart from the per-row pipeline fill, a spiking layer (s_in = S) costs T * S * W = BB cycles per
-PE * SIMD * 32 synapses: the Bit Budget is the latency factor. The encoding layer sees 8-bit
-pixels (s_in = 8) whatever S is. hls/src/net_top.cpp recomputes it at every step
-(``encoding="per_step"``, the default, so the model counts the code as written); a static image is
-the same at every step, so hardware could compute it once (``encoding="once"``), which makes its
-cost independent of the W/S/T split. A network run on one engine (net_top.cpp: layers one after the other)
-takes the sum of its layers; a dataflow pipeline of one engine per layer has the largest layer as
-its interval. fps = clock / cycles per frame.
+so, apart from the per-row pipeline fill, a spiking layer (s_bits_in = S) costs T * S * W = BB
+cycles per PE * SIMD * 32 synapses: the Bit Budget is the latency factor. The encoding layer sees
+8-bit pixels (s_bits_in = 8) whatever S is. hls/src/net_top.cpp recomputes it at every step
+(``encoding="per_step"``, the default, so the model counts the code as written); a static image
+is the same at every step, so hardware could compute it once (``encoding="once"``), which makes
+its cost independent of the W/S/T split. A network run on one engine (net_top.cpp: layers one
+after the other) takes the sum of its layers; a dataflow pipeline of one engine per layer has the
+largest layer as its interval. fps = clock / cycles per frame.
 """
 
 from __future__ import annotations
@@ -79,13 +80,13 @@ def _check_encoding(encoding: str) -> None:
 
 def layer_iterations(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe: int, simd: int,
                      pixel_bits: int = 8, encoding: str = "per_step") -> int:
-    """Iterations of the pipelined bit-serial loop for one frame: T * M * ceil(N/PE) * s_in * W *
+    """Iterations of the pipelined bit-serial loop for one frame: T * M * ceil(N/PE) * s_bits_in * W *
     ceil(ceil(K/32)/SIMD). The C simulation counts the same number (tests check it)."""
     _check_encoding(encoding)
-    s_in = pixel_bits if layer.encoding else s_bits
+    s_bits_in = pixel_bits if layer.encoding else s_bits
     steps = 1 if layer.encoding and encoding == "once" else t_steps
     words = math.ceil(math.ceil(layer.k / 32) / simd)
-    return steps * layer.m * math.ceil(layer.n / pe) * s_in * w_bits * words
+    return steps * layer.m * math.ceil(layer.n / pe) * s_bits_in * w_bits * words
 
 
 def layer_cycles(layer: Layer, *, w_bits: int, s_bits: int, t_steps: int, pe: int, simd: int,
@@ -134,10 +135,10 @@ def bb_table(layers, *, w_bits: int, bbs, pe: int, simd: int, clock_mhz: float,
 
 def synapse_ops(layers, *, w_bits: int, s_bits: int, t_steps: int, pixel_bits: int = 8,
                 encoding: str = "per_step") -> int:
-    """Binary synapse operations (AND + count of one bit pair) per frame: sum of M * N * K * s_in * W * steps."""
+    """Binary synapse operations (AND + count of one bit pair) per frame: sum of M * N * K * s_bits_in * W * steps."""
     total = 0
     for layer in layers:
-        s_in = pixel_bits if layer.encoding else s_bits
+        s_bits_in = pixel_bits if layer.encoding else s_bits
         steps = 1 if layer.encoding and encoding == "once" else t_steps
-        total += layer.m * layer.n * layer.k * s_in * w_bits * steps
+        total += layer.m * layer.n * layer.k * s_bits_in * w_bits * steps
     return total

@@ -2,20 +2,22 @@
 
 :class:`IntegerSpikingMLP` is the library's integer inference: linear layers as bit-serial GEMMs of
 W-bit codes, integer biases, the integer multi-level LIF with integer thresholds, and an integer
-read-out. Its operators come from :mod:`.backends` (reference, compiled C++ or Triton), so the
+read-out. Its operators come from :mod:`.backends` (reference, compiled kernels or Triton), so the
 HLS C simulation of ``hls/src/net_top.cpp`` is checked against each of them, layer by layer.
 
 Batch-norm folding (:func:`fold_batch_norm`). A float layer with input ``a = in_scale * s``
 (s the integer levels), weight ``W`` and batch norm ``(gamma, beta, mean, var, eps)`` computes
-``c_n = g_n (W a - mean)_n + beta_n`` with ``g = gamma / sqrt(var + eps)``, and its neuron fires
-levels ``floor(c / v_th)``. Folding ``W' = g * W`` (per row, signs included) and ``b' = beta - g * mean``
-and quantizing ``W'`` with one scale per layer (``alpha``, Eq. 5 per tensor) makes every current an
-integer multiple of ``delta = alpha * in_scale``: ``c ~ delta * (Y + bias)`` with ``Y`` the integer
-GEMM, ``bias = round(b' / delta)`` and threshold ``theta = max(1, round(v_th / delta))``; the output
-levels feed the next layer with ``in_scale = v_th``. One scale per layer (not per channel) is what
-lets one integer theta serve the whole layer, as the LIF contract has a scalar threshold. The
-read-out layer has no neuron: ``logits = sum_t (Y_t + bias)`` (T times the float logits / delta,
-up to rounding), prediction = first index of the largest logit.
+``c_n = g_n (W a)_n + b'_n`` with ``(g, b')`` the batch norm's affine map
+(:func:`qsnn_kernels.batch_norm.batch_norm_affine`: ``g = gamma / sqrt(var + eps)``,
+``b' = beta - g * mean``), and its neuron fires levels ``floor(c / v_th)``. Folding ``W' = g * W``
+(per row, signs included) and quantizing ``W'`` with one scale per layer (``alpha``, Eq. 5 per
+tensor) makes every current an integer multiple of ``delta = alpha * in_scale``:
+``c ~ delta * (Y + bias)`` with ``Y`` the integer GEMM, ``bias = round(b' / delta)`` and threshold
+``theta = max(1, round(v_th / delta))``; the output levels feed the next layer with
+``in_scale = v_th``. One scale per layer (not per channel) is what lets one integer theta serve
+the whole layer, as the LIF contract has a scalar threshold. The read-out layer has no neuron:
+``logits = sum_t (Y_t + bias)`` (T times the float logits / delta, up to rounding), prediction =
+first index of the largest logit.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ import math
 
 import torch
 
+from ..batch_norm import batch_norm_affine
 from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
+from ..choices import RESETS, check_choice
+from ..deprecation import NOT_GIVEN, renamed_keyword
 from . import backends
-from .export import RESETS, Case, step_planes
+from .export import Case, hard_reset_flag, make_case
 
 
 @dataclasses.dataclass
@@ -53,10 +58,8 @@ def fold_batch_norm(weight, gamma, beta, mean, var, *, eps: float = 1e-5, w_bits
     ``weight`` float ``[N, K]``; the batch-norm tensors ``[N]``; ``v_th`` None for the read-out.
     """
     check_bits(w_bits, WEIGHT_BITS, "w_bits")
-    w = weight.to(torch.float64)
-    g = gamma.to(torch.float64) / torch.sqrt(var.to(torch.float64) + eps)
-    folded_w = w * g[:, None]
-    folded_b = beta.to(torch.float64) - g * mean.to(torch.float64)
+    g, folded_b = batch_norm_affine(mean, var, eps, gamma, beta)
+    folded_w = weight.to(torch.float64) * g[:, None]
     if w_bits == 1:
         alpha = folded_w.abs().mean().item()
         q = torch.where(folded_w >= 0, 1, -1)
@@ -74,12 +77,13 @@ def fold_batch_norm(weight, gamma, beta, mean, var, *, eps: float = 1e-5, w_bits
 
 @dataclasses.dataclass
 class IntegerSpikingMLP:
-    """Spiking layers then a read-out, all integer. Input: ``s_in``-bit levels (e.g. 8-bit pixels),
-    ``[M, K0]`` (static, repeated at every step: direct encoding) or ``[T, M, K0]``."""
+    """Spiking layers then a read-out, all integer. Input: ``s_bits_in``-bit levels (e.g. 8-bit
+    pixels), ``[M, K0]`` (static, repeated at every step: direct encoding) or ``[T, M, K0]``; the
+    spiking layers emit ``s_bits``-bit levels."""
 
     layers: list
     w_bits: int
-    s_in: int
+    s_bits_in: int
     s_bits: int
     t_steps: int
     leak_shift: int = 1
@@ -88,10 +92,9 @@ class IntegerSpikingMLP:
 
     def __post_init__(self):
         check_bits(self.w_bits, WEIGHT_BITS, "w_bits")
-        check_bits(self.s_in, SPIKE_BITS, "s_in")
+        check_bits(self.s_bits_in, SPIKE_BITS, "s_bits_in")
         check_bits(self.s_bits, SPIKE_BITS, "s_bits")
-        if self.reset not in RESETS:
-            raise ValueError(f"reset must be one of {RESETS}, got {self.reset!r}")
+        check_choice(self.reset, RESETS, "reset")
         if not self.layers or self.layers[-1].theta is not None or any(l.theta is None for l in self.layers[:-1]):
             raise ValueError("IntegerSpikingMLP: spiking layers (theta set) followed by one read-out (theta None)")
 
@@ -106,9 +109,9 @@ class IntegerSpikingMLP:
         """Integer inference: spike levels of every spiking layer, logits and predictions.
 
         Raises OverflowError if a current leaves int32."""
-        a, bits, levels = self._steps(x), self.s_in, []
+        a, bits, levels = self._steps(x), self.s_bits_in, []
         for layer in self.layers:
-            y = backends.gemm(a, layer.q, x_bits=bits, w_bits=self.w_bits, backend=backend)
+            y = backends.gemm(a, layer.q, s_bits=bits, w_bits=self.w_bits, backend=backend)
             current = y.to(torch.int64) + layer.bias
             if layer.theta is None:
                 logits = current.sum(0)
@@ -126,27 +129,30 @@ class IntegerSpikingMLP:
         raise AssertionError("unreachable: the last layer is the read-out")
 
 
-def random_network(sizes=(64, 48, 33, 10), *, w_bits: int = 4, s_in: int = 8, s_bits: int = 2, t_steps: int = 3,
-                   batch: int = 5, reset: str = "hard", leak_shift: int = 1, seed: int = 0,
-                   backend: str = "reference") -> tuple[IntegerSpikingMLP, torch.Tensor]:
-    """A random float MLP with batch norm, calibrated on a random ``s_in``-bit input batch (the
+def random_network(sizes=(64, 48, 33, 10), *, w_bits: int = 4, s_bits_in: int = 8, s_bits: int = 2,
+                   t_steps: int = 3, batch: int = 5, reset: str = "hard", leak_shift: int = 1, seed: int = 0,
+                   backend: str = "reference", s_in: int = NOT_GIVEN) -> tuple[IntegerSpikingMLP, torch.Tensor]:
+    """A random float MLP with batch norm, calibrated on a random ``s_bits_in``-bit input batch (the
     batch-norm statistics are that batch's), folded to integers layer by layer.
 
     Returns the network and the input levels uint8 ``[batch, sizes[0]]``. The thresholds are
     ``v_th = 2 / 2^s_bits`` in batch-norm units, so that the levels spread over their range.
+    ``s_in`` is the deprecated former name of ``s_bits_in``. Raises ValueError for an argument
+    outside its range, BackendUnavailable for a backend that cannot run here.
     """
+    s_bits_in = renamed_keyword("random_network", "s_bits_in", s_bits_in, "s_in", s_in, default=8)
+    backend = backends.backend_name(backend)
     check_bits(w_bits, WEIGHT_BITS, "w_bits")
-    check_bits(s_in, SPIKE_BITS, "s_in")
+    check_bits(s_bits_in, SPIKE_BITS, "s_bits_in")
     check_bits(s_bits, SPIKE_BITS, "s_bits")
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    check_choice(reset, RESETS, "reset")
     if len(sizes) < 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (*sizes, batch, t_steps)):
         raise ValueError(f"random_network: sizes (K0, ..., N_out), batch and t_steps must be positive ints, got "
                          f"{sizes}, {batch}, {t_steps}")
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 1 << s_in, (batch, sizes[0]), generator=gen).to(torch.uint8)
+    x = torch.randint(0, 1 << s_bits_in, (batch, sizes[0]), generator=gen).to(torch.uint8)
     a = x.unsqueeze(0).expand(t_steps, *x.shape)
-    in_scale, bits, layers = 1.0 / ((1 << s_in) - 1), s_in, []
+    in_scale, bits, layers = 1.0 / ((1 << s_bits_in) - 1), s_bits_in, []
     v_th = 2.0 / (1 << s_bits)
     for i, (k, n) in enumerate(zip(sizes[:-1], sizes[1:])):
         weight = torch.randn(n, k, generator=gen, dtype=torch.float64) / math.sqrt(k)
@@ -160,34 +166,34 @@ def random_network(sizes=(64, 48, 33, 10), *, w_bits: int = 4, s_in: int = 8, s_
                                    v_th=None if readout else v_th)
         layers.append(layer)
         if not readout:
-            y = backends.gemm(a, layer.q, x_bits=bits, w_bits=w_bits, backend=backend)
+            y = backends.gemm(a, layer.q, s_bits=bits, w_bits=w_bits, backend=backend)
             a, _ = backends.lif(y + layer.bias, s_bits=s_bits, theta=layer.theta, leak_shift=leak_shift, v_reset=0,
                                 reset=reset, v_init=None, backend=backend)
             in_scale, bits = v_th, s_bits
-    net = IntegerSpikingMLP(layers, w_bits, s_in, s_bits, t_steps, leak_shift=leak_shift, v_reset=0, reset=reset)
+    net = IntegerSpikingMLP(layers, w_bits, s_bits_in, s_bits, t_steps, leak_shift=leak_shift, v_reset=0, reset=reset)
     return net, x
 
 
 def net_case(net: IntegerSpikingMLP, x: torch.Tensor, *, pe: int = 4, simd: int = 2,
              backend: str = "reference") -> Case:
     """The vectors of ``hls/src/net_top.cpp`` (two spiking layers and a read-out) for input ``x``
-    ``[M, K0]``, expected outputs from ``net.forward(x, backend)``."""
+    ``[M, K0]``, expected outputs from ``net.forward(x, backend)``. Raises ValueError for a network
+    of another depth, BackendUnavailable for a backend that cannot run here."""
+    backend = backends.backend_name(backend)
     if len(net.layers) != 3:
         raise ValueError(f"the HLS network top has 2 spiking layers and a read-out; this network has {len(net.layers)}")
     out = net.forward(x, backend)
     l1, l2, l3 = net.layers
-    steps = net._steps(x)
     arrays = {
-        "w_bits": net.w_bits, "s_in": net.s_in, "s_bits": net.s_bits, "t_steps": net.t_steps, "m": x.shape[0],
-        "k0": x.shape[1], "n1": l1.q.shape[0], "n2": l2.q.shape[0], "n3": l3.q.shape[0],
         "theta1": l1.theta, "theta2": l2.theta, "leak_shift": net.leak_shift, "v_reset": net.v_reset,
-        "soft_reset": int(net.reset == "soft"), "x_planes": step_planes(steps, net.s_in, backend),
-        "w1_planes": backends.pack(l1.q, net.w_bits, True, backend), "b1": l1.bias,
-        "w2_planes": backends.pack(l2.q, net.w_bits, True, backend), "b2": l2.bias,
-        "w3_planes": backends.pack(l3.q, net.w_bits, True, backend), "b3": l3.bias,
+        "hard_reset": hard_reset_flag(net.reset),
+        "x_planes": backends.pack_levels_planes(net._steps(x), net.s_bits_in, backend),
+        "w1_planes": backends.pack_weight_planes(l1.q, net.w_bits, backend), "b1": l1.bias,
+        "w2_planes": backends.pack_weight_planes(l2.q, net.w_bits, backend), "b2": l2.bias,
+        "w3_planes": backends.pack_weight_planes(l3.q, net.w_bits, backend), "b3": l3.bias,
         "levels1": out.levels[0], "levels2": out.levels[1], "logits": out.logits, "pred": out.pred,
     }
-    defines = {"W_BITS": net.w_bits, "NET_S0": net.s_in, "NET_S": net.s_bits, "T_STEPS": net.t_steps,
-               "M_ROWS": x.shape[0], "NET_K0": x.shape[1], "NET_N1": l1.q.shape[0], "NET_N2": l2.q.shape[0],
-               "NET_N3": l3.q.shape[0], "PE": pe, "SIMD": simd}
-    return Case("net", arrays, defines)
+    defines = {"W_BITS": net.w_bits, "NET_S_BITS_IN": net.s_bits_in, "S_BITS_OUT": net.s_bits,
+               "T_STEPS": net.t_steps, "M_ROWS": x.shape[0], "NET_K0": x.shape[1], "NET_N1": l1.q.shape[0],
+               "NET_N2": l2.q.shape[0], "NET_N3": l3.q.shape[0], "PE": pe, "SIMD": simd}
+    return make_case("net", defines, arrays)

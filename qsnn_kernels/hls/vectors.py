@@ -11,8 +11,10 @@ Format (version 1, every integer little-endian; also documented in hls/tb/qsnn_v
         int32  data[prod(dims)]      (packed words as their int32 bit patterns)
 
 Each file carries the scalar ``kind`` (:data:`KINDS`) and the scalars naming the compiled
-parameters (``w_bits``, ``t_steps``, ...); a testbench refuses a file whose parameters or array
-shapes differ from the ones it was compiled for.
+parameters (``w_bits``, ``t_steps``, ...: :func:`qsnn_kernels.hls.export.make_case`); a testbench
+refuses a file whose parameters or array shapes differ from the ones it was compiled for.
+:data:`MAGIC`, :data:`VERSION` and :data:`KINDS` are also stated in hls/tb/qsnn_vectors.h;
+tests/test_contract.py compares the two.
 """
 
 from __future__ import annotations
