@@ -30,6 +30,7 @@
 #include <string>
 #include <type_traits>
 
+#include "contract.h"
 #include "cpu_features.h"
 #include "host_pool.h"
 
@@ -41,7 +42,7 @@
 namespace qsnn {
 namespace {
 
-constexpr int64_t kChunk = 256;  // neurons per chunk (measured best of 16..2048 here); arrays stay in L1
+constexpr int64_t kChunk = 256;  // neurons per chunk: the chunk's state arrays stay in L1
 constexpr int64_t kAhead = 1024;  // software prefetch distance along a time row, in elements
 constexpr int64_t kGrainChunks = 16;
 
@@ -66,7 +67,7 @@ QSNN_INLINE double abs_of(double x) { return __builtin_fabs(x); }
 
 // Software prefetch of the next chunk's slice of one time row. A chunk's slice of a row is one or
 // two pages, too short for the hardware prefetcher to ramp up before the walk jumps T rows on;
-// without this the forward stalls on every load of x (measured: half its time).
+// without this the forward stalls on the loads of x.
 template <typename T>
 QSNN_INLINE void prefetch_read(const T* p, int64_t len) {
   for (int64_t j = 0; j < len; j += 64 / sizeof(T)) __builtin_prefetch(p + j, 0, 3);
@@ -161,8 +162,6 @@ auto pick_forward(bool save_h, bool avx2) -> void (*)(const ForwardArgs<T>&, int
 
 // --------------------------------------------------------------------------- float backward
 
-enum Surrogate { kRect = 0, kAtan = 1, kSigmoid = 2 };
-
 // g'(z) of reference.SURROGATES with the constants precomputed in T as the reference rounds them.
 template <typename T>
 struct SurrogateConsts {
@@ -200,7 +199,7 @@ struct BackwardArgs {
 // d level / d h of one step, times v_th: total = sum over l = 1..L of g'(h/v_th - l), summed in the
 // reference's order; first = the l = 1 term (the hard reset's dr/dh times v_th).
 // The sigmoid term alpha sg (1 - sg), sg = 1 / (1 + e^{-alpha z}), z = u - level, for a chunk of
-// float neurons, in a form the compiler vectorizes (std::exp is an opaque call, 4-10x slower here):
+// float neurons, in a form the compiler vectorizes (std::exp is an opaque call that blocks it):
 // e^y by Cody-Waite range reduction and Cephes' degree-6 polynomial (about 1e-7 relative to expf on
 // [-87, 88]; 0 below, +inf above, NaN stays NaN), the 2^n scale built as integer bits and
 // reinterpreted with memcpy. The double kernels use std::exp.
@@ -360,13 +359,23 @@ void backward_base(const BackwardArgs<T>& a, int64_t b, int64_t e) {
 
 int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
-void check_common(const at::Tensor& x, const std::optional<at::Tensor>& v_init, int64_t s_bits, double v_th,
-                  double decay, const char* name) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) > 0, name, ": x must be [T, N] with T >= 1");
-  TORCH_CHECK(s_bits == 1 || s_bits == 2 || s_bits == 4 || s_bits == 8, name, ": s_bits must be 1, 2, 4 or 8");
+// ValueError unless x is [T, N] with T >= 1, s_bits an allowed width and v_init (if any) [N].
+void check_common(const at::Tensor& x, const std::optional<at::Tensor>& v_init, int64_t s_bits, const char* name) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) > 0, name, ": x must be [T, N] with T >= 1");
+  check_bits(s_bits, name, "s_bits");
   if (v_init.has_value()) {
-    TORCH_CHECK(v_init->dim() == 1 && v_init->size(0) == x.size(1), name, ": v_init must be [N]");
+    TORCH_CHECK_VALUE(v_init->dim() == 1 && v_init->size(0) == x.size(1), name, ": v_init must be [N]");
   }
+}
+
+// The code of a surrogate name of kSurrogateNames; ValueError for any other name.
+Surrogate surrogate_code(c10::string_view name) {
+  std::string names;
+  for (int64_t code = 0; code < kNumSurrogates; ++code) {
+    if (name == kSurrogateNames[code]) return static_cast<Surrogate>(code);
+    names += (code ? ", " : "") + std::string(kSurrogateNames[code]);
+  }
+  TORCH_CHECK_VALUE(false, "lif_backward: surrogate must be one of ", names, ", got ", std::string(name));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(const at::Tensor& x,
@@ -376,11 +385,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(const at::Tensor&
                                                                 c10::string_view /*surrogate*/,
                                                                 double /*alpha*/, bool /*detach_reset*/,
                                                                 bool save_h) {
-  check_common(x, v_init, s_bits, v_th, decay, "lif_forward");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "lif_forward (CPU): x must be float32 or float64, got ", x.scalar_type());
+  check_common(x, v_init, s_bits, "lif_forward");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "lif_forward (CPU): x must be float32 or float64, got ", x.scalar_type());
   if (v_init.has_value()) {
-    TORCH_CHECK(v_init->scalar_type() == x.scalar_type(), "lif_forward (CPU): v_init must have x's dtype");
+    TORCH_CHECK_TYPE(v_init->scalar_type() == x.scalar_type(), "lif_forward (CPU): v_init must have x's dtype");
   }
   const auto xc = x.contiguous();
   const auto vc = v_init.has_value() ? v_init->contiguous() : at::Tensor();
@@ -404,13 +413,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(const at::Tensor&
 }
 
 template <typename T, bool kHard, bool kDetach>
-auto pick_backward(int sur, bool avx2) -> void (*)(const BackwardArgs<T>&, int64_t, int64_t) {
+auto pick_backward(Surrogate sur, bool avx2) -> void (*)(const BackwardArgs<T>&, int64_t, int64_t) {
   switch (sur) {
     case kRect: return avx2 ? &backward_avx2<T, kHard, kDetach, kRect> : &backward_base<T, kHard, kDetach, kRect>;
     case kAtan: return avx2 ? &backward_avx2<T, kHard, kDetach, kAtan> : &backward_base<T, kHard, kDetach, kAtan>;
-    default:
+    case kSigmoid:
       return avx2 ? &backward_avx2<T, kHard, kDetach, kSigmoid> : &backward_base<T, kHard, kDetach, kSigmoid>;
   }
+  TORCH_CHECK_VALUE(false, "lif_backward: no kernel for surrogate code ", static_cast<int64_t>(sur));
 }
 
 std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spikes,
@@ -418,19 +428,16 @@ std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spike
                                                     const at::Tensor& h, int64_t s_bits, double v_th, double decay,
                                                     double v_reset, bool hard_reset, c10::string_view surrogate,
                                                     double alpha, bool detach_reset) {
-  check_common(h, std::nullopt, s_bits, v_th, decay, "lif_backward");
-  TORCH_CHECK(h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble,
-              "lif_backward (CPU): h must be float32 or float64, got ", h.scalar_type());
-  TORCH_CHECK(grad_spikes.sizes() == h.sizes(), "lif_backward: grad_spikes must have h's shape [T, N]");
+  check_common(h, std::nullopt, s_bits, "lif_backward");
+  TORCH_CHECK_TYPE(h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble,
+                   "lif_backward (CPU): h must be float32 or float64, got ", h.scalar_type());
+  TORCH_CHECK_VALUE(grad_spikes.sizes() == h.sizes(), "lif_backward: grad_spikes must have h's shape [T, N]");
   if (grad_v_last.has_value()) {
-    TORCH_CHECK(grad_v_last->dim() == 1 && grad_v_last->size(0) == h.size(1), "lif_backward: grad_v_last must be [N]");
+    TORCH_CHECK_VALUE(grad_v_last->dim() == 1 && grad_v_last->size(0) == h.size(1),
+                      "lif_backward: grad_v_last must be [N]");
   }
-  int sur = -1;
-  if (surrogate == "rect") sur = kRect;
-  if (surrogate == "atan") sur = kAtan;
-  if (surrogate == "sigmoid") sur = kSigmoid;
-  TORCH_CHECK(sur >= 0, "lif_backward: surrogate must be rect, atan or sigmoid, got ", std::string(surrogate));
-  TORCH_CHECK(alpha > 0, "lif_backward: alpha must be > 0");
+  const Surrogate sur = surrogate_code(surrogate);
+  TORCH_CHECK_VALUE(alpha > 0, "lif_backward: alpha must be > 0, got ", alpha);
   const auto dtype = h.scalar_type();
   const auto hc = h.contiguous();
   const auto gsc = grad_spikes.to(dtype).contiguous();
@@ -470,16 +477,14 @@ QSNN_INLINE int64_t floor_div(int64_t h, int64_t theta) {
 std::tuple<at::Tensor, at::Tensor> lif_int_cpu(const at::Tensor& x, const std::optional<at::Tensor>& v_init,
                                                int64_t s_bits, int64_t theta, int64_t leak_shift, int64_t v_reset,
                                                bool hard_reset) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) > 0, "lif_int: x must be [T, N] with T >= 1");
-  TORCH_CHECK(x.scalar_type() == at::kInt, "lif_int: x must be int32, got ", x.scalar_type());
-  TORCH_CHECK(s_bits == 1 || s_bits == 2 || s_bits == 4 || s_bits == 8, "lif_int: s_bits must be 1, 2, 4 or 8");
-  TORCH_CHECK(theta > 0 && theta <= std::numeric_limits<int32_t>::max(), "lif_int: theta must be in [1, 2^31)");
-  TORCH_CHECK(leak_shift >= 0 && leak_shift <= 31, "lif_int: leak_shift must be in [0, 31]");
-  TORCH_CHECK(v_reset >= std::numeric_limits<int32_t>::min() && v_reset <= std::numeric_limits<int32_t>::max(),
-              "lif_int: v_reset must fit int32");
+  check_common(x, v_init, s_bits, "lif_int");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kInt, "lif_int: x must be int32, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(theta > 0 && theta <= std::numeric_limits<int32_t>::max(), "lif_int: theta must be in [1, 2^31)");
+  TORCH_CHECK_VALUE(leak_shift >= 0 && leak_shift <= 31, "lif_int: leak_shift must be in [0, 31]");
+  TORCH_CHECK_VALUE(v_reset >= std::numeric_limits<int32_t>::min() && v_reset <= std::numeric_limits<int32_t>::max(),
+                    "lif_int: v_reset must fit int32");
   if (v_init.has_value()) {
-    TORCH_CHECK(v_init->scalar_type() == at::kInt && v_init->dim() == 1 && v_init->size(0) == x.size(1),
-                "lif_int: v_init must be int32 [N]");
+    TORCH_CHECK_TYPE(v_init->scalar_type() == at::kInt, "lif_int: v_init must be int32, got ", v_init->scalar_type());
   }
   const auto xc = x.contiguous();
   const auto vc = v_init.has_value() ? v_init->contiguous() : at::Tensor();
@@ -517,8 +522,9 @@ std::tuple<at::Tensor, at::Tensor> lif_int_cpu(const at::Tensor& x, const std::o
       for (int64_t i = 0; i < len; ++i) vl[n0 + i] = v[i];
     }
   });
+  // The Python API raises OverflowError before any kernel runs; this exact check guards direct callers
   const int64_t bad = first_overflow.load();
-  TORCH_CHECK(bad == steps, "lif_int: membrane potential leaves int32 at step ", bad);
+  TORCH_CHECK_VALUE(bad == steps, "lif_int: membrane potential leaves int32 at step ", bad);
   return {out, v_last};
 }
 

@@ -3,11 +3,16 @@
 :func:`multilevel_lif_int`, and the module :class:`MultiLevelLIF`.
 
 Semantics: DESIGN.md "Multi-level LIF"; oracle: :func:`qsnn_kernels.reference.multilevel_lif`
-and :func:`qsnn_kernels.reference.multilevel_lif_int`.
+and :func:`qsnn_kernels.reference.multilevel_lif_int`. Names and defaults (backends, resets,
+surrogates and their alphas): :mod:`qsnn_kernels.choices`.
 
-Kernels: csrc/lif_cpu.cpp (CPU: C++, vectorized, OpenMP through ``at::parallel_for``) and
-qsnn_kernels/triton/lif.py (CUDA; on CPU under ``TRITON_INTERPRET=1`` for tests). Each walks
-all T steps in one pass per neuron, forward in time and backward in reverse time.
+Kernels: csrc/lif_cpu.cpp (the ops' CPU kernels: C++, vectorized, OpenMP through
+``at::parallel_for``) and qsnn_kernels/triton/lif.py (the ops' CUDA kernels: the Triton launchers
+of :data:`TRITON_KERNELS`). ``backend="triton"`` on CPU tensors (``TRITON_INTERPRET=1``, for tests)
+calls the same ops with those same launchers as their CPU kernels, for the op call and for its
+backward (:func:`qsnn_kernels.triton_on_cpu.triton_kernels_on_cpu`): one schema, fake, autograd
+formula and launcher on both devices. Each kernel walks all T steps in one pass per neuron,
+forward in time and backward in reverse time.
 
 Saved state: the forward keeps ``h_t``, the membrane before reset, for the backward: one element
 of x's dtype per neuron per step (4 bytes in float32, 2 in float16/bfloat16); the spike level,
@@ -26,39 +31,43 @@ Op contract (``[T, N]`` contiguous; the functional API flattens ``[T, ...]`` to 
     lif_int(x int32, v_init? int32, s_bits, theta, leak_shift, v_reset, hard_reset)
         -> (levels uint8 [T, N], v_last int32 [N])
 
+``surrogate`` is a name of :data:`qsnn_kernels.choices.SURROGATES` (each kernel maps it to its
+code; an unknown name is a ValueError), ``alpha`` its resolved positive parameter. ``surrogate``,
+``alpha`` and ``detach_reset`` are in the forward schema only so that the registered autograd
+formula can see them; the forward kernels ignore them. The state dtype (v_init, v_last, gradients)
+is float64 for float64 input (CPU only) and float32 otherwise.
+
 Outputs of the C++ kernels of 1 MiB or more come from a small pool of warm host buffers
-(csrc/host_pool.h; ``QSNN_HOST_POOL_MB``, default 512, 0 disables): a fresh 32 MiB tensor from
-the OS costs more in page faults than this whole op; such tensors cannot be resized in place.
+(csrc/host_pool.h; ``QSNN_HOST_POOL_MB``, default 512, 0 disables); such tensors cannot be
+resized in place.
 
-Autograd: the op's registered formula (BPTT on the saved h) is differentiable once. A backward
-under ``create_graph=True``, or a torch.func transform nested in another that differentiates
-(``grad(grad(f))``, ``hessian``), raises :data:`DOUBLE_BACKWARD_ERROR` rather than return a
-gradient whose own derivative would silently be lost; the reference backend is differentiable
-twice. ``torch.func.grad``/``vjp``/``jacrev``/``vmap(grad)`` work: under a transform
-:func:`multilevel_lif` calls the op through :class:`_LifFunction` (torch.library's generated
-autograd Function has no separate setup_context, which torch.func requires).
-
-The state dtype (v_init, v_last, gradients) is float64 for float64 input (CPU only) and float32
-otherwise. ``surrogate``, ``alpha`` and ``detach_reset`` are in the forward schema only so that the
-registered autograd formula can see them; the forward kernels ignore them.
+Autograd: one formula (BPTT on the saved h, :func:`_lif_grads`), differentiable once, reached
+two ways that share their setup and formula: the ops' registered autograd, for callers of
+``torch.ops.qsnn.lif_forward``, and :class:`_LifFunction`, through which :func:`multilevel_lif`
+calls the op in every mode. The second exists because torch.func transforms (grad, vjp, jacrev,
+vmap of grad) refuse an autograd Function without a separate ``setup_context``, which
+torch.library's generated one lacks. A backward under ``create_graph=True``, or a torch.func
+transform nested in another that differentiates (``grad(grad(f))``, ``hessian``), raises
+:data:`DOUBLE_BACKWARD_ERROR` rather than return a gradient whose own derivative would silently
+be lost; the reference backend is differentiable twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
-import os
 
 import torch
 
 from . import _extension, reference
 from ._extension import BackendUnavailable
 from .bits import SPIKE_BITS, check_bits
+from .choices import DEFAULT_ALPHA, RESETS, SURROGATES, check_backend, check_choice
+from .triton_on_cpu import require_interpreter, triton_kernels_on_cpu
 
-__all__ = ["multilevel_lif", "multilevel_lif_int", "MultiLevelLIF", "BACKENDS"]
+__all__ = ["multilevel_lif", "multilevel_lif_int", "MultiLevelLIF"]
 
-BACKENDS = ("auto", "triton", "reference")
-RESETS = reference.RESETS
-SURROGATES = tuple(reference.SURROGATES)
 CPU_FLOAT_DTYPES = (torch.float32, torch.float64)
 GPU_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -68,9 +77,6 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# --------------------------------------------------------------------------- Triton kernels (CUDA), lazily
-
-
 def _triton_lif():
     """qsnn_kernels.triton.lif, or BackendUnavailable if it (or triton) cannot be imported."""
     try:
@@ -78,10 +84,6 @@ def _triton_lif():
     except ImportError as exc:
         raise BackendUnavailable(f"the Triton LIF kernels are not available ({exc}); install triton") from exc
     return module
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # --------------------------------------------------------------------------- op registration
@@ -134,71 +136,42 @@ def _lif_int_fake(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
     return x.new_empty(x.shape, dtype=torch.uint8), x.new_empty(x.shape[1:], dtype=torch.int32)
 
 
-@torch.library.register_kernel("qsnn::lif_forward", "cuda")
-def _lif_forward_cuda(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
-                      save_h=True):
-    spikes, v_last, h = _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset)
-    return spikes, v_last, h if save_h else x.new_empty((0, x.shape[1]))
+def _lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
+                        save_h=True):
+    return _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, save_h)
 
 
-@torch.library.register_kernel("qsnn::lif_backward", "cuda")
-def _lif_backward_cuda(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
-                       detach_reset):
-    if grad_v_last is None:  # the Triton kernel takes a tensor
-        grad_v_last = h.new_zeros(h.shape[1:], dtype=torch.float32)
+def _lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
+                         detach_reset):
     return _triton_lif().lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset,
                                              surrogate, alpha, detach_reset)
 
 
-@torch.library.register_kernel("qsnn::lif_int", "cuda")
-def _lif_int_cuda(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
+def _lif_int_triton(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
     return _triton_lif().lif_int_triton(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset)
 
 
-def _lif_setup_context(ctx, inputs, output):
-    x, v_init, *args = inputs
-    args = args[:8]  # the backward's parameters; save_h (True whenever a backward can run) is not one
-    h = output[2]
-    ctx.save_for_backward(h)
-    ctx.args = tuple(args)
-    ctx.x_dtype = x.dtype
-    ctx.mark_non_differentiable(h)  # internal saved state, not a result
-    ctx.set_materialize_grads(False)  # an unused output costs no zero-filled gradient
+TRITON_KERNELS = {"lif_forward": _lif_forward_triton, "lif_backward": _lif_backward_triton,
+                  "lif_int": _lif_int_triton}
+"""The ops' Triton kernels: their CUDA kernels, and their CPU kernels within :func:`_kernels_of`."""
 
+for _name, _kernel in TRITON_KERNELS.items():
+    torch.library.register_kernel(f"qsnn::{_name}", "cuda", _kernel)
+
+
+def _kernels_of(triton_on_cpu: bool):
+    """The scope of one op call: the ops' Triton kernels are their CPU kernels within it if
+    ``triton_on_cpu``, the registered kernels are used as they are otherwise."""
+    return triton_kernels_on_cpu(TRITON_KERNELS) if triton_on_cpu else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- autograd: one formula
 
 DOUBLE_BACKWARD_ERROR = (
     "multilevel_lif: double backward is not supported: the surrogate-gradient backward (qsnn::lif_backward) "
     "is not itself differentiable; compute the first gradient without create_graph=True, or use "
     "backend='reference' for higher-order gradients"
 )
-
-
-def _check_once_differentiable(needs_input_grad) -> None:
-    """Raise :data:`DOUBLE_BACKWARD_ERROR` when the backward runs under ``create_graph=True`` (grad
-    mode on) for an input that needs a gradient: the formula has no derivative, and a gradient
-    without a graph would silently lose the second-order term (or report the input as unused)."""
-    if torch.is_grad_enabled() and any(needs_input_grad):
-        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-
-
-def _lif_grads(ctx, grad_spikes, grad_v_last) -> tuple:
-    """(grad_x, grad_v_init or None) from the saved h: the backward formula, not differentiable itself."""
-    (h,) = ctx.saved_tensors
-    if grad_spikes is None and grad_v_last is None:
-        return None, None
-    if grad_spikes is None:
-        grad_spikes = torch.zeros_like(h)
-    grad_x, grad_v_init = torch.ops.qsnn.lif_backward(grad_spikes, grad_v_last, h, *ctx.args)
-    return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None
-
-
-def _lif_backward(ctx, grad_spikes, grad_v_last, grad_h):
-    _check_once_differentiable(ctx.needs_input_grad[:2])
-    return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 9
-
-
-torch.library.register_autograd("qsnn::lif_forward", _lif_backward, setup_context=_lif_setup_context)
-
 
 _TransformType = torch._C._functorch.TransformType
 
@@ -215,56 +188,76 @@ def _outer_differentiation(grad) -> bool:
     return differentiating - own > 0
 
 
+def _differentiated_again(ctx, grad) -> bool:
+    """Whether this backward is itself being differentiated: under a torch.func transform, an
+    enclosing differentiating transform; otherwise a ``create_graph=True`` backward (grad mode on)
+    for an input that needs a gradient. Either would silently lose the second-order term."""
+    if torch._C._are_functorch_transforms_active():
+        return _outer_differentiation(grad)
+    return torch.is_grad_enabled() and any(ctx.needs_input_grad[:2])
+
+
+def _lif_setup_context(ctx, inputs, output, triton_on_cpu: bool = False):
+    x, v_init, *args = inputs
+    h = output[2]
+    ctx.save_for_backward(h)
+    ctx.args = tuple(args[:8])  # the backward's parameters (s_bits .. detach_reset)
+    ctx.x_dtype = x.dtype
+    ctx.triton_on_cpu = triton_on_cpu  # the backward runs on the forward's kernels
+    ctx.mark_non_differentiable(h)  # internal saved state, not a result
+    ctx.set_materialize_grads(False)  # an unused output costs no zero-filled gradient
+
+
+def _lif_grads(ctx, grad_spikes, grad_v_last) -> tuple:
+    """(grad_x, grad_v_init or None) from the saved h: the backward formula, not differentiable itself."""
+    if _differentiated_again(ctx, grad_spikes if grad_spikes is not None else grad_v_last):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+    (h,) = ctx.saved_tensors
+    if grad_spikes is None and grad_v_last is None:
+        return None, None
+    if grad_spikes is None:
+        grad_spikes = torch.zeros_like(h)
+    with _kernels_of(ctx.triton_on_cpu):
+        grad_x, grad_v_init = torch.ops.qsnn.lif_backward(grad_spikes, grad_v_last, h, *ctx.args)
+    return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None
+
+
+def _lif_backward(ctx, grad_spikes, grad_v_last, grad_h):
+    return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 9
+
+
+torch.library.register_autograd("qsnn::lif_forward", _lif_backward, setup_context=_lif_setup_context)
+
+
 class _LifFunction(torch.autograd.Function):
-    """The op's registered autograd as an autograd.Function with a separate ``setup_context``, for
-    torch.func transforms (grad, vjp, jacrev): torch.library's generated Function has none, which
-    functorch refuses. The same forward op, setup and backward formula; used only under a transform."""
+    """``qsnn::lif_forward`` with the op's own setup and backward formula, as an autograd Function
+    with a separate ``setup_context`` (which torch.func transforms require), called on the
+    kernels that ``triton_on_cpu`` selects (see :func:`_kernels_of`) in the forward and the backward."""
 
     @staticmethod
-    def forward(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset):
-        return torch.ops.qsnn.lif_forward(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
-                                          detach_reset, True)
+    def forward(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset, save_h,
+                triton_on_cpu):
+        with _kernels_of(triton_on_cpu):
+            return torch.ops.qsnn.lif_forward(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
+                                              detach_reset, save_h)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _lif_setup_context(ctx, inputs, output)
+        _lif_setup_context(ctx, inputs, output, triton_on_cpu=inputs[-1])
 
     generate_vmap_rule = True  # vmap(grad(...)), jacrev: the ops' batching fallback
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last, grad_h):
-        if _outer_differentiation(grad_spikes if grad_spikes is not None else grad_v_last):
-            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-        return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 8
+        return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 10
 
 
-class _TritonInterpreted(torch.autograd.Function):
-    """The Triton kernels called directly on CPU tensors under TRITON_INTERPRET=1 (tests only):
-    the op dispatches CPU tensors to the C++ kernel, so this path bypasses it."""
-
-    @staticmethod
-    def forward(ctx, x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset):
-        spikes, v_last, h = _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset)
-        ctx.save_for_backward(h)
-        ctx.args = (s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset)
-        ctx.mark_non_differentiable(h)
-        return spikes, v_last, h
-
-    @staticmethod
-    def backward(ctx, grad_spikes, grad_v_last, grad_h):
-        _check_once_differentiable(ctx.needs_input_grad[:2])
-        (h,) = ctx.saved_tensors
-        grad_x, grad_v_init = _triton_lif().lif_backward_triton(grad_spikes.contiguous(), grad_v_last.contiguous(),
-                                                                h, *ctx.args)
-        return grad_x.to(grad_spikes.dtype), grad_v_init if ctx.needs_input_grad[1] else None, *(None,) * 8
+# apply() binds its arguments to inspect.signature(forward) on every call (a Function with a
+# setup_context); a precomputed signature spares rebuilding it each time
+_LifFunction.forward.__signature__ = inspect.signature(_LifFunction.forward)
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _check_real(value, name: str) -> float:
@@ -287,12 +280,10 @@ def _check_float_params(s_bits, v_th, decay, v_reset, reset, surrogate, alpha) -
     if not 0 < _check_real(decay, "decay") <= 1:
         raise ValueError(f"decay must be in (0, 1] (decay = 1/tau; 1 is an IF neuron), got {decay!r}")
     _check_real(v_reset, "v_reset")
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    check_choice(reset, RESETS, "reset")
+    check_choice(surrogate, tuple(SURROGATES), "surrogate")
     if alpha is None:
-        return float(reference.SURROGATES[surrogate][1])
+        return float(DEFAULT_ALPHA[surrogate])
     if _check_real(alpha, "alpha") <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     return float(alpha)
@@ -322,30 +313,43 @@ def _check_v_init(v_init, x, is_float: bool, name: str):
     return v_init
 
 
-def _kernel_path(backend: str, device: torch.device, name: str) -> str:
-    """"op" (the registered kernel of x's device) or "interpreted" (Triton on CPU); raises if neither."""
-    if backend == "auto" or (backend == "triton" and device.type == "cuda"):
-        if torch.compiler.is_compiling():
-            return "op"  # checked when the graph runs; an import or a load here would break the graph
-        if device.type == "cuda":
+def _triton_on_cpu(backend: str, device: torch.device, name: str) -> bool:
+    """Whether the op call needs the Triton kernels as the CPU kernels (``backend="triton"`` on a
+    CPU tensor); raises BackendUnavailable if ``backend`` has no kernel for ``device``."""
+    compiling = torch.compiler.is_compiling()  # then checked when the graph runs: a load would break it
+    if device.type == "cuda":  # the ops' CUDA kernels are the Triton launchers, for "auto" and "triton"
+        if not compiling:
             _triton_lif()
-        else:
+        return False
+    if backend == "auto":
+        if not compiling:
             _extension.require(device.type)
-        return "op"
-    if device.type == "cpu" and _interpreting():
-        _triton_lif()
-        return "interpreted"
-    raise BackendUnavailable(f"{name}: backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU)")
+        return False
+    if device.type != "cpu":
+        raise BackendUnavailable(f"{name}: backend='triton' needs a CUDA tensor, or TRITON_INTERPRET=1 on the CPU")
+    require_interpreter(name)
+    if compiling:
+        raise BackendUnavailable(f"{name}: backend='triton' on CPU tensors runs Triton's interpreter, "
+                                 "which torch.compile cannot trace; call it eagerly")
+    _triton_lif()
+    return True
 
 
 def _check_int_range(x: torch.Tensor, v_init, v_reset: int, s_bits, theta, leak_shift, reset) -> None:
-    """OverflowError if h_t can leave int32, for kernels that do not check it themselves (Triton).
+    """OverflowError, before any kernel runs, if some h_t leaves int32.
 
-    |h_t| <= max(|v_init|, |v_reset|) + sum_{s<=t} |x_s| per neuron (a shift and either reset never
-    grow |v| beyond that); only when this cheap bound fails is the exact recurrence run to decide.
+    ``|h_t| <= max(|v_init|, |v_reset|) + T max|x|`` per neuron (a right shift and either reset
+    never grow |v|); only when this cheap bound exceeds int32 does the exact recurrence (the
+    reference) run to decide.
     """
-    start = abs(v_reset) + (0 if v_init is None else int(v_init.abs().max()) if v_init.numel() else 0)
-    if x.numel() == 0 or start + int(x.to(torch.int64).abs().sum(0).max()) <= INT32_MAX:
+    if x.numel() == 0:
+        return
+    lo, hi = (int(m) for m in x.aminmax())
+    start = abs(v_reset)
+    if v_init is not None and v_init.numel():
+        v_lo, v_hi = (int(m) for m in v_init.aminmax())
+        start = max(start, -v_lo, v_hi)
+    if start + x.shape[0] * max(-lo, hi) <= INT32_MAX:
         return
     reference.multilevel_lif_int(x, s_bits, theta, leak_shift, v_reset, reset, v_init)  # raises OverflowError
 
@@ -380,58 +384,56 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
       ``[T, B, C, H, W]``) runs in place and the outputs keep its layout; others are copied.
     * Forward: spikes and v_T equal the reference bit for bit (same float operations).
     * Backward (BPTT, surrogate gradients of :data:`qsnn_kernels.reference.SURROGATES`, with
-      ``alpha`` None meaning the surrogate's default): d level/d h ~ (1/v_th) sum_{l=1..L}
-      g'(h/v_th - l) with ``rect`` g'(z) = alpha 1[|z| < 1/(2 alpha)], ``atan``
-      g'(z) = (alpha/2)/(1 + (pi alpha z/2)^2), ``sigmoid`` g'(z) = alpha sig(alpha z)(1 - sig(alpha z)).
+      ``alpha`` None meaning the surrogate's default, :data:`qsnn_kernels.choices.DEFAULT_ALPHA`):
+      d level/d h ~ (1/v_th) sum_{l=1..L} g'(h/v_th - l) with ``rect`` g'(z) = alpha 1[|z| < 1/(2 alpha)],
+      ``atan`` g'(z) = (alpha/2)/(1 + (pi alpha z/2)^2), ``sigmoid`` g'(z) = alpha sig(alpha z)(1 - sig(alpha z)).
       The hard reset v = h(1 - r) + v_reset r, r = 1[h >= v_th], takes the l = 1 term as dr/dh;
       ``detach_reset`` cuts the gradient through r (hard) or through s in h - s v_th (soft).
     * NaN: a neuron whose input is NaN emits NaN spike values (level 0 if requested) and keeps
       a NaN membrane from that step on; its gradient is NaN except where the reference's is not
-      (e.g. ``rect`` with soft reset); other neurons are unaffected. +inf under hard reset makes
-      v = inf * 0 = NaN, as in the reference.
-    * ``backend``: "auto" (the kernel for x's device: C++ on CPU, Triton on CUDA), "triton"
-      (CUDA, or CPU under TRITON_INTERPRET=1), "reference". No fallback between them.
-
+      (e.g. ``rect`` with soft reset, or the last step when v_T is unused); other neurons are
+      unaffected. +inf under hard reset makes v = inf * 0 = NaN, as in the reference. The same on
+      every backend.
+    * ``backend``: "auto" (the op's kernel for x's device: C++ on CPU, Triton on CUDA), "triton"
+      (CUDA, or CPU under TRITON_INTERPRET=1 through the same op), "reference". No fallback
+      between them.
     * Autograd: differentiable once (torch.autograd and torch.func.grad/vjp/jacrev); a backward
       with ``create_graph=True`` or nested differentiating transforms raise RuntimeError
       (``backend="reference"`` is differentiable twice).
 
     Raises ValueError (s_bits outside {1, 2, 4, 8}, v_th <= 0, decay outside (0, 1], T = 0,
     unknown reset/surrogate/backend, v_init of the wrong shape or device), TypeError (an integer
-    x or v_init, float16/bfloat16 on CPU), BackendUnavailable (no kernel for the device).
+    x or v_init, float16/bfloat16 on CPU, float64 with backend="triton"), BackendUnavailable (no
+    kernel for the device).
     """
-    _check_backend(backend)
-    _check_input(x, "multilevel_lif")
+    name = "multilevel_lif"
+    check_backend(backend, name)
+    _check_input(x, name)
     alpha = _check_float_params(s_bits, v_th, decay, v_reset, reset, surrogate, alpha)
     if not x.dtype.is_floating_point:
-        raise TypeError(f"multilevel_lif: float input currents expected, got {x.dtype} "
-                        "(integer inputs: multilevel_lif_int)")
+        raise TypeError(f"{name}: float input currents expected, got {x.dtype} (integer inputs: multilevel_lif_int)")
     allowed = CPU_FLOAT_DTYPES if x.device.type == "cpu" else GPU_FLOAT_DTYPES
     if x.dtype not in allowed:
-        raise TypeError(f"multilevel_lif: {x.dtype} is not supported on {x.device.type} "
+        raise TypeError(f"{name}: {x.dtype} is not supported on {x.device.type} "
                         f"(supported: {', '.join(map(str, allowed))})")
     if backend == "triton" and x.dtype == torch.float64:
-        raise TypeError("multilevel_lif: the Triton kernels compute in float32; float64 needs backend='auto' on CPU")
-    v_init = _check_v_init(v_init, x, True, "multilevel_lif")
+        raise TypeError(f"{name}: the Triton kernels compute in float32; float64 needs backend='auto' on CPU")
+    v_init = _check_v_init(v_init, x, True, name)
     if backend == "reference":
         spikes, v_last = reference.multilevel_lif(x, s_bits, v_th, decay, v_reset, reset, surrogate, alpha,
                                                   detach_reset, v_init)
         return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
-    path = _kernel_path(backend, x.device, "multilevel_lif")
+    triton_on_cpu = _triton_on_cpu(backend, x.device, name)
     x, undo = _time_major_dense(x)
     steps, shape = x.shape[0], x.shape
     x2 = x.reshape(steps, -1).contiguous()
     v2 = None if v_init is None else undo.state_in(v_init).reshape(-1).to(_state_dtype(x.dtype)).contiguous()
-    args = (x2, v2, s_bits, float(v_th), float(decay), float(v_reset), reset == "hard", surrogate, alpha,
-            bool(detach_reset))
-    if path == "op" and torch._C._are_functorch_transforms_active():
-        spikes, v_last, _ = _LifFunction.apply(*args)  # torch.func.grad & co. (see _LifFunction)
-    elif path == "op":
-        # without a backward to come, h (4 bytes per neuron per step in float32) is not written at all
-        save_h = torch.is_grad_enabled() and (x.requires_grad or (v_init is not None and v_init.requires_grad))
-        spikes, v_last, _ = torch.ops.qsnn.lif_forward(*args, save_h)
-    else:
-        spikes, v_last, _ = _TritonInterpreted.apply(*args)
+    # without a backward to come, h (one element per neuron per step) is not written at all
+    save_h = torch._C._are_functorch_transforms_active() or (
+        torch.is_grad_enabled() and (x.requires_grad or (v_init is not None and v_init.requires_grad)))
+    spikes, v_last, _ = _LifFunction.apply(x2, v2, s_bits, float(v_th), float(decay), float(v_reset),
+                                           reset == "hard", surrogate, alpha, bool(detach_reset), save_h,
+                                           triton_on_cpu)
     spikes, v_last = undo.out(spikes.view(shape)), undo.state_out(v_last.view(shape[1:]))
     return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
 
@@ -479,38 +481,30 @@ def multilevel_lif_int(x: torch.Tensor, *, s_bits: int, theta: int, leak_shift: 
     Returns ``(levels uint8 [T, ...], v_T int32 x.shape[1:])``. ``v_init``: int32 ``x.shape[1:]``
     or None (zeros). Raises TypeError (x or v_init not int32), ValueError (s_bits, theta outside
     [1, 2^31), leak_shift outside [0, 31], v_reset outside int32, T = 0, reset, v_init shape),
-    OverflowError if h_t leaves int32 (the C++ kernel checks exactly; for Triton a cheap bound is
-    checked first and the exact recurrence only when the bound fails), BackendUnavailable.
+    OverflowError if some h_t leaves int32 (checked before any kernel runs, on every backend),
+    BackendUnavailable.
     """
-    _check_backend(backend)
-    _check_input(x, "multilevel_lif_int")
+    name = "multilevel_lif_int"
+    check_backend(backend, name)
+    _check_input(x, name)
     check_bits(s_bits, SPIKE_BITS, "s_bits")
     _check_int(theta, "theta", 1, INT32_MAX)
     _check_int(leak_shift, "leak_shift", 0, 31)
     _check_int(v_reset, "v_reset", INT32_MIN, INT32_MAX)
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    check_choice(reset, RESETS, "reset", name)
     if x.dtype != torch.int32:
         hint = " (float input currents: multilevel_lif)" if x.dtype.is_floating_point else ""
-        raise TypeError(f"multilevel_lif_int: x must be int32, got {x.dtype}{hint}")
-    v_init = _check_v_init(v_init, x, False, "multilevel_lif_int")
+        raise TypeError(f"{name}: x must be int32, got {x.dtype}{hint}")
+    v_init = _check_v_init(v_init, x, False, name)
     if backend == "reference":
         return reference.multilevel_lif_int(x, s_bits, theta, leak_shift, v_reset, reset, v_init)
-    path = _kernel_path(backend, x.device, "multilevel_lif_int")
-    if backend == "triton" or x.device.type != "cpu":
-        _check_int_range(x, v_init, v_reset, s_bits, theta, leak_shift, reset)
+    triton_on_cpu = _triton_on_cpu(backend, x.device, name)
+    _check_int_range(x, v_init, v_reset, s_bits, theta, leak_shift, reset)
     steps, shape = x.shape[0], x.shape
     args = (x.reshape(steps, -1).contiguous(), None if v_init is None else v_init.reshape(-1).contiguous(),
             s_bits, theta, leak_shift, v_reset, reset == "hard")
-    try:
-        if path == "op":
-            levels, v_last = torch.ops.qsnn.lif_int(*args)
-        else:
-            levels, v_last = _triton_lif().lif_int_triton(*args)
-    except RuntimeError as exc:
-        if "leaves int32" in str(exc):
-            raise OverflowError(str(exc).splitlines()[0]) from exc
-        raise
+    with _kernels_of(triton_on_cpu):
+        levels, v_last = torch.ops.qsnn.lif_int(*args)
     return levels.view(shape), v_last.view(shape[1:])
 
 
@@ -530,7 +524,7 @@ class MultiLevelLIF(torch.nn.Module):
                  reset: str = "hard", surrogate: str = "atan", alpha: float | None = None,
                  detach_reset: bool = False, stateful: bool = False, backend: str = "auto"):
         super().__init__()
-        _check_backend(backend)
+        check_backend(backend, "MultiLevelLIF")
         self.alpha = _check_float_params(s_bits, v_th, decay, v_reset, reset, surrogate, alpha)
         self.s_bits, self.v_th, self.decay, self.v_reset = s_bits, float(v_th), float(decay), float(v_reset)
         self.reset_mode, self.surrogate, self.detach_reset = reset, surrogate, bool(detach_reset)

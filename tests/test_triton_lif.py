@@ -349,7 +349,7 @@ for dt, hard in itertools.product(("fp32", "fp16", "bf16"), (True, False)):
     ptx = compile_(K._lif_fwd_kernel, {"x_ptr": "*" + dt, "v_init_ptr": "*fp32", "spikes_ptr": "*" + dt,
                    "h_ptr": "*" + dt, "v_last_ptr": "*fp32", **scalars(("T", "N"), "i32"),
                    **scalars(("v_th", "decay", "v_reset"), "fp32")},
-                   dict(LEVELS=15, HARD_RESET=hard, HAS_V_INIT=True, BLOCK=1024), False)
+                   dict(LEVELS=15, HARD_RESET=hard, HAS_V_INIT=True, SAVE_H=True, BLOCK=1024), False)
     # bit-exactness on the GPU rests on these two: IEEE division and no contraction into FMA
     assert "div.rn.f32" in ptx and not re.search(r"\bfma\.", ptx), (dt, hard)
     assert "ld.global.v4" in ptx or dt != "fp32", "aligned float32 rows should load as 16-byte vectors"
@@ -358,7 +358,7 @@ for sur, hard, detach, levels in itertools.product((0, 1, 2), (True, False), (Tr
              "grad_v_init_ptr"), "*fp32"), **scalars(("T", "N", "last"), "i32"),
              **scalars(("v_th", "decay", "v_reset", "alpha", "half_width", "atan_scale"), "fp32")},
              dict(LEVELS=levels, HARD_RESET=hard, SURROGATE=sur, DETACH_RESET=detach, HAS_GRAD_SPIKES=True,
-                  HAS_GRAD_V=True, BLOCK=256), True)
+                  HAS_GRAD_V_LAST=True, BLOCK=256), True)
 for hard in (True, False):
     compile_(K._lif_int_kernel, {"x_ptr": "*i32", "v_init_ptr": "*i32", "levels_ptr": "*u8", "v_last_ptr": "*i32",
              **scalars(("T", "N", "theta", "leak_shift", "v_reset"), "i32")},

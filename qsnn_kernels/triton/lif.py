@@ -13,8 +13,8 @@ Design
 * The forward stores the pre-reset membrane ``h_t`` for the backward, in x's dtype: **4 bytes per
   neuron per step for float32 input, 2 for float16/bfloat16** (``h_t`` is all the backward needs:
   the level, the reset indicator and every surrogate are functions of it).
-  Traffic: forward reads x and writes spikes and h; backward reads grad_spikes and h and writes
-  grad_x (float32): 3 tensors of ``T * N`` elements each way.
+  Traffic: forward reads x and writes spikes and h (spikes only with ``save_h=False``); backward
+  reads grad_spikes and h and writes grad_x (float32): 3 tensors of ``T * N`` elements each way.
 * Internal math is float32 whatever x's dtype; float64 input is rejected (TypeError). With
   float32 input the forward is bit-exact with the reference on CPU: every step rounds as the
   reference does (``fl(fl(decay * v) + x)``, a correctly rounded ``h / v_th`` via ``div_rn``,
@@ -43,11 +43,9 @@ import triton
 import triton.language as tl
 
 from ..bits import SPIKE_BITS, check_bits
+from ..choices import SURROGATES, check_choice
 
-__all__ = ["lif_forward_triton", "lif_backward_triton", "lif_int_triton", "SURROGATE_CODES"]
-
-SURROGATE_CODES = {"rect": 0, "atan": 1, "sigmoid": 2}
-"""Kernel codes of :data:`qsnn_kernels.reference.SURROGATES` (a tl.constexpr in the backward)."""
+__all__ = ["lif_forward_triton", "lif_backward_triton", "lif_int_triton"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -61,24 +59,32 @@ def _clamp_keep_nan(q, hi: tl.constexpr):
 
 
 @triton.jit
+def _initial_state(ptr, offs, mask, PRESENT: tl.constexpr, BLOCK: tl.constexpr, DTYPE: tl.constexpr):
+    # the carried state at the start of the time loop: loaded if the tensor was given, else zeros
+    if PRESENT:
+        state = tl.load(ptr + offs, mask=mask, other=0).to(DTYPE)
+    else:
+        state = tl.zeros([BLOCK], dtype=DTYPE)
+    return state
+
+
+@triton.jit
 def _lif_fwd_kernel(
     x_ptr, v_init_ptr, spikes_ptr, h_ptr, v_last_ptr,
     T, N, v_th, decay, v_reset,
-    LEVELS: tl.constexpr, HARD_RESET: tl.constexpr, HAS_V_INIT: tl.constexpr, BLOCK: tl.constexpr,
+    LEVELS: tl.constexpr, HARD_RESET: tl.constexpr, HAS_V_INIT: tl.constexpr, SAVE_H: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    if HAS_V_INIT:
-        v = tl.load(v_init_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        v = tl.zeros([BLOCK], dtype=tl.float32)
+    v = _initial_state(v_init_ptr, offs, mask, HAS_V_INIT, BLOCK, tl.float32)
     x_ptrs = x_ptr + offs  # pointer arithmetic is 64-bit: T * N may exceed 2^31
     s_ptrs = spikes_ptr + offs
     h_ptrs = h_ptr + offs
     x = tl.load(x_ptrs, mask=mask, other=0.0)
     for t in range(T):
-        # the next step's load goes out before this step's arithmetic: two steps in flight, which
-        # matters when N alone cannot fill the memory pipeline (e.g. T=16, N=2^18 on an H200)
+        # the next step's load goes out before this step's arithmetic: two steps in flight, for
+        # when N alone cannot fill the memory pipeline
         x_next = tl.load(x_ptrs + N, mask=mask & (t + 1 < T), other=0.0)
         h = decay * v + x.to(tl.float32)
         q = tl.floor(tl.div_rn(h, v_th))  # correctly rounded, as torch divides on the CPU
@@ -89,7 +95,8 @@ def _lif_fwd_kernel(
         else:
             v = h - level * v_th
         tl.store(s_ptrs, (level * v_th).to(spikes_ptr.dtype.element_ty), mask=mask)
-        tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=mask)
+        if SAVE_H:
+            tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=mask)
         x = x_next
         x_ptrs += N
         s_ptrs += N
@@ -99,7 +106,7 @@ def _lif_fwd_kernel(
 
 @triton.jit
 def _surrogate_sum(u, alpha, half_width, atan_scale, LEVELS: tl.constexpr, SURROGATE: tl.constexpr):
-    """``sum_{l=1..LEVELS} g'(u - l)`` for the surrogate code SURROGATE (see SURROGATE_CODES)."""
+    """``sum_{l=1..LEVELS} g'(u - l)`` for the surrogate code SURROGATE (qsnn_kernels.choices.SURROGATES)."""
     if SURROGATE == 0:
         # rect: alpha * #{integer l in [1, LEVELS] : |u - l| < half_width}; NaN/inf count 0
         lo = tl.floor(u - half_width) + 1.0
@@ -129,14 +136,11 @@ def _lif_bwd_kernel(
     grad_spikes_ptr, grad_v_last_ptr, h_ptr, grad_x_ptr, grad_v_init_ptr,
     T, N, last, v_th, decay, v_reset, alpha, half_width, atan_scale,
     LEVELS: tl.constexpr, HARD_RESET: tl.constexpr, SURROGATE: tl.constexpr, DETACH_RESET: tl.constexpr,
-    HAS_GRAD_SPIKES: tl.constexpr, HAS_GRAD_V: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_GRAD_SPIKES: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    if HAS_GRAD_V:
-        dv = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        dv = tl.zeros([BLOCK], dtype=tl.float32)
+    dv = _initial_state(grad_v_last_ptr, offs, mask, HAS_GRAD_V_LAST, BLOCK, tl.float32)
     h_ptrs = h_ptr + last + offs
     gs_ptrs = grad_spikes_ptr + last + offs
     gx_ptrs = grad_x_ptr + last + offs
@@ -165,6 +169,10 @@ def _lif_bwd_kernel(
             else:
                 dv_dh = 1.0 - stair
         dh = dv * dv_dh
+        if not HAS_GRAD_V_LAST:
+            # t == 0 is step T, whose v_T received no gradient: its membrane path contributes
+            # nothing, as in the reference's autograd (not 0 * dv_dh, which is NaN for a NaN h)
+            dh = tl.where(t == 0, 0.0, dh)
         if HAS_GRAD_SPIKES:
             dh += gs.to(tl.float32) * stair
             gs = gs_next
@@ -185,10 +193,7 @@ def _lif_int_kernel(
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    if HAS_V_INIT:
-        v = tl.load(v_init_ptr + offs, mask=mask, other=0)
-    else:
-        v = tl.zeros([BLOCK], dtype=tl.int32)
+    v = _initial_state(v_init_ptr, offs, mask, HAS_V_INIT, BLOCK, tl.int32)
     x_ptrs = x_ptr + offs
     s_ptrs = levels_ptr + offs
     x = tl.load(x_ptrs, mask=mask, other=0)
@@ -255,13 +260,14 @@ def _check_2d(name: str, t: torch.Tensor, shape=None, dtypes=None) -> torch.Tens
     return t.contiguous()
 
 
-def lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset):
+def lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, save_h=True):
     """Float forward over all T in one launch.
 
     ``x``: ``[T, N]`` float32 (or float16/bfloat16 on a GPU), T >= 1; ``v_init``: ``[N]`` float32
     or None (zeros). Returns ``(spikes, v_last, h)``: spike values ``level * v_th`` ``[T, N]`` in
     x's dtype, the final membrane ``[N]`` float32, and the pre-reset membrane ``h`` ``[T, N]`` in
-    x's dtype (saved for :func:`lif_backward_triton`). Math in float32; for float32 x the result
+    x's dtype (saved for :func:`lif_backward_triton`; ``[0, N]``, never written, when ``save_h``
+    is False). Math in float32; for float32 x the result
     equals :func:`qsnn_kernels.reference.multilevel_lif` on the CPU bit for bit (NaN propagates
     as there). Raises ValueError/TypeError on a bad shape or dtype.
     """
@@ -273,14 +279,15 @@ def lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset):
     if v_init is not None:
         v_init = _check_2d("v_init", v_init, shape=(n,), dtypes=(torch.float32,))
     spikes = torch.empty_like(x)
-    h = torch.empty_like(x)
+    h = torch.empty((t_steps if save_h else 0, n), dtype=x.dtype, device=x.device)
     v_last = torch.empty(n, dtype=torch.float32, device=x.device)
     if n:
         _run(
             _lif_fwd_kernel, n, x.device,
-            x, v_init if v_init is not None else x, spikes, h, v_last,
+            x, v_init if v_init is not None else x, spikes, h if save_h else spikes, v_last,
             t_steps, n, float(v_th), float(decay), float(v_reset),
             LEVELS=(1 << s_bits) - 1, HARD_RESET=bool(hard_reset), HAS_V_INIT=v_init is not None,
+            SAVE_H=bool(save_h),
         )
     return spikes, v_last, h
 
@@ -290,16 +297,17 @@ def lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_rese
     """BPTT over all T in one launch (reverse loop), from the saved ``h`` alone.
 
     ``grad_spikes``: ``[T, N]`` (any float dtype) or None (zero); ``grad_v_last``: ``[N]`` or None
-    (zero); ``h``: from :func:`lif_forward_triton`. ``surrogate`` in {"rect", "atan", "sigmoid"},
-    ``alpha`` its resolved (non-None) parameter. Returns ``(grad_x [T, N] float32,
-    grad_v_init [N] float32)``, equal to autograd of :func:`qsnn_kernels.reference.multilevel_lif`
-    up to float32 rounding of the surrogate terms.
+    (v_T received no gradient: the last step's membrane path then contributes nothing, as in the
+    reference's autograd, even where that path is NaN); ``h``: from :func:`lif_forward_triton`.
+    ``surrogate`` a name of :data:`qsnn_kernels.choices.SURROGATES`, ``alpha`` its resolved
+    (non-None) parameter. Returns ``(grad_x [T, N] float32, grad_v_init [N] float32)``, equal to
+    autograd of :func:`qsnn_kernels.reference.multilevel_lif` up to float32 rounding of the
+    surrogate terms. Raises ValueError/TypeError on a bad shape, dtype, surrogate or alpha.
     """
     check_bits(s_bits, SPIKE_BITS, "s_bits")
     h = _check_2d("h", h, dtypes=FLOAT_DTYPES)
     t_steps, n = h.shape
-    if surrogate not in SURROGATE_CODES:
-        raise ValueError(f"surrogate must be one of {tuple(SURROGATE_CODES)}, got {surrogate!r}")
+    check_choice(surrogate, tuple(SURROGATES), "surrogate", "lif_backward")
     if alpha is None or not alpha > 0:
         raise ValueError(f"alpha must be a resolved positive float, got {alpha!r}")
     if grad_spikes is not None:
@@ -315,9 +323,9 @@ def lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_rese
             grad_spikes if grad_spikes is not None else h, grad_v_last if grad_v_last is not None else h,
             h, grad_x, grad_v_init,
             t_steps, n, (t_steps - 1) * n, float(v_th), float(decay), float(v_reset), alpha, 0.5 / alpha, math.pi / 2 * alpha,
-            LEVELS=(1 << s_bits) - 1, HARD_RESET=bool(hard_reset), SURROGATE=SURROGATE_CODES[surrogate],
+            LEVELS=(1 << s_bits) - 1, HARD_RESET=bool(hard_reset), SURROGATE=SURROGATES[surrogate],
             DETACH_RESET=bool(detach_reset), HAS_GRAD_SPIKES=grad_spikes is not None,
-            HAS_GRAD_V=grad_v_last is not None, fp_fusion=True,
+            HAS_GRAD_V_LAST=grad_v_last is not None, fp_fusion=True,
         )
     elif n:
         grad_v_init.copy_(grad_v_last if grad_v_last is not None else torch.zeros_like(grad_v_init))
