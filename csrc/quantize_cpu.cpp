@@ -1,12 +1,13 @@
 // Per-output-channel weight quantization (Eq. 5) on the CPU: codes + scales, or the dequantized
-// weight scale * q in one pass, for the models' every training step. The oracle is
-// qsnn_kernels/reference.py quantize_weight; for W >= 2 the same float32 operations in the same
-// order (amax / qmax, round-half-even of w / scale, clamp), so results are bit-identical; for
-// W = 1 the scale mean|w| is summed in double, as the reference does, but in another order: the
-// float32 scales are equal except, rarely, by one rounding; the codes sign(w) are identical.
+// weight scale * q in one pass. The oracle is qsnn_kernels/reference.py quantize_weight and
+// dequantize_weight: a weight of any float dtype is rounded to float32 first; for W >= 2 the same
+// float32 operations in the same order (amax / qmax, round-half-even of w / scale, clamp), so
+// results are bit-identical; for W = 1 the scale mean|w| is summed in double, as the reference
+// does, but in another order: the float32 scales are equal except, rarely, by one rounding; the
+// codes sign(w) are identical. The dequantized weight comes back in the weight's dtype.
 // spike_levels: spike values x = level * scale -> integer levels (int8/uint8) in one pass, counting
-// the elements that are not such values (the forward of the int8 spike-input layers, models/int8.py).
-// The Python API (qsnn_kernels/quantize.py) validates before calling; these checks are the last guard.
+// the elements that are not such values (qsnn_kernels/quantize.py spike_levels states the formula).
+// The Python API validates before calling; these checks are the last guard.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -18,6 +19,7 @@
 #include <algorithm>
 #include <tuple>
 
+#include "contract.h"
 #include "cpu_features.h"
 
 namespace qsnn {
@@ -125,10 +127,11 @@ void quantize_rows(const float* w, int64_t rows, int64_t k, int bits, float* sca
   }
 }
 
-void check_weight(const at::Tensor& w, int64_t bits, const char* name) {
-  TORCH_CHECK(bits == 1 || bits == 2 || bits == 4 || bits == 8, name, ": w_bits must be 1, 2, 4 or 8");
-  TORCH_CHECK(w.scalar_type() == at::kFloat, name, ": float32 weight expected, got ", w.scalar_type());
-  TORCH_CHECK(w.dim() >= 1 && w.size(0) > 0 && w.numel() > 0, name, ": need a non-empty weight [N, ...]");
+void check_weight(const at::Tensor& w, int64_t bits, const char* op) {
+  check_bits(bits, op, "w_bits");
+  TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), op, ": a float weight is expected, got ", w.scalar_type());
+  TORCH_CHECK_VALUE(w.dim() >= 1 && w.size(0) > 0 && w.numel() > 0, op, ": need a non-empty weight [N, ...], got ",
+                    w.sizes());
 }
 
 // The weight as is when each output channel is one dense block of memory in any inner order (a
@@ -142,7 +145,7 @@ at::Tensor channel_blocks(const at::Tensor& w) {
 
 std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& w, int64_t bits) {
   check_weight(w, bits, "quantize_weight");
-  const at::Tensor x = channel_blocks(w);
+  const at::Tensor x = channel_blocks(w.to(at::kFloat));  // the reference rounds to float32 first
   const int64_t rows = x.size(0), k = x.numel() / rows;
   at::Tensor codes = at::empty_like(x, x.options().dtype(at::kChar));
   at::Tensor scales = at::empty({rows}, x.options());
@@ -153,23 +156,24 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& w, int6
 
 at::Tensor dequantized_weight_cpu(const at::Tensor& w, int64_t bits) {
   check_weight(w, bits, "dequantized_weight");
-  const at::Tensor x = channel_blocks(w);
+  const at::Tensor x = channel_blocks(w.to(at::kFloat));
   const int64_t rows = x.size(0), k = x.numel() / rows;
   at::Tensor deq = at::empty_like(x);
   at::Tensor scales = at::empty({rows}, x.options());
   quantize_rows(x.data_ptr<float>(), rows, k, static_cast<int>(bits), scales.data_ptr<float>(), nullptr,
                 deq.data_ptr<float>());
-  return deq;
+  return deq.to(w.scalar_type());
 }
 
 // Levels of x[0, n): lv = rint(x * inv) (x itself when scale is 1), valid when 0 <= lv <= top and
-// lv * scale == x exactly (the float32 operations of models/int8.py's former torch code); invalid
-// elements are written as 0. Returns how many were invalid.
-int64_t levels_scalar(const float* x, int64_t n, float inv, float scale, bool unit, float top, uint8_t* out) {
+// lv * scale == x exactly, in T (float or double); invalid elements are written as 0. Returns how
+// many were invalid.
+template <typename T>
+int64_t levels_scalar(const T* x, int64_t n, T inv, T scale, bool unit, T top, uint8_t* out) {
   int64_t bad = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float lv = std::nearbyint(unit ? x[i] : x[i] * inv);
-    const bool good = lv >= 0.0f && lv <= top && (unit ? lv : lv * scale) == x[i];
+    const T lv = std::nearbyint(unit ? x[i] : x[i] * inv);
+    const bool good = lv >= T(0) && lv <= top && (unit ? lv : lv * scale) == x[i];
     bad += !good;
     out[i] = good ? static_cast<uint8_t>(static_cast<int>(lv)) : 0;
   }
@@ -191,20 +195,22 @@ __attribute__((target("avx2,popcnt"))) int64_t levels_avx2(const float* x, int64
     const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(q16, q16));
   }
-  return bad + levels_scalar(x + i, n - i, inv, scale, unit, top, out + i);
+  return bad + levels_scalar<float>(x + i, n - i, inv, scale, unit, top, out + i);
 }
 
-std::tuple<at::Tensor, at::Tensor> spike_levels_cpu(const at::Tensor& x, double scale, int64_t bits, bool is_signed) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "spike_levels: float32 spikes expected, got ", x.scalar_type());
-  TORCH_CHECK(bits >= 1 && bits <= (is_signed ? 7 : 8), "spike_levels: bits must be 1..", is_signed ? 7 : 8);
-  TORCH_CHECK(scale > 0.0, "spike_levels: scale must be > 0");
-  const at::Tensor xc = x.is_non_overlapping_and_dense() ? x : x.contiguous();
-  at::Tensor out = at::empty_like(xc, xc.options().dtype(is_signed ? at::kChar : at::kByte));
-  const int64_t n = xc.numel();
-  const float* src = xc.data_ptr<float>();
-  auto* dst = static_cast<uint8_t*>(out.data_ptr());
-  const float inv = static_cast<float>(1.0 / scale), s = static_cast<float>(scale);
-  const float top = static_cast<float>((1 << bits) - 1);
+// Levels of one chunk: the AVX2 loop for float32, the scalar loop otherwise.
+int64_t chunk_levels(const float* x, int64_t n, double scale, bool unit, double top, bool avx2, uint8_t* out) {
+  const float inv = static_cast<float>(1.0 / scale), s = static_cast<float>(scale), t = static_cast<float>(top);
+  return avx2 ? levels_avx2(x, n, inv, s, unit, t, out) : levels_scalar<float>(x, n, inv, s, unit, t, out);
+}
+
+int64_t chunk_levels(const double* x, int64_t n, double scale, bool unit, double top, bool, uint8_t* out) {
+  return levels_scalar<double>(x, n, 1.0 / scale, scale, unit, top, out);
+}
+
+// All n elements, in chunks over the OpenMP threads; returns how many were invalid.
+template <typename T>
+int64_t all_levels(const T* x, int64_t n, double scale, double top, uint8_t* out) {
   const bool unit = scale == 1.0, avx2 = cpu_has_avx2();
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -212,9 +218,24 @@ std::tuple<at::Tensor, at::Tensor> spike_levels_cpu(const at::Tensor& x, double 
 #pragma omp parallel for schedule(static) reduction(+ : bad) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
-    bad += avx2 ? levels_avx2(src + lo, len, inv, s, unit, top, dst + lo)
-                : levels_scalar(src + lo, len, inv, s, unit, top, dst + lo);
+    bad += chunk_levels(x + lo, len, scale, unit, top, avx2, out + lo);
   }
+  return bad;
+}
+
+// float16/bfloat16 spikes are read as float32 (exact), float64 as they are.
+std::tuple<at::Tensor, at::Tensor> spike_levels_cpu(const at::Tensor& x, double scale, int64_t s_bits, bool is_signed) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "spike_levels: float spikes expected, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(s_bits >= 1 && s_bits <= (is_signed ? 7 : 8), "spike_levels: s_bits must be 1..",
+                    is_signed ? 7 : 8, " for ", is_signed ? "int8" : "uint8", ", got ", s_bits);
+  TORCH_CHECK_VALUE(scale > 0.0, "spike_levels: scale must be > 0, got ", scale);
+  const at::Tensor x2 = x.scalar_type() == at::kDouble ? x : x.to(at::kFloat);
+  const at::Tensor xc = x2.is_non_overlapping_and_dense() ? x2 : x2.contiguous();
+  at::Tensor out = at::empty_like(xc, xc.options().dtype(is_signed ? at::kChar : at::kByte));
+  auto* dst = static_cast<uint8_t*>(out.data_ptr());
+  const double top = static_cast<double>((1 << s_bits) - 1);
+  const int64_t bad = xc.scalar_type() == at::kDouble ? all_levels(xc.data_ptr<double>(), xc.numel(), scale, top, dst)
+                                                       : all_levels(xc.data_ptr<float>(), xc.numel(), scale, top, dst);
   return {out, at::scalar_tensor(bad, x.options().dtype(at::kLong))};
 }
 

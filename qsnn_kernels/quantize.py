@@ -1,17 +1,26 @@
-"""Per-output-channel weight quantization (Eq. 5): ``quantize_weight`` and ``dequantized_weight``
-(ops ``qsnn::quantize_weight`` / ``qsnn::dequantized_weight``), what a quantized layer computes on
-every training step; and ``spike_levels`` (``qsnn::spike_levels``), spike values to their integer
-levels with a check, the input side of the int8 layers (models/int8.py).
+"""Per-output-channel weight quantization (Eq. 5) and spike values to levels: the ops
+``qsnn::quantize_weight``, ``qsnn::dequantized_weight`` (what a quantized layer computes on every
+training step) and ``qsnn::spike_levels`` (the input side of the integer layers), with their
+functional API.
 
-Oracle and contract: :func:`qsnn_kernels.reference.quantize_weight` (its docstring states it,
-special values included: a channel with a NaN or inf gets scale NaN, so its dequantized weights
-and the layer's output are NaN, never finite stand-ins; a zero or underflowing scale becomes 1
-with codes 0). Kernel: csrc/quantize_cpu.cpp (one pass over the weight after its per-channel max;
-OpenMP, AVX2), for float32 weights on the CPU. For W >= 2 it is bit-identical to the reference,
-special values included; for W = 1 the codes are identical and the scale ``mean|w|`` is summed in
-double as the reference does, in another order (equal, or rarely one float32 rounding apart).
-``backend="auto"`` runs that kernel on a float32 CPU weight and the reference's torch operations on
-any other device or dtype (a GPU runs those at full speed).
+Oracle and contract: :func:`qsnn_kernels.reference.quantize_weight` and
+:func:`qsnn_kernels.reference.dequantize_weight` (special values included: a channel with a NaN or
+inf gets scale NaN, so its dequantized weights and the layer's output are NaN, never finite
+stand-ins; a zero or underflowing scale becomes 1 with codes 0). A weight of any float dtype is
+first rounded to float32, as the reference does.
+
+Backends (``backend=``, from :data:`qsnn_kernels.choices.BACKENDS`):
+
+* ``"auto"``: the op, dispatched by device. CPU: the C++ kernel (csrc/quantize_cpu.cpp, OpenMP,
+  AVX2) for every float dtype; for W >= 2 it is bit-identical to the reference, special values
+  included; for W = 1 the codes are identical and the scale ``mean|w|`` is summed in double as the
+  reference does, in another order (equal, or rarely one float32 rounding apart). CUDA: the
+  reference's torch formula registered as the op's CUDA kernel (bit-identical to the reference).
+  Any other device, or a CPU without the compiled extension, raises
+  :class:`~qsnn_kernels.BackendUnavailable`.
+* ``"reference"``: :mod:`qsnn_kernels.reference` itself, on any device.
+
+Nothing falls back from one to the other.
 """
 
 from __future__ import annotations
@@ -20,19 +29,22 @@ import torch
 
 from . import _extension, reference
 from .bits import WEIGHT_BITS, check_bits
+from .choices import check_backend
+from .deprecation import NOT_GIVEN, renamed_keyword
 
 __all__ = ["dequantized_weight", "quantize_weight", "spike_levels"]
 
-BACKENDS = ("auto", "reference")
+_OFFERED = ("auto", "reference")
+"""The backends these ops offer (a subset of choices.BACKENDS)."""
 
 torch.library.define("qsnn::quantize_weight", "(Tensor w, int w_bits) -> (Tensor, Tensor)")
 torch.library.define("qsnn::dequantized_weight", "(Tensor w, int w_bits) -> Tensor")
-torch.library.define("qsnn::spike_levels", "(Tensor x, float scale, int bits, bool is_signed) -> (Tensor, Tensor)")
+torch.library.define("qsnn::spike_levels", "(Tensor x, float scale, int s_bits, bool is_signed) -> (Tensor, Tensor)")
 
 
 @torch.library.register_fake("qsnn::quantize_weight")
 def _quantize_weight_fake(w, w_bits):
-    return w.new_empty(w.shape, dtype=torch.int8), w.new_empty((w.shape[0],))
+    return w.new_empty(w.shape, dtype=torch.int8), w.new_empty((w.shape[0],), dtype=torch.float32)
 
 
 @torch.library.register_fake("qsnn::dequantized_weight")
@@ -41,76 +53,120 @@ def _dequantized_weight_fake(w, w_bits):
 
 
 @torch.library.register_fake("qsnn::spike_levels")
-def _spike_levels_fake(x, scale, bits, is_signed):
+def _spike_levels_fake(x, scale, s_bits, is_signed):
     return torch.empty_like(x, dtype=torch.int8 if is_signed else torch.uint8), x.new_empty((), dtype=torch.long)
 
 
-def _check(w, w_bits: int, backend: str, name: str) -> bool:
-    """Validate; True when the compiled kernel runs."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+# --------------------------------------------------------------------------- CUDA kernels: the reference formulas
+
+
+def _quantize_weight_cuda(w, w_bits):
+    return reference.quantize_weight(w, w_bits)
+
+
+def _dequantized_weight_cuda(w, w_bits):
+    return reference.dequantize_weight(w, w_bits)
+
+
+def _spike_levels_torch(x: torch.Tensor, scale: float, s_bits: int, is_signed: bool):
+    """The levels and the count of elements that are not spikes, in torch operations (the formula
+    of :func:`spike_levels`; float16/bfloat16 are computed in float32, exactly)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.to(torch.float32)
+    top = (1 << s_bits) - 1
+    levels = torch.round(x * (1.0 / scale)) if scale != 1.0 else torch.round(x)
+    good = ((levels * scale if scale != 1.0 else levels) == x) & (levels >= 0) & (levels <= top)
+    out = torch.where(good, levels, 0).to(torch.int8 if is_signed else torch.uint8)
+    return out, (~good).sum()
+
+
+torch.library.register_kernel("qsnn::quantize_weight", "cuda", _quantize_weight_cuda)
+torch.library.register_kernel("qsnn::dequantized_weight", "cuda", _dequantized_weight_cuda)
+torch.library.register_kernel("qsnn::spike_levels", "cuda", _spike_levels_torch)
+
+
+# --------------------------------------------------------------------------- functional API
+
+
+def _check_weight(w, w_bits: int, backend: str, op: str) -> None:
+    check_backend(backend, op, allowed=_OFFERED)
     if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-        raise TypeError(f"{name}: w must be a float tensor, got {getattr(w, 'dtype', type(w).__name__)}")
+        raise TypeError(f"{op}: w must be a float tensor, got {getattr(w, 'dtype', type(w).__name__)}")
     if w.dim() < 1 or w.numel() == 0:
-        raise ValueError(f"{name}: need a non-empty weight [N, ...], got shape {tuple(w.shape)}")
+        raise ValueError(f"{op}: need a non-empty weight [N, ...], got shape {tuple(w.shape)}")
     check_bits(w_bits, WEIGHT_BITS, "w_bits")
-    if backend == "reference" or w.device.type != "cpu" or w.dtype != torch.float32:
-        return False
-    _extension.require("cpu")
-    return True
+    if backend == "auto":
+        _require_op(w.device, op)
+
+
+def _require_op(device: torch.device, op: str) -> None:
+    """BackendUnavailable unless the op has a kernel for ``device`` (CPU: the compiled extension)."""
+    if device.type == "cpu":
+        _extension.require("cpu")
+    elif device.type != "cuda":
+        raise _extension.BackendUnavailable(f"{op}: no kernel for device type {device.type!r}; "
+                                            f'backend="reference" runs the torch formula there')
 
 
 def quantize_weight(w: torch.Tensor, w_bits: int, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``q`` (int8, ``w``'s shape) and scales (float32 ``[N]``) with ``w ~ scale[n] * q[n, ...]``,
-    as :func:`qsnn_kernels.reference.quantize_weight`. No gradient (``w`` is read detached).
-    Raises TypeError on a non-float ``w``, ValueError on an empty one or ``w_bits`` outside {1, 2, 4, 8}."""
-    if not _check(w, w_bits, backend, "quantize_weight"):
+    as :func:`qsnn_kernels.reference.quantize_weight` (module docstring: backends, exactness).
+    No gradient (``w`` is read detached). Raises TypeError on a non-float ``w``; ValueError on an
+    empty one, ``w_bits`` outside {1, 2, 4, 8} or an unknown backend; BackendUnavailable when the
+    backend has no kernel for ``w``'s device."""
+    _check_weight(w, w_bits, backend, "quantize_weight")
+    if backend == "reference":
         return reference.quantize_weight(w, w_bits)
     return torch.ops.qsnn.quantize_weight(w.detach(), w_bits)
 
 
 def dequantized_weight(w: torch.Tensor, w_bits: int, *, backend: str = "auto") -> torch.Tensor:
-    """``scale * q`` in ``w``'s dtype and shape (the fake-quantized weight's values), without the codes:
-    one pass on the CPU kernel. No gradient; errors as :func:`quantize_weight`."""
-    if not _check(w, w_bits, backend, "dequantized_weight"):
-        q, scale = reference.quantize_weight(w, w_bits)
-        return (q.to(torch.float32) * scale.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
+    """``scale * q`` in ``w``'s dtype and layout (the values of
+    :func:`qsnn_kernels.reference.dequantize_weight`) without the codes: one pass on the CPU kernel.
+    No gradient; errors as :func:`quantize_weight`."""
+    _check_weight(w, w_bits, backend, "dequantized_weight")
+    if backend == "reference":
+        return reference.dequantize_weight(w, w_bits)
     return torch.ops.qsnn.dequantized_weight(w.detach(), w_bits)
 
 
-def spike_levels(x: torch.Tensor, scale: float, bits: int, dtype: torch.dtype = torch.uint8, *,
-                 backend: str = "auto") -> torch.Tensor:
-    """The integer levels of spike values ``x = level * scale``, level in ``[0, 2^bits - 1]``, as
-    ``dtype`` (uint8, or int8 for bits <= 7) in ``x``'s shape (and layout, when dense): one pass on
-    the CPU kernel for a float32 CPU ``x``, torch operations otherwise (``backend="reference"``
-    forces them). Exact: ``level = round(x * (1 / scale))`` in float32, valid when
-    ``level * scale == x``. No gradient.
+def spike_levels(x: torch.Tensor, scale: float, s_bits: int = NOT_GIVEN, dtype: torch.dtype = torch.uint8, *,
+                 backend: str = "auto", bits: int = NOT_GIVEN) -> torch.Tensor:
+    """The integer levels of spike values ``x = level * scale``, level in ``[0, 2^s_bits - 1]``, as
+    ``dtype`` (uint8, or int8 for s_bits <= 7) in ``x``'s shape (and layout, when dense). The one
+    checked conversion from spike values to levels.
+
+    Exact: ``level = round(x * (1 / scale))`` (``round(x)`` when scale is 1), valid when
+    ``level * scale == x`` and ``0 <= level <= 2^s_bits - 1``, computed in ``x``'s dtype (float32
+    for float16/bfloat16, whose values float32 holds exactly). ``backend="auto"``: the op by
+    device (CPU: the C++ kernel, one pass; CUDA: the same formula in torch operations);
+    ``"reference"``: that formula in torch operations on any device. No gradient. One host sync
+    (the count of invalid elements decides the error).
 
     Raises ValueError naming the range when any element is not such a value (a NaN or inf
-    included), or on bits outside 1..8 (1..7 for int8), scale <= 0 or an unknown backend;
-    TypeError on a non-float ``x`` or another dtype."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    included), or on ``s_bits`` outside 1..8 (1..7 for int8: a level is any such integer, not only
+    a packed width), scale <= 0 or an unknown
+    backend; TypeError on a non-float ``x`` or another ``dtype``; BackendUnavailable as
+    :func:`quantize_weight`. ``bits=`` is the deprecated former name of ``s_bits``."""
+    s_bits = renamed_keyword("spike_levels", "s_bits", s_bits, "bits", bits)
+    check_backend(backend, "spike_levels", allowed=_OFFERED)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"spike_levels: x must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if dtype not in (torch.uint8, torch.int8):
         raise TypeError(f"spike_levels: dtype must be torch.uint8 or torch.int8, got {dtype}")
     max_bits = 7 if dtype == torch.int8 else 8
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= max_bits:
-        raise ValueError(f"spike_levels: bits must be an int in 1..{max_bits} for {dtype}, got {bits!r}")
-    if not scale > 0:
-        raise ValueError(f"spike_levels: scale must be > 0, got {scale!r}")
-    top = (1 << bits) - 1
-    if backend == "auto" and x.device.type == "cpu" and x.dtype == torch.float32:
-        _extension.require("cpu")
-        levels, bad = torch.ops.qsnn.spike_levels(x.detach(), float(scale), bits, dtype == torch.int8)
-        ok = bad.item() == 0
+    if isinstance(s_bits, bool) or not isinstance(s_bits, int) or not 1 <= s_bits <= max_bits:
+        raise ValueError(f"spike_levels: s_bits must be an int in 1..{max_bits} for {dtype}, got {s_bits!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"spike_levels: scale must be a number > 0, got {scale!r}")
+    is_signed = dtype == torch.int8
+    if backend == "reference":
+        levels, bad = _spike_levels_torch(x.detach(), float(scale), s_bits, is_signed)
     else:
-        xd = x.detach()
-        levels = torch.round(xd * (1.0 / scale)) if scale != 1.0 else torch.round(xd)
-        ok = levels.numel() == 0 or bool(((levels * scale == xd) & (levels >= 0) & (levels <= top)).all())
-        levels = levels.clamp(0, top).nan_to_num(0).to(dtype)
-    if not ok:
-        raise ValueError(f"not {bits}-bit spikes: every element must be level * {scale} with an integer level in "
-                         f"0..{top}; values in [{x.min().item()}, {x.max().item()}]")
+        _require_op(x.device, "spike_levels")
+        levels, bad = torch.ops.qsnn.spike_levels(x.detach(), float(scale), s_bits, is_signed)
+    if bad.item():
+        top = (1 << s_bits) - 1
+        raise ValueError(f"not {s_bits}-bit spikes: every element must be level * {scale} with an integer level in "
+                         f"0..{top}; {bad.item()} element(s) are not, values in [{x.min().item()}, {x.max().item()}]")
     return levels

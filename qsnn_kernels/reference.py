@@ -137,12 +137,15 @@ def quantize_weight(w: torch.Tensor, w_bits: int) -> tuple[torch.Tensor, torch.T
     return q.to(torch.int8).reshape(w.shape), scale
 
 
+def dequantize_weight(w: torch.Tensor, w_bits: int) -> torch.Tensor:
+    """``scale * q`` of :func:`quantize_weight`, computed in float32 and returned in ``w``'s dtype; no gradient."""
+    q, scale = quantize_weight(w, w_bits)
+    return (q.to(torch.float32) * scale.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
+
+
 def fake_quantize_weight(w: torch.Tensor, w_bits: int) -> torch.Tensor:
     """``scale * q`` in ``w``'s dtype with a straight-through gradient (identity) to ``w``."""
-    q, scale = quantize_weight(w, w_bits)
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    wq = (q.to(torch.float32) * scale.reshape(shape)).to(w.dtype)
-    return w + (wq - w).detach()
+    return w + (dequantize_weight(w, w_bits) - w).detach()
 
 
 # --------------------------------------------------------------------------- bit-serial GEMM (Eq. 3)

@@ -1,13 +1,15 @@
-"""qsnn_kernels.quantize (csrc/quantize_cpu.cpp): weights against reference.quantize_weight
-(bit-identical for W >= 2; identical codes and a scale at most one float32 rounding apart for W = 1)
-and spike_levels against its torch path; odd shapes, layouts, bad input."""
+"""qsnn_kernels.quantize (csrc/quantize_cpu.cpp and the CUDA kernels): weights against
+reference.quantize_weight / dequantize_weight (bit-identical for W >= 2; identical codes and a
+scale at most one float32 rounding apart for W = 1) in every float dtype, and spike_levels
+against its torch formula; explicit backends (no fallback), typed C++ errors, odd shapes, layouts,
+bad input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from qsnn_kernels import reference
+from qsnn_kernels import BackendUnavailable, _extension, quantize, reference
 from qsnn_kernels.quantize import dequantized_weight, quantize_weight, spike_levels
 
 SHAPES = [(1, 1), (1, 31), (3, 33), (2, 273), (5, 4, 3, 3), (64, 7, 1, 1), (17, 1)]
@@ -52,14 +54,80 @@ def test_rounding_ties_and_clamp_edges():
         assert q.tolist() == [[7, 0, 2, 2, 0, -2, -2, 4, -7, 6]]
 
 
-def test_non_contiguous_and_other_devices_or_dtypes():
+def test_non_contiguous():
     w = _weight((8, 40), 3).t()                             # [40, 8], non-contiguous
     for w_bits in (1, 4):
         assert torch.equal(quantize_weight(w, w_bits)[0], reference.quantize_weight(w, w_bits)[0])
-    w64 = w.double()                                         # not float32: the reference path
-    q, scale = quantize_weight(w64, 4)
-    assert torch.equal(q, reference.quantize_weight(w64, 4)[0])
-    assert dequantized_weight(w64, 4).dtype == torch.float64
+
+
+def _scale_times_codes(w, w_bits):
+    """The dequantized weight written out from the reference's codes and scales."""
+    q, scale = reference.quantize_weight(w, w_bits)
+    return (q.to(torch.float32) * scale.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("w_bits", [1, 2, 4, 8])
+def test_every_float_dtype_is_the_reference_exactly(dtype, w_bits):
+    """The dequantized weight a float64 (or half) training step computes, on every path: the CPU
+    kernel (backend="auto"), the reference, and the CUDA kernel's function (run on CPU tensors
+    here): all equal scale * q from the reference's codes, in w's dtype, exactly (W = 1: the CPU
+    kernel's scale may be one float32 rounding off)."""
+    w = _weight((5, 4, 3, 3), 7).to(dtype)
+    expected = _scale_times_codes(w, w_bits)
+    cuda_kernel = quantize._dequantized_weight_cuda(w, w_bits)
+    ref = dequantized_weight(w, w_bits, backend="reference")
+    auto = dequantized_weight(w, w_bits)
+    for out in (cuda_kernel, ref, auto):
+        assert out.dtype == dtype and out.shape == w.shape
+    assert torch.equal(cuda_kernel, expected) and torch.equal(ref, expected)
+    assert torch.equal(reference.fake_quantize_weight(w, w_bits), expected) or w_bits == 1
+    q, scale = quantize_weight(w, w_bits)
+    assert torch.equal(q, reference.quantize_weight(w, w_bits)[0])
+    assert torch.equal(quantize._quantize_weight_cuda(w, w_bits)[0], q)
+    if w_bits == 1:
+        torch.testing.assert_close(auto.double(), expected.double(), rtol=5e-7 if dtype == torch.float64 else 0,
+                                   atol=0)
+    else:
+        assert torch.equal(auto, expected) and torch.equal(scale, reference.quantize_weight(w, w_bits)[1])
+
+
+def test_no_silent_fallback(monkeypatch):
+    """backend="auto" is the op by device: without the compiled CPU kernels it raises
+    BackendUnavailable instead of running torch code; a device with no kernel raises too;
+    backend="reference" runs anywhere."""
+    w = _weight((3, 8), 1)
+
+    def missing(device_type):
+        raise BackendUnavailable(f"no compiled kernels for {device_type}")
+
+    monkeypatch.setattr(_extension, "require", missing)
+    for call in (lambda: quantize_weight(w, 4), lambda: dequantized_weight(w, 4),
+                 lambda: spike_levels(torch.zeros(4), 1.0, 1), lambda: dequantized_weight(w.double(), 4)):
+        with pytest.raises(BackendUnavailable):
+            call()
+    assert torch.equal(dequantized_weight(w, 4, backend="reference"), _scale_times_codes(w, 4))
+    monkeypatch.undo()
+    with pytest.raises(BackendUnavailable, match="meta"):
+        dequantized_weight(torch.empty(3, 8, device="meta"), 4)
+
+
+def test_cpu_kernel_errors_are_typed():
+    """The C++ checks raise ValueError for a bad value and TypeError for a bad dtype (no message matching needed)."""
+    w = torch.randn(3, 8)
+    for op in (torch.ops.qsnn.quantize_weight, torch.ops.qsnn.dequantized_weight):
+        with pytest.raises(ValueError):
+            op(w, 3)
+        with pytest.raises(TypeError):
+            op(w.to(torch.int32), 4)
+        with pytest.raises(ValueError):
+            op(torch.zeros(0, 8), 4)
+    with pytest.raises(TypeError):
+        torch.ops.qsnn.spike_levels(torch.zeros(3, dtype=torch.int32), 1.0, 2, False)
+    with pytest.raises(ValueError):
+        torch.ops.qsnn.spike_levels(torch.zeros(3), 1.0, 8, True)
+    with pytest.raises(ValueError):
+        torch.ops.qsnn.spike_levels(torch.zeros(3), 0.0, 2, False)
 
 
 def test_channels_last_weight_keeps_its_layout():
@@ -96,8 +164,9 @@ def test_bad_input(w, w_bits, err, match):
         quantize_weight(torch.zeros(3, 4), 4, backend="fast")
 
 
-def test_opcheck():
-    w = torch.randn(6, 35)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    w = torch.randn(6, 35, dtype=dtype)
     torch.library.opcheck(torch.ops.qsnn.quantize_weight.default, (w, 4))
     torch.library.opcheck(torch.ops.qsnn.dequantized_weight.default, (w, 1))
 
@@ -115,6 +184,33 @@ def test_spike_levels_match_the_torch_path(bits, scale, dtype, n):
     out = spike_levels(x, scale, bits, dtype)
     assert out.dtype == dtype and torch.equal(out, levels.to(dtype))
     assert torch.equal(out, spike_levels(x, scale, bits, dtype, backend="reference"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 0.25, 0.3])
+def test_spike_levels_cpu_kernel_is_the_torch_formula(dtype, scale):
+    """The CPU kernel and the torch formula (the CUDA kernel and backend="reference") give the same
+    levels and the same count of invalid elements, valid and invalid values mixed, in every dtype."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randint(0, 8, (70001,), generator=g).to(torch.float64) * scale).to(dtype)
+    x[::7] = x[::7] + 0.1                                                     # not levels
+    x[::11] = -x[::11] - scale                                                # negative levels
+    x[5], x[6], x[13] = float("nan"), float("inf"), 9 * scale                 # out of range at s_bits = 3
+    levels, bad = torch.ops.qsnn.spike_levels(x, scale, 3, False)
+    ref_levels, ref_bad = quantize._spike_levels_torch(x, scale, 3, False)
+    assert int(bad) == int(ref_bad) > 70001 // 11 and torch.equal(levels, ref_levels)
+    if scale != 0.3:                                                          # levels * scale exact in every dtype
+        good = (x[1:4].to(torch.float64) / scale).round()
+        assert torch.equal(spike_levels(x[1:4], scale, 3), good.to(torch.uint8))
+
+
+def test_spike_levels_bits_keyword_is_deprecated():
+    x = torch.tensor([0.0, 1.0, 3.0])
+    with pytest.warns(FutureWarning, match="s_bits"):
+        old = spike_levels(x, 1.0, bits=2)
+    assert torch.equal(old, spike_levels(x, 1.0, s_bits=2))
+    with pytest.raises(TypeError, match="s_bits"):
+        spike_levels(x, 1.0, 2, bits=2)
 
 
 def test_spike_levels_layouts():
