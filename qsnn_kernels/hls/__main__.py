@@ -19,13 +19,13 @@ import warnings
 from pathlib import Path
 
 from ..choices import BACKENDS, RESETS
-from . import cycles
+from . import cycles, vectors
 from .backends import DEPRECATED_NAMES, backend_name
 from .csim import run_case
 from .export import gemm_case, layer_case, lif_case
 from .network import net_case, random_network
 
-KINDS = ("gemm", "lif", "layer", "net")
+KINDS = tuple(vectors.KINDS)
 
 
 def make_case(kind: str, a):

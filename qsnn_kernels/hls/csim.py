@@ -19,8 +19,18 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-TOPS = {"gemm": "gemm_top.cpp", "lif": "lif_top.cpp", "layer": "layer_top.cpp", "net": "net_top.cpp"}
-CXXFLAGS = ("-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-label", "-DQSNN_TRIP_COUNT")
+from .vectors import KINDS
+
+
+
+def cxxflags() -> list[str]:
+    """The compiler flags of ``make -C hls csim`` (the ``CXXFLAGS ?=`` line of hls/Makefile), so
+    that both builds compile the testbenches alike."""
+    makefile = hls_dir() / "Makefile"
+    line = re.search(r"^CXXFLAGS\s*\?=(.*)$", makefile.read_text(), re.M)
+    if line is None:
+        raise FileNotFoundError(f"{makefile} has no 'CXXFLAGS ?=' line")
+    return line[1].split()
 
 
 class CsimBuildError(RuntimeError):
@@ -80,11 +90,11 @@ def build(kind: str, defines: dict[str, int], build_dir=None) -> Path:
 
     Raises FileNotFoundError without a compiler or sources, CsimBuildError if compilation fails.
     """
-    if kind not in TOPS:
-        raise ValueError(f"kind must be one of {tuple(TOPS)}, got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
     root = hls_dir()
-    flags = [*CXXFLAGS, *(f"-DQSNN_{k}={int(v)}" for k, v in sorted(defines.items()))]
-    return _compile(f"tb_{kind}", [root / "tb" / f"tb_{kind}.cpp", root / "src" / TOPS[kind]], flags, build_dir)
+    flags = [*cxxflags(), *(f"-DQSNN_{k}={int(v)}" for k, v in sorted(defines.items()))]
+    return _compile(f"tb_{kind}", [root / "tb" / f"tb_{kind}.cpp", root / "src" / f"{kind}_top.cpp"], flags, build_dir)
 
 
 def contract(build_dir=None) -> dict:
@@ -94,7 +104,7 @@ def contract(build_dir=None) -> dict:
 
     Compiles and runs hls/tb/contract.cpp (cached like :func:`build`). Raises FileNotFoundError
     without a compiler, CsimBuildError if it does not compile."""
-    exe = _compile("contract", [hls_dir() / "tb" / "contract.cpp"], list(CXXFLAGS), build_dir)
+    exe = _compile("contract", [hls_dir() / "tb" / "contract.cpp"], cxxflags(), build_dir)
     return json.loads(subprocess.run([str(exe)], capture_output=True, text=True, check=True, timeout=60).stdout)
 
 
