@@ -17,7 +17,7 @@ import torch
 
 from qsnn_kernels import BackendUnavailable, _extension, choices
 from qsnn_kernels import hls
-from qsnn_kernels.hls import backends, cycles, network
+from qsnn_kernels.hls import backends, csim, cycles, network
 from qsnn_kernels.hls.__main__ import main as hls_main
 
 needs_cxx = pytest.mark.skipif(hls.compiler() is None, reason="no C++ compiler (g++) on PATH: cannot build the csim")
@@ -373,6 +373,14 @@ def test_export_and_csim_commands(tmp_path, capsys):
     assert "-DQSNN_S_BITS_OUT=4" in capsys.readouterr().out and int(hls.read_vectors(path)["s_bits_out"]) == 4
     assert hls_main(["csim", "lif", "--s-bits-out", "4", "--t-steps", "2", "--neurons", "9", "--reset", "soft"]) == 0
     assert "lif    PASS" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not on PATH")
+def test_python_builds_with_the_makefile_flags():
+    proc = subprocess.run(["make", "-s", "-C", str(hls.hls_dir()), "--eval", "print-cxxflags: ; @echo $(CXXFLAGS)",
+                           "print-cxxflags"], capture_output=True, text=True, check=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "CXXFLAGS"})
+    assert csim.cxxflags() == proc.stdout.split() and "-DQSNN_TRIP_COUNT" in proc.stdout
 
 
 @needs_cxx
