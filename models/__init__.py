@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import difflib
 
+from ..extras import require
+
+require("timm", "qsnn_kernels.models (every architecture registers with timm)")
+
 from . import convert, layers, sew_resnet, spikformer, timm_support, tiny, weights  # an architecture module registers its models
 from .convert import convert_for_inference, model_nbytes
 from .layers import (ALLOWED_W_BITS, FULL_PRECISION_BITS, MultiStepBatchNorm, MultiStepBatchNorm1d,

@@ -20,6 +20,8 @@ import math
 import os
 import sys
 
+from .extras import MissingExtra
+
 __all__ = ["Parser", "one_line", "nonempty_text", "positive_int", "nonnegative_int", "int_in", "float_in",
            "positive_float", "output_folder", "existing_file", "error_status", "print_error"]
 
@@ -147,7 +149,8 @@ def error_status(exc: BaseException, *, output: str | None = None) -> tuple[int,
     Status 2: ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
     the data loaders' CorruptFileError (bad input). Status 1: any other OSError (disk full,
     permission denied), torch's failed checkpoint write, running out of memory, a diverging loss
-    (FloatingPointError)."""
+    (FloatingPointError), an optional package that is not installed (:class:`~qsnn_kernels.extras.MissingExtra`,
+    its message names the extra to install)."""
     from_data = type(exc).__name__ == "CorruptFileError"  # qsnn_kernels.data.common, not imported here
     if isinstance(exc, (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)) or from_data:
         if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
@@ -157,7 +160,7 @@ def error_status(exc: BaseException, *, output: str | None = None) -> tuple[int,
         where = exc.filename if exc.filename is not None else output
         what = exc.strerror or str(exc) or type(exc).__name__
         return 1, one_line(f"{where}: {what}" if where else what)
-    if isinstance(exc, FloatingPointError):
+    if isinstance(exc, (FloatingPointError, MissingExtra)):
         return 1, one_line(exc)
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
             isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OUT_OF_MEMORY)):

@@ -135,7 +135,7 @@ def _budget_arguments(budget) -> None:
     budget.add_argument("--attention-rate", choices=("a", "pair"), default="a",
                         help="NS-ACE rate of a product: the first operand's (a, default) or both nonzero (pair)")
     budget.add_argument("--spike-width", choices=("layer", "model"), default="layer",
-                        help="S_in of a spike input: the layer's declared in_bits (layer, default) or the model's S")
+                        help="S_in of a spike input: the layer's declared s_bits (layer, default) or the model's S")
     budget.add_argument("--sops-levels", choices=("bits", "one"), default="bits",
                         help="a multi-level spike in SOPs: S_in operations (bits, default) or one")
     budget.add_argument("--json", action="store_true", help="machine-readable output instead of tables")

@@ -51,16 +51,24 @@ def require(module: str, purpose: str):
     """Import and return ``module`` (a module of :data:`EXTRAS`, or one of its submodules).
 
     ``purpose`` says what needs it (``"qsnn sweep's plots"``). Raises :class:`MissingExtra` when the
-    module or a package above it is not installed, naming the extra; any other ImportError (raised
-    inside an installed package) propagates as it is. KeyError for a module that is
+    top-level package is not installed, naming the extra; any other ImportError (a submodule it
+    lacks, an import inside it that fails) propagates as it is. KeyError for a module that is
     not in :data:`EXTRAS` (a programming error: add it there and to pyproject.toml)."""
     top = module.partition(".")[0]
     distribution, extra = EXTRAS[top]
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        missing = exc.name or ""
-        if not (missing == module or module.startswith(missing + ".")) or not missing.startswith(top):
-            raise  # something inside an installed package is broken: its own error says what
+        if not _missing(top):
+            raise  # the package is there and something inside it is broken: its own error says what
         raise MissingExtra(f"{purpose} needs {distribution}, which is not installed: "
                            f'pip install "qsnn_kernels[{extra}]"', name=top, extra=extra) from exc
+
+
+def _missing(top: str) -> bool:
+    """True when the top-level package ``top`` itself cannot be imported."""
+    try:
+        importlib.import_module(top)
+    except ImportError as exc:
+        return exc.name == top
+    return False

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from .extras import require
+
 __all__ = ["describe_models", "format_models", "paper_row"]
 
 
@@ -29,8 +31,9 @@ def describe_models() -> list[dict]:
     its default number of classes), ``num_classes``, ``input`` (channels x side x side), ``wst``
     (its default W/S/T) and ``paper`` (:func:`paper_row`). Each model is built on the meta device:
     no memory, no initialization, so the list takes well under a second after the imports."""
-    import timm
     import torch
+
+    timm = require("timm", "qsnn models")
 
     from .metrics.report import model_input_size
     from .models import create_model, list_models

@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: random inputs that respect the bit-width contracts."""
+"""Helpers for tests and benchmarks: random inputs that respect the bit-width contracts, and the one
+way tests count the elements on which two results disagree."""
 
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ def random_codes(shape, bits: int, signed: bool, generator=None, device="cpu") -
     if signed and bits == 1:
         x = torch.where(x == 0, 1, x)
     return x.to(device)
+
+
+def mismatches(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many elements of ``a`` and ``b`` differ, compared exactly (an integer contract holds when
+    this is 0). NaN counts as equal to NaN, so a float result that must reproduce the reference's
+    NaNs can be compared the same way. AssertionError, naming both, when the shapes or dtypes differ:
+    a mismatch count between tensors of different kinds would hide the real difference."""
+    assert a.shape == b.shape and a.dtype == b.dtype, (
+        f"mismatches: compare like with like, got {tuple(a.shape)} {a.dtype} and {tuple(b.shape)} {b.dtype}")
+    differ = a != b
+    if a.is_floating_point() or a.is_complex():
+        differ &= ~(a.isnan() & b.isnan())
+    return int(differ.sum())
 
 
 def best_seconds(fn, repeat: int = 5, warmup: int = 1) -> float:

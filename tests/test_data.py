@@ -15,6 +15,7 @@ from qsnn_kernels.data import digits_events as digits_events_module
 from qsnn_kernels.data import events as events_module
 from qsnn_kernels.data.common import CorruptFileError
 from qsnn_kernels.data.saccades import EVENT_DTYPE, saccade_events
+from qsnn_kernels.extras import MissingExtra
 
 
 def test_digits_shapes_split_and_determinism():
@@ -492,7 +493,7 @@ def test_cifar10_dvs_layout_errors_and_missing_aedat(tmp_path, monkeypatch):
     with pytest.raises(CorruptFileError, match="cifar10_airplane_"):
         build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2, cache_dir=tmp_path / "c", on_error="raise")
     monkeypatch.setitem(sys.modules, "aedat", None)  # as if not installed
-    with pytest.raises(ImportError, match="pip install aedat"):
+    with pytest.raises(MissingExtra, match=r'cifar10-dvs .* needs aedat, .*pip install "qsnn_kernels\[data\]"'):
         build_dataset("cifar10-dvs", str(tmp_path), "train", t_steps=2, cache_dir=tmp_path / "c")
     monkeypatch.undo()
     (d / "plane").mkdir()

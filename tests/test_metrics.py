@@ -15,12 +15,11 @@ from torch import nn
 from qsnn_kernels import PackedWeight
 from qsnn_kernels.cli import main
 from qsnn_kernels.metrics import Conventions, formulas, paper, profile, recount
+from qsnn_kernels.metrics.profiler import LayerRecord
 from qsnn_kernels.models import list_models
 from qsnn_kernels.models.layers import QuantConv2d, QuantLinear, SpikeMatmul
 
 SPIKFORMER = "qsnn_spikformer_4_384"
-SPIKFORMER_MISSING = (f"{SPIKFORMER} is not registered in this worktree: it comes with branch models-spikformer "
-                      f"(models/spikformer.py imported by models/__init__.py)")
 
 # the hand count: MACs per sample and time step of each layer of Tiny
 ENC_MACS = 4 * 5 * 5 * 2 * 9  # 4 out channels, 5x5 output, 2 in channels, 3x3 kernel
@@ -100,7 +99,7 @@ def test_hand_count_default_conventions(t, b, w_bits, s_bits):
     assert [rec[n].t_steps for n in rec] == [1, t, t, t, t]  # encoding ran once; head in a loop of t calls
     w = 16 if w_bits == 32 else w_bits
     assert [rec[n].w_bits for n in rec] == [w, w, w, s_bits, w]
-    assert [rec[n].in_bits for n in rec] == [None, s_bits, s_bits, s_bits, None]
+    assert [rec[n].s_bits for n in rec] == [None, s_bits, s_bits, s_bits, None]
     fr = {"enc": nnz["x"] / (b * 50), "conv": nnz["conv"] / (t * b * 100), "fc": nnz["fc"] / (t * b * 54),
           "mm": nnz["q"] / (t * b * 72)}
     for name, rate in fr.items():
@@ -131,7 +130,7 @@ def test_encoding_included(bits):
     assert p.totals["sops"] == base["sops"] + extra_macs * bits
     assert p.totals["s_ace"] == base["s_ace"] + extra_macs * bits * w
     rec = {r.name: r for r in p.layers}
-    assert rec["enc"].counted and rec["enc"].s_in == bits and rec["head"].s_in == bits
+    assert rec["enc"].counted and rec["enc"].counted_s_bits == bits and rec["head"].counted_s_bits == bits
     ns = rec["enc"].firing_rate * ENC_MACS * bits * w + rec["head"].firing_rate * HEAD_MACS * t * bits * w
     assert p.totals["ns_ace"] == pytest.approx(base["ns_ace"] + ns, rel=1e-12)
 
@@ -165,8 +164,8 @@ def test_spike_width_and_sops_levels():
     model, x, _ = _tiny(t, b, w, s, fc_in_bits=4)  # the fc input declared 4 bits wide, the model's S is 2
     layer = profile(model, x)
     nominal = profile(model, x, spike_width="model")
-    assert {r.name: r.s_in for r in layer.layers if r.counted} == {"conv": 2, "fc": 4, "mm": 2}
-    assert {r.name: r.s_in for r in nominal.layers if r.counted} == {"conv": 2, "fc": 2, "mm": 2}
+    assert {r.name: r.counted_s_bits for r in layer.layers if r.counted} == {"conv": 2, "fc": 4, "mm": 2}
+    assert {r.name: r.counted_s_bits for r in nominal.layers if r.counted} == {"conv": 2, "fc": 2, "mm": 2}
     assert layer.totals["s_ace"] - nominal.totals["s_ace"] == FC_MACS * t * (4 - 2) * w
     one = profile(model, x, sops_spike_bits=False).totals
     assert one["sops"] == t * (CONV_MACS + FC_MACS + MM_MACS)
@@ -253,6 +252,32 @@ def test_formulas():
             bad()
 
 
+def test_formulas_s_in_is_a_deprecated_name_of_s_bits():
+    """The input spike width is s_bits; s_in= still works with a FutureWarning, both at once is a TypeError."""
+    for call, expected in ((lambda **kw: formulas.sops(10, 3, **kw), 60),
+                           (lambda **kw: formulas.s_ace(10, 3, w_bits=4, **kw), 240),
+                           (lambda **kw: formulas.ns_ace(0.25, 10, 3, w_bits=4, **kw), 60)):
+        assert call(s_bits=2) == expected
+        with pytest.warns(FutureWarning, match=r"s_in= is deprecated; use s_bits="):
+            assert call(s_in=2) == expected
+        with pytest.raises(TypeError, match="got both s_bits= and its former name s_in="):
+            call(s_bits=2, s_in=2)
+        with pytest.raises(TypeError, match="missing"):
+            call()
+    with pytest.raises(TypeError, match="missing argument 'w_bits'"):
+        formulas.s_ace(10, 3, 2)
+
+
+def test_layer_record_former_names_warn():
+    """LayerRecord's in_bits and s_in read s_bits and counted_s_bits, with a FutureWarning."""
+    rec = LayerRecord("fc", "linear", 6, 4, 2, 3, 0.5, counted=True, counted_s_bits=2)
+    with pytest.warns(FutureWarning, match="LayerRecord.in_bits is deprecated; read s_bits"):
+        assert rec.in_bits == 2
+    with pytest.warns(FutureWarning, match="LayerRecord.s_in is deprecated; read counted_s_bits"):
+        assert rec.s_in == 2
+    assert "in_bits" not in rec.__dataclass_fields__ and "s_in" not in rec.__dataclass_fields__
+
+
 @pytest.mark.parametrize("w_bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("n,k", [(1, 1), (3, 31), (2, 33), (5, 273)])
 def test_packed_bytes_match_packed_weight(n, k, w_bits):
@@ -290,10 +315,9 @@ def test_models_lists_registry(capsys):
     tiny = create_model("spiking_cnn_tiny")  # counted on the meta device by the command; here on a real one
     assert by_name["qsnn_spiking_cnn_tiny"]["params"] == sum(p.numel() for p in tiny.parameters())
     assert by_name["qsnn_sew_resnet34"]["params"] == 21_797_672  # the original's count (README)
-    if SPIKFORMER in by_name:
-        row = by_name[SPIKFORMER]
-        assert row["wst"] == "16/1/4" and row["input"] == "3 x 32 x 32" and row["num_classes"] == 10
-        assert row["paper"].startswith("Table 2 row 16/1/4 (CIFAR10 95.51%")
+    row = by_name[SPIKFORMER]
+    assert row["wst"] == "16/1/4" and row["input"] == "3 x 32 x 32" and row["num_classes"] == 10
+    assert row["paper"].startswith("Table 2 row 16/1/4 (CIFAR10 95.51%")
 
 
 def test_models_text(capsys):
@@ -344,11 +368,11 @@ def test_budget_json(capsys, name):
     p = json.loads(out)
     assert p["model"] == "qsnn_sew_resnet18_cifar" and (p["w_bits"], p["s_bits"], p["t_steps"]) == (2, 1, 2)
     layers = {r["name"]: r for r in p["layers"]}
-    assert layers["conv1"]["in_bits"] is None and not layers["conv1"]["counted"]
+    assert layers["conv1"]["s_bits"] is None and not layers["conv1"]["counted"]
     assert layers["conv1"]["macs"] == 64 * 8 * 8 * 3 * 9  # 3x3 stem, 64 channels, 8x8
     counted = [r for r in p["layers"] if r["counted"]]
     assert p["totals"]["s_ace"] == sum(r["s_ace"] for r in counted)
-    assert p["totals"]["sops"] == sum(r["macs"] * r["t_steps"] * r["s_in"] for r in counted)
+    assert p["totals"]["sops"] == sum(r["macs"] * r["t_steps"] * r["counted_s_bits"] for r in counted)
     assert p["conventions"]["encoding"] == "exclude"
 
 
@@ -405,10 +429,6 @@ def test_budget_bad_argument_type(capsys):
     assert exc.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err
 
 
-needs_spikformer = pytest.mark.skipif(SPIKFORMER not in list_models(), reason=SPIKFORMER_MISSING)
-
-
-@needs_spikformer
 def test_budget_spikformer_hand_counts(capsys):
     rc, out, _ = _run(capsys, "budget", "--model", "spikformer_4_384", "--wst", "4/2/1", "--input-size", "32",
                       "--json")
@@ -418,19 +438,17 @@ def test_budget_spikformer_hand_counts(capsys):
     layers = {r["name"]: r for r in p["layers"]}
     products = [r for r in p["layers"] if r["kind"] == "matmul"]
     assert len(products) == 2 * 4 and all(r["macs"] == n * n * d for r in products)  # Q K^T and attn V
-    linears = [r for r in p["layers"] if r["kind"] == "linear" and r["in_bits"] is not None]
+    linears = [r for r in p["layers"] if r["kind"] == "linear" and r["s_bits"] is not None]
     assert sorted({r["macs"] for r in linears}) == [n * d * d, n * d * 4 * d]
-    assert layers["head"]["in_bits"] is None and not layers["head"]["counted"]
+    assert layers["head"]["s_bits"] is None and not layers["head"]["counted"]
     assert p["totals"]["params_count"] == pytest.approx(9.32e6, rel=0.01)
 
 
-@needs_spikformer
 def test_budget_spikformer_wrong_input_size(capsys):
     rc, _, err = _run(capsys, "budget", "--model", "spikformer_4_384", "--wst", "4/2/1", "--input-size", "28")
     assert rc == 2 and "32" in err
 
 
-@needs_spikformer
 def test_paper_table2_rows_json(capsys):
     rc, out, _ = _run(capsys, "budget", "--paper-table2", "--rows", "1/1/1,2/1/2", "--json")
     assert rc == 0
@@ -446,7 +464,6 @@ def test_paper_table2_rows_json(capsys):
 
 
 @pytest.mark.slow
-@needs_spikformer
 def test_paper_table2_full_text(capsys):
     rc, out, _ = _run(capsys, "budget", "--paper-table2")
     assert rc == 0

@@ -357,7 +357,6 @@ def test_cli_budget_repeated(capsys):
 
 
 def test_cli_bad_training_option_is_a_clear_error(tmp_path, capsys):
-    pytest.importorskip("qsnn_kernels.train", reason="qsnn_kernels.train (branch train-core) is not importable")
     assert cli.main(["sweep", "--budget", "2", "--output", str(tmp_path), "--set", "no_such_field=1"]) == 2
     assert "no_such_field" in capsys.readouterr().err
     assert cli.main(["sweep", "--budget", "2", "--output", str(tmp_path), "--set", "wst=1/1/2"]) == 2
@@ -381,16 +380,7 @@ def test_cli_existing_subcommands_intact(capsys):
 
 # --------------------------------------------------------------------------------- end to end
 
-def _train_or_skip():
-    try:
-        from qsnn_kernels import train
-    except ImportError as exc:
-        pytest.skip(f"qsnn_kernels.train (branch train-core) is not importable here: {exc}")
-    return train
-
-
 def test_real_sweep_budget_2_end_to_end(tmp_path, capsys):
-    _train_or_skip()
     out = tmp_path / "sw"
     code = cli.main(["sweep", "--budget", "2", "--epochs", "1", "--output", str(out), "--quiet",
                      "--set", "max_steps_per_epoch=2", "--set", "progress=false", "--batch-size", "32"])

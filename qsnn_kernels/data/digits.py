@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..extras import require
 from .common import DatasetInfo, TensorListDataset
 
 SPLIT_SEED = 0
@@ -17,9 +18,8 @@ VAL_FRACTION = 0.2
 
 def digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     """``(images [N, 8, 8] float32 in [0, 1], labels [N] int64)`` of one split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
+    load_digits = require("sklearn.datasets", "the embedded digits").load_digits
+    train_test_split = require("sklearn.model_selection", "the embedded digits").train_test_split
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)
     labels = bunch.target.astype(np.int64)

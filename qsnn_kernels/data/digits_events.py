@@ -14,6 +14,7 @@ import os
 import numpy as np
 import torch
 
+from ..extras import require
 from .common import DatasetInfo, TensorListDataset, cache_root, save_npy_atomic
 from .digits import SPLIT_SEED, VAL_FRACTION
 from .saccades import TRIANGLE, saccade_events, sensor_size
@@ -26,8 +27,7 @@ GENERATOR_VERSION = 1
 
 def events_to_frames(events: np.ndarray, size: tuple[int, int, int], t_steps: int) -> np.ndarray:
     """tonic ToFrame with n_time_bins -> float32 [T, 2, H, W]; zeros for an empty stream."""
-    import tonic.transforms as tt
-
+    tt = require("tonic.transforms", "the event digits")
     if events.size == 0:
         return np.zeros((t_steps, size[2], size[1], size[0]), dtype=np.float32)
     frames = tt.ToFrame(sensor_size=size, n_time_bins=t_steps)(events)
@@ -44,8 +44,7 @@ def all_frames(t_steps: int, cache_dir=None) -> np.ndarray:
     path = _cache_file(t_steps, cache_dir)
     if os.path.exists(path):
         return np.load(path, allow_pickle=False)
-    from sklearn.datasets import load_digits
-
+    load_digits = require("sklearn.datasets", "the event digits").load_digits
     images = load_digits().images / 16.0
     size = sensor_size(images.shape[1:], MARGIN)
     frames = np.stack([events_to_frames(saccade_events(img, seed=i, **PARAMS), size, t_steps)
@@ -56,9 +55,8 @@ def all_frames(t_steps: int, cache_dir=None) -> np.ndarray:
 
 
 def build_digits_events(split: str, t_steps: int, cache_dir=None) -> DatasetInfo:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
+    load_digits = require("sklearn.datasets", "the event digits").load_digits
+    train_test_split = require("sklearn.model_selection", "the event digits").train_test_split
     labels = load_digits().target.astype(np.int64)
     idx = np.arange(len(labels))
     train_idx, val_idx = train_test_split(idx, test_size=VAL_FRACTION, random_state=SPLIT_SEED,

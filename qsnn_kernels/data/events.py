@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..extras import require
 from .common import (CorruptFileError, DatasetInfo, DecodedFiles, cache_root, check_labels, require_folder,
                      save_npy_atomic, warn_skipped)
 
@@ -79,8 +80,7 @@ def _gesture_files(folder: Path) -> tuple[list[str], list[int]]:
 
 def _tonic_dataset(name: str, root: Path, split: str):
     """tonic's data set object over the files present (its download check bypassed)."""
-    import tonic.datasets as td
-
+    td = require("tonic.datasets", f"the {name} data set")
     base = {"cifar10-dvs": td.CIFAR10DVS, "dvs128-gesture": td.DVSGesture,
             "n-caltech101": td.NCALTECH101}[name]
 
@@ -138,8 +138,7 @@ def recording_to_frames(events: np.ndarray, sensor_wh: tuple[int, int], t_steps:
     at or after t_first + T w (the last one always; all when t_last - t_first < T: zero frames)
     fall in no bin.
     """
-    import tonic.transforms as tt
-
+    tt = require("tonic.transforms", "event frames")
     if events.size == 0:
         raise ValueError("recording holds no events")
     w, h = sensor_wh
@@ -172,11 +171,7 @@ def build_tonic(name: str, root, split: str, t_steps: int, *, on_error: str, cac
     root = require_folder(root, name, LAYOUTS[name])
     ds, sensor_wh = _tonic_dataset(name, root, split)
     if name == "cifar10-dvs":
-        try:  # a dependency of qsnn_kernels; checked here so a broken install fails once, clearly
-            import aedat  # noqa: F401  (tonic's .aedat4 reader imports it per file)
-        except ImportError as err:
-            raise ImportError("cifar10-dvs: reading .aedat4 recordings needs the 'aedat' package, a "
-                              "dependency of qsnn_kernels (pip install aedat)") from err
+        require("aedat", "cifar10-dvs (.aedat4 recordings)")  # tonic's reader imports it per file: checked once
     num_classes = NUM_CLASSES[name]
     indices = list(range(len(ds.data))) if name == "dvs128-gesture" else _split_indices(ds.targets, split)
     if name == "n-caltech101":  # labels: the sorted class folder names' indices

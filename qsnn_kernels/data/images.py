@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..extras import require
 from .common import CorruptFileError, DatasetInfo, DecodedFiles, check_labels, require_folder, warn_skipped
 from .safe_pickle import load_restricted
 
@@ -108,9 +109,8 @@ class CifarArrays(torch.utils.data.Dataset):
         return int(self.data.shape[0])
 
     def __getitem__(self, i):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.data[i])), int(self.targets[i])
+        image = require("PIL.Image", "CIFAR images")
+        return self.transform(image.fromarray(self.data[i])), int(self.targets[i])
 
 
 RANDAUG_KEYS = ("m", "n", "mstd", "mmax", "inc", "p")
@@ -159,8 +159,7 @@ def randaug_op(policy: str, img_size: int, mean):
     """timm's ``RandAugment`` for ``policy`` (:func:`check_randaug`) on PIL images of side
     ``img_size`` whose channel mean is ``mean`` (fractions; the fill colour), with timm's hparams
     (translation 45 % of the side)."""
-    from timm.data.auto_augment import rand_augment_transform
-
+    rand_augment_transform = require("timm.data.auto_augment", "RandAugment").rand_augment_transform
     check_randaug(policy)
     hparams = dict(translate_const=int(img_size * 0.45), img_mean=tuple(min(255, round(255 * c)) for c in mean))
     return rand_augment_transform(policy, hparams)
@@ -169,8 +168,7 @@ def randaug_op(policy: str, img_size: int, mean):
 def cifar_transform(augment: bool, randaug: str | None = None):
     """CIFAR's transform: ToTensor + normalize; ``augment`` adds random crop (padding 4) and
     horizontal flip on the PIL image, ``randaug`` (needs ``augment``) then timm's RandAugment."""
-    from torchvision import transforms as T
-
+    T = require("torchvision.transforms", "CIFAR's transform")
     tail = [T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)]
     if not augment:
         if randaug is not None:
@@ -185,8 +183,7 @@ def cifar_transform(augment: bool, randaug: str | None = None):
 def imagenet_transform(input_size: int, augment: bool, randaug: str | None = None):
     """timm's ``create_transform`` (training form with ``augment``); ``randaug`` (needs ``augment``)
     is passed as its ``auto_augment`` after :func:`check_randaug`."""
-    from timm.data import create_transform
-
+    create_transform = require("timm.data", "ImageNet's transform").create_transform
     if randaug is not None:
         if not augment:
             raise ValueError("randaug is a training augmentation: it needs augment=True")
@@ -239,10 +236,9 @@ def build_cifar(name: str, root, split: str, *, augment: bool, on_error: str,
 
 
 def _image_ok(path: str) -> bool:
-    from PIL import Image
-
+    image = require("PIL.Image", "ImageNet images")
     try:
-        with Image.open(path) as im:
+        with image.open(path) as im:
             im.verify()
         return True
     except Exception:
@@ -262,10 +258,9 @@ class ImageFiles(DecodedFiles):
         self.transform = transform
 
     def decode(self, path: str):
-        from PIL import Image
-
+        image = require("PIL.Image", "ImageNet images")
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")  # convert() decodes every pixel: truncation fails here
+            return image.open(f).convert("RGB")  # convert() decodes every pixel: truncation fails here
 
     def finish(self, image, i: int):
         return self.transform(image), self.targets[i]

@@ -2,12 +2,13 @@
 
 Shen et al., "Is Conventional SNN Really Efficient? A Perspective from Network Quantization",
 CVPR 2024. For one layer that performs ``macs`` multiply-accumulates per sample and time step,
-with ``w_bits``-wide weights and ``s_in``-bit input spikes over ``t_steps`` time steps:
+with ``w_bits``-wide weights and ``s_bits``-wide input spikes over ``t_steps`` time steps (the paper
+writes the input's spike width S_in; here it is ``s_bits``, S):
 
 * Bit Budget of one synapse: ``BB = T * W * S``;
-* SOPs: ``macs * T * S_in`` (a multi-level spike of S bits costs S binary operations);
-* S-ACE (Eq. 8): ``sum n_{w,s} * BB = macs * T * S_in * W``;
-* NS-ACE (Eq. 9): ``sum fr_s * n_{w,s} * BB = fr * macs * T * S_in * W``, ``fr`` the measured
+* SOPs: ``macs * T * S`` (a multi-level spike of S bits costs S binary operations);
+* S-ACE (Eq. 8): ``sum n_{w,s} * BB = macs * T * S * W``;
+* NS-ACE (Eq. 9): ``sum fr_s * n_{w,s} * BB = fr * macs * T * S * W``, ``fr`` the measured
   firing rate of the layer's input (neuromorphic hardware spends energy only on spikes);
 * parameters in 16-bit-equivalent units, as the paper's tables report them: ``count * W / 16``.
 
@@ -19,6 +20,7 @@ ValueError on negative counts, bit widths < 1 or a firing rate outside [0, 1].
 from __future__ import annotations
 
 from ..bits import WEIGHT_BITS, WORD_BITS, num_words
+from ..deprecation import NOT_GIVEN, renamed_keyword
 
 FULL_PRECISION_COUNTED_BITS = 16
 """The bit width the paper assigns to a full-precision weight (its tables' W = 16)."""
@@ -51,21 +53,39 @@ def bit_budget(t_steps: int, w_bits: int, s_bits: int) -> int:
     return _check_positive_int(t_steps, "t_steps") * counted_weight_bits(w_bits) * _check_positive_int(s_bits, "s_bits")
 
 
-def sops(macs, t_steps: int, s_in: int):
-    """Synaptic operations of a layer: ``macs * T * S_in``."""
-    return _check_count(macs, "macs") * _check_positive_int(t_steps, "t_steps") * _check_positive_int(s_in, "s_in")
+def sops(macs, t_steps: int, s_bits: int = NOT_GIVEN, *, s_in=NOT_GIVEN):
+    """Synaptic operations of a layer: ``macs * T * S`` (``s_bits``: the width of its input spikes;
+    ``s_in`` is its former name, deprecated)."""
+    s_bits = _renamed_s_bits("sops", s_bits, s_in)
+    return _check_count(macs, "macs") * _check_positive_int(t_steps, "t_steps") * _check_positive_int(s_bits, "s_bits")
 
 
-def s_ace(macs, t_steps: int, s_in: int, w_bits: int):
-    """Eq. 8 for one layer: ``macs * T * S_in * W`` = its MACs times their Bit Budget."""
-    return _check_count(macs, "macs") * bit_budget(t_steps, w_bits, s_in)
+def s_ace(macs, t_steps: int, s_bits: int = NOT_GIVEN, w_bits: int = NOT_GIVEN, *, s_in=NOT_GIVEN):
+    """Eq. 8 for one layer: ``macs * T * S * W`` = its MACs times their Bit Budget (``s_in`` is the
+    former name of ``s_bits``, deprecated)."""
+    s_bits = _renamed_s_bits("s_ace", s_bits, s_in)
+    return _check_count(macs, "macs") * bit_budget(t_steps, _required("s_ace", "w_bits", w_bits), s_bits)
 
 
-def ns_ace(firing_rate: float, macs, t_steps: int, s_in: int, w_bits: int) -> float:
-    """Eq. 9 for one layer: ``fr * macs * T * S_in * W``, ``fr`` in [0, 1]."""
+def ns_ace(firing_rate: float, macs, t_steps: int, s_bits: int = NOT_GIVEN, w_bits: int = NOT_GIVEN, *,
+           s_in=NOT_GIVEN) -> float:
+    """Eq. 9 for one layer: ``fr * macs * T * S * W``, ``fr`` in [0, 1] (``s_in`` is the former name
+    of ``s_bits``, deprecated)."""
     if isinstance(firing_rate, bool) or not isinstance(firing_rate, (int, float)) or not 0.0 <= firing_rate <= 1.0:
         raise ValueError(f"firing_rate must be in [0, 1], got {firing_rate!r}")
-    return firing_rate * s_ace(macs, t_steps, s_in, w_bits)
+    s_bits = _renamed_s_bits("ns_ace", s_bits, s_in)
+    return firing_rate * s_ace(macs, t_steps, s_bits, _required("ns_ace", "w_bits", w_bits))
+
+
+def _renamed_s_bits(where: str, s_bits, s_in):
+    """``s_bits``, or the deprecated ``s_in`` with a FutureWarning pointing at the caller's caller."""
+    return renamed_keyword(where, "s_bits", s_bits, "s_in", s_in, stacklevel=2)
+
+
+def _required(where: str, name: str, value):
+    if value is NOT_GIVEN:
+        raise TypeError(f"{where}: missing argument {name!r}")
+    return value
 
 
 def params_16bit_equivalent(count, w_bits: int) -> float:

@@ -3,12 +3,12 @@
 Forward hooks record, for every layer that multiplies and accumulates:
 
 * ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (``QuantConv2d`` and ``QuantLinear`` are subclasses; a
-  plain one counts as a full-precision weight and, unless it carries ``in_bits``, a real-valued input);
-* spike matrix products: any module with ``a_bits`` and ``b_bits`` attributes whose forward is
+  plain one counts as a full-precision weight and, unless it carries ``s_bits``, a real-valued input);
+* spike matrix products: any module with ``s_bits`` and ``b_bits`` attributes whose forward is
   ``(a, b) -> a @ b`` (``SpikeMatmul``, spiking self-attention's ``Q K^T`` and ``attn V``).
 
 Per layer: MACs per sample and time step, the weight width (``b_bits`` for a product), the input
-spike width ``in_bits`` (``a_bits`` for a product; ``None`` = real-valued input, such as the
+spike width ``s_bits`` (its first operand's for a product; ``None`` = real-valued input, such as the
 encoding layer), the time steps it ran on, and the measured input firing rate (fraction of nonzero
 input elements). The formulas are :mod:`qsnn_kernels.metrics.formulas`; the conventions below
 are explicit arguments, each defaulting to the paper's reading.
@@ -25,6 +25,7 @@ these layouts ambiguous and is refused; profile with batch 1.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -42,19 +43,19 @@ SPIKE_WIDTH = ("layer", "model")
 class Conventions:
     """How the metrics count; every field is an argument of :func:`profile`.
 
-    * ``encoding``: layers fed real values (``in_bits is None``: the encoding layer, or a layer
+    * ``encoding``: layers fed real values (``s_bits is None``: the encoding layer, or a layer
       after a float op) are no spike operations. ``"exclude"`` (default, the paper's: only this
       reading fits its ImageNet figures) leaves them out of SOPs / S-ACE / NS-ACE and reports their
       MACs and weight bits separately; ``"include"`` counts them with ``S_in = real_input_bits``.
     * ``real_input_bits``: the width a real-valued input counts as under ``encoding="include"``
       (default 16: full precision as the paper counts it).
     * ``attention``: ``"include"`` (default) counts spike matrix products as MACs between a
-      ``a_bits``- and a ``b_bits``-wide operand (BB = T * a_bits * b_bits); ``"exclude"`` drops them.
+      ``s_bits``- and a ``b_bits``-wide operand (BB = T * s_bits * b_bits); ``"exclude"`` drops them.
     * ``attention_rate``: the firing rate NS-ACE uses for a product. ``"a"`` (default): the nonzero
       fraction of its first operand, like any layer's input; ``"pair"``: the exact fraction of its
       MACs whose two operands are both nonzero.
     * ``spike_width``: the ``S_in`` of a layer fed spikes. ``"layer"`` (default): its declared input
-      width ``in_bits`` (a product's ``a_bits``), the true width of what it receives; a residual
+      width ``s_bits`` (a product's too), the true width of what it receives; a residual
       stream of summed spikes, or Q K^T's integer scores, are wider than the model's S. ``"model"``:
       the model's nominal ``s_bits`` for every spike input, as ``BB = T * W * S`` reads (a product's
       ``b_bits`` is kept).
@@ -86,26 +87,39 @@ class LayerRecord:
     """One layer's measurements (per sample) and its share of the totals.
 
     ``macs`` is per sample and time step; ``t_steps`` the steps the layer ran on; ``w_bits`` as the
-    metrics count it (16 for full precision); ``in_bits`` None for a real-valued input;
-    ``firing_rate`` the nonzero fraction of its input (for a product, of ``a``; ``firing_rate_b``
-    and ``pair_rate`` are the product's others). ``counted`` says whether the totals include it;
-    ``s_in``, ``sops``, ``s_ace``, ``ns_ace`` are None when they do not.
+    metrics count it (16 for full precision); ``s_bits`` the declared width of its input spikes,
+    None for a real-valued input; ``firing_rate`` the nonzero fraction of its input (for a product,
+    of ``a``; ``firing_rate_b`` and ``pair_rate`` are the product's others). ``counted`` says
+    whether the totals include it; ``counted_s_bits`` (the S_in the formulas use, under the
+    conventions), ``sops``, ``s_ace``, ``ns_ace`` are None when they do not. ``in_bits`` and
+    ``s_in`` are the former names of ``s_bits`` and ``counted_s_bits`` (deprecated, FutureWarning).
     """
 
     name: str
     kind: str
     macs: int
     w_bits: int
-    in_bits: int | None
+    s_bits: int | None
     t_steps: int
     firing_rate: float
     counted: bool
-    s_in: int | None = None
+    counted_s_bits: int | None = None
     sops: int | None = None
     s_ace: int | None = None
     ns_ace: float | None = None
     firing_rate_b: float | None = None
     pair_rate: float | None = None
+
+    @property
+    def in_bits(self) -> int | None:
+        warnings.warn("LayerRecord.in_bits is deprecated; read s_bits (same value)", FutureWarning, stacklevel=2)
+        return self.s_bits
+
+    @property
+    def s_in(self) -> int | None:
+        warnings.warn("LayerRecord.s_in is deprecated; read counted_s_bits (same value)", FutureWarning,
+                      stacklevel=2)
+        return self.counted_s_bits
 
 
 @dataclass
@@ -138,7 +152,7 @@ class _Tally:
 
 
 def _kind(module: nn.Module) -> str | None:
-    if hasattr(module, "a_bits") and hasattr(module, "b_bits"):
+    if hasattr(module, "s_bits") and hasattr(module, "b_bits"):
         return "matmul"
     if isinstance(module, nn.modules.conv._ConvNd):
         return "conv"
@@ -198,36 +212,37 @@ def _record(tally: _Tally, module: nn.Module, b: int) -> LayerRecord:
     macs = tally.macs // (b * tally.steps)
     if tally.kind == "matmul":
         w_bits = int(module.b_bits)
-        in_bits = formulas.counted_weight_bits(int(module.a_bits))  # a float operand (32) counts as 16
+        s_bits = formulas.counted_weight_bits(int(module.s_bits))  # a float operand (32) counts as 16
     else:
-        w_bits, in_bits = int(getattr(module, "w_bits", 32)), getattr(module, "s_bits", None)
+        w_bits, s_bits = int(getattr(module, "w_bits", 32)), getattr(module, "s_bits", None)
     fr = tally.nnz / tally.numel if tally.numel else 0.0
     rec = LayerRecord(tally.name, tally.kind, macs, formulas.counted_weight_bits(w_bits),
-                      None if in_bits is None else int(in_bits), tally.steps, fr, counted=True)
+                      None if s_bits is None else int(s_bits), tally.steps, fr, counted=True)
     if tally.kind == "matmul":
         rec.firing_rate_b = tally.nnz_b / tally.numel_b if tally.numel_b else 0.0
         rec.pair_rate = tally.pairs / tally.macs if tally.macs else 0.0
     return rec
 
 
-def _count(rec: LayerRecord, conv: Conventions, s_bits: int | None) -> LayerRecord:
-    """A copy of ``rec`` with its share of the totals under ``conv``."""
-    rec = replace(rec, counted=True, s_in=None, sops=None, s_ace=None, ns_ace=None)
+def _count(rec: LayerRecord, conv: Conventions, model_s_bits: int | None) -> LayerRecord:
+    """A copy of ``rec`` with its share of the totals under ``conv`` (``model_s_bits``: the model's S)."""
+    rec = replace(rec, counted=True, counted_s_bits=None, sops=None, s_ace=None, ns_ace=None)
     if rec.kind == "matmul" and conv.attention == "exclude":
         rec.counted = False
-    elif rec.in_bits is None and conv.encoding == "exclude":
+    elif rec.s_bits is None and conv.encoding == "exclude":
         rec.counted = False
     if not rec.counted:
         return rec
-    if rec.in_bits is None:
-        rec.s_in = conv.real_input_bits
+    if rec.s_bits is None:
+        rec.counted_s_bits = conv.real_input_bits
     else:
-        rec.s_in = s_bits if conv.spike_width == "model" else rec.in_bits
+        rec.counted_s_bits = model_s_bits if conv.spike_width == "model" else rec.s_bits
     rate = rec.pair_rate if rec.kind == "matmul" and conv.attention_rate == "pair" else rec.firing_rate
     t = rec.t_steps
-    rec.sops = formulas.sops(rec.macs, t, rec.s_in if conv.sops_spike_bits else 1)
-    rec.s_ace = formulas.s_ace(rec.macs, t, rec.s_in, rec.w_bits)
-    rec.ns_ace = formulas.ns_ace(rate, rec.macs, t, rec.s_in, rec.w_bits)
+    s = rec.counted_s_bits
+    rec.sops = formulas.sops(rec.macs, t, s if conv.sops_spike_bits else 1)
+    rec.s_ace = formulas.s_ace(rec.macs, t, s, rec.w_bits)
+    rec.ns_ace = formulas.ns_ace(rate, rec.macs, t, s, rec.w_bits)
     return rec
 
 
@@ -238,7 +253,7 @@ def _check_s_bits(s_bits, conv: Conventions) -> None:
 
 def _layer_totals(layers: list, t: int, w_bits, s_bits) -> dict:
     counted = [r for r in layers if r.counted]
-    real = [r for r in layers if r.in_bits is None]
+    real = [r for r in layers if r.s_bits is None]
     return {
         "macs": sum(r.macs for r in layers),
         "counted_macs": sum(r.macs for r in counted),

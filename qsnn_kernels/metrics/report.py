@@ -172,14 +172,14 @@ def describe_conventions(c: Conventions) -> list[str]:
     """One line per convention, in words."""
     enc = ("excluded from SOPs/S-ACE/NS-ACE (reported apart; the paper's)" if c.encoding == "exclude"
            else f"included with S_in = {c.real_input_bits} bits")
-    att = ("counted, MACs between a_bits- and b_bits-wide operands, BB = T*S_in*b_bits"
+    att = ("counted, MACs between s_bits- and b_bits-wide operands, BB = T*S_in*b_bits"
            if c.attention == "include" else "not counted")
     rate = ("first operand's nonzero fraction" if c.attention_rate == "a"
             else "fraction of MACs with both operands nonzero")
-    width = ("the layer's declared input width in_bits (a product's a_bits)" if c.spike_width == "layer"
+    width = ("the layer's declared input width s_bits (a product's first operand too)" if c.spike_width == "layer"
              else "the model's S for every spike input")
     return [
-        f"real-valued-input layers (encoding, in_bits=None): {enc}",
+        f"real-valued-input layers (encoding, s_bits=None): {enc}",
         f"S_in of a spike input: {width}",
         f"spike matrix products (attention): {att}; NS-ACE rate: {rate}",
         f"SOPs = MACs*T*{'S_in' if c.sops_spike_bits else '1'} (a multi-level spike counts "
@@ -194,7 +194,7 @@ def format_profile(p: Profile) -> str:
     """The per-layer table, the totals and the conventions as plain text."""
     rows = []
     for r in p.layers:
-        rows.append([r.name, r.kind, _num(r.macs), r.w_bits, "real" if r.in_bits is None else r.in_bits, r.t_steps,
+        rows.append([r.name, r.kind, _num(r.macs), r.w_bits, "real" if r.s_bits is None else r.s_bits, r.t_steps,
                      f"{r.firing_rate:.4f}", _num(r.sops), _num(r.s_ace), _num(r.ns_ace),
                      "" if r.counted else "excluded"])
     head = ["layer", "kind", "MACs/step", "W", "S_in", "T", "fr", "SOPs", "S-ACE", "NS-ACE", ""]

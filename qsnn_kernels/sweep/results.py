@@ -45,7 +45,7 @@ def _layer_rates(report: dict) -> dict:
 
 def _spike_input_layers(report: dict, rates: dict) -> list | None:
     """The layers of ``rates`` that take spikes: those whose ``input_bits`` in the report is an int
-    (the profiler's ``in_bits``; None marks a real-valued input). None when the report has no
+    (the profiler's ``LayerRecord.s_bits``; None marks a real-valued input). None when the report has no
     ``input_bits`` (a report of an older version): then which layers take spikes is unknown."""
     bits = report.get("input_bits")
     if not isinstance(bits, dict):

@@ -63,6 +63,8 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
     by the first split's run (a configuration that the first split refuses leaves nothing behind).
     ``quiet``: no progress lines, no progress bars (each split runs with ``progress=False``) and
     no per-epoch lines (the training's stdout is dropped); warnings still reach stderr.
+    Raises :class:`~qsnn_kernels.extras.MissingExtra` before any split trains when matplotlib
+    (the ``plots`` extra) is not installed.
     ``reuse``: a split whose sub-run folder already holds a finished run of the same
     configuration (see :func:`_finished_report`) is read, not trained again (its ``wall_s`` is then
     the run's own ``wall_time_s``); so a sweep stopped half-way is continued by running it again
@@ -80,6 +82,7 @@ def run_sweep(budget: int | list[int], base_config, output_dir: str, *, train_fn
     if not isinstance(output_dir, (str, os.PathLike)):
         raise TypeError(f"run_sweep: output_dir must be a path, got {type(output_dir).__name__}")
     output_dir = os.fspath(output_dir)
+    require("matplotlib", "qsnn sweep's plots")  # before any split trains, not after the last one
     if train_fn is None:
         from ..train import run as train_fn
     if quiet and "progress" in names:

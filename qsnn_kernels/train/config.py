@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 from ..argtypes import (Parser, float_in, int_in, nonempty_text, nonnegative_int, one_line, output_folder,
                         positive_float, positive_int)
+from ..extras import require
 from ..bits import FULL_PRECISION_BITS, SPIKE_BITS, WEIGHT_BITS
 
 __all__ = ["TrainConfig", "MAX_T_STEPS", "MAX_INPUT_SIZE", "SCHEDULERS", "build_parser", "parse_args", "parse_wst",
@@ -220,9 +221,7 @@ def _optimizer(value):
     after the flags are parsed, and only for a name other than the default)."""
     value = _text(value)
     if value != TrainConfig.opt:
-        from timm.optim import list_optimizers
-
-        known = list_optimizers()
+        known = require("timm.optim", "checking --opt").list_optimizers()
         if value.lower() not in known:
             import difflib
 
@@ -315,8 +314,7 @@ def read_config_file(path: str) -> dict:
 def load_yaml(path: str) -> dict:
     """The mapping in a YAML file. ValueError naming the file when it is missing, unreadable, not
     YAML or not a mapping."""
-    import yaml
-
+    yaml = require("yaml", "reading a YAML configuration")
     try:
         with open(path) as f:
             d = yaml.safe_load(f) or {}

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..extras import require
 from .config import TrainConfig, parse_wst
 from .run_folder import check_output
 
@@ -186,9 +187,9 @@ def val_shard(dataset, rank: int, world: int):
 
 
 def _criterion(cfg, num_classes):
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
+    Mixup = require("timm.data", "training").Mixup
+    losses = require("timm.loss", "training")
+    LabelSmoothingCrossEntropy, SoftTargetCrossEntropy = losses.LabelSmoothingCrossEntropy, losses.SoftTargetCrossEntropy
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mix = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                     num_classes=num_classes)
@@ -245,7 +246,7 @@ def _profile_report(model, val_info, device, t_steps, model_name):
     return dict(params=int(tot.get("params_count", sum(p.numel() for p in model.parameters()))),
                 bit_budget=tot.get("bit_budget"), s_ace=tot.get("s_ace"), ns_ace=tot.get("ns_ace"),
                 firing_rate={rec.name: rec.firing_rate for rec in prof.layers},
-                input_bits={rec.name: rec.in_bits for rec in prof.layers})
+                input_bits={rec.name: rec.s_bits for rec in prof.layers})
 
 
 def run(config: TrainConfig) -> dict:
@@ -257,7 +258,7 @@ def run(config: TrainConfig) -> dict:
     ``params``, ``bit_budget``, ``s_ace``, ``ns_ace``, ``firing_rate`` ({layer: rate, the nonzero
     fraction of the layer's input}) and ``input_bits`` ({layer: the bits of its input spikes, None
     for a real-valued input such as the encoding conv or a head after a mean: the profiler's
-    ``LayerRecord.in_bits``; the layers with an int take spikes}) from
+    ``LayerRecord.s_bits``; the layers with an int take spikes}) from
     :func:`qsnn_kernels.metrics.profile` on val samples, ``model``, ``wst``, ``data``, ``world_size``.
 
     The run folder (:mod:`qsnn_kernels.train.run_folder`): a folder that already holds a run is

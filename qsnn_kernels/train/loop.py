@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from ..extras import require
 from . import run_folder as rf
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .engine import _criterion, _evaluate, _loaders, _profile_report, _seed_epoch
@@ -59,10 +60,9 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
                resumed: tuple[str | None, dict | None] = (None, None)) -> dict:
     """Train from scratch, or from ``resumed`` (:func:`resume_checkpoint`'s (path, checkpoint)),
     writing the run folder; returns the report."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
-
+    create_optimizer_v2 = require("timm.optim", "training").create_optimizer_v2
+    create_scheduler_v2 = require("timm.scheduler", "training").create_scheduler_v2
+    ModelEmaV3 = require("timm.utils", "training").ModelEmaV3
     main = dist_info.main
     out = cfg.output
     t_start = time.perf_counter()
@@ -108,9 +108,7 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
         bar = None
         if main and cfg.progress and _is_terminal(sys.stderr):
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
+            bar = require("tqdm", "training's progress bars").tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
         loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
         for step, (x, y) in enumerate(train_loader):
             if step >= steps:

@@ -41,6 +41,8 @@ import shutil
 import tempfile
 from typing import BinaryIO, Callable
 
+from ..extras import require
+
 __all__ = ["CONFIG", "METRICS", "LAST", "BEST", "REPORT", "RUN_FILES", "write_atomic", "copy_atomic",
            "write_json", "write_metrics", "write_config", "clean_stale_temps", "run_files", "check_output",
            "remove_run", "repair_best"]
@@ -115,8 +117,7 @@ def write_metrics(path: str, rows: list[dict]) -> None:
 
 
 def write_config(path: str, config: dict) -> None:
-    import yaml
-
+    yaml = require("yaml", "writing a run's config.yaml")
     write_atomic(path, yaml.safe_dump(config, sort_keys=False))
 
 
