@@ -285,6 +285,16 @@ def _layer_weight(layer) -> torch.Tensor:
     return cache[1]
 
 
+def _renamed_state(state: dict, old: str, new: str) -> dict:
+    """The ``__dict__`` of a module pickled whole before its attribute ``old`` was renamed ``new``,
+    with the new name (the state as it is when it has none)."""
+    if old not in state:
+        return state
+    state = dict(state)
+    state.setdefault(new, state.pop(old))
+    return state
+
+
 class _QuantAttrs:
     """What QuantLinear and QuantConv2d add to their torch base: the bit widths, the input spikes'
     scale and the forward-path switches (checked), and their repr. Plain attributes, not state:
@@ -307,11 +317,7 @@ class _QuantAttrs:
         return self.s_bits
 
     def __setstate__(self, state: dict) -> None:
-        # a layer pickled whole before the rename holds its input width as "in_bits"
-        if "in_bits" in state:
-            state = dict(state)
-            state.setdefault("s_bits", state.pop("in_bits"))
-        super().__setstate__(state)
+        super().__setstate__(_renamed_state(state, "in_bits", "s_bits"))
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, w_bits={self.w_bits}, s_bits={self.s_bits}, "
@@ -396,24 +402,39 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
 
 
 class SpikeMatmul(nn.Module):
-    """``a @ b`` between an ``a_bits``-wide and a ``b_bits``-wide operand (spiking self-attention).
+    """``a @ b`` between an ``s_bits``-wide and a ``b_bits``-wide integer operand (spiking
+    self-attention's ``Q K^T`` and ``attn V``).
 
-    A module only so that the profiler can hook it: it counts the product's MACs at these widths
-    (``b_bits`` plays the weight's role). Bits are ints >= 1 (16/32: a float operand).
+    A module only so that the profiler can hook it: it counts the product's MACs at these widths,
+    ``a`` as the input spikes (``s_bits``, as a layer's) and ``b`` in the weight's place
+    (``b_bits``). Bits are ints >= 1 (16/32: a float operand). ``a_bits``: the deprecated name of
+    ``s_bits`` (keyword and attribute; FutureWarning).
     """
 
-    def __init__(self, a_bits: int, b_bits: int):
+    def __init__(self, s_bits: int = NOT_GIVEN, b_bits: int = NOT_GIVEN, *, a_bits=NOT_GIVEN):
         super().__init__()
-        for name, bits in (("a_bits", a_bits), ("b_bits", b_bits)):
+        s_bits = renamed_keyword("SpikeMatmul", "s_bits", s_bits, "a_bits", a_bits)
+        if b_bits is NOT_GIVEN:
+            raise TypeError("SpikeMatmul: missing argument 'b_bits'")
+        for name, bits in (("s_bits", s_bits), ("b_bits", b_bits)):
             if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
                 raise ValueError(f"SpikeMatmul: {name} must be an int >= 1, got {bits!r}")
-        self.a_bits, self.b_bits = a_bits, b_bits
+        self.s_bits, self.b_bits = s_bits, b_bits
+
+    @property
+    def a_bits(self) -> int:
+        """Deprecated name of :attr:`s_bits` (read-only; FutureWarning)."""
+        warnings.warn("SpikeMatmul.a_bits is deprecated; read s_bits (same value)", FutureWarning, stacklevel=2)
+        return self.s_bits
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(_renamed_state(state, "a_bits", "s_bits"))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.matmul(a, b)
 
     def extra_repr(self) -> str:
-        return f"a_bits={self.a_bits}, b_bits={self.b_bits}"
+        return f"s_bits={self.s_bits}, b_bits={self.b_bits}"
 
 
 # --------------------------------------------------------------------------- batch norm, neurons

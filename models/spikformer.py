@@ -30,7 +30,7 @@ Conventions (documented choices; the profiler and the inference conversion read 
   are kept as the paper's numbers.
 * ``Q K^T`` is not restricted (it is not a neuron output in the original): its entries are
   integers ``0 .. d_head (2^S - 1)^2``; the second :class:`SpikeMatmul` declares that width as
-  ``a_bits`` (e.g. 6 bits for d_head = 32, S = 1), V's as ``b_bits = s_bits``.
+  its ``s_bits`` (e.g. 6 bits for d_head = 32, S = 1), V's as ``b_bits``, the model's ``s_bits``.
 * ``s_bits`` of a layer (its input's spike width): the model's after a neuron or a max pool of
   spikes. The residual stream
   is not restricted (as in the original): it carries sums of spikes, up to 2 L after the patch

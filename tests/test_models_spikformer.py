@@ -159,19 +159,19 @@ def test_attention_matches_the_original_formula(s_bits):
     expected = original_ssa_attention(captured["q"], captured["k"], captured["v"], 3, s_bits)
     assert int((captured["attn"].double() != expected).sum()) == 0
     assert captured["attn"].max() <= levels and expected.sum() > 0  # restricted to S bits; some spikes
-    assert attn.qk.a_bits == attn.qk.b_bits == s_bits
-    assert attn.attn_v.a_bits == (16 * levels * levels).bit_length() and attn.attn_v.b_bits == s_bits
+    assert attn.qk.s_bits == attn.qk.b_bits == s_bits
+    assert attn.attn_v.s_bits == (16 * levels * levels).bit_length() and attn.attn_v.b_bits == s_bits
 
 
 @pytest.mark.parametrize("s_bits", [1, 2])
 def test_declared_bits_hold_the_values_that_flow(s_bits):
     """Every layer with s_bits holds integer inputs in [0, 2^s_bits - 1] (in_scale 1); SpikeMatmul
-    operands fit a_bits/b_bits; the encoding conv and the head are the real-valued ones."""
+    operands fit s_bits/b_bits; the encoding conv and the head are the real-valued ones."""
     model = small(depth=3, s_bits=s_bits, t_steps=2)
     checked = []
 
     def check(m, args, out):
-        for x, bits in zip(args, (m.a_bits, m.b_bits) if isinstance(m, SpikeMatmul) else (m.s_bits,)):
+        for x, bits in zip(args, (m.s_bits, m.b_bits) if isinstance(m, SpikeMatmul) else (m.s_bits,)):
             if bits is None:
                 continue
             assert torch.equal(x, x.round()) and x.min() >= 0 and x.max() <= (1 << bits) - 1, (m, bits)
@@ -256,8 +256,8 @@ def test_bad_forward_input(x, error, match):
 
 
 def test_attention_width_formula():
-    """a_bits of (Q K^T) @ V: Q K^T entries reach d_head (2^S - 1)^2 exactly when Q = K = top level."""
+    """s_bits of (Q K^T) @ V: Q K^T entries reach d_head (2^S - 1)^2 exactly when Q = K = top level."""
     attn = sf.SpikingSelfAttention(32, 2, w_bits=4, s_bits=2, in_s_bits=2)
     top = torch.full((1, 1, 3, 2, 16), 3.0)
     entry = attn.qk(top, top.transpose(-2, -1)).max().item()
-    assert entry == 16 * 9 and math.ceil(math.log2(entry + 1)) == attn.attn_v.a_bits
+    assert entry == 16 * 9 and math.ceil(math.log2(entry + 1)) == attn.attn_v.s_bits
