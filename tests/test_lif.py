@@ -5,19 +5,23 @@ same float operations in the same order); gradients agree to summation-order rou
 1e-12 relative; float32: against the float32 reference, 1e-5); integer mode is bit-exact.
 """
 
+import importlib.util
+import math
 import os
-import pathlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from qsnn_kernels import _extension, reference
+from qsnn_kernels import _extension, lif, reference
 from qsnn_kernels.lif import MultiLevelLIF, multilevel_lif, multilevel_lif_int
+from qsnn_kernels.triton_on_cpu import interpreting, triton_kernels_on_cpu
 
 _extension.extension()  # registers the CPU kernels; the suite needs the built extension
 
-TRITON_LIF = pathlib.Path(__file__).resolve().parents[1] / "qsnn_kernels" / "triton" / "lif.py"
-needs_triton_lif = pytest.mark.skipif(not TRITON_LIF.exists(), reason="qsnn_kernels/triton/lif.py not written yet")
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None or not interpreting(),
+                                  reason="needs triton and TRITON_INTERPRET=1 (tests/conftest.py sets it without a GPU)")
+CPU_BACKENDS = ["auto", "reference", pytest.param("triton", marks=needs_triton)]
 
 GRAD_TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 
@@ -184,6 +188,30 @@ def test_gradient_of_final_membrane_only():
     torch.testing.assert_close(gx, gxr, **GRAD_TOL[torch.float64])
 
 
+# g'(z) of each surrogate at its default alpha (rect 1, atan 2, sigmoid 4), written out here rather
+# than read from qsnn_kernels.choices.DEFAULT_ALPHA, so that changing a default fails a test
+DEFAULT_SURROGATE_DERIVATIVES = {
+    "rect": lambda z: (z.abs() < 0.5).to(z.dtype),
+    "atan": lambda z: 1 / (1 + (math.pi * z) ** 2),
+    "sigmoid": lambda z: 4 * torch.sigmoid(4 * z) * (1 - torch.sigmoid(4 * z)),
+}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("surrogate", sorted(DEFAULT_SURROGATE_DERIVATIVES))
+def test_default_alpha_gradients_have_known_values(backend, surrogate):
+    """One step, binary spikes, only the spikes used, alpha=None: d spikes / d x = g'(x / v_th - 1)
+    at the surrogate's default alpha, on every backend (the C++ and Triton kernels resolve no
+    default themselves: the API passes it)."""
+    v_th = 0.5
+    x = torch.linspace(-0.25, 1.25, 25).reshape(1, 25).requires_grad_()
+    spikes, _ = multilevel_lif(x, s_bits=1, v_th=v_th, surrogate=surrogate, backend=backend)
+    (gx,) = torch.autograd.grad(spikes.sum(), x)
+    want = DEFAULT_SURROGATE_DERIVATIVES[surrogate](x.detach().double() / v_th - 1)
+    torch.testing.assert_close(gx.double(), want, rtol=1e-6, atol=1e-6)
+    assert want.max() > 0.9  # the probe sits on the spike threshold, where g' peaks
+
+
 # --------------------------------------------------------------------------- integer mode
 
 
@@ -218,10 +246,44 @@ def test_int_non_contiguous_and_overflow():
     x = torch.randint(-100, 100, (4, 7, 33), dtype=torch.int32).transpose(1, 2)
     got, want = multilevel_lif_int(x, s_bits=4, theta=9), multilevel_lif_int(x, s_bits=4, theta=9, backend="reference")
     assert mismatches(got[0], want[0]) == 0 and mismatches(got[1], want[1]) == 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_int_overflow_is_an_overflow_error_before_any_kernel(backend):
+    """The API checks the int32 range of h before any kernel runs, on every backend: an OverflowError
+    (the C++ kernel's own check is a ValueError, the Triton kernel has none); a bound that fails
+    without an overflow, and h = INT32_MIN exactly, still run."""
     big = torch.full((3, 5), 2**30 + 7, dtype=torch.int32)
-    for backend in ("auto", "reference"):
-        with pytest.raises(OverflowError, match="step 1"):
-            multilevel_lif_int(big, s_bits=1, theta=2**31 - 1, backend=backend)
+    with pytest.raises(OverflowError, match="step 1"):
+        multilevel_lif_int(big, s_bits=1, theta=2**31 - 1, backend=backend)
+    with pytest.raises(OverflowError, match="step 0"):  # v_init enters the bound
+        multilevel_lif_int(big[:1], s_bits=1, theta=2**31 - 1, v_init=big[0], backend=backend)
+    near = torch.full((3, 5), 2**30, dtype=torch.int32)  # the cheap bound fails, h fits: runs
+    cases = [(near[:2], dict(theta=3)), (torch.full((1, 4), -(2**31), dtype=torch.int32), dict(theta=7))]
+    for x, kw in cases:
+        got = multilevel_lif_int(x, s_bits=1, backend=backend, **kw)
+        want = multilevel_lif_int(x, s_bits=1, backend="reference", **kw)
+        assert mismatches(got[0], want[0]) == 0 and mismatches(got[1], want[1]) == 0
+
+
+def test_cpu_kernel_errors_are_typed():
+    """Direct op calls: the C++ kernels raise ValueError for bad values (an unknown surrogate name
+    included, never a default) and TypeError for bad dtypes; h leaving int32 is a ValueError."""
+    h = torch.zeros(3, 5)
+    with pytest.raises(ValueError, match="surrogate must be one of rect, atan, sigmoid, got tanh"):
+        torch.ops.qsnn.lif_backward(h, None, h, 1, 1.0, 0.5, 0.0, True, "tanh", 1.0, False)
+    with pytest.raises(ValueError, match="s_bits"):
+        torch.ops.qsnn.lif_forward(h, None, 3, 1.0, 0.5, 0.0, True, "atan", 2.0, False)
+    with pytest.raises(ValueError, match="alpha"):
+        torch.ops.qsnn.lif_backward(h, None, h, 1, 1.0, 0.5, 0.0, True, "atan", 0.0, False)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        torch.ops.qsnn.lif_forward(h.int(), None, 1, 1.0, 0.5, 0.0, True, "atan", 2.0, False)
+    with pytest.raises(TypeError, match="int32"):
+        torch.ops.qsnn.lif_int(h, None, 1, 3, 0, 0, True)
+    with pytest.raises(ValueError, match="theta"):
+        torch.ops.qsnn.lif_int(h.int(), None, 1, 0, 0, 0, True)
+    with pytest.raises(ValueError, match="leaves int32 at step 1"):
+        torch.ops.qsnn.lif_int(torch.full((3, 5), 2**30 + 7, dtype=torch.int32), None, 1, 2**31 - 1, 0, 0, True)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -447,7 +509,7 @@ def test_torch_compile_fullgraph(compiler):
 # --------------------------------------------------------------------------- Triton backend
 
 
-@needs_triton_lif
+@needs_triton
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_triton_matches_reference(device, reset):
     x = currents((4, 37), 4).to(device).requires_grad_()
@@ -462,7 +524,7 @@ def test_triton_matches_reference(device, reset):
     torch.testing.assert_close(gx, gxr, **GRAD_TOL[torch.float32])
 
 
-@needs_triton_lif
+@needs_triton
 def test_triton_int_bit_exact(device):
     x = torch.randint(-50, 80, (4, 37), dtype=torch.int32).to(device)
     got = multilevel_lif_int(x, s_bits=2, theta=7, leak_shift=1, reset="soft", backend="triton")
@@ -472,3 +534,71 @@ def test_triton_int_bit_exact(device):
     assert multilevel_lif_int(near[:2], s_bits=1, theta=3, backend="triton")[0].sum() == 10
     with pytest.raises(OverflowError):
         multilevel_lif_int(near, s_bits=1, theta=2**31 - 1, leak_shift=0, reset="soft", backend="triton")
+
+
+class _QsnnOps(TorchDispatchMode):
+    """Records the qsnn ops dispatched within it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "qsnn":
+            self.ops.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@needs_triton
+def test_triton_on_cpu_runs_the_registered_ops_forward_and_backward(monkeypatch):
+    """backend='triton' on CPU tensors dispatches qsnn::lif_forward, lif_backward and lif_int, whose
+    CPU kernels are then the Triton launchers registered for CUDA, for the forward and for the
+    backward that runs after it; outside those calls the CPU kernels are the C++ ones again."""
+    import qsnn_kernels.triton.lif as launchers
+
+    launched = []
+    for name in ("lif_forward_triton", "lif_backward_triton", "lif_int_triton"):
+        real = getattr(launchers, name)
+        monkeypatch.setattr(launchers, name, lambda *a, _real=real, _name=name: (launched.append(_name), _real(*a))[1])
+    x = currents((3, 37), 2).requires_grad_()
+    xi = torch.randint(-20, 40, (3, 37), dtype=torch.int32)
+    for backend, want in (("triton", ["lif_forward_triton", "lif_backward_triton", "lif_int_triton"]), ("auto", [])):
+        launched.clear()
+        with _QsnnOps() as log:
+            spikes, _ = multilevel_lif(x, s_bits=2, backend=backend)
+            (gx,) = torch.autograd.grad(spikes.sum(), x)
+            multilevel_lif_int(xi, s_bits=2, theta=7, backend=backend)
+        assert log.ops == ["lif_forward.default", "lif_backward.default", "lif_int.default"], backend
+        assert launched == want, backend
+
+
+@needs_triton
+def test_opcheck_with_the_triton_kernels_on_cpu():
+    """The schema, fake and autograd registration agree with the Triton launchers as well."""
+    x = currents((3, 37), 2).requires_grad_()
+    v_init = currents((37,), 2, seed=4).requires_grad_()
+    h = currents((3, 37), 2)
+    gs, gv = torch.randn(3, 37), torch.randn(37)
+    xi = torch.randint(-20, 40, (4, 33), dtype=torch.int32)
+    with triton_kernels_on_cpu(lif.TRITON_KERNELS):
+        torch.library.opcheck(torch.ops.qsnn.lif_forward.default, (x, v_init, 2, 0.75, 0.5, 0.0, True, "atan", 2.0, False))
+        torch.library.opcheck(torch.ops.qsnn.lif_forward.default,
+                              (x.detach(), None, 2, 0.75, 0.5, 0.0, False, "atan", 2.0, False, False))
+        for grad_v_last in (gv, None):
+            torch.library.opcheck(torch.ops.qsnn.lif_backward.default,
+                                  (gs, grad_v_last, h, 2, 0.75, 0.5, 0.0, True, "sigmoid", 4.0, False))
+        torch.library.opcheck(torch.ops.qsnn.lif_int.default, (xi, None, 4, 5, 1, 0, True))
+
+
+@needs_triton
+def test_triton_on_cpu_under_torch_func_and_double_backward():
+    """The one autograd path serves the Triton backend too: torch.func.grad equals the reference's
+    autograd, and a double backward raises."""
+    x = currents((5, 2, 7), 2)
+    weights = torch.randn(5, 2, 7, generator=torch.Generator().manual_seed(3))
+    gx = torch.func.grad(_loss("triton", 2, "hard", "atan", weights))(x, None)
+    xr = x.clone().requires_grad_()
+    (gxr,) = torch.autograd.grad(_loss("reference", 2, "hard", "atan", weights)(xr, None), xr)
+    torch.testing.assert_close(gx, gxr, **GRAD_TOL[torch.float32])
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(_loss("triton", 2, "hard", "atan", weights)(xr, None), xr, create_graph=True)

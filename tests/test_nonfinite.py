@@ -6,6 +6,7 @@ refusing to pack a weight that integer codes cannot hold."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -167,3 +168,38 @@ def test_packed_weight_empty_weight_is_a_clear_error():
     for shape in [(3, 0), (0, 3), (2, 0, 3, 3)]:
         with pytest.raises(ValueError, match=r"non-empty \[N, K, ...\]"):
             PackedWeight.from_float(torch.zeros(shape), 4)
+
+
+# --------------------------------------------------------------------------- multi-level LIF
+
+
+def _lif_backends():
+    from qsnn_kernels.triton_on_cpu import interpreting
+
+    has_triton = importlib.util.find_spec("triton") is not None and interpreting()
+    triton = pytest.mark.skipif(not has_triton, reason="needs triton and TRITON_INTERPRET=1")
+    return ["reference", "auto", pytest.param("triton", marks=triton)]
+
+
+@pytest.mark.parametrize("backend", _lif_backends())
+def test_lif_last_step_gradient_of_a_nan_input_is_zero_when_only_spikes_are_used(backend):
+    """Hard reset, rect surrogate, NaN and +inf inputs at the last step, v_T unused: the last step's
+    membrane path receives no gradient, so it contributes nothing (not 0 * NaN), and the rect
+    surrogate is 0 at a non-finite h. The gradient is 0 there, finite everywhere, and equals the
+    reference's, on every backend."""
+    from qsnn_kernels.lif import multilevel_lif
+
+    x = torch.linspace(-0.5, 2.0, 4 * 9).reshape(4, 9)
+    x[-1, 2], x[-1, 5] = NAN, INF
+    x.requires_grad_()
+    weights = torch.linspace(1.0, 2.0, 4 * 9).reshape(4, 9)
+
+    def grad_x(which):
+        spikes, _ = multilevel_lif(x, s_bits=2, reset="hard", surrogate="rect", backend=which)
+        assert bool(spikes[-1, 2].isnan())  # the forward does propagate the NaN
+        return torch.autograd.grad((spikes * weights).sum(), x)[0]
+
+    got = grad_x(backend)
+    assert got[-1, 2] == 0 and got[-1, 5] == 0
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, grad_x("reference"), rtol=1e-6, atol=1e-6)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from qsnn_kernels import reference
+from qsnn_kernels.choices import DEFAULT_ALPHA
 from qsnn_kernels.triton.lif import lif_backward_triton, lif_forward_triton, lif_int_triton
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
@@ -137,7 +138,7 @@ def _check_grads(x, v_init, grad_spikes, grad_v, s_bits, v_th, decay, v_reset, h
 
     k_spikes, _, h = lif_forward_triton(x.float(), v_init.float(), s_bits, v_th, decay, v_reset, hard)
     assert _mismatches(k_spikes.to(x.dtype), spikes.detach()) == 0  # same trajectory
-    resolved = reference.SURROGATES[surrogate][1] if alpha is None else alpha
+    resolved = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
     gx, gv = lif_backward_triton(
         None if grad_spikes is None else grad_spikes.float(), None if grad_v is None else grad_v.float(),
         h, s_bits, v_th, decay, v_reset, hard, surrogate, resolved, detach,
@@ -194,16 +195,24 @@ def test_backward_general_params_vs_float32_autograd(surrogate, hard):
 
 @pytest.mark.parametrize("hard", [True, False])
 @pytest.mark.parametrize("surrogate", ["rect", "atan"])
-def test_backward_nan_matches_reference(hard, surrogate):
+@pytest.mark.parametrize("v_last_used", [True, False])
+def test_backward_nan_matches_reference(hard, surrogate, v_last_used):
+    """NaN/inf inputs, at the last step too: NaN gradients exactly where the reference's are; with
+    grad_v_last None (v_T unused) the last step's membrane path contributes nothing, not 0 * NaN."""
     x, v_init, grad_spikes, grad_v = _dyadic_case(4, 37, seed=2)
     x[1, 3] = float("nan")
     x[2, 5] = float("inf")
+    x[3, 7] = float("nan")
+    x[3, 9] = float("inf")
     xr = x.clone().requires_grad_()
     spikes, v = reference.multilevel_lif(xr, 2, 1.0, 0.5, 0.0, _reset(hard), surrogate)
-    (ref_gx,) = torch.autograd.grad((spikes * grad_spikes).sum() + (v * grad_v).sum(), (xr,))
+    loss = (spikes * grad_spikes).sum() + ((v * grad_v).sum() if v_last_used else 0)
+    (ref_gx,) = torch.autograd.grad(loss, (xr,))
     _, _, h = lif_forward_triton(x.float(), None, 2, 1.0, 0.5, 0.0, hard)
-    gx, _ = lif_backward_triton(grad_spikes.float(), grad_v.float(), h, 2, 1.0, 0.5, 0.0, hard, surrogate,
-                                reference.SURROGATES[surrogate][1], False)
+    gx, _ = lif_backward_triton(grad_spikes.float(), grad_v.float() if v_last_used else None, h, 2, 1.0, 0.5, 0.0,
+                                hard, surrogate, DEFAULT_ALPHA[surrogate], False)
+    if not v_last_used and surrogate == "rect":
+        assert gx[3, 7] == 0 and gx[3, 9] == 0  # the documented contract, whatever the reset
     assert torch.equal(gx.isnan(), ref_gx.isnan())
     keep = ~ref_gx.isnan()
     assert keep[:, :3].all()  # other neurons unaffected
