@@ -226,6 +226,9 @@ def test_case_arguments_validated():
     with pytest.raises(ValueError, match="all zero"):
         network.fold_batch_norm(zero, torch.ones(2), torch.zeros(2), torch.zeros(2), torch.ones(2), w_bits=4,
                                 in_scale=1.0, v_th=1.0)
+    with pytest.raises(ValueError, match="not finite"):
+        network.fold_batch_norm(torch.ones(2, 3), torch.ones(2), torch.zeros(2), torch.zeros(2),
+                                torch.tensor([1.0, -1.0]), w_bits=4, in_scale=1.0, v_th=1.0)
 
 
 @pytest.mark.parametrize("backend", ["auto", "triton"])

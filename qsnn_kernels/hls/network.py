@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from .. import reference
 from ..batch_norm import batch_norm_affine
 from ..bits import SPIKE_BITS, WEIGHT_BITS, check_bits
 from ..choices import RESETS, check_choice
@@ -56,23 +57,21 @@ def fold_batch_norm(weight, gamma, beta, mean, var, *, eps: float = 1e-5, w_bits
     """Fold batch norm into a W-bit integer layer (module docstring); returns it and ``delta``.
 
     ``weight`` float ``[N, K]``; the batch-norm tensors ``[N]``; ``v_th`` None for the read-out.
+    The folded weight is quantized as one channel by :func:`qsnn_kernels.reference.quantize_weight`
+    (Eq. 5 with one scale for the layer). Raises ValueError for a bad ``w_bits``, batch-norm
+    tensors of another length, or a folded weight that is all zero or not finite (no integer scale
+    exists).
     """
     check_bits(w_bits, WEIGHT_BITS, "w_bits")
     g, folded_b = batch_norm_affine(mean, var, eps, gamma, beta)
     folded_w = weight.to(torch.float64) * g[:, None]
-    if w_bits == 1:
-        alpha = folded_w.abs().mean().item()
-        q = torch.where(folded_w >= 0, 1, -1)
-    else:
-        qmax = (1 << (w_bits - 1)) - 1
-        alpha = folded_w.abs().max().item() / qmax
-        q = torch.clamp(torch.round(folded_w / alpha), -qmax - 1, qmax) if alpha > 0 else torch.zeros_like(folded_w)
-    if not alpha > 0:
-        raise ValueError("fold_batch_norm: the folded weight is all zero; no integer scale exists")
-    delta = alpha * in_scale
+    if not bool(folded_w.ne(0).any()) or not bool(torch.isfinite(folded_w).all()):
+        raise ValueError("fold_batch_norm: the folded weight is all zero or not finite; no integer scale exists")
+    q, alpha = reference.quantize_weight(folded_w.reshape(1, -1), w_bits)
+    delta = float(alpha) * in_scale
     bias = torch.round(folded_b / delta).to(torch.int32)
     theta = None if v_th is None else max(1, round(v_th / delta))
-    return IntegerLayer(q.to(torch.int8), bias, theta), delta
+    return IntegerLayer(q.reshape(folded_w.shape), bias, theta), delta
 
 
 @dataclasses.dataclass
