@@ -261,3 +261,24 @@ def test_attention_width_formula():
     top = torch.full((1, 1, 3, 2, 16), 3.0)
     entry = attn.qk(top, top.transpose(-2, -1)).max().item()
     assert entry == 16 * 9 and math.ceil(math.log2(entry + 1)) == attn.attn_v.s_bits
+
+
+def test_spike_matmul_a_bits_is_a_deprecated_alias_of_s_bits():
+    """SpikeMatmul's left-operand width is s_bits (what the profiler reads); ``a_bits=`` and
+    ``.a_bits`` still work with a FutureWarning naming s_bits; both, or no b_bits, is a TypeError;
+    a product pickled whole under the old name loads with s_bits."""
+    with pytest.warns(FutureWarning, match="s_bits"):
+        old = SpikeMatmul(a_bits=6, b_bits=2)
+    new = SpikeMatmul(6, 2)
+    assert old.s_bits == new.s_bits == 6 and repr(old) == repr(new)
+    with pytest.warns(FutureWarning, match="s_bits"):
+        assert new.a_bits == 6
+    with pytest.raises(TypeError, match="s_bits"):
+        SpikeMatmul(6, 2, a_bits=6)
+    with pytest.raises(TypeError, match="b_bits"):
+        SpikeMatmul(6)
+    state = new.__getstate__()
+    state["a_bits"] = state.pop("s_bits")
+    loaded = SpikeMatmul.__new__(SpikeMatmul)
+    loaded.__setstate__(state)
+    assert loaded.s_bits == 6 and "a_bits" not in loaded.__dict__
