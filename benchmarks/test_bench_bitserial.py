@@ -26,7 +26,8 @@ import warnings
 import pytest
 import torch
 
-from qsnn_kernels import PackedWeight, pack_bits
+from qsnn_kernels import PackedWeight
+from qsnn_kernels.packing import pack_levels
 from qsnn_kernels.bitserial import bitserial_matmul, cpu_simd
 from qsnn_kernels.testing import random_codes
 
@@ -79,7 +80,7 @@ def _operands(m, k, n, w_bits, s_bits, steps):
     g = torch.Generator().manual_seed(m + k + n + 17 * w_bits + 5 * s_bits + steps)
     levels = random_codes((steps, m, k), s_bits, False, generator=g).to(torch.uint8)
     q = random_codes((n, k), w_bits, True, generator=g).to(torch.int8)
-    planes = pack_bits(levels, s_bits).transpose(0, 1).reshape(steps * s_bits, m, -1).contiguous()
+    planes = pack_levels(levels, s_bits)
     return levels, planes, PackedWeight.from_int(q, w_bits)
 
 
@@ -90,7 +91,7 @@ def test_bitserial_packed(benchmark, machine_limits, shape, split):
     (m, k, n), (w_bits, s_bits, steps) = SHAPES[shape], split
     _, planes, w = _operands(m, k, n, w_bits, s_bits, steps)
     benchmark.group = shape
-    _run(benchmark, lambda: bitserial_matmul(planes, w, x_bits=s_bits, k=k),
+    _run(benchmark, lambda: bitserial_matmul(planes, w, s_bits=s_bits, k=k),
          _info(shape, m, k, n, "bitserial_packed", w_bits, s_bits, steps, machine_limits))
 
 
@@ -101,7 +102,7 @@ def test_bitserial_end_to_end(benchmark, shape, split):
     (m, k, n), (w_bits, s_bits, steps) = SHAPES[shape], split
     levels, _, w = _operands(m, k, n, w_bits, s_bits, steps)
     benchmark.group = shape
-    _run(benchmark, lambda: bitserial_matmul(levels, w, x_bits=s_bits),
+    _run(benchmark, lambda: bitserial_matmul(levels, w, s_bits=s_bits),
          _info(shape, m, k, n, "bitserial_end_to_end", w_bits, s_bits, steps))
 
 

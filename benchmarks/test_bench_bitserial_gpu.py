@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from qsnn_kernels import reference
-from qsnn_kernels.bits import num_words
+from qsnn_kernels.packing import pack_levels
 
 pytestmark = [
     pytest.mark.gpu,
@@ -100,7 +100,7 @@ def test_bitserial_triton(benchmark, shape, split, strategy):
     q = torch.randint(lo, hi + 1, (n, k), device="cuda", generator=g)
     if w_bits == 1:
         q = torch.where(q == 0, 1, q)
-    x_planes = reference.pack_bits(x, s_bits, False).transpose(0, 1).reshape(steps * s_bits, m, num_words(k))
+    x_planes = pack_levels(x, s_bits, backend="reference")
     w_planes = reference.pack_bits(q, w_bits, True)
     del x, q
 
@@ -110,7 +110,7 @@ def test_bitserial_triton(benchmark, shape, split, strategy):
     benchmark.group = f"{shape}-W{w_bits}S{s_bits}T{steps}"
     ms = _time_ms(fn)
     _run_benchmark(benchmark, fn)
-    chosen = strategy if strategy != "auto" else choose_strategy(m, n, k, s_bits, w_bits, steps, "none")
+    chosen = strategy if strategy != "auto" else choose_strategy(s_bits, w_bits)
     bytes_moved = (x_planes.numel() + w_planes.numel() + steps * m * n) * 4
     _record(
         benchmark, ms, steps * m * n * k, w_bits, s_bits, bytes_moved,

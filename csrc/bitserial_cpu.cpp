@@ -2,7 +2,7 @@
 //
 //   Y_p[m, n] = sum_b 2^b sum_q sign_q 2^q popcount(A_{p,b}[m, :] & B_q[n, :])
 //
-// A = x_planes int32 [P * x_bits, M, words], plane p * x_bits + b holding bit b of step p;
+// A = x_planes int32 [P * s_bits, M, words], plane p * s_bits + b holding bit b of step p;
 // B = w_planes int32 [w_bits, N, words]; sign_q = -1 for the top plane of a W >= 2 code.
 // W = 1 (+-1 codes): 2 popcount(A & B) - popcount(A). reduce: "none" -> [P, M, N],
 // "time" -> sum_p Y_p, "bitplane" -> sum_p 2^p Y_p ([M, N]). Exact; int64 accumulation,
@@ -14,7 +14,7 @@
 // activation word is broadcast and ANDed with it, and the per-lane popcounts accumulate per
 // (m, n) with no horizontal reduction. A tile of MR rows x NR channels keeps all its
 // accumulators in registers over every (x plane, w plane) pair, shifting and signing each
-// pair's count once at its end (so the cost is proportional to the pair count P * x_bits * W:
+// pair's count once at its end (so the cost is proportional to the pair count P * s_bits * W:
 // the Bit Budget). Blocking: an L1-sized group of panels is swept for each tile, so the tile's
 // activation rows are reused from L1, and a row block's activation words stay in L2 across the
 // groups; the next tile's rows are prefetched during the current one. OpenMP (dynamic) splits
@@ -30,8 +30,6 @@
 
 #include <immintrin.h>
 #include <omp.h>
-#ifdef __linux__
-#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -41,13 +39,15 @@
 #include <vector>
 
 #include "bitplanes.h"
+#include "contract.h"
 #include "cpu_features.h"
 #include "host_pool.h"
 
 namespace qsnn {
 namespace {
 
-constexpr int64_t kMaxBitplanes = 8;  // reduce="bitplane": max(SPIKE_BITS), as bitserial.py
+// reduce="bitplane": the planes are the bits of one activation, at most the widest spike width
+constexpr int64_t kMaxBitplanes = kAllowedBits[sizeof(kAllowedBits) / sizeof(kAllowedBits[0]) - 1];
 constexpr int64_t kL2BlockBytes = 384 * 1024;  // activation words per row block (L2 is >= 512 KiB)
 constexpr int64_t kL1PanelBytes = 24 * 1024;   // weight panels swept per tile (L1d is >= 32 KiB)
 
@@ -82,12 +82,12 @@ Simd select_simd(const std::string& request) {
   }
   for (Simd s : {Simd::kAvx512, Simd::kAvx512bw, Simd::kAvx2, Simd::kPopcnt, Simd::kGeneric}) {
     if (request == simd_name(s)) {
-      TORCH_CHECK(simd_supported(s), "bitserial_matmul: QSNN_CPU_SIMD=", request, " but this CPU lacks it");
+      TORCH_CHECK_VALUE(simd_supported(s), "QSNN_CPU_SIMD=", request, " but this CPU lacks it");
       return s;
     }
   }
-  TORCH_CHECK(false, "bitserial_matmul: QSNN_CPU_SIMD must be auto, avx512_vpopcntdq, avx512bw, avx2, popcnt or generic, got ",
-              request);
+  TORCH_CHECK_VALUE(false, "QSNN_CPU_SIMD must be auto, avx512_vpopcntdq, avx512bw, avx2, popcnt or generic, got ",
+                    request);
 }
 
 Simd simd_from_env() {
@@ -299,6 +299,7 @@ QSNN_AVX2 __attribute__((always_inline)) inline void tile_avx2(const Problem& pb
 
 // --------------------------------------------------------------------------- AVX-512BW (nibble lookup)
 // For AVX-512 CPUs without VPOPCNTDQ (Skylake-SP .. Cascade Lake): the AVX2 scheme on zmm.
+// It mirrors step/flush/tile_avx2 line for line; they differ only by SIMD width (zmm vs ymm intrinsics).
 
 constexpr int kMrBw = 4, kNrBw = 16;
 
@@ -498,7 +499,7 @@ void pack_panels(const int32_t* w, int64_t w_bits, int64_t n, int64_t words, int
 }
 
 at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Tensor& w_planes, int64_t k,
-                                       int64_t x_bits, c10::string_view reduce) {
+                                       int64_t s_bits, c10::string_view reduce) {
   // The op's own contract, the same as the Python API's (qsnn_kernels/bitserial.py _check_op, also
   // the fake kernel's): a raw torch.ops.qsnn call gets the same errors, before any work.
   TORCH_CHECK_TYPE(x_planes.scalar_type() == at::kInt && w_planes.scalar_type() == at::kInt,
@@ -509,26 +510,24 @@ at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Ten
   const int64_t words = num_words(k);
   TORCH_CHECK_VALUE(x_planes.size(2) == words && w_planes.size(2) == words,
                     "bitserial_matmul_packed: k=", k, " needs ", words, " words per row");
-  TORCH_CHECK_VALUE(x_bits == 1 || x_bits == 2 || x_bits == 4 || x_bits == 8,
-                    "bitserial_matmul_packed: x_bits must be one of (1, 2, 4, 8), got ", x_bits);
-  TORCH_CHECK_VALUE(x_planes.size(0) % x_bits == 0 && x_planes.size(0) > 0,
-                    "bitserial_matmul_packed: x planes must be a positive multiple of x_bits");
+  check_bits(s_bits, "bitserial_matmul_packed", "s_bits");
+  TORCH_CHECK_VALUE(x_planes.size(0) % s_bits == 0 && x_planes.size(0) > 0,
+                    "bitserial_matmul_packed: x planes must be a positive multiple of s_bits");
   const int64_t w_bits = w_planes.size(0);
-  TORCH_CHECK_VALUE(w_bits == 1 || w_bits == 2 || w_bits == 4 || w_bits == 8,
-                    "bitserial_matmul_packed: w_bits (w_planes.size(0)) must be one of (1, 2, 4, 8), got ", w_bits);
-  const int64_t steps = x_planes.size(0) / x_bits;
+  check_bits(w_bits, "bitserial_matmul_packed", "w_bits (w_planes.size(0))");
+  const int64_t steps = x_planes.size(0) / s_bits;
   const std::string red(reduce);
   TORCH_CHECK_VALUE(red == "none" || red == "time" || red == "bitplane",
                     "bitserial_matmul_packed: reduce must be one of ('none', 'time', 'bitplane'), got ", red);
-  TORCH_CHECK_VALUE(red != "bitplane" || (x_bits == 1 && steps <= kMaxBitplanes),
-                    "bitserial_matmul_packed: reduce=\"bitplane\" needs x_bits=1 and at most ", kMaxBitplanes,
-                    " planes; got x_bits=", x_bits, " and ", steps, " planes");
+  TORCH_CHECK_VALUE(red != "bitplane" || (s_bits == 1 && steps <= kMaxBitplanes),
+                    "bitserial_matmul_packed: reduce=\"bitplane\" needs s_bits=1 and at most ", kMaxBitplanes,
+                    " planes; got s_bits=", s_bits, " and ", steps, " planes");
   // int32_bound: K * max|code| * max level * (1, P or 2^P - 1), in double (exact far beyond 2^31)
   const double factor = red == "none" ? 1.0 : red == "time" ? static_cast<double>(steps) : std::ldexp(1.0, steps) - 1;
   const double bound = static_cast<double>(k) * (w_bits > 1 ? std::ldexp(1.0, w_bits - 1) : 1.0) *
-                       (std::ldexp(1.0, x_bits) - 1) * factor;
+                       (std::ldexp(1.0, s_bits) - 1) * factor;
   TORCH_CHECK_VALUE(bound < 2147483648.0, "bitserial_matmul_packed: the result could overflow int32: K=", k,
-                    ", w_bits=", w_bits, ", x_bits=", x_bits, ", ", steps, " planes (", red,
+                    ", w_bits=", w_bits, ", s_bits=", s_bits, ", ", steps, " planes (", red,
                     ") bound ", static_cast<int64_t>(bound), " >= 2^31; split K or the planes");
 
   const Simd simd = simd_from_env();
@@ -571,17 +570,17 @@ at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Ten
   for (int64_t p = 0; p < steps; ++p) {
     const int64_t po = red == "none" ? p : 0;
     const int base = red == "bitplane" ? static_cast<int>(p) : 0;
-    for (int64_t b = 0; b < x_bits; ++b) {
+    for (int64_t b = 0; b < s_bits; ++b) {
       for (int64_t q = 0; q < w_bits; ++q) {
         const int shift = base + static_cast<int>(b + q) + (w_bits == 1 ? 1 : 0);
-        pb.pairs[po].push_back({p * x_bits + b, q, shift, w_bits > 1 && q == w_bits - 1});
+        pb.pairs[po].push_back({p * s_bits + b, q, shift, w_bits > 1 && q == w_bits - 1});
       }
     }
   }
   std::vector<int64_t> corr;
   if (w_bits == 1) {
     // popcount(A) of every activation row once, then corr[p, m] = sum over its pairs of 2^(shift-1) popcount
-    const int64_t x_planes_n = steps * x_bits;
+    const int64_t x_planes_n = steps * s_bits;
     std::vector<int64_t> ones(static_cast<size_t>(x_planes_n * m));
     auto row_popcount = simd == Simd::kAvx512 ? &row_popcount_avx512
                         : simd == Simd::kGeneric ? &row_popcount_generic
@@ -634,14 +633,8 @@ at::Tensor bitserial_matmul_packed_cpu(const at::Tensor& x_planes, const at::Ten
 
 }  // namespace
 
-namespace {
-// The SIMD path the CPU kernel takes for `request` ("auto" or a path name); errors like the kernel.
-std::string bitserial_cpu_simd(c10::string_view request) { return simd_name(select_simd(std::string(request))); }
-}  // namespace
+std::string cpu_simd(const std::string& request) { return simd_name(select_simd(request)); }
 
 TORCH_LIBRARY_IMPL(qsnn, CPU, m) { m.impl("bitserial_matmul_packed", &bitserial_matmul_packed_cpu); }
-
-// No tensor argument to dispatch on: one kernel for every backend.
-TORCH_LIBRARY_IMPL(qsnn, CompositeExplicitAutograd, m) { m.impl("bitserial_cpu_simd", &bitserial_cpu_simd); }
 
 }  // namespace qsnn

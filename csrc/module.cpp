@@ -1,12 +1,21 @@
 // The Python module qsnn_kernels._C: loading it registers the kernels (TORCH_LIBRARY_IMPL in the
 // other sources); it exposes only what was built and which CPU features the kernels can use.
+#include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
+
+#include <string>
 
 #include "bitplanes.h"
 #include "contract.h"
 #include "cpu_features.h"
 
 namespace py = pybind11;
+
+namespace qsnn {
+// The SIMD path the CPU GEMM takes for `request` ("auto" or a path name); c10::ValueError for an
+// unknown path or one this CPU lacks (csrc/bitserial_cpu.cpp).
+std::string cpu_simd(const std::string& request);
+}  // namespace qsnn
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "qsnn_kernels compiled kernels";
@@ -38,6 +47,16 @@ PYBIND11_MODULE(_C, m) {
     c["word_bits"] = qsnn::kWordBits;
     return c;
   });
+  m.def(
+      "cpu_simd",
+      [](const std::string& request) {
+        try {
+          return qsnn::cpu_simd(request);
+        } catch (const c10::ValueError& e) {
+          throw py::value_error(e.what_without_backtrace());
+        }
+      },
+      py::arg("request"));
   m.def("cpu_features", [] {
     py::dict f;
     f["avx2"] = qsnn::cpu_has_avx2();

@@ -6,6 +6,10 @@ Backward (straight-through, dense float matmuls, as if the levels and the quanti
 were floats): ``dL/dx_p = c_p * x_scale * dL/dy_p @ (alpha * q)``, ``dL/dW_q = x_scale *
 sum_p c_p dL/dy_p^T @ x_p`` passed unchanged to a float master weight, and
 ``dL/dalpha_n = sum_k dL/dW_q[n, k] * q[n, k]``; ``c_p`` is 1 ("none", "time") or 2^p ("bitplane").
+
+Every backend but "reference" packs and unpacks with the compiled kernels of the tensors' device
+(and computes with the op ``qsnn::bitserial_matmul_packed``); "reference" uses reference.py
+throughout. Nothing falls back: a backend that cannot run raises BackendUnavailable before any work.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import torch
 
 from . import _extension, reference
 from .bits import INTEGER_DTYPES, SPIKE_BITS, WEIGHT_BITS, check_bits
-from .bitserial import BACKENDS, REDUCTIONS, _check_problem, _level_planes, _run, _triton_kernel
+from .bitserial import _check_problem, _packer, _run, _spike_bits, _triton_kernel
+from .choices import REDUCTIONS, check_backend, check_choice
+from .deprecation import NOT_GIVEN
 from .packed_weight import PackedWeight
+from .packing import pack_levels
 
 __all__ = ["bitserial_linear"]
 
@@ -28,9 +35,9 @@ def _out_dtype(x: torch.Tensor, w_scale: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype if x.is_floating_point() else torch.float32, w_scale.dtype)
 
 
-def _levels(x: torch.Tensor, x_bits: int) -> torch.Tensor:
-    """Spike levels as uint8, after checking that they are integers in [0, 2^x_bits)."""
-    top = (1 << x_bits) - 1
+def _levels(x: torch.Tensor, s_bits: int) -> torch.Tensor:
+    """Spike levels as uint8, after checking that they are integers in [0, 2^s_bits)."""
+    top = (1 << s_bits) - 1
     if x.numel() == 0:
         return x.to(torch.uint8)
     if x.is_floating_point():
@@ -38,13 +45,13 @@ def _levels(x: torch.Tensor, x_bits: int) -> torch.Tensor:
             raise ValueError("bitserial_linear: spikes must hold integer levels (a float tensor of whole numbers)")
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
     if lo < 0 or hi > top:
-        raise ValueError(f"bitserial_linear: spikes hold levels in [{lo:g}, {hi:g}], outside [0, {top}] for x_bits={x_bits}")
+        raise ValueError(f"bitserial_linear: spikes hold levels in [{lo:g}, {hi:g}], outside [0, {top}] for s_bits={s_bits}")
     return x.detach().to(torch.uint8)
 
 
 def _dequantized(w_planes: torch.Tensor, w_scale: torch.Tensor, k: int, dtype: torch.dtype, backend: str):
-    """(q as dtype [N, K], alpha * q) from the packed planes."""
-    if backend == "reference" or w_planes.device.type not in ("cpu", "cuda"):
+    """(q as dtype [N, K], alpha * q) from the packed planes (the backend's unpacker)."""
+    if backend == "reference":
         q = reference.unpack_bits(w_planes, k, True)
     else:
         q = torch.ops.qsnn.unpack_bits(w_planes, k, True)
@@ -59,22 +66,21 @@ def _bitserial_linear_op(
     w_scale: torch.Tensor,
     weight: torch.Tensor | None,
     k: int,
-    x_bits: int,
+    s_bits: int,
     x_scale: float,
     reduce: str,
     backend: str,
 ) -> torch.Tensor:
-    levels = _levels(x, x_bits)
-    if backend == "auto" and levels.device.type == "cpu":
-        _extension.require("cpu")
-    x_planes = _level_planes(levels, x_bits, backend)
-    y = _run(x_planes, w_planes, k, x_bits, reduce, backend)
+    levels = _levels(x, s_bits)
+    _require(backend, levels.device)
+    x_planes = pack_levels(levels, s_bits, backend=_packer(backend))
+    y = _run(x_planes, w_planes, k, s_bits, reduce, backend)
     dtype = _out_dtype(x, w_scale)
     return y.to(dtype) * (w_scale.to(dtype) * x_scale)
 
 
 @_bitserial_linear_op.register_fake
-def _(x, w_planes, w_scale, weight, k, x_bits, x_scale, reduce, backend):
+def _(x, w_planes, w_scale, weight, k, s_bits, x_scale, reduce, backend):
     torch._check(x.dim() == 3 and x.shape[2] == k, lambda: "bitserial_linear: spikes must be [T, M, K]")
     torch._check(w_planes.dim() == 3 and w_scale.shape == (w_planes.shape[1],), lambda: "bitserial_linear: bad weight")
     m, n = x.shape[1], w_planes.shape[1]
@@ -83,7 +89,7 @@ def _(x, w_planes, w_scale, weight, k, x_bits, x_scale, reduce, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_planes, w_scale, weight, k, x_bits, x_scale, reduce, backend = inputs
+    x, w_planes, w_scale, weight, k, s_bits, x_scale, reduce, backend = inputs
     ctx.save_for_backward(x, w_planes, w_scale)
     ctx.args = (k, x_scale, reduce, backend)
     ctx.weight_shape = None if weight is None else weight.shape
@@ -120,11 +126,18 @@ _bitserial_linear_op.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------- functional API
 
 
-def _require(device_type: str) -> None:
-    # Dynamo cannot trace the extension's lazy import; under torch.compile the op's eager
-    # implementation makes the same check when it runs.
-    if not torch.compiler.is_compiling():
-        _extension.require(device_type)
+def _require(backend: str, device: torch.device) -> None:
+    """BackendUnavailable unless ``backend`` runs on ``device``: the compiled packer and unpacker
+    (every backend but "reference") and the Triton kernel (backend="triton", or "auto" on CUDA).
+
+    Dynamo cannot trace the extension's lazy import; under torch.compile the op's eager
+    implementation makes the same check when it runs.
+    """
+    if backend == "reference" or torch.compiler.is_compiling():
+        return
+    _extension.require(device.type)
+    if backend == "triton" or device.type == "cuda":
+        _triton_kernel(device)
 
 
 def _quantize_pack(weight: torch.Tensor, w_bits: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +146,6 @@ def _quantize_pack(weight: torch.Tensor, w_bits: int, backend: str) -> tuple[tor
     q = q.reshape(q.shape[0], -1)
     if backend == "reference":
         return reference.pack_bits(q, w_bits, True), scale
-    _require(q.device.type)
     return torch.ops.qsnn.pack_bits(q, w_bits, True), scale
 
 
@@ -141,36 +153,40 @@ def bitserial_linear(
     spikes: torch.Tensor,
     w,
     *,
-    x_bits: int = 1,
+    s_bits: int | None = None,
     x_scale: float = 1.0,
     w_bits: int | None = None,
     reduce: str = "none",
     weight: torch.Tensor | None = None,
     backend: str = "auto",
+    x_bits=NOT_GIVEN,
 ) -> torch.Tensor:
     """``alpha[n] * x_scale * bitserial_matmul(spikes, q)``: the layer form, with autograd.
 
-    * ``spikes``: levels ``[P, M, K]``: a float tensor of whole numbers in ``[0, 2^x_bits)``
+    * ``spikes``: levels ``[P, M, K]``: a float tensor of whole numbers in ``[0, 2^s_bits)``
       (gradients flow to it straight-through, as if the levels were floats), or integer/bool.
+    * ``s_bits``: the spike width in {1, 2, 4, 8} (default 1); ``x_bits`` is its deprecated former
+      name (FutureWarning; passing both is a TypeError).
     * ``w``: a :class:`PackedWeight` (codes q, per-channel scale alpha); or a float weight
       ``[N, ...]`` with ``w_bits``: it is quantized per call (Eq. 5, reference.quantize_weight),
       packed, and receives the straight-through gradient (training through fake-quant).
     * ``weight``: with a PackedWeight, an optional float tensor of ``w.shape`` (e.g. the master
       weight it was quantized from) that receives the straight-through weight gradient.
     * ``x_scale``: the spike scale (v_th), a Python number.
-    * ``reduce``, ``backend``: as in :func:`qsnn_kernels.bitserial.bitserial_matmul`.
+    * ``reduce``, ``backend``: as in :func:`qsnn_kernels.bitserial.bitserial_matmul`; the backward
+      unpacks the weight with the same backend's unpacker.
 
     Returns float32 (float64 if the spikes are float64) ``[P, M, N]`` or ``[M, N]``, equal to the
     exact integer result times ``alpha[n] * x_scale`` (one rounding). Raises TypeError/ValueError
     before any kernel runs on bad types, shapes, bit widths, reduce, backend, devices, an int32
-    overflow risk, or spikes that are not integer levels in range. Works under
+    overflow risk, or spikes that are not integer levels in range; BackendUnavailable if the
+    backend cannot run on the tensors' device. Works under
     ``torch.compile(fullgraph=True)``; passes ``torch.library.opcheck``.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"bitserial_linear: backend must be one of {BACKENDS}, got {backend!r}")
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"bitserial_linear: reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    check_bits(x_bits, SPIKE_BITS, "x_bits")
+    s_bits = _spike_bits("bitserial_linear", s_bits, x_bits)
+    check_backend(backend, "bitserial_linear")
+    check_choice(reduce, REDUCTIONS, "reduce", "bitserial_linear")
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
     if isinstance(x_scale, bool) or not isinstance(x_scale, numbers.Real):
         raise TypeError(f"bitserial_linear: x_scale must be a Python number, got {type(x_scale).__name__}")
     if not isinstance(spikes, torch.Tensor):
@@ -208,14 +224,11 @@ def bitserial_linear(
         raise TypeError(f"bitserial_linear: w must be a PackedWeight or a float tensor, got {type(w).__name__}")
     if spikes.device != device:
         raise ValueError(f"bitserial_linear: spikes are on {spikes.device} but the weight is on {device}")
-    _check_problem(spikes.shape[2], k_w, x_bits, w_bits, spikes.shape[0], reduce, "bitserial_linear")
-    if backend == "triton" and not torch.compiler.is_compiling():
-        _triton_kernel(device)
-    elif backend == "auto" and device.type == "cpu":
-        _require("cpu")
+    _check_problem(spikes.shape[2], k_w, s_bits, w_bits, spikes.shape[0], reduce, "bitserial_linear")
+    _require(backend, device)
     if isinstance(w, PackedWeight):
         planes, scale = w.planes, w.scale
     else:
         planes, scale = _quantize_pack(w, w_bits, backend)
         weight = w
-    return torch.ops.qsnn.bitserial_linear(spikes, planes, scale, weight, k_w, x_bits, float(x_scale), reduce, backend)
+    return torch.ops.qsnn.bitserial_linear(spikes, planes, scale, weight, k_w, s_bits, float(x_scale), reduce, backend)

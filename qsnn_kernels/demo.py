@@ -88,12 +88,12 @@ def _gemm(torch, qk, n: int, k: int, m: int, repeats: int, check: _Checks) -> No
             q[q == 0] = 1  # a 1-bit weight is -1 or +1
         levels = torch.randint(0, 1 << s_bits, (t_steps, m, k), dtype=torch.uint8)
         pw = qk.PackedWeight.from_int(q, w_bits)  # packed once, as a layer holds it
-        y = qk.bitserial_matmul(levels, pw, x_bits=s_bits)
+        y = qk.bitserial_matmul(levels, pw, s_bits=s_bits)
         expected = torch.matmul(levels.to(torch.float64), q.to(torch.float64).T)  # exact: |values| << 2^53
         mismatches = int((y.to(torch.float64) != expected).sum())
         ok = check(f"GEMM {w_bits}/{s_bits}/{t_steps}: exact", y.dtype == torch.int32 and mismatches == 0)
         x32, w32 = levels.reshape(t_steps * m, k).to(torch.float32), q.to(torch.float32).T.contiguous()
-        ms_bs = _median_ms(lambda: qk.bitserial_matmul(levels, pw, x_bits=s_bits), repeats)
+        ms_bs = _median_ms(lambda: qk.bitserial_matmul(levels, pw, s_bits=s_bits), repeats)
         ms_fp = _median_ms(lambda: torch.matmul(x32, w32), repeats)
         print(f"{w_bits}/{s_bits}/{t_steps:<2} {w_bits * s_bits * t_steps:>3} {ms_bs:>14.2f} {ms_fp:>15.2f} "
               f"{ms_fp / ms_bs:>13.2f}x  {ok} ({mismatches})")

@@ -12,19 +12,15 @@ import sys
 
 
 def _cpu_simd() -> str:
-    """The SIMD path the CPU GEMM kernel takes here, or why there is none. ValueError (one line)
-    when ``QSNN_CPU_SIMD`` names an unknown path or one this CPU lacks."""
+    """The SIMD path the CPU GEMM kernel takes here, or why there is none. ValueError (one line,
+    from :func:`qsnn_kernels.cpu_simd`) when ``QSNN_CPU_SIMD`` names an unknown path or one this
+    CPU lacks."""
     import qsnn_kernels
 
     try:
         return qsnn_kernels.cpu_simd()
     except qsnn_kernels.BackendUnavailable as exc:
         return f"unavailable ({exc})"
-    except RuntimeError as exc:  # the kernel's check of QSNN_CPU_SIMD (csrc/bitserial_cpu.cpp)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "QSNN_CPU_SIMD" not in first:
-            raise
-        raise ValueError(first.removeprefix("bitserial_matmul: ")) from None
 
 
 def cpu_name() -> str:

@@ -187,31 +187,31 @@ def _popcount32(words: torch.Tensor) -> torch.Tensor:
 
 
 def bitserial_matmul_popcount(
-    x_planes: torch.Tensor, w_planes: torch.Tensor, x_bits: int, reduce: str = "none"
+    x_planes: torch.Tensor, w_planes: torch.Tensor, s_bits: int, reduce: str = "none"
 ) -> torch.Tensor:
     """The AND + popcount form of Eq. 3 on packed planes; equal to :func:`bitserial_matmul`.
 
-    ``x_planes``: ``[P * x_bits, M, words]``, P steps (or bit planes) of ``x_bits``-bit levels,
-    plane ``p * x_bits + b`` holding bit ``b`` of step ``p``. ``w_planes``: ``[W, N, words]``.
+    ``x_planes``: ``[P * s_bits, M, words]``, P steps (or bit planes) of ``s_bits``-bit levels,
+    plane ``p * s_bits + b`` holding bit ``b`` of step ``p``. ``w_planes``: ``[W, N, words]``.
     ``Y_p = sum_b 2^b sum_q sign_q 2^q popcount(A_pb & B_q)`` with sign_q = -1 for the top plane of
     a W >= 2 code; for W = 1, ``sum_b 2^b (2 popcount(A_pb & B) - popcount(A_pb))``.
     """
     w_bits = w_planes.shape[0]
     a = x_planes.to(torch.int64)
     b = w_planes.to(torch.int64)
-    steps = a.shape[0] // x_bits
-    a = a.reshape(steps, x_bits, a.shape[1], 1, a.shape[2])  # [P, Xb, M, 1, words]
+    steps = a.shape[0] // s_bits
+    a = a.reshape(steps, s_bits, a.shape[1], 1, a.shape[2])  # [P, S, M, 1, words]
     y = torch.zeros(steps, a.shape[2], b.shape[1], dtype=torch.int64, device=a.device)
-    for xb in range(x_bits):
-        ap = a[:, xb]  # [P, M, 1, words]
+    for sb in range(s_bits):
+        ap = a[:, sb]  # [P, M, 1, words]
         if w_bits == 1:
             both = _popcount32(ap & b[0][None, None]).sum(-1)
             ones = _popcount32(ap).sum(-1)
-            y += (2 * both - ones) << xb
+            y += (2 * both - ones) << sb
             continue
         for wq in range(w_bits):
             sign = -1 if wq == w_bits - 1 else 1
-            y += sign * (_popcount32(ap & b[wq][None, None]).sum(-1) << (wq + xb))
+            y += sign * (_popcount32(ap & b[wq][None, None]).sum(-1) << (wq + sb))
     y = _reduce(y, reduce)
     return y.to(torch.int32)
 

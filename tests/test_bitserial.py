@@ -5,35 +5,36 @@ Triton (CUDA, or CPU under TRITON_INTERPRET=1 on small shapes), plus autograd, o
 torch.compile and every bad input.
 """
 
+import importlib.util
 import itertools
 import os
-from pathlib import Path
+import warnings
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.library import opcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import qsnn_kernels.bitserial as bs
 from qsnn_kernels import BackendUnavailable, PackedWeight, reference
+from qsnn_kernels.choices import REDUCTIONS
+from qsnn_kernels.packing import pack_levels
 from qsnn_kernels.bitserial import bitserial_matmul, cpu_simd, int32_bound
 from qsnn_kernels.bitserial_linear import bitserial_linear
 from qsnn_kernels.testing import random_codes
 
 BITS = [1, 2, 4, 8]
-# (w_bits, x_bits, reduce); reduce="bitplane" needs binary planes (x_bits = 1)
+# (w_bits, s_bits, reduce); reduce="bitplane" needs binary planes (s_bits = 1)
 COMBOS = [
-    (wb, xb, red) for wb, xb, red in itertools.product(BITS, BITS, bs.REDUCTIONS) if red != "bitplane" or xb == 1
+    (wb, sb, red) for wb, sb, red in itertools.product(BITS, BITS, REDUCTIONS) if red != "bitplane" or sb == 1
 ]
 # (M, K, N, P): every M in {1, 7, 64}, K in {1, 31, 33, 273, 1000}, N in {1, 5, 64}, P in {1, 2, 4}
 SHAPES = [(1, 1, 1, 1), (7, 31, 5, 2), (64, 33, 64, 4), (7, 273, 1, 4), (1, 1000, 64, 2), (64, 1000, 5, 1)]
 SMALL_SHAPES = [(1, 1, 1, 1), (7, 33, 5, 2), (3, 273, 4, 4)]
 SIMD_PATHS = ["avx512_vpopcntdq", "avx512bw", "avx2", "popcnt", "generic"]
-TRITON_FILE = Path(bs.__file__).parent / "triton" / "bitserial.py"
-needs_triton = pytest.mark.skipif(
-    not TRITON_FILE.exists(), reason="qsnn_kernels/triton/bitserial.py (the Triton kernel) is not merged yet"
-)
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
 def mismatches(a, b):
@@ -41,9 +42,9 @@ def mismatches(a, b):
     return int((a != b).sum())
 
 
-def operands(m, k, n, p, w_bits, x_bits, seed, device="cpu"):
+def operands(m, k, n, p, w_bits, s_bits, seed, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    x = random_codes((p, m, k), x_bits, False, generator=g).to(torch.uint8).to(device)
+    x = random_codes((p, m, k), s_bits, False, generator=g).to(torch.uint8).to(device)
     q = random_codes((n, k), w_bits, True, generator=g).to(torch.int8).to(device)
     return x, q
 
@@ -54,7 +55,7 @@ def cpu_paths():
     for path in SIMD_PATHS:
         try:
             have.append(cpu_simd(path))
-        except RuntimeError:
+        except ValueError:
             pass
     return have
 
@@ -70,42 +71,42 @@ def simd_env(monkeypatch):
 # --------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
-def test_cpu_kernel_every_simd_path(simd_env, w_bits, x_bits, reduce):
+@pytest.mark.parametrize("w_bits,s_bits,reduce", COMBOS)
+def test_cpu_kernel_every_simd_path(simd_env, w_bits, s_bits, reduce):
     paths = cpu_paths()
     assert "generic" in paths and "popcnt" in paths  # every x86-64 CPU this runs on has popcnt
     for i, (m, k, n, p) in enumerate(SHAPES):
-        x, q = operands(m, k, n, p, w_bits, x_bits, seed=1000 * w_bits + 100 * x_bits + i)
+        x, q = operands(m, k, n, p, w_bits, s_bits, seed=1000 * w_bits + 100 * s_bits + i)
         expected = reference.bitserial_matmul(x, q, reduce)
         w = PackedWeight.from_int(q, w_bits)
         for path in paths:
             simd_env(path)
-            got = bitserial_matmul(x, w, x_bits=x_bits, reduce=reduce)
+            got = bitserial_matmul(x, w, s_bits=s_bits, reduce=reduce)
             assert mismatches(got, expected) == 0, (path, m, k, n, p)
 
 
-@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
-def test_auto_backend_on_device(device, w_bits, x_bits, reduce):
+@pytest.mark.parametrize("w_bits,s_bits,reduce", COMBOS)
+def test_auto_backend_on_device(device, w_bits, s_bits, reduce):
     """The op's device dispatch (CPU -> C++, CUDA -> Triton), codes given as tensors."""
     for i, (m, k, n, p) in enumerate(SHAPES):
-        x, q = operands(m, k, n, p, w_bits, x_bits, seed=7 + i, device=device)
-        got = bitserial_matmul(x, q, x_bits=x_bits, w_bits=w_bits, reduce=reduce)
+        x, q = operands(m, k, n, p, w_bits, s_bits, seed=7 + i, device=device)
+        got = bitserial_matmul(x, q, s_bits=s_bits, w_bits=w_bits, reduce=reduce)
         assert mismatches(got.cpu(), reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)) == 0, (m, k, n, p)
 
 
-@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
-def test_reference_backend(w_bits, x_bits, reduce):
+@pytest.mark.parametrize("w_bits,s_bits,reduce", COMBOS)
+def test_reference_backend(w_bits, s_bits, reduce):
     """reference.py's AND + popcount form equals the definition (small shapes: it is slow)."""
     for i, (m, k, n, p) in enumerate(SMALL_SHAPES):
-        x, q = operands(m, k, n, p, w_bits, x_bits, seed=31 + i)
-        got = bitserial_matmul(x, q, x_bits=x_bits, w_bits=w_bits, reduce=reduce, backend="reference")
+        x, q = operands(m, k, n, p, w_bits, s_bits, seed=31 + i)
+        got = bitserial_matmul(x, q, s_bits=s_bits, w_bits=w_bits, reduce=reduce, backend="reference")
         assert mismatches(got, reference.bitserial_matmul(x, q, reduce)) == 0
 
 
 @needs_triton
 @pytest.mark.parametrize("strategy", ["bitserial", "dot"])
-@pytest.mark.parametrize("w_bits,x_bits,reduce", COMBOS)
-def test_triton_backend(w_bits, x_bits, reduce, strategy):
+@pytest.mark.parametrize("w_bits,s_bits,reduce", COMBOS)
+def test_triton_backend(w_bits, s_bits, reduce, strategy):
     """The Triton kernel, both strategies (CUDA, or the interpreter on CPU), small shapes."""
     from qsnn_kernels.triton.bitserial import bitserial_matmul_triton
 
@@ -113,23 +114,23 @@ def test_triton_backend(w_bits, x_bits, reduce, strategy):
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET=1 is not set (tests/conftest.py sets it on CPU-only machines)")
     for i, (m, k, n, p) in enumerate([(1, 1, 1, 1), (7, 33, 5, 2), (5, 273, 3, 1)]):
-        x, q = operands(m, k, n, p, w_bits, x_bits, seed=77 + i, device=device)
-        planes = reference.pack_bits(x, x_bits, False).transpose(0, 1).reshape(p * x_bits, m, -1).contiguous()
+        x, q = operands(m, k, n, p, w_bits, s_bits, seed=77 + i, device=device)
+        planes = pack_levels(x, s_bits, backend="reference")
         w = reference.pack_bits(q, w_bits, True)
-        got = bitserial_matmul_triton(planes, w, k, x_bits, reduce, strategy=strategy)
+        got = bitserial_matmul_triton(planes, w, k, s_bits, reduce, strategy=strategy)
         assert mismatches(got.cpu(), reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)) == 0, (m, k, n, p)
 
 
 @needs_triton
-@pytest.mark.parametrize("w_bits,x_bits,reduce", [(1, 1, "none"), (2, 1, "bitplane"), (4, 2, "time"), (8, 4, "none")])
-def test_triton_through_the_api(w_bits, x_bits, reduce):
+@pytest.mark.parametrize("w_bits,s_bits,reduce", [(1, 1, "none"), (2, 1, "bitplane"), (4, 2, "time"), (8, 4, "none")])
+def test_triton_through_the_api(w_bits, s_bits, reduce):
     """backend="triton" of the public function (it validates, packs, then calls the kernel)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET=1 is not set (tests/conftest.py sets it on CPU-only machines)")
     for i, (m, k, n, p) in enumerate([(1, 1, 1, 1), (7, 33, 5, 2), (5, 273, 3, 1)]):
-        x, q = operands(m, k, n, p, w_bits, x_bits, seed=77 + i, device=device)
-        got = bitserial_matmul(x, q, x_bits=x_bits, w_bits=w_bits, reduce=reduce, backend="triton")
+        x, q = operands(m, k, n, p, w_bits, s_bits, seed=77 + i, device=device)
+        got = bitserial_matmul(x, q, s_bits=s_bits, w_bits=w_bits, reduce=reduce, backend="triton")
         assert mismatches(got.cpu(), reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)) == 0, (m, k, n, p)
 
 
@@ -140,22 +141,22 @@ def test_triton_backend_unavailable_without_interpreter(monkeypatch):
         bitserial_matmul(x, q, w_bits=2, backend="triton")
 
 
-@pytest.mark.parametrize("reduce", bs.REDUCTIONS)
+@pytest.mark.parametrize("reduce", REDUCTIONS)
 def test_packed_input_and_noncontiguous(device, reduce):
     """Pre-packed planes (with k), strided levels and strided planes give the same exact result."""
-    m, k, n, p, w_bits, x_bits = 9, 70, 6, 3, 4, 1 if reduce == "bitplane" else 2
-    x, q = operands(m, k, n, p, w_bits, x_bits, seed=5, device=device)
+    m, k, n, p, w_bits, s_bits = 9, 70, 6, 3, 4, 1 if reduce == "bitplane" else 2
+    x, q = operands(m, k, n, p, w_bits, s_bits, seed=5, device=device)
     expected = reference.bitserial_matmul(x.cpu(), q.cpu(), reduce)
     w = PackedWeight.from_int(q, w_bits)
     strided = x.transpose(1, 2).contiguous().transpose(1, 2)  # same values, non-contiguous
     assert not strided.is_contiguous()
-    assert mismatches(bitserial_matmul(strided, w, x_bits=x_bits, reduce=reduce).cpu(), expected) == 0
-    planes = reference.pack_bits(x, x_bits, False).transpose(0, 1).reshape(p * x_bits, m, -1)
-    assert mismatches(bitserial_matmul(planes, w, x_bits=x_bits, reduce=reduce, k=k).cpu(), expected) == 0
-    wide = torch.zeros(p * x_bits, 2 * m, planes.shape[2], dtype=torch.int32, device=device)
+    assert mismatches(bitserial_matmul(strided, w, s_bits=s_bits, reduce=reduce).cpu(), expected) == 0
+    planes = pack_levels(x, s_bits, backend="reference")
+    assert mismatches(bitserial_matmul(planes, w, s_bits=s_bits, reduce=reduce, k=k).cpu(), expected) == 0
+    wide = torch.zeros(p * s_bits, 2 * m, planes.shape[2], dtype=torch.int32, device=device)
     wide[:, ::2] = planes
     assert not wide[:, ::2].is_contiguous()
-    assert mismatches(bitserial_matmul(wide[:, ::2], w, x_bits=x_bits, reduce=reduce, k=k).cpu(), expected) == 0
+    assert mismatches(bitserial_matmul(wide[:, ::2], w, s_bits=s_bits, reduce=reduce, k=k).cpu(), expected) == 0
 
 
 def test_conv_shaped_weight_and_input_dtypes():
@@ -178,12 +179,12 @@ def test_extreme_values_at_the_int32_bound(reduce):
     x = torch.full((steps, 2, k), 255, dtype=torch.uint8)
     q = torch.full((3, k), -128, dtype=torch.int8)
     q[1] = 127
-    got = bitserial_matmul(x, q, x_bits=8, w_bits=8, reduce=reduce)
+    got = bitserial_matmul(x, q, s_bits=8, w_bits=8, reduce=reduce)
     assert mismatches(got, reference.bitserial_matmul(x, q, reduce)) == 0
     assert int(got.min()) == -k * 128 * 255 * steps
     with pytest.raises(ValueError, match="overflow int32"):
         bitserial_matmul(torch.ones(steps, 1, k + 1, dtype=torch.uint8), q[:, :1].expand(3, k + 1).contiguous(),
-                         x_bits=8, w_bits=8, reduce=reduce)
+                         s_bits=8, w_bits=8, reduce=reduce)
 
 
 @settings(max_examples=40, deadline=None)
@@ -193,25 +194,30 @@ def test_extreme_values_at_the_int32_bound(reduce):
     n=st.integers(1, 40),
     p=st.integers(1, 5),
     w_bits=st.sampled_from(BITS),
-    x_bits=st.sampled_from(BITS),
-    reduce=st.sampled_from(bs.REDUCTIONS),
+    s_bits=st.sampled_from(BITS),
+    reduce=st.sampled_from(REDUCTIONS),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_property_matches_definition(m, k, n, p, w_bits, x_bits, reduce, seed):
+def test_property_matches_definition(m, k, n, p, w_bits, s_bits, reduce, seed):
     if reduce == "bitplane":
-        x_bits = 1
-    x, q = operands(m, k, n, p, w_bits, x_bits, seed)
-    got = bitserial_matmul(x, q, x_bits=x_bits, w_bits=w_bits, reduce=reduce)
+        s_bits = 1
+    x, q = operands(m, k, n, p, w_bits, s_bits, seed)
+    got = bitserial_matmul(x, q, s_bits=s_bits, w_bits=w_bits, reduce=reduce)
     assert mismatches(got, reference.bitserial_matmul(x, q, reduce)) == 0
 
 
 def test_cpu_simd_names(simd_env):
+    """cpu_simd is a plain function of the extension (no torch op); a bad path is a ValueError there
+    and in the kernel."""
     assert cpu_simd() in SIMD_PATHS
-    with pytest.raises(RuntimeError, match="QSNN_CPU_SIMD must be"):
+    assert not hasattr(torch.ops.qsnn, "bitserial_cpu_simd")
+    with pytest.raises(ValueError, match="QSNN_CPU_SIMD must be"):
         cpu_simd("sse9")
+    simd_env("generic")
+    assert cpu_simd() == "generic"
     simd_env("sse9")
     x, q = operands(2, 40, 3, 1, 2, 1, seed=0)
-    with pytest.raises(RuntimeError, match="QSNN_CPU_SIMD must be"):
+    with pytest.raises(ValueError, match="QSNN_CPU_SIMD must be"):
         bitserial_matmul(x, q, w_bits=2)
 
 
@@ -221,34 +227,34 @@ def test_cpu_simd_names(simd_env):
 def bad_cases():
     x, q = operands(3, 40, 5, 2, 4, 2, seed=0)
     w = PackedWeight.from_int(q, 4)
-    planes = reference.pack_bits(x, 2, False).transpose(0, 1).reshape(4, 3, 2)
+    planes = pack_levels(x, 2, backend="reference")
     dirty = planes.clone()
     dirty[0, 0, 1] |= 1 << 20  # a padding bit beyond k = 40
-    ok = dict(x_bits=2)
+    ok = dict(s_bits=2)
     return [
         ("K mismatch", (x[..., :39], w), ok, ValueError, "K=39 but w has K=40"),
         ("level too big", (x.to(torch.int64) + 3, w), ok, ValueError, "outside the 2-bit unsigned range"),
         ("negative level", (x.to(torch.int64) - 1, w), ok, ValueError, "outside the 2-bit unsigned range"),
         ("float levels", (x.float(), w), ok, TypeError, "integer levels"),
-        ("float codes", (x, q.float()), dict(x_bits=2, w_bits=4), TypeError, "PackedWeight.from_float"),
-        ("codes too big", (x, q.to(torch.int64) * 4), dict(x_bits=2, w_bits=4), ValueError, "4-bit signed range"),
-        ("zero 1-bit weight", (x, torch.zeros_like(q)), dict(x_bits=2, w_bits=1), ValueError, "-1 or \\+1"),
+        ("float codes", (x, q.float()), dict(s_bits=2, w_bits=4), TypeError, "PackedWeight.from_float"),
+        ("codes too big", (x, q.to(torch.int64) * 4), dict(s_bits=2, w_bits=4), ValueError, "4-bit signed range"),
+        ("zero 1-bit weight", (x, torch.zeros_like(q)), dict(s_bits=2, w_bits=1), ValueError, "-1 or \\+1"),
         ("w_bits missing", (x, q), ok, ValueError, "w_bits is required"),
-        ("w_bits 3", (x, q), dict(x_bits=2, w_bits=3), ValueError, "w_bits must be one of"),
-        ("w_bits vs PackedWeight", (x, w), dict(x_bits=2, w_bits=8), ValueError, "disagrees"),
-        ("x_bits 3", (x, w), dict(x_bits=3), ValueError, "x_bits must be one of"),
-        ("reduce", (x, w), dict(x_bits=2, reduce="sum"), ValueError, "reduce must be one of"),
-        ("backend", (x, w), dict(x_bits=2, backend="cuda"), ValueError, "backend must be one of"),
-        ("bitplane multi-bit", (x, w), dict(x_bits=2, reduce="bitplane"), ValueError, "needs x_bits=1"),
+        ("w_bits 3", (x, q), dict(s_bits=2, w_bits=3), ValueError, "w_bits must be one of"),
+        ("w_bits vs PackedWeight", (x, w), dict(s_bits=2, w_bits=8), ValueError, "disagrees"),
+        ("s_bits 3", (x, w), dict(s_bits=3), ValueError, "s_bits must be one of"),
+        ("reduce", (x, w), dict(s_bits=2, reduce="sum"), ValueError, "reduce must be one of"),
+        ("backend", (x, w), dict(s_bits=2, backend="cuda"), ValueError, "backend must be one of"),
+        ("bitplane multi-bit", (x, w), dict(s_bits=2, reduce="bitplane"), ValueError, "needs s_bits=1"),
         ("bitplane too many planes", (torch.zeros(9, 3, 40, dtype=torch.uint8), w), dict(reduce="bitplane"),
          ValueError, "at most 8 planes"),
         ("overflow", (torch.zeros(4, 1, 70000, dtype=torch.uint8), torch.zeros(2, 70000, dtype=torch.int8)),
-         dict(x_bits=8, w_bits=8, reduce="time"), ValueError, "overflow int32"),
-        ("packed without int32", (planes.to(torch.int64), w), dict(x_bits=2, k=40), TypeError, "packed int32"),
-        ("packed wrong words", (planes[..., :1], w), dict(x_bits=2, k=40), ValueError, "ceil\\(k/32\\)"),
-        ("packed not multiple of x_bits", (planes[:3], w), dict(x_bits=2, k=40), ValueError, "T \\* x_bits"),
-        ("packed dirty padding", (dirty, w), dict(x_bits=2, k=40), ValueError, "padding bits"),
-        ("k not int", (planes, w), dict(x_bits=2, k=40.0), ValueError, "k must be a positive int"),
+         dict(s_bits=8, w_bits=8, reduce="time"), ValueError, "overflow int32"),
+        ("packed without int32", (planes.to(torch.int64), w), dict(s_bits=2, k=40), TypeError, "packed int32"),
+        ("packed wrong words", (planes[..., :1], w), dict(s_bits=2, k=40), ValueError, "ceil\\(k/32\\)"),
+        ("packed not multiple of s_bits", (planes[:3], w), dict(s_bits=2, k=40), ValueError, "T \\* s_bits"),
+        ("packed dirty padding", (dirty, w), dict(s_bits=2, k=40), ValueError, "padding bits"),
+        ("k not int", (planes, w), dict(s_bits=2, k=40.0), ValueError, "k must be a positive int"),
         ("x 2-d", (x[0], w), ok, ValueError, "\\[T, M, K\\]"),
         ("x not a tensor", (x.tolist(), w), ok, TypeError, "x must be a tensor"),
         ("w not a weight", (x, "w"), ok, TypeError, "PackedWeight or an integer tensor"),
@@ -264,7 +270,8 @@ def test_bad_input_raises_before_any_kernel(monkeypatch, case):
         raise AssertionError("a kernel ran before validation finished")
 
     monkeypatch.setattr(bs, "_run", no_kernel)
-    monkeypatch.setattr(bs, "_pack", no_kernel)
+    monkeypatch.setattr(bs, "_pack_weight", no_kernel)
+    monkeypatch.setattr(bs, "pack_levels", no_kernel)
     with pytest.raises(exc, match=match):
         bitserial_matmul(*args, **kwargs)
 
@@ -274,21 +281,21 @@ def test_bitserial_linear_bad_input():
     w = PackedWeight.from_int(q, 4)
     xf = x.float()
     with pytest.raises(ValueError, match="integer levels"):
-        bitserial_linear(xf + 0.5, w, x_bits=2)
+        bitserial_linear(xf + 0.5, w, s_bits=2)
     with pytest.raises(ValueError, match="outside \\[0, 3\\]"):
-        bitserial_linear(xf + 3, w, x_bits=2)
+        bitserial_linear(xf + 3, w, s_bits=2)
     with pytest.raises(ValueError, match="integer levels"):
-        bitserial_linear(xf * float("nan"), w, x_bits=2)
+        bitserial_linear(xf * float("nan"), w, s_bits=2)
     with pytest.raises(ValueError, match="must match the PackedWeight"):
-        bitserial_linear(xf, w, x_bits=2, weight=torch.zeros(5, 41))
+        bitserial_linear(xf, w, s_bits=2, weight=torch.zeros(5, 41))
     with pytest.raises(TypeError, match="x_scale"):
-        bitserial_linear(xf, w, x_bits=2, x_scale=torch.tensor(1.0))
+        bitserial_linear(xf, w, s_bits=2, x_scale=torch.tensor(1.0))
     with pytest.raises(ValueError, match="w_bits is required"):
-        bitserial_linear(xf, torch.randn(5, 40), x_bits=2)
+        bitserial_linear(xf, torch.randn(5, 40), s_bits=2)
     with pytest.raises(TypeError, match="float weight"):
-        bitserial_linear(xf, q, x_bits=2, w_bits=4)
+        bitserial_linear(xf, q, s_bits=2, w_bits=4)
     with pytest.raises(ValueError, match="K=39"):
-        bitserial_linear(xf[..., :39], w, x_bits=2)
+        bitserial_linear(xf[..., :39], w, s_bits=2)
 
 
 # --------------------------------------------------------------------------- float form and autograd
@@ -305,18 +312,18 @@ def float_reference(x, wq, x_scale, reduce):
     return y
 
 
-@pytest.mark.parametrize("reduce", bs.REDUCTIONS)
+@pytest.mark.parametrize("reduce", REDUCTIONS)
 @pytest.mark.parametrize("w_bits", [1, 4])
 def test_linear_forward_and_grads_packed_weight(w_bits, reduce):
     """PackedWeight + master weight: value, d/dspikes and straight-through d/dweight."""
     m, k, n, p = 6, 45, 7, 3
-    x_bits = 1 if reduce == "bitplane" else 2
-    x, _ = operands(m, k, n, p, w_bits, x_bits, seed=11)
+    s_bits = 1 if reduce == "bitplane" else 2
+    x, _ = operands(m, k, n, p, w_bits, s_bits, seed=11)
     master = torch.randn(n, k, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     w = PackedWeight.from_float(master, w_bits)
     xf = x.double().requires_grad_()
     weight = master.clone().requires_grad_()
-    y = bitserial_linear(xf, w, x_bits=x_bits, x_scale=0.25, reduce=reduce, weight=weight)
+    y = bitserial_linear(xf, w, s_bits=s_bits, x_scale=0.25, reduce=reduce, weight=weight)
     assert y.dtype == torch.float64
     xr = x.double().requires_grad_()
     wr = master.clone().requires_grad_()
@@ -348,7 +355,7 @@ def test_linear_float_weight_trains_through_fake_quant(w_bits):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("reduce", bs.REDUCTIONS)
+@pytest.mark.parametrize("reduce", REDUCTIONS)
 def test_linear_scale_gradcheck(reduce):
     """The output is linear in the weight scale: gradcheck in float64 on a tiny case."""
     x, q = operands(3, 33, 4, 2, 2, 1, seed=9)
@@ -367,7 +374,7 @@ def test_linear_integer_spikes_and_exactness():
     x, q = operands(7, 273, 5, 4, 8, 4, seed=12)
     scale = torch.rand(5) + 0.5
     w = PackedWeight.from_int(q, 8, scale)
-    y = bitserial_linear(x, w, x_bits=4, x_scale=2.0)
+    y = bitserial_linear(x, w, s_bits=4, x_scale=2.0)
     exact = reference.bitserial_matmul(x, q, "none")
     torch.testing.assert_close(y, exact.float() * (scale * 2.0), rtol=0, atol=0)
 
@@ -375,22 +382,22 @@ def test_linear_integer_spikes_and_exactness():
 # --------------------------------------------------------------------------- opcheck and torch.compile
 
 
-@pytest.mark.parametrize("reduce", bs.REDUCTIONS)
+@pytest.mark.parametrize("reduce", REDUCTIONS)
 def test_opcheck_bitserial_matmul_packed(device, reduce):
     x, q = operands(5, 45, 6, 2, 2, 1, seed=1, device=device)
     w = PackedWeight.from_int(q, 2)
-    planes = reference.pack_bits(x, 1, False).transpose(0, 1).reshape(2, 5, 2)
+    planes = pack_levels(x, 1, backend="reference")
     opcheck(torch.ops.qsnn.bitserial_matmul_packed.default, (planes, w.planes, 45, 1, reduce))
 
 
 RAW_OP_MISUSES = [
-    # (x planes, w planes, k, x_bits, reduce, message): what the Python API refuses, called raw
-    ((31, 2, 1), (2, 3, 1), 5, 1, "bitplane", 'bitplane".*at most 8 planes; got x_bits=1 and 31 planes'),
+    # (x planes, w planes, k, s_bits, reduce, message): what the Python API refuses, called raw
+    ((31, 2, 1), (2, 3, 1), 5, 1, "bitplane", 'bitplane".*at most 8 planes; got s_bits=1 and 31 planes'),
     ((9, 2, 1), (2, 3, 1), 5, 1, "bitplane", "at most 8 planes"),
-    ((4, 2, 1), (2, 3, 1), 5, 2, "bitplane", "needs x_bits=1"),
-    ((3, 2, 1), (2, 3, 1), 5, 3, "none", r"x_bits must be one of \(1, 2, 4, 8\), got 3"),
-    ((16, 2, 1), (2, 3, 1), 5, 16, "time", "x_bits must be one of"),
-    ((1, 2, 1), (3, 3, 1), 5, 1, "none", r"w_bits \(w_planes.size\(0\)\) must be one of"),
+    ((4, 2, 1), (2, 3, 1), 5, 2, "bitplane", "needs s_bits=1"),
+    ((3, 2, 1), (2, 3, 1), 5, 3, "none", r"s_bits must be 1, 2, 4 or 8, got 3"),
+    ((16, 2, 1), (2, 3, 1), 5, 16, "time", "s_bits must be 1, 2, 4 or 8, got 16"),
+    ((1, 2, 1), (3, 3, 1), 5, 1, "none", r"w_bits \(w_planes.size\(0\)\) must be 1, 2, 4 or 8, got 3"),
     ((8, 1, 1 << 14), (8, 1, 1 << 14), 1 << 19, 8, "none", "could overflow int32.*>= 2\\^31"),
     ((32, 1, 1 << 14), (8, 1, 1 << 14), 1 << 19, 1, "time", "could overflow int32"),
     ((1, 2, 1), (2, 3, 1), 5, 1, "sum", "reduce must be one of"),
@@ -398,21 +405,21 @@ RAW_OP_MISUSES = [
 ]
 
 
-@pytest.mark.parametrize("x_shape, w_shape, k, x_bits, reduce, message", RAW_OP_MISUSES)
+@pytest.mark.parametrize("x_shape, w_shape, k, s_bits, reduce, message", RAW_OP_MISUSES)
 @pytest.mark.parametrize("mode", ["eager", "meta"])
-def test_raw_op_refuses_what_the_api_refuses(device, mode, x_shape, w_shape, k, x_bits, reduce, message):
+def test_raw_op_refuses_what_the_api_refuses(device, mode, x_shape, w_shape, k, s_bits, reduce, message):
     """torch.ops.qsnn.bitserial_matmul_packed itself (C++ on CPU, the CUDA kernel, the fake/meta
     kernel that torch.compile traces) raises ValueError before any work: no wrapped int32."""
     where = "meta" if mode == "meta" else device
     x = torch.zeros(x_shape, dtype=torch.int32, device=where)
     w = torch.zeros(w_shape, dtype=torch.int32, device=where)
     with pytest.raises(ValueError, match=message):
-        torch.ops.qsnn.bitserial_matmul_packed(x, w, k, x_bits, reduce)
+        torch.ops.qsnn.bitserial_matmul_packed(x, w, k, s_bits, reduce)
 
 
 def test_raw_op_bound_is_the_api_bound():
     """The largest problem the API accepts runs raw; one more K is refused by both."""
-    k = (2**31 - 1) // (128 * 255)                       # w_bits=8, x_bits=8, reduce="none"
+    k = (2**31 - 1) // (128 * 255)                       # w_bits=8, s_bits=8, reduce="none"
     assert int32_bound(k, 8, 8, 1, "none") < 2**31 <= int32_bound(k + 1, 8, 8, 1, "none")
     w = torch.zeros(8, 1, (k + 32) // 32, dtype=torch.int32)
     x = torch.zeros(8, 1, (k + 32) // 32, dtype=torch.int32)
@@ -420,7 +427,7 @@ def test_raw_op_bound_is_the_api_bound():
     x1 = torch.zeros(8, 1, (k + 1 + 31) // 32, dtype=torch.int32)
     w1 = torch.zeros(8, 1, (k + 1 + 31) // 32, dtype=torch.int32)
     for call in (lambda: torch.ops.qsnn.bitserial_matmul_packed(x1, w1, k + 1, 8, "none"),
-                 lambda: bitserial_matmul(x1, PackedWeight(w1, torch.ones(1), (1, k + 1), 8), x_bits=8, k=k + 1)):
+                 lambda: bitserial_matmul(x1, PackedWeight(w1, torch.ones(1), (1, k + 1), 8), s_bits=8, k=k + 1)):
         with pytest.raises(ValueError, match="overflow int32"):
             call()
 
@@ -443,7 +450,7 @@ class TinySpikingLinear(torch.nn.Module):
         self.w_bits = w_bits
 
     def forward(self, spikes):
-        y = bitserial_linear(spikes, self.weight, w_bits=self.w_bits, x_bits=2, x_scale=0.5, reduce="time")
+        y = bitserial_linear(spikes, self.weight, w_bits=self.w_bits, s_bits=2, x_scale=0.5, reduce="time")
         return torch.relu(y).sum()
 
 
@@ -470,3 +477,80 @@ def test_compile_fullgraph_aot_eager():
 @pytest.mark.slow
 def test_compile_fullgraph_inductor():
     _compiled_matches_eager("inductor")
+
+
+# --------------------------------------------------------------------------- spelling, one path, no fallback
+
+
+@pytest.mark.parametrize("fn", ["matmul", "linear"])
+def test_x_bits_is_a_deprecated_alias_of_s_bits(fn):
+    x, q = operands(3, 40, 5, 2, 4, 2, seed=0)
+    w = PackedWeight.from_int(q, 4)
+    call = (lambda **kw: bitserial_matmul(x, w, **kw)) if fn == "matmul" else (lambda **kw: bitserial_linear(x, w, **kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name warns about nothing
+        expected = call(s_bits=2)
+    with pytest.warns(FutureWarning, match="x_bits= is deprecated; use s_bits="):
+        got = call(x_bits=2)
+    assert mismatches(got, expected) == 0
+
+
+@pytest.mark.parametrize("fn", [bitserial_matmul, bitserial_linear])
+def test_s_bits_and_x_bits_together_is_a_type_error(fn):
+    x, q = operands(3, 40, 5, 2, 4, 2, seed=0)
+    with pytest.raises(TypeError, match="both s_bits= and its former name x_bits="):
+        fn(x, PackedWeight.from_int(q, 4), s_bits=2, x_bits=2)
+
+
+class _OpLog(TorchDispatchMode):
+    """The ATen/custom ops dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@needs_triton
+def test_triton_on_cpu_runs_the_registered_op(monkeypatch):
+    """backend="triton" on CPU tensors calls qsnn::bitserial_matmul_packed, whose kernel for the
+    call is the very function registered for CUDA; outside the call the C++ kernel is back."""
+    if torch.cuda.is_available():
+        pytest.skip("the CPU interpreter path: CPU-only machines (CUDA runs the op on CUDA tensors)")
+    x, q = operands(3, 40, 5, 2, 4, 2, seed=4)
+    w = PackedWeight.from_int(q, 4)
+    launched = []
+    real = bs._triton_kernel
+
+    def spy(device):
+        launched.append(device.type)
+        return real(device)
+
+    monkeypatch.setattr(bs, "_triton_kernel", spy)  # what the op's Triton kernel looks up to launch
+    with _OpLog() as log:
+        got = bitserial_matmul(x, w, s_bits=2, backend="triton")
+    assert "qsnn.bitserial_matmul_packed.default" in log.ops
+    assert launched == ["cpu", "cpu"]  # the API's availability check, then the op's launch
+    assert mismatches(got, reference.bitserial_matmul(x, q, "none")) == 0
+    bitserial_matmul(x, w, s_bits=2)  # backend="auto": the C++ kernel again
+    assert launched == ["cpu", "cpu"]
+
+
+def test_linear_unpacks_with_the_backends_kernels_no_fallback(monkeypatch):
+    """backend="auto": the backward unpacks with the compiled op, never reference.py's unpacker;
+    a device without compiled kernels raises BackendUnavailable before any work."""
+    x, q = operands(4, 33, 3, 2, 4, 2, seed=1)
+    w = PackedWeight.from_int(q, 4)
+
+    def no_reference(*args):
+        raise AssertionError("reference.unpack_bits ran for backend='auto'")
+
+    monkeypatch.setattr(reference, "unpack_bits", no_reference)
+    xf = x.float().requires_grad_()
+    bitserial_linear(xf, w, s_bits=2).sum().backward()
+    assert xf.grad is not None
+    with pytest.raises(BackendUnavailable, match="'meta'"):
+        bitserial_linear(x.float().to("meta"), torch.randn(3, 33, device="meta"), w_bits=4, s_bits=2)

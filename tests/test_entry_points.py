@@ -78,7 +78,7 @@ def test_compile_fullgraph_after_import():
         ok["lif"] = torch.equal(y, lif(x_eager)) and torch.allclose(x.grad, x_eager.grad)
         w = qk.PackedWeight.from_float(torch.randn(8, 40), w_bits=4)
         def layer(x):
-            return qk.bitserial_linear(lif(x), w, x_scale=1.0, x_bits=2)
+            return qk.bitserial_linear(lif(x), w, x_scale=1.0, s_bits=2)
         ok["layer"] = torch.allclose(torch.compile(layer, fullgraph=True)(x), layer(x))
         print(json.dumps(ok))
     """)
@@ -97,7 +97,7 @@ def test_export_saved_and_loaded_in_fresh_processes(tmp_path):
                 self.lif = qk.MultiLevelLIF(s_bits=2)
                 self.w = qk.PackedWeight.from_float(torch.randn(8, 40), w_bits=4)
             def forward(self, x):
-                return qk.bitserial_linear(self.lif(x), self.w, x_scale=1.0, x_bits=2)
+                return qk.bitserial_linear(self.lif(x), self.w, x_scale=1.0, s_bits=2)
         net, x = Net(), torch.randn(3, 5, 40)
         torch.export.save(torch.export.export(net, (x,)), sys.argv[1])
         torch.save(dict(x=x, y=net(x)), sys.argv[2])

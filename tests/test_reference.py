@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from qsnn_kernels import reference
+from qsnn_kernels.packing import pack_levels
 from qsnn_kernels.testing import random_codes
 
 
@@ -46,15 +47,15 @@ def test_gemm_hand_example():
 
 @pytest.mark.parametrize("w_bits", [1, 2, 4, 8])
 @pytest.mark.parametrize(  # a bitplane reduction takes binary planes
-    "x_bits, reduce", [(1, "bitplane")] + [(xb, r) for xb in (1, 2, 4) for r in ("none", "time")]
+    "s_bits, reduce", [(1, "bitplane")] + [(sb, r) for sb in (1, 2, 4) for r in ("none", "time")]
 )
-def test_popcount_form_equals_definition(w_bits, x_bits, reduce):
+def test_popcount_form_equals_definition(w_bits, s_bits, reduce):
     p, m, n, k = 3, 4, 5, 45
-    x = random_codes((p, m, k), x_bits, False)
+    x = random_codes((p, m, k), s_bits, False)
     q = random_codes((n, k), w_bits, True)
-    x_planes = reference.pack_bits(x, x_bits, False).transpose(0, 1).reshape(p * x_bits, m, -1)
+    x_planes = pack_levels(x, s_bits, backend="reference")
     w_planes = reference.pack_bits(q, w_bits, True)
-    got = reference.bitserial_matmul_popcount(x_planes, w_planes, x_bits, reduce)
+    got = reference.bitserial_matmul_popcount(x_planes, w_planes, s_bits, reduce)
     assert torch.equal(got, reference.bitserial_matmul(x, q, reduce))
 
 

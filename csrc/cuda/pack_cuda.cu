@@ -12,13 +12,19 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// This thread's item of a one-dimensional launch over `total` items, or -1 past the end.
+__device__ inline int64_t item_index(int64_t total) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  return i < total ? i : -1;
+}
+
 // One thread per (row, word): reads 32 codes, writes one word per plane.
 template <typename T>
 __global__ void pack_kernel(const T* __restrict__ x, int64_t rows, int64_t k, int bits, bool one_bit_signed,
                             int32_t* __restrict__ out) {
   const int64_t words = num_words(k);
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * words) return;
+  const int64_t i = item_index(rows * words);
+  if (i < 0) return;
   const int64_t r = i / words, w = i % words;
   uint32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   pack_word(x + r * k + w * kWordBits, min(kWordBits, k - w * kWordBits), bits, one_bit_signed, acc);
@@ -29,9 +35,9 @@ __global__ void pack_kernel(const T* __restrict__ x, int64_t rows, int64_t k, in
 template <typename T>
 __global__ void unpack_kernel(const int32_t* __restrict__ planes, int64_t rows, int64_t k, int bits, bool is_signed,
                               T* __restrict__ out) {
+  const int64_t i = item_index(rows * k);
+  if (i < 0) return;
   const int64_t words = num_words(k);
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * k) return;
   const int64_t r = i / k, kk = i % k;
   out[i] = static_cast<T>(unpack_code(planes + r * words + kk / kWordBits, rows * words, kk % kWordBits, bits, is_signed));
 }

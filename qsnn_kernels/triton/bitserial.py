@@ -11,12 +11,12 @@ Two exact strategies:
 
 * ``"bitserial"`` -- for every (x-plane, w-plane) pair, AND the packed words and popcount them:
   ``Y = sum_b sum_q sign_q 2^(b+q) popcount(A_b & B_q)`` (W = 1: ``2 popcount(A & B) - popcount(A)``).
-  Work per 32 MACs: ``x_bits * w_bits`` AND + POPC + ADD on the integer ALUs. The popcount is the
+  Work per 32 MACs: ``s_bits * w_bits`` AND + POPC + ADD on the integer ALUs. The popcount is the
   ``popc`` instruction on GPU and a SWAR shift-and-mask popcount under ``TRITON_INTERPRET=1``
   (libdevice has no interpreter implementation).
 * ``"dot"`` -- recombine the planes of a K tile into int8 values in registers (x levels, signed
   weight codes) and issue one ``tl.dot(int8, int8) -> int32`` per tile (tensor cores on GPU).
-  Levels up to 127 fit int8 directly. Levels up to 255 (x_bits = 8, or several steps summed) are
+  Levels up to 127 fit int8 directly. Levels up to 255 (s_bits = 8, or several steps summed) are
   stored as ``level - 128`` and corrected once at the end: ``sum_k x w = sum_k (x - 128) w +
   128 sum_k w``, where ``sum_k w`` is summed from the very weight tiles the kernel unpacked
   (padding included; padded x is 0, so the identity holds element by element). For
@@ -27,8 +27,8 @@ Two exact strategies:
 ``reduce="none"`` treats the P steps as P * M rows of one GEMM (row r = step r // M, row r % M),
 so a weight tile loaded once serves all steps and small per-step M still fills a tile.
 
-``strategy="auto"`` follows :func:`choose_strategy`, an *unmeasured* rule (no GPU was available
-when it was written); gpu_check in benchmarks/ measures both strategies on an H200.
+``strategy="auto"`` follows :func:`choose_strategy`; benchmarks/gpu_check.py measures both
+strategies on a GPU.
 """
 
 from __future__ import annotations
@@ -40,24 +40,17 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from ..bits import WORD_BITS, num_words
+from ..bits import SPIKE_BITS, WEIGHT_BITS, WORD_BITS, num_words
+from ..choices import REDUCTIONS
 
 # the kernels unpack words with a [32] shift vector and popcount 32-bit words
 assert WORD_BITS == 32
 
-REDUCTIONS = ("none", "time", "bitplane")
 STRATEGIES = ("auto", "bitserial", "dot")
 
 AUTO_BITSERIAL_MAX_PLANE_PAIRS = 1
-"""``"auto"`` takes the bit-serial kernel when ``x_bits * w_bits`` is at most this, else ``"dot"``.
-
-Back-of-envelope for an H200 (to be replaced by a measurement): popc runs at 16/clk/SM, so the
-bit-serial kernel peaks near 132 SM * 16 * 1.98 GHz * 32 ~ 134 T binary MAC/s divided by
-``x_bits * w_bits``; the dot kernel is bounded by unpacking bits on the integer ALUs (a few ops per
-unpacked element, amortised over the tile) at a few hundred T MAC/s and by the int8 MMA
-(~990 T MAC/s dense). So bit-serial can only be competitive for binary x binary planes, and even
-there the estimate favours ``dot``; the threshold stays at 1 until benchmarks/gpu_check.py says.
-"""
+"""``"auto"`` takes the bit-serial kernel when ``s_bits * w_bits`` is at most this, else ``"dot"``
+(benchmarks/gpu_check.py measures both strategies and suggests this threshold)."""
 
 
 # --------------------------------------------------------------------------- kernels
@@ -81,22 +74,25 @@ def _popcount(v, USE_SWAR: tl.constexpr):
 
 
 @triton.jit
+def _output_tile(R, M, N, KW, S_BITS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's tile of the output: its rows and columns, their masks, and the word offsets of
+    its activation rows (row r of the GEMM is row r % M of step r // M; only "none" has more than M
+    rows) and of its weight rows."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    x_row = ((rows // M) * S_BITS * M + rows % M) * KW
+    return rows, cols, rows < R, cols < N, x_row, cols * KW
+
+
+@triton.jit
 def _bitserial_popcount_kernel(
     x_ptr, w_ptr, y_ptr,
     R, M, N, KW, n_inner,
-    XB: tl.constexpr, WB: tl.constexpr, SHIFT_BY_STEP: tl.constexpr, USE_SWAR: tl.constexpr,
+    S_BITS: tl.constexpr, W_BITS: tl.constexpr, SHIFT_BY_STEP: tl.constexpr, USE_SWAR: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr,
 ):  # fmt: skip
     """y[r, n] = sum_i c_i sum_b sum_q sign_q 2^(b+q) popcount(A[i, b, r] & B[q, n]), c_i = 2^(i*SHIFT)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_n * BN + tl.arange(0, BN)
-    row_ok = rows < R
-    col_ok = cols < N
-    # row r of the GEMM is row r % M of step r // M (only "none" has more than M rows)
-    x_row = ((rows // M) * XB * M + rows % M) * KW
-    w_row = cols * KW
+    rows, cols, row_ok, col_ok, x_row, w_row = _output_tile(R, M, N, KW, S_BITS, BM, BN)
     x_plane = M * KW
     w_plane = N * KW
     acc = tl.zeros((BM, BN), dtype=tl.int32)
@@ -107,17 +103,17 @@ def _bitserial_popcount_kernel(
         w_mask = col_ok[:, None] & word_ok[None, :]
         # runtime loops, not static_range: unrolling all W * S plane pairs took ~40 s to compile
         # for W = S = 8 (sm_90, one config), too slow to autotune
-        for q in range(WB):
+        for q in range(W_BITS):
             b = tl.load(w_ptr + q * w_plane + w_row[:, None] + words[None, :], mask=w_mask, other=0)
             # the top bit of a two's-complement code weighs -2^(W-1)
-            sign = tl.where(q == WB - 1, -1, 1)
+            sign = tl.where(q == W_BITS - 1, -1, 1)
             for i in range(n_inner):
-                for xb in range(XB):
-                    a_ptr = x_ptr + (i * XB + xb) * x_plane + x_row[:, None] + words[None, :]
+                for sb in range(S_BITS):
+                    a_ptr = x_ptr + (i * S_BITS + sb) * x_plane + x_row[:, None] + words[None, :]
                     a = tl.load(a_ptr, mask=x_mask, other=0)
                     both = tl.sum(_popcount(a[:, None, :] & b[None, :, :], USE_SWAR), axis=2)
-                    shift = xb + q + i * SHIFT_BY_STEP
-                    if WB == 1:
+                    shift = sb + q + i * SHIFT_BY_STEP
+                    if W_BITS == 1:
                         ones = tl.sum(_popcount(a, USE_SWAR), axis=1)
                         acc += (2 * both - ones[:, None]) << shift
                     else:
@@ -130,7 +126,7 @@ def _bitserial_popcount_kernel(
 def _bitserial_dot_kernel(
     x_ptr, w_ptr, y_ptr,
     R, M, N, KW, n_inner, offset_total,
-    XB: tl.constexpr, WB: tl.constexpr, SHIFT_BY_STEP: tl.constexpr,
+    S_BITS: tl.constexpr, W_BITS: tl.constexpr, SHIFT_BY_STEP: tl.constexpr,
     COMBINE: tl.constexpr, OFFSET: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr,
 ):  # fmt: skip
@@ -141,14 +137,7 @@ def _bitserial_dot_kernel(
     (= OFFSET * sum of the coefficients of the dots) times ``sum_k w`` adds it back.
     """
     BK: tl.constexpr = BKW * 32
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_n * BN + tl.arange(0, BN)
-    row_ok = rows < R
-    col_ok = cols < N
-    x_row = ((rows // M) * XB * M + rows % M) * KW
-    w_row = cols * KW
+    rows, cols, row_ok, col_ok, x_row, w_row = _output_tile(R, M, N, KW, S_BITS, BM, BN)
     x_plane = M * KW
     w_plane = N * KW
     shifts = tl.arange(0, 32)
@@ -161,12 +150,12 @@ def _bitserial_dot_kernel(
         # weight tile K-major: words [BKW, BN] -> bits [BKW, 32, BN] -> codes [BK, BN]
         w_mask = word_ok[:, None] & col_ok[None, :]
         code = tl.zeros((BKW, 32, BN), dtype=tl.int32)
-        for q in tl.static_range(WB):
+        for q in tl.static_range(W_BITS):
             wq = tl.load(w_ptr + q * w_plane + w_row[None, :] + words[:, None], mask=w_mask, other=0)
             bit = (wq[:, None, :] >> shifts[None, :, None]) & 1
-            if WB == 1:
+            if W_BITS == 1:
                 code = 2 * bit - 1
-            elif q == WB - 1:
+            elif q == W_BITS - 1:
                 code -= bit << q
             else:
                 code += bit << q
@@ -177,19 +166,19 @@ def _bitserial_dot_kernel(
         if COMBINE:
             level = tl.zeros((BM, BKW, 32), dtype=tl.int32)
             for i in range(n_inner):
-                for xb in tl.static_range(XB):
-                    a_ptr = x_ptr + (i * XB + xb) * x_plane + x_row[:, None] + words[None, :]
+                for sb in tl.static_range(S_BITS):
+                    a_ptr = x_ptr + (i * S_BITS + sb) * x_plane + x_row[:, None] + words[None, :]
                     a = tl.load(a_ptr, mask=x_mask, other=0)
-                    level += ((a[:, :, None] >> shifts[None, None, :]) & 1) << (xb + i * SHIFT_BY_STEP)
+                    level += ((a[:, :, None] >> shifts[None, None, :]) & 1) << (sb + i * SHIFT_BY_STEP)
             x_tile = (tl.reshape(level, (BM, BK)) - OFFSET).to(tl.int8)
             acc = tl.dot(x_tile, w_tile, acc)
         else:
             for i in range(n_inner):
                 level = tl.zeros((BM, BKW, 32), dtype=tl.int32)
-                for xb in tl.static_range(XB):
-                    a_ptr = x_ptr + (i * XB + xb) * x_plane + x_row[:, None] + words[None, :]
+                for sb in tl.static_range(S_BITS):
+                    a_ptr = x_ptr + (i * S_BITS + sb) * x_plane + x_row[:, None] + words[None, :]
                     a = tl.load(a_ptr, mask=x_mask, other=0)
-                    level += ((a[:, :, None] >> shifts[None, None, :]) & 1) << xb
+                    level += ((a[:, :, None] >> shifts[None, None, :]) & 1) << sb
                 x_tile = (tl.reshape(level, (BM, BK)) - OFFSET).to(tl.int8)
                 acc += tl.dot(x_tile, w_tile) << (i * SHIFT_BY_STEP)
     if OFFSET != 0:
@@ -225,7 +214,7 @@ _DOT_CONFIGS = [
         (128, 128, 4, 8, 3), (128, 256, 2, 8, 3), (128, 128, 1, 4, 4),
     ]
 ]  # fmt: skip
-_TUNE_KEY = ["R", "N", "KW", "n_inner", "XB", "WB"]
+_TUNE_KEY = ["R", "N", "KW", "n_inner", "S_BITS", "W_BITS"]
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -258,10 +247,10 @@ def _kernels_interpreted() -> bool:
     return isinstance(_bitserial_popcount_kernel, InterpretedFunction)
 
 
-def choose_strategy(m: int, n: int, k: int, x_bits: int, w_bits: int, steps: int, reduce: str) -> str:
-    """The strategy ``"auto"`` runs: see :data:`AUTO_BITSERIAL_MAX_PLANE_PAIRS` (unmeasured rule)."""
-    del m, n, k, steps, reduce  # the rule will use them once it is measured
-    return "bitserial" if x_bits * w_bits <= AUTO_BITSERIAL_MAX_PLANE_PAIRS else "dot"
+def choose_strategy(s_bits: int, w_bits: int) -> str:
+    """The strategy ``"auto"`` runs for these widths: "bitserial" when ``s_bits * w_bits`` is at
+    most :data:`AUTO_BITSERIAL_MAX_PLANE_PAIRS`, else "dot"."""
+    return "bitserial" if s_bits * w_bits <= AUTO_BITSERIAL_MAX_PLANE_PAIRS else "dot"
 
 
 # --------------------------------------------------------------------------- launcher
@@ -273,7 +262,7 @@ def _wrap_int32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def _dot_plan(x_bits: int, n_inner: int, reduce: str) -> tuple[bool, int, int]:
+def _dot_plan(s_bits: int, n_inner: int, reduce: str) -> tuple[bool, int, int]:
     """How the dot kernel fits levels into int8: ``(combine, offset, offset_total)``.
 
     ``combine``: the ``n_inner`` steps of a tile are summed (coefficients 1 or 2^i) into one level
@@ -282,7 +271,7 @@ def _dot_plan(x_bits: int, n_inner: int, reduce: str) -> tuple[bool, int, int]:
     undo it (offset times the coefficients of the dots it applied to), wrapped to int32.
     """
     coefs = [1 << i if reduce == "bitplane" else 1 for i in range(n_inner)]
-    level_max = (1 << x_bits) - 1
+    level_max = (1 << s_bits) - 1
     combine = level_max * sum(coefs) <= 255
     if combine:
         level_max *= sum(coefs)
@@ -294,13 +283,13 @@ def bitserial_matmul_triton(
     x_planes: torch.Tensor,
     w_planes: torch.Tensor,
     k: int,
-    x_bits: int,
+    s_bits: int,
     reduce: str,
     strategy: str = "auto",
 ) -> torch.Tensor:
     """Bit-serial GEMM on packed planes with a Triton kernel; int32, exact if the result fits int32.
 
-    * ``x_planes``: int32 ``[P * x_bits, M, ceil(k/32)]``; plane ``p * x_bits + b`` holds bit ``b``
+    * ``x_planes``: int32 ``[P * s_bits, M, ceil(k/32)]``; plane ``p * s_bits + b`` holds bit ``b``
       of the unsigned level of step (or bit plane) ``p``.
     * ``w_planes``: int32 ``[W, N, ceil(k/32)]``, W = ``w_planes.shape[0]`` in {1, 2, 4, 8}; W = 1
       is +-1 (bit 1 -> +1), W >= 2 two's complement (top plane counts -2^(W-1)).
@@ -314,20 +303,20 @@ def bitserial_matmul_triton(
     tensors, and on CPU tensors under ``TRITON_INTERPRET=1``. Only asserts; the public API
     validates. ``QSNN_TRITON_AUTOTUNE=0`` replaces autotuning by one default tile on GPU.
     """
-    return _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config=None)
+    return _launch(x_planes, w_planes, k, s_bits, reduce, strategy, config=None)
 
 
-def _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config):
+def _launch(x_planes, w_planes, k, s_bits, reduce, strategy, config):
     """:func:`bitserial_matmul_triton` with an optional fixed ``triton.Config`` (tests run each one)."""
     assert reduce in REDUCTIONS and strategy in STRATEGIES, (reduce, strategy)
     assert x_planes.dtype == torch.int32 and w_planes.dtype == torch.int32
     assert x_planes.dim() == 3 and w_planes.dim() == 3 and x_planes.device == w_planes.device
-    assert x_bits >= 1 and x_planes.shape[0] % x_bits == 0, "x planes must be T * x_bits"
+    assert s_bits in SPIKE_BITS and x_planes.shape[0] % s_bits == 0, "x planes must be T * s_bits"
     w_bits, n, kw = w_planes.shape
     planes, m, kx = x_planes.shape
-    assert w_bits in (1, 2, 4, 8) and x_bits <= 8
+    assert w_bits in WEIGHT_BITS
     assert kx == kw == num_words(k) and k >= 1, "K does not match the packed words"
-    steps = planes // x_bits
+    steps = planes // s_bits
     x = x_planes.contiguous()
     w = w_planes.contiguous()
     if reduce == "none":
@@ -342,10 +331,10 @@ def _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config):
 
     shift_by_step = 1 if reduce == "bitplane" else 0
     # a shift by >= 32 bits is undefined in the kernels; such inputs overflow int32 anyway
-    assert (x_bits - 1) + (w_bits - 1) + shift_by_step * (steps - 1) < 32, "too many bit planes for int32"
+    assert (s_bits - 1) + (w_bits - 1) + shift_by_step * (steps - 1) < 32, "too many bit planes for int32"
 
     if strategy == "auto":
-        strategy = choose_strategy(m, n, k, x_bits, w_bits, steps, reduce)
+        strategy = choose_strategy(s_bits, w_bits)
     # Interpreter or not is read at launch: the kernels were decorated for it, or the variable is
     # set now (then the portable popcount and one small tile, which are also correct on a GPU).
     interpret = _kernels_interpreted() or _env_flag("TRITON_INTERPRET", False)
@@ -354,14 +343,14 @@ def _launch(x_planes, w_planes, k, x_bits, reduce, strategy, config):
         "qsnn_kernels.triton.bitserial is first imported"
     )
     tune = config is None and not interpret and _env_flag("QSNN_TRITON_AUTOTUNE", True)
-    args = dict(R=rows, M=m, N=n, KW=kw, n_inner=n_inner, XB=x_bits, WB=w_bits, SHIFT_BY_STEP=shift_by_step)
+    args = dict(R=rows, M=m, N=n, KW=kw, n_inner=n_inner, S_BITS=s_bits, W_BITS=w_bits, SHIFT_BY_STEP=shift_by_step)
 
     if strategy == "bitserial":
         kernel = _bitserial_popcount_tuned if tune else _bitserial_popcount_kernel
         args["USE_SWAR"] = interpret
     else:
         kernel = _bitserial_dot_tuned if tune else _bitserial_dot_kernel
-        combine, offset, offset_total = _dot_plan(x_bits, n_inner, reduce)
+        combine, offset, offset_total = _dot_plan(s_bits, n_inner, reduce)
         args.update(COMBINE=combine, OFFSET=offset, offset_total=offset_total)
     if config is not None:
         args.update(config.all_kwargs())
