@@ -287,6 +287,10 @@ def test_packed_bytes_match_packed_weight(n, k, w_bits):
 
 def test_paper_table2_reading():
     assert len(paper.TABLE2) == 13
+    # the first, a middle and the last row as the paper prints them (each field read by its label)
+    assert paper.TABLE2[0] == paper.Table2Row(16, 1, 4, 4.15, 59.10, 95.51, 78.21)
+    assert paper.TABLE2[6] == paper.Table2Row(2, 1, 2, 0.52, 3.09, 93.56, 75.91)
+    assert paper.TABLE2[-1] == paper.Table2Row(8, 2, 1, 2.08, 12.33, 96.29, 80.00)
     assert [r.wst for r in paper.params_outliers()] == ["1/2/2"]
     groups = paper.s_ace_groups()
     assert len(groups) == 2

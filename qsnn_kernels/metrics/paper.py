@@ -39,31 +39,26 @@ class Table2Row:
         return self.w_bits * self.s_bits * self.t_steps
 
 
-_TABLE2_TEXT = """
-W/S/T   params_m  s_ace_g  cifar10  cifar100
-16/1/4  4.15      59.10    95.51    78.21
-1/1/1   0.26      0.77     90.48    70.11
-1/4/1   0.26      3.08     95.00    76.90
-1/2/2   0.52      3.08     94.43    75.91
-1/1/4   0.26      3.69     93.91    74.13
-2/2/1   0.52      3.08     95.41    76.67
-2/1/2   0.52      3.09     93.56    75.91
-4/1/1   1.04      3.09     94.51    74.61
-4/4/1   1.04      12.32    96.84    80.13
-4/2/2   1.04      12.33    96.50    80.71
-4/1/4   1.04      14.77    95.94    78.77
-8/1/2   2.08      12.35    95.55    77.72
-8/2/1   2.08      12.33    96.29    80.00
+_TABLE2_COLUMNS = """
+W/S/T     16/1/4  1/1/1  1/4/1  1/2/2  1/1/4  2/2/1  2/1/2  4/1/1  4/4/1  4/2/2  4/1/4  8/1/2  8/2/1
+params_m  4.15    0.26   0.26   0.52   0.26   0.52   0.52   1.04   1.04   1.04   1.04   2.08   2.08
+s_ace_g   59.10   0.77   3.08   3.08   3.69   3.08   3.09   3.09   12.32  12.33  14.77  12.35  12.33
+cifar10   95.51   90.48  95.00  94.43  93.91  95.41  93.56  94.51  96.84  96.50  95.94  95.55  96.29
+cifar100  78.21   70.11  76.90  75.91  74.13  76.67  75.91  74.61  80.13  80.71  78.77  77.72  80.00
 """
+"""The paper's Table 2 with its rows as columns, in the paper's order (one split per column)."""
 
 
-def _table2_row(line: str) -> Table2Row:
-    wst, *figures = line.split()
-    return Table2Row(*map(int, wst.split("/")), *map(float, figures))
+def _table2(text: str) -> tuple[Table2Row, ...]:
+    """The rows of a table whose lines are ``label value...``: W/S/T, then :class:`Table2Row`'s figures by name."""
+    columns = {label: values for label, *values in (line.split() for line in text.strip().splitlines())}
+    splits = [tuple(map(int, wst.split("/"))) for wst in columns.pop("W/S/T")]
+    return tuple(Table2Row(*split, **{name: float(values[i]) for name, values in columns.items()})
+                 for i, split in enumerate(splits))
 
 
-TABLE2 = tuple(_table2_row(line) for line in _TABLE2_TEXT.strip().splitlines()[1:])
-"""The paper's Table 2, row by row as printed (W/S/T, params in 16-bit-equivalent M, S-ACE in G, top-1 %)."""
+TABLE2 = _table2(_TABLE2_COLUMNS)
+"""The paper's Table 2, one :class:`Table2Row` per W/S/T split, in the paper's order."""
 
 # Table 4 (AMD Kria xck26, 8-bit weights): BB -> {W/S/T: fps}. BB 128 is CIFAR10-DVS, and its
 # column is labelled latency in the paper; "8/2/3 (sic)" of BB 64 is read as 8/2/4.
