@@ -21,8 +21,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <initializer_list>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -48,26 +48,27 @@ inline const char *kind_name(int kind) {
     }
 }
 
+// "w_bits" -> "W_BITS": a vector file's name of a parameter -> its define without QSNN_.
+inline std::string upper(const std::string &name) {
+    std::string out;
+    for (char c : name) out += static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+    return out;
+}
+
 // The value this binary was compiled with of the parameter that a vector file names `name`: the
 // define QSNN_<NAME> of qsnn_params.h. An unknown name is a testbench bug (std::logic_error).
 inline long compiled_param(const std::string &name) {
+#define QSNN_PARAM(NAME) {#NAME, QSNN_##NAME}
     static const std::map<std::string, long> params = {
-        {"w_bits", QSNN_W_BITS},         {"s_bits_in", QSNN_S_BITS_IN}, {"s_bits_out", QSNN_S_BITS_OUT},
-        {"t_steps", QSNN_T_STEPS},       {"m_rows", QSNN_M_ROWS},       {"n_out", QSNN_N_OUT},
-        {"k_in", QSNN_K_IN},             {"lif_neurons", QSNN_LIF_NEURONS}, {"net_k0", QSNN_NET_K0},
-        {"net_s_bits_in", QSNN_NET_S_BITS_IN}, {"net_n1", QSNN_NET_N1}, {"net_n2", QSNN_NET_N2},
-        {"net_n3", QSNN_NET_N3},
+        QSNN_PARAM(W_BITS),      QSNN_PARAM(S_BITS_IN),     QSNN_PARAM(S_BITS_OUT), QSNN_PARAM(T_STEPS),
+        QSNN_PARAM(M_ROWS),      QSNN_PARAM(N_OUT),         QSNN_PARAM(K_IN),       QSNN_PARAM(LIF_NEURONS),
+        QSNN_PARAM(NET_K0),      QSNN_PARAM(NET_S_BITS_IN), QSNN_PARAM(NET_N1),     QSNN_PARAM(NET_N2),
+        QSNN_PARAM(NET_N3),
     };
-    const auto it = params.find(name);
+#undef QSNN_PARAM
+    const auto it = params.find(upper(name));
     if (it == params.end()) throw std::logic_error("no compiled parameter named '" + name + "'");
     return it->second;
-}
-
-// "w_bits" -> "QSNN_W_BITS".
-inline std::string define_name(const std::string &name) {
-    std::string macro = "QSNN_";
-    for (char c : name) macro += static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
-    return macro;
 }
 
 // A file that does not match this testbench: wrong magic/version, kind, parameter or shape.
@@ -140,7 +141,7 @@ class Vectors {
         for (const char *name : params) {
             const long file = scalar(name), compiled = compiled_param(name);
             if (file != compiled) {
-                const std::string macro = define_name(name);
+                const std::string macro = "QSNN_" + upper(name);
                 std::ostringstream msg;
                 msg << path_ << ": header mismatch: " << name << " = " << file << " in the file, but this testbench "
                     << "was compiled with " << macro << "=" << compiled << " (rebuild with -D" << macro << "=" << file
