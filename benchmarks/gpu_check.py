@@ -19,7 +19,7 @@ the others still report:
    finished GEMM benchmark (kept if the step times out).
 4. ``summary.json``: per shape and W/S/T split, each strategy's int8-equivalent and binary TOPS,
    the fraction of int8 peak, the ratio to torch._int_mm and to bf16 at the same T * M rows, the
-   faster strategy, and the ``x_bits * w_bits`` rule that the measurements suggest for ``"auto"``
+   faster strategy, and the ``s_bits * w_bits`` rule that the measurements suggest for ``"auto"``
    (qsnn_kernels.triton.bitserial.AUTO_BITSERIAL_MAX_PLANE_PAIRS).
 
 ``--quick`` sets QSNN_BENCH_QUICK=1 (three splits). Budget (estimated, not measured): tests 2-4
@@ -81,7 +81,7 @@ def summarize(bench_jsonl: Path) -> dict:
         if r["impl"].startswith("triton"):
             ours.setdefault((r["shape"], r["W"], r["S"], r["T"]), {})[r["impl"].removeprefix("triton-")] = r
     table = []
-    wins = {}  # x_bits * w_bits -> strategies that won
+    wins = {}  # s_bits * w_bits -> strategies that won
     for (shape, w, s, t), by_strategy in sorted(ours.items()):
         entry = {"shape": shape, "W": w, "S": s, "T": t, "BB": w * s * t}
         for strategy, r in by_strategy.items():

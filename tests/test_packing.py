@@ -164,3 +164,24 @@ def test_pack_levels_is_step_major(device, s_bits, backend):
 def test_pack_levels_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: torch.ops.qsnn.pack_bits(torch.zeros(2, 3, dtype=torch.int32), 3, False), ValueError,
+         "pack_bits: bits must be 1, 2, 4 or 8, got 3"),
+        (lambda: torch.ops.qsnn.pack_bits(torch.zeros(2, 0, dtype=torch.int32), 1, False), ValueError, "K >= 1"),
+        (lambda: torch.ops.qsnn.pack_bits(torch.zeros(2, 3), 1, False), TypeError, "integer codes expected"),
+        (lambda: torch.ops.qsnn.unpack_bits(torch.zeros(1, 2, 2, dtype=torch.int64), 33, True), TypeError, "int32"),
+        (lambda: torch.ops.qsnn.unpack_bits(torch.zeros(3, 2, 2, dtype=torch.int32), 33, True), ValueError,
+         "the number of planes must be 1, 2, 4 or 8, got 3"),
+        (lambda: torch.ops.qsnn.unpack_bits(torch.zeros(1, 2, 2, dtype=torch.int32), 65, True), ValueError,
+         "k=65 needs 3 words per row"),
+    ],
+)
+def test_compiled_kernels_raise_typed_errors(device, call, error, match):
+    """The C++ (and CUDA) kernels called raw: ValueError for a bad value, TypeError for a bad dtype."""
+    with torch.device(device):
+        with pytest.raises(error, match=match):
+            call()
