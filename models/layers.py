@@ -191,7 +191,8 @@ def _check_in_scale(in_scale) -> float:
 def uses_bitserial(layer) -> bool:
     """Whether ``layer`` (QuantLinear/QuantConv2d) runs its forward on ``qsnn_kernels.bitserial_linear``:
     ``layer.bitserial`` is True, its input is spikes (``s_bits`` in 1, 2, 4, 8) and its weight
-    quantized. The op is compile-safe."""
+    quantized. (The input check of that path reads a flag on the host: a graph break under
+    torch.compile.)"""
     return bool(layer.bitserial) and layer.s_bits in SPIKE_BITS and layer.w_bits in WEIGHT_BITS
 
 
@@ -224,10 +225,14 @@ def spike_linear_bitserial(spikes: torch.Tensor, weight, w_bits: int, s_bits: in
     (a float master weight ``[N, K...]``, quantized per call, or a
     :class:`qsnn_kernels.PackedWeight`) on the exact bit-serial kernel -> ``[P, M, N]`` float;
     straight-through autograd (bitserial_linear). ValueError when ``spikes`` are not such values."""
+    return _bitserial_levels(_float_levels(spikes, s_bits, in_scale), weight, w_bits, s_bits, in_scale)
+
+
+def _bitserial_levels(levels: torch.Tensor, weight, w_bits: int, s_bits: int, in_scale: float) -> torch.Tensor:
+    """:func:`spike_linear_bitserial` on float levels (already checked)."""
     from ..bitserial_linear import bitserial_linear
     from ..packed_weight import PackedWeight
 
-    levels = _float_levels(spikes, s_bits, in_scale)
     if isinstance(weight, PackedWeight):
         return bitserial_linear(levels, weight, s_bits=s_bits, x_scale=in_scale)
     return bitserial_linear(levels, weight, s_bits=s_bits, x_scale=in_scale, w_bits=w_bits)
@@ -238,9 +243,10 @@ def spike_conv2d_bitserial(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s
     """Convolution of spikes ``x [N, C, H, W]`` with the float weight ``[Cout, C, kh, kw]`` (groups = 1,
     zero padding = level 0) as a GEMM (:func:`qsnn_kernels.conv_geometry.im2col_hwc`) on the
     bit-serial kernel (:func:`spike_linear_bitserial`): ``[N, Cout, H', W']`` float, no bias."""
-    cols, oh, ow = im2col_hwc(x, weight.shape[2:], stride, padding, dilation)
+    levels = _float_levels(x, s_bits, in_scale)  # checked once, before im2col repeats each element
+    cols, oh, ow = im2col_hwc(levels, weight.shape[2:], stride, padding, dilation)
     w_cols = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # K in im2col_hwc's (kh, kw, C) order
-    y = spike_linear_bitserial(cols.unsqueeze(0), w_cols, w_bits, s_bits, in_scale)
+    y = _bitserial_levels(cols.unsqueeze(0), w_cols, w_bits, s_bits, in_scale)
     return y.reshape(x.shape[0], oh, ow, -1).permute(0, 3, 1, 2)
 
 
