@@ -101,8 +101,8 @@ def _bitserial_popcount_kernel(
         word_ok = words < KW
         x_mask = row_ok[:, None] & word_ok[None, :]
         w_mask = col_ok[:, None] & word_ok[None, :]
-        # runtime loops, not static_range: unrolling all W * S plane pairs took ~40 s to compile
-        # for W = S = 8 (sm_90, one config), too slow to autotune
+        # runtime loops, not static_range: unrolling all W * S plane pairs makes the compile time
+        # grow with W * S, too slow to autotune at W = S = 8
         for q in range(W_BITS):
             b = tl.load(w_ptr + q * w_plane + w_row[:, None] + words[None, :], mask=w_mask, other=0)
             # the top bit of a two's-complement code weighs -2^(W-1)
@@ -199,8 +199,8 @@ _DEFAULT_GPU_META = {
     "bitserial": dict(BM=64, BN=64, BKW=2, num_warps=4),
     "dot": dict(BM=128, BN=128, BKW=2, num_warps=8, num_stages=3),
 }
-# Compiled ahead of time for sm_90a (no GPU): no register spills at W = S <= 2; at W = 8 the dot
-# kernel's largest tiles spill a little (<= 440 bytes), which the autotuner weighs by timing.
+# Tiles that fit sm_90's registers at small widths; where the dot kernel's largest tiles spill at
+# W = 8, the autotuner weighs the spill by timing.
 _BITSERIAL_CONFIGS = [
     triton.Config(dict(BM=bm, BN=bn, BKW=bkw), num_warps=warps)
     for bm, bn, bkw, warps in [
