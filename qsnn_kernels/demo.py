@@ -77,6 +77,8 @@ def _packing(torch, qk, n: int, k: int, repeats: int, check: _Checks) -> None:
 
 
 def _gemm(torch, qk, n: int, k: int, m: int, repeats: int, check: _Checks) -> None:
+    from .testing import mismatches
+
     print(f"\n2. Bit-serial GEMM: spikes [T, {m}, {k}] (S-bit levels) x a W-bit weight [{n}, {k}] -> [T, {m}, {n}] "
           f"int32, against float32 torch.matmul of the same shape (median of >= {repeats} runs, warm-up excluded)")
     print(f"{'W/S/T':>6} {'BB':>3} {'bit-serial ms':>14} {'fp32 matmul ms':>15} {'speed vs fp32':>14}  "
@@ -90,13 +92,13 @@ def _gemm(torch, qk, n: int, k: int, m: int, repeats: int, check: _Checks) -> No
         pw = qk.PackedWeight.from_int(q, w_bits)  # packed once, as a layer holds it
         y = qk.bitserial_matmul(levels, pw, s_bits=s_bits)
         expected = torch.matmul(levels.to(torch.float64), q.to(torch.float64).T)  # exact: |values| << 2^53
-        mismatches = int((y.to(torch.float64) != expected).sum())
-        ok = check(f"GEMM {w_bits}/{s_bits}/{t_steps}: exact", y.dtype == torch.int32 and mismatches == 0)
+        wrong = mismatches(y.to(torch.float64), expected)
+        ok = check(f"GEMM {w_bits}/{s_bits}/{t_steps}: exact", y.dtype == torch.int32 and wrong == 0)
         x32, w32 = levels.reshape(t_steps * m, k).to(torch.float32), q.to(torch.float32).T.contiguous()
         ms_bs = _median_ms(lambda: qk.bitserial_matmul(levels, pw, s_bits=s_bits), repeats)
         ms_fp = _median_ms(lambda: torch.matmul(x32, w32), repeats)
         print(f"{w_bits}/{s_bits}/{t_steps:<2} {w_bits * s_bits * t_steps:>3} {ms_bs:>14.2f} {ms_fp:>15.2f} "
-              f"{ms_fp / ms_bs:>13.2f}x  {ok} ({mismatches})")
+              f"{ms_fp / ms_bs:>13.2f}x  {ok} ({wrong})")
     print("   cost grows with the Bit Budget W*S*T; float32 matmul's with T only (it ignores W and S)")
 
 
