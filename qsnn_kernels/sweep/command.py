@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and T >= 1 is trained (a budget without a factor 2, such as 3, has only 1/1/BB)")
     parser.add_argument("--model", type=nonempty_text, help="registered model (default: the training default)")
     parser.add_argument("--epochs", type=positive_int, default=10,
-                        help="epochs per split (default 10: short runs, about 1 s a split on the digits on a free CPU)")
+                        help="epochs per split (default 10: short runs)")
     parser.add_argument("--output", type=output_folder, default=None,
                         help="sweep folder (default runs/sweep-bb<BUDGET>)")
     parser.add_argument("--data", type=nonempty_text, default=None,
