@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from . import reference
+from . import _extension, reference
 from .bits import INTEGER_DTYPES, WEIGHT_BITS, WORD_DTYPE, check_bits, num_words
-from .packing import check_padding, pack_bits, unpack_bits
+from .packing import check_padding, pack_bits
 
 
 def _check_shape(shape) -> torch.Size:
@@ -31,6 +31,12 @@ class PackedWeight:
     Build with :meth:`from_float` (quantize, then pack) or :meth:`from_int` (pack given codes).
     Save with ``state_dict()`` (plain tensors: ``torch.save`` with ``weights_only=True`` and
     safetensors both work) and load with :meth:`from_state_dict`.
+
+    Validated once, when it is made (the constructor checks every field against the others and
+    the data: finite scales, zero padding bits; a host sync); the four fields are read-only, so
+    the object is used as it is afterwards: :meth:`int_codes`, :meth:`dequantize` and the kernels
+    that take it never check it again (no host sync, no rebuild). Writing into ``planes`` or
+    ``scale`` in place bypasses that check; build a new PackedWeight instead.
     """
 
     def __init__(self, planes: torch.Tensor, scale: torch.Tensor, shape, w_bits: int):
@@ -57,7 +63,26 @@ class PackedWeight:
             raise ValueError(f"PackedWeight: scale must be finite and >= 0; {int(bad.sum())} channel(s) are not, "
                              f"the first is channel {int(bad.nonzero()[0, 0])} ({float(scale[bad][0])})")
         check_padding(planes, k)
-        self.planes, self.scale, self.shape, self.w_bits = planes, scale, shape, w_bits
+        self._planes, self._scale, self._shape, self._w_bits = planes, scale, shape, w_bits
+
+    @property
+    def planes(self) -> torch.Tensor:
+        """int32 ``[w_bits, N, ceil(K/32)]``."""
+        return self._planes
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """float32 ``[N]``."""
+        return self._scale
+
+    @property
+    def shape(self) -> torch.Size:
+        """The weight's logical shape ``[N, ...]``."""
+        return self._shape
+
+    @property
+    def w_bits(self) -> int:
+        return self._w_bits
 
     # ----------------------------------------------------------------- construction
 
@@ -111,8 +136,12 @@ class PackedWeight:
         return self.planes.device
 
     def int_codes(self) -> torch.Tensor:
-        """The integer codes, int8, in the weight's logical shape."""
-        return unpack_bits(self.planes, self.in_features, signed=True).reshape(self.shape)
+        """The integer codes, int8, in the weight's logical shape: the compiled unpacker
+        (``qsnn::unpack_bits``) for the planes' device, without checking them again.
+        BackendUnavailable if no kernel is built for that device."""
+        if not torch.compiler.is_compiling():
+            _extension.require(self.device.type)
+        return torch.ops.qsnn.unpack_bits(self.planes, self.in_features, True).reshape(self.shape)
 
     def dequantize(self) -> torch.Tensor:
         """``scale[n] * q[n, ...]`` as float32 in the weight's logical shape."""

@@ -5,6 +5,9 @@ fold guard for a module called twice, and the deprecated ``in_bits`` keyword."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,3 +53,196 @@ def test_im2col_hwc_is_the_convolution(kernel, stride, padding, dilation):
     assert (oh, ow) == tuple(expected.shape[2:]) and cols.shape == (2 * oh * ow, kernel[0] * kernel[1] * 3)
     y = (cols @ w.permute(0, 2, 3, 1).reshape(4, -1).T).reshape(2, oh, ow, 4).permute(0, 3, 1, 2)
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the packed weight, built once
+
+
+from torch.utils import _pytree as pytree  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from qsnn_kernels import PackedWeight  # noqa: E402
+from qsnn_kernels.models.convert import PackedConv2d, PackedLinear, convert_for_inference  # noqa: E402
+from qsnn_kernels.models.layers import QuantConv2d  # noqa: E402
+
+_SYNCS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default}
+"""The aten ops that hand a tensor's value to the host (item(), bool(), int(), float(), equal)."""
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Counts host syncs, and those that read data computed from ``sources`` (taint follows every op)."""
+
+    def __init__(self, sources):
+        super().__init__()
+        self.tainted = {id(t): t for t in sources}
+        self.syncs = self.weight_syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        from_weight = any(self.tainted.get(id(t)) is t for t in inputs)
+        if func in _SYNCS:
+            self.syncs += 1
+            self.weight_syncs += from_weight
+        out = func(*args, **kwargs)
+        if from_weight:
+            self.tainted.update({id(t): t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)})
+        return out
+
+
+def _layer(kind: str, s_bits):
+    g = torch.Generator().manual_seed(3)
+    if kind == "linear":
+        pw = PackedWeight.from_float(torch.randn(6, 37, generator=g), 4)
+        return PackedLinear(pw, torch.randn(6, generator=g), s_bits=s_bits, in_scale=0.5)
+    pw = PackedWeight.from_float(torch.randn(5, 3, 3, 3, generator=g), 2)
+    return PackedConv2d(pw, torch.randn(5, generator=g), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                        s_bits=s_bits, in_scale=0.5)
+
+
+def _input(kind: str, s_bits):
+    g = torch.Generator().manual_seed(4)
+    shape = (2, 3, 37) if kind == "linear" else (2, 1, 3, 6, 5)
+    if s_bits is None:
+        return torch.randn(shape, generator=g)
+    return torch.randint(0, 1 << s_bits, shape, generator=g).float() * 0.5
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("s_bits", [2, None])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_forward_uses_the_packed_weight_as_is(kind, s_bits, grad, monkeypatch):
+    """A converted layer's forward builds no PackedWeight and never syncs the host on the weight
+    (or anything computed from it); a real-valued input's forward does not sync at all. Spike input
+    syncs only to check the input's levels (a contract: a ValueError decided on the data)."""
+    layer, x = _layer(kind, s_bits), _input(kind, s_bits)
+    expected = layer(x)
+    built = []
+    init = PackedWeight.__init__
+    monkeypatch.setattr(PackedWeight, "__init__", lambda self, *a, **k: built.append(1) or init(self, *a, **k))
+    detector = _HostSyncs([layer.planes, layer.scale, layer.bias])
+    with torch.set_grad_enabled(grad), detector:
+        for _ in range(3):
+            y = layer(x.clone().requires_grad_(grad))
+    assert built == [] and detector.weight_syncs == 0
+    assert detector.syncs == 0 if s_bits is None else detector.syncs > 0     # the detector sees syncs
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
+def test_the_sync_detector_catches_a_per_forward_rebuild(monkeypatch):
+    """The test above fails for a layer that rebuilds (and so validates) its PackedWeight per forward."""
+    layer, x = _layer("linear", None), _input("linear", None)
+    monkeypatch.setattr(PackedLinear, "packed_weight",
+                        property(lambda self: PackedWeight(self.planes, self.scale, self.weight_shape, self.w_bits)))
+    detector = _HostSyncs([layer.planes, layer.scale])
+    with torch.no_grad(), detector:
+        layer(x)
+    assert detector.weight_syncs > 0
+
+
+def test_the_weight_is_rebuilt_and_checked_when_buffers_change():
+    """load_state_dict checks a packing before copying it in (a bad one is a load error, the layer
+    unchanged), a good one is used at once; .to(dtype) keeps the scale float32; deepcopy and pickle
+    keep the PackedWeight on the buffers' own tensors."""
+    layer, x = _layer("conv", 2), _input("conv", 2)
+    other = _layer("conv", 2)
+    with torch.no_grad():
+        other.scale.mul_(2.0)
+    layer.load_state_dict(other.state_dict())
+    assert layer.packed_weight.scale is layer.scale and torch.equal(layer(x), other(x))
+    before = layer.state_dict()
+    for key, bad in (("scale", torch.full_like(layer.scale, float("nan"))),
+                     ("planes", layer.planes | (1 << 30))):               # K = 27: bit 30 is padding
+        with pytest.raises(RuntimeError, match="not a valid packed weight"):
+            layer.load_state_dict({**before, key: bad})
+        assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
+    moved = copy.deepcopy(layer).double()
+    assert moved.scale.dtype == torch.float32 and moved.bias.dtype == torch.float64
+    assert moved.packed_weight.planes is moved.planes and moved.packed_weight.scale is moved.scale
+    torch.testing.assert_close(moved(x.double()), layer(x).double())
+    loaded = pickle.loads(pickle.dumps(layer))
+    assert loaded.packed_weight.planes is loaded.planes and torch.equal(loaded(x), layer(x))
+
+
+def test_in_bits_is_a_deprecated_alias_of_s_bits():
+    pw = PackedWeight.from_float(torch.randn(4, 8), 2)
+    with pytest.warns(FutureWarning, match="s_bits"):
+        old = PackedLinear(pw, None, in_bits=2)
+    assert old.s_bits == 2
+    with pytest.warns(FutureWarning, match="s_bits"):
+        assert old.in_bits == 2
+    with pytest.raises(TypeError, match="s_bits"):
+        PackedLinear(pw, None, s_bits=2, in_bits=2)
+    state = dict(old.__dict__)
+    state["in_bits"] = state.pop("s_bits")                                   # a layer pickled before the rename
+    del state["_packed"]
+    revived = PackedLinear.__new__(PackedLinear)
+    revived.__setstate__(state)
+    assert revived.s_bits == 2 and revived.packed_weight.planes is revived.planes
+
+
+# --------------------------------------------------------------------------- batch-norm folding
+
+
+def _bn(channels: int, seed: int) -> nn.BatchNorm2d:
+    g = torch.Generator().manual_seed(seed)
+    bn = nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(channels, generator=g))
+        bn.running_var.copy_(torch.rand(channels, generator=g) + 0.5)
+        bn.weight.copy_(torch.randn(channels, generator=g))
+        bn.bias.copy_(torch.randn(channels, generator=g))
+    return bn
+
+
+class _ConvTwice(nn.Module):
+    """One conv called twice, each output into its own batch norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn1, self.bn2 = QuantConv2d(3, 4, 3, padding=1, w_bits=4), _bn(4, 1), _bn(4, 2)
+
+    def forward(self, x):
+        return self.bn1(self.conv(x)) + self.bn2(self.conv(2 * x))
+
+
+class _BatchNormTwice(nn.Module):
+    """One batch norm called on a conv's output and on another tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = QuantConv2d(3, 4, 3, padding=1, w_bits=4), _bn(4, 3)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.bn(x[:, :1].expand(-1, 4, -1, -1))
+
+
+class _OutputReadTwice(nn.Module):
+    """A conv's output read by its batch norm and by an add outside any module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = QuantConv2d(3, 4, 3, padding=1, w_bits=4), _bn(4, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class _Foldable(_OutputReadTwice):
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+@pytest.mark.parametrize("model, folded", [(_ConvTwice, 0), (_BatchNormTwice, 0), (_OutputReadTwice, 0),
+                                           (_Foldable, 1)])
+def test_fold_only_a_batch_norm_that_sees_the_conv_alone(model, folded):
+    """A conv or batch norm called twice, or a conv output read by anything else, is not folded (the
+    converted model computes what the original does); a plain conv -> BN pair is."""
+    torch.manual_seed(0)
+    original = model().eval()
+    x = torch.randn(2, 3, 6, 5)
+    converted = convert_for_inference(original, x)
+    assert sum(isinstance(m, nn.Identity) for m in converted.modules()) == folded
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), original(x), rtol=1e-5, atol=1e-5)
