@@ -221,8 +221,9 @@ def test_in_bits_is_a_deprecated_alias_of_s_bits():
     """``in_bits=`` (the former name of a layer's input spike width) still builds the same layer,
     with a FutureWarning naming s_bits; both names at once is a TypeError; reading ``.in_bits``
     warns and gives s_bits; ``s_bits=`` alone warns nothing."""
-    with pytest.warns(FutureWarning, match="s_bits"):
+    with pytest.warns(FutureWarning, match="s_bits") as record:
         old = _layers(in_bits=2)
+    assert [r.filename for r in record] == [__file__] * 2  # the warning points at the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         new = _layers(s_bits=2)
@@ -246,8 +247,9 @@ def test_blocks_take_in_s_bits_and_the_former_in_bits():
     kw = dict(w_bits=4, s_bits=1, connect_f="ADD", clamp_add=True, neuron_kw={})
     for block in (BasicBlock, Bottleneck):
         assert block(8, 8, 1, in_s_bits=2, **kw).conv1.s_bits == 2
-        with pytest.warns(FutureWarning, match="in_s_bits"):
+        with pytest.warns(FutureWarning, match="in_s_bits") as record:
             assert block(8, 8, 1, in_bits=2, **kw).conv1.s_bits == 2
+        assert [r.filename for r in record] == [__file__]
         with pytest.raises(TypeError, match="in_s_bits"):
             block(8, 8, 1, in_s_bits=2, in_bits=2, **kw)
         with pytest.raises(TypeError, match="in_s_bits"):
