@@ -306,6 +306,7 @@ def multilevel_lif(
     """
     check_bits(s_bits, SPIKE_BITS, "s_bits")
     check_choice(reset, RESETS, "reset")
+    check_choice(surrogate, tuple(SURROGATES), "surrogate")
     levels = (1 << s_bits) - 1
     v = torch.zeros_like(x[0]) if v_init is None else v_init.to(x.dtype)
     out = []

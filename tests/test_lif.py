@@ -266,6 +266,11 @@ def test_int_overflow_is_an_overflow_error_before_any_kernel(backend):
         assert mismatches(got[0], want[0]) == 0 and mismatches(got[1], want[1]) == 0
 
 
+def test_reference_refuses_an_unknown_surrogate():
+    with pytest.raises(ValueError, match="surrogate must be one of"):
+        reference.multilevel_lif(torch.zeros(2, 3), surrogate="erf")
+
+
 def test_cpu_kernel_errors_are_typed():
     """Direct op calls: the C++ kernels raise ValueError for bad values (an unknown surrogate name
     included, never a default) and TypeError for bad dtypes; h leaving int32 is a ValueError."""
@@ -377,7 +382,7 @@ def _loss(backend, s_bits, reset, surrogate, weights):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("s_bits, reset, surrogate", [(1, "hard", "atan"), (2, "soft", "sigmoid"), (4, "hard", "rect")])
 def test_func_grad_equals_reference_autograd(dtype, s_bits, reset, surrogate):
-    """torch.func.grad over multilevel_lif (it failed in setup_context) = autograd of the reference."""
+    """torch.func.grad (and vmap of it, jacrev) over multilevel_lif = autograd of the reference."""
     x = currents((5, 2, 7), s_bits, dtype=dtype)
     v_init = currents((2, 7), s_bits, dtype=_state(dtype), seed=1)
     weights = torch.randn(5, 2, 7, generator=torch.Generator().manual_seed(3), dtype=dtype)
@@ -405,8 +410,8 @@ def _state(dtype):
 
 
 def test_double_backward_raises_instead_of_a_gradient_without_graph():
-    """A backward under create_graph=True raises a clear error: it used to return a gradient with no
-    graph, so differentiating it again silently lost the second-order term (or called x unused)."""
+    """A backward under create_graph=True raises a clear error rather than return a gradient with no
+    graph (differentiating it again would silently lose the second-order term)."""
     x = currents((4, 6), 2, dtype=torch.float64).requires_grad_()
     weights = torch.randn(4, 6, dtype=torch.float64)
     (g_plain,) = torch.autograd.grad((multilevel_lif(x, s_bits=2)[0] * weights).sum(), x)

@@ -2,8 +2,9 @@
 
 Oracle: :func:`qsnn_kernels.reference.multilevel_lif` (float) and
 :func:`qsnn_kernels.reference.multilevel_lif_int` (integer). The public API, op registration and
-autograd live in :mod:`qsnn_kernels.lif`; these launchers are its Triton backend and expect
-inputs it has validated (they re-check only shapes and dtypes, cheaply).
+autograd live in :mod:`qsnn_kernels.lif`; these launchers are the ops' CUDA kernels (and their CPU
+kernels under ``TRITON_INTERPRET=1``) and expect inputs it has validated (they re-check only
+shapes, dtypes and names, cheaply). Surrogate names and codes: :data:`qsnn_kernels.choices.SURROGATES`.
 
 Design
 * One program per block of neurons; the program loops over T inside the kernel, carrying the
@@ -27,6 +28,8 @@ Design
 * The surrogate of the staircase is summed exactly over all L = 2^s_bits - 1 levels: a closed form
   (a count of the level windows that contain ``h / v_th``) for "rect", a loop over the levels for
   "atan" and "sigmoid" (the cost of s_bits = 8 with a smooth surrogate: 255 terms per element-step).
+  Without ``grad_v_last`` (v_T unused) the last step's membrane path is left out, as in the
+  reference's autograd, so a NaN membrane there gives no NaN gradient.
 * Integer mode: int32 throughout, leak ``v >> leak_shift`` (arithmetic shift of a signed int).
   Triton's ``//`` truncates like C, the contract floors; after the clamp to [0, L] the two give the
   same level (see the kernel), which the tests check on negative h and a negative theta. No
