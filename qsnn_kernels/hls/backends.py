@@ -97,7 +97,7 @@ def gemm(levels: torch.Tensor, q: torch.Tensor, *, s_bits: int, w_bits: int, bac
     if backend == "reference":
         return reference.bitserial_matmul(levels, q, reduce="none")
     dev = _triton_device() if backend == "triton" else levels.device
-    y = bitserial_matmul(levels.to(dev), q.to(dev), x_bits=s_bits, w_bits=w_bits, reduce="none", backend=backend)
+    y = bitserial_matmul(levels.to(dev), q.to(dev), s_bits=s_bits, w_bits=w_bits, reduce="none", backend=backend)
     return y.cpu()
 
 
