@@ -161,7 +161,10 @@ for _name, _kernel in TRITON_KERNELS.items():
 
 def _kernels_of(triton_on_cpu: bool):
     """The scope of one op call: the ops' Triton kernels are their CPU kernels within it if
-    ``triton_on_cpu``, the registered kernels are used as they are otherwise."""
+    ``triton_on_cpu``, the registered kernels are used as they are otherwise. The forward and the
+    backward (which runs later) each open their own scope, so none outlives an op call; the
+    registration is process-wide, so while one is open, CPU calls of these ops from other threads
+    reach the Triton kernels too (a test-only mode: ``TRITON_INTERPRET=1``)."""
     return triton_kernels_on_cpu(TRITON_KERNELS) if triton_on_cpu else contextlib.nullcontext()
 
 

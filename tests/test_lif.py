@@ -607,3 +607,22 @@ def test_triton_on_cpu_under_torch_func_and_double_backward():
     torch.testing.assert_close(gx, gxr, **GRAD_TOL[torch.float32])
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         torch.autograd.grad(_loss("triton", 2, "hard", "atan", weights)(xr, None), xr, create_graph=True)
+
+
+@needs_triton
+def test_triton_on_cpu_from_several_threads():
+    """Each op call opens its own scope under one lock: threads running the Triton backend on CPU
+    concurrently (forward and backward) neither deadlock nor see another's registration fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = currents((3, 37), 2)
+    xr = x.clone().requires_grad_()
+    want = torch.autograd.grad(multilevel_lif(xr, s_bits=2, backend="reference")[0].sum(), xr)[0]
+
+    def run(_):
+        xi = x.clone().requires_grad_()
+        return torch.autograd.grad(multilevel_lif(xi, s_bits=2, backend="triton")[0].sum(), xi)[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        for got in pool.map(run, range(8)):
+            torch.testing.assert_close(got, want, **GRAD_TOL[torch.float32])
