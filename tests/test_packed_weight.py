@@ -133,3 +133,22 @@ def test_from_state_dict_is_strict():
     assert torch.equal(same.dequantize(), pw.dequantize())
     zeros = PackedWeight.from_int(torch.ones(2, 3, dtype=torch.int8), 1, torch.zeros(2))  # scale 0 is allowed
     assert torch.equal(zeros.dequantize(), torch.zeros(2, 3))
+
+
+def test_fields_are_read_only_and_use_does_not_check_again(monkeypatch):
+    """A PackedWeight is validated once, when made: its fields cannot be reassigned, and
+    int_codes/dequantize run on it as it is (the padding check is not called again)."""
+    q, scale = reference.quantize_weight(torch.randn(3, 40), 4)
+    pw = PackedWeight.from_int(q, 4, scale)
+    for field in ("planes", "scale", "shape", "w_bits"):
+        with pytest.raises(AttributeError):
+            setattr(pw, field, getattr(pw, field))
+
+    def checked(*args):
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr("qsnn_kernels.packing.check_padding", checked)
+    monkeypatch.setattr("qsnn_kernels.packed_weight.check_padding", checked)
+    assert torch.equal(pw.int_codes(), q) and torch.equal(pw.dequantize(), q.float() * scale[:, None])
+    with pytest.raises(AssertionError, match="checked again"):
+        PackedWeight(pw.planes, pw.scale, pw.shape, 4)                       # construction does check
