@@ -13,6 +13,37 @@ import pytest
 from qsnn_kernels import cli, sweep
 
 
+# ----------------------------------------------------------------------------------------- layout
+
+def _package_imports(module) -> set[str]:
+    """The qsnn_kernels modules that ``module``'s source imports (relative imports resolved)."""
+    import ast
+    import inspect
+
+    package = module.__package__  # what a relative import starts from (a package's own name for its __init__)
+    found = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            target = ".".join(p for p in (base, node.module) if p)
+            found |= {target} | {f"{target}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {name for name in found if name.startswith("qsnn_kernels")}
+
+
+def test_sweep_modules_never_import_the_cli():
+    """cli.py builds the sweep's parser from sweep.command, never the other way round (no cycle): the
+    argparse types they share live in argtypes.py."""
+    from qsnn_kernels.sweep import command, plan, plot, results, run, table
+
+    for module in (sweep, command, plan, plot, results, run, table):
+        imported = _package_imports(module)
+        assert not {name for name in imported if name.startswith("qsnn_kernels.cli")}, (module.__name__, imported)
+    assert "qsnn_kernels.argtypes.positive_int" in _package_imports(command)
+    assert "qsnn_kernels.sweep.command" in _package_imports(cli)
+
+
 # ----------------------------------------------------------------------------------------- splits
 
 def _brute_force(budget):
