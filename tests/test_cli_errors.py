@@ -7,12 +7,14 @@ tiny model on the embedded digits."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 
 import pytest
 import torch
 
+from qsnn_kernels.argtypes import float_in, int_in
 from qsnn_kernels.cli import main
 
 FAST = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "16", "--progress", "false", "--device", "cpu"]
@@ -279,3 +281,38 @@ def test_a_bug_during_the_run_keeps_its_traceback(workdir, monkeypatch):
     monkeypatch.setattr(train, "run", buggy)
     with pytest.raises(KeyError, match="an internal bug"):
         main(["train", "--output", "out"])
+
+
+# ----------------------------------------------------------------------------- argtypes' number types
+
+INT_1_100, INT_1, ANY_INT = int_in(1, 100), int_in(1), int_in()
+NONNEG, FRACTION, POSITIVE, ANY_NUMBER = float_in(0.0), float_in(0.0, 1.0, hi_open=True), float_in(0.0, lo_open=True), float_in()
+
+
+@pytest.mark.parametrize("parse, value, expected", [
+    (INT_1_100, "7", 7), (INT_1_100, " 100 ", 100), (ANY_INT, 10**30, 10**30),
+    (NONNEG, "2.5", 2.5), (NONNEG, 3, 3.0), (FRACTION, "0", 0.0), (POSITIVE, 1e-9, 1e-9),
+])
+def test_number_types_accept(parse, value, expected):
+    got = parse(value)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("parse, value, message", [
+    (INT_1_100, "0", "expected an integer >= 1 and <= 100, got 0"),
+    (INT_1_100, "101", "expected an integer >= 1 and <= 100, got 101"),
+    (INT_1, "x", "expected an integer >= 1, got 'x'"),
+    (INT_1, "1.5", "expected an integer >= 1, got '1.5'"),
+    (INT_1, 1.0, "expected an integer >= 1, got 1.0 (float)"),
+    (INT_1, True, "expected an integer >= 1, got True"),
+    (FRACTION, "1", "expected a number >= 0 and < 1, got 1"),
+    (POSITIVE, 0, "expected a number > 0, got 0"),
+    (NONNEG, "nan", "expected a number >= 0, got nan"),
+    (ANY_NUMBER, "inf", "expected a number, got inf"),
+    (NONNEG, False, "expected a number >= 0, got False"),
+    (NONNEG, [1], "expected a number >= 0, got [1] (list)"),
+])
+def test_number_types_refuse_with_what_they_expected(parse, value, message):
+    with pytest.raises(argparse.ArgumentTypeError) as exc:
+        parse(value)
+    assert str(exc.value) == message
