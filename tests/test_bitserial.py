@@ -554,3 +554,21 @@ def test_linear_unpacks_with_the_backends_kernels_no_fallback(monkeypatch):
     assert xf.grad is not None
     with pytest.raises(BackendUnavailable, match="'meta'"):
         bitserial_linear(x.float().to("meta"), torch.randn(3, 33, device="meta"), w_bits=4, s_bits=2)
+
+
+@needs_triton
+def test_linear_triton_backend_matches_auto():
+    """bitserial_linear(backend="triton"): the same value and gradients as the compiled kernel."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 is not set (tests/conftest.py sets it on CPU-only machines)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, _ = operands(4, 33, 3, 2, 4, 2, seed=6, device=device)
+    weight = torch.randn(3, 33, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_()
+    out = {}
+    for backend in ("auto", "triton"):
+        xf = x.float().requires_grad_()
+        y = bitserial_linear(xf, weight, w_bits=4, s_bits=2, x_scale=0.5, reduce="time", backend=backend)
+        gx, gw = torch.autograd.grad(y.square().sum(), (xf, weight))
+        out[backend] = (y, gx, gw)
+    for got, want in zip(out["triton"], out["auto"]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
