@@ -26,7 +26,6 @@ Conventions (models contract, DESIGN.md):
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,7 @@ from torch import nn
 
 from ..bits import ALLOWED_W_BITS, FULL_PRECISION_BITS, SPIKE_BITS, WEIGHT_BITS, check_bits
 from ..conv_geometry import conv_output_size, im2col_hwc
-from ..deprecation import NOT_GIVEN, renamed_keyword
+from ..deprecation import NOT_GIVEN, renamed_attribute, renamed_keyword, renamed_state
 from ..lif import MultiLevelLIF
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
@@ -291,16 +290,6 @@ def _layer_weight(layer) -> torch.Tensor:
     return cache[1]
 
 
-def _renamed_state(state: dict, old: str, new: str) -> dict:
-    """The ``__dict__`` of a module pickled whole before its attribute ``old`` was renamed ``new``,
-    with the new name (the state as it is when it has none)."""
-    if old not in state:
-        return state
-    state = dict(state)
-    state.setdefault(new, state.pop(old))
-    return state
-
-
 class _QuantAttrs:
     """What QuantLinear and QuantConv2d add to their torch base: the bit widths, the input spikes'
     scale and the forward-path switches (checked), and their repr. Plain attributes, not state:
@@ -315,15 +304,10 @@ class _QuantAttrs:
         self.bitserial = bitserial
         self.int8 = int8
 
-    @property
-    def in_bits(self) -> int | None:
-        """Deprecated name of :attr:`s_bits` (read-only; FutureWarning)."""
-        warnings.warn(f"{type(self).__name__}.in_bits is deprecated; read s_bits (same value)", FutureWarning,
-                      stacklevel=2)
-        return self.s_bits
+    in_bits = renamed_attribute("in_bits", "s_bits")
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__(_renamed_state(state, "in_bits", "s_bits"))
+        super().__setstate__(renamed_state(state, "in_bits", "s_bits"))
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, w_bits={self.w_bits}, s_bits={self.s_bits}, "
@@ -427,14 +411,10 @@ class SpikeMatmul(nn.Module):
                 raise ValueError(f"SpikeMatmul: {name} must be an int >= 1, got {bits!r}")
         self.s_bits, self.b_bits = s_bits, b_bits
 
-    @property
-    def a_bits(self) -> int:
-        """Deprecated name of :attr:`s_bits` (read-only; FutureWarning)."""
-        warnings.warn("SpikeMatmul.a_bits is deprecated; read s_bits (same value)", FutureWarning, stacklevel=2)
-        return self.s_bits
+    a_bits = renamed_attribute("a_bits", "s_bits")
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__(_renamed_state(state, "a_bits", "s_bits"))
+        super().__setstate__(renamed_state(state, "a_bits", "s_bits"))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.matmul(a, b)

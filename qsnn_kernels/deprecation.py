@@ -1,17 +1,21 @@
-"""Renamed keyword arguments: the former name keeps working for a while, with a FutureWarning.
+"""Renamed keywords and attributes: the former name keeps working for a while, with a FutureWarning.
 
 A function whose keyword ``new`` was once called ``old`` takes both, ``old`` defaulting to
 :data:`NOT_GIVEN`, and resolves them with :func:`renamed_keyword`::
 
     def f(*, s_bits=None, in_bits=NOT_GIVEN):
         s_bits = renamed_keyword("f", "s_bits", s_bits, "in_bits", in_bits, default=None)
+
+A class whose attribute was renamed keeps the former name readable with
+:func:`renamed_attribute`, and a module pickled whole under the former name loads through
+:func:`renamed_state` in its ``__setstate__``.
 """
 
 from __future__ import annotations
 
 import warnings
 
-__all__ = ["NOT_GIVEN", "renamed_keyword"]
+__all__ = ["NOT_GIVEN", "renamed_attribute", "renamed_keyword", "renamed_state"]
 
 
 class _NotGiven:
@@ -43,3 +47,24 @@ def renamed_keyword(where: str, new: str, new_value, old: str, old_value, *, def
     warnings.warn(f"{where}: the keyword {old}= is deprecated; use {new}= (same meaning)", FutureWarning,
                   stacklevel=stacklevel + 2)
     return old_value
+
+
+def renamed_attribute(old: str, new: str) -> property:
+    """A read-only property ``old`` that returns attribute ``new`` with a FutureWarning naming it
+    (``in_bits = renamed_attribute("in_bits", "s_bits")`` in a class body)."""
+    def get(self):
+        warnings.warn(f"{type(self).__name__}.{old} is deprecated; read {new} (same value)", FutureWarning,
+                      stacklevel=2)
+        return getattr(self, new)
+
+    return property(get, doc=f"Deprecated name of ``{new}`` (read-only; FutureWarning).")
+
+
+def renamed_state(state: dict, old: str, new: str) -> dict:
+    """The ``__dict__`` of an object pickled whole when its attribute ``new`` was called ``old``,
+    with the new name (``state`` itself when it has no ``old``)."""
+    if old not in state:
+        return state
+    state = dict(state)
+    state.setdefault(new, state.pop(old))
+    return state

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from qsnn_kernels.deprecation import NOT_GIVEN, renamed_keyword
+from qsnn_kernels.deprecation import NOT_GIVEN, renamed_attribute, renamed_keyword, renamed_state
 
 
 def _f(*, s_bits=None, in_bits=NOT_GIVEN):
@@ -47,3 +47,25 @@ def test_both_names_or_neither_of_a_required_keyword_is_a_type_error():
         _required(s_bits=None, in_bits=2)
     with pytest.raises(TypeError, match="missing keyword argument 's_bits'"):
         _required()
+
+
+class _Layer:
+    in_bits = renamed_attribute("in_bits", "s_bits")
+
+    def __init__(self):
+        self.s_bits = 2
+
+
+def test_renamed_attribute_reads_the_new_one_with_a_warning_and_is_read_only():
+    layer = _Layer()
+    with pytest.warns(FutureWarning, match=r"_Layer.in_bits is deprecated; read s_bits") as record:
+        assert layer.in_bits == 2
+    assert record[0].filename == __file__
+    with pytest.raises(AttributeError):
+        layer.in_bits = 3
+
+
+def test_renamed_state_moves_the_old_entry():
+    assert renamed_state({"in_bits": 2, "w": 1}, "in_bits", "s_bits") == {"s_bits": 2, "w": 1}
+    state = {"s_bits": 4}
+    assert renamed_state(state, "in_bits", "s_bits") is state
