@@ -100,7 +100,10 @@ def _check_weight(w, w_bits: int, backend: str, op: str) -> None:
 
 
 def _require_op(device: torch.device, op: str) -> None:
-    """BackendUnavailable unless the op has a kernel for ``device`` (CPU: the compiled extension)."""
+    """BackendUnavailable unless the op has a kernel for ``device`` (CPU: the compiled extension).
+    Not checked while torch.compile traces (tracing runs no kernel)."""
+    if torch.compiler.is_compiling():
+        return
     if device.type == "cpu":
         _extension.require("cpu")
     elif device.type != "cuda":

@@ -246,3 +246,9 @@ def test_fold_only_a_batch_norm_that_sees_the_conv_alone(model, folded):
     assert sum(isinstance(m, nn.Identity) for m in converted.modules()) == folded
     with torch.no_grad():
         torch.testing.assert_close(converted(x), original(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_real_input_layer_compiles_whole():
+    """The packed weight is an attribute read as it is: a dense-path layer traces in one graph."""
+    layer, x = _layer("conv", None), _input("conv", None)
+    torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))
