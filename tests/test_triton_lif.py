@@ -354,24 +354,27 @@ def compile_(fn, sig, const, fusion):
                           options=dict(num_warps=4, enable_fp_fusion=fusion)).asm["ptx"]
 
 scalars = lambda names, ty: {n: ty for n in names}
-for dt, hard in itertools.product(("fp32", "fp16", "bf16"), (True, False)):
+for dt, hard, given in itertools.product(("fp32", "fp16", "bf16"), (True, False), (True, False)):
     ptx = compile_(K._lif_fwd_kernel, {"x_ptr": "*" + dt, "v_init_ptr": "*fp32", "spikes_ptr": "*" + dt,
                    "h_ptr": "*" + dt, "v_last_ptr": "*fp32", **scalars(("T", "N"), "i32"),
                    **scalars(("v_th", "decay", "v_reset"), "fp32")},
-                   dict(LEVELS=15, HARD_RESET=hard, HAS_V_INIT=True, SAVE_H=True, BLOCK=1024), False)
+                   dict(LEVELS=15, HARD_RESET=hard, HAS_V_INIT=given, SAVE_H=given, BLOCK=1024), False)
     # bit-exactness on the GPU rests on these two: IEEE division and no contraction into FMA
     assert "div.rn.f32" in ptx and not re.search(r"\bfma\.", ptx), (dt, hard)
     assert "ld.global.v4" in ptx or dt != "fp32", "aligned float32 rows should load as 16-byte vectors"
-for sur, hard, detach, levels in itertools.product((0, 1, 2), (True, False), (True, False), (1, 15, 255)):
+for sur, hard, detach, levels, given in itertools.product((0, 1, 2), (True, False), (True, False), (1, 15, 255),
+                                                          (True, False)):
+    if not given and levels != 15:  # the optional gradients change only the loop's first step
+        continue
     compile_(K._lif_bwd_kernel, {**scalars(("grad_spikes_ptr", "grad_v_last_ptr", "h_ptr", "grad_x_ptr",
              "grad_v_init_ptr"), "*fp32"), **scalars(("T", "N", "last"), "i32"),
              **scalars(("v_th", "decay", "v_reset", "alpha", "half_width", "atan_scale"), "fp32")},
-             dict(LEVELS=levels, HARD_RESET=hard, SURROGATE=sur, DETACH_RESET=detach, HAS_GRAD_SPIKES=True,
-                  HAS_GRAD_V_LAST=True, BLOCK=256), True)
-for hard in (True, False):
+             dict(LEVELS=levels, HARD_RESET=hard, SURROGATE=sur, DETACH_RESET=detach, HAS_GRAD_SPIKES=given,
+                  HAS_GRAD_V_LAST=given, BLOCK=256), True)
+for hard, given in itertools.product((True, False), (True, False)):
     compile_(K._lif_int_kernel, {"x_ptr": "*i32", "v_init_ptr": "*i32", "levels_ptr": "*u8", "v_last_ptr": "*i32",
              **scalars(("T", "N", "theta", "leak_shift", "v_reset"), "i32")},
-             dict(LEVELS=255, HARD_RESET=hard, HAS_V_INIT=True, BLOCK=1024), False)
+             dict(LEVELS=255, HARD_RESET=hard, HAS_V_INIT=given, BLOCK=1024), False)
 print("compiled")
 """
 
