@@ -26,7 +26,7 @@ Equivalence with the training-mode model in eval (tests/test_models_sew.py): the
 exact (:meth:`PackedConv2d.integer_forward`); the float result is ``alpha * |c| * v_th * Y + b``,
 one rounding away from the unconverted ``BN(conv(x, alpha * q))`` (float32: relative error a few
 ulps), so a neuron whose membrane lies within that distance of a threshold can emit a different
-level. Logits agree to 1e-4 relative on the tested models.
+level.
 """
 
 from __future__ import annotations
@@ -314,6 +314,9 @@ def _fold_pairs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module
 
 
 def _convert_conv(conv: QuantConv2d, bn) -> nn.Module:
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ValueError(f"convert_for_inference: a packed conv pads with zeros by explicit amounts; this one has "
+                         f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
     w = conv.weight.detach()
     bias = None if conv.bias is None else conv.bias.detach().double()
     c = shift = None
@@ -344,7 +347,8 @@ def convert_for_inference(model: nn.Module, example_input: torch.Tensor | None =
 
     ``example_input``: one input the model accepts, used to trace which BN follows which conv;
     default ``randn(1, model.in_chans, s, s)`` with ``s = model.img_size`` if the model has that
-    attribute, else 32. Raises TypeError if ``model`` is not an nn.Module.
+    attribute, else 32. Raises TypeError if ``model`` is not an nn.Module; ValueError for a
+    QuantConv2d with string padding ("same"/"valid") or a padding_mode other than "zeros".
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_for_inference: an nn.Module is expected, got {type(model).__name__}")

@@ -252,3 +252,11 @@ def test_a_real_input_layer_compiles_whole():
     """The packed weight is an attribute read as it is: a dense-path layer traces in one graph."""
     layer, x = _layer("conv", None), _input("conv", None)
     torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))
+
+
+@pytest.mark.parametrize("padding, mode", [("same", "zeros"), (1, "reflect")])
+def test_a_conv_that_does_not_pad_with_zeros_is_refused(padding, mode):
+    model = nn.Sequential(QuantConv2d(3, 4, 3, w_bits=4, padding=padding))
+    model[0].padding_mode = mode
+    with pytest.raises(ValueError, match="pads with zeros"):
+        convert_for_inference(model, torch.randn(1, 3, 5, 5))
