@@ -295,3 +295,4 @@ def _build(variant: str, block, layers, stem: str, pretrained: bool = False, **k
 for _name, (_block, _layers, _stem, _description) in VARIANTS.items():
     register_entry_point(globals(), f"qsnn_{_name}", _description,
                          functools.partial(_build, f"qsnn_{_name}", _block, _layers, _stem))
+del _name, _block, _layers, _stem, _description

@@ -390,3 +390,4 @@ for _name in VARIANTS:
     register_entry_point(globals(), f"qsnn_{_name}",
                          f"Spikformer-{_name.split('_', 1)[1].replace('_', '-')} (see :func:`spikformer`).",
                          functools.partial(spikformer, _name))
+del _name
