@@ -1,7 +1,8 @@
 """models/convert.py and the shared pieces it folds and unrolls with (qsnn_kernels.batch_norm,
 qsnn_kernels.conv_geometry): batch norm as an affine map, conv geometry against torch, the
 converted layers' packed weight built once (no per-forward rebuild or weight host sync), the
-fold guard for a module called twice, and the deprecated ``in_bits`` keyword."""
+fold guard (a conv or batch norm called twice, a conv output read elsewhere), the refusal of
+non-zero padding, and the deprecated ``in_bits`` keyword."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from qsnn_kernels import PackedWeight
 from qsnn_kernels.batch_norm import batch_norm_affine
 from qsnn_kernels.conv_geometry import conv_output_size, im2col_hwc
+from qsnn_kernels.models.convert import PackedConv2d, PackedLinear, convert_for_inference
+from qsnn_kernels.models.layers import QuantConv2d
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -57,13 +63,6 @@ def test_im2col_hwc_is_the_convolution(kernel, stride, padding, dilation):
 
 # --------------------------------------------------------------------------- the packed weight, built once
 
-
-from torch.utils import _pytree as pytree  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-from qsnn_kernels import PackedWeight  # noqa: E402
-from qsnn_kernels.models.convert import PackedConv2d, PackedLinear, convert_for_inference  # noqa: E402
-from qsnn_kernels.models.layers import QuantConv2d  # noqa: E402
 
 _SYNCS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default}
 """The aten ops that hand a tensor's value to the host (item(), bool(), int(), float(), equal)."""
