@@ -23,8 +23,9 @@ def batch_norm_affine(running_mean: torch.Tensor, running_var: torch.Tensor, eps
     given = {name: t for name, t in tensors.items() if t is not None}
     for name, t in given.items():
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape != running_mean.shape:
+            got = getattr(t, "shape", type(t).__name__)
             raise ValueError(f"batch_norm_affine: {name} must be a 1-d tensor of running_mean's length "
-                             f"{tuple(getattr(running_mean, 'shape', ()))}, got {getattr(t, 'shape', type(t).__name__)}")
+                             f"{tuple(getattr(running_mean, 'shape', ()))}, got {got}")
     if not eps >= 0:
         raise ValueError(f"batch_norm_affine: eps must be >= 0, got {eps!r}")
     f64 = {name: t.detach().to(torch.float64) for name, t in given.items()}

@@ -30,8 +30,9 @@ def im2col_hwc(x: torch.Tensor, kernel, stride, padding, dilation=(1, 1)) -> tup
     if padding[0] or padding[1]:
         xh = F.pad(xh, (0, 0, padding[1], padding[1], padding[0], padding[0]))
     span_h, span_w = (oh - 1) * stride[0] + 1, (ow - 1) * stride[1] + 1
-    slices = [xh[:, i * dilation[0]:i * dilation[0] + span_h:stride[0], j * dilation[1]:j * dilation[1] + span_w:stride[1], :]
-              for i in range(kh) for j in range(kw)]
+    rows = [slice(i * dilation[0], i * dilation[0] + span_h, stride[0]) for i in range(kh)]
+    cols = [slice(j * dilation[1], j * dilation[1] + span_w, stride[1]) for j in range(kw)]
+    slices = [xh[:, r, c, :] for r in rows for c in cols]
     if len(slices) == 1:
         return slices[0].reshape(n * oh * ow, c), oh, ow
     return torch.stack(slices, dim=3).reshape(n * oh * ow, kh * kw * c), oh, ow
