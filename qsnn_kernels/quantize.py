@@ -29,13 +29,13 @@ import torch
 
 from . import _extension, reference
 from .bits import WEIGHT_BITS, check_bits
-from .choices import check_backend
+from .choices import BACKENDS, check_backend
 from .deprecation import NOT_GIVEN, renamed_keyword
 
 __all__ = ["dequantized_weight", "quantize_weight", "spike_levels"]
 
-_OFFERED = ("auto", "reference")
-"""The backends these ops offer (a subset of choices.BACKENDS)."""
+_OFFERED = tuple(b for b in BACKENDS if b != "triton")
+"""The backends these ops offer: no Triton kernel, "auto" or "reference"."""
 
 torch.library.define("qsnn::quantize_weight", "(Tensor w, int w_bits) -> (Tensor, Tensor)")
 torch.library.define("qsnn::dequantized_weight", "(Tensor w, int w_bits) -> Tensor")
