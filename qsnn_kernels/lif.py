@@ -318,7 +318,8 @@ def _check_v_init(v_init, x, is_float: bool, name: str):
 
 def _triton_on_cpu(backend: str, device: torch.device, name: str) -> bool:
     """Whether the op call needs the Triton kernels as the CPU kernels (``backend="triton"`` on a
-    CPU tensor); raises BackendUnavailable if ``backend`` has no kernel for ``device``."""
+    CPU tensor, checked by :func:`_eagerly`); raises BackendUnavailable if ``backend`` has no
+    kernel for ``device``."""
     compiling = torch.compiler.is_compiling()  # then checked when the graph runs: a load would break it
     if device.type == "cuda":  # the ops' CUDA kernels are the Triton launchers, for "auto" and "triton"
         if not compiling:
@@ -330,12 +331,21 @@ def _triton_on_cpu(backend: str, device: torch.device, name: str) -> bool:
         return False
     if device.type != "cpu":
         raise BackendUnavailable(f"{name}: backend='triton' needs a CUDA tensor, or TRITON_INTERPRET=1 on the CPU")
-    require_interpreter(name)
-    if compiling:
-        raise BackendUnavailable(f"{name}: backend='triton' on CPU tensors runs Triton's interpreter, "
-                                 "which torch.compile cannot trace; call it eagerly")
-    _triton_lif()
     return True
+
+
+@torch.compiler.disable(reason="Triton's interpreter runs kernels on CPU tensors eagerly; it cannot be traced")
+def _eagerly(name: str, call, *args):
+    """``call(*args)`` for the Triton kernels on CPU tensors, after BackendUnavailable unless they can
+    run here; outside any torch.compile graph (a graph break, an error under ``fullgraph=True``)."""
+    require_interpreter(name)
+    _triton_lif()
+    return call(*args)
+
+
+def _lif_int_triton_on_cpu(*args):
+    with _kernels_of(True):
+        return torch.ops.qsnn.lif_int(*args)
 
 
 def _check_int_range(x: torch.Tensor, v_init, v_reset: int, s_bits, theta, leak_shift, reset) -> None:
@@ -398,8 +408,8 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
       unaffected. +inf under hard reset makes v = inf * 0 = NaN, as in the reference. The same on
       every backend.
     * ``backend``: "auto" (the op's kernel for x's device: C++ on CPU, Triton on CUDA), "triton"
-      (CUDA, or CPU under TRITON_INTERPRET=1 through the same op), "reference". No fallback
-      between them.
+      (CUDA, or CPU under TRITON_INTERPRET=1 through the same op; there a graph break under
+      torch.compile, as the interpreter cannot be traced), "reference". No fallback between them.
     * Autograd: differentiable once (torch.autograd and torch.func.grad/vjp/jacrev); a backward
       with ``create_graph=True`` or nested differentiating transforms raise RuntimeError
       (``backend="reference"`` is differentiable twice).
@@ -434,9 +444,12 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
     # without a backward to come, h (one element per neuron per step) is not written at all
     save_h = torch._C._are_functorch_transforms_active() or (
         torch.is_grad_enabled() and (x.requires_grad or (v_init is not None and v_init.requires_grad)))
-    spikes, v_last, _ = _LifFunction.apply(x2, v2, s_bits, float(v_th), float(decay), float(v_reset),
-                                           reset == "hard", surrogate, alpha, bool(detach_reset), save_h,
-                                           triton_on_cpu)
+    args = (x2, v2, s_bits, float(v_th), float(decay), float(v_reset), reset == "hard", surrogate, alpha,
+            bool(detach_reset), save_h, triton_on_cpu)
+    if triton_on_cpu:
+        spikes, v_last, _ = _eagerly(name, _LifFunction.apply, *args)
+    else:
+        spikes, v_last, _ = _LifFunction.apply(*args)
     spikes, v_last = undo.out(spikes.view(shape)), undo.state_out(v_last.view(shape[1:]))
     return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
 
@@ -506,7 +519,9 @@ def multilevel_lif_int(x: torch.Tensor, *, s_bits: int, theta: int, leak_shift: 
     steps, shape = x.shape[0], x.shape
     args = (x.reshape(steps, -1).contiguous(), None if v_init is None else v_init.reshape(-1).contiguous(),
             s_bits, theta, leak_shift, v_reset, reset == "hard")
-    with _kernels_of(triton_on_cpu):
+    if triton_on_cpu:
+        levels, v_last = _eagerly(name, _lif_int_triton_on_cpu, *args)
+    else:
         levels, v_last = torch.ops.qsnn.lif_int(*args)
     return levels.view(shape), v_last.view(shape[1:])
 

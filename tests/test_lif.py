@@ -626,3 +626,20 @@ def test_triton_on_cpu_from_several_threads():
     with ThreadPoolExecutor(4) as pool:
         for got in pool.map(run, range(8)):
             torch.testing.assert_close(got, want, **GRAD_TOL[torch.float32])
+
+
+@needs_triton
+def test_triton_on_cpu_under_torch_compile_runs_eagerly():
+    """Triton's interpreter cannot be traced: under torch.compile the Triton-on-CPU call is a graph
+    break that runs eagerly (same spikes and gradients), and fullgraph=True refuses it."""
+    x = currents((3, 37), 2).requires_grad_()
+    fn = lambda z: multilevel_lif(z, s_bits=2, backend="triton")[0] * 2  # noqa: E731
+    torch._dynamo.reset()
+    got = torch.compile(fn, backend="aot_eager")(x)
+    want = multilevel_lif(x, s_bits=2, backend="reference")[0] * 2
+    assert mismatches(got, want) == 0
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0],
+                               **GRAD_TOL[torch.float32])
+    torch._dynamo.reset()  # no cached frames of the first compile
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="disable"):
+        torch.compile(fn, backend="aot_eager", fullgraph=True)(x)
