@@ -334,10 +334,12 @@ def _triton_on_cpu(backend: str, device: torch.device, name: str) -> bool:
     return True
 
 
-@torch.compiler.disable(reason="Triton's interpreter runs kernels on CPU tensors eagerly; it cannot be traced")
 def _eagerly(name: str, call, *args):
     """``call(*args)`` for the Triton kernels on CPU tensors, after BackendUnavailable unless they can
-    run here; outside any torch.compile graph (a graph break, an error under ``fullgraph=True``)."""
+    run here. Triton's interpreter runs eagerly: under torch.compile this is BackendUnavailable."""
+    if torch.compiler.is_compiling():
+        raise BackendUnavailable(f"{name}: backend='triton' on CPU tensors (Triton's interpreter) cannot be "
+                                 "compiled; call it eagerly")
     require_interpreter(name)
     _triton_lif()
     return call(*args)
@@ -408,8 +410,8 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
       unaffected. +inf under hard reset makes v = inf * 0 = NaN, as in the reference. The same on
       every backend.
     * ``backend``: "auto" (the op's kernel for x's device: C++ on CPU, Triton on CUDA), "triton"
-      (CUDA, or CPU under TRITON_INTERPRET=1 through the same op; there a graph break under
-      torch.compile, as the interpreter cannot be traced), "reference". No fallback between them.
+      (CUDA, or CPU under TRITON_INTERPRET=1 through the same op, eagerly only:
+      the interpreter cannot be traced, so under torch.compile it is BackendUnavailable), "reference". No fallback between them.
     * Autograd: differentiable once (torch.autograd and torch.func.grad/vjp/jacrev); a backward
       with ``create_graph=True`` or nested differentiating transforms raise RuntimeError
       (``backend="reference"`` is differentiable twice).

@@ -80,7 +80,7 @@ def pack_levels(levels: torch.Tensor, s_bits: int, *, backend: str = "auto") -> 
         raise ValueError(f"pack_levels: levels must be a tensor [T, ..., K], got "
                          f"{tuple(levels.shape) if isinstance(levels, torch.Tensor) else type(levels).__name__}")
     planes = pack_bits(levels, s_bits, signed=False, backend=backend)  # [s_bits, T, ...rows, words]
-    return planes.transpose(0, 1).reshape(-1, *planes.shape[2:])
+    return planes.transpose(0, 1).reshape(planes.shape[0] * planes.shape[1], *planes.shape[2:])
 
 
 def unpack_bits(planes: torch.Tensor, k: int, *, signed: bool = False, backend: str = "auto") -> torch.Tensor:
