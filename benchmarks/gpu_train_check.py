@@ -1,4 +1,4 @@
-"""GPU training throughput check (issue 7) for a session that has a CUDA device: ImageNet-sized
+"""GPU training throughput check for a session that has a CUDA device: ImageNet-sized
 Spikformer-8-512 (224x224, 1000 classes) at T=4, ours against a spikingjelly build.
 
 Run from the repository root (PYTHONPATH=. when the package is not installed)::
@@ -15,7 +15,7 @@ to depth 8, width 512, 8 heads, 1000 classes, with a max pool after every SPS st
 Each case runs in its own process under its own timeout, so that an out-of-memory or a missing
 backend in one still lets the others report. Writes ``$OUT/train_gpu.json`` (env + one row per
 case + ``speedup`` ours/theirs images/s and ``memory_ratio`` ours/theirs peak) and prints it.
-Target (issue 7): speedup >= 1.5 at lower peak memory. Budget: about 3-5 min with the defaults.
+Target: speedup >= 1.5 at lower peak memory. Budget: about 3-5 min with the defaults.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Run on a CUDA machine (skipped elsewhere): ``pytest benchmarks/test_bench_bitserial_gpu.py
 --benchmark-only``, or ``python benchmarks/gpu_check.py`` which also runs the GPU tests and
 summarises; ``QSNN_BENCH_JSONL=path`` appends each result to a JSON-lines file as it
-finishes. Shapes are issue 3's (a linear layer, a conv-as-GEMM, a middle one); W/S/T splits
+finishes. Shapes: a linear layer, a conv-as-GEMM and a middle one; W/S/T splits
 span Bit Budgets 1 .. 64. ``QSNN_BENCH_QUICK=1`` keeps three splits (BB 1, 4, 64).
 
 Every benchmark records in ``extra_info`` (times from ``triton.testing.do_bench``, median of

@@ -2,7 +2,7 @@
 
 Run: ``pytest benchmarks/test_bench_lif_gpu.py --benchmark-only`` (skipped without CUDA).
 
-Shapes ``[T, B, C, H, W]`` = [4, 32, 64, 32, 32] and [16, 16, 64, 16, 16] (issue 4), float32,
+Shapes ``[T, B, C, H, W]`` = [4, 32, 64, 32, 32] and [16, 16, 64, 16, 16], float32,
 s_bits 1 and 4, hard reset, atan surrogate; "forward" and "forward+backward" (the backward from a
 given gradient of the spikes). Peers: the plain PyTorch loop (:func:`qsnn_kernels.reference.multilevel_lif`,
 one autograd graph of per-step ops) and ``torch.compile`` of it. Ours calls the Triton launchers

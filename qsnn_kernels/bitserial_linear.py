@@ -19,12 +19,13 @@ import numbers
 import torch
 
 from . import _extension, reference
-from .bits import INTEGER_DTYPES, SPIKE_BITS, WEIGHT_BITS, check_bits
+from .bits import INTEGER_DTYPES, SPIKE_BITS, WEIGHT_BITS, check_bits, check_codes
 from .bitserial import _check_problem, _packer, _run, _spike_bits, _triton_kernel
 from .choices import REDUCTIONS, check_backend, check_choice
 from .deprecation import NOT_GIVEN
 from .packed_weight import PackedWeight
 from .packing import pack_levels
+from .quantize import spike_levels
 
 __all__ = ["bitserial_linear"]
 
@@ -36,16 +37,11 @@ def _out_dtype(x: torch.Tensor, w_scale: torch.Tensor) -> torch.dtype:
 
 
 def _levels(x: torch.Tensor, s_bits: int) -> torch.Tensor:
-    """Spike levels as uint8, after checking that they are integers in [0, 2^s_bits)."""
-    top = (1 << s_bits) - 1
-    if x.numel() == 0:
-        return x.to(torch.uint8)
+    """Spike levels as uint8: float levels through :func:`qsnn_kernels.quantize.spike_levels` (scale 1),
+    integer ones after :func:`qsnn_kernels.bits.check_codes`; ValueError for anything else."""
     if x.is_floating_point():
-        if not bool(torch.isfinite(x).all()) or bool((x != torch.round(x)).any()):
-            raise ValueError("bitserial_linear: spikes must hold integer levels (a float tensor of whole numbers)")
-    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-    if lo < 0 or hi > top:
-        raise ValueError(f"bitserial_linear: spikes hold levels in [{lo:g}, {hi:g}], outside [0, {top}] for s_bits={s_bits}")
+        return spike_levels(x, 1.0, s_bits)
+    check_codes(x, s_bits, False, "bitserial_linear: spikes")
     return x.detach().to(torch.uint8)
 
 

@@ -55,6 +55,7 @@ be lost; the reference backend is differentiable twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 
@@ -336,13 +337,21 @@ def _triton_on_cpu(backend: str, device: torch.device, name: str) -> bool:
 
 def _eagerly(name: str, call, *args):
     """``call(*args)`` for the Triton kernels on CPU tensors, after BackendUnavailable unless they can
-    run here. Triton's interpreter runs eagerly: under torch.compile this is BackendUnavailable."""
-    if torch.compiler.is_compiling():
-        raise BackendUnavailable(f"{name}: backend='triton' on CPU tensors (Triton's interpreter) cannot be "
-                                 "compiled; call it eagerly")
-    require_interpreter(name)
-    _triton_lif()
-    return call(*args)
+    run here; outside any torch.compile graph (a graph break, an error under ``fullgraph=True``)."""
+    return _eager_call_outside_graphs()(name, call, *args)
+
+
+@functools.cache
+def _eager_call_outside_graphs():
+    # built on first use: torch.compiler.disable imports torch._dynamo (and triton), which
+    # importing qsnn_kernels must not
+    def eager_call(name: str, call, *args):
+        require_interpreter(name)
+        _triton_lif()
+        return call(*args)
+
+    return torch.compiler.disable(eager_call, reason="Triton's interpreter runs kernels on CPU tensors eagerly; "
+                                                     "it cannot be traced")
 
 
 def _lif_int_triton_on_cpu(*args):
@@ -410,8 +419,8 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
       unaffected. +inf under hard reset makes v = inf * 0 = NaN, as in the reference. The same on
       every backend.
     * ``backend``: "auto" (the op's kernel for x's device: C++ on CPU, Triton on CUDA), "triton"
-      (CUDA, or CPU under TRITON_INTERPRET=1 through the same op, eagerly only:
-      the interpreter cannot be traced, so under torch.compile it is BackendUnavailable), "reference". No fallback between them.
+      (CUDA, or CPU under TRITON_INTERPRET=1 through the same op; there a graph break under
+      torch.compile, as the interpreter cannot be traced), "reference". No fallback between them.
     * Autograd: differentiable once (torch.autograd and torch.func.grad/vjp/jacrev); a backward
       with ``create_graph=True`` or nested differentiating transforms raise RuntimeError
       (``backend="reference"`` is differentiable twice).

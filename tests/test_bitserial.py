@@ -23,7 +23,7 @@ from qsnn_kernels.choices import REDUCTIONS
 from qsnn_kernels.packing import pack_levels
 from qsnn_kernels.bitserial import bitserial_matmul, cpu_simd, int32_bound
 from qsnn_kernels.bitserial_linear import bitserial_linear
-from qsnn_kernels.testing import random_codes
+from qsnn_kernels.testing import mismatches, random_codes
 
 BITS = [1, 2, 4, 8]
 # (w_bits, s_bits, reduce); reduce="bitplane" needs binary planes (s_bits = 1)
@@ -35,12 +35,6 @@ SHAPES = [(1, 1, 1, 1), (7, 31, 5, 2), (64, 33, 64, 4), (7, 273, 1, 4), (1, 1000
 SMALL_SHAPES = [(1, 1, 1, 1), (7, 33, 5, 2), (3, 273, 4, 4)]
 SIMD_PATHS = ["avx512_vpopcntdq", "avx512bw", "avx2", "popcnt", "generic"]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-
-
-def mismatches(a, b):
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-    return int((a != b).sum())
-
 
 def operands(m, k, n, p, w_bits, s_bits, seed, device="cpu"):
     g = torch.Generator().manual_seed(seed)
@@ -280,12 +274,11 @@ def test_bitserial_linear_bad_input():
     x, q = operands(3, 40, 5, 2, 4, 2, seed=0)
     w = PackedWeight.from_int(q, 4)
     xf = x.float()
-    with pytest.raises(ValueError, match="integer levels"):
-        bitserial_linear(xf + 0.5, w, s_bits=2)
-    with pytest.raises(ValueError, match="outside \\[0, 3\\]"):
-        bitserial_linear(xf + 3, w, s_bits=2)
-    with pytest.raises(ValueError, match="integer levels"):
-        bitserial_linear(xf * float("nan"), w, s_bits=2)
+    for bad in (xf + 0.5, xf + 3, xf * float("nan")):
+        with pytest.raises(ValueError, match="integer level in 0..3"):
+            bitserial_linear(bad, w, s_bits=2)
+    with pytest.raises(ValueError, match="outside the 2-bit unsigned range"):
+        bitserial_linear(x.to(torch.int32) + 3, w, s_bits=2)
     with pytest.raises(ValueError, match="must match the PackedWeight"):
         bitserial_linear(xf, w, s_bits=2, weight=torch.zeros(5, 41))
     with pytest.raises(TypeError, match="x_scale"):

@@ -1,4 +1,4 @@
-"""Data folders that must not run code or give silent wrong answers (issue 11, items 2, 6, 9).
+"""Data folders that must not run code or give silent wrong answers.
 
 CIFAR batches are read by a restricted unpickler (a malicious one never runs); labels and class sets
 are checked when a data set is built; a file that fails to decode while training follows on_error

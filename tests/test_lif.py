@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from qsnn_kernels import _extension, lif, reference
 from qsnn_kernels.lif import MultiLevelLIF, multilevel_lif, multilevel_lif_int
 from qsnn_kernels.triton_on_cpu import interpreting, triton_kernels_on_cpu
+from qsnn_kernels.testing import mismatches
 
 _extension.extension()  # registers the CPU kernels; the suite needs the built extension
 
@@ -31,12 +32,6 @@ def currents(shape, s_bits, dtype=torch.float32, seed=0, v_th=0.75):
     g = torch.Generator().manual_seed(seed)
     levels = (1 << s_bits) - 1
     return ((torch.rand(shape, generator=g, dtype=torch.float64) * 1.3 - 0.3) * (levels + 1) * v_th).to(dtype)
-
-
-def mismatches(a, b):
-    """Elements that differ, NaN equal to NaN."""
-    return int((~((a == b) | (a.isnan() & b.isnan()))).sum())
-
 
 def run_both(x, v_init=None, **kw):
     ours = multilevel_lif(x, v_init=v_init, **kw)

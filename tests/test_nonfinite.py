@@ -1,4 +1,4 @@
-"""Non-finite and extreme weights (issue 11, item 4): the contract of reference.quantize_weight
+"""Non-finite and extreme weights: the contract of reference.quantize_weight
 (a NaN/inf channel -> scale NaN, zero codes, NaN dequantized weights; a zero or underflowing
 scale -> 1, codes 0; W = 1 sums mean|w| in float64) in every backend (C++ CPU, the torch path
 used for float64 and on CUDA), NaN reaching every quantized layer's output, and PackedWeight
@@ -15,6 +15,7 @@ import torch
 from qsnn_kernels import PackedWeight, reference
 from qsnn_kernels.models.layers import QuantConv2d, QuantLinear, quantized_weight
 from qsnn_kernels.quantize import dequantized_weight, quantize_weight
+from qsnn_kernels.testing import mismatches
 
 F32 = torch.finfo(torch.float32)
 NAN, INF = math.nan, math.inf
@@ -41,12 +42,6 @@ def _special_rows(k: int) -> torch.Tensor:
     w[-1, -1] = NAN                              # NaN last: the SIMD tail for most k
     return w
 
-
-def _mismatches(a: torch.Tensor, b: torch.Tensor) -> int:
-    """Elements that differ, NaN equal to NaN (so a count of 0 is bit-for-bit agreement up to NaN payload)."""
-    return int(((a != b) & ~(a.isnan() & b.isnan())).sum())
-
-
 @pytest.mark.parametrize("w_bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("k", [1, 3, 9, 33])
 def test_special_values_cpu_kernel_equals_reference(w_bits, k):
@@ -55,14 +50,14 @@ def test_special_values_cpu_kernel_equals_reference(w_bits, k):
     q, s = quantize_weight(w, w_bits)
     deq = dequantized_weight(w, w_bits)
     deq_ref = q_ref.to(torch.float32) * s_ref[:, None]
-    assert _mismatches(q, q_ref) == 0
-    assert _mismatches(s, s_ref) == 0
-    assert _mismatches(deq, deq_ref) == 0
+    assert mismatches(q, q_ref) == 0
+    assert mismatches(s, s_ref) == 0
+    assert mismatches(deq, deq_ref) == 0
     # the same through a non-contiguous view and a channels-last 4-d weight
     wt = w.t().contiguous().t()
-    assert _mismatches(quantize_weight(wt, w_bits)[0], q_ref) == 0
+    assert mismatches(quantize_weight(wt, w_bits)[0], q_ref) == 0
     w4 = w.reshape(w.shape[0], 1, 1, k).to(memory_format=torch.channels_last)
-    assert _mismatches(dequantized_weight(w4, w_bits).reshape(w.shape), deq_ref) == 0
+    assert mismatches(dequantized_weight(w4, w_bits).reshape(w.shape), deq_ref) == 0
 
 
 @pytest.mark.parametrize("w_bits", [1, 2, 4, 8])
@@ -100,13 +95,13 @@ def test_random_specials_cpu_kernel_equals_reference(w_bits):
             w[1] = w[1] * 1e-44                               # a denormal/underflowing channel
         q_ref, s_ref = reference.quantize_weight(w, w_bits)
         q, s = quantize_weight(w, w_bits)
-        assert _mismatches(q, q_ref) == 0
+        assert mismatches(q, q_ref) == 0
         if w_bits == 1:  # float64 sums in different orders: equal, or one float32 rounding apart
             ulp = torch.nextafter(s_ref, torch.full_like(s_ref, INF)) - s_ref
             assert int((((s - s_ref).abs() > ulp) & ~(s.isnan() & s_ref.isnan())).sum()) == 0
             assert torch.equal(s.isnan(), s_ref.isnan())
         else:
-            assert _mismatches(s, s_ref) == 0
+            assert mismatches(s, s_ref) == 0
         total += int((~torch.isfinite(s_ref)).sum())
     assert total > 0                                          # the draw did poison some channels
 

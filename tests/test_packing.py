@@ -8,16 +8,10 @@ import qsnn_kernels as qk
 from qsnn_kernels import reference
 from qsnn_kernels.bits import code_range
 from qsnn_kernels.packing import pack_levels
-from qsnn_kernels.testing import random_codes
+from qsnn_kernels.testing import mismatches, random_codes
 
 BITS = [1, 2, 4, 8]
 KS = [1, 31, 32, 33, 273]
-
-
-def mismatches(a, b):
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-    return int((a != b).sum())
-
 
 @pytest.mark.parametrize("signed", [False, True], ids=["levels", "weights"])
 @pytest.mark.parametrize("bits", BITS)

@@ -17,6 +17,7 @@ import torch
 from qsnn_kernels import reference
 from qsnn_kernels.choices import DEFAULT_ALPHA
 from qsnn_kernels.triton.lif import lif_backward_triton, lif_forward_triton, lif_int_triton
+from qsnn_kernels.testing import mismatches
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 
@@ -34,13 +35,6 @@ def _levels(s_bits):
 
 def _reset(hard):
     return "hard" if hard else "soft"
-
-
-def _mismatches(a, b):
-    """Elements that differ, NaN equal to NaN."""
-    both_nan = a.isnan() & b.isnan()
-    return int(((a != b) & ~both_nan).sum())
-
 
 def _reference_h(x, v_init, s_bits, v_th, decay, v_reset, reset):
     """h_t = decay * v_{t-1} + x_t with v_{t-1} from the reference run on the first t steps."""
@@ -77,9 +71,9 @@ def test_forward_bit_exact(t_steps, n, s_bits, hard):
     ref_h = _reference_h(x, v_init, s_bits, v_th, decay, v_reset, _reset(hard))
     assert spikes.dtype == h.dtype == torch.float32 and v_last.dtype == torch.float32
     assert spikes.shape == h.shape == (t_steps, n) and v_last.shape == (n,)
-    assert _mismatches(spikes, ref_spikes) == 0
-    assert _mismatches(v_last, ref_v) == 0
-    assert _mismatches(h, ref_h) == 0
+    assert mismatches(spikes, ref_spikes) == 0
+    assert mismatches(v_last, ref_v) == 0
+    assert mismatches(h, ref_h) == 0
     if t_steps == 16:  # the inputs exercise the spiking range, so the test can fail
         levels = spikes / v_th
         assert levels.max() == _levels(s_bits) and (levels == 0).any()
@@ -95,7 +89,7 @@ def test_forward_nan_inf_and_if_neuron(hard, decay):
     v_init[8] = float("nan")
     spikes, v_last, h = lif_forward_triton(x, v_init, 2, 1.0, decay, 0.5, hard)
     ref_spikes, ref_v = reference.multilevel_lif(x, 2, 1.0, decay, 0.5, _reset(hard), v_init=v_init)
-    assert _mismatches(spikes, ref_spikes) == 0 and _mismatches(v_last, ref_v) == 0
+    assert mismatches(spikes, ref_spikes) == 0 and mismatches(v_last, ref_v) == 0
     assert spikes[1:, 3].isnan().all() and v_last[3].isnan() and spikes[:, 8].isnan().all()
     assert not spikes[:, :3].isnan().any()  # other neurons unaffected
 
@@ -108,7 +102,7 @@ def test_forward_non_contiguous(hard):
     v_init = torch.linspace(-1, 1, 37)
     spikes, v_last, _ = lif_forward_triton(x_t, v_init, 4, 0.5, 0.9, 0.0, hard)
     ref_spikes, ref_v = reference.multilevel_lif(x_t, 4, 0.5, 0.9, 0.0, _reset(hard), v_init=v_init)
-    assert _mismatches(spikes, ref_spikes) == 0 and _mismatches(v_last, ref_v) == 0
+    assert mismatches(spikes, ref_spikes) == 0 and mismatches(v_last, ref_v) == 0
 
 
 # --------------------------------------------------------------------------- backward
@@ -137,7 +131,7 @@ def _check_grads(x, v_init, grad_spikes, grad_v, s_bits, v_th, decay, v_reset, h
     ref_gx, ref_gv = torch.autograd.grad(loss, (xr, vr))
 
     k_spikes, _, h = lif_forward_triton(x.float(), v_init.float(), s_bits, v_th, decay, v_reset, hard)
-    assert _mismatches(k_spikes.to(x.dtype), spikes.detach()) == 0  # same trajectory
+    assert mismatches(k_spikes.to(x.dtype), spikes.detach()) == 0  # same trajectory
     resolved = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
     gx, gv = lif_backward_triton(
         None if grad_spikes is None else grad_spikes.float(), None if grad_v is None else grad_v.float(),
@@ -302,7 +296,7 @@ def test_gpu_large_and_half(s_bits, hard):
     ref_spikes, ref_v = reference.multilevel_lif(x, s_bits, v_th, decay, 0.1, _reset(hard), v_init=v_init)
     spikes, v_last, h = lif_forward_triton(x.cuda(), v_init.cuda(), s_bits, v_th, decay, 0.1, hard)
     # the CPU reference is the oracle (torch on CUDA divides by a scalar through its reciprocal)
-    assert _mismatches(spikes.cpu(), ref_spikes) == 0 and _mismatches(v_last.cpu(), ref_v) == 0
+    assert mismatches(spikes.cpu(), ref_spikes) == 0 and mismatches(v_last.cpu(), ref_v) == 0
 
     g = torch.Generator().manual_seed(1)
     grad_spikes, grad_v = torch.randn(t_steps, n, generator=g), torch.randn(n, generator=g)
@@ -321,7 +315,7 @@ def test_gpu_large_and_half(s_bits, hard):
         ref_s, ref_v = reference.multilevel_lif(xh.float().cpu(), s_bits, v_th, decay, 0.1, _reset(hard), v_init=v_init)
         s16, v16, h16 = lif_forward_triton(xh, v_init.cuda(), s_bits, v_th, decay, 0.1, hard)
         assert s16.dtype == h16.dtype == dtype and v16.dtype == torch.float32
-        assert _mismatches(s16, ref_s.cuda().to(dtype)) == 0 and _mismatches(v16.cpu(), ref_v) == 0
+        assert mismatches(s16, ref_s.cuda().to(dtype)) == 0 and mismatches(v16.cpu(), ref_v) == 0
         # the backward of a half run sees h rounded to half: same as the float32 kernel on those values
         gs16 = grad_spikes.to(dtype).cuda()
         out16 = lif_backward_triton(gs16, None, h16, s_bits, v_th, decay, 0.1, hard, "sigmoid", 4.0, False)
