@@ -7,25 +7,32 @@ were floats): ``dL/dx_p = c_p * x_scale * dL/dy_p @ (alpha * q)``, ``dL/dW_q = x
 sum_p c_p dL/dy_p^T @ x_p`` passed unchanged to a float master weight, and
 ``dL/dalpha_n = sum_k dL/dW_q[n, k] * q[n, k]``; ``c_p`` is 1 ("none", "time") or 2^p ("bitplane").
 
-Every backend but "reference" packs and unpacks with the compiled kernels of the tensors' device
-(and computes with the op ``qsnn::bitserial_matmul_packed``); "reference" uses reference.py
-throughout. Nothing falls back: a backend that cannot run raises BackendUnavailable before any work.
+The op computes with the ops registered for the tensors' device (``qsnn::pack_bits``,
+``qsnn::bitserial_matmul_packed``, ``qsnn::unpack_bits`` in the backward); the backend is not an
+argument of the op but the kernels it dispatches to: "triton" on CPU tensors (TRITON_INTERPRET=1)
+and "reference" (reference.py's packer and popcount GEMM) register their kernels for the call
+(:mod:`qsnn_kernels.triton_on_cpu`); the backward's exact unpacking is the device's compiled one
+for every backend. Nothing falls back: a backend that cannot run raises BackendUnavailable before
+any work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import torch
 
 from . import _extension, reference
 from .bits import INTEGER_DTYPES, SPIKE_BITS, WEIGHT_BITS, check_bits, check_codes
-from .bitserial import _check_problem, _packer, _run, _spike_bits, _triton_kernel
+from ._extension import BackendUnavailable
+from .bitserial import _check_problem, _spike_bits, _triton_kernel, _triton_on_cpu
 from .choices import REDUCTIONS, check_backend, check_choice
 from .deprecation import NOT_GIVEN
 from .packed_weight import PackedWeight
 from .packing import pack_levels
 from .quantize import spike_levels
+from .triton_on_cpu import kernels_registered
 
 __all__ = ["bitserial_linear"]
 
@@ -45,13 +52,9 @@ def _levels(x: torch.Tensor, s_bits: int) -> torch.Tensor:
     return x.detach().to(torch.uint8)
 
 
-def _dequantized(w_planes: torch.Tensor, w_scale: torch.Tensor, k: int, dtype: torch.dtype, backend: str):
-    """(q as dtype [N, K], alpha * q) from the packed planes (the backend's unpacker)."""
-    if backend == "reference":
-        q = reference.unpack_bits(w_planes, k, True)
-    else:
-        q = torch.ops.qsnn.unpack_bits(w_planes, k, True)
-    q = q.to(dtype)
+def _dequantized(w_planes: torch.Tensor, w_scale: torch.Tensor, k: int, dtype: torch.dtype):
+    """(q as dtype [N, K], alpha * q) from the packed planes (the unpacker of their device)."""
+    q = torch.ops.qsnn.unpack_bits(w_planes, k, True).to(dtype)
     return q, q * w_scale.to(dtype)[:, None]
 
 
@@ -65,18 +68,15 @@ def _bitserial_linear_op(
     s_bits: int,
     x_scale: float,
     reduce: str,
-    backend: str,
 ) -> torch.Tensor:
-    levels = _levels(x, s_bits)
-    _require(backend, levels.device)
-    x_planes = pack_levels(levels, s_bits, backend=_packer(backend))
-    y = _run(x_planes, w_planes, k, s_bits, reduce, backend)
+    x_planes = pack_levels(_levels(x, s_bits), s_bits)
+    y = torch.ops.qsnn.bitserial_matmul_packed(x_planes, w_planes, k, s_bits, reduce)
     dtype = _out_dtype(x, w_scale)
     return y.to(dtype) * (w_scale.to(dtype) * x_scale)
 
 
 @_bitserial_linear_op.register_fake
-def _(x, w_planes, w_scale, weight, k, s_bits, x_scale, reduce, backend):
+def _(x, w_planes, w_scale, weight, k, s_bits, x_scale, reduce):
     torch._check(x.dim() == 3 and x.shape[2] == k, lambda: "bitserial_linear: spikes must be [T, M, K]")
     torch._check(w_planes.dim() == 3 and w_scale.shape == (w_planes.shape[1],), lambda: "bitserial_linear: bad weight")
     m, n = x.shape[1], w_planes.shape[1]
@@ -85,15 +85,15 @@ def _(x, w_planes, w_scale, weight, k, s_bits, x_scale, reduce, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_planes, w_scale, weight, k, s_bits, x_scale, reduce, backend = inputs
+    x, w_planes, w_scale, weight, k, s_bits, x_scale, reduce = inputs
     ctx.save_for_backward(x, w_planes, w_scale)
-    ctx.args = (k, x_scale, reduce, backend)
+    ctx.args = (k, x_scale, reduce)
     ctx.weight_shape = None if weight is None else weight.shape
 
 
 def _backward(ctx, grad):
     x, w_planes, w_scale = ctx.saved_tensors
-    k, x_scale, reduce, backend = ctx.args
+    k, x_scale, reduce = ctx.args
     need_x, _, need_scale, need_weight = ctx.needs_input_grad[:4]
     dtype = grad.dtype
     g = grad * x_scale
@@ -103,7 +103,7 @@ def _backward(ctx, grad):
     elif reduce == "bitplane":
         coef = torch.pow(2.0, torch.arange(steps, device=g.device, dtype=dtype))
         g = g.unsqueeze(0) * coef[:, None, None]
-    q, wq = _dequantized(w_planes, w_scale, k, dtype, backend)
+    q, wq = _dequantized(w_planes, w_scale, k, dtype)
     grad_x = grad_scale = grad_weight = None
     if need_x:
         grad_x = torch.matmul(g, wq).to(x.dtype)
@@ -114,7 +114,7 @@ def _backward(ctx, grad):
             grad_scale = (grad_wq * q).sum(1).to(w_scale.dtype)
         if need_weight:
             grad_weight = grad_wq.reshape(ctx.weight_shape)
-    return grad_x, None, grad_scale, grad_weight, None, None, None, None, None
+    return grad_x, None, grad_scale, grad_weight, None, None, None, None
 
 
 _bitserial_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -124,16 +124,34 @@ _bitserial_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _require(backend: str, device: torch.device) -> None:
     """BackendUnavailable unless ``backend`` runs on ``device``: the compiled packer and unpacker
-    (every backend but "reference") and the Triton kernel (backend="triton", or "auto" on CUDA).
+    (every backend) and the Triton kernel (backend="triton", or "auto" on CUDA).
 
     Dynamo cannot trace the extension's lazy import; under torch.compile the op's eager
     implementation makes the same check when it runs.
     """
-    if backend == "reference" or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return
     _extension.require(device.type)
-    if backend == "triton" or device.type == "cuda":
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
         _triton_kernel(device)
+
+
+def _reference_kernels(device_type: str):
+    """The scope in which the ops the layer op calls compute with reference.py (backend="reference")."""
+    return kernels_registered({
+        "pack_bits": reference.pack_bits,
+        "bitserial_matmul_packed": lambda x, w, k, s_bits, reduce: reference.bitserial_matmul_popcount(
+            x, w, s_bits, reduce),
+    }, device_type)
+
+
+def _kernels_of(backend: str, device: torch.device):
+    """The scope in which the registered ops run ``backend``'s kernels (none for the device's own)."""
+    if backend == "reference":
+        return _reference_kernels(device.type)
+    if backend == "triton" and device.type == "cpu":
+        return _triton_on_cpu()
+    return contextlib.nullcontext()
 
 
 def _quantize_pack(weight: torch.Tensor, w_bits: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +188,8 @@ def bitserial_linear(
       weight it was quantized from) that receives the straight-through weight gradient.
     * ``x_scale``: the spike scale (v_th), a Python number.
     * ``reduce``, ``backend``: as in :func:`qsnn_kernels.bitserial.bitserial_matmul`; the backward
-      unpacks the weight with the same backend's unpacker.
+      unpacks the weight with the device's compiled unpacker. Under torch.compile only the device's
+      own kernels ("auto", "triton" on CUDA).
 
     Returns float32 (float64 if the spikes are float64) ``[P, M, N]`` or ``[M, N]``, equal to the
     exact integer result times ``alpha[n] * x_scale`` (one rounding). Raises TypeError/ValueError
@@ -227,4 +246,10 @@ def bitserial_linear(
     else:
         planes, scale = _quantize_pack(w, w_bits, backend)
         weight = w
-    return torch.ops.qsnn.bitserial_linear(spikes, planes, scale, weight, k_w, s_bits, float(x_scale), reduce, backend)
+    if torch.compiler.is_compiling():
+        if backend == "reference" or (backend == "triton" and device.type == "cpu"):
+            raise BackendUnavailable(f"bitserial_linear: backend={backend!r} on {device.type} swaps the ops' kernels "
+                                     "for the call, which torch.compile cannot trace; use it eagerly")
+        return torch.ops.qsnn.bitserial_linear(spikes, planes, scale, weight, k_w, s_bits, float(x_scale), reduce)
+    with _kernels_of(backend, device):
+        return torch.ops.qsnn.bitserial_linear(spikes, planes, scale, weight, k_w, s_bits, float(x_scale), reduce)

@@ -357,7 +357,7 @@ def test_linear_scale_gradcheck(reduce):
     xf = x.double()
 
     def f(s):
-        return torch.ops.qsnn.bitserial_linear(xf, w.planes, s, None, 33, 1, 0.5, reduce, "auto")
+        return torch.ops.qsnn.bitserial_linear(xf, w.planes, s, None, 33, 1, 0.5, reduce)
 
     assert torch.autograd.gradcheck(f, (scale,))
 
@@ -430,7 +430,7 @@ def test_opcheck_bitserial_linear(device, reduce):
     x, _ = operands(4, 33, 3, 2, 4, 2, seed=1, device=device)
     master = torch.randn(3, 33, device=device)
     w = PackedWeight.from_float(master, 4)
-    args = (x.float().requires_grad_(), w.planes, w.scale, master.requires_grad_(), 33, 2, 0.5, reduce, "auto")
+    args = (x.float().requires_grad_(), w.planes, w.scale, master.requires_grad_(), 33, 2, 0.5, reduce)
     opcheck(torch.ops.qsnn.bitserial_linear.default, args)
 
 
@@ -565,3 +565,32 @@ def test_linear_triton_backend_matches_auto():
         out[backend] = (y, gx, gw)
     for got, want in zip(out["triton"], out["auto"]):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_linear_op_has_no_backend_argument_and_reference_is_dispatched(monkeypatch):
+    """The backend is which kernels the registered ops dispatch to, not an op argument:
+    backend="reference" runs reference.py's packer and GEMM for the call, "auto" the compiled ones after."""
+    schema = torch.ops.qsnn.bitserial_linear.default._schema
+    assert [a.name for a in schema.arguments] == ["x", "w_planes", "w_scale", "weight", "k", "s_bits", "x_scale",
+                                                  "reduce"]
+    x, q = operands(4, 33, 3, 2, 4, 2, seed=2)
+    w = PackedWeight.from_int(q, 4)
+    calls = []
+    popcount = reference.bitserial_matmul_popcount
+    monkeypatch.setattr(reference, "bitserial_matmul_popcount", lambda *a: calls.append("gemm") or popcount(*a))
+    y_ref = bitserial_linear(x.float(), w, s_bits=2, backend="reference")
+    assert calls == ["gemm"]
+    y_auto = bitserial_linear(x.float(), w, s_bits=2)
+    assert calls == ["gemm"]  # the compiled kernel again
+    assert mismatches(y_ref, y_auto) == 0
+
+
+def test_linear_swapped_kernels_refuse_compile():
+    """backend="reference" swaps kernels for the call: under torch.compile that is BackendUnavailable."""
+    x, q = operands(2, 33, 3, 1, 4, 1, seed=3)
+    w = PackedWeight.from_int(q, 4)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda z: bitserial_linear(z, w, backend="reference"), backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match="cannot trace"):
+        fn(x.float())
+    torch._dynamo.reset()
