@@ -1,4 +1,5 @@
 """Integer forward of the spike-input layers on CPU: spike levels x weight codes in int8, exact.
+The ops ``qsnn::int8_linear`` and ``qsnn::int8_conv2d``, with their functional API.
 
 A spike-input layer multiplies integer levels ``0 .. 2^S - 1`` (times v_th) by integer weight
 codes ``-2^(W-1) .. 2^(W-1) - 1`` (times a per-channel scale, Eq. 5). For S <= 8 and W <= 8 both
@@ -15,26 +16,34 @@ Contract:
   partial sum): tests use rtol 1e-5. Gradients equal the dense layer's, straight-through to the
   float master weight as :func:`models.layers.quantized_weight`.
 * The input must be spikes: ``x == level * in_scale`` with integer levels in ``[0, 2^s_bits - 1]``
-  (checked in the pass that converts them, :func:`spike_input_levels`); anything else is a
-  ValueError naming ``s_bits``.
-* Saved for backward: the int8 levels (1 byte per input element instead of 4) and the master
-  weight (a parameter: no copy), quantized again in the backward (one pass,
+  (checked inside the op, in the pass that converts them, :func:`spike_input_levels`; under
+  torch.compile too); anything else is a ValueError naming ``s_bits``.
+* Each op returns ``(out, levels)``: the float result and the input's levels (int8 for the
+  linear, uint8 for the convolution, ``x``'s shape), the one-byte tensor the backward saves with
+  the master weight (a parameter: no copy), quantized again in the backward (one pass,
   :func:`qsnn_kernels.quantize.dequantized_weight`); changing the weight in place between
-  forward and backward is an error (autograd's version check).
+  forward and backward is an error (autograd's version check). The levels have no gradient.
+* A problem outside the kernels' domain (:func:`int8_supported`) is a TypeError (device, dtype)
+  or ValueError (shapes, widths) raised before any kernel runs, in eager mode and in the ops' fake
+  implementations alike.
 
 Linear: ``torch._int_mm`` (signed int8: levels <= 127, so s_bits <= 4). Convolution: oneDNN's
 quantized convolution with a float output (``torch.ops.onednn.qconv2d_pointwise``, levels as
 uint8), which needs the weight re-packed every call (the weight changes every step), a cost that
 only enough output positions repay: :data:`MIN_CONV_POSITIONS`. The layers use this path by
-default only on a CPU with int8 dot-product units (:func:`cpu_has_int8_dot`).
+default only on a CPU with int8 dot-product units (:func:`cpu_has_int8_dot`), eager and under
+torch.compile alike (the ops are opaque to the compiler; their fakes give the shapes).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 
+from ..bits import WEIGHT_BITS
+from ..conv_geometry import conv_output_size
 from ..quantize import dequantized_weight, quantize_weight, spike_levels
 
 __all__ = ["MIN_CONV_POSITIONS", "cpu_has_int8_dot", "int8_conv2d", "int8_linear", "int8_supported",
@@ -46,37 +55,86 @@ is re-packed on every call (a cost per weight element), the int8 product saves a
 element and output position, so the path pays only from some number of positions on. The value
 comes from ``python benchmarks/test_bench_models_sew.py layer-paths`` (its ``positions`` column)."""
 
+MAX_S_BITS = {"linear": 4, "conv2d": 8}
+"""Widest input levels of each op: the linear's ``torch._int_mm`` takes signed int8 (and sums
+pairs of products in int16 on some CPUs, so levels stay <= 15); the convolution takes uint8."""
+
 
 @functools.cache
+def _cpu_capabilities_int8_dot() -> bool:
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("avx512_vnni") or caps.get("avx_vnni"))
+
+
+@torch.compiler.assume_constant_result
 def cpu_has_int8_dot() -> bool:
     """Whether this CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI), the units that
     make the int8 forward pay. Without them torch's int8 products can be far slower than fp32, so
     the automatic rule (``int8=None``) keeps the float path there; ``int8=True`` still forces the
-    int8 one."""
-    caps = torch.cpu.get_capabilities()
-    return bool(caps.get("avx512_vnni") or caps.get("avx_vnni"))
+    int8 one. A host constant, read once (torch.compile reads it when tracing)."""
+    return _cpu_capabilities_int8_dot()
+
+
+@torch.compiler.assume_constant_result
+def _onednn_available() -> bool:
+    """Whether torch was built with oneDNN (the convolution's kernel). A host constant."""
+    return torch.backends.mkldnn.is_available()
+
+
+def _problem(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int | None,
+             padding: Sequence[int] | None = None, dilation: Sequence[int] | None = None):
+    """Why the int8 kernels cannot compute this linear (``padding`` None) or convolution, as
+    ``(exception type, message)``, or None when they can (:func:`int8_supported` has the rules).
+    Reads only metadata: shapes, dtypes, devices and the arguments."""
+    op = "linear" if padding is None else "conv2d"
+    name = f"int8_{op}"
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        return TypeError, f"{name}: x and weight must be CPU tensors, got {x.device} and {weight.device}"
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return TypeError, f"{name}: x and weight must be float32, got {x.dtype} and {weight.dtype}"
+    top = MAX_S_BITS[op]
+    if isinstance(s_bits, bool) or not isinstance(s_bits, int) or not 1 <= s_bits <= top:
+        return ValueError, f"{name}: s_bits must be an int in 1..{top} (levels that fit its int8 type), got {s_bits!r}"
+    if w_bits not in WEIGHT_BITS:
+        return ValueError, f"{name}: w_bits must be one of {WEIGHT_BITS} (codes that fit int8), got {w_bits!r}"
+    k = weight.numel() // max(weight.shape[0], 1)
+    if k < 2:
+        # torch 2.14's int8 kernels return wrong sums at K = 1
+        return ValueError, f"{name}: the reduction length K (weight.numel() // out channels) must be >= 2, got {k}"
+    if k * ((1 << s_bits) - 1) * (1 << (w_bits - 1)) >= 1 << 31:
+        return ValueError, f"{name}: K={k} at s_bits={s_bits}, w_bits={w_bits} could overflow the int32 sum"
+    if padding is None:
+        return None
+    if not _onednn_available():
+        return TypeError, f"{name}: this torch build has no oneDNN (mkldnn), the convolution's kernel"
+    extents = [d * (size - 1) + 1 for d, size in zip(dilation, weight.shape[2:])]
+    if any(p >= e for p, e in zip(padding, extents)):
+        # oneDNN's convolution crashes when a padding reaches the dilated kernel's extent
+        return ValueError, (f"{name}: each padding must be smaller than the dilated kernel's extent "
+                            f"{tuple(extents)}, got {tuple(padding)}")
+    return None
 
 
 def int8_supported(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int | None,
                    padding: tuple[int, ...] | None = None, dilation: tuple[int, ...] | None = None) -> bool:
     """Whether the int8 forward applies to a linear (``padding`` None) or a convolution (its
     ``padding`` and ``dilation``) with this ``weight``: float32 CPU input and weight outside
-    autocast and torch.compile, spike input (``s_bits``) and a quantized weight (``w_bits`` <= 8)
-    that fit its int8 type, an int32 sum that cannot overflow, and none of the shapes where the
-    int8 kernels of torch 2.14 fail (``torch._int_mm`` returns wrong sums at K = 1; oneDNN's
-    convolution crashes when a padding is at least the dilated kernel's extent)."""
-    conv = padding is not None
-    if (s_bits is None or s_bits > (8 if conv else 4) or w_bits > 8 or x.device.type != "cpu"
-            or x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-            or torch.compiler.is_compiling()):
+    autocast, spike input (``s_bits``) and a quantized weight (``w_bits`` <= 8) that fit its int8
+    type, an int32 sum that cannot overflow, and none of the shapes where the int8 kernels of
+    torch 2.14 fail (``torch._int_mm`` returns wrong sums at K = 1; oneDNN's convolution crashes
+    when a padding is at least the dilated kernel's extent). Metadata only: the same answer in
+    eager mode and under torch.compile (whether the input really is spikes is checked by the op
+    when it runs)."""
+    if torch.is_autocast_enabled("cpu"):
         return False
-    k = weight.numel() // max(weight.shape[0], 1)
-    if k < 2 or k * ((1 << s_bits) - 1) * (1 << (w_bits - 1)) >= 1 << 31:
-        return False
-    if conv:
-        extents = [d * (size - 1) + 1 for d, size in zip(dilation, weight.shape[2:])]
-        return torch.backends.mkldnn.is_available() and all(p < e for p, e in zip(padding, extents))
-    return True
+    return _problem(x, weight, w_bits, s_bits, padding, dilation) is None
+
+
+def _check(x, weight, w_bits, s_bits, padding=None, dilation=None) -> None:
+    problem = _problem(x, weight, w_bits, s_bits, padding, dilation)
+    if problem is not None:
+        error, message = problem
+        raise error(message)
 
 
 def spike_input_levels(x: torch.Tensor, in_scale: float, s_bits: int, dtype: torch.dtype, path: str) -> torch.Tensor:
@@ -99,70 +157,142 @@ def _spike_values(levels: torch.Tensor, in_scale: float) -> torch.Tensor:
     return x.mul_(in_scale) if in_scale != 1.0 else x
 
 
-class _Int8Linear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, w_bits, s_bits, in_scale):
-        levels = spike_input_levels(x, in_scale, s_bits, torch.int8, "int8 forward")
-        codes, scale = quantize_weight(weight, w_bits)
-        flat = levels.reshape(-1, levels.shape[-1])
-        if flat.shape[0]:
-            acc = torch._int_mm(flat, codes.t())
-        else:
-            acc = flat.new_zeros((0, codes.shape[0]), dtype=torch.int32)
-        y = acc.to(torch.float32).mul_(scale * in_scale)
-        ctx.save_for_backward(levels, weight)
-        ctx.in_scale, ctx.w_bits = in_scale, w_bits
-        return y.reshape(*x.shape[:-1], codes.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        levels, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g @ dequantized_weight(weight, ctx.w_bits)).reshape(*levels.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = g.t() @ _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale)
-        return grad_x, grad_w, None, None, None
+# --------------------------------------------------------------------------- qsnn::int8_linear
 
 
-class _Int8Conv2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups):
-        levels = spike_input_levels(x, in_scale, s_bits, torch.uint8, "int8 forward")
-        codes, scale = quantize_weight(weight, w_bits)
-        stride, padding, dilation = list(stride), list(padding), list(dilation)
-        packed = torch.ops.onednn.qconv_prepack(codes, scale, in_scale, 0, stride, padding, dilation, groups,
-                                                list(levels.shape))
-        zero_points = torch.zeros(codes.shape[0], dtype=torch.long)
-        y = torch.ops.onednn.qconv2d_pointwise(levels, in_scale, 0, packed, scale, zero_points, None, stride, padding,
-                                               dilation, groups, 1.0, 0, torch.float32, "none", [], "")
-        ctx.save_for_backward(levels, weight)
-        ctx.args = (w_bits, in_scale, stride, padding, dilation, groups)
-        # oneDNN writes channels-last; a copy to the default layout costs less than leaving it: a
-        # channels-last input makes every later float convolution re-lay its weight out (measured)
-        return y.contiguous()
+def _check_linear(x, weight, w_bits, s_bits, in_scale) -> None:
+    """Errors of :func:`int8_linear` (shapes, then :func:`_problem`); torch._check forms, so that
+    the fake raises them under torch.compile too."""
+    torch._check_value(weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1],
+                       lambda: f"int8_linear: x must be [..., K] and weight [N, K], got {tuple(x.shape)} and "
+                               f"{tuple(weight.shape)}")
+    torch._check_value(in_scale > 0, lambda: f"int8_linear: in_scale must be > 0, got {in_scale}")
+    _check(x, weight, w_bits, s_bits)
 
-    @staticmethod
-    def backward(ctx, grad):
-        levels, weight = ctx.saved_tensors
-        w_bits, in_scale, stride, padding, dilation, groups = ctx.args
-        x = _spike_values(levels, in_scale)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
-        w = dequantized_weight(weight, w_bits)
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(grad.contiguous(), x, w, None, stride, padding,
-                                                                dilation, False, [0, 0], groups, mask)
-        return grad_x, grad_w, None, None, None, None, None, None, None
+
+@torch.library.custom_op("qsnn::int8_linear", mutates_args=())
+def _int8_linear_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int,
+                    in_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_linear(x, weight, w_bits, s_bits, in_scale)
+    levels = spike_input_levels(x, in_scale, s_bits, torch.int8, "int8 forward")
+    codes, scale = quantize_weight(weight, w_bits)
+    flat = levels.reshape(-1, levels.shape[-1])
+    if flat.shape[0]:
+        acc = torch._int_mm(flat, codes.t())
+    else:
+        acc = flat.new_zeros((0, codes.shape[0]), dtype=torch.int32)
+    y = acc.to(torch.float32).mul_(scale * in_scale)
+    return y.reshape(*x.shape[:-1], codes.shape[0]), levels
+
+
+@_int8_linear_op.register_fake
+def _(x, weight, w_bits, s_bits, in_scale):
+    _check_linear(x, weight, w_bits, s_bits, in_scale)
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), torch.empty_like(x, dtype=torch.int8)
+
+
+def _linear_setup_context(ctx, inputs, output):
+    _, weight, w_bits, _, in_scale = inputs
+    ctx.save_for_backward(output[1], weight)
+    ctx.w_bits, ctx.in_scale = w_bits, in_scale
+
+
+def _linear_backward(ctx, grad, _grad_levels):
+    levels, weight = ctx.saved_tensors
+    g = grad.reshape(-1, grad.shape[-1])
+    grad_x = grad_w = None
+    if ctx.needs_input_grad[0]:
+        grad_x = (g @ dequantized_weight(weight, ctx.w_bits)).reshape(levels.shape)
+    if ctx.needs_input_grad[1]:
+        grad_w = g.t() @ _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale)
+    return grad_x, grad_w, None, None, None
+
+
+_int8_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+
+# --------------------------------------------------------------------------- qsnn::int8_conv2d
+
+
+def _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups) -> None:
+    """Errors of :func:`int8_conv2d` (shapes, then :func:`_problem`); torch._check forms."""
+    torch._check_value(
+        x.dim() == 4 and weight.dim() == 4 and groups >= 1 and weight.shape[0] % groups == 0
+        and x.shape[1] == weight.shape[1] * groups,
+        lambda: f"int8_conv2d: x must be [N, C, H, W] and weight [Cout, C / groups, kh, kw] with groups "
+                f"dividing Cout, got {tuple(x.shape)}, {tuple(weight.shape)}, groups={groups}")
+    torch._check_value(
+        len(stride) == len(padding) == len(dilation) == 2 and min(stride) >= 1 and min(dilation) >= 1
+        and min(padding) >= 0,
+        lambda: f"int8_conv2d: stride, padding and dilation must be pairs (>= 1, >= 0, >= 1), got "
+                f"{stride}, {padding}, {dilation}")
+    torch._check_value(min(_conv_output_size(x, weight, stride, padding, dilation)) >= 1,
+                       lambda: f"int8_conv2d: the kernel {tuple(weight.shape[2:])} does not fit the padded input "
+                               f"{tuple(x.shape[2:])}")
+    torch._check_value(in_scale > 0, lambda: f"int8_conv2d: in_scale must be > 0, got {in_scale}")
+    _check(x, weight, w_bits, s_bits, padding, dilation)
+
+
+def _conv_output_size(x, weight, stride, padding, dilation) -> tuple[int, int]:
+    return conv_output_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+
+
+@torch.library.custom_op("qsnn::int8_conv2d", mutates_args=())
+def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float,
+                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                    groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups)
+    levels = spike_input_levels(x, in_scale, s_bits, torch.uint8, "int8 forward")
+    codes, scale = quantize_weight(weight, w_bits)
+    packed = torch.ops.onednn.qconv_prepack(codes, scale, in_scale, 0, stride, padding, dilation, groups,
+                                            list(levels.shape))
+    zero_points = torch.zeros(codes.shape[0], dtype=torch.long)
+    y = torch.ops.onednn.qconv2d_pointwise(levels, in_scale, 0, packed, scale, zero_points, None, stride, padding,
+                                           dilation, groups, 1.0, 0, torch.float32, "none", [], "")
+    # oneDNN writes channels-last; a copy to the default layout costs less than leaving it: a
+    # channels-last input makes every later float convolution re-lay its weight out (measured)
+    return y.contiguous(), levels
+
+
+@_int8_conv2d_op.register_fake
+def _(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups):
+    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups)
+    oh, ow = _conv_output_size(x, weight, stride, padding, dilation)
+    return x.new_empty((x.shape[0], weight.shape[0], oh, ow)), torch.empty_like(x, dtype=torch.uint8)
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    _, weight, w_bits, _, in_scale, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(output[1], weight)
+    ctx.args = (w_bits, in_scale, list(stride), list(padding), list(dilation), groups)
+
+
+def _conv2d_backward(ctx, grad, _grad_levels):
+    levels, weight = ctx.saved_tensors
+    w_bits, in_scale, stride, padding, dilation, groups = ctx.args
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad.contiguous(), _spike_values(levels, in_scale), dequantized_weight(weight, w_bits), None, stride,
+        padding, dilation, False, [0, 0], groups, mask)
+    return grad_x, grad_w, None, None, None, None, None, None, None
+
+
+_int8_conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+
+# --------------------------------------------------------------------------- functional API
 
 
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float) -> torch.Tensor:
     """``x [..., K]`` (spikes, levels <= 4 bits) @ the ``w_bits``-quantized ``weight [N, K]`` ->
-    ``[..., N]`` float32, no bias; see the module docstring for the contract."""
-    return _Int8Linear.apply(x, weight, w_bits, s_bits, in_scale)
+    ``[..., N]`` float32, no bias (op ``qsnn::int8_linear``; the module docstring has the
+    contract and the errors)."""
+    return torch.ops.qsnn.int8_linear(x, weight, w_bits, s_bits, float(in_scale))[0]
 
 
 def int8_conv2d(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float, stride, padding,
                 dilation, groups: int) -> torch.Tensor:
     """Convolution of spikes ``x [N, C, H, W]`` (levels <= 8 bits) with the ``w_bits``-quantized
-    ``weight`` -> ``[N, Cout, H', W']`` float32 (contiguous), no bias, zero padding."""
-    return _Int8Conv2d.apply(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups)
+    ``weight`` -> ``[N, Cout, H', W']`` float32 (contiguous), no bias, zero padding (op
+    ``qsnn::int8_conv2d``)."""
+    return torch.ops.qsnn.int8_conv2d(x, weight, w_bits, s_bits, float(in_scale), list(stride), list(padding),
+                                      list(dilation), groups)[0]

@@ -1,10 +1,12 @@
 """The int8 forward of spike-input layers (models/int8.py) against the dense float layer: values,
-gradients, odd shapes, the dispatch rule, bad input, and a whole model's training step."""
+gradients, odd shapes, the dispatch rule, bad input, and a whole model's training step; the ops
+``qsnn::int8_linear``/``qsnn::int8_conv2d`` under opcheck, their errors, and the layers under torch.compile."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from functorch.compile import make_boxed_compiler
 
 import qsnn_kernels.models as qm
 from qsnn_kernels.models import layers as layers_mod
@@ -147,3 +149,132 @@ def test_saves_one_byte_per_input_element():
         conv(x)
     inputs = [t for t in saved if t.numel() == x.numel()]
     assert inputs and all(t.dtype == torch.uint8 for t in inputs)
+
+
+# --------------------------------------------------------------------------- the ops: opcheck, errors, torch.compile
+
+
+def _weight(shape, seed=4):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("w_bits, s_bits, in_scale, x_shape, n", [
+    (4, 1, 1.0, (1, 33), 5), (2, 4, 0.5, (2, 3, 31), 7), (8, 2, 0.25, (1, 1, 273), 1)])
+def test_opcheck_int8_linear(w_bits, s_bits, in_scale, x_shape, n):
+    """Schema, fake (shapes, dtypes, strides), autograd registration and AOT dispatch, M = 1 and
+    K not a multiple of 32 included."""
+    x = _spikes(x_shape, s_bits, in_scale).requires_grad_()
+    w = _weight((n, x_shape[-1])).requires_grad_()
+    torch.library.opcheck(torch.ops.qsnn.int8_linear.default, (x, w, w_bits, s_bits, in_scale))
+
+
+@pytest.mark.parametrize("w_bits, s_bits, in_scale, x_shape, w_shape, stride, pad, dil, groups", [
+    (4, 1, 1.0, (1, 3, 5, 7), (4, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1),
+    (2, 8, 0.5, (2, 33, 6, 5), (5, 33, 1, 1), [2, 1], [0, 0], [1, 1], 1),
+    (8, 4, 0.25, (1, 6, 7, 7), (6, 2, 3, 3), [1, 1], [2, 2], [2, 2], 3)])
+def test_opcheck_int8_conv2d(w_bits, s_bits, in_scale, x_shape, w_shape, stride, pad, dil, groups):
+    x = _spikes(x_shape, s_bits, in_scale).requires_grad_()
+    w = _weight(w_shape).requires_grad_()
+    torch.library.opcheck(torch.ops.qsnn.int8_conv2d.default,
+                          (x, w, w_bits, s_bits, in_scale, stride, pad, dil, groups))
+
+
+def test_ops_return_the_saved_levels():
+    x = _spikes((3, 9), 2, 0.5)
+    y, levels = torch.ops.qsnn.int8_linear(x, _weight((4, 9)), 4, 2, 0.5)
+    assert levels.dtype == torch.int8 and torch.equal(levels.float() * 0.5, x) and y.shape == (3, 4)
+    x = _spikes((1, 2, 5, 5), 3, 1.0)
+    y, levels = torch.ops.qsnn.int8_conv2d(x, _weight((3, 2, 3, 3)), 4, 3, 1.0, [1, 1], [1, 1], [1, 1], 1)
+    assert levels.dtype == torch.uint8 and torch.equal(levels.float(), x) and y.shape == (1, 3, 5, 5)
+
+
+@pytest.mark.parametrize("op, args, error", [
+    ("linear", ((2, 4), (3, 4), 4, 5, 1.0), ValueError),                        # levels too wide for int8
+    ("linear", ((2, 1), (3, 1), 4, 1, 1.0), ValueError),                        # K = 1
+    ("linear", ((2, 4), (3, 5), 4, 1, 1.0), ValueError),                        # K mismatch
+    ("linear", ((2, 4), (3, 4), 16, 1, 1.0), ValueError),                       # unquantized weight
+    ("linear", ((2, 4), (3, 4), 4, 1, 0.0), ValueError),                        # in_scale
+    ("conv2d", ((1, 4, 5, 5), (2, 4, 3, 3), 4, 9, 1.0), ValueError),            # levels too wide for uint8
+    ("conv2d", ((1, 4, 5, 5), (2, 3, 3, 3), 4, 1, 1.0), ValueError),            # channels mismatch
+    ("conv2d", ((1, 4, 2, 2), (2, 4, 3, 3), 4, 1, 1.0, [1, 1], [0, 0]), ValueError),  # kernel does not fit
+    ("conv2d", ((1, 4, 5, 5), (2, 4, 3, 3), 4, 1, 1.0, [1, 1], [3, 3]), ValueError),  # padding >= extent
+])
+def test_op_errors_before_any_kernel(op, args, error):
+    x_shape, w_shape, w_bits, s_bits, in_scale, *geometry = args
+    x, w = torch.zeros(x_shape), torch.zeros(w_shape)
+    if op == "linear":
+        call = lambda x, w: torch.ops.qsnn.int8_linear(x, w, w_bits, s_bits, in_scale)  # noqa: E731
+    else:
+        stride, pad = geometry or ([1, 1], [1, 1])
+        call = lambda x, w: torch.ops.qsnn.int8_conv2d(x, w, w_bits, s_bits, in_scale, stride, pad,  # noqa: E731
+                                                       [1, 1], 1)
+    with pytest.raises(error):
+        call(x, w)
+    with pytest.raises(error), torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        call(mode.from_tensor(x), mode.from_tensor(w))
+
+
+def test_op_dtype_errors():
+    x, w = torch.zeros(2, 4), torch.zeros(3, 4)
+    for bad in ((x.double(), w), (x, w.half())):
+        with pytest.raises(TypeError, match="float32"):
+            torch.ops.qsnn.int8_linear(*bad, 4, 1, 1.0)
+    with pytest.raises(TypeError, match="float32"):
+        torch.ops.qsnn.int8_conv2d(torch.zeros(1, 4, 5, 5, dtype=torch.bfloat16), torch.zeros(2, 4, 3, 3), 4, 1,
+                                   1.0, [1, 1], [1, 1], [1, 1], 1)
+
+
+def _int8_ops_in_graph(module, x):
+    """Compile ``module`` with fullgraph=True (a graph break raises) and return (output, the qsnn
+    int8 ops in the captured graph)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.common.aot_autograd(fw_compiler=make_boxed_compiler(lambda g, _: g))(
+            gm, example_inputs)
+
+    torch._dynamo.reset()
+    y = torch.compile(module, fullgraph=True, backend=backend)(x)
+    ops = {n.target for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
+    return y, {str(op).removesuffix(".default") for op in ops if "int8" in str(op)}
+
+
+@pytest.mark.parametrize("int8", [None, True])
+def test_compiled_layers_take_the_int8_path_in_one_graph(monkeypatch, int8):
+    """Under torch.compile the layers pick the int8 ops as in eager mode (automatic rule included),
+    without a graph break, with the eager values and gradients."""
+    monkeypatch.setattr(layers_mod, "cpu_has_int8_dot", torch.compiler.assume_constant_result(lambda: True))
+    torch.manual_seed(5)
+    cases = ((QuantConv2d(5, 6, 3, padding=1, w_bits=4, s_bits=2, in_scale=0.5, int8=int8),
+              _spikes((2, 4, 5, 8, 8), 2, 0.5)),                               # [T, B, C, H, W], 512 positions
+             (QuantLinear(33, 7, w_bits=2, s_bits=1, int8=int8), _spikes((2, 1, 33), 1, 1.0)))
+    for layer, x in cases:
+        eager = _run(layer, x, int8)
+        layer.zero_grad(set_to_none=True)
+        xr = x.clone().requires_grad_()
+        y, ops = _int8_ops_in_graph(layer, xr)
+        assert ops == {f"qsnn.int8_{'conv2d' if isinstance(layer, QuantConv2d) else 'linear'}"}
+        y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+        _assert_same((y.detach(), xr.grad, layer.weight.grad, layer.bias.grad), eager)
+
+
+def test_compiled_layer_rejects_non_spike_input():
+    conv = QuantConv2d(3, 2, 3, padding=1, w_bits=4, s_bits=1, int8=True)
+    x = _spikes((1, 3, 4, 4), 1, 1.0)
+    torch._dynamo.reset()
+    compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
+    compiled(x)
+    x[0, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="not 1-bit spikes"):
+        compiled(x)
+
+
+def test_linear_saves_one_byte_per_input_element():
+    lin = QuantLinear(33, 4, w_bits=4, s_bits=2, int8=True)
+    x = _spikes((3, 33), 2, 1.0).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lin(x)
+    inputs = [t for t in saved if t.numel() == x.numel()]
+    assert inputs and all(t.dtype == torch.int8 for t in inputs)
