@@ -32,7 +32,6 @@ level.
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +41,9 @@ from torch.utils import _pytree as pytree
 
 from ..batch_norm import batch_norm_affine
 from ..bits import SPIKE_BITS, WEIGHT_BITS
-from ..bitserial import bitserial_matmul
+from ..bitserial import _check_problem, bitserial_matmul
 from ..conv_geometry import im2col_hwc
-from ..deprecation import NOT_GIVEN, renamed_keyword
+from ..deprecation import NOT_GIVEN, renamed_attribute, renamed_keyword, renamed_state
 from ..packed_weight import PackedWeight
 from ..quantize import spike_levels
 from ..reference import quantize_weight
@@ -78,6 +77,9 @@ class _Packed(nn.Module):
 
     def _rebuild(self) -> None:
         self._packed = PackedWeight(self.planes, self.scale, self._packed_shape, self.w_bits)
+        if self.spike_input:  # the int32 bound of the GEMM, once (:meth:`_gemm` does not check it)
+            k = self._packed.in_features
+            _check_problem(k, k, self.s_bits, self.w_bits, 1, "none", type(self).__name__)
 
     @property
     def packed_weight(self) -> PackedWeight:
@@ -93,12 +95,7 @@ class _Packed(nn.Module):
     def spike_input(self) -> bool:
         return self.s_bits in SPIKE_BITS
 
-    @property
-    def in_bits(self):
-        """Deprecated name of :attr:`s_bits` (read-only; FutureWarning)."""
-        warnings.warn(f"{type(self).__name__}.in_bits is deprecated; read s_bits (same value)", FutureWarning,
-                      stacklevel=2)
-        return self.s_bits
+    in_bits = renamed_attribute("in_bits", "s_bits")
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -122,9 +119,7 @@ class _Packed(nn.Module):
         self._rebuild()
 
     def __setstate__(self, state: dict) -> None:
-        state = dict(state)
-        if "in_bits" in state:  # pickled before the rename
-            state.setdefault("s_bits", state.pop("in_bits"))
+        state = renamed_state(state, "in_bits", "s_bits")
         super().__setstate__(state)
         if "_packed" not in state:
             self._packed_shape = getattr(self, "_packed_shape", None) or _stored_shape(self)
@@ -137,6 +132,14 @@ class _Packed(nn.Module):
         except ValueError as err:
             raise ValueError(f"{type(self).__name__} (s_bits={self.s_bits}, in_scale={self.in_scale}): its input "
                              f"must be spike levels * in_scale ({err})") from None
+
+    def _gemm(self, levels: torch.Tensor) -> torch.Tensor:
+        """The exact int32 ``levels [M, K] @ q^T`` of uint8 levels already checked by :meth:`_levels`:
+        one pack and the GEMM op, without checking the levels again (no host sync). The int32 bound
+        of the layer's K and widths was checked when the layer was built."""
+        planes = torch.ops.qsnn.pack_bits(levels, self.s_bits, False)  # [s_bits, M, words]: one step
+        pw = self.packed_weight
+        return torch.ops.qsnn.bitserial_matmul_packed(planes, pw.planes, pw.in_features, self.s_bits, "none")[0]
 
     def extra_repr(self) -> str:
         return (f"weight_shape={self.weight_shape}, w_bits={self.w_bits}, s_bits={self.s_bits}, "
@@ -169,8 +172,7 @@ class PackedLinear(_Packed):
         pw = self.packed_weight
         if self.spike_input:
             if _fast_path(x):
-                levels = self._levels(x.reshape(1, -1, k))
-                y = _scaled(bitserial_matmul(levels, pw, s_bits=self.s_bits), self.scale, self.in_scale, x.dtype)
+                y = _scaled(self._gemm(self._levels(x.reshape(-1, k))), self.scale, self.in_scale, x.dtype)
             else:
                 y = spike_linear_bitserial(x.reshape(1, -1, k), pw, self.w_bits, self.s_bits, self.in_scale)
             y = y.reshape(*x.shape[:-1], n)
@@ -215,8 +217,7 @@ class PackedConv2d(_Packed):
         if self.spike_input and self.groups == 1:
             if _fast_path(x):
                 cols, oh, ow = im2col_hwc(self._levels(x4), *self._geometry())
-                y = bitserial_matmul(cols.unsqueeze(0), pw, s_bits=self.s_bits)[0]
-                y = _scaled(y, self.scale, self.in_scale, x.dtype)
+                y = _scaled(self._gemm(cols), self.scale, self.in_scale, x.dtype)
             else:
                 cols, oh, ow = im2col_hwc(x4, *self._geometry())
                 y = spike_linear_bitserial(cols.unsqueeze(0), pw, self.w_bits, self.s_bits, self.in_scale)[0]
