@@ -29,7 +29,7 @@ _PUBLIC = {
     "bitserial_linear": "bitserial_linear",
     "MultiLevelLIF": "lif", "multilevel_lif": "lif", "multilevel_lif_int": "lif",
     "PackedWeight": "packed_weight",
-    "pack_bits": "packing", "unpack_bits": "packing",
+    "pack_bits": "packing", "pack_levels": "packing", "unpack_bits": "packing",
 }
 """The public names and the module each comes from."""
 _SUBMODULES = ("bits", "reference")
