@@ -130,7 +130,7 @@ def int8_supported(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: i
     return _problem(x, weight, w_bits, s_bits, padding, dilation) is None
 
 
-def _check(x, weight, w_bits, s_bits, padding=None, dilation=None) -> None:
+def _raise_if_unsupported(x, weight, w_bits, s_bits, padding=None, dilation=None) -> None:
     problem = _problem(x, weight, w_bits, s_bits, padding, dilation)
     if problem is not None:
         error, message = problem
@@ -167,7 +167,7 @@ def _check_linear(x, weight, w_bits, s_bits, in_scale) -> None:
                        lambda: f"int8_linear: x must be [..., K] and weight [N, K], got {tuple(x.shape)} and "
                                f"{tuple(weight.shape)}")
     torch._check_value(in_scale > 0, lambda: f"int8_linear: in_scale must be > 0, got {in_scale}")
-    _check(x, weight, w_bits, s_bits)
+    _raise_if_unsupported(x, weight, w_bits, s_bits)
 
 
 @torch.library.custom_op("qsnn::int8_linear", mutates_args=())
@@ -229,7 +229,7 @@ def _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation
                        lambda: f"int8_conv2d: the kernel {tuple(weight.shape[2:])} does not fit the padded input "
                                f"{tuple(x.shape[2:])}")
     torch._check_value(in_scale > 0, lambda: f"int8_conv2d: in_scale must be > 0, got {in_scale}")
-    _check(x, weight, w_bits, s_bits, padding, dilation)
+    _raise_if_unsupported(x, weight, w_bits, s_bits, padding, dilation)
 
 
 def _conv_output_size(x, weight, stride, padding, dilation) -> tuple[int, int]:

@@ -161,11 +161,13 @@ def _weight(shape, seed=4):
 @pytest.mark.parametrize("w_bits, s_bits, in_scale, x_shape, n", [
     (4, 1, 1.0, (1, 33), 5), (2, 4, 0.5, (2, 3, 31), 7), (8, 2, 0.25, (1, 1, 273), 1)])
 def test_opcheck_int8_linear(w_bits, s_bits, in_scale, x_shape, n):
-    """Schema, fake (shapes, dtypes, strides), autograd registration and AOT dispatch, M = 1 and
-    K not a multiple of 32 included."""
+    """Schema, fake (shapes, dtypes, strides), autograd registration and AOT dispatch, M = 1, K not
+    a multiple of 32 and a non-contiguous input included."""
     x = _spikes(x_shape, s_bits, in_scale).requires_grad_()
     w = _weight((n, x_shape[-1])).requires_grad_()
     torch.library.opcheck(torch.ops.qsnn.int8_linear.default, (x, w, w_bits, s_bits, in_scale))
+    xt = _spikes((*x_shape[:-2], x_shape[-1], x_shape[-2]), s_bits, in_scale).transpose(-1, -2).requires_grad_()
+    torch.library.opcheck(torch.ops.qsnn.int8_linear.default, (xt, w, w_bits, s_bits, in_scale))
 
 
 @pytest.mark.parametrize("w_bits, s_bits, in_scale, x_shape, w_shape, stride, pad, dil, groups", [
@@ -175,8 +177,9 @@ def test_opcheck_int8_linear(w_bits, s_bits, in_scale, x_shape, n):
 def test_opcheck_int8_conv2d(w_bits, s_bits, in_scale, x_shape, w_shape, stride, pad, dil, groups):
     x = _spikes(x_shape, s_bits, in_scale).requires_grad_()
     w = _weight(w_shape).requires_grad_()
-    torch.library.opcheck(torch.ops.qsnn.int8_conv2d.default,
-                          (x, w, w_bits, s_bits, in_scale, stride, pad, dil, groups))
+    for x in (x, x.detach().to(memory_format=torch.channels_last).requires_grad_()):
+        torch.library.opcheck(torch.ops.qsnn.int8_conv2d.default,
+                              (x, w, w_bits, s_bits, in_scale, stride, pad, dil, groups))
 
 
 def test_ops_return_the_saved_levels():
