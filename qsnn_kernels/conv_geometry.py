@@ -32,7 +32,7 @@ def im2col_hwc(x: torch.Tensor, kernel, stride, padding, dilation=(1, 1)) -> tup
     span_h, span_w = (oh - 1) * stride[0] + 1, (ow - 1) * stride[1] + 1
     rows = [slice(i * dilation[0], i * dilation[0] + span_h, stride[0]) for i in range(kh)]
     cols = [slice(j * dilation[1], j * dilation[1] + span_w, stride[1]) for j in range(kw)]
-    slices = [xh[:, r, c, :] for r in rows for c in cols]
+    slices = [xh[:, r, s, :] for r in rows for s in cols]
     if len(slices) == 1:
         return slices[0].reshape(n * oh * ow, c), oh, ow
     return torch.stack(slices, dim=3).reshape(n * oh * ow, kh * kw * c), oh, ow
