@@ -5,9 +5,13 @@ what it moved and computed, so that the report can give GB/s and MAC/s beside th
 """
 
 import os
+import sys
 
 import pytest
 import torch
+
+# the suites import their helpers and each other by module name (pytest runs with importlib mode)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if not torch.cuda.is_available():  # before any Triton kernel module is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")

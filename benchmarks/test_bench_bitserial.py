@@ -25,17 +25,18 @@ import warnings
 
 import pytest
 import torch
+from quick_mode import pick
 
 from qsnn_kernels import PackedWeight
 from qsnn_kernels.packing import pack_levels
 from qsnn_kernels.bitserial import bitserial_matmul, cpu_simd
 from qsnn_kernels.testing import random_codes
 
-SHAPES = {  # name: (M, K, N)
+SHAPES = pick({  # name: (M, K, N)
     "linear_1024x4096x4096": (1024, 4096, 4096),
     "conv_4096x576x64": (4096, 576, 64),
     "gemm_256x4608x512": (256, 4608, 512),
-}
+}, {"linear_64x256x128": (64, 256, 128)})
 SPLITS = [  # (W, S, T): BB = W * S * T
     (1, 1, 1),
     (2, 1, 1), (1, 2, 1), (1, 1, 2),
@@ -46,7 +47,8 @@ SPLITS = [  # (W, S, T): BB = W * S * T
     (8, 8, 1), (4, 4, 4), (8, 2, 4),
 ]
 END_TO_END = [(1, 1, 1), (1, 1, 4), (4, 4, 1)]
-TARGET_SECONDS = 0.6  # per benchmark: rounds are sized to this, at least 3
+TARGET_SECONDS = pick(0.6, 0.0)  # per benchmark: rounds are sized to this, at least MIN_ROUNDS
+MIN_ROUNDS = pick(3, 1)
 
 
 def _run(benchmark, fn, info):
@@ -54,7 +56,7 @@ def _run(benchmark, fn, info):
     t0 = time.perf_counter()
     fn()
     once = time.perf_counter() - t0
-    rounds = max(3, min(30, int(TARGET_SECONDS / max(once, 1e-6))))
+    rounds = max(MIN_ROUNDS, min(30, int(TARGET_SECONDS / max(once, 1e-6))))
     benchmark.extra_info.update(info)
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
     if benchmark.stats is None:  # --benchmark-disable

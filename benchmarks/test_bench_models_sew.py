@@ -24,20 +24,19 @@ RSS before the step (Linux); the converted-model case records the model bytes.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
 import torch
+from fresh_process import run_json
+from quick_mode import pick
 from torch import nn
 
-BATCH, SIZE = 8, 32
-WST = {"W4S2T1": (4, 2, 1), "W16S1T4": (16, 1, 4)}
-ROUNDS = 3
+BATCH, SIZE = pick((8, 32), (2, 16))
+WST = pick({"W4S2T1": (4, 2, 1), "W16S1T4": (16, 1, 4)}, {"W4S2T1": (4, 2, 1)})
+ROUNDS = pick(3, 1)
 
 
 # --------------------------------------------------------------------------- models
@@ -137,9 +136,8 @@ def step(model: nn.Module, x: torch.Tensor, mode: str) -> None:
 # --------------------------------------------------------------------------- peak memory
 
 _PEAK_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json
     import torch
-    sys.path.insert(0, {bench_dir!r})
     import test_bench_models_sew as b
     impl, w, s, t, mode = {args!r}
     model = b.build(impl, w, s, t)
@@ -159,13 +157,7 @@ _PEAK_SCRIPT = textwrap.dedent("""
 def peak_rss_mib(impl: str, wst, mode: str) -> dict:
     """Peak RSS of one step in a fresh process, after a warm-up step (VmHWM reset just before it):
     ``peak_MiB`` the process's peak, ``step_MiB`` that peak above the RSS before the step."""
-    bench_dir = os.path.dirname(os.path.abspath(__file__))
-    code = _PEAK_SCRIPT.format(bench_dir=bench_dir, args=(impl, *wst, mode))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(_PEAK_SCRIPT.format(args=(impl, *wst, mode)))
 
 
 # --------------------------------------------------------------------------- benchmarks

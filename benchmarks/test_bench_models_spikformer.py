@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from fresh_process import run_json
+from quick_mode import pick
 from torch import nn
 
-BATCH, IMG, CLASSES = 8, 32, 10
+BATCH, IMG, CLASSES = pick((8, 32, 10), (2, 32, 10))
 DEPTH, DIM, HEADS, MLP_RATIO = 4, 384, 12, 4
-CASES = [(4, 2, 1), (16, 1, 4)]  # W/S/T
+CASES = pick([(4, 2, 1), (16, 1, 4)], [(4, 2, 1)])  # W/S/T
 MODES = ("forward", "forward_backward")
 _RESULTS: dict = {}
 
@@ -160,18 +159,14 @@ def _peak_rss_mib(impl, mode, w, s, t) -> float:
     """Peak RSS growth (MiB) of two steps over the RSS of the built model, in a fresh interpreter
     (Linux: /proc/self/statm for the start, getrusage's ru_maxrss for the peak)."""
     code = (
-        "import os, resource, sys\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import os, resource\n"
         "import test_bench_models_spikformer as b\n"
         f"run = b.step_fn(b.build({impl!r}, {w}, {s}, {t}), {mode!r})\n"
         "start = int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
         "run(); run()\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start) / 2**20)\n")
-    env = dict(os.environ, QSNN_HOST_POOL_MB="0")  # the pool's warm buffers would add to our peak
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
-    return float(out.stdout.strip().splitlines()[-1])
+    # the pool's warm buffers would add to our peak
+    return float(run_json(code, env={"QSNN_HOST_POOL_MB": "0"}))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -179,9 +174,9 @@ def _peak_rss_mib(impl, mode, w, s, t) -> float:
 @pytest.mark.parametrize("impl", ["qsnn", "spikingjelly"])
 def test_spikformer_4_384_cpu(benchmark, machine_limits, impl, w_bits, s_bits, t_steps, mode):
     run = step_fn(build(impl, w_bits, s_bits, t_steps), mode)
-    for _ in range(2):  # warm-up: allocator, kernel load, spikingjelly's scripted functions
+    for _ in range(pick(2, 1)):  # warm-up: allocator, kernel load, spikingjelly's scripted functions
         run()
-    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.pedantic(run, rounds=pick(3, 1), iterations=1)
     best = benchmark.stats.stats.min
     _RESULTS[(impl, w_bits, s_bits, t_steps, mode)] = best
     info = benchmark.extra_info

@@ -29,14 +29,14 @@ import pytest
 import torch
 from torch import nn
 
+import test_bench_models_sew as sew_bench
+import test_bench_models_spikformer as sf_bench
+from quick_mode import pick
+
 from qsnn_kernels.testing import best_seconds
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_bench_models_sew as sew_bench  # noqa: E402
-import test_bench_models_spikformer as sf_bench  # noqa: E402
-
-BATCH, SIZE, CLASSES = 8, 32, 10
-CASES = {"W4S2T1": (4, 2, 1), "W4S1T4": (4, 1, 4), "W16S1T4": (16, 1, 4)}
+BATCH, SIZE, CLASSES = pick((8, 32, 10), (2, 32, 10))
+CASES = pick({"W4S2T1": (4, 2, 1), "W4S1T4": (4, 1, 4), "W16S1T4": (16, 1, 4)}, {"W4S2T1": (4, 2, 1)})
 MODELS = ("spikformer_4_384", "sew_resnet18_cifar")
 _RESULTS: dict = {}
 
@@ -89,9 +89,9 @@ def test_train_throughput(benchmark, model, impl, case):
         pytest.importorskip("spikingjelly.activation_based.neuron")
     wst = CASES[case]
     step = train_step_fn(build(model, impl, *wst))
-    for _ in range(2):
+    for _ in range(pick(2, 1)):
         step()
-    benchmark.pedantic(step, rounds=3, iterations=1)
+    benchmark.pedantic(step, rounds=pick(3, 1), iterations=1)
     ips = BATCH / benchmark.stats.stats.min
     _RESULTS[(model, impl, case)] = ips
     info = benchmark.extra_info
