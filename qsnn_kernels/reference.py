@@ -356,3 +356,84 @@ def multilevel_lif_int(
         v = torch.where(s > 0, torch.full_like(h, v_reset), h) if reset == "hard" else h - s * theta
         out.append(s.to(torch.uint8))
     return torch.stack(out), v.to(torch.int32)
+
+
+# --- integer inference
+# The integer datapath of a converted convolutional QSNN (models/convert.py, integer=True): spike
+# levels channels-last, the convolution as exact integer arithmetic, the spiking layer's integer
+# epilogue (per-channel bias and threshold, a fixed-point fraction) and the SEW connect of levels.
+
+
+def conv2d_levels(levels: torch.Tensor, q: torch.Tensor, stride=(1, 1), padding=(0, 0),
+                  dilation=(1, 1)) -> torch.Tensor:
+    """Exact convolution of integer levels with integer weight codes, channels last.
+
+    ``levels``: integer ``[T, N, H, W, C]``; ``q``: integer codes ``[Cout, kh, kw, C]``; zero
+    padding (level 0), groups = 1. Returns int32 ``[T, N, H', W', Cout]``,
+    ``Y[t, n, o, p, c] = sum_{i, j, k} levels[t, n, o*sh - ph + i*dh, p*sw - pw + j*dw, k] * q[c, i, j, k]``.
+    Computed in float64 (exact: every partial sum is below 2^53) and checked to fit int32
+    (OverflowError otherwise).
+    """
+    t, n = levels.shape[:2]
+    x = levels.reshape(t * n, *levels.shape[2:]).permute(0, 3, 1, 2).to(torch.float64)
+    w = q.permute(0, 3, 1, 2).to(torch.float64)
+    y = torch.nn.functional.conv2d(x, w, None, tuple(stride), tuple(padding), tuple(dilation))
+    if y.numel() and y.abs().max() >= 2**31:
+        raise OverflowError("conv2d_levels: a result does not fit int32")
+    y = y.permute(0, 2, 3, 1).to(torch.int32)
+    return y.reshape(t, n, *y.shape[1:])
+
+
+def spiking_layer_int(y: torch.Tensor, bias: torch.Tensor, theta: torch.Tensor, frac_bits: int, s_bits: int,
+                      leak_shift: int = 1, reset: str = "hard") -> torch.Tensor:
+    """The integer epilogue of a spiking layer: input current, then the integer multi-level LIF.
+
+    ``y``: int32 GEMM results ``[T, ..., N]`` (channels last); ``bias``, ``theta``: integers
+    ``[N]`` (theta >= 1), broadcast over the channel dimension; ``frac_bits`` >= 0 the fixed-point
+    fraction of the current. For t = 1..T, with L = 2^s_bits - 1 and v_0 = 0::
+
+        x_t = (y_t << frac_bits) + bias
+        h_t = (v_{t-1} >> leak_shift) + x_t
+        s_t = clamp(floor_div(h_t, theta), 0, L)
+        v_t = 0 if s_t > 0 else h_t            (hard) ;  h_t - s_t * theta   (soft)
+
+    which is :func:`multilevel_lif_int` with one threshold per channel and v_reset = 0 (with a
+    scalar theta, ``frac_bits = 0`` and ``bias = 0`` the two agree bit for bit). Returns the levels
+    uint8 ``[T, ..., N]``. Raises OverflowError if x or h leaves int32.
+    """
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
+    check_choice(reset, RESETS, "reset")
+    top = (1 << s_bits) - 1
+    bias, theta = bias.to(torch.int64), theta.to(torch.int64)
+    v = torch.zeros(y.shape[1:], dtype=torch.int64, device=y.device)
+    out = []
+    for t in range(y.shape[0]):
+        x = (y[t].to(torch.int64) << frac_bits) + bias
+        h = (v >> leak_shift) + x
+        if h.numel() and (torch.minimum(x, h).min() < -(2**31) or torch.maximum(x, h).max() >= 2**31):
+            raise OverflowError(f"spiking_layer_int: the current or the membrane leaves int32 at step {t}")
+        s = torch.clamp(torch.div(h, theta, rounding_mode="floor"), 0, top)
+        v = torch.where(s > 0, torch.zeros_like(h), h) if reset == "hard" else h - s * theta
+        out.append(s.to(torch.uint8))
+    return torch.stack(out)
+
+
+SEW_CONNECTS = ("ADD", "AND", "IAND")
+"""The SEW connect functions g(A, S) of levels (:func:`sew_connect_levels`)."""
+
+
+def sew_connect_levels(a: torch.Tensor, s: torch.Tensor, connect: str, s_bits: int) -> torch.Tensor:
+    """SEW-ResNet's connect function on integer levels of one width, L = 2^s_bits - 1:
+    ``"ADD"`` min(A + S, L) (the sum clamped to the top level), ``"AND"`` min(A, S),
+    ``"IAND"`` min(L - A, S). For s_bits = 1 these are OR, AND and (NOT A) AND S. Returns uint8."""
+    check_choice(connect, SEW_CONNECTS, "connect")
+    check_bits(s_bits, SPIKE_BITS, "s_bits")
+    top = (1 << s_bits) - 1
+    a, s = a.to(torch.int64), s.to(torch.int64)
+    if connect == "ADD":
+        out = torch.clamp(a + s, max=top)
+    elif connect == "AND":
+        out = torch.minimum(a, s)
+    else:
+        out = torch.minimum(top - a, s)
+    return out.to(torch.uint8)
