@@ -33,6 +33,9 @@ __all__ = [
     "surrogate_grad",
     "multilevel_lif",
     "multilevel_lif_int",
+    "batch_norm_statistics",
+    "batch_norm_scale_shift",
+    "batch_norm_lif",
 ]
 
 
@@ -356,6 +359,45 @@ def multilevel_lif_int(
         v = torch.where(s > 0, torch.full_like(h, v_reset), h) if reset == "hard" else h - s * theta
         out.append(s.to(torch.uint8))
     return torch.stack(out), v.to(torch.int32)
+
+
+# --------------------------------------------------------------------------- batch norm + LIF
+
+
+def batch_norm_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, var)`` ``[C]`` of ``x [T, B, C, ...]`` over every dim but the channel dim 2 (the
+    T * B samples and their positions), var biased (divided by the count), in x's dtype."""
+    dims = [d for d in range(x.dim()) if d != 2]
+    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    return mean, var
+
+
+def batch_norm_scale_shift(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch norm as the per-channel affine map ``y = x * scale + shift``:
+    ``scale = weight * rsqrt(var + eps)``, ``shift = bias - mean * scale`` (x's dtype, ``[C]``)."""
+    scale = weight * torch.rsqrt(var + eps)
+    return scale, bias - mean * scale
+
+
+def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor | None = None,
+                   var: torch.Tensor | None = None, eps: float = 1e-5, s_bits: int = 1, v_th: float = 1.0,
+                   decay: float = 0.5, v_reset: float = 0.0, reset: str = "hard", surrogate: str = "atan",
+                   alpha: float | None = None, detach_reset: bool = False) -> torch.Tensor:
+    """Batch norm over the channel dim 2 of ``x [T, B, C, ...]``, then :func:`multilevel_lif`:
+    the spike values ``[T, B, C, ...]``.
+
+    ``mean``/``var`` None: the batch statistics of ``x`` (:func:`batch_norm_statistics`; training
+    mode, differentiated through as a batch norm is); given: those constants (eval mode, running
+    statistics). The normalized input is ``x * scale + shift`` per channel
+    (:func:`batch_norm_scale_shift`), two roundings, so a kernel that computes the same map from
+    the same statistics gets the same membranes bit for bit. Running statistics are not updated."""
+    if mean is None or var is None:
+        mean, var = batch_norm_statistics(x)
+    scale, shift = batch_norm_scale_shift(weight, bias, mean, var, eps)
+    shape = (1, 1, -1) + (1,) * (x.dim() - 3)
+    y = x * scale.view(shape) + shift.view(shape)
+    return multilevel_lif(y, s_bits, v_th, decay, v_reset, reset, surrogate, alpha, detach_reset)[0]
 
 
 # --- integer inference
