@@ -22,6 +22,26 @@
   that is not whole levels in range is a ValueError; layers with real-valued input (the
   encoding conv, the fc after average pooling) run a dense float op on the dequantized weight.
 
+Integer SEW-ResNet (``integer=True``, :class:`IntegerSEWResNet`). After the encoding layer
+(the stem conv on real-valued pixels, its folded BN and its neuron, run as above in float: their
+output is spike levels) every tensor is integer: spikes travel as packed planes channels last
+(:mod:`qsnn_kernels.conv_planes`), each conv + folded BN + neuron is one
+``qsnn::spiking_conv_planes`` call (implicit GEMM over the planes, no im2col; the integer LIF in
+its epilogue, emitting packed planes), the SEW connect acts on levels inside that call, and the
+head sums levels. Folding, per output channel n of a layer with float current
+``delta[n] * Y + bias[n]`` (``delta = alpha * |c| * in_scale`` as above) and a neuron firing at
+v_th: the integer current is ``(Y << F) + round(bias * 2^F / delta)`` and the threshold
+``theta[n] = round(v_th * 2^F / delta[n])``, one fixed-point fraction F per layer, the largest
+that keeps current and membrane in int32 for any input (:func:`fold_threshold`). So the per-channel
+scale and the batch norm live in per-channel integer thresholds; the integer LIF is the
+HLS contract (``reference.multilevel_lif_int``) with one theta per channel
+(``reference.spiking_layer_int``; with one theta for all channels, F = 0 and the same biases it
+is that contract exactly: tests/test_conv_planes.py runs the HLS network of
+``python -m qsnn_kernels.hls`` through the same kernels and gets its levels and logits bit for bit).
+The decay must be 2^-k (an arithmetic shift) and v_reset 0. The integer model's levels differ from
+the float model's only where a membrane lies within the rounding of theta and bias (a relative
+2^-F / theta) plus float32 rounding of a threshold.
+
 Equivalence with the training-mode model in eval (tests/test_models_sew.py): the integer GEMM is
 exact (:meth:`PackedConv2d.integer_forward`); the float result is ``alpha * |c| * v_th * Y + b``,
 one rounding away from the unconverted ``BN(conv(x, alpha * q))`` (float32: relative error a few
@@ -32,6 +52,7 @@ level.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -39,17 +60,23 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+from .. import reference
 from ..batch_norm import batch_norm_affine
 from ..bits import SPIKE_BITS, WEIGHT_BITS
 from ..bitserial import _check_problem, bitserial_matmul
+from ..choices import check_choice
 from ..conv_geometry import im2col_hwc
+from ..conv_planes import pack_conv_weight, y_bound
 from ..deprecation import NOT_GIVEN, renamed_attribute, renamed_keyword, renamed_state
 from ..packed_weight import PackedWeight
+from ..packing import pack_levels
 from ..quantize import spike_levels
 from ..reference import quantize_weight
-from .layers import QuantConv2d, QuantLinear, spike_linear_bitserial
+from .layers import QuantConv2d, QuantLinear, input_frames, repeat_frame, spike_linear_bitserial
 
-__all__ = ["PackedConv2d", "PackedLinear", "batch_norm_affine", "convert_for_inference", "im2col_hwc", "model_nbytes"]
+__all__ = ["IntegerOutput", "IntegerSEWResNet", "IntegerSpikingConv", "PackedConv2d", "PackedLinear",
+           "batch_norm_affine", "convert_for_inference", "fold_threshold", "im2col_hwc", "leak_shift_of",
+           "model_nbytes"]
 
 
 class _Packed(nn.Module):
@@ -343,14 +370,22 @@ def _convert_conv(conv: QuantConv2d, bn) -> nn.Module:
                         dilation=conv.dilation, groups=conv.groups, s_bits=conv.s_bits, in_scale=conv.in_scale)
 
 
-def convert_for_inference(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Module:
+def convert_for_inference(model: nn.Module, example_input: torch.Tensor | None = None, *,
+                          integer: bool = False) -> nn.Module:
     """A converted copy of ``model`` in eval mode (module docstring); ``model`` is left unchanged.
 
     ``example_input``: one input the model accepts, used to trace which BN follows which conv;
     default ``randn(1, model.in_chans, s, s)`` with ``s = model.img_size`` if the model has that
-    attribute, else 32. Raises TypeError if ``model`` is not an nn.Module; ValueError for a
-    QuantConv2d with string padding ("same"/"valid") or a padding_mode other than "zeros".
+    attribute, else 32. ``integer=True`` (SEW-ResNet only): the converted model as an
+    :class:`IntegerSEWResNet`, integer end to end after the encoding layer (module docstring).
+    Raises TypeError if ``model`` is not an nn.Module (or, with ``integer=True``, not a SEWResNet);
+    ValueError for a QuantConv2d with string padding ("same"/"valid") or a padding_mode other than
+    "zeros", and with ``integer=True`` for what the integer contract cannot express (a float or
+    grouped conv after the stem, a decay that is not 2^-k, v_reset != 0, an unclamped SEW ADD, a
+    channel with a zero scale, an unfolded batch norm).
     """
+    if not isinstance(integer, bool):
+        raise TypeError(f"convert_for_inference: integer must be a bool, got {type(integer).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_for_inference: an nn.Module is expected, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
@@ -377,7 +412,7 @@ def convert_for_inference(model: nn.Module, example_input: torch.Tensor | None =
         for name, child in list(parent.named_children()):
             if child in replace:
                 setattr(parent, name, replace[child])
-    return model.eval()
+    return IntegerSEWResNet(model).eval() if integer else model.eval()
 
 
 def model_nbytes(model: nn.Module) -> int:
@@ -388,3 +423,236 @@ def model_nbytes(model: nn.Module) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
+
+
+# --------------------------------------------------------------------------- integer SEW-ResNet
+
+
+_INT32_LIMIT = 2**31
+
+
+def leak_shift_of(decay: float) -> int:
+    """The integer leak of a float decay: k with ``decay == 2^-k`` (0 <= k <= 31); ValueError else
+    (the integer LIF decays by an arithmetic shift, DESIGN.md integer mode)."""
+    for k in range(32):
+        if decay == 2.0 ** -k:
+            return k
+    raise ValueError(f"integer inference: the neuron's decay must be 2^-k (an arithmetic shift), got {decay}")
+
+
+def fold_threshold(delta: torch.Tensor, bias: torch.Tensor, v_th: float, y_bound: int, leak_shift: int,
+                   t_steps: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Integer bias, threshold and fixed-point fraction of a spiking layer whose float current is
+    ``delta[n] * Y + bias[n]`` (``|Y| <= y_bound``) and whose neuron fires at ``v_th``.
+
+    In units of ``delta[n] / 2^F``: ``bias_int = round(bias * 2^F / delta)`` and
+    ``theta = max(1, round(v_th * 2^F / delta))`` (float64, round half to even), the current
+    ``(Y << F) + bias_int``. ``F`` is the largest fraction in [0, 30] for which the current and the
+    membrane stay in int32 whatever the data (``(y_bound << F) + max|bias_int|``, times 2 for a
+    leak_shift >= 1, times T for leak_shift = 0, below 2^31) and theta < 2^31. Returns int32
+    ``bias_int``, int32 ``theta``, F. ValueError if ``delta`` has a zero, negative or non-finite
+    entry, or if no F >= 0 fits.
+    """
+    delta = delta.to(torch.float64)
+    bias = bias.to(torch.float64)
+    if not bool(torch.isfinite(delta).all()) or not bool((delta > 0).all()) or not bool(torch.isfinite(bias).all()):
+        raise ValueError("integer inference: every channel needs a finite scale > 0 and a finite bias (a channel "
+                         "whose folded weight scale is 0 has no integer threshold)")
+    factor = 2 if leak_shift > 0 else t_steps
+    for frac in range(30, -1, -1):
+        b = torch.round(bias * 2.0**frac / delta)
+        theta = torch.clamp(torch.round(v_th * 2.0**frac / delta), min=1)
+        x_max = (y_bound << frac) + int(b.abs().max())
+        if factor * x_max + 1 < _INT32_LIMIT and float(theta.max()) < _INT32_LIMIT:
+            return b.to(torch.int32), theta.to(torch.int32), frac
+    raise ValueError("integer inference: the layer's bias or threshold does not fit int32 even without a fraction")
+
+
+class IntegerSpikingConv(nn.Module):
+    """A spike-input conv, its folded batch norm and its neuron as one integer layer on packed planes:
+    :func:`qsnn_kernels.conv_planes.spiking_conv_planes` (kernel) or the reference functions
+    (:meth:`reference_forward`), bit for bit the same.
+
+    Buffers: ``w_planes`` int32 ``[w_bits, Cout, kh, kw, ceil(C/32)]``, ``bias`` and ``theta`` int32
+    ``[Cout]`` (:func:`fold_threshold`); attributes: the geometry, ``s_bits`` (input), ``out_bits``
+    (the neuron's), ``frac_bits``, ``leak_shift``, ``reset``."""
+
+    def __init__(self, conv: PackedConv2d, neuron, t_steps: int):
+        super().__init__()
+        if not isinstance(conv, PackedConv2d) or not conv.spike_input or conv.groups != 1:
+            raise ValueError("integer inference: a spiking layer needs a packed spike-input conv with groups = 1")
+        if float(neuron.v_reset) != 0.0:
+            raise ValueError(f"integer inference: the neuron's v_reset must be 0, got {neuron.v_reset}")
+        cout, cin, kh, kw = conv.weight_shape
+        pw = conv.packed_weight
+        codes = pw.int_codes()  # [Cout, kh, kw, C]
+        self.register_buffer("w_planes", pack_conv_weight(codes, pw.w_bits))
+        self.channels, self.w_bits, self.s_bits, self.out_bits = cin, pw.w_bits, conv.s_bits, neuron.s_bits
+        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        self.leak_shift, self.reset = leak_shift_of(float(neuron.decay)), neuron.reset_mode
+        delta = pw.scale.double() * conv.in_scale
+        bias = torch.zeros(cout, dtype=torch.float64) if conv.bias is None else conv.bias.double()
+        bound = y_bound(kh * kw * cin, pw.w_bits, conv.s_bits)
+        b, theta, self.frac_bits = fold_threshold(delta, bias, float(neuron.v_th), bound, self.leak_shift, t_steps)
+        self.register_buffer("bias", b)
+        self.register_buffer("theta", theta)
+
+    def forward(self, planes: torch.Tensor, identity: torch.Tensor | None = None, connect: str = "none"):
+        """Input planes ``[T * s_bits, N, H, W, ceil(C/32)]`` -> output planes ``[T * out_bits, N, H', W', ...]``."""
+        return torch.ops.qsnn.spiking_conv_planes(
+            planes, self.w_planes, self.channels, self.s_bits, self.stride, self.padding, self.dilation, self.bias,
+            self.theta, self.frac_bits, self.out_bits, self.leak_shift, self.reset, identity, connect)
+
+    def reference_forward(self, levels: torch.Tensor, identity: torch.Tensor | None = None, connect: str = "none"):
+        """The same on levels ``[T, N, H, W, C]`` with reference.py: levels ``[T, N, H', W', Cout]``."""
+        codes = reference.unpack_bits(self.w_planes, self.channels, True)
+        y = reference.conv2d_levels(levels, codes, self.stride, self.padding, self.dilation)
+        out = reference.spiking_layer_int(y, self.bias, self.theta, self.frac_bits, self.out_bits, self.leak_shift,
+                                          self.reset)
+        return out if identity is None else reference.sew_connect_levels(identity, out, connect, self.out_bits)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, out={self.w_planes.shape[1]}, kernel={tuple(self.w_planes.shape[2:4])}, "
+                f"stride={self.stride}, padding={self.padding}, w_bits={self.w_bits}, s_bits={self.s_bits}, "
+                f"out_bits={self.out_bits}, frac_bits={self.frac_bits}, leak_shift={self.leak_shift}, "
+                f"reset={self.reset!r}")
+
+
+class _IntegerBlock(nn.Module):
+    """A SEW block: its spiking layers in order, the last one combined with the identity (the block's
+    input, or its downsample layer's output) by the connect function."""
+
+    def __init__(self, block, t_steps: int):
+        super().__init__()
+        if block.connect_f == "ADD" and not block.clamp_add:
+            raise ValueError("integer inference: SEW ADD without the clamp (clamp_add=False) leaves the spike "
+                             "width; convert a model built with clamp_add=True")
+        names = [n for n in ("conv1", "conv2", "conv3") if hasattr(block, n)]
+        for n in names:
+            if not isinstance(getattr(block, "bn" + n[-1]), nn.Identity):
+                raise ValueError(f"integer inference: {n}'s batch norm was not folded")
+        self.layers = nn.ModuleList(IntegerSpikingConv(getattr(block, n), getattr(block, "sn" + n[-1]), t_steps)
+                                    for n in names)
+        self.downsample = None
+        if block.downsample is not None:
+            conv, bn, sn = block.downsample
+            if not isinstance(bn, nn.Identity):
+                raise ValueError("integer inference: the downsample's batch norm was not folded")
+            self.downsample = IntegerSpikingConv(conv, sn, t_steps)
+        self.connect = block.connect_f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = x
+        for layer in self.layers[:-1]:
+            out = layer(out)
+        return self.layers[-1](out, identity, self.connect)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample.reference_forward(x)
+        out = x
+        for layer in self.layers[:-1]:
+            out = layer.reference_forward(out)
+        return self.layers[-1].reference_forward(out, identity, self.connect)
+
+
+@dataclasses.dataclass
+class IntegerOutput:
+    """What :meth:`IntegerSEWResNet.run` returns: ``logits`` float ``[B, classes]``; ``features``
+    int64 ``[B, C]`` (the last stage's levels summed over T and positions); ``z`` int64
+    ``[B, classes]`` (features @ codes^T, the integer read-out; None with a float classifier);
+    ``blocks``: every block's output levels uint8 ``[T, B, H, W, C]`` when asked for, else []."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    z: torch.Tensor | None
+    blocks: list
+
+
+class IntegerSEWResNet(nn.Module):
+    """A converted SEW-ResNet whose spiking part runs in integers on packed planes (module docstring
+    of :mod:`models.convert`, "Integer SEW-ResNet").
+
+    The encoding layer (the stem conv on real-valued pixels, its folded batch norm, its neuron and
+    the max pool) stays as the float converted model runs it; its spikes become levels, packed
+    channels last. Every later conv, batch norm and neuron is an :class:`IntegerSpikingConv`; the
+    blocks' connect functions act on levels; the head sums the last levels over T and positions
+    (integers) and applies the classifier once: ``logits = (features @ q^T) * scale * v_th / (T * H * W) + bias``
+    for a packed classifier (the integer product exact in int64), the float classifier on the mean
+    otherwise. Built by ``convert_for_inference(model, integer=True)``.
+    """
+
+    def __init__(self, converted: nn.Module):
+        super().__init__()
+        from .sew_resnet import SEWResNet
+
+        if not isinstance(converted, SEWResNet):
+            raise TypeError(f"integer inference: a SEWResNet is expected, got {type(converted).__name__}")
+        if converted.global_pool != "avg":
+            raise ValueError("integer inference: the head must average-pool (global_pool='avg')")
+        t = converted.t_steps
+        self.t_steps, self.s_bits, self.v_th = t, converted.s_bits, float(converted.sn1.v_th)
+        self.in_chans, self.img_size = converted.in_chans, getattr(converted, "img_size", None)
+        if not isinstance(converted.bn1, nn.Identity):
+            raise ValueError("integer inference: the stem's batch norm was not folded")
+        self.conv1, self.sn1, self.maxpool = converted.conv1, converted.sn1, converted.maxpool
+        self.blocks = nn.ModuleList(_IntegerBlock(b, t) for stage in converted._stages() for b in stage)
+        self.fc = converted.fc
+
+    def _stem_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoding layer's spike levels, uint8 ``[T, B, H, W, 64]`` (channels last)."""
+        frames = input_frames(x, self.t_steps, self.in_chans, type(self).__name__, self.img_size)
+        spikes = self.sn1(repeat_frame(self.conv1(frames), self.t_steps))
+        spikes = self.maxpool(spikes.flatten(0, 1)).unflatten(0, spikes.shape[:2])
+        return torch.round(spikes / self.v_th).to(torch.uint8).permute(0, 1, 3, 4, 2).contiguous()
+
+    def _head(self, levels: torch.Tensor) -> tuple:
+        """Last levels ``[T, B, H, W, C]`` -> (logits, features, z)."""
+        features = levels.sum(dim=(0, 2, 3), dtype=torch.int64)
+        count = levels.shape[0] * levels.shape[2] * levels.shape[3]
+        if isinstance(self.fc, PackedLinear):
+            pw = self.fc.packed_weight
+            z = features @ pw.int_codes().to(torch.int64).T
+            logits = z.double() * (pw.scale.double() * (self.v_th / count))
+            if self.fc.bias is not None:
+                logits = logits + self.fc.bias.double()
+            return logits.to(torch.float32), features, z
+        mean = (features.double() * (self.v_th / count)).to(torch.float32)
+        return self.fc(mean), features, None
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, backend: str = "auto", collect: bool = False) -> IntegerOutput:
+        """Inference on images ``[B, C, H, W]`` (or event frames ``[B, T, C, H, W]``).
+
+        ``backend``: "auto" (the kernels, packed planes) or "reference" (reference.py on levels);
+        the two agree bit for bit on every level, on ``features`` and ``z``. ``collect``: also
+        return every block's output levels."""
+        check_choice(backend, ("auto", "reference"), "backend", "IntegerSEWResNet")
+        levels = self._stem_levels(x)
+        blocks = []
+        if backend == "reference":
+            for block in self.blocks:
+                levels = block.reference_forward(levels)
+                if collect:
+                    blocks.append(levels)
+        else:
+            planes = pack_levels(levels, self.s_bits)
+            channels = levels.shape[-1]
+            for block in self.blocks:
+                planes = block(planes)
+                channels = block.layers[-1].w_planes.shape[1]
+                if collect:
+                    blocks.append(_unpack_planes(planes, self.s_bits, channels))
+            levels = _unpack_planes(planes, self.s_bits, channels)
+        logits, features, z = self._head(levels)
+        return IntegerOutput(logits, features, z, blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> logits ``[B, num_classes]`` on the kernels (:meth:`run`)."""
+        return self.run(x).logits
+
+
+def _unpack_planes(planes: torch.Tensor, s_bits: int, channels: int) -> torch.Tensor:
+    """Step-major planes ``[T * s_bits, ...rows, words]`` -> levels uint8 ``[T, ...rows, channels]``."""
+    by_bit = planes.unflatten(0, (-1, s_bits)).transpose(0, 1)  # [s_bits, T, ...rows, words]
+    return torch.ops.qsnn.unpack_bits(by_bit.contiguous(), channels, False)

@@ -127,3 +127,17 @@ def test_errors_before_kernels():
     with pytest.raises(ValueError, match="reset must be"):
         torch.ops.qsnn.spiking_conv_planes(xp, wp, 33, 1, [1, 1], [1, 1], [1, 1], bias, theta, 0, 1, 1, "never",
                                            None, "none")
+
+
+@pytest.mark.parametrize("reset, s_bits, t_steps, w_bits", [("hard", 2, 3, 4), ("soft", 1, 1, 1), ("hard", 4, 2, 8)])
+def test_the_hls_network_on_the_conv_plane_kernels(reset, s_bits, t_steps, w_bits):
+    """The integer network of ``python -m qsnn_kernels.hls`` (random_network, checked there against
+    the HLS C simulation) run through the integer SEW-ResNet's kernels: the same levels of every
+    layer and the same logits, bit for bit."""
+    from qsnn_kernels.hls.network import forward_conv_planes, random_network
+
+    net, x = random_network((64, 48, 33, 10), w_bits=w_bits, s_bits=s_bits, t_steps=t_steps, batch=5, reset=reset)
+    want, got = net.forward(x), forward_conv_planes(net, x)
+    assert [mismatches(a, b) for a, b in zip(got.levels, want.levels)] == [0, 0]
+    assert mismatches(got.logits, want.logits) == 0 and mismatches(got.pred, want.pred) == 0
+    assert sum(int(lv.sum()) for lv in want.levels) > 0

@@ -261,3 +261,102 @@ def test_a_conv_that_does_not_pad_with_zeros_is_refused(padding, mode):
     model[0].padding_mode = mode
     with pytest.raises(ValueError, match="pads with zeros"):
         convert_for_inference(model, torch.randn(1, 3, 5, 5))
+
+
+# --------------------------------------------------------------------------- integer SEW-ResNet
+
+
+def _sew(w_bits, s_bits, t_steps, seed=0, connect_f="ADD", block="basic", **kw):
+    from qsnn_kernels.models.sew_resnet import BasicBlock, Bottleneck, SEWResNet
+
+    torch.manual_seed(seed)
+    model = SEWResNet(BasicBlock if block == "basic" else Bottleneck, (1, 1, 1, 1), w_bits=w_bits, s_bits=s_bits,
+                      t_steps=t_steps, num_classes=10, stem="cifar", connect_f=connect_f, **kw)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # batch norms with spread statistics and some negative factors
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.weight[0] = -m.weight[0]
+                m.bias.uniform_(-0.2, 0.8, generator=g)
+    return model.eval()
+
+
+@pytest.mark.parametrize("wst, connect_f, block, size, batch", [
+    ((1, 1, 1), "ADD", "basic", 16, 2), ((4, 2, 2), "AND", "basic", 9, 1), ((2, 4, 1), "IAND", "basic", 12, 2),
+    pytest.param((8, 1, 3), "ADD", "basic", 7, 1, marks=pytest.mark.slow), ((1, 2, 1), "ADD", "bottleneck", 8, 1)])
+def test_integer_sew_resnet_kernels_are_the_reference(wst, connect_f, block, size, batch):
+    """Every block's output levels, the pooled integer features and the integer read-out of the
+    kernel path (packed planes, qsnn::spiking_conv_planes) equal reference.py's, bit for bit."""
+    from qsnn_kernels.testing import mismatches
+
+    model = _sew(*wst, connect_f=connect_f, block=block)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    im = convert_for_inference(model, x, integer=True)
+    got, want = im.run(x, collect=True), im.run(x, "reference", collect=True)
+    assert len(got.blocks) == len(want.blocks) == 4
+    assert [mismatches(a, b) for a, b in zip(got.blocks, want.blocks)] == [0] * 4
+    assert mismatches(got.features, want.features) == 0 and mismatches(got.z, want.z) == 0
+    assert sum(int(b.sum()) for b in got.blocks) > 0  # the network spikes
+
+
+@pytest.mark.parametrize("wst, connect_f", [((1, 1, 1), "ADD"), ((4, 2, 2), "IAND"), ((2, 4, 1), "AND")])
+def test_integer_sew_resnet_equals_the_float_converted_model(wst, connect_f):
+    """The integer model against the float converted model on the same weights: every block's
+    levels equal and the logits equal up to float rounding. They may differ only where a membrane
+    lies within the rounding of an integer threshold (relative 2^-F / theta, F >= 10 here) of a
+    threshold; on these seeds no membrane does, which the exact level comparison checks."""
+    from qsnn_kernels.testing import mismatches
+
+    model = _sew(*wst, connect_f=connect_f)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    fm, im = convert_for_inference(model, x), convert_for_inference(model, x, integer=True)
+    assert min(layer.frac_bits for b in im.blocks for layer in b.layers) >= 10
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, a, out: seen.append(out)) for s in fm._stages() for b in s]
+    with torch.no_grad():
+        logits = fm(x)
+    for h in hooks:
+        h.remove()
+    out = im.run(x, collect=True)
+    for float_spikes, levels in zip(seen, out.blocks):
+        float_levels = torch.round(float_spikes / fm.v_th).to(torch.uint8).permute(0, 1, 3, 4, 2)
+        assert mismatches(float_levels, levels) == 0
+    torch.testing.assert_close(out.logits, logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(im(x).argmax(1), logits.argmax(1))
+
+
+def test_integer_sew_resnet_event_frames_and_state():
+    from qsnn_kernels.testing import mismatches
+
+    model = _sew(1, 2, 3)
+    frames = torch.randn(2, 3, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    im = convert_for_inference(model, frames, integer=True)
+    got, want = im.run(frames), im.run(frames, "reference")
+    assert mismatches(got.z, want.z) == 0
+    state = im.state_dict()
+    assert state["blocks.0.layers.0.w_planes"].dtype == torch.int32 and state["blocks.0.layers.0.theta"].dtype == torch.int32
+    again = pickle.loads(pickle.dumps(im))
+    assert torch.equal(again(frames), im(frames))
+
+
+def test_integer_conversion_refuses_what_the_contract_cannot_express():
+    from qsnn_kernels.models.sew_resnet import BasicBlock, SEWResNet
+
+    with pytest.raises(TypeError, match="SEWResNet"):
+        convert_for_inference(nn.Sequential(nn.Linear(3, 3)), torch.randn(1, 3), integer=True)
+    small = dict(w_bits=1, s_bits=1, t_steps=1, num_classes=10, stem="cifar")
+    with pytest.raises(ValueError, match="decay must be 2"):
+        convert_for_inference(SEWResNet(BasicBlock, (1, 1, 1, 1), neuron_kw={"decay": 0.3}, **small),
+                              torch.randn(1, 3, 8, 8), integer=True)
+    with pytest.raises(ValueError, match="v_reset must be 0"):
+        convert_for_inference(SEWResNet(BasicBlock, (1, 1, 1, 1), neuron_kw={"v_reset": 0.25}, **small),
+                              torch.randn(1, 3, 8, 8), integer=True)
+    with pytest.raises(ValueError, match="clamp_add"):
+        convert_for_inference(SEWResNet(BasicBlock, (1, 1, 1, 1), clamp_add=False, **small),
+                              torch.randn(1, 3, 8, 8), integer=True)
+    with pytest.raises(ValueError, match="backend must be"):
+        convert_for_inference(_sew(1, 1, 1), torch.randn(1, 3, 8, 8), integer=True).run(torch.randn(1, 3, 8, 8),
+                                                                                        "triton")

@@ -4,6 +4,9 @@
 W-bit codes, integer biases, the integer multi-level LIF with integer thresholds, and an integer
 read-out. Its operators come from :mod:`.backends` (reference, compiled kernels or Triton), so the
 HLS C simulation of ``hls/src/net_top.cpp`` is checked against each of them, layer by layer.
+:func:`forward_conv_planes` runs the same network on the integer SEW-ResNet's kernels
+(:mod:`qsnn_kernels.conv_planes`), so the integer inference of converted models and the HLS
+network share one contract, checked bit for bit.
 
 Batch-norm folding (:func:`fold_batch_norm`). A float layer with input ``a = in_scale * s``
 (s the integer levels), weight ``W`` and batch norm ``(gamma, beta, mean, var, eps)`` computes
@@ -126,6 +129,39 @@ class IntegerSpikingMLP:
             levels.append(a)
             bits = self.s_bits
         raise AssertionError("unreachable: the last layer is the read-out")
+
+
+def forward_conv_planes(net: IntegerSpikingMLP, x: torch.Tensor) -> NetOutput:
+    """``net.forward(x)`` on the kernels of the integer SEW-ResNet (:mod:`qsnn_kernels.conv_planes`),
+    bit for bit: each linear layer is a 1x1 convolution of a 1x1 image (``K`` channels) over packed
+    planes; each spiking layer is ``qsnn::spiking_conv_planes`` with the layer's bias, its one theta
+    in every channel and no fraction (``reference.spiking_layer_int`` is then
+    ``multilevel_lif_int``); the read-out sums ``Y_t + bias`` over the steps (``qsnn::conv_planes``).
+    ValueError for ``v_reset != 0`` (the integer SEW layers reset to 0) or a bad input shape;
+    BackendUnavailable without the compiled extension."""
+    from ..conv_planes import conv_planes, pack_conv_weight, pack_feature_levels, spiking_conv_planes
+
+    if net.v_reset != 0:
+        raise ValueError(f"forward_conv_planes: the integer conv layers reset to 0, this network to {net.v_reset}")
+    a = net._steps(x)  # [T, M, K0]
+    planes, bits, levels = pack_feature_levels(a[:, :, None, None, :], net.s_bits_in), net.s_bits_in, []
+    for layer in net.layers:
+        n, k = layer.q.shape
+        w_planes = pack_conv_weight(layer.q.reshape(n, 1, 1, k), net.w_bits)
+        if layer.theta is None:
+            y = conv_planes(planes, w_planes, k, s_bits=bits)[:, :, 0, 0, :]  # [T, M, N]
+            logits = (y.to(torch.int64) + layer.bias).sum(0)
+            if logits.abs().max() >= 2**31:
+                raise OverflowError("read-out logits leave int32")
+            logits = logits.to(torch.int32)
+            return NetOutput(levels, logits, torch.argmax(logits, dim=1))
+        theta = torch.full((n,), layer.theta, dtype=torch.int32)
+        planes = spiking_conv_planes(planes, w_planes, k, s_bits=bits, bias=layer.bias.to(torch.int32), theta=theta,
+                                     frac_bits=0, out_bits=net.s_bits, leak_shift=net.leak_shift, reset=net.reset)
+        by_bit = planes.unflatten(0, (-1, net.s_bits)).transpose(0, 1).contiguous()
+        levels.append(torch.ops.qsnn.unpack_bits(by_bit, n, False)[:, :, 0, 0, :])
+        bits = net.s_bits
+    raise AssertionError("unreachable: the last layer is the read-out")
 
 
 def random_network(sizes=(64, 48, 33, 10), *, w_bits: int = 4, s_bits_in: int = 8, s_bits: int = 2,
