@@ -317,6 +317,58 @@ void store_spikes(const Conv& cv, int64_t m0, int64_t n0, const int32_t* ybuf) {
   }
 }
 
+// The same epilogue on 8 int32 lanes (one lane per channel). Every value fits int32: the op
+// bounds the current and the membrane below 2^31 before it runs. The level is the restoring
+// division of qsnn_lif.h (hls/): for b = S-1 .. 0, subtract theta << b where (rem >> b) >= theta;
+// that is clamp(floor(h / theta), 0, L) for any h, and rem = h - level * theta (the soft reset).
+QSNN_AVX2 void store_spikes_avx2(const Conv& cv, int64_t m0, int64_t n0, const int32_t* ybuf) {
+  const Spiking& sp = *cv.sp;
+  const int64_t nn = std::min<int64_t>(kNr, cv.cout - n0);
+  const int top = (1 << sp.out_bits) - 1;
+  const int64_t byte = n0 / 8;
+  alignas(32) int32_t bias8[kNr] = {}, theta8[kNr] = {1, 1, 1, 1, 1, 1, 1, 1};
+  for (int64_t j = 0; j < nn; ++j) bias8[j] = sp.bias[n0 + j], theta8[j] = sp.theta[n0 + j];
+  const __m256i bias = _mm256_load_si256(reinterpret_cast<const __m256i*>(bias8));
+  const __m256i theta = _mm256_load_si256(reinterpret_cast<const __m256i*>(theta8));
+  const __m256i theta_m1 = _mm256_sub_epi32(theta, _mm256_set1_epi32(1));
+  const __m256i lanes = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i topv = _mm256_set1_epi32(top), zero = _mm256_setzero_si256();
+  const __m128i frac = _mm_cvtsi32_si128(sp.frac_bits), leak = _mm_cvtsi32_si128(sp.leak_shift);
+  const int keep = static_cast<int>((1u << nn) - 1);
+  for (int i = 0; i < kMr && m0 + i < cv.m; ++i) {
+    const int64_t m = m0 + i;
+    __m256i v = zero;
+    for (int64_t t = 0; t < cv.steps; ++t) {
+      const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ybuf + (t * kMr + i) * kNr));
+      const __m256i h = _mm256_add_epi32(_mm256_sra_epi32(v, leak), _mm256_add_epi32(_mm256_sll_epi32(y, frac), bias));
+      __m256i rem = h, lev = zero;
+      for (int b = sp.out_bits - 1; b >= 0; --b) {
+        const __m128i sb = _mm_cvtsi32_si128(b);
+        const __m256i ge = _mm256_cmpgt_epi32(_mm256_sra_epi32(rem, sb), theta_m1);
+        rem = _mm256_sub_epi32(rem, _mm256_and_si256(ge, _mm256_sll_epi32(theta, sb)));
+        lev = _mm256_or_si256(lev, _mm256_and_si256(ge, _mm256_set1_epi32(1 << b)));
+      }
+      v = sp.hard ? _mm256_andnot_si256(_mm256_cmpgt_epi32(lev, zero), h) : rem;
+      if (sp.connect) {
+        __m256i a = zero;
+        for (int b = 0; b < sp.out_bits; ++b) {
+          const uint8_t bits = sp.identity[((t * sp.out_bits + b) * cv.m + m) * sp.out_row_bytes + byte];
+          const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits), lanes), lanes);
+          a = _mm256_or_si256(a, _mm256_and_si256(set, _mm256_set1_epi32(1 << b)));
+        }
+        lev = sp.connect == 1 ? _mm256_min_epi32(_mm256_add_epi32(a, lev), topv)
+              : sp.connect == 2 ? _mm256_min_epi32(a, lev)
+                                : _mm256_min_epi32(_mm256_sub_epi32(topv, a), lev);
+      }
+      for (int b = 0; b < sp.out_bits; ++b) {
+        const __m256i bit = _mm256_sll_epi32(lev, _mm_cvtsi32_si128(31 - b));
+        const int bits = _mm256_movemask_ps(_mm256_castsi256_ps(bit)) & keep;
+        sp.out[((t * sp.out_bits + b) * cv.m + m) * sp.out_row_bytes + byte] = static_cast<uint8_t>(bits);
+      }
+    }
+  }
+}
+
 // --------------------------------------------------------------------------- driver
 
 // Weight planes [w_bits, Cout, taps, words] -> panels [n_panels, w_bits, taps, k64, NR], zero padded.
@@ -448,6 +500,8 @@ void run(Conv& cv, const at::Tensor& xc, const at::Tensor& wc, std::vector<uint6
             tile_scalar(cv, mt * kMr, panel, offs.data(), ybuf.data());
           if (cv.y)
             store_y(cv, mt * kMr, panel * kNr, ybuf.data());
+          else if (path == Path::kAvx2)
+            store_spikes_avx2(cv, mt * kMr, panel * kNr, ybuf.data());
           else
             store_spikes(cv, mt * kMr, panel * kNr, ybuf.data());
         }
