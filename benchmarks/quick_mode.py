@@ -1,4 +1,4 @@
-"""``QSNN_BENCH_QUICK=1``: every CPU benchmark once, on small cases, so that a CI run checks that
+"""``QSNN_BENCH_QUICK=1``: every benchmark once, on small cases, so that a CI run checks that
 the suites still run (not what they measure).
 
 A module reads :data:`QUICK` once, at import, and picks its cases with :func:`pick`.

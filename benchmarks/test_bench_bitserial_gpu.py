@@ -21,6 +21,7 @@ import os
 
 import pytest
 import torch
+from quick_mode import pick
 
 from qsnn_kernels import reference
 from qsnn_kernels.packing import pack_levels
@@ -42,8 +43,7 @@ SHAPES = {  # name: (M, K, N); M is the rows of one time step
 SPLITS = [  # (W, S, T): weight bits, spike bits, time steps; BB = W * S * T
     (1, 1, 1), (1, 2, 1), (2, 2, 1), (1, 1, 4), (2, 4, 1), (4, 4, 1), (8, 4, 1), (8, 8, 1),
 ]  # fmt: skip
-if os.environ.get("QSNN_BENCH_QUICK", "0") not in ("", "0"):
-    SPLITS = [(1, 1, 1), (2, 2, 1), (8, 8, 1)]
+SPLITS = pick(SPLITS, [(1, 1, 1), (2, 2, 1), (8, 8, 1)])
 PEER_STEPS = sorted({t for _, _, t in SPLITS})
 
 

@@ -11,7 +11,8 @@ torch.compile, spikingjelly 2.0's multi-step LIFNode (binary) and ILIFNode (mult
 eager and under torch.compile, snntorch's Leaky (binary, stepped in a Python loop). Peers that are
 not installed are skipped. A compiled build is compiled and timed alone in a fresh process (one
 per case: compiling several in one process slows the later ones); for those the pytest-benchmark
-row times that whole process, and ``extra_info["ms"]`` is the step.
+row times that whole process, and ``extra_info["ms"]`` is the step. Quick mode
+(``QSNN_BENCH_QUICK=1``) keeps one compiled peer, spikingjelly's LIFNode.
 
 The neuron is the same on every side, except where ``extra_info["differs"]`` says otherwise:
 tau = 2 (decay 0.5), no input decay, threshold 1; s_bits = 1 hard reset to 0 with the atan
@@ -130,8 +131,11 @@ IMPLS = {
     "qsnn": (_qsnn, (1, 4), ""),  # last: its row compares with the peers measured before it
 }
 OURS = {"qsnn", "qsnn_hard", "qsnn_atan"}
+# quick mode: one compiled peer (each compile is a fresh process of several seconds)
+COMPILED = pick([impl for impl in IMPLS if impl.endswith("_compiled")], ["spikingjelly_LIFNode_compiled"])
 CASES = [(shape, mode, s_bits, impl) for shape in SHAPES for mode in MODES for s_bits in (1, 4)
-         for impl, (_, bits, _) in IMPLS.items() if s_bits in bits]
+         for impl, (_, bits, _) in IMPLS.items()
+         if s_bits in bits and (impl in COMPILED or not impl.endswith("_compiled"))]
 _BEST: dict = {}  # (shape, mode, s_bits, impl): best seconds
 
 

@@ -15,15 +15,21 @@ graph); "forward_backward" is a training-mode forward plus ``loss.backward()``.
   (tau=2, decay_input=False, hard reset to 0, atan, detach_reset) for S = 1, ``ILIFNode``
   (multi-level, its own soft reset and MultiLevelSpikeCount surrogate) for S > 1; the stem conv runs
   on the T-repeated input, as spikingjelly's examples do.
+* spikingjelly_zoo (training-step suite): spikingjelly's own model-zoo network,
+  ``spikingjelly.activation_based.model.sew_resnet.sew_resnet18(cnf="ADD")`` with the CIFAR stem
+  (3x3/1 conv, no max pool), multi-step, on the T-repeated image, the neurons of the line above;
+  its ADD is the paper's unclamped sum (ours clamps to the top level), float weights.
 
 extra_info: ms (best round, wall), cpu_ms (best process CPU time of a step, all threads: steadier
 on a shared machine); ``peak_MiB``, the peak RSS of a fresh process during one step after a
 warm-up step (/proc/self/clear_refs resets VmHWM before it), and ``step_MiB``, that peak above the
-RSS before the step (Linux); the converted-model case records the model bytes.
+RSS before the step (Linux; quick mode, ``QSNN_BENCH_QUICK=1``: on forward_backward only); the
+converted-model case records the model bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import textwrap
 import time
@@ -37,20 +43,61 @@ from torch import nn
 BATCH, SIZE = pick((8, 32), (2, 16))
 WST = pick({"W4S2T1": (4, 2, 1), "W16S1T4": (16, 1, 4)}, {"W4S2T1": (4, 2, 1)})
 ROUNDS = pick(3, 1)
+PEAK_MODES = pick(("forward", "forward_backward"), ("forward_backward",))  # peak memory measured (fresh process)
 
 
 # --------------------------------------------------------------------------- models
 
 
 def build(impl: str, w_bits: int, s_bits: int, t_steps: int) -> nn.Module:
-    """The SEW-ResNet-18 CIFAR model of ``impl`` ("qsnn" or "spikingjelly"), 10 classes."""
+    """The SEW-ResNet-18 CIFAR model of ``impl`` ("qsnn", "spikingjelly" or "spikingjelly_zoo"), 10 classes."""
     from qsnn_kernels.models import sew_resnet
 
     torch.manual_seed(0)
+    if impl == "spikingjelly_zoo":
+        return _zoo(s_bits, t_steps)
     model = sew_resnet.qsnn_sew_resnet18_cifar(w_bits=w_bits, s_bits=s_bits, t_steps=t_steps)
     if impl == "qsnn":
         return model
     return _to_spikingjelly(model, s_bits, t_steps)
+
+
+def _sj_neuron(s_bits: int):
+    """A factory of the spikingjelly neuron standing for ours at ``s_bits`` (module docstring)."""
+    from spikingjelly.activation_based import neuron, surrogate
+
+    if s_bits == 1:
+        return functools.partial(neuron.LIFNode, tau=2.0, decay_input=False, v_reset=0.0, detach_reset=True,
+                                 surrogate_function=surrogate.ATan(), step_mode="m")
+    return functools.partial(neuron.ILIFNode, tau=2.0,
+                             surrogate_function=surrogate.MultiLevelSpikeCount((1 << s_bits) - 1), step_mode="m")
+
+
+class _ZooModel(nn.Module):
+    """A spikingjelly multi-step model on the T-repeated image: ``[B, C, H, W] -> [B, classes]``
+    (the mean of its per-step logits), its state reset first."""
+
+    def __init__(self, net: nn.Module, t_steps: int):
+        super().__init__()
+        self.net, self.t_steps = net, t_steps
+
+    def forward(self, x):
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self.net)
+        return self.net(x.unsqueeze(0).repeat(self.t_steps, 1, 1, 1, 1)).mean(0)
+
+
+def _zoo(s_bits: int, t_steps: int) -> nn.Module:
+    from spikingjelly.activation_based import functional, layer
+    from spikingjelly.activation_based.model import sew_resnet as zoo
+
+    net = zoo.sew_resnet18(num_classes=10, cnf="ADD", spiking_neuron=_sj_neuron(s_bits))
+    net.conv1 = layer.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)  # the CIFAR stem
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
+    functional.set_step_mode(net, "m")
+    return _ZooModel(net, t_steps)
 
 
 class _PlainConv(nn.Conv2d):
@@ -82,18 +129,10 @@ class _SJModel(nn.Module):
 
 
 def _to_spikingjelly(model: nn.Module, s_bits: int, t_steps: int) -> nn.Module:
-    from spikingjelly.activation_based import neuron, surrogate
-
     from qsnn_kernels.lif import MultiLevelLIF
     from qsnn_kernels.models.layers import QuantConv2d, QuantLinear
 
-    def neuron_node():
-        if s_bits == 1:
-            return neuron.LIFNode(tau=2.0, decay_input=False, v_reset=0.0, detach_reset=True,
-                                  surrogate_function=surrogate.ATan(), step_mode="m")
-        return neuron.ILIFNode(tau=2.0, surrogate_function=surrogate.MultiLevelSpikeCount((1 << s_bits) - 1),
-                               step_mode="m")
-
+    neuron_node = _sj_neuron(s_bits)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, QuantConv2d):
@@ -179,8 +218,9 @@ def test_sew_resnet18_cifar(benchmark, impl, wst, mode):
     benchmark.pedantic(step, args=(model, x, mode), rounds=ROUNDS, iterations=1)
     benchmark.extra_info["ms"] = benchmark.stats.stats.min * 1e3
     benchmark.extra_info["cpu_ms"] = cpu_ms(model, x, mode)
-    for key, value in peak_rss_mib(impl, WST[wst], mode).items():
-        benchmark.extra_info[key] = value
+    if mode in PEAK_MODES:
+        for key, value in peak_rss_mib(impl, WST[wst], mode).items():
+            benchmark.extra_info[key] = value
     benchmark.extra_info["threads"] = torch.get_num_threads()
 
 

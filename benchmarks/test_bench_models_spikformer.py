@@ -11,6 +11,12 @@ built with spikingjelly's neurons and plain PyTorch layers, in one run.
   spikingjelly 2.0's multi-step ``LIFNode`` (binary spikes, torch backend on the CPU: cupy is
   GPU-only), float weights. The image is repeated over T before the first conv, as in the original.
   The spikingjelly neuron is binary whatever S; its weights are float whatever W.
+* ``spikingjelly_zoo`` (training-step suite): spikingjelly's own model-zoo network,
+  ``spikingjelly.activation_based.model.spikformer.spikformer_cifar10`` (4 blocks, 384 wide, 12
+  heads, 4x4 patches), its neurons given ours (``decay_input=False``, atan; its defaults kept: tau 2,
+  hard reset to 0, detached reset, attention threshold 0.5), binary whatever S, float weights;
+  tokens through 1x1 ``Conv1d`` + BN1d, one fused q/k/v projection, attention computed as
+  ``(V K^T) Q``, no bias in the projection and MLP, per-step logits averaged over T.
 
 "forward" is inference (``torch.no_grad``, eval mode); "forward_backward" is a training step
 without the optimizer: forward in train mode, cross-entropy, backward (gradients set to None first).
@@ -18,6 +24,8 @@ extra_info: ms (best of 3 rounds after 2 warm-up steps), ``peak_rss_MiB`` (peak 
 steps minus the RSS with the model built, in a fresh interpreter per case, qsnn's host buffer pool
 off; tracemalloc would not see ATen's allocations), the W/S/T, and, on the second of each pair,
 ``speedup_qsnn_vs_spikingjelly`` (spikingjelly's time / ours; the pair is also printed, ``-s``).
+Quick mode (``QSNN_BENCH_QUICK=1``) measures the peak memory of the forward_backward cases only
+(NaN on the others).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ BATCH, IMG, CLASSES = pick((8, 32, 10), (2, 32, 10))
 DEPTH, DIM, HEADS, MLP_RATIO = 4, 384, 12, 4
 CASES = pick([(4, 2, 1), (16, 1, 4)], [(4, 2, 1)])  # W/S/T
 MODES = ("forward", "forward_backward")
+PEAK_MODES = pick(MODES, ("forward_backward",))  # peak memory measured (a fresh process each)
 _RESULTS: dict = {}
 
 
@@ -124,13 +133,39 @@ class SpikingJellySpikformer(nn.Module):
 
 
 def build(impl: str, w_bits: int, s_bits: int, t_steps: int) -> nn.Module:
+    """Spikformer-4-384 (CIFAR) of ``impl``: "qsnn", "spikingjelly" or "spikingjelly_zoo"."""
     torch.manual_seed(0)
     if impl == "qsnn":
         from qsnn_kernels.models.spikformer import spikformer
 
         return spikformer("spikformer_4_384", w_bits=w_bits, s_bits=s_bits, t_steps=t_steps)
     pytest.importorskip("spikingjelly.activation_based.neuron")
+    if impl == "spikingjelly_zoo":
+        return _zoo(t_steps)
     return SpikingJellySpikformer(t_steps)
+
+
+class _ZooModel(nn.Module):
+    """spikingjelly's Spikformer: ``[B, C, H, W] -> [B, classes]`` (the mean of its per-step
+    logits), its state reset first."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, img):
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self.net)
+        return self.net(img).mean(0)
+
+
+def _zoo(t_steps: int) -> nn.Module:
+    from spikingjelly.activation_based import surrogate
+    from spikingjelly.activation_based.model.spikformer import spikformer_cifar10
+
+    return _ZooModel(spikformer_cifar10(T=t_steps, num_classes=CLASSES, decay_input=False,
+                                        surrogate_function=surrogate.ATan()))
 
 
 def step_fn(model: nn.Module, mode: str):
@@ -180,8 +215,9 @@ def test_spikformer_4_384_cpu(benchmark, machine_limits, impl, w_bits, s_bits, t
     best = benchmark.stats.stats.min
     _RESULTS[(impl, w_bits, s_bits, t_steps, mode)] = best
     info = benchmark.extra_info
+    peak = _peak_rss_mib(impl, mode, w_bits, s_bits, t_steps) if mode in PEAK_MODES else float("nan")
     info.update(ms=best * 1e3, wst=f"{w_bits}/{s_bits}/{t_steps}", batch=BATCH, threads=machine_limits["threads"],
-                peak_rss_MiB=_peak_rss_mib(impl, mode, w_bits, s_bits, t_steps))
+                peak_rss_MiB=peak)
     _RESULTS[(impl, w_bits, s_bits, t_steps, mode, "rss")] = info["peak_rss_MiB"]
     other = "spikingjelly" if impl == "qsnn" else "qsnn"
     if (other, w_bits, s_bits, t_steps, mode) in _RESULTS:  # the second of the pair records the ratio

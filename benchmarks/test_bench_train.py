@@ -1,29 +1,54 @@
-"""Training throughput (images/s) of Spikformer-4-384 and SEW-ResNet-18 (CIFAR stem) on 32x32 input:
-ours (qsnn_kernels.models) against the same networks built with spikingjelly's neurons
-(the builders of test_bench_models_spikformer.py and test_bench_models_sew.py, imported, not
-copied), in the same run, on this CPU.
+"""Training step of Spikformer-4-384 and SEW-ResNet-18 (CIFAR stem), 32x32: ours
+(qsnn_kernels.models) against spikingjelly at its strongest, eager and under ``torch.compile``.
+
+Builds (:data:`BUILDS`), each eager and compiled (``torch.compile(model)``, the whole model):
+
+* ``qsnn``: our model at W/S/T.
+* ``sj_neurons``: the same network built from spikingjelly 2.0's neurons and plain torch layers
+  (the builders ``build("spikingjelly", ...)`` of test_bench_models_spikformer.py and
+  test_bench_models_sew.py, imported, not copied).
+* ``sj_zoo``: spikingjelly's own model-zoo network, what a spikingjelly user trains:
+  ``spikingjelly.activation_based.model.spikformer.spikformer_cifar10`` and
+  ``sew_resnet.sew_resnet18(cnf="ADD")`` with a CIFAR stem (``build("spikingjelly_zoo", ...)`` of
+  the same modules).
+
+How the peers differ from ours (float weights, their neurons at S > 1, the zoo's layers) is said
+once, in the model modules' docstrings; :func:`differences` gives it per row and the table prints
+it under the rows.
 
 One training step = forward, cross entropy, backward and an AdamW step (timm's
-``create_optimizer_v2``, lr 5e-4, torch's fused AdamW: what ``qsnn train`` runs; both builds use
-it), batch 8, after two warm-up steps;
-images/s = batch / the best of 3 steps (wall time; the table of ``main`` interleaves the two
-builds' steps, 8 each, see :func:`images_per_s_pair`). The pair's ratio is ``speedup`` (ours / theirs
-in images/s). Peak memory (the table only): a
-fresh process per build runs three steps; the figure is their peak RSS above the RSS of the built
-model before them (optimizer state, activations kept for backward, temporaries), in MiB. Run::
+``create_optimizer_v2``, lr 5e-4, torch's fused AdamW: what ``qsnn train`` runs; every build uses it)
+on a fixed batch; two warm-up steps (the compile included), then the timed steps; images/s = batch /
+the best step. Every build of the table is timed alone in a fresh process
+(:func:`measure_in_fresh_process`), one after the other, never two compiles in one process.
+Peak memory, in the same process: the peak RSS of the timed steps (VmHWM reset after the warm-up)
+above the RSS of the built model before the first step, in MiB: gradients, optimizer state,
+activations kept for backward, temporaries, and whatever the compile left resident. The strongest
+peer is the fastest ``sj_*`` build; ``ours / strongest`` divides the faster of our two builds by it,
+and the memory ratio compares the same two builds. Run::
 
-    PYTHONPATH=. pytest benchmarks/test_bench_train.py --benchmark-only -s
-    PYTHONPATH=. python benchmarks/test_bench_train.py      # the table only, no pytest
+    python benchmarks/test_bench_train.py                       # the markdown table, every case
+    python benchmarks/test_bench_train.py --models sew_resnet18_cifar --wst 4/1/4 --batch 8 --steps 8
+    pytest benchmarks/test_bench_train.py --benchmark-only -s
 
-Caveat: on a shared 2-core machine the absolute numbers move with the other processes; the two
-builds of a pair are measured back to back.
+Under pytest the eager builds run in the pytest process; a compiled build runs in a fresh process
+(its benchmark row times that whole process; ``extra_info["ms"]`` is its best step), and ours,
+last in each group, records ``strongest_peer`` and ``vs_strongest_peer``.
+
+Quick mode (``QSNN_BENCH_QUICK=1``): batch 2, W/S/T 4/2/1, one step, eager builds only: a compile of
+either whole model's training step takes well over a minute on a 2-core CPU, too long for CI.
+
+Caveat: on a shared machine the absolute numbers move with the other processes; the builds of a
+row run back to back, and ``--rounds`` repeats the row's sequence (best of the rounds).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
+import statistics
 import sys
+import time
 
 import pytest
 import torch
@@ -31,35 +56,70 @@ from torch import nn
 
 import test_bench_models_sew as sew_bench
 import test_bench_models_spikformer as sf_bench
-from quick_mode import pick
+from fresh_process import run_json
+from quick_mode import QUICK, pick
 
-from qsnn_kernels.testing import best_seconds
+SIZE, CLASSES = 32, 10
+MODELS = {"spikformer_4_384": sf_bench, "sew_resnet18_cifar": sew_bench}
+MODEL_TITLES = {"spikformer_4_384": "Spikformer-4-384", "sew_resnet18_cifar": "SEW-ResNet-18 (CIFAR)"}
+CASES = pick({"W4S1T4": (4, 1, 4), "W4S2T1": (4, 2, 1), "W1S1T4": (1, 1, 4)}, {"W4S2T1": (4, 2, 1)})
+BATCHES = pick((8, 32), (2,))
+# name: (the model modules' impl, compiled); ours last: their pytest rows compare with the peers before them
+BUILDS = {
+    "sj_neurons": ("spikingjelly", False),
+    "sj_neurons_compiled": ("spikingjelly", True),
+    "sj_zoo": ("spikingjelly_zoo", False),
+    "sj_zoo_compiled": ("spikingjelly_zoo", True),
+    "qsnn_compiled": ("qsnn", True),
+    "qsnn": ("qsnn", False),
+}
+OURS = ("qsnn", "qsnn_compiled")
+PYTEST_BUILDS = [b for b in BUILDS if not (QUICK and BUILDS[b][1])]
+STEPS, WARMUP = pick(3, 1), pick(2, 1)
 
-BATCH, SIZE, CLASSES = pick((8, 32, 10), (2, 32, 10))
-CASES = pick({"W4S2T1": (4, 2, 1), "W4S1T4": (4, 1, 4), "W16S1T4": (16, 1, 4)}, {"W4S2T1": (4, 2, 1)})
-MODELS = ("spikformer_4_384", "sew_resnet18_cifar")
-_RESULTS: dict = {}
+
+def differences(model: str, build: str, wst) -> str:
+    """How ``build`` differs from ours at W/S/T ``wst`` beyond its speed ("" for ours)."""
+    impl = BUILDS[build][0]
+    if impl == "qsnn":
+        return ""
+    w_bits, s_bits, _ = wst
+    notes = ["float weights" + (f" (ours {w_bits}-bit)" if w_bits < 16 else "")]
+    if s_bits > 1:
+        if model == "sew_resnet18_cifar":
+            notes.append(f"ILIFNode: {s_bits}-bit, soft reset, rounding, MultiLevelSpikeCount surrogate "
+                         "(ours hard reset, floor, atan)")
+        else:
+            notes.append(f"binary LIFNode (ours {s_bits}-bit)")
+    if impl == "spikingjelly_zoo":
+        notes.append("zoo layers: unclamped ADD, stem conv run T times" if model == "sew_resnet18_cifar" else
+                     "zoo layers: Conv1d tokens, fused qkv, (V K^T) Q, no proj/MLP bias")
+    return "; ".join(notes)
 
 
-def build(model: str, impl: str, w_bits: int, s_bits: int, t_steps: int) -> nn.Module:
-    """``model`` in MODELS, ``impl`` "qsnn" or "spikingjelly" (the benchmark modules' builds)."""
-    bench = sf_bench if model == "spikformer_4_384" else sew_bench
-    return bench.build(impl, w_bits, s_bits, t_steps)
+def build(model: str, build_name: str, wst) -> nn.Module:
+    """The uncompiled network of ``build_name`` for ``model`` in MODELS at W/S/T ``wst``."""
+    impl = BUILDS[build_name][0]
+    if impl != "qsnn":
+        pytest.importorskip("spikingjelly.activation_based.model")
+    return MODELS[model].build(impl, *wst)
 
 
-def train_step_fn(model: nn.Module):
-    """One training step of ``model`` on a fixed batch (AdamW from timm, cross entropy)."""
+def train_step_fn(model: nn.Module, batch: int, compiled: bool):
+    """One training step of ``model`` (under ``torch.compile`` when ``compiled``) on a fixed batch
+    (AdamW from timm, cross entropy)."""
     from timm.optim import create_optimizer_v2
 
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
-    y = torch.randint(0, CLASSES, (BATCH,), generator=g)
+    x = torch.randn(batch, 3, SIZE, SIZE, generator=g)
+    y = torch.randint(0, CLASSES, (batch,), generator=g)
     opt = create_optimizer_v2(model, opt="adamw", lr=5e-4, weight_decay=0.05, fused=True)
     model.train()
+    run = torch.compile(model) if compiled else model
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = nn.functional.cross_entropy(run(x), y)
         loss.backward()
         opt.step()
         return loss
@@ -67,82 +127,169 @@ def train_step_fn(model: nn.Module):
     return step
 
 
-def images_per_s_pair(model: str, wst, rounds: int = 8) -> tuple[float, float]:
-    """images/s of (ours, spikingjelly's): both built, then one step of each in turn, ``rounds``
-    times after two warm-up steps, best step of each (interleaved: a slow spell of a shared
-    machine hits both builds alike)."""
-    steps = [train_step_fn(build(model, impl, *wst)) for impl in ("qsnn", "spikingjelly")]
-    best = [float("inf")] * 2
-    for r in range(rounds + 2):
-        for i, step in enumerate(steps):
-            seconds = best_seconds(step, repeat=1, warmup=0)
-            if r >= 2:
-                best[i] = min(best[i], seconds)
-    return BATCH / best[0], BATCH / best[1]
-
-
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("impl", ["qsnn", "spikingjelly"])
-def test_train_throughput(benchmark, model, impl, case):
-    if impl == "spikingjelly":
-        pytest.importorskip("spikingjelly.activation_based.neuron")
-    wst = CASES[case]
-    step = train_step_fn(build(model, impl, *wst))
-    for _ in range(pick(2, 1)):
-        step()
-    benchmark.pedantic(step, rounds=pick(3, 1), iterations=1)
-    ips = BATCH / benchmark.stats.stats.min
-    _RESULTS[(model, impl, case)] = ips
-    info = benchmark.extra_info
-    info.update(images_per_s=ips, batch=BATCH, size=SIZE, wst="/".join(map(str, wst)), threads=torch.get_num_threads())
-    other = "spikingjelly" if impl == "qsnn" else "qsnn"
-    if (model, other, case) in _RESULTS:
-        ours, peer = _RESULTS[(model, "qsnn", case)], _RESULTS[(model, "spikingjelly", case)]
-        info["speedup_qsnn_vs_spikingjelly"] = ours / peer
-        print(json.dumps({"model": model, "wst": case, "qsnn_img_s": round(ours, 2),
-                          "spikingjelly_img_s": round(peer, 2), "speedup": round(ours / peer, 2)}))
-
-
 def _status_mib(key: str) -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
 
-def _peak_growth_mib(model: str, impl: str, case: str) -> float:
-    """In this (fresh) process: the peak RSS of three training steps above the RSS of the built
-    model before them, MiB (Linux: /proc/self/clear_refs resets the peak to the current RSS)."""
-    step = train_step_fn(build(model, impl, *CASES[case]))
+def measure(model: str, build_name: str, wst, batch: int, steps: int, warmup: int = 2) -> dict:
+    """In this process: build, ``warmup`` steps (the compile included), then ``steps`` timed steps.
+    Returns the seconds of each timed step (``step_s``), of the warm-up (``warmup_s``) and the peak
+    RSS of the timed steps above the RSS of the built model (``peak_MiB``; Linux:
+    /proc/self/clear_refs resets VmHWM to the current RSS)."""
+    net = build(model, build_name, wst)
+    before = _status_mib("VmRSS")
+    step = train_step_fn(net, batch, BUILDS[build_name][1])
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm = time.perf_counter() - t0
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = _status_mib("VmRSS")
-    for _ in range(3):
+    seconds = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
         step()
-    return _status_mib("VmHWM") - before
+        seconds.append(time.perf_counter() - t0)
+    return {"step_s": seconds, "warmup_s": warm, "peak_MiB": _status_mib("VmHWM") - before}
 
 
-def peak_memory_mib(model: str, impl: str, case: str) -> float:
-    """:func:`_peak_growth_mib` in a fresh Python process."""
-    import subprocess
-
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak", model, impl, case],
-                         check=True, capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
+def measure_in_fresh_process(model: str, build_name: str, wst, batch: int, steps: int, warmup: int = 2) -> dict:
+    """:func:`measure` in a new interpreter."""
+    code = ("import json, test_bench_train as b\n"
+            f"print(json.dumps(b.measure({model!r}, {build_name!r}, {tuple(wst)}, {batch}, {steps}, {warmup})))\n")
+    return run_json(code, timeout=3600)
 
 
-def main() -> int:
-    if sys.argv[1:2] == ["--peak"]:
-        print(_peak_growth_mib(*sys.argv[2:5]))
-        return 0
-    print(f"training step (fwd + bwd + AdamW), batch {BATCH}, {SIZE}x{SIZE}, {torch.get_num_threads()} threads")
-    print(f"{'model':<20} {'W/S/T':<8} {'qsnn img/s':>11} {'sj img/s':>10} {'speedup':>8} "
-          f"{'qsnn MiB':>9} {'sj MiB':>7}")
-    for model in MODELS:
-        for case, wst in CASES.items():
-            ours, peer = images_per_s_pair(model, wst)
-            mem = [peak_memory_mib(model, impl, case) for impl in ("qsnn", "spikingjelly")]
-            print(f"{model:<20} {case:<8} {ours:>11.2f} {peer:>10.2f} {ours / peer:>7.2f}x "
-                  f"{mem[0]:>9.0f} {mem[1]:>7.0f}", flush=True)
+# --------------------------------------------------------------------------- pytest
+
+_BEST: dict = {}  # (model, case, batch, build): (best seconds, peak MiB or None)
+
+
+@pytest.mark.parametrize("build_name", PYTEST_BUILDS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("model", list(MODELS))
+def test_train_step(benchmark, model, case, batch, build_name):
+    wst = CASES[case]
+    group = (model, case, batch)
+    benchmark.group = f"train {model} {case} batch {batch}"
+    peak = None
+    if BUILDS[build_name][1]:
+        build(model, build_name, wst)  # skips here when spikingjelly is not installed
+        result = {}
+        benchmark.pedantic(lambda: result.update(measure_in_fresh_process(model, build_name, wst, batch, STEPS)),
+                           rounds=1, iterations=1)
+        best, peak = min(result["step_s"]), result["peak_MiB"]
+    else:
+        step = train_step_fn(build(model, build_name, wst), batch, compiled=False)
+        for _ in range(WARMUP):
+            step()
+        benchmark.pedantic(step, rounds=STEPS, iterations=1)
+        best = benchmark.stats.stats.min
+    _BEST[(*group, build_name)] = (best, peak)
+    info = benchmark.extra_info
+    info.update(build=build_name, ms=best * 1e3, images_per_s=batch / best, batch=batch, size=SIZE,
+                wst="/".join(map(str, wst)), fresh_process=BUILDS[build_name][1],
+                differs=differences(model, build_name, wst), threads=torch.get_num_threads())
+    if peak is not None:
+        info["peak_MiB"] = peak
+    peers = {name: s for (*g, name), (s, _) in _BEST.items() if tuple(g) == group and name not in OURS}
+    if build_name == "qsnn" and peers:
+        strongest = min(peers, key=peers.get)
+        info.update(strongest_peer=strongest, vs_strongest_peer=peers[strongest] / best)
+        print(json.dumps({"group": benchmark.group, **{f"{k}_img_s": round(batch / v, 2) for k, v in peers.items()},
+                          "qsnn_img_s": round(batch / best, 2), "strongest_peer": strongest,
+                          "vs_strongest_peer": round(peers[strongest] / best, 2)}))
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def table_row(model: str, wst, batch: int, results: dict) -> dict:
+    """The row of ``results`` (build: :func:`measure`'s dict): images/s per build, the strongest peer,
+    ours (the faster of our builds) / it, in speed and in peak memory."""
+    ips = {name: batch / min(r["step_s"]) for name, r in results.items()}
+    peers = {name: v for name, v in ips.items() if name not in OURS}
+    ours = {name: v for name, v in ips.items() if name in OURS}
+    row = {"model": model, "wst": "/".join(map(str, wst)), "batch": batch, "images_per_s": ips,
+           "peak_MiB": {name: r["peak_MiB"] for name, r in results.items()},
+           "warmup_s": {name: r["warmup_s"] for name, r in results.items()}}
+    if peers and ours:
+        strongest, best_ours = max(peers, key=peers.get), max(ours, key=ours.get)
+        row.update(strongest_peer=strongest, ours=best_ours, speedup=ours[best_ours] / peers[strongest],
+                   memory_ratio=results[best_ours]["peak_MiB"] / results[strongest]["peak_MiB"])
+    return row
+
+
+def markdown(rows: list[dict], builds: list[str]) -> str:
+    """The rows as a markdown table, then how each peer differs from ours."""
+    head = (["model", "W/S/T", "batch"] + [f"{b} img/s" for b in builds]
+            + ["strongest peer", "ours / strongest", "peak MiB ours / peer"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = {}
+    for r in rows:
+        cells = [MODEL_TITLES[r["model"]], r["wst"], str(r["batch"])]
+        cells += [f"{r['images_per_s'][b]:.1f}" if b in r["images_per_s"] else "" for b in builds]
+        if "speedup" in r:
+            cells += [r["strongest_peer"], f"{r['speedup']:.2f}x ({r['ours']})",
+                      f"{r['peak_MiB'][r['ours']]:.0f} / {r['peak_MiB'][r['strongest_peer']]:.0f} "
+                      f"({r['memory_ratio']:.2f}x)"]
+        else:
+            cells += ["", "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+        wst = tuple(map(int, r["wst"].split("/")))
+        for b in builds:
+            if differences(r["model"], b, wst):
+                notes.setdefault((MODEL_TITLES[r["model"]], b), set()).add(
+                    f"{r['wst']}: {differences(r['model'], b, wst)}")
+    lines.append("")
+    for (title, b), texts in notes.items():
+        lines.append(f"* {title}, {b}: " + " | ".join(sorted(texts)))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Training-step table (module docstring), each build in a fresh process.")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--wst", nargs="+", default=["/".join(map(str, w)) for w in CASES.values()], help="W/S/T")
+    p.add_argument("--batch", nargs="+", type=int, default=list(BATCHES))
+    p.add_argument("--builds", nargs="+", default=["qsnn", "qsnn_compiled", "sj_neurons", "sj_neurons_compiled",
+                                                   "sj_zoo", "sj_zoo_compiled"], choices=list(BUILDS))
+    p.add_argument("--steps", type=int, default=8, help="timed steps per build (best taken)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat each row's builds this many times (best taken)")
+    p.add_argument("--json", help="also write the rows to this file")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1 or min(args.batch) < 1:
+        p.error("--steps, --rounds and --batch must be >= 1")
+    try:
+        wsts = [tuple(int(v) for v in w.split("/")) for w in args.wst]
+    except ValueError:
+        p.error(f"--wst takes W/S/T triples such as 4/1/4, got {args.wst}")
+    if any(len(w) != 3 for w in wsts):
+        p.error(f"--wst takes W/S/T triples such as 4/1/4, got {args.wst}")
+    print(f"training step (fwd + cross entropy + bwd + fused AdamW), {SIZE}x{SIZE}, {torch.get_num_threads()} "
+          f"threads, best of {args.steps} steps x {args.rounds} round(s), each build in a fresh process", flush=True)
+    rows = []
+    for model in args.models:
+        for wst in wsts:
+            for batch in args.batch:
+                results: dict = {}
+                for _ in range(args.rounds):
+                    for b in args.builds:
+                        r = measure_in_fresh_process(model, b, wst, batch, args.steps)
+                        print(json.dumps({"model": model, "wst": wst, "batch": batch, "build": b,
+                                          "img_s": round(batch / min(r["step_s"]), 2),
+                                          "median_img_s": round(batch / statistics.median(r["step_s"]), 2),
+                                          "warmup_s": round(r["warmup_s"], 1), "peak_MiB": round(r["peak_MiB"])}),
+                              file=sys.stderr, flush=True)
+                        if b not in results or min(r["step_s"]) < min(results[b]["step_s"]):
+                            results[b] = r
+                rows.append(table_row(model, wst, batch, results))
+    print(markdown(rows, args.builds))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
     return 0
 
 
