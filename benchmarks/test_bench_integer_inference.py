@@ -21,11 +21,14 @@ Batch 32, 32x32 images, 10 classes, inference without autograd.
 Rows: best of the rounds (wall clock); the summary gives our speed-up over each peer at 1/1/1, the
 R^2 of a least-squares line latency = a * BB + b over all splits, and the largest ratio between
 two splits of the same BB. ``QSNN_BENCH_QUICK=1``: batch 2, 16x16, three splits, one round.
+``QSNN_BENCH_THREADS=n``: every model (the fresh process too) on n threads (``torch.set_num_threads``,
+which the OpenMP kernels follow); default: torch's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -33,6 +36,9 @@ import pytest
 import torch
 from fresh_process import run_json
 from quick_mode import pick
+
+if os.environ.get("QSNN_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["QSNN_BENCH_THREADS"]))
 
 BATCH, SIZE = pick((32, 32), (2, 16))
 SPLITS = pick([(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (4, 1, 1), (1, 4, 1), (2, 2, 1), (1, 1, 4), (8, 1, 1),

@@ -97,8 +97,10 @@ inline uint64_t load_word(const int32_t* row, int64_t kk) {
 inline uint64_t load_tail(const int32_t* row, int64_t kk) { return static_cast<uint32_t>(row[2 * kk]); }
 
 // Pixel offsets (in rows) of the MR output positions from m0 for every tap, -1 outside the image;
-// positions past M repeat m0 (their results are not stored).
-inline void tap_offsets(const Conv& cv, int64_t m0, int64_t* offs) {
+// positions past M repeat m0 (their results are not stored). row_ok[a]: kernel row a lies inside
+// the image for all MR positions and its kw taps are consecutive pixels (dilation 1) holding a
+// whole number of uint64 words each: their words are one contiguous run, as are the weights'.
+inline void tap_offsets(const Conv& cv, int64_t m0, int64_t* offs, uint8_t* row_ok) {
   for (int i = 0; i < kMr; ++i) {
     const int64_t m = m0 + i < cv.m ? m0 + i : m0;
     const int64_t ox = m % cv.ow, oy = (m / cv.ow) % cv.oh, nb = m / (cv.ow * cv.oh);
@@ -111,20 +113,30 @@ inline void tap_offsets(const Conv& cv, int64_t m0, int64_t* offs) {
       }
     }
   }
+  for (int64_t a = 0; a < cv.kh; ++a) {
+    bool ok = cv.dw == 1 && !cv.odd;
+    for (int64_t tap = a * cv.kw; ok && tap < (a + 1) * cv.kw; ++tap)
+      for (int i = 0; i < kMr; ++i) ok = ok && offs[tap * kMr + i] >= 0;
+    row_ok[a] = ok;
+  }
 }
 
-// W = 1 correction of one step for the MR positions: sum_b 2^b sum_taps popcount(A_{t,b}(pixel)).
-inline void ones_correction(const Conv& cv, int64_t t, const int64_t* offs, int64_t taps, int64_t (&corr)[kMr]) {
-  for (int i = 0; i < kMr; ++i) corr[i] = 0;
-  if (!cv.ones) return;
-  const int64_t pixels = cv.n * cv.h * cv.w;
-  for (int64_t b = 0; b < cv.s_bits; ++b) {
-    const int32_t* cnt = cv.ones + (t * cv.s_bits + b) * pixels;
-    for (int64_t tap = 0; tap < taps; ++tap)
-      for (int i = 0; i < kMr; ++i) {
-        const int64_t o = offs[tap * kMr + i];
-        if (o >= 0) corr[i] += static_cast<int64_t>(cnt[o]) << b;
-      }
+// W = 1 correction of every step for the MR positions (once per row tile, for all its panels):
+// corr[t][i] = sum_b 2^b sum_taps popcount(A_{t,b}(pixel)); zeros for W >= 2.
+inline void ones_correction(const Conv& cv, const int64_t* offs, int64_t* corr) {
+  const int64_t taps = cv.kh * cv.kw, pixels = cv.n * cv.h * cv.w;
+  for (int64_t t = 0; t < cv.steps; ++t) {
+    int64_t* c = corr + t * kMr;
+    for (int i = 0; i < kMr; ++i) c[i] = 0;
+    if (!cv.ones) continue;
+    for (int64_t b = 0; b < cv.s_bits; ++b) {
+      const int32_t* cnt = cv.ones + (t * cv.s_bits + b) * pixels;
+      for (int64_t tap = 0; tap < taps; ++tap)
+        for (int i = 0; i < kMr; ++i) {
+          const int64_t o = offs[tap * kMr + i];
+          if (o >= 0) c[i] += static_cast<int64_t>(cnt[o]) << b;
+        }
+    }
   }
 }
 
@@ -132,94 +144,116 @@ inline void ones_correction(const Conv& cv, int64_t t, const int64_t* offs, int6
 
 #define QSNN_AVX2 __attribute__((target("avx2,popcnt")))
 
-QSNN_AVX2 __attribute__((always_inline)) inline void step_avx2(const uint64_t* bk, const uint64_t (&av)[kMr],
-                                                               __m256i (&bytes)[kMr][2], __m256i lut, __m256i low) {
-  const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk));
-  const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + 4));
+// One word step for 4 channels (one ymm of uint64 lanes): per-byte popcount(A_i & B_j) by nibble
+// lookup, added to byte counters. Four channels, not eight, per pass: the byte counters, the
+// weight vector and the temporaries then fit the 16 ymm registers (eight channels spill them).
+QSNN_AVX2 __attribute__((always_inline)) inline void step_avx2(const uint64_t* bk, const int32_t* const (&a)[kMr],
+                                                               int64_t kk, bool tail, __m256i (&bytes)[kMr],
+                                                               __m256i lut, __m256i low) {
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk));
 #pragma GCC unroll 4
   for (int i = 0; i < kMr; ++i) {
-    const __m256i va = _mm256_set1_epi64x(static_cast<long long>(av[i]));
-    const __m256i x0 = _mm256_and_si256(va, b0), x1 = _mm256_and_si256(va, b1);
-    const __m256i c0 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x0, low)),
-                                       _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x0, 4), low)));
-    const __m256i c1 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x1, low)),
-                                       _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x1, 4), low)));
-    bytes[i][0] = _mm256_add_epi8(bytes[i][0], c0);
-    bytes[i][1] = _mm256_add_epi8(bytes[i][1], c1);
+    const uint64_t word = tail ? load_tail(a[i], kk) : load_word(a[i], kk);
+    const __m256i x = _mm256_and_si256(_mm256_set1_epi64x(static_cast<long long>(word)), b);
+    const __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
+                                      _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+    bytes[i] = _mm256_add_epi8(bytes[i], c);
   }
 }
 
-QSNN_AVX2 __attribute__((always_inline)) inline void flush_avx2(__m256i (&bytes)[kMr][2], __m256i (&acc)[kMr][2]) {
+QSNN_AVX2 __attribute__((always_inline)) inline void flush_avx2(__m256i (&bytes)[kMr], __m256i (&acc)[kMr]) {
   const __m256i zero = _mm256_setzero_si256();
-  for (int i = 0; i < kMr; ++i)
-    for (int j = 0; j < 2; ++j) {
-      acc[i][j] = _mm256_add_epi64(acc[i][j], _mm256_sad_epu8(bytes[i][j], zero));
-      bytes[i][j] = zero;
-    }
+  for (int i = 0; i < kMr; ++i) {
+    acc[i] = _mm256_add_epi64(acc[i], _mm256_sad_epu8(bytes[i], zero));
+    bytes[i] = zero;
+  }
 }
 
-// Y of every step for MR positions x NR channels of `panel`: ybuf[t][i][j] (int32, exact).
-QSNN_AVX2 void tile_avx2(const Conv& cv, int64_t m0, int64_t panel, const int64_t* offs, int32_t* ybuf) {
+// `n` full words of the rows a[] against weight words wb (stride kNr), then a tail word if `tail`,
+// into the byte counters, folded into acc whenever they hold kFlush steps.
+QSNN_AVX2 __attribute__((always_inline)) inline void run_avx2(const uint64_t* wb, const int32_t* const (&a)[kMr],
+                                                              int64_t n, bool tail, int64_t& count,
+                                                              __m256i (&bytes)[kMr], __m256i (&acc)[kMr], __m256i lut,
+                                                              __m256i low) {
+  int64_t kk = 0;
+  while (kk < n) {
+    if (count == kFlush) {
+      flush_avx2(bytes, acc);
+      count = 0;
+    }
+    const int64_t k1 = std::min(n, kk + (kFlush - count));
+    count += k1 - kk;
+    for (; kk < k1; ++kk) step_avx2(wb + kk * kNr, a, kk, false, bytes, lut, low);
+  }
+  if (tail) {
+    if (count == kFlush) {
+      flush_avx2(bytes, acc);
+      count = 0;
+    }
+    step_avx2(wb + n * kNr, a, n, true, bytes, lut, low);
+    ++count;
+  }
+}
+
+// Y of every step for MR positions x NR channels of `panel`: ybuf[t][i][j] (int32, exact). Each
+// (x plane, w plane) pair runs twice, once per half of the panel (channels 0-3, 4-7).
+QSNN_AVX2 void tile_avx2(const Conv& cv, int64_t panel, const int64_t* offs, const uint8_t* row_ok,
+                         const int64_t* corr, int32_t* ybuf) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
-  const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
   const int64_t taps = cv.kh * cv.kw, pixels = cv.n * cv.h * cv.w;
   for (int64_t t = 0; t < cv.steps; ++t) {
-    __m256i tot[kMr][2];
-    for (int i = 0; i < kMr; ++i) tot[i][0] = tot[i][1] = zero;
+    alignas(32) int64_t tot[kMr][kNr] = {};
     for (int64_t b = 0; b < cv.s_bits; ++b) {
       const int32_t* base = cv.x + (t * cv.s_bits + b) * pixels * cv.words;
       for (int64_t q = 0; q < cv.w_bits; ++q) {
-        __m256i acc[kMr][2], bytes[kMr][2];
-        for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = bytes[i][0] = bytes[i][1] = zero;
-        int64_t count = 0;
-        const uint64_t* wq = cv.panels + ((panel * cv.w_bits + q) * taps) * cv.k64 * kNr;
-        for (int64_t tap = 0; tap < taps; ++tap) {
-          const int32_t* a[kMr];
-          for (int i = 0; i < kMr; ++i) {
-            const int64_t o = offs[tap * kMr + i];
-            a[i] = o >= 0 ? base + o * cv.words : cv.zero_row;
-          }
-          const uint64_t* wb = wq + tap * cv.k64 * kNr;
-          for (int64_t kk = 0; kk < cv.full64; ++kk) {
-            uint64_t av[kMr];
-            for (int i = 0; i < kMr; ++i) av[i] = load_word(a[i], kk);
-            step_avx2(wb + kk * kNr, av, bytes, lut, low);
-            if (++count == kFlush) {
-              flush_avx2(bytes, acc);
-              count = 0;
-            }
-          }
-          if (cv.odd) {
-            uint64_t av[kMr];
-            for (int i = 0; i < kMr; ++i) av[i] = load_tail(a[i], cv.full64);
-            step_avx2(wb + cv.full64 * kNr, av, bytes, lut, low);
-            if (++count == kFlush) {
-              flush_avx2(bytes, acc);
-              count = 0;
-            }
-          }
-        }
-        flush_avx2(bytes, acc);
         const int shift = static_cast<int>(b + q) + (cv.w_bits == 1 ? 1 : 0);
         const bool negative = cv.w_bits > 1 && q == cv.w_bits - 1;
         const __m128i sh = _mm_cvtsi32_si128(shift);
-        for (int i = 0; i < kMr; ++i)
-          for (int j = 0; j < 2; ++j) {
-            const __m256i v = _mm256_sll_epi64(acc[i][j], sh);
-            tot[i][j] = negative ? _mm256_sub_epi64(tot[i][j], v) : _mm256_add_epi64(tot[i][j], v);
+        const uint64_t* wq = cv.panels + ((panel * cv.w_bits + q) * taps) * cv.k64 * kNr;
+        for (int half = 0; half < 2; ++half) {
+          __m256i acc[kMr], bytes[kMr];
+          for (int i = 0; i < kMr; ++i) acc[i] = bytes[i] = zero;
+          int64_t count = 0;  // steps in the byte counters (<= kFlush)
+          for (int64_t ka = 0; ka < cv.kh; ++ka) {
+            const int64_t tap0 = ka * cv.kw;
+            if (row_ok[ka]) {  // the kernel row's kw taps as one run of words
+              const int32_t* a[kMr];
+              for (int i = 0; i < kMr; ++i) a[i] = base + offs[tap0 * kMr + i] * cv.words;
+              run_avx2(wq + tap0 * cv.k64 * kNr + 4 * half, a, cv.kw * cv.full64, false, count, bytes, acc, lut, low);
+              continue;
+            }
+            for (int64_t tap = tap0; tap < tap0 + cv.kw; ++tap) {
+              const int32_t* a[kMr];
+              for (int i = 0; i < kMr; ++i) {
+                const int64_t o = offs[tap * kMr + i];
+                a[i] = o >= 0 ? base + o * cv.words : cv.zero_row;
+              }
+              run_avx2(wq + tap * cv.k64 * kNr + 4 * half, a, cv.full64, cv.odd, count, bytes, acc, lut, low);
+            }
           }
+          flush_avx2(bytes, acc);
+          for (int i = 0; i < kMr; ++i) {
+            __m256i* dst = reinterpret_cast<__m256i*>(&tot[i][4 * half]);
+            const __m256i v = _mm256_sll_epi64(acc[i], sh);
+            _mm256_store_si256(dst, negative ? _mm256_sub_epi64(_mm256_load_si256(dst), v)
+                                             : _mm256_add_epi64(_mm256_load_si256(dst), v));
+          }
+        }
       }
     }
-    int64_t corr[kMr];
-    ones_correction(cv, t, offs, taps, corr);
+    // int64 lanes minus the W = 1 correction, narrowed to int32 (the low halves; exact, |Y| < 2^31)
+    const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     for (int i = 0; i < kMr; ++i) {
-      const __m256i c = _mm256_set1_epi64x(corr[i]);
-      const __m256i lo = _mm256_permutevar8x32_epi32(_mm256_sub_epi64(tot[i][0], c), evens);
-      const __m256i hi = _mm256_permutevar8x32_epi32(_mm256_sub_epi64(tot[i][1], c), evens);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ybuf + (t * kMr + i) * kNr), _mm256_permute2x128_si256(lo, hi, 0x20));
+      const __m256i c = _mm256_set1_epi64x(corr[t * kMr + i]);
+      const __m256i lo = _mm256_permutevar8x32_epi32(
+          _mm256_sub_epi64(_mm256_load_si256(reinterpret_cast<const __m256i*>(&tot[i][0])), c), evens);
+      const __m256i hi = _mm256_permutevar8x32_epi32(
+          _mm256_sub_epi64(_mm256_load_si256(reinterpret_cast<const __m256i*>(&tot[i][4])), c), evens);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ybuf + (t * kMr + i) * kNr),
+                          _mm256_permute2x128_si256(lo, hi, 0x20));
     }
   }
 }
@@ -233,7 +267,7 @@ inline int64_t popcount64(uint64_t v) {
   return static_cast<int64_t>((v * 0x0101010101010101ULL) >> 56);
 }
 
-void tile_scalar(const Conv& cv, int64_t m0, int64_t panel, const int64_t* offs, int32_t* ybuf) {
+void tile_scalar(const Conv& cv, int64_t panel, const int64_t* offs, const int64_t* corr, int32_t* ybuf) {
   const int64_t taps = cv.kh * cv.kw, pixels = cv.n * cv.h * cv.w;
   for (int64_t t = 0; t < cv.steps; ++t) {
     int64_t tot[kMr][kNr] = {};
@@ -259,10 +293,8 @@ void tile_scalar(const Conv& cv, int64_t m0, int64_t panel, const int64_t* offs,
           for (int j = 0; j < kNr; ++j) tot[i][j] += (negative ? -acc[i][j] : acc[i][j]) * (int64_t{1} << shift);
       }
     }
-    int64_t corr[kMr];
-    ones_correction(cv, t, offs, taps, corr);
     for (int i = 0; i < kMr; ++i)
-      for (int j = 0; j < kNr; ++j) ybuf[(t * kMr + i) * kNr + j] = static_cast<int32_t>(tot[i][j] - corr[i]);
+      for (int j = 0; j < kNr; ++j) ybuf[(t * kMr + i) * kNr + j] = static_cast<int32_t>(tot[i][j] - corr[t * kMr + i]);
   }
 }
 
@@ -485,6 +517,8 @@ void run(Conv& cv, const at::Tensor& xc, const at::Tensor& wc, std::vector<uint6
 #pragma omp parallel if (tasks > 1 && work > 65536)
   {
     std::vector<int64_t> offs(static_cast<size_t>(taps * kMr));
+    std::vector<uint8_t> row_ok(static_cast<size_t>(cv.kh));
+    std::vector<int64_t> corr(static_cast<size_t>(cv.steps * kMr));
     std::vector<int32_t> ybuf(static_cast<size_t>(cv.steps * kMr * kNr));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
@@ -492,12 +526,13 @@ void run(Conv& cv, const at::Tensor& xc, const at::Tensor& wc, std::vector<uint6
       const int64_t mt1 = std::min(m_tiles, (mb + 1) * tiles_per_block);
       const int64_t p1 = std::min(n_panels, (grp + 1) * per_group);
       for (int64_t mt = mb * tiles_per_block; mt < mt1; ++mt) {
-        tap_offsets(cv, mt * kMr, offs.data());
+        tap_offsets(cv, mt * kMr, offs.data(), row_ok.data());
+        ones_correction(cv, offs.data(), corr.data());
         for (int64_t panel = grp * per_group; panel < p1; ++panel) {
           if (path == Path::kAvx2)
-            tile_avx2(cv, mt * kMr, panel, offs.data(), ybuf.data());
+            tile_avx2(cv, panel, offs.data(), row_ok.data(), corr.data(), ybuf.data());
           else
-            tile_scalar(cv, mt * kMr, panel, offs.data(), ybuf.data());
+            tile_scalar(cv, panel, offs.data(), corr.data(), ybuf.data());
           if (cv.y)
             store_y(cv, mt * kMr, panel * kNr, ybuf.data());
           else if (path == Path::kAvx2)

@@ -69,7 +69,6 @@ from ..conv_geometry import im2col_hwc
 from ..conv_planes import pack_conv_weight, y_bound
 from ..deprecation import NOT_GIVEN, renamed_attribute, renamed_keyword, renamed_state
 from ..packed_weight import PackedWeight
-from ..packing import pack_levels
 from ..quantize import spike_levels
 from ..reference import quantize_weight
 from .layers import QuantConv2d, QuantLinear, input_frames, repeat_frame, spike_linear_bitserial
@@ -604,11 +603,15 @@ class IntegerSEWResNet(nn.Module):
         frames = input_frames(x, self.t_steps, self.in_chans, type(self).__name__, self.img_size)
         spikes = self.sn1(repeat_frame(self.conv1(frames), self.t_steps))
         spikes = self.maxpool(spikes.flatten(0, 1)).unflatten(0, spikes.shape[:2])
-        return torch.round(spikes / self.v_th).to(torch.uint8).permute(0, 1, 3, 4, 2).contiguous()
+        if self.v_th != 1.0:  # spike values are level * v_th: back to whole levels
+            spikes = torch.round(spikes * (1.0 / self.v_th))
+        t, b, c, h, w = spikes.shape
+        # one pass: float to uint8 and channels last
+        return torch.empty((t, b, h, w, c), dtype=torch.uint8, device=spikes.device).copy_(spikes.permute(0, 1, 3, 4, 2))
 
     def _head(self, levels: torch.Tensor) -> tuple:
         """Last levels ``[T, B, H, W, C]`` -> (logits, features, z)."""
-        features = levels.sum(dim=(0, 2, 3), dtype=torch.int64)
+        features = levels.to(torch.int64).sum(dim=(0, 2, 3))
         count = levels.shape[0] * levels.shape[2] * levels.shape[3]
         if isinstance(self.fc, PackedLinear):
             pw = self.fc.packed_weight
@@ -636,7 +639,9 @@ class IntegerSEWResNet(nn.Module):
                 if collect:
                     blocks.append(levels)
         else:
-            planes = pack_levels(levels, self.s_bits)
+            # the neuron's levels are in range: pack without pack_levels' data check
+            by_bit = torch.ops.qsnn.pack_bits(levels, self.s_bits, False)  # [s_bits, T, ...]
+            planes = by_bit.transpose(0, 1).reshape(-1, *by_bit.shape[2:])
             channels = levels.shape[-1]
             for block in self.blocks:
                 planes = block(planes)
