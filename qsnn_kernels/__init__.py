@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "BackendUnavailable": "_extension", "build_info": "_extension",
     "bitserial_matmul": "bitserial", "cpu_simd": "bitserial",
-    "bitserial_linear": "bitserial_linear",
+    "bitserial_linear": "bitserial_linear", "batch_norm_lif": "batch_norm_lif",
     "MultiLevelLIF": "lif", "multilevel_lif": "lif", "multilevel_lif_int": "lif",
     "PackedWeight": "packed_weight",
     "pack_bits": "packing", "pack_levels": "packing", "unpack_bits": "packing",
