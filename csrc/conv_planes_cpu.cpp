@@ -144,37 +144,45 @@ inline void ones_correction(const Conv& cv, const int64_t* offs, int64_t* corr) 
 
 #define QSNN_AVX2 __attribute__((target("avx2,popcnt")))
 
-// One word step for 4 channels (one ymm of uint64 lanes): per-byte popcount(A_i & B_j) by nibble
-// lookup, added to byte counters. Four channels, not eight, per pass: the byte counters, the
-// weight vector and the temporaries then fit the 16 ymm registers (eight channels spill them).
+// One word step for the 8 channels of a panel (two ymm of uint64 lanes): per-byte
+// popcount(A_i & B_j) by nibble lookup, added to byte counters. The 64-bit sums live in memory
+// (acc, touched once per kFlush steps), so the byte counters, the two weight vectors and the
+// temporaries fit the 16 ymm registers.
 QSNN_AVX2 __attribute__((always_inline)) inline void step_avx2(const uint64_t* bk, const int32_t* const (&a)[kMr],
-                                                               int64_t kk, bool tail, __m256i (&bytes)[kMr],
+                                                               int64_t kk, bool tail, __m256i (&bytes)[kMr][2],
                                                                __m256i lut, __m256i low) {
-  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk));
+  const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk));
+  const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + 4));
 #pragma GCC unroll 4
   for (int i = 0; i < kMr; ++i) {
     const uint64_t word = tail ? load_tail(a[i], kk) : load_word(a[i], kk);
-    const __m256i x = _mm256_and_si256(_mm256_set1_epi64x(static_cast<long long>(word)), b);
-    const __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
-                                      _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
-    bytes[i] = _mm256_add_epi8(bytes[i], c);
+    const __m256i va = _mm256_set1_epi64x(static_cast<long long>(word));
+    const __m256i x0 = _mm256_and_si256(va, b0);
+    bytes[i][0] = _mm256_add_epi8(bytes[i][0], _mm256_shuffle_epi8(lut, _mm256_and_si256(x0, low)));
+    bytes[i][0] = _mm256_add_epi8(bytes[i][0], _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x0, 4), low)));
+    const __m256i x1 = _mm256_and_si256(va, b1);
+    bytes[i][1] = _mm256_add_epi8(bytes[i][1], _mm256_shuffle_epi8(lut, _mm256_and_si256(x1, low)));
+    bytes[i][1] = _mm256_add_epi8(bytes[i][1], _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x1, 4), low)));
   }
 }
 
-QSNN_AVX2 __attribute__((always_inline)) inline void flush_avx2(__m256i (&bytes)[kMr], __m256i (&acc)[kMr]) {
+// Byte counters -> the 64-bit sums in memory (acc[i][j], 8 channels per row), counters cleared.
+QSNN_AVX2 __attribute__((always_inline)) inline void flush_avx2(__m256i (&bytes)[kMr][2], int64_t (*acc)[kNr]) {
   const __m256i zero = _mm256_setzero_si256();
-  for (int i = 0; i < kMr; ++i) {
-    acc[i] = _mm256_add_epi64(acc[i], _mm256_sad_epu8(bytes[i], zero));
-    bytes[i] = zero;
-  }
+  for (int i = 0; i < kMr; ++i)
+    for (int j = 0; j < 2; ++j) {
+      __m256i* dst = reinterpret_cast<__m256i*>(&acc[i][4 * j]);
+      _mm256_store_si256(dst, _mm256_add_epi64(_mm256_load_si256(dst), _mm256_sad_epu8(bytes[i][j], zero)));
+      bytes[i][j] = zero;
+    }
 }
 
 // `n` full words of the rows a[] against weight words wb (stride kNr), then a tail word if `tail`,
 // into the byte counters, folded into acc whenever they hold kFlush steps.
 QSNN_AVX2 __attribute__((always_inline)) inline void run_avx2(const uint64_t* wb, const int32_t* const (&a)[kMr],
                                                               int64_t n, bool tail, int64_t& count,
-                                                              __m256i (&bytes)[kMr], __m256i (&acc)[kMr], __m256i lut,
-                                                              __m256i low) {
+                                                              __m256i (&bytes)[kMr][2], int64_t (*acc)[kNr],
+                                                              __m256i lut, __m256i low) {
   int64_t kk = 0;
   while (kk < n) {
     if (count == kFlush) {
@@ -195,8 +203,7 @@ QSNN_AVX2 __attribute__((always_inline)) inline void run_avx2(const uint64_t* wb
   }
 }
 
-// Y of every step for MR positions x NR channels of `panel`: ybuf[t][i][j] (int32, exact). Each
-// (x plane, w plane) pair runs twice, once per half of the panel (channels 0-3, 4-7).
+// Y of every step for MR positions x NR channels of `panel`: ybuf[t][i][j] (int32, exact).
 QSNN_AVX2 void tile_avx2(const Conv& cv, int64_t panel, const int64_t* offs, const uint8_t* row_ok,
                          const int64_t* corr, int32_t* ybuf) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
@@ -213,35 +220,35 @@ QSNN_AVX2 void tile_avx2(const Conv& cv, int64_t panel, const int64_t* offs, con
         const bool negative = cv.w_bits > 1 && q == cv.w_bits - 1;
         const __m128i sh = _mm_cvtsi32_si128(shift);
         const uint64_t* wq = cv.panels + ((panel * cv.w_bits + q) * taps) * cv.k64 * kNr;
-        for (int half = 0; half < 2; ++half) {
-          __m256i acc[kMr], bytes[kMr];
-          for (int i = 0; i < kMr; ++i) acc[i] = bytes[i] = zero;
-          int64_t count = 0;  // steps in the byte counters (<= kFlush)
-          for (int64_t ka = 0; ka < cv.kh; ++ka) {
-            const int64_t tap0 = ka * cv.kw;
-            if (row_ok[ka]) {  // the kernel row's kw taps as one run of words
-              const int32_t* a[kMr];
-              for (int i = 0; i < kMr; ++i) a[i] = base + offs[tap0 * kMr + i] * cv.words;
-              run_avx2(wq + tap0 * cv.k64 * kNr + 4 * half, a, cv.kw * cv.full64, false, count, bytes, acc, lut, low);
-              continue;
-            }
-            for (int64_t tap = tap0; tap < tap0 + cv.kw; ++tap) {
-              const int32_t* a[kMr];
-              for (int i = 0; i < kMr; ++i) {
-                const int64_t o = offs[tap * kMr + i];
-                a[i] = o >= 0 ? base + o * cv.words : cv.zero_row;
-              }
-              run_avx2(wq + tap * cv.k64 * kNr + 4 * half, a, cv.full64, cv.odd, count, bytes, acc, lut, low);
-            }
+        alignas(32) int64_t acc[kMr][kNr] = {};
+        __m256i bytes[kMr][2];
+        for (int i = 0; i < kMr; ++i) bytes[i][0] = bytes[i][1] = zero;
+        int64_t count = 0;  // steps in the byte counters (<= kFlush)
+        for (int64_t ka = 0; ka < cv.kh; ++ka) {
+          const int64_t tap0 = ka * cv.kw;
+          if (row_ok[ka]) {  // the kernel row's kw taps as one run of words
+            const int32_t* a[kMr];
+            for (int i = 0; i < kMr; ++i) a[i] = base + offs[tap0 * kMr + i] * cv.words;
+            run_avx2(wq + tap0 * cv.k64 * kNr, a, cv.kw * cv.full64, false, count, bytes, acc, lut, low);
+            continue;
           }
-          flush_avx2(bytes, acc);
-          for (int i = 0; i < kMr; ++i) {
-            __m256i* dst = reinterpret_cast<__m256i*>(&tot[i][4 * half]);
-            const __m256i v = _mm256_sll_epi64(acc[i], sh);
+          for (int64_t tap = tap0; tap < tap0 + cv.kw; ++tap) {
+            const int32_t* a[kMr];
+            for (int i = 0; i < kMr; ++i) {
+              const int64_t o = offs[tap * kMr + i];
+              a[i] = o >= 0 ? base + o * cv.words : cv.zero_row;
+            }
+            run_avx2(wq + tap * cv.k64 * kNr, a, cv.full64, cv.odd, count, bytes, acc, lut, low);
+          }
+        }
+        flush_avx2(bytes, acc);
+        for (int i = 0; i < kMr; ++i)
+          for (int j = 0; j < 2; ++j) {
+            __m256i* dst = reinterpret_cast<__m256i*>(&tot[i][4 * j]);
+            const __m256i v = _mm256_sll_epi64(_mm256_load_si256(reinterpret_cast<const __m256i*>(&acc[i][4 * j])), sh);
             _mm256_store_si256(dst, negative ? _mm256_sub_epi64(_mm256_load_si256(dst), v)
                                              : _mm256_add_epi64(_mm256_load_si256(dst), v));
           }
-        }
       }
     }
     // int64 lanes minus the W = 1 correction, narrowed to int32 (the low halves; exact, |Y| < 2^31)
