@@ -21,6 +21,13 @@ Conventions (models contract, DESIGN.md):
   (:func:`uses_bitserial`); exact int8 on a CPU (:mod:`models.int8`, :func:`uses_int8`;
   ``int8=False`` turns it off); else the dense float conv/linear. All three give the same values
   up to float rounding and the same gradients.
+* A batch norm followed by a neuron (``S = SN(BN(y))``, :func:`batch_norm_spikes`) runs, while
+  training, as one op, :func:`qsnn_kernels.batch_norm_lif` (one pass over ``y``, no normalized
+  copy, no saved membrane), chosen per batch norm by its ``fuse_neuron`` attribute (default True)
+  and the rules of :func:`fuses_batch_norm`; in eval the two modules run one after the other, so
+  that :func:`models.convert.convert_for_inference` finds the batch norm to fold and the profiler
+  sees the neuron's output. Same values (bit for bit given the same batch statistics) and
+  gradients (to rounding) as the two modules; the running statistics are updated alike.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from torch import nn
 from ..bits import ALLOWED_W_BITS, FULL_PRECISION_BITS, SPIKE_BITS, WEIGHT_BITS, check_bits
 from ..conv_geometry import conv_output_size, im2col_hwc
 from ..deprecation import NOT_GIVEN, renamed_attribute, renamed_keyword, renamed_state
+from ..batch_norm_lif import batch_norm_lif
 from ..lif import MultiLevelLIF
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
@@ -58,6 +66,8 @@ __all__ = [
     "repeat_frame",
     "mean_over_time",
     "quantized_weight",
+    "batch_norm_spikes",
+    "fuses_batch_norm",
     "spike_conv2d_bitserial",
     "spike_linear_bitserial",
     "spiking_neuron",
@@ -431,9 +441,12 @@ class _GlobalStats:
     """``sync_stats`` for the multi-step batch norms: when True (``qsnn train --sync-bn`` sets it),
     training-mode statistics are computed over every rank of the process group
     (:func:`models.sync_batch_norm.global_batch_norm`; the plain batch norm without one). A plain
-    attribute, not state: checkpoints do not change."""
+    attribute, not state: checkpoints do not change. ``fuse_neuron``: whether, while training,
+    this batch norm runs fused with the neuron after it (:func:`batch_norm_spikes`); also a plain
+    attribute."""
 
     sync_stats: bool = False
+    fuse_neuron: bool = True
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.sync_stats and self.training:
@@ -482,3 +495,34 @@ def spiking_neuron(s_bits: int, **kw) -> MultiLevelLIF:
     if isinstance(v_th, bool) or not isinstance(v_th, numbers.Real):
         raise TypeError(f"spiking_neuron: v_th must be a number, got {type(v_th).__name__}")
     return MultiLevelLIF(s_bits=s_bits, **args)
+
+
+def fuses_batch_norm(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`batch_norm_spikes` runs ``neuron(bn(x))`` as one op: ``bn`` is a multi-step
+    batch norm in training mode with ``fuse_neuron`` True, affine parameters, running statistics
+    with a momentum, and without ``sync_stats``; ``neuron`` a stateless :class:`MultiLevelLIF` on
+    ``backend="auto"``; ``x`` float32/float64 (outside autocast) of the parameters' dtype; and no
+    fx trace is being recorded (fx graphs keep the two modules). Metadata and attributes only."""
+    if torch.fx._symbolic_trace.is_fx_tracing():
+        return False
+    return (isinstance(bn, _GlobalStats) and bn.training and bn.fuse_neuron and not bn.sync_stats and bn.affine
+            and bn.track_running_stats and bn.momentum is not None
+            and type(neuron) is MultiLevelLIF and not neuron.stateful and neuron.backend == "auto"
+            and x.dtype in (torch.float32, torch.float64) and x.dtype == bn.weight.dtype
+            and not torch.is_autocast_enabled(x.device.type))
+
+
+def batch_norm_spikes(bn: nn.Module, neuron: MultiLevelLIF, x: torch.Tensor, channel_dim: int = 2) -> torch.Tensor:
+    """``neuron(bn(x))`` for a multi-step batch norm over dim ``channel_dim`` of ``x [T, B, ...]``
+    (2: ``[T, B, C, ...]``; -1: tokens ``[T, B, N, C]``, :class:`models.spikformer.TokenBatchNorm`):
+    one op while training when :func:`fuses_batch_norm` allows (running statistics and
+    ``num_batches_tracked`` updated as the batch norm does), the two modules otherwise."""
+    if not fuses_batch_norm(bn, neuron, x):
+        return neuron(bn(x))
+    xc = x.movedim(channel_dim, 2)
+    spikes = batch_norm_lif(xc, bn.weight, bn.bias, bn.running_mean, bn.running_var, training=True,
+                            momentum=bn.momentum, eps=bn.eps, s_bits=neuron.s_bits, v_th=neuron.v_th,
+                            decay=neuron.decay, v_reset=neuron.v_reset, reset=neuron.reset_mode,
+                            surrogate=neuron.surrogate, alpha=neuron.alpha, detach_reset=neuron.detach_reset)
+    bn.num_batches_tracked.add_(1)
+    return spikes.movedim(2, channel_dim)

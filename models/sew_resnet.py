@@ -43,8 +43,8 @@ from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from ..deprecation import NOT_GIVEN, renamed_keyword
-from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, bits_for_levels, check_model_args,
-                     mean_over_time, spiking_neuron)
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, batch_norm_spikes, bits_for_levels,
+                     check_model_args, mean_over_time, spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
 __all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "VARIANTS", "sew_connect"]
@@ -86,7 +86,11 @@ class _Block(nn.Module):
         return self.top_level
 
     def _connect(self, x, out):
-        identity = x if self.downsample is None else self.downsample(x)
+        if self.downsample is None:
+            identity = x
+        else:
+            conv, bn, neuron = self.downsample
+            identity = batch_norm_spikes(bn, neuron, conv(x))
         return sew_connect(identity, out, self.connect_f, self.top_level * self.v_th, self.binary, self.clamp_add)
 
 
@@ -112,8 +116,8 @@ class BasicBlock(_Block):
         self.bn2, self.sn2 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
 
     def forward(self, x):
-        out = self.sn1(self.bn1(self.conv1(x)))
-        out = self.sn2(self.bn2(self.conv2(out)))
+        out = batch_norm_spikes(self.bn1, self.sn1, self.conv1(x))
+        out = batch_norm_spikes(self.bn2, self.sn2, self.conv2(out))
         return self._connect(x, out)
 
 
@@ -135,9 +139,9 @@ class Bottleneck(_Block):
         self.bn3, self.sn3 = MultiStepBatchNorm2d(planes * 4), spiking_neuron(s_bits, **neuron_kw)
 
     def forward(self, x):
-        out = self.sn1(self.bn1(self.conv1(x)))
-        out = self.sn2(self.bn2(self.conv2(out)))
-        out = self.sn3(self.bn3(self.conv3(out)))
+        out = batch_norm_spikes(self.bn1, self.sn1, self.conv1(x))
+        out = batch_norm_spikes(self.bn2, self.sn2, self.conv2(out))
+        out = batch_norm_spikes(self.bn3, self.sn3, self.conv3(out))
         return self._connect(x, out)
 
 

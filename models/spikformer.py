@@ -62,7 +62,7 @@ from torch import nn
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from ..deprecation import NOT_GIVEN, renamed_keyword
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul,
-                     bits_for_levels, check_model_args, mean_over_time, repeat_frame, spiking_neuron)
+                     batch_norm_spikes, bits_for_levels, check_model_args, mean_over_time, repeat_frame, spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
@@ -109,7 +109,7 @@ class _LinearBNLIF(nn.Module):
         self.lif = spiking_neuron(s_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lif(self.bn(self.linear(x)))
+        return batch_norm_spikes(self.bn, self.lif, self.linear(x), channel_dim=-1)
 
 
 class _ConvBNLIF(nn.Module):
@@ -125,9 +125,9 @@ class _ConvBNLIF(nn.Module):
         self.lif = spiking_neuron(s_bits)
 
     def forward(self, x: torch.Tensor, t_steps: int | None = None) -> torch.Tensor:
-        y = self.bn(self.conv(x))
-        if t_steps is not None:
-            y = repeat_frame(y, t_steps)
+        if t_steps is None:
+            return batch_norm_spikes(self.bn, self.lif, self.conv(x))
+        y = repeat_frame(self.bn(self.conv(x)), t_steps)
         # the neuron walks its input in memory order: give it [T, B, H, W, C], a view here
         return self.lif(y.movedim(-3, -1)).movedim(-1, -3)
 
