@@ -601,13 +601,16 @@ class IntegerSEWResNet(nn.Module):
     def _stem_levels(self, x: torch.Tensor) -> torch.Tensor:
         """The encoding layer's spike levels, uint8 ``[T, B, H, W, 64]`` (channels last)."""
         frames = input_frames(x, self.t_steps, self.in_chans, type(self).__name__, self.img_size)
-        spikes = self.sn1(repeat_frame(self.conv1(frames), self.t_steps))
-        spikes = self.maxpool(spikes.flatten(0, 1)).unflatten(0, spikes.shape[:2])
+        current = self.conv1(frames)  # [B, C, H, W] (an image) or [T, B, C, H, W] (event frames)
+        # the neuron is element-wise: it runs on the current laid out channels last, [T, B, H, W, C]
+        current = current.movedim(-3, -1).contiguous()
+        spikes = self.sn1(repeat_frame(current, self.t_steps))
+        if not isinstance(self.maxpool, nn.Identity):
+            nchw = spikes.flatten(0, 1).permute(0, 3, 1, 2)
+            spikes = self.maxpool(nchw).permute(0, 2, 3, 1).unflatten(0, spikes.shape[:2])
         if self.v_th != 1.0:  # spike values are level * v_th: back to whole levels
             spikes = torch.round(spikes * (1.0 / self.v_th))
-        t, b, c, h, w = spikes.shape
-        # one pass: float to uint8 and channels last
-        return torch.empty((t, b, h, w, c), dtype=torch.uint8, device=spikes.device).copy_(spikes.permute(0, 1, 3, 4, 2))
+        return spikes.to(torch.uint8).contiguous()
 
     def _head(self, levels: torch.Tensor) -> tuple:
         """Last levels ``[T, B, H, W, C]`` -> (logits, features, z)."""

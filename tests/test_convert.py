@@ -270,8 +270,9 @@ def _sew(w_bits, s_bits, t_steps, seed=0, connect_f="ADD", block="basic", **kw):
     from qsnn_kernels.models.sew_resnet import BasicBlock, Bottleneck, SEWResNet
 
     torch.manual_seed(seed)
+    kw.setdefault("stem", "cifar")
     model = SEWResNet(BasicBlock if block == "basic" else Bottleneck, (1, 1, 1, 1), w_bits=w_bits, s_bits=s_bits,
-                      t_steps=t_steps, num_classes=10, stem="cifar", connect_f=connect_f, **kw)
+                      t_steps=t_steps, num_classes=10, connect_f=connect_f, **kw)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # batch norms with spread statistics and some negative factors
         for m in model.modules():
@@ -302,16 +303,18 @@ def test_integer_sew_resnet_kernels_are_the_reference(wst, connect_f, block, siz
     assert sum(int(b.sum()) for b in got.blocks) > 0  # the network spikes
 
 
-@pytest.mark.parametrize("wst, connect_f", [((1, 1, 1), "ADD"), ((4, 2, 2), "IAND"), ((2, 4, 1), "AND")])
-def test_integer_sew_resnet_equals_the_float_converted_model(wst, connect_f):
+@pytest.mark.parametrize("wst, connect_f, stem", [((1, 1, 1), "ADD", "cifar"), ((4, 2, 2), "IAND", "cifar"),
+                                                  ((2, 4, 1), "AND", "cifar"), ((1, 2, 2), "ADD", "imagenet")])
+def test_integer_sew_resnet_equals_the_float_converted_model(wst, connect_f, stem):
     """The integer model against the float converted model on the same weights: every block's
     levels equal and the logits equal up to float rounding. They may differ only where a membrane
     lies within the rounding of an integer threshold (relative 2^-F / theta, F >= 10 here) of a
     threshold; on these seeds no membrane does, which the exact level comparison checks."""
     from qsnn_kernels.testing import mismatches
 
-    model = _sew(*wst, connect_f=connect_f)
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    model = _sew(*wst, connect_f=connect_f, stem=stem)
+    size = 16 if stem == "cifar" else 40  # the ImageNet stem: 7x7/2 conv and a 3x3/2 max pool
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     fm, im = convert_for_inference(model, x), convert_for_inference(model, x, integer=True)
     assert min(layer.frac_bits for b in im.blocks for layer in b.layers) >= 10
     seen = []
