@@ -51,6 +51,22 @@ struct ChannelWalk {
   }
 };
 
+// dst[i] = per_channel[channel of neuron n0 + i], i < len: a chunk's copy of a per-channel constant.
+template <typename T>
+QSNN_INLINE void gather_channels(const T* per_channel, T* __restrict__ dst, int64_t n0, int64_t len,
+                                 int64_t channels, int64_t inner) {
+  ChannelWalk walk(n0, channels, inner);
+  for (int64_t i = 0; i < len; ++i, walk.next()) dst[i] = per_channel[walk.channel];
+}
+
+// per_channel[channel of neuron n0 + i] += src[i], i < len: a chunk's sums added to its channels'.
+template <typename T>
+QSNN_INLINE void add_to_channels(const T* __restrict__ src, double* per_channel, int64_t n0, int64_t len,
+                                 int64_t channels, int64_t inner) {
+  ChannelWalk walk(n0, channels, inner);
+  for (int64_t i = 0; i < len; ++i, walk.next()) per_channel[walk.channel] += static_cast<double>(src[i]);
+}
+
 template <typename T>
 struct Params {
   const T* x;
@@ -92,12 +108,9 @@ QSNN_INLINE void forward_range(const Params<T>& p, const ForwardOut<T>& o, int64
   alignas(64) T v[kChunk], sc[kChunk], sh[kChunk];
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t n0 = c * kChunk, len = std::min(kChunk, p.n - n0);
-    ChannelWalk walk(n0, p.channels, p.inner);
-    for (int64_t i = 0; i < len; ++i, walk.next()) {
-      sc[i] = p.scale[walk.channel];
-      sh[i] = p.shift[walk.channel];
-      v[i] = T(0);
-    }
+    gather_channels(p.scale, sc, n0, len, p.channels, p.inner);
+    gather_channels(p.shift, sh, n0, len, p.channels, p.inner);
+    for (int64_t i = 0; i < len; ++i) v[i] = T(0);
     const int64_t pf = std::clamp<int64_t>(std::min(chunk_end * kChunk, p.n) - n0 - kAhead, 0, len);
     for (int64_t t = 0; t < p.steps; ++t) {
       const int64_t off = t * p.n + n0;
@@ -156,14 +169,11 @@ QSNN_INLINE void backward_range(const Params<T>& p, const BackwardIo<T>& io, T* 
   alignas(64) T gv[kChunk], u[kChunk], first[kChunk], total[kChunk], gy[kChunk], acc_gy[kChunk], acc_gyx[kChunk];
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t n0 = c * kChunk, len = std::min(kChunk, p.n - n0);
-    ChannelWalk walk(n0, p.channels, p.inner);
-    for (int64_t i = 0; i < len; ++i, walk.next()) {
-      sc[i] = p.scale[walk.channel];
-      sh[i] = p.shift[walk.channel];
-      mu[i] = io.mean[walk.channel];
-      is[i] = io.invstd[walk.channel];
-      v[i] = gv[i] = acc_gy[i] = acc_gyx[i] = T(0);
-    }
+    gather_channels(p.scale, sc, n0, len, p.channels, p.inner);
+    gather_channels(p.shift, sh, n0, len, p.channels, p.inner);
+    gather_channels(io.mean, mu, n0, len, p.channels, p.inner);
+    gather_channels(io.invstd, is, n0, len, p.channels, p.inner);
+    for (int64_t i = 0; i < len; ++i) v[i] = gv[i] = acc_gy[i] = acc_gyx[i] = T(0);
     const int64_t pf = std::clamp<int64_t>(std::min(chunk_end * kChunk, p.n) - n0 - kAhead, 0, len);
     // h_t of every step, as the forward computed it
     for (int64_t t = 0; t < p.steps; ++t) {
@@ -198,11 +208,8 @@ QSNN_INLINE void backward_range(const Params<T>& p, const BackwardIo<T>& io, T* 
         gxt[i] = kScaled ? sc[i] * gy[i] : gy[i];
       }
     }
-    walk = ChannelWalk(n0, p.channels, p.inner);
-    for (int64_t i = 0; i < len; ++i, walk.next()) {
-      io.sum_gy[walk.channel] += static_cast<double>(acc_gy[i]);
-      io.sum_gy_xhat[walk.channel] += static_cast<double>(acc_gyx[i]);
-    }
+    add_to_channels(acc_gy, io.sum_gy, n0, len, p.channels, p.inner);
+    add_to_channels(acc_gyx, io.sum_gy_xhat, n0, len, p.channels, p.inner);
   }
 }
 
@@ -214,14 +221,11 @@ QSNN_INLINE void finish_range(const Params<T>& p, const T* mean, const T* invstd
   alignas(64) T sc[kChunk], mu[kChunk], is[kChunk], km[kChunk], kx[kChunk];
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t n0 = c * kChunk, len = std::min(kChunk, p.n - n0);
-    ChannelWalk walk(n0, p.channels, p.inner);
-    for (int64_t i = 0; i < len; ++i, walk.next()) {
-      sc[i] = p.scale[walk.channel];
-      mu[i] = mean[walk.channel];
-      is[i] = invstd[walk.channel];
-      km[i] = k_mean[walk.channel];
-      kx[i] = k_xhat[walk.channel];
-    }
+    gather_channels(p.scale, sc, n0, len, p.channels, p.inner);
+    gather_channels(mean, mu, n0, len, p.channels, p.inner);
+    gather_channels(invstd, is, n0, len, p.channels, p.inner);
+    gather_channels(k_mean, km, n0, len, p.channels, p.inner);
+    gather_channels(k_xhat, kx, n0, len, p.channels, p.inner);
     const int64_t pf = std::clamp<int64_t>(std::min(chunk_end * kChunk, p.n) - n0 - kAhead, 0, len);
     for (int64_t t = 0; t < p.steps; ++t) {
       const int64_t off = t * p.n + n0;
@@ -311,11 +315,8 @@ QSNN_INLINE void stats_range(const T* __restrict__ x, int64_t steps, int64_t n, 
         s2[i] += v * v;
       }
     }
-    ChannelWalk walk(n0, channels, inner);
-    for (int64_t i = 0; i < len; ++i, walk.next()) {
-      sum[walk.channel] += s1[i];
-      sum_sq[walk.channel] += s2[i];
-    }
+    add_to_channels(s1, sum, n0, len, channels, inner);
+    add_to_channels(s2, sum_sq, n0, len, channels, inner);
   }
 }
 

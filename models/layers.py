@@ -503,7 +503,7 @@ def fuses_batch_norm(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> bool:
     with a momentum, and without ``sync_stats``; ``neuron`` a stateless :class:`MultiLevelLIF` on
     ``backend="auto"``; ``x`` float32/float64 (outside autocast) of the parameters' dtype; and no
     fx trace is being recorded (fx graphs keep the two modules). Metadata and attributes only."""
-    if torch.fx._symbolic_trace.is_fx_tracing():
+    if isinstance(x, torch.fx.Proxy):  # an fx trace is being recorded
         return False
     return (isinstance(bn, _GlobalStats) and bn.training and bn.fuse_neuron and not bn.sync_stats and bn.affine
             and bn.track_running_stats and bn.momentum is not None
