@@ -166,15 +166,19 @@ QSNN_AVX2 __attribute__((always_inline)) inline void step_avx2(const uint64_t* b
   }
 }
 
-// Byte counters -> the 64-bit sums in memory (acc[i][j], 8 channels per row), counters cleared.
-QSNN_AVX2 __attribute__((always_inline)) inline void flush_avx2(__m256i (&bytes)[kMr][2], int64_t (*acc)[kNr]) {
+// Byte counters -> the 64-bit sums in memory (acc[i][j], 8 channels per row; overwritten by the
+// first flush of a pair, then added to), counters cleared.
+QSNN_AVX2 __attribute__((always_inline)) inline void flush_avx2(__m256i (&bytes)[kMr][2], int64_t (*acc)[kNr],
+                                                                bool& flushed) {
   const __m256i zero = _mm256_setzero_si256();
   for (int i = 0; i < kMr; ++i)
     for (int j = 0; j < 2; ++j) {
       __m256i* dst = reinterpret_cast<__m256i*>(&acc[i][4 * j]);
-      _mm256_store_si256(dst, _mm256_add_epi64(_mm256_load_si256(dst), _mm256_sad_epu8(bytes[i][j], zero)));
+      const __m256i v = _mm256_sad_epu8(bytes[i][j], zero);
+      _mm256_store_si256(dst, flushed ? _mm256_add_epi64(_mm256_load_si256(dst), v) : v);
       bytes[i][j] = zero;
     }
+  flushed = true;
 }
 
 // `n` full words of the rows a[] against weight words wb (stride kNr), then a tail word if `tail`,
@@ -182,11 +186,11 @@ QSNN_AVX2 __attribute__((always_inline)) inline void flush_avx2(__m256i (&bytes)
 QSNN_AVX2 __attribute__((always_inline)) inline void run_avx2(const uint64_t* wb, const int32_t* const (&a)[kMr],
                                                               int64_t n, bool tail, int64_t& count,
                                                               __m256i (&bytes)[kMr][2], int64_t (*acc)[kNr],
-                                                              __m256i lut, __m256i low) {
+                                                              bool& flushed, __m256i lut, __m256i low) {
   int64_t kk = 0;
   while (kk < n) {
     if (count == kFlush) {
-      flush_avx2(bytes, acc);
+      flush_avx2(bytes, acc, flushed);
       count = 0;
     }
     const int64_t k1 = std::min(n, kk + (kFlush - count));
@@ -195,7 +199,7 @@ QSNN_AVX2 __attribute__((always_inline)) inline void run_avx2(const uint64_t* wb
   }
   if (tail) {
     if (count == kFlush) {
-      flush_avx2(bytes, acc);
+      flush_avx2(bytes, acc, flushed);
       count = 0;
     }
     step_avx2(wb + n * kNr, a, n, true, bytes, lut, low);
@@ -220,7 +224,8 @@ QSNN_AVX2 void tile_avx2(const Conv& cv, int64_t panel, const int64_t* offs, con
         const bool negative = cv.w_bits > 1 && q == cv.w_bits - 1;
         const __m128i sh = _mm_cvtsi32_si128(shift);
         const uint64_t* wq = cv.panels + ((panel * cv.w_bits + q) * taps) * cv.k64 * kNr;
-        alignas(32) int64_t acc[kMr][kNr] = {};
+        alignas(32) int64_t acc[kMr][kNr];  // zeroed by the first flush (flushed == false until then)
+        bool flushed = false;
         __m256i bytes[kMr][2];
         for (int i = 0; i < kMr; ++i) bytes[i][0] = bytes[i][1] = zero;
         int64_t count = 0;  // steps in the byte counters (<= kFlush)
@@ -229,7 +234,7 @@ QSNN_AVX2 void tile_avx2(const Conv& cv, int64_t panel, const int64_t* offs, con
           if (row_ok[ka]) {  // the kernel row's kw taps as one run of words
             const int32_t* a[kMr];
             for (int i = 0; i < kMr; ++i) a[i] = base + offs[tap0 * kMr + i] * cv.words;
-            run_avx2(wq + tap0 * cv.k64 * kNr, a, cv.kw * cv.full64, false, count, bytes, acc, lut, low);
+            run_avx2(wq + tap0 * cv.k64 * kNr, a, cv.kw * cv.full64, false, count, bytes, acc, flushed, lut, low);
             continue;
           }
           for (int64_t tap = tap0; tap < tap0 + cv.kw; ++tap) {
@@ -238,14 +243,16 @@ QSNN_AVX2 void tile_avx2(const Conv& cv, int64_t panel, const int64_t* offs, con
               const int64_t o = offs[tap * kMr + i];
               a[i] = o >= 0 ? base + o * cv.words : cv.zero_row;
             }
-            run_avx2(wq + tap * cv.k64 * kNr, a, cv.full64, cv.odd, count, bytes, acc, lut, low);
+            run_avx2(wq + tap * cv.k64 * kNr, a, cv.full64, cv.odd, count, bytes, acc, flushed, lut, low);
           }
         }
-        flush_avx2(bytes, acc);
+        // the pair's count: acc (earlier flushes, if any) plus the byte counters, shifted and signed
         for (int i = 0; i < kMr; ++i)
           for (int j = 0; j < 2; ++j) {
             __m256i* dst = reinterpret_cast<__m256i*>(&tot[i][4 * j]);
-            const __m256i v = _mm256_sll_epi64(_mm256_load_si256(reinterpret_cast<const __m256i*>(&acc[i][4 * j])), sh);
+            __m256i v = _mm256_sad_epu8(bytes[i][j], zero);
+            if (flushed) v = _mm256_add_epi64(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(&acc[i][4 * j])));
+            v = _mm256_sll_epi64(v, sh);
             _mm256_store_si256(dst, negative ? _mm256_sub_epi64(_mm256_load_si256(dst), v)
                                              : _mm256_add_epi64(_mm256_load_si256(dst), v));
           }
@@ -370,6 +377,8 @@ QSNN_AVX2 void store_spikes_avx2(const Conv& cv, int64_t m0, int64_t n0, const i
   const __m256i bias = _mm256_load_si256(reinterpret_cast<const __m256i*>(bias8));
   const __m256i theta = _mm256_load_si256(reinterpret_cast<const __m256i*>(theta8));
   const __m256i theta_m1 = _mm256_sub_epi32(theta, _mm256_set1_epi32(1));
+  __m256i theta_shifted[8];  // theta << b (only where (rem >> b) >= theta, so no overflow is used)
+  for (int b = 0; b < sp.out_bits; ++b) theta_shifted[b] = _mm256_sll_epi32(theta, _mm_cvtsi32_si128(b));
   const __m256i lanes = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256i topv = _mm256_set1_epi32(top), zero = _mm256_setzero_si256();
   const __m128i frac = _mm_cvtsi32_si128(sp.frac_bits), leak = _mm_cvtsi32_si128(sp.leak_shift);
@@ -381,13 +390,18 @@ QSNN_AVX2 void store_spikes_avx2(const Conv& cv, int64_t m0, int64_t n0, const i
       const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ybuf + (t * kMr + i) * kNr));
       const __m256i h = _mm256_add_epi32(_mm256_sra_epi32(v, leak), _mm256_add_epi32(_mm256_sll_epi32(y, frac), bias));
       __m256i rem = h, lev = zero;
-      for (int b = sp.out_bits - 1; b >= 0; --b) {
-        const __m128i sb = _mm_cvtsi32_si128(b);
-        const __m256i ge = _mm256_cmpgt_epi32(_mm256_sra_epi32(rem, sb), theta_m1);
-        rem = _mm256_sub_epi32(rem, _mm256_and_si256(ge, _mm256_sll_epi32(theta, sb)));
-        lev = _mm256_or_si256(lev, _mm256_and_si256(ge, _mm256_set1_epi32(1 << b)));
+      if (sp.out_bits == 1) {  // binary spikes: the level is h >= theta
+        const __m256i ge = _mm256_cmpgt_epi32(h, theta_m1);
+        lev = _mm256_srli_epi32(ge, 31);
+        v = sp.hard ? _mm256_andnot_si256(ge, h) : _mm256_sub_epi32(h, _mm256_and_si256(ge, theta));
+      } else {
+        for (int b = sp.out_bits - 1; b >= 0; --b) {
+          const __m256i ge = _mm256_cmpgt_epi32(_mm256_sra_epi32(rem, _mm_cvtsi32_si128(b)), theta_m1);
+          rem = _mm256_sub_epi32(rem, _mm256_and_si256(ge, theta_shifted[b]));
+          lev = _mm256_or_si256(lev, _mm256_and_si256(ge, _mm256_set1_epi32(1 << b)));
+        }
+        v = sp.hard ? _mm256_andnot_si256(_mm256_cmpgt_epi32(lev, zero), h) : rem;
       }
-      v = sp.hard ? _mm256_andnot_si256(_mm256_cmpgt_epi32(lev, zero), h) : rem;
       if (sp.connect) {
         __m256i a = zero;
         for (int b = 0; b < sp.out_bits; ++b) {

@@ -473,8 +473,11 @@ class IntegerSpikingConv(nn.Module):
     (:meth:`reference_forward`), bit for bit the same.
 
     Buffers: ``w_planes`` int32 ``[w_bits, Cout, kh, kw, ceil(C/32)]``, ``bias`` and ``theta`` int32
-    ``[Cout]`` (:func:`fold_threshold`); attributes: the geometry, ``s_bits`` (input), ``out_bits``
-    (the neuron's), ``frac_bits``, ``leak_shift``, ``reset``."""
+    ``[Cout]`` (:func:`fold_threshold`); attributes (set when the layer is built, not state): the
+    geometry, ``s_bits`` (input), ``out_bits`` (the neuron's), ``frac_bits``, ``leak_shift``,
+    ``reset``. The forward passes the buffers to the op without checking them again; the op
+    itself refuses a theta < 1 or a bias that could overflow the current (a state_dict that does
+    not fit the layer)."""
 
     def __init__(self, conv: PackedConv2d, neuron, t_steps: int):
         super().__init__()
@@ -482,6 +485,9 @@ class IntegerSpikingConv(nn.Module):
             raise ValueError("integer inference: a spiking layer needs a packed spike-input conv with groups = 1")
         if float(neuron.v_reset) != 0.0:
             raise ValueError(f"integer inference: the neuron's v_reset must be 0, got {neuron.v_reset}")
+        if getattr(neuron, "stateful", False):
+            raise ValueError("integer inference: a stateful neuron (membrane kept across calls) has no integer form; "
+                             "every call starts from v = 0")
         cout, cin, kh, kw = conv.weight_shape
         pw = conv.packed_weight
         codes = pw.int_codes()  # [Cout, kh, kw, C]

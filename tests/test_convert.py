@@ -357,6 +357,9 @@ def test_integer_conversion_refuses_what_the_contract_cannot_express():
     with pytest.raises(ValueError, match="v_reset must be 0"):
         convert_for_inference(SEWResNet(BasicBlock, (1, 1, 1, 1), neuron_kw={"v_reset": 0.25}, **small),
                               torch.randn(1, 3, 8, 8), integer=True)
+    with pytest.raises(ValueError, match="stateful"):
+        convert_for_inference(SEWResNet(BasicBlock, (1, 1, 1, 1), neuron_kw={"stateful": True}, **small),
+                              torch.randn(1, 3, 8, 8), integer=True)
     with pytest.raises(ValueError, match="clamp_add"):
         convert_for_inference(SEWResNet(BasicBlock, (1, 1, 1, 1), clamp_add=False, **small),
                               torch.randn(1, 3, 8, 8), integer=True)
