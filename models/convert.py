@@ -605,18 +605,38 @@ class IntegerSEWResNet(nn.Module):
         self.fc = converted.fc
 
     def _stem_levels(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoding layer's spike levels, uint8 ``[T, B, H, W, 64]`` (channels last)."""
+        """The encoding layer's spike levels, uint8 ``[T, B, H', W', 64]`` (channels last)."""
         frames = input_frames(x, self.t_steps, self.in_chans, type(self).__name__, self.img_size)
         current = self.conv1(frames)  # [B, C, H, W] (an image) or [T, B, C, H, W] (event frames)
-        # the neuron is element-wise: it runs on the current laid out channels last, [T, B, H, W, C]
+        # the neuron is element-wise: it runs on the current laid out channels last, [(T,) B, H, W, C]
         current = current.movedim(-3, -1).contiguous()
-        spikes = self.sn1(repeat_frame(current, self.t_steps))
-        if not isinstance(self.maxpool, nn.Identity):
-            nchw = spikes.flatten(0, 1).permute(0, 3, 1, 2)
-            spikes = self.maxpool(nchw).permute(0, 2, 3, 1).unflatten(0, spikes.shape[:2])
-        if self.v_th != 1.0:  # spike values are level * v_th: back to whole levels
-            spikes = torch.round(spikes * (1.0 / self.v_th))
-        return spikes.to(torch.uint8).contiguous()
+        levels = None
+        for t, spikes in enumerate(self._stem_spikes(current)):
+            if not isinstance(self.maxpool, nn.Identity):
+                spikes = self.maxpool(spikes.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            if self.v_th != 1.0:  # spike values are level * v_th: back to whole levels
+                spikes = torch.round(spikes * (1.0 / self.v_th))
+            if levels is None:
+                levels = torch.empty((self.t_steps, *spikes.shape), dtype=torch.uint8, device=spikes.device)
+            levels[t].copy_(spikes)
+        return levels
+
+    def _stem_spikes(self, current: torch.Tensor):
+        """The stem neuron's spike values of each step, ``[B, H, W, C]``. An image's current is the
+        same at every step: on the CPU the neuron's kernel then runs one step at a time from the
+        last membrane (the T-step recurrence itself, without T copies of the current); else, and
+        for event frames, the neuron module runs on all steps."""
+        n = self.sn1
+        if (current.dim() == 5 or current.device.type != "cpu" or current.dtype != torch.float32
+                or n.backend != "auto" or n.stateful):
+            yield from self.sn1(repeat_frame(current, self.t_steps))
+            return
+        flat, v = current.reshape(1, -1), None
+        for _ in range(self.t_steps):
+            spikes, v, _ = torch.ops.qsnn.lif_forward(flat, v, n.s_bits, n.v_th, n.decay, n.v_reset,
+                                                      n.reset_mode == "hard", n.surrogate, n.alpha,
+                                                      n.detach_reset, False)
+            yield spikes.view(current.shape)
 
     def _head(self, levels: torch.Tensor) -> tuple:
         """Last levels ``[T, B, H, W, C]`` -> (logits, features, z)."""
