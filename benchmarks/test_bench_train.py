@@ -39,7 +39,9 @@ Quick mode (``QSNN_BENCH_QUICK=1``): batch 2, W/S/T 4/2/1, one step, eager build
 either whole model's training step takes well over a minute on a 2-core CPU, too long for CI.
 
 Caveat: on a shared machine the absolute numbers move with the other processes; the builds of a
-row run back to back, and ``--rounds`` repeats the row's sequence (best of the rounds).
+row run back to back, and ``--rounds`` repeats the row's sequence (best of the rounds). Compiled
+builds suffer most when their threads compete with other work (many short parallel regions);
+``--threads`` sets each build's OMP_NUM_THREADS.
 """
 
 from __future__ import annotations
@@ -154,11 +156,12 @@ def measure(model: str, build_name: str, wst, batch: int, steps: int, warmup: in
     return {"step_s": seconds, "warmup_s": warm, "peak_MiB": _status_mib("VmHWM") - before}
 
 
-def measure_in_fresh_process(model: str, build_name: str, wst, batch: int, steps: int, warmup: int = 2) -> dict:
-    """:func:`measure` in a new interpreter."""
+def measure_in_fresh_process(model: str, build_name: str, wst, batch: int, steps: int, warmup: int = 2,
+                             threads: int | None = None) -> dict:
+    """:func:`measure` in a new interpreter (``threads``: its OMP_NUM_THREADS; None: torch's default)."""
     code = ("import json, test_bench_train as b\n"
             f"print(json.dumps(b.measure({model!r}, {build_name!r}, {tuple(wst)}, {batch}, {steps}, {warmup})))\n")
-    return run_json(code, timeout=3600)
+    return run_json(code, env={"OMP_NUM_THREADS": str(threads)} if threads else None, timeout=3600)
 
 
 # --------------------------------------------------------------------------- pytest
@@ -258,17 +261,19 @@ def main(argv=None) -> int:
                                                    "sj_zoo", "sj_zoo_compiled"], choices=list(BUILDS))
     p.add_argument("--steps", type=int, default=8, help="timed steps per build (best taken)")
     p.add_argument("--rounds", type=int, default=1, help="repeat each row's builds this many times (best taken)")
+    p.add_argument("--threads", type=int, help="threads of each build's process (OMP_NUM_THREADS; default: torch's)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.rounds < 1 or min(args.batch) < 1:
-        p.error("--steps, --rounds and --batch must be >= 1")
+    if args.steps < 1 or args.rounds < 1 or min(args.batch) < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--steps, --rounds, --batch and --threads must be >= 1")
     try:
         wsts = [tuple(int(v) for v in w.split("/")) for w in args.wst]
     except ValueError:
         p.error(f"--wst takes W/S/T triples such as 4/1/4, got {args.wst}")
     if any(len(w) != 3 for w in wsts):
         p.error(f"--wst takes W/S/T triples such as 4/1/4, got {args.wst}")
-    print(f"training step (fwd + cross entropy + bwd + fused AdamW), {SIZE}x{SIZE}, {torch.get_num_threads()} "
+    threads = args.threads or torch.get_num_threads()
+    print(f"training step (fwd + cross entropy + bwd + fused AdamW), {SIZE}x{SIZE}, {threads} "
           f"threads, best of {args.steps} steps x {args.rounds} round(s), each build in a fresh process", flush=True)
     rows = []
     for model in args.models:
@@ -277,7 +282,7 @@ def main(argv=None) -> int:
                 results: dict = {}
                 for _ in range(args.rounds):
                     for b in args.builds:
-                        r = measure_in_fresh_process(model, b, wst, batch, args.steps)
+                        r = measure_in_fresh_process(model, b, wst, batch, args.steps, threads=args.threads)
                         print(json.dumps({"model": model, "wst": wst, "batch": batch, "build": b,
                                           "img_s": round(batch / min(r["step_s"]), 2),
                                           "median_img_s": round(batch / statistics.median(r["step_s"]), 2),
