@@ -10,8 +10,8 @@
 // Forward: one pass over x; y = x * scale[c] + shift[c] (scale and shift computed by the same
 // ATen ops as reference.batch_norm_scale_shift, two roundings here as there) feeds the LIF step
 // of lif_steps.h: spikes and levels equal the reference bit for bit. Nothing is saved: no h.
-// Batch statistics: one pass, per-channel sums of x and x^2 in double (mean and biased variance
-// E[x^2] - mean^2 from them, rounded to x's dtype once).
+// Batch statistics: one pass, per-channel sums of x and x^2 (short runs over time in x's type,
+// then double; mean and biased variance E[x^2] - mean^2 from them, rounded to x's dtype once).
 // Backward: per chunk, h_t is recomputed from x for all T (a chunk-local [T, kChunk] buffer),
 // then BPTT runs in reverse time (lif_steps.h) giving dL/dy_t, written out and summed per channel.
 // With running statistics that pass writes grad_x = scale * dL/dy and is all; with batch
@@ -37,34 +37,47 @@ using namespace lif_steps;
 
 constexpr int64_t kGrainChunks = 16;
 
-// Where neuron n0 of a [T, N] row sits: its channel and its offset within the channel's run of
-// `inner` neurons; advanced one neuron at a time (no division per element).
-struct ChannelWalk {
-  int64_t channel, offset, channels, inner;
-  ChannelWalk(int64_t n0, int64_t channels_, int64_t inner_)
-      : channel((n0 / inner_) % channels_), offset(n0 % inner_), channels(channels_), inner(inner_) {}
-  void next() {
-    if (++offset == inner) {
-      offset = 0;
-      if (++channel == channels) channel = 0;
-    }
+// The runs of one chunk of neurons n0 .. n0 + len - 1 that share a channel (the channel of
+// neuron n is (n / inner) % channels): fn(first index in the chunk, run length, channel).
+template <typename Fn>
+QSNN_INLINE void for_channel_runs(int64_t n0, int64_t len, int64_t channels, int64_t inner, Fn fn) {
+  int64_t channel = (n0 / inner) % channels, offset = n0 % inner;
+  for (int64_t i = 0; i < len;) {
+    const int64_t run = std::min(len - i, inner - offset);
+    fn(i, run, channel);
+    i += run;
+    offset = 0;
+    if (++channel == channels) channel = 0;
   }
-};
+}
 
 // dst[i] = per_channel[channel of neuron n0 + i], i < len: a chunk's copy of a per-channel constant.
 template <typename T>
 QSNN_INLINE void gather_channels(const T* per_channel, T* __restrict__ dst, int64_t n0, int64_t len,
                                  int64_t channels, int64_t inner) {
-  ChannelWalk walk(n0, channels, inner);
-  for (int64_t i = 0; i < len; ++i, walk.next()) dst[i] = per_channel[walk.channel];
+  for_channel_runs(n0, len, channels, inner, [&](int64_t i, int64_t run, int64_t c) {
+    std::fill(dst + i, dst + i + run, per_channel[c]);
+  });
 }
 
 // per_channel[channel of neuron n0 + i] += src[i], i < len: a chunk's sums added to its channels'.
+// A run is summed in four independent partial sums first: one chain of adds to the same channel
+// would serialize on the add's latency.
 template <typename T>
 QSNN_INLINE void add_to_channels(const T* __restrict__ src, double* per_channel, int64_t n0, int64_t len,
                                  int64_t channels, int64_t inner) {
-  ChannelWalk walk(n0, channels, inner);
-  for (int64_t i = 0; i < len; ++i, walk.next()) per_channel[walk.channel] += static_cast<double>(src[i]);
+  for_channel_runs(n0, len, channels, inner, [&](int64_t i, int64_t run, int64_t c) {
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    int64_t j = 0;
+    for (; j + 4 <= run; j += 4) {
+      a0 += static_cast<double>(src[i + j]);
+      a1 += static_cast<double>(src[i + j + 1]);
+      a2 += static_cast<double>(src[i + j + 2]);
+      a3 += static_cast<double>(src[i + j + 3]);
+    }
+    for (; j < run; ++j) a0 += static_cast<double>(src[i + j]);
+    per_channel[c] += (a0 + a1) + (a2 + a3);
+  });
 }
 
 template <typename T>
@@ -297,22 +310,34 @@ BackwardFn<T> pick_backward(bool hard, bool detach, Surrogate sur, bool pow2, bo
 
 // --------------------------------------------------------------------------- batch statistics
 
-// Per-channel sum and sum of squares of x [T, N] in double, over T and every neuron of the channel.
+// Per-channel sum and sum of squares of x [T, N] in double, over T and every neuron of the
+// channel. Each neuron's terms are summed in x's type over runs of at most kStatsRun steps (short
+// sums: a relative error of a few units in the last place of x's type), then added in double.
+constexpr int64_t kStatsRun = 8;
+
 template <typename T>
 QSNN_INLINE void stats_range(const T* __restrict__ x, int64_t steps, int64_t n, int64_t channels, int64_t inner,
                              double* __restrict__ sum, double* __restrict__ sum_sq, int64_t chunk_begin,
                              int64_t chunk_end) {
   alignas(64) double s1[kChunk], s2[kChunk];
+  alignas(64) T r1[kChunk], r2[kChunk];
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t n0 = c * kChunk, len = std::min(kChunk, n - n0);
+    const int64_t pf = std::clamp<int64_t>(std::min(chunk_end * kChunk, n) - n0 - kAhead, 0, len);
     for (int64_t i = 0; i < len; ++i) s1[i] = s2[i] = 0.0;
-    for (int64_t t = 0; t < steps; ++t) {
-      const T* __restrict__ xt = x + t * n + n0;
-      prefetch_read(xt + kAhead, std::min<int64_t>(len, std::max<int64_t>(n - n0 - kAhead, 0)));
+    for (int64_t t0 = 0; t0 < steps; t0 += kStatsRun) {
+      for (int64_t i = 0; i < len; ++i) r1[i] = r2[i] = T(0);
+      for (int64_t t = t0; t < std::min(steps, t0 + kStatsRun); ++t) {
+        const T* __restrict__ xt = x + t * n + n0;
+        prefetch_read(xt + kAhead, pf);
+        for (int64_t i = 0; i < len; ++i) {
+          r1[i] += xt[i];
+          r2[i] += xt[i] * xt[i];
+        }
+      }
       for (int64_t i = 0; i < len; ++i) {
-        const double v = static_cast<double>(xt[i]);
-        s1[i] += v;
-        s2[i] += v * v;
+        s1[i] += static_cast<double>(r1[i]);
+        s2[i] += static_cast<double>(r2[i]);
       }
     }
     add_to_channels(s1, sum, n0, len, channels, inner);
