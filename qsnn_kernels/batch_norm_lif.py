@@ -19,10 +19,10 @@ API flattens ``[T, B, C, ...]`` to it, in place for contiguous and channels-last
         -> (grad_x [T, N], grad_weight [C], grad_bias [C])
     batch_norm_statistics(x, channels, inner) -> (mean [C], var [C])   (biased var, x's dtype)
 
-The statistics op sums x and x^2 per channel in float64 in one pass (mean, then
-``E[x^2] - mean^2``), rounded once to x's dtype: equal to
-:func:`qsnn_kernels.reference.batch_norm_statistics` (torch.var_mean) up to that rounding, not bit
-for bit; the forward's bit-exactness holds for the statistics it is given.
+The statistics op sums x and x^2 per channel in one pass (each neuron's terms over runs of up to
+8 time steps in x's dtype, then in float64; mean, then ``E[x^2] - mean^2``), rounded once to x's
+dtype: equal to :func:`qsnn_kernels.reference.batch_norm_statistics` (torch.var_mean) up to
+rounding, not bit for bit; the forward's bit-exactness holds for the statistics it is given.
 
 ``weight``, ``bias``, ``mean``, ``var`` are ``[C]`` in x's dtype; ``batch_stats`` says that
 ``mean``/``var`` are x's own batch statistics (:func:`qsnn_kernels.reference.batch_norm_statistics`,
