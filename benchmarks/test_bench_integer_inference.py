@@ -194,7 +194,8 @@ def main() -> int:
         print(f"| {kind} | {f'{w}/{st}/{t}' if ours else 'fp32'} | {w * st * t if ours else '-'} | {s * 1e3:.1f} | "
               f"{ratio} |")
     if "r2" in result:
-        print(f"\nlatency = {result['ms_per_bb']:.1f} ms * BB + {result['intercept_ms']:.1f} ms, R^2 = {result['r2']:.3f}; "
+        print(f"\nlatency = {result['ms_per_bb']:.1f} ms * BB + {result['intercept_ms']:.1f} ms, "
+              f"R^2 = {result['r2']:.3f}; "
               f"largest ratio between splits of equal BB: {result['equal_bb_max_ratio']:.2f} "
               f"({', '.join(f'BB {bb}: {r:.2f}' for bb, r in result['equal_bb_ratio'].items())})")
     return 0

@@ -30,6 +30,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -158,11 +159,13 @@ QSNN_AVX2 __attribute__((always_inline)) inline void step_avx2(const uint64_t* b
     const uint64_t word = tail ? load_tail(a[i], kk) : load_word(a[i], kk);
     const __m256i va = _mm256_set1_epi64x(static_cast<long long>(word));
     const __m256i x0 = _mm256_and_si256(va, b0);
+    const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(x0, 4), low);
     bytes[i][0] = _mm256_add_epi8(bytes[i][0], _mm256_shuffle_epi8(lut, _mm256_and_si256(x0, low)));
-    bytes[i][0] = _mm256_add_epi8(bytes[i][0], _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x0, 4), low)));
+    bytes[i][0] = _mm256_add_epi8(bytes[i][0], _mm256_shuffle_epi8(lut, hi0));
     const __m256i x1 = _mm256_and_si256(va, b1);
+    const __m256i hi1 = _mm256_and_si256(_mm256_srli_epi16(x1, 4), low);
     bytes[i][1] = _mm256_add_epi8(bytes[i][1], _mm256_shuffle_epi8(lut, _mm256_and_si256(x1, low)));
-    bytes[i][1] = _mm256_add_epi8(bytes[i][1], _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x1, 4), low)));
+    bytes[i][1] = _mm256_add_epi8(bytes[i][1], _mm256_shuffle_epi8(lut, hi1));
   }
 }
 
@@ -593,8 +596,8 @@ int connect_code(const std::string& connect) {
   if (connect == "none") return 0;
   if (connect == "ADD") return 1;
   if (connect == "AND") return 2;
-  TORCH_CHECK_VALUE(connect == "IAND", "spiking_conv_planes: connect must be one of ('none', 'ADD', 'AND', 'IAND'), got ",
-                    connect);
+  TORCH_CHECK_VALUE(connect == "IAND",
+                    "spiking_conv_planes: connect must be one of ('none', 'ADD', 'AND', 'IAND'), got ", connect);
   return 3;
 }
 
@@ -640,8 +643,9 @@ at::Tensor spiking_conv_planes_cpu(const at::Tensor& x_planes, const at::Tensor&
   TORCH_CHECK_VALUE(h_bound < 2147483648.0, op, ": the current or the membrane could leave int32 (bound ",
                     h_bound, "): lower frac_bits or the bias");
 
-  auto out = out_words * 4 * 8 == g.cout ? HostPool::instance().empty({g.steps * out_bits, g.n, g.oh, g.ow, out_words}, at::kInt)
-                                         : at::zeros({g.steps * out_bits, g.n, g.oh, g.ow, out_words}, at::kInt);
+  const std::vector<int64_t> out_shape{g.steps * out_bits, g.n, g.oh, g.ow, out_words};
+  auto out = out_words * 32 == g.cout ? HostPool::instance().empty(out_shape, at::kInt)
+                                      : at::zeros(out_shape, at::kInt);
   if (out.numel() == 0) return out;
   at::Tensor idc;
   Spiking sp{};

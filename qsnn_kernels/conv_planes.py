@@ -48,7 +48,8 @@ CONNECTS = ("none", "ADD", "AND", "IAND")
 MAX_STEPS = 64
 """Most time steps of one call (the kernel keeps every step's result of a tile)."""
 
-_CONV_ARGS = "Tensor x_planes, Tensor w_planes, int channels, int s_bits, int[2] stride, int[2] padding, int[2] dilation"
+_CONV_ARGS = ("Tensor x_planes, Tensor w_planes, int channels, int s_bits, int[2] stride, int[2] padding, "
+              "int[2] dilation")
 
 torch.library.define("qsnn::conv_planes", f"({_CONV_ARGS}) -> Tensor")
 torch.library.define(

@@ -340,7 +340,7 @@ def test_integer_sew_resnet_event_frames_and_state():
     got, want = im.run(frames), im.run(frames, "reference")
     assert mismatches(got.z, want.z) == 0
     state = im.state_dict()
-    assert state["blocks.0.layers.0.w_planes"].dtype == torch.int32 and state["blocks.0.layers.0.theta"].dtype == torch.int32
+    assert state["blocks.0.layers.0.w_planes"].dtype == state["blocks.0.layers.0.theta"].dtype == torch.int32
     again = pickle.loads(pickle.dumps(im))
     assert torch.equal(again(frames), im(frames))
 
