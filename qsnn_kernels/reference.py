@@ -36,6 +36,10 @@ __all__ = [
     "batch_norm_statistics",
     "batch_norm_scale_shift",
     "batch_norm_lif",
+    "conv2d_levels",
+    "spiking_layer_int",
+    "SEW_CONNECTS",
+    "sew_connect_levels",
 ]
 
 
