@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 
 import pytest
 import test_bench_lif as lif_bench
@@ -40,6 +39,7 @@ from fresh_process import run_json
 from quick_mode import pick
 
 import qsnn_kernels as qk
+from qsnn_kernels.testing import call_seconds
 
 SHAPES = pick({"T4xB32xC64x32x32": (4, 32, 64, 32, 32)}, {"T4xB2xC8x8x8": (4, 2, 8, 8, 8)})
 BYTES_PER_NEURON_STEP = 9 + 16
@@ -116,14 +116,7 @@ def measure(impl: str, s_bits: int, shape, rounds: int, warmup: int) -> list[flo
     def run():
         return torch.autograd.grad(module(x), [x, *params], grad)
 
-    for _ in range(warmup):
-        run()
-    seconds = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - t0)
-    return seconds
+    return call_seconds(run, rounds, warmup)
 
 
 def measure_in_fresh_process(impl: str, s_bits: int, shape, rounds: int) -> list[float]:

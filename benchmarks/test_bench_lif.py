@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import time
 
 import pytest
 import torch
@@ -41,6 +40,7 @@ from quick_mode import pick
 
 from qsnn_kernels import _extension, reference
 from qsnn_kernels.lif import multilevel_lif
+from qsnn_kernels.testing import call_seconds
 
 SHAPES = pick({"T4xB32xC64x32x32": (4, 32, 64, 32, 32), "T16xB16xC64x16x16": (16, 16, 64, 16, 16)},
               {"T4xB2xC8x8x8": (4, 2, 8, 8, 8)})
@@ -159,14 +159,7 @@ def measure(impl: str, s_bits: int, shape, mode: str, rounds: int, warmup: int) 
         def run():
             return torch.autograd.grad(fn(x), x, grad)
 
-    for _ in range(warmup):
-        run()
-    seconds = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - t0)
-    return seconds
+    return call_seconds(run, rounds, warmup)
 
 
 def measure_in_fresh_process(impl: str, s_bits: int, shape, mode: str, rounds: int) -> list[float]:

@@ -32,13 +32,18 @@ def mismatches(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(differ.sum())
 
 
-def best_seconds(fn, repeat: int = 5, warmup: int = 1) -> float:
-    """The fastest of ``repeat`` timed calls of ``fn`` (wall clock), after ``warmup`` untimed ones."""
+def call_seconds(fn, repeat: int = 5, warmup: int = 1) -> list[float]:
+    """The wall-clock seconds of each of ``repeat`` timed calls of ``fn``, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-    best = float("inf")
+    seconds = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def best_seconds(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """The fastest of ``repeat`` timed calls of ``fn`` (wall clock), after ``warmup`` untimed ones."""
+    return min(call_seconds(fn, repeat, warmup))
