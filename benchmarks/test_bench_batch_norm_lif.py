@@ -162,7 +162,8 @@ def main() -> None:
         for s_bits in (1, 4):
             rows = {}
             for impl in IMPLS:
-                if impl.removesuffix("_compiled") == "spikingjelly" and importlib.util.find_spec("spikingjelly") is None:
+                no_peer = importlib.util.find_spec("spikingjelly") is None
+                if impl.removesuffix("_compiled") == "spikingjelly" and no_peer:
                     continue
                 rows[impl] = _best_ms(impl, s_bits, shape)
             for impl, ms in rows.items():

@@ -155,7 +155,9 @@ ForwardFn<T> pick_forward_levels(bool levels, bool avx2) {
 
 template <typename T>
 ForwardFn<T> pick_forward(bool hard, bool pow2, bool levels, bool avx2) {
-  if (hard) return pow2 ? pick_forward_levels<T, true, true>(levels, avx2) : pick_forward_levels<T, true, false>(levels, avx2);
+  if (hard) {
+    return pow2 ? pick_forward_levels<T, true, true>(levels, avx2) : pick_forward_levels<T, true, false>(levels, avx2);
+  }
   return pow2 ? pick_forward_levels<T, false, true>(levels, avx2) : pick_forward_levels<T, false, false>(levels, avx2);
 }
 
@@ -278,8 +280,12 @@ void finish_base(const Params<T>& p, const T* mean, const T* invstd, const T* k_
 
 template <typename T, bool kHard, bool kDetach, int kSur, bool kPow2>
 BackwardFn<T> pick_scaled(bool scaled, bool avx2) {
-  if (scaled) return avx2 ? &backward_avx2<T, kHard, kDetach, kSur, kPow2, true> : &backward_base<T, kHard, kDetach, kSur, kPow2, true>;
-  return avx2 ? &backward_avx2<T, kHard, kDetach, kSur, kPow2, false> : &backward_base<T, kHard, kDetach, kSur, kPow2, false>;
+  if (scaled) {
+    return avx2 ? &backward_avx2<T, kHard, kDetach, kSur, kPow2, true>
+                : &backward_base<T, kHard, kDetach, kSur, kPow2, true>;
+  }
+  return avx2 ? &backward_avx2<T, kHard, kDetach, kSur, kPow2, false>
+              : &backward_base<T, kHard, kDetach, kSur, kPow2, false>;
 }
 
 template <typename T, bool kHard, bool kDetach, int kSur>
