@@ -22,6 +22,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
 #include <mutex>
 #include <vector>
 
@@ -387,6 +388,15 @@ void check_args(const char* op, const at::Tensor& x, std::initializer_list<const
                     " must be a multiple of C * inner = ", channels, " * ", inner);
 }
 
+// reference.batch_norm_scale_shift, op for op (the same ATen kernels, so the same roundings), with
+// the invstd it goes through: {invstd, scale, shift}, contiguous [C].
+std::array<at::Tensor, 3> scale_shift(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean,
+                                      const at::Tensor& var, double eps) {
+  const at::Tensor invstd = at::rsqrt(var + eps);
+  const at::Tensor scale = weight * invstd;
+  return {invstd.contiguous(), scale.contiguous(), (bias - mean * scale).contiguous()};
+}
+
 std::tuple<at::Tensor, at::Tensor> batch_norm_lif_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean,
     const at::Tensor& var, double eps, int64_t inner, bool /*batch_stats*/, int64_t s_bits, double v_th,
@@ -394,10 +404,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_lif_forward_cpu(
     bool /*detach_reset*/, bool emit_levels) {
   const char* op = "batch_norm_lif_forward";
   check_args(op, x, {&weight, &bias, &mean, &var}, inner, s_bits, eps);
-  // reference.batch_norm_scale_shift, op for op
-  const at::Tensor scale = weight * at::rsqrt(var + eps);
-  const at::Tensor shift = (bias - mean * scale).contiguous();
-  const at::Tensor scale_c = scale.contiguous();
+  const auto [invstd, scale, shift] = scale_shift(weight, bias, mean, var, eps);
   const auto xc = x.contiguous();
   const int64_t steps = x.size(0), n = x.size(1);
   auto& pool = HostPool::instance();
@@ -406,7 +413,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_lif_forward_cpu(
   const bool avx2 = cpu_has_avx2();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_lif_forward_cpu", [&] {
     using T = scalar_t;
-    const Params<T> p{xc.data_ptr<T>(), scale_c.data_ptr<T>(), shift.data_ptr<T>(), steps, n, scale.numel(), inner,
+    const Params<T> p{xc.data_ptr<T>(), scale.data_ptr<T>(), shift.data_ptr<T>(), steps, n, scale.numel(), inner,
                       static_cast<T>((1 << s_bits) - 1), static_cast<T>(v_th), static_cast<T>(decay),
                       static_cast<T>(v_reset)};
     const ForwardOut<T> o{spikes.data_ptr<T>(), emit_levels ? levels.data_ptr<uint8_t>() : nullptr};
@@ -428,9 +435,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_lif_backward_cpu(
   TORCH_CHECK_VALUE(alpha > 0, op, ": alpha must be > 0, got ", alpha);
   const Surrogate sur = surrogate_code(surrogate, op);
   const auto dtype = x.scalar_type();
-  const at::Tensor invstd = at::rsqrt(var + eps).contiguous();
-  const at::Tensor scale = (weight * invstd).contiguous();
-  const at::Tensor shift = (bias - mean * scale).contiguous();
+  const auto [invstd, scale, shift] = scale_shift(weight, bias, mean, var, eps);
   const at::Tensor mean_c = mean.contiguous();
   const auto xc = x.contiguous();
   const auto gsc = grad_spikes.to(dtype).contiguous();

@@ -45,7 +45,7 @@ import math
 import torch
 
 from . import _extension, reference
-from .lif import _check_float_params, _time_major_dense
+from .lif import _check_float_params, _levels, _time_major_dense
 
 __all__ = ["batch_norm_lif"]
 
@@ -114,16 +114,19 @@ def _as_blocks(x: torch.Tensor, channels: int, inner: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, channels, inner)
 
 
+def _normalized(x, weight, bias, mean, var, eps, inner) -> torch.Tensor:
+    """``x [T, N]`` through the reference's affine map of the batch norm (the neurons' input)."""
+    scale, shift = reference.batch_norm_scale_shift(weight, bias, mean, var, eps)
+    return (_as_blocks(x, weight.shape[0], inner) * _per_channel(scale) + _per_channel(shift)).view(x.shape)
+
+
 def _forward_composite(x, weight, bias, mean, var, eps, inner, batch_stats, s_bits, v_th, decay, v_reset, hard_reset,
                        surrogate, alpha, detach_reset, emit_levels):
     """The forward op on any device: the reference's affine map, then ``qsnn::lif_forward``."""
-    scale, shift = reference.batch_norm_scale_shift(weight, bias, mean, var, eps)
-    c = weight.shape[0]
-    y = (_as_blocks(x, c, inner) * _per_channel(scale) + _per_channel(shift)).view(x.shape)
+    y = _normalized(x, weight, bias, mean, var, eps, inner)
     spikes, _, _ = torch.ops.qsnn.lif_forward(y, None, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
                                               detach_reset, False)
-    levels = (torch.nan_to_num(torch.round(spikes / v_th), nan=0.0).to(torch.uint8) if emit_levels
-              else x.new_empty((0, x.shape[1]), dtype=torch.uint8))
+    levels = _levels(spikes, v_th) if emit_levels else x.new_empty((0, x.shape[1]), dtype=torch.uint8)
     return spikes, levels
 
 
@@ -133,9 +136,9 @@ def _backward_composite(grad_spikes, x, weight, bias, mean, var, eps, inner, bat
     ``qsnn::lif_backward``, then the batch norm's gradient in torch ops."""
     c = weight.shape[0]
     invstd = torch.rsqrt(var + eps)
-    scale, shift = reference.batch_norm_scale_shift(weight, bias, mean, var, eps)
+    scale = weight * invstd  # reference.batch_norm_scale_shift's scale
     xb = _as_blocks(x, c, inner)
-    y = (xb * _per_channel(scale) + _per_channel(shift)).view(x.shape)
+    y = _normalized(x, weight, bias, mean, var, eps, inner)
     lif = (s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset)
     _, _, h = torch.ops.qsnn.lif_forward(y, None, *lif, True)
     gy, _ = torch.ops.qsnn.lif_backward(grad_spikes.to(x.dtype), None, h, *lif)
@@ -281,9 +284,7 @@ def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         spikes = reference.batch_norm_lif(x, weight, bias, None if batch_stats else mean, None if batch_stats else var,
                                           float(eps), s_bits, v_th, decay, v_reset, reset, surrogate, alpha,
                                           detach_reset)
-        if return_levels:
-            return spikes, torch.nan_to_num(torch.round(spikes.detach() / v_th), nan=0.0).to(torch.uint8)
-        return spikes
+        return (spikes, _levels(spikes, v_th)) if return_levels else spikes
     spikes, levels = torch.ops.qsnn.batch_norm_lif_forward(
         x2, weight, bias, mean, var, float(eps), inner, batch_stats, s_bits, float(v_th), float(decay),
         float(v_reset), reset == "hard", surrogate, alpha, bool(detach_reset), bool(return_levels))
