@@ -1,6 +1,7 @@
 // Multi-level LIF neuron on the CPU (DESIGN.md "Multi-level LIF"), fused over all T steps.
 //
-// Layout: x, spikes, h are [T, N] contiguous (time-major); v_init, v_last are [N].
+// Layout: spikes, h are [T, N] contiguous (time-major); x too, or one frame broadcast over T
+// (stride 0, read in place); v_init, v_last are [N].
 // Each thread (at::parallel_for, OpenMP) takes chunks of kChunk neurons and walks all T steps
 // over its chunk, forward in time (forward) or in reverse (backward, BPTT), so the membrane
 // potential or its gradient stays in a chunk-local array and every input element is read once
@@ -50,8 +51,8 @@ struct ForwardArgs {
   const T* v_init;  // may be null: zeros
   T* spikes;
   T* h;
-  T* v_last;
-  int64_t steps, n;
+  T* v_last;  // may be null: not emitted
+  int64_t steps, n, x_step;  // x_step: N, or 0 for a frame broadcast over T
   T levels, v_th, decay, v_reset;
 };
 
@@ -78,19 +79,22 @@ QSNN_INLINE void forward_range(const ForwardArgs<T>& a, int64_t chunk_begin, int
     const int64_t pf = std::clamp<int64_t>(std::min(chunk_end * kChunk, a.n) - n0 - kAhead, 0, len);
     for (int64_t t = 0; t < a.steps; ++t) {
       const int64_t off = t * a.n + n0;
+      const T* xt = a.x + t * a.x_step + n0;
       T* ht = kSaveH ? a.h + off : nullptr;
-      prefetch_read(a.x + off + kAhead, pf);
+      prefetch_read(xt + kAhead, pf);
       prefetch_write(a.spikes + off + kAhead, pf);
       if (kSaveH) prefetch_write(ht + kAhead, pf);
       if (pow2) {
-        forward_step<T, kHard, kSaveH, true>(a.x + off, a.spikes + off, ht, v, len, a.levels, a.v_th, inv, a.decay,
+        forward_step<T, kHard, kSaveH, true>(xt, a.spikes + off, ht, v, len, a.levels, a.v_th, inv, a.decay,
                                              a.v_reset);
       } else {
-        forward_step<T, kHard, kSaveH, false>(a.x + off, a.spikes + off, ht, v, len, a.levels, a.v_th, inv, a.decay,
+        forward_step<T, kHard, kSaveH, false>(xt, a.spikes + off, ht, v, len, a.levels, a.v_th, inv, a.decay,
                                               a.v_reset);
       }
     }
-    for (int64_t i = 0; i < len; ++i) a.v_last[n0 + i] = v[i];
+    if (a.v_last) {
+      for (int64_t i = 0; i < len; ++i) a.v_last[n0 + i] = v[i];
+    }
   }
 }
 
@@ -116,7 +120,7 @@ struct BackwardArgs {
   const T* grad_v_last;  // may be null: zeros
   const T* h;
   T* grad_x;
-  T* grad_v_init;
+  T* grad_v_init;  // may be null: not emitted
   int64_t steps, n, levels;
   T v_th, decay, v_reset;
   SurrogateConsts<T> k;
@@ -143,7 +147,9 @@ QSNN_INLINE void backward_range(const BackwardArgs<T>& a, int64_t chunk_begin, i
       backward_step<T, kHard, kDetach>(a.h + off, a.grad_spikes + off, u, first, total, gv, a.grad_x + off, len,
                                        a.v_th, a.decay, a.v_reset);
     }
-    for (int64_t i = 0; i < len; ++i) a.grad_v_init[n0 + i] = gv[i];
+    if (a.grad_v_init) {
+      for (int64_t i = 0; i < len; ++i) a.grad_v_init[n0 + i] = gv[i];
+    }
   }
 }
 
@@ -175,25 +181,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(const at::Tensor&
                                                                 double v_reset, bool hard_reset,
                                                                 c10::string_view /*surrogate*/,
                                                                 double /*alpha*/, bool /*detach_reset*/,
-                                                                bool save_h) {
+                                                                bool save_h, bool emit_v_last) {
   check_common(x, v_init, s_bits, "lif_forward");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
                    "lif_forward (CPU): x must be float32 or float64, got ", x.scalar_type());
   if (v_init.has_value()) {
     TORCH_CHECK_TYPE(v_init->scalar_type() == x.scalar_type(), "lif_forward (CPU): v_init must have x's dtype");
   }
-  const auto xc = x.contiguous();
-  const auto vc = v_init.has_value() ? v_init->contiguous() : at::Tensor();
   const int64_t steps = x.size(0), n = x.size(1);
+  const bool broadcast = steps > 1 && x.stride(0) == 0 && (n <= 1 || x.stride(1) == 1);
+  const auto xc = broadcast ? x : x.contiguous();
+  const auto vc = v_init.has_value() ? v_init->contiguous() : at::Tensor();
   auto& pool = HostPool::instance();
   auto spikes = pool.empty({steps, n}, x.scalar_type());
   auto h = pool.empty({save_h ? steps : 0, n}, x.scalar_type());  // [0, N] when no backward will run
-  auto v_last = pool.empty({n}, x.scalar_type());
+  auto v_last = pool.empty({emit_v_last ? n : 0}, x.scalar_type());
   const bool avx2 = cpu_has_avx2();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_forward_cpu", [&] {
     using T = scalar_t;
     const ForwardArgs<T> a{xc.data_ptr<T>(), vc.defined() ? vc.data_ptr<T>() : nullptr,
-                           spikes.data_ptr<T>(), save_h ? h.data_ptr<T>() : nullptr, v_last.data_ptr<T>(), steps, n,
+                           spikes.data_ptr<T>(), save_h ? h.data_ptr<T>() : nullptr,
+                           emit_v_last ? v_last.data_ptr<T>() : nullptr, steps, n, broadcast ? 0 : n,
                            static_cast<T>((1 << s_bits) - 1), static_cast<T>(v_th), static_cast<T>(decay),
                            static_cast<T>(v_reset)};
     auto fn = hard_reset ? pick_forward<T, true>(save_h, avx2) : pick_forward<T, false>(save_h, avx2);
@@ -214,15 +222,17 @@ auto pick_backward(Surrogate sur, bool avx2) -> void (*)(const BackwardArgs<T>&,
   TORCH_CHECK_VALUE(false, "lif_backward: no kernel for surrogate code ", static_cast<int64_t>(sur));
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spikes,
+std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const std::optional<at::Tensor>& grad_spikes,
                                                     const std::optional<at::Tensor>& grad_v_last,
                                                     const at::Tensor& h, int64_t s_bits, double v_th, double decay,
                                                     double v_reset, bool hard_reset, c10::string_view surrogate,
-                                                    double alpha, bool detach_reset) {
+                                                    double alpha, bool detach_reset, bool emit_grad_v_init) {
   check_common(h, std::nullopt, s_bits, "lif_backward");
   TORCH_CHECK_TYPE(h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble,
                    "lif_backward (CPU): h must be float32 or float64, got ", h.scalar_type());
-  TORCH_CHECK_VALUE(grad_spikes.sizes() == h.sizes(), "lif_backward: grad_spikes must have h's shape [T, N]");
+  if (grad_spikes.has_value()) {
+    TORCH_CHECK_VALUE(grad_spikes->sizes() == h.sizes(), "lif_backward: grad_spikes must have h's shape [T, N]");
+  }
   if (grad_v_last.has_value()) {
     TORCH_CHECK_VALUE(grad_v_last->dim() == 1 && grad_v_last->size(0) == h.size(1),
                       "lif_backward: grad_v_last must be [N]");
@@ -231,18 +241,19 @@ std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const at::Tensor& grad_spike
   TORCH_CHECK_VALUE(alpha > 0, "lif_backward: alpha must be > 0, got ", alpha);
   const auto dtype = h.scalar_type();
   const auto hc = h.contiguous();
-  const auto gsc = grad_spikes.to(dtype).contiguous();
+  const auto gsc = grad_spikes.has_value() ? grad_spikes->to(dtype).contiguous() : at::zeros_like(hc);
   const auto gvc = grad_v_last.has_value() ? grad_v_last->to(dtype).contiguous() : at::Tensor();
   const int64_t steps = h.size(0), n = h.size(1);
   auto& pool = HostPool::instance();
   auto grad_x = pool.empty({steps, n}, dtype);
-  auto grad_v_init = pool.empty({n}, dtype);
+  auto grad_v_init = pool.empty({emit_grad_v_init ? n : 0}, dtype);
   const bool avx2 = cpu_has_avx2();
   AT_DISPATCH_FLOATING_TYPES(dtype, "lif_backward_cpu", [&] {
     using T = scalar_t;
     const SurrogateConsts<T> k = surrogate_consts<T>(alpha);
     const BackwardArgs<T> a{gsc.data_ptr<T>(), gvc.defined() ? gvc.data_ptr<T>() : nullptr, hc.data_ptr<T>(),
-                            grad_x.data_ptr<T>(), grad_v_init.data_ptr<T>(), steps, n, (int64_t(1) << s_bits) - 1,
+                            grad_x.data_ptr<T>(), emit_grad_v_init ? grad_v_init.data_ptr<T>() : nullptr, steps, n,
+                            (int64_t(1) << s_bits) - 1,
                             static_cast<T>(v_th), static_cast<T>(decay), static_cast<T>(v_reset), k};
     auto fn = hard_reset ? (detach_reset ? pick_backward<T, true, true>(sur, avx2)
                                          : pick_backward<T, true, false>(sur, avx2))

@@ -21,12 +21,17 @@ the reset indicator and the surrogate derivatives are all recomputed from it.
 Op contract (``[T, N]`` contiguous; the functional API flattens ``[T, ...]`` to it)::
 
     lif_forward(x, v_init?, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
-                save_h=True)
+                save_h=True, emit_v_last=True)
         -> (spikes [T, N] x.dtype = level * v_th, v_last [N] state dtype, h [T, N] x.dtype)
-        (h is [0, N] and never written when save_h is False: inference, no autograd graph)
-    lif_backward(grad_spikes, grad_v_last?, h, s_bits, v_th, decay, v_reset, hard_reset,
-                 surrogate, alpha, detach_reset) -> (grad_x [T, N], grad_v_init [N]), state dtype
-        (grad_v_last None: v_T received no gradient, so, as in the reference's autograd, the last
+        (h is [0, N] and never written when save_h is False: inference, no autograd graph;
+        v_last is [0] and never written when emit_v_last is False: a caller that drops it;
+        x may also be one dense frame broadcast over T, stride 0, read in place:
+        :func:`broadcast_over_time`)
+    lif_backward(grad_spikes?, grad_v_last?, h, s_bits, v_th, decay, v_reset, hard_reset,
+                 surrogate, alpha, detach_reset, emit_grad_v_init=True)
+        -> (grad_x [T, N] h.dtype, grad_v_init [N] state dtype, [0] without emit_grad_v_init)
+        (grad_spikes None: the spikes received no gradient, no zero tensor is read;
+        grad_v_last None: v_T received no gradient, so, as in the reference's autograd, the last
         step's membrane path contributes nothing, not 0 * dv/dh, which is NaN for a NaN membrane)
     lif_int(x int32, v_init? int32, s_bits, theta, leak_shift, v_reset, hard_reset)
         -> (levels uint8 [T, N], v_last int32 [N])
@@ -34,7 +39,7 @@ Op contract (``[T, N]`` contiguous; the functional API flattens ``[T, ...]`` to 
 ``surrogate`` is a name of :data:`qsnn_kernels.choices.SURROGATES` (each kernel maps it to its
 code; an unknown name is a ValueError), ``alpha`` its resolved positive parameter. ``surrogate``,
 ``alpha`` and ``detach_reset`` are in the forward schema only so that the registered autograd
-formula can see them; the forward kernels ignore them. The state dtype (v_init, v_last, gradients)
+formula can see them; the forward kernels ignore them. The state dtype (v_init, v_last, grad_v_init)
 is float64 for float64 input (CPU only) and float32 otherwise.
 
 Outputs of the C++ kernels of 1 MiB or more come from a small pool of warm host buffers
@@ -92,12 +97,13 @@ def _triton_lif():
 torch.library.define(
     "qsnn::lif_forward",
     "(Tensor x, Tensor? v_init, int s_bits, float v_th, float decay, float v_reset, bool hard_reset, "
-    "str surrogate, float alpha, bool detach_reset, bool save_h=True) -> (Tensor, Tensor, Tensor)",
+    "str surrogate, float alpha, bool detach_reset, bool save_h=True, bool emit_v_last=True) "
+    "-> (Tensor, Tensor, Tensor)",
 )
 torch.library.define(
     "qsnn::lif_backward",
-    "(Tensor grad_spikes, Tensor? grad_v_last, Tensor h, int s_bits, float v_th, float decay, float v_reset, "
-    "bool hard_reset, str surrogate, float alpha, bool detach_reset) -> (Tensor, Tensor)",
+    "(Tensor? grad_spikes, Tensor? grad_v_last, Tensor h, int s_bits, float v_th, float decay, float v_reset, "
+    "bool hard_reset, str surrogate, float alpha, bool detach_reset, bool emit_grad_v_init=True) -> (Tensor, Tensor)",
 )
 torch.library.define(
     "qsnn::lif_int",
@@ -108,26 +114,28 @@ torch.library.define(
 
 @torch.library.register_fake("qsnn::lif_forward")
 def _lif_forward_fake(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
-                      save_h=True):
+                      save_h=True, emit_v_last=True):
     torch._check(x.dim() == 2 and x.shape[0] >= 1, lambda: "lif_forward: x must be [T, N] with T >= 1")
     torch._check(x.dtype.is_floating_point, lambda: f"lif_forward: float x expected, got {x.dtype}")
     state = _state_dtype(x.dtype)
     if v_init is not None:
         torch._check(v_init.shape == x.shape[1:], lambda: "lif_forward: v_init must be [N]")
         torch._check(v_init.dtype == state, lambda: f"lif_forward: v_init must be {state}")
-    h = torch.empty_like(x) if save_h else x.new_empty((0, x.shape[1]))
-    return torch.empty_like(x), x.new_empty(x.shape[1:], dtype=state), h
+    h = x.new_empty(x.shape) if save_h else x.new_empty((0, x.shape[1]))
+    v_last = x.new_empty(x.shape[1:] if emit_v_last else (0,), dtype=state)
+    return x.new_empty(x.shape), v_last, h
 
 
 @torch.library.register_fake("qsnn::lif_backward")
 def _lif_backward_fake(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
-                       detach_reset):
+                       detach_reset, emit_grad_v_init=True):
     torch._check(h.dim() == 2, lambda: "lif_backward: h must be [T, N]")
-    torch._check(grad_spikes.shape == h.shape, lambda: "lif_backward: grad_spikes must have h's shape")
+    if grad_spikes is not None:
+        torch._check(grad_spikes.shape == h.shape, lambda: "lif_backward: grad_spikes must have h's shape")
     if grad_v_last is not None:
         torch._check(grad_v_last.shape == h.shape[1:], lambda: "lif_backward: grad_v_last must be [N]")
     state = _state_dtype(h.dtype)
-    return h.new_empty(h.shape, dtype=state), h.new_empty(h.shape[1:], dtype=state)
+    return h.new_empty(h.shape), h.new_empty(h.shape[1:] if emit_grad_v_init else (0,), dtype=state)
 
 
 @torch.library.register_fake("qsnn::lif_int")
@@ -138,14 +146,14 @@ def _lif_int_fake(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
 
 
 def _lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset,
-                        save_h=True):
-    return _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, save_h)
+                        save_h=True, emit_v_last=True):
+    return _triton_lif().lif_forward_triton(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, save_h, emit_v_last)
 
 
 def _lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
-                         detach_reset):
+                         detach_reset, emit_grad_v_init=True):
     return _triton_lif().lif_backward_triton(grad_spikes, grad_v_last, h, s_bits, v_th, decay, v_reset, hard_reset,
-                                             surrogate, alpha, detach_reset)
+                                             surrogate, alpha, detach_reset, emit_grad_v_init)
 
 
 def _lif_int_triton(x, v_init, s_bits, theta, leak_shift, v_reset, hard_reset):
@@ -206,7 +214,7 @@ def _lif_setup_context(ctx, inputs, output, triton_on_cpu: bool = False):
     h = output[2]
     ctx.save_for_backward(h)
     ctx.args = tuple(args[:8])  # the backward's parameters (s_bits .. detach_reset)
-    ctx.x_dtype = x.dtype
+    ctx.emit_v_last = args[9]
     ctx.triton_on_cpu = triton_on_cpu  # the backward runs on the forward's kernels
     ctx.mark_non_differentiable(h)  # internal saved state, not a result
     ctx.set_materialize_grads(False)  # an unused output costs no zero-filled gradient
@@ -217,17 +225,18 @@ def _lif_grads(ctx, grad_spikes, grad_v_last) -> tuple:
     if _differentiated_again(ctx, grad_spikes if grad_spikes is not None else grad_v_last):
         raise RuntimeError(DOUBLE_BACKWARD_ERROR)
     (h,) = ctx.saved_tensors
+    if not ctx.emit_v_last:
+        grad_v_last = None  # v_last was [0], never computed
     if grad_spikes is None and grad_v_last is None:
         return None, None
-    if grad_spikes is None:
-        grad_spikes = torch.zeros_like(h)
+    emit_grad_v_init = ctx.needs_input_grad[1]
     with _kernels_of(ctx.triton_on_cpu):
-        grad_x, grad_v_init = torch.ops.qsnn.lif_backward(grad_spikes, grad_v_last, h, *ctx.args)
-    return grad_x.to(ctx.x_dtype), grad_v_init if ctx.needs_input_grad[1] else None
+        grad_x, grad_v_init = torch.ops.qsnn.lif_backward(grad_spikes, grad_v_last, h, *ctx.args, emit_grad_v_init)
+    return grad_x, grad_v_init if emit_grad_v_init else None
 
 
 def _lif_backward(ctx, grad_spikes, grad_v_last, grad_h):
-    return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 9
+    return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 10
 
 
 torch.library.register_autograd("qsnn::lif_forward", _lif_backward, setup_context=_lif_setup_context)
@@ -240,10 +249,10 @@ class _LifFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset, save_h,
-                triton_on_cpu):
+                emit_v_last, triton_on_cpu):
         with _kernels_of(triton_on_cpu):
             return torch.ops.qsnn.lif_forward(x, v_init, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
-                                              detach_reset, save_h)
+                                              detach_reset, save_h, emit_v_last)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -253,7 +262,7 @@ class _LifFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last, grad_h):
-        return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 10
+        return *_lif_grads(ctx, grad_spikes, grad_v_last), *(None,) * 11
 
 
 # apply() binds its arguments to inspect.signature(forward) on every call (a Function with a
@@ -430,6 +439,16 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
     x or v_init, float16/bfloat16 on CPU, float64 with backend="triton"), BackendUnavailable (no
     kernel for the device).
     """
+    spikes, v_last, levels = _multilevel_lif(
+        x, s_bits=s_bits, v_th=v_th, decay=decay, v_reset=v_reset, reset=reset, surrogate=surrogate, alpha=alpha,
+        detach_reset=detach_reset, v_init=v_init, return_levels=return_levels, backend=backend, emit_v_last=True)
+    return (spikes, v_last, levels) if return_levels else (spikes, v_last)
+
+
+def _multilevel_lif(x, *, s_bits, v_th, decay, v_reset, reset, surrogate, alpha, detach_reset, v_init, return_levels,
+                    backend, emit_v_last):
+    """:func:`multilevel_lif`'s work: ``(spikes, v_T or None, levels or None)``; ``emit_v_last=False``
+    (a caller that drops v_T) leaves v_T uncomputed, as the ops allow."""
     name = "multilevel_lif"
     check_backend(backend, name)
     _check_input(x, name)
@@ -446,23 +465,24 @@ def multilevel_lif(x: torch.Tensor, *, s_bits: int = 1, v_th: float = 1.0, decay
     if backend == "reference":
         spikes, v_last = reference.multilevel_lif(x, s_bits, v_th, decay, v_reset, reset, surrogate, alpha,
                                                   detach_reset, v_init)
-        return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
+        return spikes, v_last, _levels(spikes, v_th) if return_levels else None
     triton_on_cpu = _triton_on_cpu(backend, x.device, name)
     x, undo = _time_major_dense(x)
     steps, shape = x.shape[0], x.shape
-    x2 = x.reshape(steps, -1).contiguous()
+    x2 = _rows(x)
     v2 = None if v_init is None else undo.state_in(v_init).reshape(-1).to(_state_dtype(x.dtype)).contiguous()
     # without a backward to come, h (one element per neuron per step) is not written at all
     save_h = torch._C._are_functorch_transforms_active() or (
         torch.is_grad_enabled() and (x.requires_grad or (v_init is not None and v_init.requires_grad)))
     args = (x2, v2, s_bits, float(v_th), float(decay), float(v_reset), reset == "hard", surrogate, alpha,
-            bool(detach_reset), save_h, triton_on_cpu)
+            bool(detach_reset), save_h, emit_v_last, triton_on_cpu)
     if triton_on_cpu:
         spikes, v_last, _ = _eagerly(name, _LifFunction.apply, *args)
     else:
         spikes, v_last, _ = _LifFunction.apply(*args)
-    spikes, v_last = undo.out(spikes.view(shape)), undo.state_out(v_last.view(shape[1:]))
-    return (spikes, v_last, _levels(spikes, v_th)) if return_levels else (spikes, v_last)
+    spikes = undo.out(spikes.view(shape))
+    v_last = undo.state_out(v_last.view(shape[1:])) if emit_v_last else None
+    return spikes, v_last, _levels(spikes, v_th) if return_levels else None
 
 
 class _Permutation:
@@ -483,13 +503,32 @@ class _Permutation:
         return t.permute(self.state_inverse)
 
 
+def broadcast_over_time(x: torch.Tensor) -> bool:
+    """Whether ``x [T, N]`` is one dense frame repeated over T by a stride-0 time dimension
+    (``frame.expand(T, N)``, a direct-encoding input), which the LIF kernels read in place."""
+    return x.dim() == 2 and x.shape[0] > 1 and x.stride(0) == 0 and (x.shape[1] <= 1 or x.stride(1) == 1)
+
+
+def _dense_frames(x: torch.Tensor) -> bool:
+    """Whether ``x [T, ...]`` is contiguous, or one contiguous frame broadcast over T (stride 0)."""
+    return x.is_contiguous() or (x.dim() > 1 and x.stride(0) == 0 and x[0].is_contiguous())
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x [T, ...]`` as the ops' ``[T, N]``: a view when its frames are dense (a frame broadcast
+    over T stays a stride-0 view, :func:`broadcast_over_time`), a contiguous copy otherwise."""
+    rows = x.reshape(x.shape[0], -1)
+    return rows if rows.is_contiguous() or broadcast_over_time(rows) else rows.contiguous()
+
+
 def _time_major_dense(x: torch.Tensor):
     """``(x viewed with dims 1.. in memory order, how to undo it)``: a tensor stored densely in another
     dim order with time outermost (a channels-last ``[T, B, C, H, W]``, as convolutions produce on
-    the CPU) is then contiguous, and the neurons run on it without a copy; outputs get x's layout."""
+    the CPU), or one such frame broadcast over T, then has dense frames (:func:`_dense_frames`), and
+    the neurons run on it without a copy; outputs get x's layout."""
     order = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
     perm = (0, *order)
-    if x.is_contiguous() or not x.permute(perm).is_contiguous():
+    if x.is_contiguous() or not _dense_frames(x.permute(perm)):
         perm = tuple(range(x.dim()))
     undo = _Permutation(perm)
     return x.permute(perm), undo
@@ -565,10 +604,11 @@ class MultiLevelLIF(torch.nn.Module):
         self.v = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spikes, v = multilevel_lif(
+        spikes, v, _ = _multilevel_lif(
             x, s_bits=self.s_bits, v_th=self.v_th, decay=self.decay, v_reset=self.v_reset, reset=self.reset_mode,
             surrogate=self.surrogate, alpha=self.alpha, detach_reset=self.detach_reset,
-            v_init=self.v if self.stateful else None, backend=self.backend)
+            v_init=self.v if self.stateful else None, return_levels=False, backend=self.backend,
+            emit_v_last=self.stateful)
         if self.stateful:
             self.v = v.detach()
         return spikes

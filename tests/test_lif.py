@@ -454,6 +454,54 @@ def test_opcheck_inference_forward_skips_h():
     assert mismatches(s, spikes) == 0 and mismatches(v, v_last) == 0
 
 
+def test_opcheck_optional_outputs_and_missing_grad_spikes():
+    """v_last and grad_v_init only when asked ([0] otherwise), no grad_spikes tensor when the spikes
+    received no gradient: schema, fake and kernel agree, and the other outputs do not change."""
+    x = currents((3, 37), 2)
+    full = torch.ops.qsnn.lif_forward(x, None, 2, 0.75, 0.5, 0.0, True, "atan", 2.0, False)
+    out = torch.ops.qsnn.lif_forward(x, None, 2, 0.75, 0.5, 0.0, True, "atan", 2.0, False, True, False)
+    assert out[1].shape == (0,) and mismatches(out[0], full[0]) == 0 and mismatches(out[2], full[2]) == 0
+    torch.library.opcheck(torch.ops.qsnn.lif_forward.default,
+                          (x, None, 2, 0.75, 0.5, 0.0, True, "atan", 2.0, False, True, False))
+    h, gv = full[2], torch.randn(37)
+    gx_zero_spikes, gvi = torch.ops.qsnn.lif_backward(torch.zeros_like(h), gv, h, 2, 0.75, 0.5, 0.0, True, "atan", 2.0,
+                                                      False)
+    gx, none_v = torch.ops.qsnn.lif_backward(None, gv, h, 2, 0.75, 0.5, 0.0, True, "atan", 2.0, False, False)
+    assert none_v.shape == (0,) and mismatches(gx, gx_zero_spikes) == 0
+    torch.library.opcheck(torch.ops.qsnn.lif_backward.default,
+                          (None, gv, h, 2, 0.75, 0.5, 0.0, True, "atan", 2.0, False, False))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_frame_broadcast_over_time_runs_in_place(layout):
+    """A direct-encoding input (one frame expanded over T, stride 0) gives the spikes and gradient of
+    its materialized copy, and the op receives it without a copy."""
+    frame = currents((2, 3, 4, 5), 2, seed=9)
+    if layout == "channels_last":
+        frame = frame.contiguous(memory_format=torch.channels_last)
+    frame.requires_grad_()
+    x = frame.unsqueeze(0).expand(4, *frame.shape)
+    seen = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.qsnn.lif_forward.default:
+                seen.append(args[0].stride(0))
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        spikes, v_last = multilevel_lif(x, s_bits=2)
+    assert seen == [0]
+    weights = torch.randn(spikes.shape, generator=torch.Generator().manual_seed(2))
+    (grad,) = torch.autograd.grad((spikes * weights).sum(), frame)
+    dense = frame.detach().clone().requires_grad_()
+    ref_spikes, ref_v = reference.multilevel_lif(dense.unsqueeze(0).repeat(4, 1, 1, 1, 1), 2)
+    (ref_grad,) = torch.autograd.grad((ref_spikes * weights).sum(), dense)
+    assert mismatches(spikes, ref_spikes) == 0 and mismatches(v_last, ref_v) == 0
+    assert (spikes > 0).any() and (spikes == 0).any()
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
 def test_opcheck_int():
     x = torch.randint(-20, 40, (4, 33), dtype=torch.int32)
     torch.library.opcheck(torch.ops.qsnn.lif_int.default, (x, None, 4, 5, 1, 0, True))

@@ -105,6 +105,35 @@ def test_forward_non_contiguous(hard):
     assert mismatches(spikes, ref_spikes) == 0 and mismatches(v_last, ref_v) == 0
 
 
+@pytest.mark.parametrize("hard", [True, False])
+@pytest.mark.parametrize("shape", [(4, 37), (3, 1)])
+def test_forward_frame_broadcast_over_time(hard, shape):
+    # a direct-encoding input: one frame expanded over T (stride 0), read in place
+    t_steps, n = shape
+    frame, _ = _float_input(1, n, 2, 0.5, seed=4)
+    x = frame.expand(t_steps, n)
+    assert x.stride(0) == 0
+    spikes, v_last, h = lif_forward_triton(x, None, 2, 0.5, 0.9, 0.0, hard)
+    ref_spikes, ref_v = reference.multilevel_lif(x.contiguous(), 2, 0.5, 0.9, 0.0, _reset(hard))
+    assert mismatches(spikes, ref_spikes) == 0 and mismatches(v_last, ref_v) == 0
+    assert mismatches(h, _reference_h(x.contiguous(), None, 2, 0.5, 0.9, 0.0, _reset(hard))) == 0
+    if n > 1:  # the frame exercises the spiking range, so the test can fail
+        assert (spikes[-1] > 0).any() and (spikes == 0).any()
+
+
+def test_forward_and_backward_without_optional_outputs():
+    # v_last / grad_v_init not asked for: [0], never written; the rest unchanged
+    x, v_init = _float_input(4, 37, 2, 1.0, seed=8)
+    full = lif_forward_triton(x, v_init, 2, 1.0, 0.5, 0.0, True)
+    spikes, v_last, h = lif_forward_triton(x, v_init, 2, 1.0, 0.5, 0.0, True, emit_v_last=False)
+    assert v_last.shape == (0,) and torch.equal(spikes, full[0]) and torch.equal(h, full[2])
+    grad_spikes = torch.randn(4, 37, generator=torch.Generator().manual_seed(0))
+    gx_full, _ = lif_backward_triton(grad_spikes, None, h, 2, 1.0, 0.5, 0.0, True, "atan", 2.0, False)
+    gx, gv = lif_backward_triton(grad_spikes, None, h, 2, 1.0, 0.5, 0.0, True, "atan", 2.0, False,
+                                 emit_grad_v_init=False)
+    assert gv.shape == (0,) and torch.equal(gx, gx_full)
+
+
 # --------------------------------------------------------------------------- backward
 
 
@@ -185,6 +214,32 @@ def test_backward_general_params_vs_float32_autograd(surrogate, hard):
     g = torch.Generator().manual_seed(6)
     grad_spikes, grad_v = torch.randn(16, 37, generator=g), torch.randn(37, generator=g)
     _check_grads(x, v_init, grad_spikes, grad_v, 4, v_th, 0.8, -0.1, hard, surrogate, None, False)
+
+
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
+@pytest.mark.parametrize("alpha", [0.5, None, 20.0])
+def test_backward_level_window_far_outside_and_between_levels(surrogate, alpha):
+    # s_bits = 8, a smooth surrogate: the level sum runs over a window around h / v_th (atan: the
+    # far levels in closed form); membranes far below level 1, far above level 255, between and on
+    # levels, and NaN/inf, against the float64 reference's full sum
+    u = torch.cat([torch.linspace(-40.0, 300.0, 97), torch.tensor([0.5, 1.0, 127.5, 255.0, 255.5])])
+    x = u.double().unsqueeze(0)  # T = 1, v_th = 1: h = x
+    grad_spikes = torch.ones_like(x)
+    xr = x.clone().requires_grad_()
+    spikes, _ = reference.multilevel_lif(xr, 8, 1.0, 0.5, 0.0, "soft", surrogate, alpha)
+    (ref_gx,) = torch.autograd.grad((spikes * grad_spikes).sum(), (xr,))
+    _, _, h = lif_forward_triton(x.float(), None, 8, 1.0, 0.5, 0.0, False)
+    resolved = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
+    gx, _ = lif_backward_triton(grad_spikes.float(), None, h, 8, 1.0, 0.5, 0.0, False, surrogate, resolved, True)
+    # relative error of the level sum: closed-form tail (atan) / left-out terms (sigmoid) <= 1e-5, plus
+    # float32 rounding of u - l near l = 255 and of sigmoid terms below 2^-24 (the same in the full sum)
+    torch.testing.assert_close(gx.double(), ref_gx, rtol=3e-5 if resolved < 10 else 3e-4,
+                               atol=1e-6 * float(ref_gx.abs().max()))
+    special = torch.tensor([[float("nan"), float("inf"), -float("inf")]])
+    _, _, hs = lif_forward_triton(special, None, 8, 1.0, 0.5, 0.0, False)
+    gs, _ = lif_backward_triton(torch.ones_like(special), None, hs, 8, 1.0, 0.5, 0.0, False, surrogate, resolved,
+                                True)
+    assert gs[0, 0].isnan() and gs[0, 1] == 0 and gs[0, 2] == 0  # as the full sum: NaN, and 0 at +-inf
 
 
 @pytest.mark.parametrize("hard", [True, False])
@@ -321,7 +376,9 @@ def test_gpu_large_and_half(s_bits, hard):
         out16 = lif_backward_triton(gs16, None, h16, s_bits, v_th, decay, 0.1, hard, "sigmoid", 4.0, False)
         out32 = lif_backward_triton(gs16.float(), None, h16.float(), s_bits, v_th, decay, 0.1, hard, "sigmoid", 4.0,
                                     False)
-        assert torch.equal(out16[0], out32[0]) and torch.equal(out16[1], out32[1])
+        # grad_x is written in h's dtype, rounded once from the float32 result
+        assert out16[0].dtype == dtype and torch.equal(out16[0], out32[0].to(dtype))
+        assert torch.equal(out16[1], out32[1])
 
     xi = torch.randint(-3000, 3000, (t_steps, n), dtype=torch.int32)
     levels, vi = lif_int_triton(xi.cuda(), None, s_bits, 37, 2, -5, hard)
@@ -348,23 +405,26 @@ def compile_(fn, sig, const, fusion):
                           options=dict(num_warps=4, enable_fp_fusion=fusion)).asm["ptx"]
 
 scalars = lambda names, ty: {n: ty for n in names}
-for dt, hard, given in itertools.product(("fp32", "fp16", "bf16"), (True, False), (True, False)):
+for dt, hard, given, broadcast in itertools.product(("fp32", "fp16", "bf16"), (True, False), (True, False),
+                                                    (True, False)):
     ptx = compile_(K._lif_fwd_kernel, {"x_ptr": "*" + dt, "v_init_ptr": "*fp32", "spikes_ptr": "*" + dt,
                    "h_ptr": "*" + dt, "v_last_ptr": "*fp32", **scalars(("T", "N"), "i32"),
                    **scalars(("v_th", "decay", "v_reset"), "fp32")},
-                   dict(LEVELS=15, HARD_RESET=hard, HAS_V_INIT=given, SAVE_H=given, BLOCK=1024), False)
+                   dict(LEVELS=15, HARD_RESET=hard, HAS_V_INIT=given, SAVE_H=given, EMIT_V_LAST=given,
+                        X_BROADCAST=broadcast, BLOCK=1024), False)
     # bit-exactness on the GPU rests on these two: IEEE division and no contraction into FMA
     assert "div.rn.f32" in ptx and not re.search(r"\bfma\.", ptx), (dt, hard)
     assert "ld.global.v4" in ptx or dt != "fp32", "aligned float32 rows should load as 16-byte vectors"
-for sur, hard, detach, levels, given in itertools.product((0, 1, 2), (True, False), (True, False), (1, 15, 255),
-                                                          (True, False)):
-    if not given and levels != 15:  # the optional gradients change only the loop's first step
+for sur, hard, detach, levels, given, dt in itertools.product((0, 1, 2), (True, False), (True, False), (1, 15, 255),
+                                                              (True, False), ("fp32", "bf16")):
+    if (not given or dt != "fp32") and levels != 15:  # these change only the loop's ends and the stores
         continue
-    compile_(K._lif_bwd_kernel, {**scalars(("grad_spikes_ptr", "grad_v_last_ptr", "h_ptr", "grad_x_ptr",
-             "grad_v_init_ptr"), "*fp32"), **scalars(("T", "N", "last"), "i32"),
+    window = sur != 0 and levels == 255
+    compile_(K._lif_bwd_kernel, {**scalars(("grad_spikes_ptr", "grad_v_last_ptr", "h_ptr", "grad_x_ptr"), "*" + dt),
+             "grad_v_init_ptr": "*fp32", **scalars(("T", "N", "last", "reach"), "i32"),
              **scalars(("v_th", "decay", "v_reset", "alpha", "half_width", "atan_scale"), "fp32")},
              dict(LEVELS=levels, HARD_RESET=hard, SURROGATE=sur, DETACH_RESET=detach, HAS_GRAD_SPIKES=given,
-                  HAS_GRAD_V_LAST=given, BLOCK=256), True)
+                  HAS_GRAD_V_LAST=given, EMIT_GRAD_V_INIT=given, WINDOW=window, BLOCK=256), True)
 for hard, given in itertools.product((True, False), (True, False)):
     compile_(K._lif_int_kernel, {"x_ptr": "*i32", "v_init_ptr": "*i32", "levels_ptr": "*u8", "v_last_ptr": "*i32",
              **scalars(("T", "N", "theta", "leak_shift", "v_reset"), "i32")},
