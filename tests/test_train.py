@@ -509,3 +509,23 @@ def test_cli_flags_and_yaml(tmp_path, capsys):
     assert parse_args(["--resume"]).resume is True and parse_args(["--resume", "x.pt"]).resume == "x.pt"
     assert main(["train", "--model", "no_such_model", "--output", str(tmp_path / "r")]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_loss_watch_sums_on_the_device_and_raises_on_a_non_finite_loss():
+    """The training loop's loss sum and finiteness check read the device only when checked: the sum
+    is exact, and a NaN/inf loss raises FloatingPointError naming the first bad value and the steps
+    since the last check."""
+    watch = loop_mod._LossWatch(torch.device("cpu"))
+    watch.add(torch.tensor(0.5), 4)
+    watch.check(0, 0)
+    watch.add(torch.tensor(0.25), 2)
+    watch.add(torch.tensor(float("inf")), 2)
+    watch.add(torch.tensor(float("nan")), 2)
+    assert watch.total.device.type == "cpu" and watch.total.dtype == torch.float64
+    with pytest.raises(FloatingPointError, match=r"epoch 2 steps 1-3: the loss is inf; lower --lr"):
+        watch.check(1, 3)
+    ok = loop_mod._LossWatch(torch.device("cpu"))
+    for loss in (1.0, 2.0, 3.0):
+        ok.add(torch.tensor(loss, requires_grad=True) * 1, 3)
+    ok.check(0, 2)
+    assert ok.sum() == 18.0

@@ -161,16 +161,16 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _loaders(cfg, train_info, val_info, dist_info, batch_per_rank, epoch_gen):
+def _loaders(cfg, train_info, val_info, dist_info, batch_per_rank, epoch_gen, pin_memory: bool = False):
     from torch.utils.data import DataLoader, DistributedSampler
 
     drop_last = cfg.mixup > 0 or cfg.cutmix > 0
     sampler = DistributedSampler(train_info.dataset, num_replicas=dist_info.world, rank=dist_info.rank,
                                  shuffle=True, seed=cfg.seed, drop_last=drop_last)
     train = DataLoader(train_info.dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=cfg.workers,
-                       drop_last=drop_last, generator=epoch_gen, persistent_workers=False)
+                       drop_last=drop_last, generator=epoch_gen, persistent_workers=False, pin_memory=pin_memory)
     val = DataLoader(val_shard(val_info.dataset, dist_info.rank, dist_info.world), batch_size=max(batch_per_rank, 64),
-                     shuffle=False, num_workers=cfg.workers)
+                     shuffle=False, num_workers=cfg.workers, pin_memory=pin_memory)
     return sampler, train, val
 
 
@@ -206,21 +206,20 @@ def _evaluate(model, loader, device, autocast, world: int = 1):
     counts are all-reduced (summed), so every rank returns the global figures (exact counts: the
     accuracy is the one a single process gets with the same weights)."""
     model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, n: summed on the device
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             out = model(x)
         out = out.float()
-        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        n += y.numel()
+        sums[0] += nn.functional.cross_entropy(out, y, reduction="sum").double()
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += y.numel()
     if world > 1:
         import torch.distributed as dist
 
-        sums = torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=device)
         dist.all_reduce(sums)
-        loss_sum, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
+    loss_sum, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
     return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
 
 

@@ -55,6 +55,35 @@ def finished_report(cfg, ckpt, main: bool = True) -> dict | None:
         return json.load(f)
 
 
+class _LossWatch:
+    """The epoch's training loss, summed on the device (no host sync per step), and a check that
+    every loss was finite, made when the host reads it (:meth:`check`): a non-finite loss raises
+    FloatingPointError naming the first bad value and the steps since the last check (the weights
+    have taken those steps' updates; the run is to be restarted with a lower learning rate anyway)."""
+
+    def __init__(self, device):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.first_bad = torch.zeros((), dtype=torch.float32, device=device)
+        self.checked = -1  # the last step checked
+
+    def add(self, loss: torch.Tensor, batch: int) -> None:
+        loss = loss.detach().float()
+        nonfinite = ~torch.isfinite(loss)
+        self.first_bad = torch.where(nonfinite & ~self.bad, loss, self.first_bad)
+        self.bad |= nonfinite
+        self.total += loss.double() * batch
+
+    def check(self, epoch: int, step: int) -> None:
+        if bool(self.bad):
+            steps = f"step {step}" if step == self.checked + 1 else f"steps {self.checked + 1}-{step}"
+            raise FloatingPointError(f"epoch {epoch + 1} {steps}: the loss is {self.first_bad.item()}; lower --lr")
+        self.checked = step
+
+    def sum(self) -> float:
+        return float(self.total)
+
+
 def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast,
                resumed: tuple[str | None, dict | None] = (None, None)) -> dict:
     """Train from scratch, or from ``resumed`` (:func:`resume_checkpoint`'s (path, checkpoint)),
@@ -98,7 +127,8 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         _start_folder(cfg, out, resumed_from, ckpt, history)
     batch_per_rank = cfg.batch_size // dist_info.world
     gen = torch.Generator()
-    sampler, train_loader, val_loader = _loaders(cfg, train_info, val_info, dist_info, batch_per_rank, gen)
+    sampler, train_loader, val_loader = _loaders(cfg, train_info, val_info, dist_info, batch_per_rank, gen,
+                                                 pin_memory=device.type == "cuda")
     for epoch in range(start_epoch, cfg.epochs):
         _seed_epoch(cfg.seed, epoch, dist_info.rank)
         gen.manual_seed(cfg.seed + epoch)
@@ -108,7 +138,9 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
         bar = None
         if main and cfg.progress and _is_terminal(sys.stderr):
             bar = require("tqdm", "training's progress bars").tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
-        loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+        # the loss stays on the device: the host reads it (one sync) every log_interval steps only
+        losses = _LossWatch(device)
+        n_seen, t0 = 0, time.perf_counter()
         for step, (x, y) in enumerate(train_loader):
             if step >= steps:
                 break
@@ -119,26 +151,28 @@ def train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_i
             with autocast():
                 logits = train_model(x)
             loss = criterion(logits.float(), target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch + 1} step {step}: the loss is {loss.item()}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update(model)
-            loss_sum += loss.item() * y.shape[0]
+            losses.add(loss, y.shape[0])
             n_seen += y.shape[0]
+            if step % max(cfg.log_interval, 1) == 0 or step == steps - 1:
+                losses.check(epoch, step)
+                if bar is not None:
+                    el = time.perf_counter() - t0
+                    bar.set_postfix(loss=f"{losses.sum() / n_seen:.3f}",
+                                    img_s=f"{n_seen * dist_info.world / max(el, 1e-9):.0f}")
             if bar is not None:
-                el = time.perf_counter() - t0
                 bar.update(1)
-                if step % max(cfg.log_interval, 1) == 0 or step == steps - 1:
-                    bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", img_s=f"{n_seen * dist_info.world / max(el, 1e-9):.0f}")
+        loss_sum = losses.sum()
         epoch_time = time.perf_counter() - t0
         n_total = n_seen * dist_info.world
         if dist_info.world > 1:  # the epoch's loss over every rank's samples
             import torch.distributed as dist
 
-            sums = torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64)
+            sums = torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64, device=device)  # NCCL: on the GPU
             dist.all_reduce(sums)
             loss_sum, n_total = sums[0].item(), int(sums[1].item())
         if bar is not None:
