@@ -14,8 +14,9 @@ Backends (``backend=``, from :data:`qsnn_kernels.choices.BACKENDS`):
 * ``"auto"``: the op, dispatched by device. CPU: the C++ kernel (csrc/quantize_cpu.cpp, OpenMP,
   AVX2) for every float dtype; for W >= 2 it is bit-identical to the reference, special values
   included; for W = 1 the codes are identical and the scale ``mean|w|`` is summed in double as the
-  reference does, in another order (equal, or rarely one float32 rounding apart). CUDA: the
-  reference's torch formula registered as the op's CUDA kernel (bit-identical to the reference).
+  reference does, in another order (equal, or rarely one float32 rounding apart). CUDA: one
+  Triton launch per call (qsnn_kernels/triton/quantize.py), with the same exactness as the C++
+  kernel (W >= 2 bit-identical; W = 1 a float64 sum in its own order).
   Any other device, or a CPU without the compiled extension, raises
   :class:`~qsnn_kernels.BackendUnavailable`.
 * ``"reference"``: :mod:`qsnn_kernels.reference` itself, on any device.
@@ -57,15 +58,30 @@ def _spike_levels_fake(x, scale, s_bits, is_signed):
     return torch.empty_like(x, dtype=torch.int8 if is_signed else torch.uint8), x.new_empty((), dtype=torch.long)
 
 
-# --------------------------------------------------------------------------- CUDA kernels: the reference formulas
+# --------------------------------------------------------------------------- CUDA kernels
 
 
-def _quantize_weight_cuda(w, w_bits):
-    return reference.quantize_weight(w, w_bits)
+def _triton_quantize():
+    """qsnn_kernels.triton.quantize, or BackendUnavailable if it (or triton) cannot be imported."""
+    try:
+        from .triton import quantize as module
+    except ImportError as exc:
+        raise _extension.BackendUnavailable(f"the Triton quantization kernel is not available ({exc}); "
+                                            "install triton") from exc
+    return module
 
 
-def _dequantized_weight_cuda(w, w_bits):
-    return reference.dequantize_weight(w, w_bits)
+def _quantize_weight_triton(w, w_bits):
+    return _triton_quantize().quantize_weight_triton(w, w_bits)
+
+
+def _dequantized_weight_triton(w, w_bits):
+    return _triton_quantize().dequantized_weight_triton(w, w_bits)
+
+
+TRITON_KERNELS = {"quantize_weight": _quantize_weight_triton, "dequantized_weight": _dequantized_weight_triton}
+"""The weight ops' CUDA kernels (one Triton launch each; qsnn_kernels/triton/quantize.py), also
+their CPU kernels within :func:`qsnn_kernels.triton_on_cpu.triton_kernels_on_cpu` (tests)."""
 
 
 def _spike_levels_torch(x: torch.Tensor, scale: float, s_bits: int, is_signed: bool):
@@ -80,8 +96,8 @@ def _spike_levels_torch(x: torch.Tensor, scale: float, s_bits: int, is_signed: b
     return out, (~good).sum()
 
 
-torch.library.register_kernel("qsnn::quantize_weight", "cuda", _quantize_weight_cuda)
-torch.library.register_kernel("qsnn::dequantized_weight", "cuda", _dequantized_weight_cuda)
+for _name, _kernel in TRITON_KERNELS.items():
+    torch.library.register_kernel(f"qsnn::{_name}", "cuda", _kernel)
 torch.library.register_kernel("qsnn::spike_levels", "cuda", _spike_levels_torch)
 
 
