@@ -8,8 +8,9 @@ the backward: no normalized copy, no membrane ``h`` (the backward recomputes ``h
 input, which the batch norm's backward needs anyway). Oracle:
 :func:`qsnn_kernels.reference.batch_norm_lif`.
 
-Op contract (``x [T, N]`` contiguous, channel of neuron n = ``(n // inner) % C``; the functional
-API flattens ``[T, B, C, ...]`` to it, in place for contiguous and channels-last layouts)::
+Op contract (``x [T, N]``, channel of neuron n = ``(n // inner) % C``; the functional API flattens
+``[T, B, C, ...]`` to it, in place for contiguous and channels-last layouts and for one such frame
+broadcast over T)::
 
     batch_norm_lif_forward(x, weight, bias, mean, var, eps, inner, batch_stats, s_bits, v_th, decay,
                            v_reset, hard_reset, surrogate, alpha, detach_reset, emit_levels)
@@ -19,10 +20,17 @@ API flattens ``[T, B, C, ...]`` to it, in place for contiguous and channels-last
         -> (grad_x [T, N], grad_weight [C], grad_bias [C])
     batch_norm_statistics(x, channels, inner) -> (mean [C], var [C])   (biased var, x's dtype)
 
-The statistics op sums x and x^2 per channel in one pass (each neuron's terms over runs of up to
-8 time steps in x's dtype, then in float64; mean, then ``E[x^2] - mean^2``), rounded once to x's
-dtype: equal to :func:`qsnn_kernels.reference.batch_norm_statistics` (torch.var_mean) up to
-rounding, not bit for bit; the forward's bit-exactness holds for the statistics it is given.
+``x`` is read in place when contiguous or when one contiguous frame broadcast over T (``x.stride()
+== (0, 1)``, e.g. ``frame.expand(T, N)``: the Triton kernels read that frame once per step from
+the same memory); other strides are copied first. ``grad_x`` is always a dense ``[T, N]`` (autograd
+sums it over a broadcast). ``grad_spikes`` may have any float dtype.
+
+The statistics op sums x and x^2 per channel in one pass, rounded once to x's dtype: equal to
+:func:`qsnn_kernels.reference.batch_norm_statistics` (torch.var_mean) up to rounding, not bit for
+bit; the forward's bit-exactness holds for the statistics it is given. (C++: each neuron's terms
+over runs of up to 8 time steps in x's dtype, then in float64, mean, then ``E[x^2] - mean^2``;
+Triton: float32 sums of ``x - p`` and ``(x - p)^2`` per tile, ``p`` the channel's first element,
+then float64 over the tiles.)
 
 ``weight``, ``bias``, ``mean``, ``var`` are ``[C]`` in x's dtype; ``batch_stats`` says that
 ``mean``/``var`` are x's own batch statistics (:func:`qsnn_kernels.reference.batch_norm_statistics`,
@@ -33,9 +41,16 @@ statistics: the forward equals the reference bit for bit; gradients agree to rou
 step's membrane is not an output, so its path contributes nothing to the gradient (the NaN
 contract of :func:`qsnn_kernels.multilevel_lif`).
 
-Kernels: C++ on the CPU (csrc/batch_norm_lif_cpu.cpp, the LIF steps of csrc/lif_steps.h); on
-other devices a composition of torch ops and the LIF ops (:func:`_forward_composite`,
-:func:`_backward_composite`), the same contract in more passes, until a Triton kernel replaces it.
+Kernels: C++ on the CPU (csrc/batch_norm_lif_cpu.cpp, the LIF steps of csrc/lif_steps.h); Triton
+on CUDA (qsnn_kernels/triton/batch_norm_lif.py, the launchers of :data:`TRITON_KERNELS`; float32,
+float16, bfloat16; float64 is a TypeError there, as for the LIF kernels). The Triton forward
+equals the reference bit for bit for float32 x; for float16/bfloat16 it rounds the affine map to
+x's dtype as torch's ops do and runs the neuron in float32, as :func:`_forward_composite`. Its
+backward and statistics are deterministic (per-tile partial sums, no atomics). The composition of
+torch ops and the LIF ops (:func:`_forward_composite`, :func:`_backward_composite`,
+:func:`_statistics_composite`) is the contract in executable form, kept for tests: same contract,
+more passes. Under ``TRITON_INTERPRET=1`` the Triton launchers run on CPU tensors within
+``triton_on_cpu.triton_kernels_on_cpu(TRITON_KERNELS)`` (tests): the same ops, fakes and autograd.
 """
 
 from __future__ import annotations
@@ -45,7 +60,9 @@ import math
 import torch
 
 from . import _extension, reference
-from .lif import _check_float_params, _levels, _time_major_dense
+from ._extension import BackendUnavailable
+from .lif import _check_float_params, _levels, _rows, _time_major_dense
+from .triton_on_cpu import triton_kernels_on_cpu
 
 __all__ = ["batch_norm_lif"]
 
@@ -160,9 +177,36 @@ def _statistics_composite(x, channels, inner):
     return mean, var
 
 
-torch.library.register_kernel("qsnn::batch_norm_statistics", "cuda", _statistics_composite)
-torch.library.register_kernel("qsnn::batch_norm_lif_forward", "cuda", _forward_composite)
-torch.library.register_kernel("qsnn::batch_norm_lif_backward", "cuda", _backward_composite)
+def _triton_batch_norm_lif():
+    """qsnn_kernels.triton.batch_norm_lif, or BackendUnavailable if it (or triton) cannot be imported."""
+    try:
+        from .triton import batch_norm_lif as module
+    except ImportError as exc:
+        raise BackendUnavailable(f"the Triton batch norm + LIF kernels are not available ({exc}); install triton") \
+            from exc
+    return module
+
+
+def _forward_triton(*args):
+    return _triton_batch_norm_lif().batch_norm_lif_forward_triton(*args)
+
+
+def _backward_triton(*args):
+    return _triton_batch_norm_lif().batch_norm_lif_backward_triton(*args)
+
+
+def _statistics_triton(*args):
+    return _triton_batch_norm_lif().batch_norm_statistics_triton(*args)
+
+
+TRITON_KERNELS = {"batch_norm_lif_forward": _forward_triton, "batch_norm_lif_backward": _backward_triton,
+                  "batch_norm_statistics": _statistics_triton}
+"""The ops' Triton kernels: their CUDA kernels, and their CPU kernels within
+:func:`triton_kernels_on_cpu` (tests, ``TRITON_INTERPRET=1``)."""
+
+for _name, _kernel in TRITON_KERNELS.items():
+    torch.library.register_kernel(f"qsnn::{_name}", "cuda", _kernel)
+
 
 
 def _setup_context(ctx, inputs, output):
@@ -202,13 +246,14 @@ def _check_channel_tensor(t, name: str, x: torch.Tensor, channels: int) -> None:
 
 def _channel_layout(x: torch.Tensor):
     """``(x2, inner, shape, undo)``: ``x`` as ``[T, N]`` with dims 1.. in memory order (no copy for
-    contiguous and channels-last layouts; :func:`qsnn_kernels.lif._time_major_dense`), the number
+    contiguous and channels-last layouts, nor for such a frame broadcast over T, which stays a
+    stride-0 view; :func:`qsnn_kernels.lif._time_major_dense`, :func:`qsnn_kernels.lif._rows`), the number
     of neurons per channel run in that order, the permuted shape, and how to undo the permutation."""
     xd, undo = _time_major_dense(x)
     perm = tuple(undo.inverse.index(d) for d in range(x.dim()))  # xd's dim i is x's dim perm[i]
     pos = perm.index(2)
     inner = math.prod(xd.shape[pos + 1:])
-    return xd.reshape(x.shape[0], -1).contiguous(), inner, xd.shape, undo
+    return _rows(xd), inner, xd.shape, undo
 
 
 def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -231,10 +276,11 @@ def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
       for bit (the batch statistics are those of the statistics op, equal to the reference's up to
       rounding); gradients for x, weight and bias equal to its autograd up to rounding
       (differentiable once).
-    * ``backend``: "auto" (C++ on CPU; on other devices the composition of torch ops and the LIF
-      ops), "reference".
+    * ``x``: float32, float64 (CPU), float16/bfloat16 (CUDA); a frame broadcast over T
+      (``frame.expand(T, ...)``) is read in place.
+    * ``backend``: "auto" (C++ on CPU, Triton on CUDA), "reference".
 
-    Raises TypeError (non-float x, float16/bfloat16 on CPU, tensors that are not tensors), ValueError
+    Raises TypeError (non-float x, float16/bfloat16 on CPU, float64 on CUDA, tensors that are not tensors), ValueError
     (x not ``[T, B, C, ...]`` with T, B >= 1, parameters or statistics not ``[C]`` or on another device,
     bad neuron parameters, momentum outside [0, 1], eps < 0, an unknown backend), BackendUnavailable.
     """
@@ -249,6 +295,8 @@ def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         raise TypeError(f"{name}: float input currents expected, got {x.dtype}")
     if x.device.type == "cpu" and x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: {x.dtype} is not supported on cpu (float32, float64)")
+    if x.device.type == "cuda" and x.dtype == torch.float64:
+        raise TypeError(f"{name}: float64 is not supported on cuda (float32, float16, bfloat16)")
     channels = x.shape[2]
     for tname, t in (("weight", weight), ("bias", bias)):
         _check_channel_tensor(t, tname, x, channels)
