@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import math
 import os
@@ -204,6 +203,11 @@ def lif_element_steps(op: str, args) -> int:
 
 # --------------------------------------------------------------------------- the recorder
 
+_EXTRA_READS = {"aten::native_batch_norm": (0,), "aten::_native_batch_norm_legit": (0,),
+                "aten::_native_batch_norm_legit_functional": (0,), "aten::native_batch_norm_backward": (0, 1)}
+"""Ops whose CUDA kernels read these tensor arguments twice (a statistics or reduction pass, then
+the elementwise pass): batch norm forward in training and its backward (an assumption about the
+kernels, applied to ours and the peer alike)."""
 _NO_LAUNCH = {"aten::detach", "aten::alias", "aten::empty", "aten::empty_strided", "aten::new_empty",
               "aten::new_empty_strided", "aten::lift_fresh", "aten::_local_scalar_dense", "aten::set_",
               "aten::_unsafe_view", "aten::resize_", "aten::empty_like"}
@@ -217,7 +221,7 @@ class Trace:
         self.ops: list[dict] = []
         self.phase = "forward"
         self.saved: dict[int, int] = {}
-        self.modules: list[str] = []  # the forward's module stack (class names), innermost last
+        self.modules: list[tuple[str, str]] = []  # the forward's module stack (path, class), innermost last
 
 
 class Recorder(TorchDispatchMode):
@@ -257,6 +261,7 @@ class Recorder(TorchDispatchMode):
             flops = steps * FUSED_FLOPS_PER_ELEMENT_STEP[self.trace.phase]
         else:
             read, written = sum(map(tensor_bytes, ins)), sum(map(tensor_bytes, outs))
+            read += sum(tensor_bytes(args[i]) for i in _EXTRA_READS.get(name, ()))
             steps = 0
             counter = flop_registry.get(func._overloadpacket)
             if counter is not None:
@@ -267,10 +272,12 @@ class Recorder(TorchDispatchMode):
                 flops = sum(t.numel() for t in outs if isinstance(t, torch.Tensor))
             if read + written == 0 and flops == 0:
                 return
-        module = self.trace.modules[-1] if self.trace.modules and self.trace.phase == "forward" else ""
+        # a convolution's backward is one kernel per gradient it computes (data, weight, bias)
+        launches = sum(isinstance(t, torch.Tensor) for t in outs) if name == "aten::convolution_backward" else 1
+        path, module = self.trace.modules[-1] if self.trace.modules and self.trace.phase == "forward" else ("", "")
         self.trace.ops.append(dict(phase=self.trace.phase, op=name, category=category, within=self.within,
-                                   module=module, bytes_read=read, bytes_written=written, flops=flops,
-                                   element_steps=steps))
+                                   launches=launches, module=module, module_path=path, bytes_read=read,
+                                   bytes_written=written, flops=flops, element_steps=steps))
 
 
 # --------------------------------------------------------------------------- CUDA autocast, emulated
@@ -449,8 +456,9 @@ def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autoc
 
     x = torch.empty(batch, 3, img, img, device="meta")
     target = torch.zeros(batch, dtype=torch.long, device="meta")
+    paths = {id(m): name for name, m in model.named_modules()}
     hooks = (torch.nn.modules.module.register_module_forward_pre_hook(
-                 lambda m, a: trace.modules.append(type(m).__name__)),
+                 lambda m, a: trace.modules.append((paths.get(id(m), "?"), type(m).__name__))),
              torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: trace.modules.pop() and None))
     with meta_stands_for_cuda(autocast), Recorder(trace), _removing(hooks):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -466,7 +474,8 @@ def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autoc
         per = ADAMW_BYTES_PER_PARAM * numel // launches
         for _ in range(launches):
             trace.ops.append(dict(phase="optimizer", op="aten::_fused_adamw_ (modelled)", category="optimizer",
-                                  within="", module="", bytes_read=per * 4 // 7, bytes_written=per - per * 4 // 7,
+                                  within="", launches=1, module="", module_path="", bytes_read=per * 4 // 7,
+                                  bytes_written=per - per * 4 // 7,
                                   flops=numel // launches * 12, element_steps=0))
     return dict(ops=trace.ops, saved_bytes=sum(trace.saved.values()),
                 params=sum(p.numel() for p in params))
@@ -485,7 +494,7 @@ def op_seconds(op: dict, bandwidth: float, matrix_rate: float, launch_s: float) 
     """The modelled time of one op (module docstring)."""
     memory = (op["bytes_read"] + op["bytes_written"]) / bandwidth
     compute = op["flops"] / matrix_rate if op["category"] == "gemm" else 0.0
-    return max(memory, compute) + launch_s
+    return max(memory, compute) + launch_s * op.get("launches", 1)
 
 
 def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, launch_s=LAUNCH_SECONDS) -> dict:
@@ -496,7 +505,7 @@ def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, l
         op["est_us"] = op_seconds(op, bandwidth, matrix_rate, launch_s) * 1e6
         for key in (op["category"], "total"):
             c = cats.setdefault(key, dict(launches=0, bytes=0, flops=0, est_ms=0.0))
-            c["launches"] += 1
+            c["launches"] += op["launches"]
             c["bytes"] += op["bytes_read"] + op["bytes_written"]
             c["flops"] += op["flops"]
             c["est_ms"] += op["est_us"] / 1e3
@@ -505,12 +514,12 @@ def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, l
         ops = [o for o in result["ops"] if o["element_steps"] and o["phase"] == phase]
         steps = sum(o["element_steps"] for o in ops)
         neuron[phase] = sum(o["bytes_read"] + o["bytes_written"] for o in ops) / steps if steps else None
-        neuron[f"{phase}_launches"] = len(ops)
+        neuron[f"{phase}_launches"] = sum(o["launches"] for o in ops)
     by_op: dict[str, dict] = {}
     for op in result["ops"]:
         key = f"{op['phase']}:{op['op']}" + (f" [in {op['within']}]" if op["within"] else "")
         b = by_op.setdefault(key, dict(category=op["category"], launches=0, bytes=0, flops=0, est_ms=0.0))
-        b["launches"] += 1
+        b["launches"] += op["launches"]
         b["bytes"] += op["bytes_read"] + op["bytes_written"]
         b["flops"] += op["flops"]
         b["est_ms"] += op["est_us"] / 1e3
@@ -518,7 +527,7 @@ def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, l
     for op in result["ops"]:
         if op["phase"] == "forward":
             b = by_module.setdefault(f"{op['module']}:{op['category']}", dict(launches=0, bytes=0, est_ms=0.0))
-            b["launches"] += 1
+            b["launches"] += op["launches"]
             b["bytes"] += op["bytes_read"] + op["bytes_written"]
             b["est_ms"] += op["est_us"] / 1e3
     return dict(categories=cats, by_forward_module=by_module, saved_activation_bytes=result["saved_bytes"],
