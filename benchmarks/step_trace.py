@@ -221,6 +221,7 @@ class Trace:
         self.ops: list[dict] = []
         self.phase = "forward"
         self.saved: dict[int, int] = {}
+        self.saved_by_module: dict[str, int] = {}
         self.modules: list[tuple[str, str]] = []  # the forward's module stack (path, class), innermost last
 
 
@@ -450,8 +451,10 @@ def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autoc
     def pack(t):
         if trace.phase == "forward" and isinstance(t, torch.Tensor):
             key = t.untyped_storage()._cdata
-            if key not in param_storages:
-                trace.saved[key] = max(trace.saved.get(key, 0), t.untyped_storage().nbytes())
+            if key not in param_storages and key not in trace.saved:
+                trace.saved[key] = t.untyped_storage().nbytes()
+                module = trace.modules[-1][1] if trace.modules else ""
+                trace.saved_by_module[module] = trace.saved_by_module.get(module, 0) + trace.saved[key]
         return t
 
     x = torch.empty(batch, 3, img, img, device="meta")
@@ -477,7 +480,7 @@ def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autoc
                                   within="", launches=1, module="", module_path="", bytes_read=per * 4 // 7,
                                   bytes_written=per - per * 4 // 7,
                                   flops=numel // launches * 12, element_steps=0))
-    return dict(ops=trace.ops, saved_bytes=sum(trace.saved.values()),
+    return dict(ops=trace.ops, saved_bytes=sum(trace.saved.values()), saved_by_module=trace.saved_by_module,
                 params=sum(p.numel() for p in params))
 
 
@@ -531,6 +534,7 @@ def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, l
             b["bytes"] += op["bytes_read"] + op["bytes_written"]
             b["est_ms"] += op["est_us"] / 1e3
     return dict(categories=cats, by_forward_module=by_module, saved_activation_bytes=result["saved_bytes"],
+                saved_by_module=result.get("saved_by_module", {}),
                 params=result["params"],
                 neuron_bytes_per_element_step=neuron, by_op=by_op,
                 constants=dict(copy_bandwidth_Bps=bandwidth, matrix_rate_flops=matrix_rate,
@@ -577,6 +581,9 @@ def print_report(label: str, summary: dict, top: int = 12) -> None:
     _table(f"{label}: the {top} costliest ops", ["phase:op", "category", "launches", "GB", "TFLOP", "est. ms"],
            [[k, v["category"], v["launches"], _gb(v["bytes"]), f"{v['flops'] / 1e12:.3f}", f"{v['est_ms']:.2f}"]
             for k, v in heavy])
+    saved = sorted(summary["saved_by_module"].items(), key=lambda kv: -kv[1])[:top // 2]
+    _table(f"{label}: saved activations by innermost module", ["module", "GB"],
+           [[k or "(top level)", _gb(v)] for k, v in saved])
     glue = sorted(((k, v) for k, v in summary["by_forward_module"].items() if k.endswith(":glue")),
                   key=lambda kv: -kv[1]["est_ms"])[:top // 2]
     _table(f"{label}: forward glue by innermost module", ["module", "launches", "GB", "est. ms"],
