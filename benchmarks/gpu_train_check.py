@@ -1,167 +1,287 @@
-"""GPU training throughput check for a session that has a CUDA device: ImageNet-sized
-Spikformer-8-512 (224x224, 1000 classes) at T=4, ours against a spikingjelly build.
+"""The ``train`` step of benchmarks/gpu_check.py: one training step of Spikformer-8-512 and
+SEW-ResNet-34 (224x224, 1000 classes, T=4) on one GPU, ours against spikingjelly 2.0.0.
 
-Run from the repository root (PYTHONPATH=. when the package is not installed)::
+Run by gpu_check.py; alone, from the repository root (``--dry-run``: on the CPU at 32x32, batch 1)::
 
-    OUT=/some/dir python3 benchmarks/gpu_train_check.py [--batch 32] [--steps 10] [--quick]
+    python3 benchmarks/gpu_train_check.py --json train.json [--models ...] [--builds ...] [--budget 260]
 
-One training step = bf16 autocast forward, cross entropy, backward, fused AdamW step (timm), what
-``qsnn train`` runs on CUDA. Per case: images/s over ``--steps`` timed steps after 3 warm-up steps
-(torch.cuda.synchronize around the timed loop) and the peak memory (torch.cuda.max_memory_allocated,
-reset before the warm-up). Cases: ours at W/S/T 4/1/4 and 16/1/4, spikingjelly (binary LIF, float
-weights) with its fastest available multi-step backend, tried in order cupy, triton, torch (the
-one used is recorded). The spikingjelly network is test_bench_models_spikformer.py's build, resized
-to depth 8, width 512, 8 heads, 1000 classes, with a max pool after every SPS stage (patch 16).
-Each case runs in its own process under its own timeout, so that an out-of-memory or a missing
-backend in one still lets the others report. Writes ``$OUT/train_gpu.json`` (env + one row per
-case + ``speedup`` ours/theirs images/s and ``memory_ratio`` ours/theirs peak) and prints it.
-Target: speedup >= 1.5 at lower peak memory. Budget: about 3-5 min with the defaults.
+One training step: forward under bf16 autocast on CUDA (float32 on the CPU), cross entropy, backward,
+torch's fused AdamW. Per build: 2 warm-up steps (compiles included), then ``--steps`` timed steps
+(synchronized wall clock per step); images/s at the median step; peak memory =
+``torch.cuda.max_memory_allocated`` from just before the first step (model, gradients, optimizer
+state, activations, workspace). Builds (:data:`BUILDS`; the peers are spikingjelly's own model-zoo
+networks, ``Spikformer(depths=8, embed_dims=512, num_heads=8, patch_size=16)`` and
+``sew_resnet34(cnf="ADD")`` with multi-step ``LIFNode(tau=2, decay_input=False, atan)``, float
+weights):
+
+* ``qsnn``: ours, W/S/T 4/1/4 (``create_model("qsnn_spikformer_8_512" | "qsnn_sew_resnet34")``).
+* ``sj_triton``: spikingjelly with its Triton neuron kernels engaged:
+  ``prepare_model_for_precision(model, "cuda", PrecisionConfig(mode="bf16", neuron_storage="fp32"))``
+  (bf16 autocast, neuron state float32), with ``SJ_LIF_CUDA_IMPLEMENTATION=triton`` so that a
+  fallback to its torch loop raises instead of running.
+* ``sj_compiled``: ``torch.compile`` of the whole spikingjelly model under plain bf16 autocast
+  (its torch reference neurons, traced and fused by inductor).
+* ``sj_fallback``: spikingjelly under plain bf16 autocast, labelled as the fallback it is: the
+  neuron state follows the input's dtype (bf16), which its CUDA/Triton kernels refuse, so a torch
+  loop runs (what a user who only adds autocast gets).
+
+Every build runs alone in a fresh process under its own timeout (an out-of-memory or a missing
+path in one leaves the others); the eager builds of both models run before the compiled ones,
+and a build is not started when less than :data:`MIN_START_S` seconds of ``--budget`` are left.
+Writes ``--json``: the environment, one row per build (``images_per_s``, ``ms_median``,
+``ms_best``, ``peak_MiB``, ``warmup_s``, the spikingjelly neuron path seen, or ``error``) and per
+model ours / each peer in speed and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
+from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-DEPTH, DIM, HEADS, CLASSES, IMG, T = 8, 512, 8, 1000, 224, 4
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+T_STEPS, W_BITS, S_BITS = 4, 4, 1
+FULL = dict(size=224, classes=1000, batch=32)
+DRY = dict(size=32, classes=10, batch=1)  # --dry-run: the same architectures, on the CPU
+MODELS = {"spikformer_8_512": "Spikformer-8-512", "sew_resnet34": "SEW-ResNet-34"}
+BUILDS = {  # name: (label written beside the row, compiled)
+    "qsnn": (f"ours, W/S/T {W_BITS}/{S_BITS}/{T_STEPS}, bf16 autocast", False),
+    "sj_triton": ("spikingjelly, bf16 autocast, neuron state fp32 (prepare_model_for_precision): its Triton "
+                  "LIF kernels", False),
+    "sj_fallback": ("spikingjelly FALLBACK: plain bf16 autocast, bf16 neuron state refused by its kernels, "
+                    "torch loop", False),
+    "sj_compiled": ("spikingjelly under torch.compile (whole model), plain bf16 autocast", True),
+}
+PEERS = ("sj_triton", "sj_compiled", "sj_fallback")
+BUILD_TIMEOUT_S = {False: 75, True: 150}
+MIN_START_S = 20
+WARMUP_STEPS = 2
 
 
-def build_spikingjelly(backend: str):
-    """test_bench_models_spikformer's spikingjelly Spikformer at 8-512 ImageNet size."""
+def import_models():
+    """``qsnn_kernels.models``, also from a plain checkout where only ``models/`` holds it (the
+    package installs that folder as ``qsnn_kernels.models``; uninstalled, this loads it so)."""
+    try:
+        import qsnn_kernels.models as models
+
+        return models
+    except ModuleNotFoundError as exc:
+        if exc.name != "qsnn_kernels.models":
+            raise
+    import qsnn_kernels
+
+    spec = importlib.util.spec_from_file_location(
+        "qsnn_kernels.models", ROOT / "models" / "__init__.py", submodule_search_locations=[str(ROOT / "models")])
+    models = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = models
+    spec.loader.exec_module(models)
+    qsnn_kernels.models = models
+    return models
+
+
+def _sj_zoo(model: str, size: int, classes: int):
     import torch
-    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based import functional, neuron, surrogate
 
-    sys.path.insert(0, HERE)
-    import test_bench_models_spikformer as sf
+    lif = dict(tau=2.0, decay_input=False, surrogate_function=surrogate.ATan())
+    if model == "spikformer_8_512":
+        from spikingjelly.activation_based.model.spikformer import Spikformer
 
-    sf.DEPTH, sf.DIM, sf.HEADS, sf.CLASSES = DEPTH, DIM, HEADS, CLASSES  # read by the builders
+        net = Spikformer(T=T_STEPS, img_size_h=size, img_size_w=size, patch_size=16, num_classes=classes,
+                         embed_dims=512, num_heads=8, mlp_ratio=4.0, depths=8, **lif)
 
-    class ImageNetSJ(sf.SpikingJellySpikformer):
-        def forward(self, img):  # patch 16: a max pool after every one of the four SPS stages
-            functional.reset_net(self)
-            t = self.t_steps
-            x = img.unsqueeze(0).repeat(t, 1, 1, 1, 1).flatten(0, 1)
-            for i in range(4):
-                x = self.bns[i](self.convs[i](x))
-                x = self.pool(self.lifs[i](x.reshape(t, -1, *x.shape[1:]).contiguous()).flatten(0, 1))
-            feat = x
-            r = self.rpe_bn(self.rpe_conv(x))
-            x = self.rpe_lif(r.reshape(t, -1, *r.shape[1:]).contiguous()).flatten(0, 1) + feat
-            x = x.reshape(t, -1, DIM, x.shape[-2] * x.shape[-1]).transpose(-1, -2)
-            for block in self.blocks:
-                x = block(x)
-            return self.head(x.mean(2).mean(0))
+        def forward(x):  # it repeats the image over T itself: [T, B, classes]
+            functional.reset_net(net)
+            return net(x).mean(0)
+    else:
+        from spikingjelly.activation_based.model import sew_resnet
+
+        net = sew_resnet.sew_resnet34(num_classes=classes, cnf="ADD", spiking_neuron=neuron.LIFNode, v_reset=0.0,
+                                      detach_reset=True, **lif)
+        functional.set_step_mode(net, "m")
+
+        def forward(x):
+            functional.reset_net(net)
+            return net(x.unsqueeze(0).repeat(T_STEPS, 1, 1, 1, 1)).mean(0)
+
+    class Wrapped(torch.nn.Module):  # [B, 3, H, W] -> [B, classes]
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return forward(x)
+
+    return Wrapped()
+
+
+def build(model: str, build_name: str, device: str, size: int, classes: int):
+    """``(module on device, autocast context factory, note)`` of ``build_name`` for ``model``."""
+    import torch
 
     torch.manual_seed(0)
-    model = ImageNetSJ(T)
-    for m in model.modules():
-        if isinstance(m, neuron.LIFNode):
-            m.backend = backend
-    return model
+    cuda = device == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+    if build_name == "qsnn":
+        size_arg = dict(img_size=size) if model.startswith("spikformer") else {}  # SEW-ResNet takes any size
+        net = import_models().create_model(f"qsnn_{model}", w_bits=W_BITS, s_bits=S_BITS, t_steps=T_STEPS,
+                                           num_classes=classes, **size_arg)
+        return net.to(device), autocast, ""
+    net = _sj_zoo(model, size, classes).to(device)
+    if build_name == "sj_triton":
+        from spikingjelly.activation_based.precision import PrecisionConfig, prepare_model_for_precision
+
+        config = PrecisionConfig(mode="bf16" if cuda else "fp32", neuron_storage="fp32")
+        art = prepare_model_for_precision(net, device, config)  # needs CUDA (its Triton path)
+        return art.model, art.autocast_context, f"{len(art.triton_report['converted_modules'])} neurons on Triton"
+    if build_name == "sj_compiled":
+        return torch.compile(net), autocast, ""
+    return net, autocast, ""
 
 
-def build_ours(w_bits: int, s_bits: int):
+def _sj_neuron_paths() -> dict:
+    """The LIF implementations spikingjelly selected in this process ({} when none was recorded)."""
+    if "spikingjelly" not in sys.modules:
+        return {}
+    from spikingjelly._ops.lif import _selection
+
+    seen = {}
+    for key, chosen in [*_selection._selections.items(), *_selection._compiled_selections.items()]:
+        seen[str(key)] = "torch-reference fallback" if chosen is None else getattr(chosen, "name", str(chosen))
+    return seen
+
+
+def measure(model: str, build_name: str, steps: int, dry_run: bool = False) -> dict:
+    """In this process: build, :data:`WARMUP_STEPS` warm-up steps, ``steps`` timed steps."""
     import torch
 
-    from qsnn_kernels.models import create_model
+    cfg = DRY if dry_run else FULL
+    device = "cpu" if dry_run else "cuda"
+    if not dry_run and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device (use --dry-run on the CPU)")
+    row = dict(model=model, build=build_name, label=BUILDS[build_name][0], device=device)
+    try:
+        net, autocast, note = build(model, build_name, device, cfg["size"], cfg["classes"])
+    except RuntimeError as exc:
+        if dry_run and build_name == "sj_triton" and "CUDA" in str(exc):
+            return dict(row, skipped=f"dry run: {exc}")  # built and refused as it should be without CUDA
+        raise
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=5e-4, weight_decay=0.05, fused=True)
+    g = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], device=device, generator=g)
+    y = torch.randint(0, cfg["classes"], (cfg["batch"],), device=device, generator=g)
 
-    torch.manual_seed(0)
-    return create_model("qsnn_spikformer_8_512", w_bits=w_bits, s_bits=s_bits, t_steps=T)
-
-
-def measure(impl: str, arg: str, batch: int, steps: int) -> dict:
-    import torch
-    from timm.optim import create_optimizer_v2
-
-    dev = torch.device("cuda")
-    model = (build_spikingjelly(arg) if impl == "spikingjelly" else build_ours(*map(int, arg.split("/")[:2])))
-    model = model.to(dev).train()
-    opt = create_optimizer_v2(model, opt="adamw", lr=5e-4, weight_decay=0.05, fused=True)
-    g = torch.Generator(device=dev).manual_seed(1)
-    x = torch.randn(batch, 3, IMG, IMG, device=dev, generator=g)
-    y = torch.randint(0, CLASSES, (batch,), device=dev, generator=g)
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(x)
-        loss = torch.nn.functional.cross_entropy(out.float(), y)
-        loss.backward()
+        with autocast():
+            out = net(x)
+        torch.nn.functional.cross_entropy(out.float(), y).backward()
         opt.step()
 
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(WARMUP_STEPS):
         step()
-    torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    return dict(impl=impl, case=arg, batch=batch, steps=steps, images_per_s=batch * steps / dt,
-                ms_per_step=dt / steps * 1e3, peak_MiB=torch.cuda.max_memory_allocated() / 2**20)
+    sync()
+    warmup_s = time.perf_counter() - t0
+    seconds = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        seconds.append(time.perf_counter() - t0)
+    median = statistics.median(seconds)
+    return dict(row, note=note, batch=cfg["batch"], size=cfg["size"], steps=steps, images_per_s=cfg["batch"] / median,
+                ms_median=median * 1e3, ms_best=min(seconds) * 1e3, warmup_s=warmup_s,
+                peak_MiB=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+                sj_neuron_paths=_sj_neuron_paths(), sj_env=os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION"))
 
 
-def _child(impl, arg, batch, steps, timeout):
-    code = (f"import sys, json; sys.path[:0] = [{ROOT!r}, {HERE!r}]; import gpu_train_check as g; "
-            f"print('RESULT', json.dumps(g.measure({impl!r}, {arg!r}, {batch}, {steps})))")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+def run_build(model: str, build_name: str, steps: int, timeout: float, dry_run: bool) -> dict:
+    """:func:`measure` in a fresh process under ``timeout`` seconds; a failure is a row with ``error``."""
+    code = (f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import gpu_train_check as g; "
+            f"print('RESULT ' + json.dumps(g.measure({model!r}, {build_name!r}, {steps}, {dry_run})))")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+    if build_name == "sj_triton" and not dry_run:
+        env["SJ_LIF_CUDA_IMPLEMENTATION"] = "triton"  # a fallback to the torch loop raises
+    t0 = time.time()
+    row = dict(model=model, build=build_name, label=BUILDS[build_name][0])
     try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                              env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return dict(impl=impl, case=arg, error=f"timed out after {timeout} s")
-    for line in p.stdout.splitlines():
+        return dict(row, error=f"timed out after {timeout:.0f} s", seconds=round(time.time() - t0, 1))
+    for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return dict(impl=impl, case=arg, error=(p.stderr or p.stdout)[-1500:])
+            return dict(json.loads(line[7:]), seconds=round(time.time() - t0, 1))
+    return dict(row, error=(done.stderr or done.stdout)[-2000:], seconds=round(time.time() - t0, 1))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--timeout", type=int, default=150, help="seconds per case")
-    ap.add_argument("--quick", action="store_true", help="ours 4/1/4 and the first working spikingjelly backend only")
-    a = ap.parse_args()
-    out_dir = os.environ.get("OUT", ".")
-    import torch
+def compare(rows: list[dict]) -> list[dict]:
+    """Per model: ours / each peer that ran, in images/s (``speedup``) and peak memory (``memory_ratio``)."""
+    ok = {(r["model"], r["build"]): r for r in rows if "images_per_s" in r}
+    out = []
+    for model in MODELS:
+        ours = ok.get((model, "qsnn"))
+        for peer in PEERS:
+            theirs = ok.get((model, peer))
+            if ours and theirs:
+                mem = (ours["peak_MiB"] / theirs["peak_MiB"]) if ours["peak_MiB"] and theirs["peak_MiB"] else None
+                out.append(dict(model=model, peer=peer, label=BUILDS[peer][0],
+                                speedup=ours["images_per_s"] / theirs["images_per_s"], memory_ratio=mem))
+    return out
 
-    env = dict(torch=torch.__version__, cuda=torch.version.cuda,
-               gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-    try:
-        import spikingjelly
-        env["spikingjelly"] = getattr(spikingjelly, "__version__", "present")
-    except ImportError:
-        env["spikingjelly"] = None
+
+def plan(models, builds) -> list[tuple[str, str]]:
+    """The (model, build) order: every eager build of every model, then the compiled ones."""
+    return [(m, b) for compiled in (False, True) for m in models for b in builds if BUILDS[b][1] == compiled]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True, help="write the rows here")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--builds", nargs="+", default=list(BUILDS), choices=list(BUILDS))
+    p.add_argument("--steps", type=int, default=5, help="timed steps per build")
+    p.add_argument("--budget", type=float, default=260, help="seconds for all builds together")
+    p.add_argument("--dry-run", action="store_true", help="CPU, 32x32, batch 1: checks the code path only")
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    deadline = time.time() + args.budget
     rows = []
-    ours_cases = ["4/1/4"] if a.quick else ["4/1/4", "16/1/4"]
-    for case in ours_cases:
-        rows.append(_child("qsnn", case, a.batch, a.steps, a.timeout))
-        print(json.dumps(rows[-1]), flush=True)
-    sj = None
-    for backend in ("cupy", "triton", "torch"):
-        r = _child("spikingjelly", backend, a.batch, a.steps, a.timeout)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-        if "error" not in r:
-            sj = r
-            break
-    summary = dict(env=env, model="spikformer_8_512", img=IMG, t_steps=T, rows=rows)
-    if sj is not None:
-        summary["vs_spikingjelly"] = [
-            dict(case=r["case"], backend=sj["case"], speedup=r["images_per_s"] / sj["images_per_s"],
-                 memory_ratio=r["peak_MiB"] / sj["peak_MiB"])
-            for r in rows if r.get("impl") == "qsnn" and "error" not in r]
-    with open(os.path.join(out_dir, "train_gpu.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(json.dumps(summary.get("vs_spikingjelly"), indent=2))
-    return 0
+    for model, build_name in plan(args.models, args.builds):
+        left = deadline - time.time()
+        if left < MIN_START_S:
+            rows.append(dict(model=model, build=build_name, label=BUILDS[build_name][0],
+                             error=f"not started: {left:.0f} s of the budget left"))
+        else:
+            timeout = min(BUILD_TIMEOUT_S[BUILDS[build_name][1]], left)
+            rows.append(run_build(model, build_name, args.steps, timeout, args.dry_run))
+        short = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()
+                 if k in ("model", "build", "images_per_s", "ms_median", "peak_MiB", "warmup_s", "seconds", "skipped")}
+        print(json.dumps(short if "error" not in rows[-1] else {**short, "error": rows[-1]["error"][-300:]}),
+              flush=True)
+    result = dict(t_steps=T_STEPS, w_bits=W_BITS, s_bits=S_BITS, dry_run=args.dry_run,
+                  config=DRY if args.dry_run else FULL, rows=rows, vs_peers=compare(rows))
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["vs_peers"], indent=1))
+    return 0 if all("error" not in r for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""benchmarks/gpu_check.py, the one GPU check, checked without a GPU: it stops at once and clearly
+without CUDA, its budget and file count fit the device tool, its test selection still names
+collected tests, and its summary reads the rows the benchmarks write. The whole dry run (every
+step's code path on the CPU, the training step at 32x32) is the slow test."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTHONSAFEPATH")}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_without_cuda_stops_after_env(tmp_path):
+    done = _run("--no-wheels", "--out", str(tmp_path), timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "no CUDA device" in done.stderr and "--dry-run" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env.json"]
+    assert json.loads((tmp_path / "env.json").read_text())["gpu"] is None
+
+
+def test_budget_and_files_fit_the_device_tool(gpu_check):
+    assert sum(gpu_check.BUDGET_S.values()) == gpu_check.TOTAL_BUDGET_S <= 8 * 60 - 10
+    assert len(gpu_check.FILES) + 1 <= gpu_check.MAX_FILES == 8  # + the trace slot
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in (*gpu_check.FILES, gpu_check.TRACE_SLOT))
+    # the docstring's table states the same timeouts (one fact, checked in one place)
+    table = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)\s", gpu_check.__doc__, re.M)}
+    assert table == {**gpu_check.BUDGET_S, "total": gpu_check.TOTAL_BUDGET_S}
+
+
+def test_selection_names_collected_tests(gpu_check):
+    files = sorted({node.split("::")[0] for node in gpu_check.TEST_SELECTION})
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", *files],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert gpu_check.check_selection(done.stdout) == []
+    assert gpu_check.check_selection("") == gpu_check.TEST_SELECTION  # the check can fail
+
+
+def test_summary_of_benchmark_rows(gpu_check, monkeypatch):
+    monkeypatch.setenv("QSNN_BENCH_QUICK", "1")
+    rows = gpu_check.dry_run_bench_rows()
+    summary = gpu_check.summarize_bench(rows)
+    gemm = [r for r in rows if r["bench"] == "gemm" and r["impl"].startswith("triton")]
+    assert len(summary["gemm"]) == len({(r["shape"], r["W"], r["S"], r["T"]) for r in gemm}) > 0
+    for entry in summary["gemm"]:
+        ours = {r["strategy"]: r["ms"] for r in gemm if (r["shape"], r["W"], r["S"], r["T"]) ==
+                (entry["shape"], entry["W"], entry["S"], entry["T"])}
+        for strategy, ms in ours.items():
+            for peer in ("int8_int_mm", "bf16_matmul", "fp8_scaled_mm"):
+                assert entry[strategy][f"speedup_vs_{peer}"] == pytest.approx(2.0 / ms)
+        assert entry["faster"] in ("bitserial", "dot")
+    assert summary["lif"] and all(r["effective_GBps"] > 0 and r["fraction_of_copy"] > 0 for r in summary["lif"])
+
+
+def test_pytest_counts(gpu_check):
+    log = "....F.\n8 workers [22 items]\nFAILED tests/x.py::t - boom\n20 passed, 1 failed, 1 skipped in 61.2s\n"
+    assert gpu_check.pytest_counts(log) == {"passed": 20, "failed": 1, "skipped": 1}
+    assert gpu_check.pytest_counts("= 3 passed, 2 errors in 1.0s =") == {"passed": 3, "error": 2}
+
+
+@pytest.mark.slow
+def test_dry_run(tmp_path):
+    """Every step's code path on the CPU (the torch.compile builds left out: minutes on 2 cores)."""
+    done = _run("--dry-run", "--skip-compiled", "--out", str(tmp_path), timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) <= 8 and "summary.json" in files
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"]["tests"]["missing"] == [] and summary["steps"]["bench"]["collected"] > 0
+    builds = {(r["model"], r["build"]): r for r in summary["train_rows"]}
+    for model in ("spikformer_8_512", "sew_resnet34"):
+        assert builds[(model, "qsnn")]["images_per_s"] > 0 and builds[(model, "sj_fallback")]["images_per_s"] > 0
+        assert "CUDA" in builds[(model, "sj_triton")]["skipped"]
