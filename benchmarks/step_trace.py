@@ -82,6 +82,9 @@ FUSED_FLOPS_PER_ELEMENT_STEP = {"forward": 6, "backward": 12}
 """Nominal float operations per neuron-step of a fused neuron kernel (charge, fire, reset; the
 surrogate's derivative and BPTT): reported, not used for the time (the kernels are memory bound)."""
 FUSED_NAMESPACES = ("qsnn", "steptrace")
+NEURON_PARTS = ("qsnn::batch_norm_statistics",)
+"""Ops without neuron-steps of their own whose bytes belong to a neuron layer's (the statistics
+pass of the fused batch norm + LIF): counted in the neuron ops' bytes per element-step."""
 ADAMW_BYTES_PER_PARAM = 28
 _MTA_TENSORS, _MTA_ELEMENTS = 110, 320 * 65536  # multi_tensor_apply: tensors and elements per launch
 
@@ -502,7 +505,8 @@ def op_seconds(op: dict, bandwidth: float, matrix_rate: float, launch_s: float) 
 
 def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, launch_s=LAUNCH_SECONDS) -> dict:
     """Per category and in total: launches, bytes, FLOPs, estimated ms; the saved activations;
-    the fused neuron ops' bytes per element-step (forward, backward and their sum per layer)."""
+    the neuron ops' bytes per neuron-step, forward and backward (the bytes of the LIF, batch norm +
+    LIF and modelled neuron ops, with :data:`NEURON_PARTS`, over their T * N)."""
     cats: dict[str, dict] = {}
     for op in result["ops"]:
         op["est_us"] = op_seconds(op, bandwidth, matrix_rate, launch_s) * 1e6
@@ -514,7 +518,7 @@ def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, l
             c["est_ms"] += op["est_us"] / 1e3
     neuron = {}
     for phase in ("forward", "backward"):
-        ops = [o for o in result["ops"] if o["element_steps"] and o["phase"] == phase]
+        ops = [o for o in result["ops"] if o["phase"] == phase and (o["element_steps"] or o["op"] in NEURON_PARTS)]
         steps = sum(o["element_steps"] for o in ops)
         neuron[phase] = sum(o["bytes_read"] + o["bytes_written"] for o in ops) / steps if steps else None
         neuron[f"{phase}_launches"] = sum(o["launches"] for o in ops)
