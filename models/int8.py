@@ -1,5 +1,5 @@
-"""Integer forward of the spike-input layers on CPU: spike levels x weight codes in int8, exact.
-The ops ``qsnn::int8_linear`` and ``qsnn::int8_conv2d``, with their functional API.
+"""Integer forward of the spike-input layers: spike levels x weight codes in int8, exact. The ops
+``qsnn::int8_linear`` (CPU and CUDA) and ``qsnn::int8_conv2d`` (CPU), with their functional API.
 
 A spike-input layer multiplies integer levels ``0 .. 2^S - 1`` (times v_th) by integer weight
 codes ``-2^(W-1) .. 2^(W-1) - 1`` (times a per-channel scale, Eq. 5). For S <= 8 and W <= 8 both
@@ -27,7 +27,12 @@ Contract:
   or ValueError (shapes, widths) raised before any kernel runs, in eager mode and in the ops' fake
   implementations alike.
 
-Linear: ``torch._int_mm`` (signed int8: levels <= 127, so s_bits <= 4). Convolution: oneDNN's
+Linear on CUDA: the Triton int8 GEMM (qsnn_kernels/triton/int8_matmul.py: int8 tensor cores,
+int32 sums, the epilogue ``acc * (scale * in_scale)`` fused and written in x's dtype, so float32,
+bfloat16 or float16 input; s_bits <= 7), after the weight's codes from one Triton launch; the
+backward's float products run in the gradient's dtype. Not chosen automatically on CUDA
+(``int8=True`` in the layers) until benchmarks/gpu_check.py has measured it there.
+Linear on CPU: ``torch._int_mm`` (signed int8: levels <= 127, so s_bits <= 4). Convolution: oneDNN's
 quantized convolution with a float output (``torch.ops.onednn.qconv2d_pointwise``, levels as
 uint8), which needs the weight re-packed every call (the weight changes every step), a cost that
 only enough output positions repay: :data:`MIN_CONV_POSITIONS`. The layers use this path by
@@ -55,9 +60,17 @@ is re-packed on every call (a cost per weight element), the int8 product saves a
 element and output position, so the path pays only from some number of positions on. The value
 comes from ``python benchmarks/test_bench_models_sew.py layer-paths`` (its ``positions`` column)."""
 
-MAX_S_BITS = {"linear": 4, "conv2d": 8}
+MAX_S_BITS = {"linear": 4, "conv2d": 8, "cuda": 7}
 """Widest input levels of each op: the linear's ``torch._int_mm`` takes signed int8 (and sums
-pairs of products in int16 on some CPUs, so levels stay <= 15); the convolution takes uint8."""
+pairs of products in int16 on some CPUs, so levels stay <= 15); the convolution takes uint8; on
+CUDA the Triton kernel multiplies signed int8 (levels <= 127) with exact int32 sums."""
+
+KERNEL_DEVICES = {"linear": ("cpu", "cuda"), "conv2d": ("cpu",)}
+"""The device types each op has a kernel for (CUDA: the Triton int8 GEMM of
+qsnn_kernels/triton/int8_matmul.py; no CUDA convolution yet)."""
+
+CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""Input dtypes of the CUDA linear (its output has the input's dtype: bfloat16 under autocast)."""
 
 
 @functools.cache
@@ -88,17 +101,20 @@ def _problem(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int | N
     Reads only metadata: shapes, dtypes, devices and the arguments."""
     op = "linear" if padding is None else "conv2d"
     name = f"int8_{op}"
-    if x.device.type != "cpu" or weight.device.type != "cpu":
-        return TypeError, f"{name}: x and weight must be CPU tensors, got {x.device} and {weight.device}"
-    if x.dtype != torch.float32 or weight.dtype != torch.float32:
-        return TypeError, f"{name}: x and weight must be float32, got {x.dtype} and {weight.dtype}"
-    top = MAX_S_BITS[op]
+    if x.device != weight.device or x.device.type not in KERNEL_DEVICES[op]:
+        return TypeError, (f"{name}: x and weight must be on one device of type {' or '.join(KERNEL_DEVICES[op])}, "
+                           f"got {x.device} and {weight.device}")
+    cuda = x.device.type == "cuda"
+    if x.dtype not in (CUDA_DTYPES if cuda else (torch.float32,)) or weight.dtype != torch.float32:
+        return TypeError, (f"{name}: x must be {'float32, bfloat16 or float16' if cuda else 'float32'} and weight "
+                           f"float32, got {x.dtype} and {weight.dtype}")
+    top = MAX_S_BITS["cuda" if cuda else op]
     if isinstance(s_bits, bool) or not isinstance(s_bits, int) or not 1 <= s_bits <= top:
         return ValueError, f"{name}: s_bits must be an int in 1..{top} (levels that fit its int8 type), got {s_bits!r}"
     if w_bits not in WEIGHT_BITS:
         return ValueError, f"{name}: w_bits must be one of {WEIGHT_BITS} (codes that fit int8), got {w_bits!r}"
     k = weight.numel() // max(weight.shape[0], 1)
-    if k < 2:
+    if k < 2 and not cuda:
         # torch 2.14's int8 kernels return wrong sums at K = 1
         return ValueError, f"{name}: the reduction length K (weight.numel() // out channels) must be >= 2, got {k}"
     if k * ((1 << s_bits) - 1) * (1 << (w_bits - 1)) >= 1 << 31:
@@ -125,7 +141,7 @@ def int8_supported(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: i
     when a padding is at least the dilated kernel's extent). Metadata only: the same answer in
     eager mode and under torch.compile (whether the input really is spikes is checked by the op
     when it runs)."""
-    if torch.is_autocast_enabled("cpu"):
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         return False
     return _problem(x, weight, w_bits, s_bits, padding, dilation) is None
 
@@ -199,15 +215,29 @@ def _linear_setup_context(ctx, inputs, output):
 
 def _linear_backward(ctx, grad, _grad_levels):
     levels, weight = ctx.saved_tensors
-    g = grad.reshape(-1, grad.shape[-1])
+    g = grad.reshape(-1, grad.shape[-1])  # in the output's dtype (x's: bfloat16 under CUDA autocast)
     grad_x = grad_w = None
     if ctx.needs_input_grad[0]:
-        grad_x = (g @ dequantized_weight(weight, ctx.w_bits)).reshape(levels.shape)
+        grad_x = (g @ dequantized_weight(weight, ctx.w_bits).to(g.dtype)).reshape(levels.shape)
     if ctx.needs_input_grad[1]:
-        grad_w = g.t() @ _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale)
+        spikes = _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale).to(g.dtype)
+        grad_w = (g.t() @ spikes).to(weight.dtype)
     return grad_x, grad_w, None, None, None
 
 
+def _int8_linear_cuda(x, weight, w_bits, s_bits, in_scale):
+    """The CUDA kernel: levels (one checked pass), codes and scales (one Triton launch), then the
+    Triton int8 GEMM with the epilogue ``acc * (scale * in_scale)`` written in x's dtype."""
+    from qsnn_kernels.triton.int8_matmul import int8_matmul_triton
+
+    _check_linear(x, weight, w_bits, s_bits, in_scale)
+    levels = spike_input_levels(x, in_scale, s_bits, torch.int8, "int8 forward")
+    codes, scale = quantize_weight(weight, w_bits)
+    y = int8_matmul_triton(levels.reshape(-1, levels.shape[-1]), codes, scale, in_scale, out_dtype=x.dtype)
+    return y.reshape(*x.shape[:-1], codes.shape[0]), levels
+
+
+_int8_linear_op.register_kernel("cuda", _int8_linear_cuda)
 _int8_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 # --------------------------------------------------------------------------- qsnn::int8_conv2d

@@ -211,13 +211,16 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
     eligible (:func:`models.int8.int8_supported`), and with ``int8=None`` (the default) the CPU has
     int8 dot-product units (:func:`models.int8.cpu_has_int8_dot`) and, for a convolution, its
     output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions (``positions``);
-    ``int8=True`` skips those two rules. Metadata and host constants only: the same choice under
+    ``int8=True`` skips those two rules (on CUDA, where only the linear has an int8 kernel, the
+    path is taken only with ``int8=True``). Metadata and host constants only: the same choice under
     torch.compile, where the int8 path is one op in the graph (no graph break)."""
     geometry = (layer.padding, layer.dilation) if positions is not None else (None, None)
     if layer.int8 is False or not int8_supported(x, layer.weight, layer.w_bits, layer.s_bits, *geometry):
         return False
     if layer.int8 is True:
         return True
+    if x.device.type != "cpu":  # CUDA: only when asked (int8=True), until the GPU check measures it
+        return False
     return cpu_has_int8_dot() and (positions is None or positions >= MIN_CONV_POSITIONS)
 
 

@@ -4,6 +4,8 @@ gradients, odd shapes, the dispatch rule, bad input, and a whole model's trainin
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from functorch.compile import make_boxed_compiler
@@ -225,6 +227,53 @@ def test_op_dtype_errors():
     with pytest.raises(TypeError, match="float32"):
         torch.ops.qsnn.int8_conv2d(torch.zeros(1, 4, 5, 5, dtype=torch.bfloat16), torch.zeros(2, 4, 3, 3), 4, 1,
                                    1.0, [1, 1], [1, 1], [1, 1], 1)
+
+
+@pytest.mark.parametrize("w_bits, s_bits, in_scale, shape, n", [
+    (4, 1, 1.0, (3, 7, 37), 45), (8, 2, 0.5, (1, 70), 1), (1, 4, 0.25, (33, 31), 9), (2, 1, 1.0, (5, 2), 3),
+])
+def test_cuda_linear_kernel_equals_the_cpu_op(w_bits, s_bits, in_scale, shape, n):
+    """The CUDA kernel of qsnn::int8_linear (the Triton int8 GEMM with the fused epilogue, after
+    the Triton weight quantization), run on CPU tensors under the interpreter, gives the CPU op's
+    output (torch._int_mm, same epilogue) bit for bit, and the same levels."""
+    pytest.importorskip("qsnn_kernels.triton.int8_matmul")
+    from qsnn_kernels import quantize
+    from qsnn_kernels.models import int8 as int8_mod
+    from qsnn_kernels.testing import mismatches
+    from qsnn_kernels.triton_on_cpu import triton_kernels_on_cpu
+
+    x = _spikes(shape, s_bits, in_scale, seed=n)
+    w = torch.randn(n, shape[-1], generator=torch.Generator().manual_seed(1))
+    with triton_kernels_on_cpu(quantize.TRITON_KERNELS):
+        y, levels = int8_mod._int8_linear_cuda(x, w, w_bits, s_bits, in_scale)
+    ref_y, ref_levels = torch.ops.qsnn.int8_linear(x, w, w_bits, s_bits, in_scale)
+    assert mismatches(y, ref_y) == 0 and mismatches(levels, ref_levels) == 0
+    dense = x @ qm.layers.quantized_weight(w, w_bits).t()
+    torch.testing.assert_close(y, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_rules_of_the_int8_ops():
+    """On CUDA tensors (fake: no GPU needed) the linear takes float32/bfloat16/float16 input and
+    levels up to 7 bits, its output in x's dtype; the convolution has no CUDA kernel (TypeError)."""
+    from qsnn_kernels.models import int8 as int8_mod
+
+    with torch._subclasses.fake_tensor.FakeTensorMode():
+        w = torch.empty(8, 32, device="cuda")
+        for dtype in int8_mod.CUDA_DTYPES:
+            x = torch.empty(4, 32, device="cuda", dtype=dtype)
+            assert int8_mod.int8_supported(x, w, 4, 7)
+            y, levels = torch.ops.qsnn.int8_linear(x, w, 4, 7, 1.0)
+            assert y.dtype == dtype and y.shape == (4, 8) and levels.dtype == torch.int8
+        assert not int8_mod.int8_supported(x, w, 4, 8)
+        assert not int8_mod.int8_supported(x.double(), w, 4, 1)
+        with pytest.raises(TypeError, match="cpu"):
+            torch.ops.qsnn.int8_conv2d(torch.empty(1, 4, 5, 5, device="cuda"), torch.empty(2, 4, 3, 3, device="cuda"),
+                                       4, 1, 1.0, [1, 1], [1, 1], [1, 1], 1)
+        # the automatic rule keeps CUDA layers dense; int8=True takes the kernel
+        layer = types.SimpleNamespace(int8=None, weight=w, w_bits=4, s_bits=1)
+        assert not uses_int8(layer, x)
+        layer.int8 = True
+        assert uses_int8(layer, x)
 
 
 def _int8_ops_in_graph(module, x):

@@ -1,0 +1,131 @@
+"""Triton kernel of the exact int8 GEMM of spike-input layers: integer spike levels times integer
+operands (weight codes, or other spike levels) on int8 tensor cores with int32 accumulation, and
+a fused epilogue to float: ``out[m, n] = float(acc[m, n]) * (col_scale[n] * alpha) + bias[n]``.
+
+It is the CUDA kernel of ``qsnn::int8_linear`` (:mod:`models.int8`: levels x weight codes, the
+epilogue scale ``scale[n] * in_scale`` of Eq. 5, output in x's dtype, e.g. bfloat16 under
+autocast) and of the batched spike products of Spikformer's attention (levels x levels).
+
+Contract (:func:`int8_matmul_triton`): ``a [B, M, K]`` or ``[M, K]`` and ``b [B, N, K]`` or
+``[N, K]`` (shared by every batch), int8 or uint8 holding values that fit int8 (uint8 levels up to
+127, i.e. s_bits <= 7: tensor cores multiply signed int8); any strides. The int32 sum is exact
+(the caller keeps ``K * max|a| * max|b| < 2^31``), and the epilogue rounds as the CPU op does: the
+float32 product ``col_scale[n] * alpha`` first, then ``float(acc)`` times it, then the bias, then one
+rounding to the output dtype. Oracle: ``torch._int_mm`` / an int64 matmul on the CPU, then the
+same float32 epilogue.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["int8_matmul_triton"]
+
+
+@triton.jit
+def _int8_matmul_kernel(
+    a_ptr, b_ptr, col_scale_ptr, bias_ptr, out_ptr,
+    M, N, K,
+    stride_ab, stride_am, stride_ak, stride_bb, stride_bn, stride_bk, stride_ob, stride_om, stride_on,
+    alpha,
+    HAS_COL_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # grouped order of the output tiles: GROUP_M row tiles share their column tiles in L2
+    pid = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * tiles_n
+    first_m = (pid // group) * GROUP_M
+    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % rows_in_group
+    pid_n = (pid % group) // rows_in_group
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + batch * stride_ab + rm[:, None] * stride_am + rk[None, :] * stride_ak
+    b_ptrs = b_ptr + batch * stride_bb + rk[:, None] * stride_bk + rn[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < K - k0), other=0)
+        b = tl.load(b_ptrs, mask=(rk[:, None] < K - k0) & (rn[None, :] < N), other=0)
+        # uint8 levels <= 127 are the same bits as int8
+        acc = tl.dot(a.to(tl.int8, bitcast=True), b.to(tl.int8, bitcast=True), acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    y = acc.to(tl.float32)
+    if HAS_COL_SCALE:
+        y = y * (tl.load(col_scale_ptr + rn, mask=rn < N, other=0.0) * alpha)[None, :]
+    else:
+        y = y * alpha
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + batch * stride_ob + rm[:, None] * stride_om + rn[None, :] * stride_on
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+# Tiles for sm_90's int8 MMA (K tiles of 64-128 bytes); the autotuner picks per (M, N, K) bucket
+_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 128, 4, 4), (128, 64, 128, 4, 4))
+]
+_int8_matmul_tuned = triton.autotune(_CONFIGS, key=["M", "N", "K"])(_int8_matmul_kernel)
+
+INTERPRETER_TILE = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+"""The fixed tile under TRITON_INTERPRET=1 (CPU tensors): small, as the interpreter is slow."""
+
+INTEGER_DTYPES = (torch.int8, torch.uint8)
+
+
+def _batched(t: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
+    if t.dtype not in INTEGER_DTYPES:
+        raise TypeError(f"int8_matmul: {name} must be int8 or uint8, got {t.dtype}")
+    if t.dim() == 2:
+        return t.unsqueeze(0), False
+    if t.dim() != 3:
+        raise ValueError(f"int8_matmul: {name} must be [M, K] or [B, M, K], got shape {tuple(t.shape)}")
+    return t, True
+
+
+def int8_matmul_triton(a: torch.Tensor, b: torch.Tensor, col_scale: torch.Tensor | None = None, alpha: float = 1.0,
+                       bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``out = float(a @ b^T) * (col_scale * alpha) + bias`` in ``out_dtype`` (the module docstring
+    has the contract): ``a [B, M, K]`` or ``[M, K]``, ``b [B, N, K]`` or ``[N, K]``; ``col_scale``
+    and ``bias`` ``[N]`` or None. Returns ``[B, M, N]`` (``[M, N]`` for a 2-D ``a``). Raises
+    TypeError/ValueError on dtypes, shapes or devices that do not match."""
+    a3, batched = _batched(a, "a")
+    b3, _ = _batched(b, "b")
+    batch, m, k = a3.shape
+    if b3.shape[-1] != k or b3.shape[0] not in (1, batch):
+        raise ValueError(f"int8_matmul: a {tuple(a.shape)} and b {tuple(b.shape)} do not match ([B, M, K], [B|1, N, K])")
+    n = b3.shape[1]
+    for t, name in ((col_scale, "col_scale"), (bias, "bias")):
+        if t is not None and (t.shape != (n,) or not t.is_floating_point()):
+            raise ValueError(f"int8_matmul: {name} must be a float [N] = [{n}], got {t.dtype} {tuple(t.shape)}")
+    if any(t is not None and t.device != a.device for t in (b, col_scale, bias)):
+        raise ValueError("int8_matmul: every tensor must be on a's device")
+    if not out_dtype.is_floating_point:
+        raise TypeError(f"int8_matmul: out_dtype must be a float dtype, got {out_dtype}")
+    out = torch.empty((batch, m, n), dtype=out_dtype, device=a.device)
+    if col_scale is not None:
+        col_scale = col_scale.to(torch.float32).contiguous()
+    if m and n:
+        stride_bb = b3.stride(0) if b3.shape[0] == batch and batch > 1 else 0
+        args = (a3, b3, col_scale if col_scale is not None else out, bias if bias is not None else out, out,
+                m, n, k, a3.stride(0), a3.stride(1), a3.stride(2), stride_bb, b3.stride(1), b3.stride(2),
+                out.stride(0), out.stride(1), out.stride(2), float(alpha))
+        flags = dict(HAS_COL_SCALE=col_scale is not None, HAS_BIAS=bias is not None)
+        if a.device.type == "cuda":
+            def grid(meta):
+                return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), batch)
+
+            with torch.cuda.device(a.device):
+                _int8_matmul_tuned[grid](*args, **flags)
+        else:
+            tile = INTERPRETER_TILE
+            grid = (triton.cdiv(m, tile["BLOCK_M"]) * triton.cdiv(n, tile["BLOCK_N"]), batch)
+            _int8_matmul_kernel[grid](*args, **flags, **tile, num_warps=1)
+    return out if batched else out[0]

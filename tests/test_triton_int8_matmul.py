@@ -1,0 +1,116 @@
+"""The Triton int8 GEMM (qsnn_kernels/triton/int8_matmul.py) against an exact integer matmul and
+the same float32 epilogue, on CPU tensors under TRITON_INTERPRET=1: bit for bit, odd shapes
+(K not a multiple of the tile, M = 1, N = 1), batches with a shared or per-batch right operand,
+strided operands, and both level types (uint8 <= 127, int8)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+int8_matmul = pytest.importorskip("qsnn_kernels.triton.int8_matmul")
+from qsnn_kernels.testing import mismatches  # noqa: E402
+
+
+def _expected(a, b, col_scale, alpha, bias, out_dtype):
+    acc = torch.matmul(a.to(torch.int64), b.to(torch.int64).transpose(-1, -2))
+    assert acc.abs().max() < 2**31
+    y = acc.to(torch.float32)
+    y = y * (col_scale * alpha) if col_scale is not None else y * alpha
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(out_dtype)
+
+
+def _operands(batch, m, n, k, seed, a_dtype=torch.uint8, top=15):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, top + 1, (*batch, m, k), generator=g).to(a_dtype)
+    b = torch.randint(-128, 128, (n, k), generator=g).to(torch.int8)
+    return a, b, torch.rand(n, generator=g) + 0.01, torch.randn(n, generator=g)
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (1, 37, 70), (33, 1, 31), (45, 70, 100), (64, 64, 64)])
+@pytest.mark.parametrize("epilogue", ["scale_bias", "scale", "plain"])
+def test_matches_integer_matmul_and_epilogue(m, n, k, epilogue):
+    a, b, col_scale, bias = _operands((), m, n, k, seed=m * 1000 + n * 10 + k)
+    col_scale = None if epilogue == "plain" else col_scale
+    bias = bias if epilogue == "scale_bias" else None
+    out = int8_matmul.int8_matmul_triton(a, b, col_scale, 0.3, bias)
+    assert out.shape == (m, n) and out.dtype == torch.float32
+    assert mismatches(out, _expected(a, b, col_scale, 0.3, bias, torch.float32)) == 0
+
+
+@pytest.mark.parametrize("shared_b", [True, False])
+def test_batched_spike_products(shared_b):
+    # Spikformer's attention: spike levels times spike levels, batched over (T * B * heads)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 2, (5, 17, 24), generator=g).to(torch.uint8)
+    k = torch.randint(0, 2, (1 if shared_b else 5, 19, 24), generator=g).to(torch.uint8)
+    out = int8_matmul.int8_matmul_triton(q, k[0] if shared_b else k, alpha=0.125)
+    assert out.shape == (5, 17, 19)
+    assert mismatches(out, _expected(q, k, None, 0.125, None, torch.float32)) == 0
+
+
+def test_signed_levels_strided_operands_and_wide_sums():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randint(-128, 128, (70, 40), generator=g).to(torch.int8).t()  # [40, 70], strided
+    b = torch.randint(-128, 128, (90, 70), generator=g).to(torch.int8)[::2]  # [45, 70], row stride 140
+    assert not a.is_contiguous() and not b.is_contiguous()
+    out = int8_matmul.int8_matmul_triton(a, b, out_dtype=torch.float64)
+    assert out.dtype == torch.float64 and mismatches(out, _expected(a, b, None, 1.0, None, torch.float64)) == 0
+    assert out.abs().max() > 2**16  # sums far beyond 16 bits, exact
+
+
+def test_bad_input():
+    a, b, col_scale, bias = _operands((), 4, 5, 6, seed=0)
+    with pytest.raises(TypeError):
+        int8_matmul.int8_matmul_triton(a.float(), b)
+    with pytest.raises(ValueError):
+        int8_matmul.int8_matmul_triton(a, b[:, :5])
+    with pytest.raises(ValueError):
+        int8_matmul.int8_matmul_triton(a, b, col_scale[:3])
+    with pytest.raises(ValueError):
+        int8_matmul.int8_matmul_triton(a.view(1, 1, 4, 6), b)
+    with pytest.raises(TypeError):
+        int8_matmul.int8_matmul_triton(a, b, out_dtype=torch.int32)
+
+
+_COMPILE_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from qsnn_kernels.triton import int8_matmul as K
+
+fn = K._int8_matmul_kernel
+sig = {"a_ptr": "*u8", "b_ptr": "*i8", "col_scale_ptr": "*fp32", "bias_ptr": "*fp32", "out_ptr": "*bf16",
+       **{n: "i32" for n in fn.arg_names if n[:1] in "MNK" and len(n) == 1 or n.startswith("stride")}, "alpha": "fp32"}
+for config in K._CONFIGS:
+    const = dict(HAS_COL_SCALE=True, HAS_BIAS=True, **config.kwargs)
+    # what the launcher specializes on for aligned tensors, K % 16 == 0 and unit inner strides
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in fn.arg_names
+             if n.endswith("_ptr") or n in ("K", "stride_am", "stride_bn", "stride_om")}
+    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}},
+                    constexprs={(fn.arg_names.index(k),): v for k, v in const.items()}, attrs=attrs)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                         options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    ptx = out.asm["ptx"]
+    assert "wgmma" in ptx and ".s8" in ptx, f"no int8 wgmma for {config}"
+    print(config.kwargs, "shared bytes", out.metadata.shared)
+print("compiled")
+"""
+
+
+def test_kernel_compiles_for_sm90_with_int8_wgmma():
+    """Every autotune config lowers to sm_90a PTX and cubin and multiplies on int8 wgmma (no GPU
+    needed: triton's bundled ptxas)."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
