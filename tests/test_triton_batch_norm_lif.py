@@ -133,6 +133,29 @@ def test_forward_running_statistics_and_nan(layout):
     assert levels.view(3, -1)[1:, 7].eq(0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16])
+def test_forward_half_rounds_the_affine_map_in_x_dtype(dtype):
+    """float16 (a GPU dtype): y = x * scale + shift rounded to x's dtype after each op, as torch's
+    ops in that dtype; the neuron in float32 on that y; spikes in x's dtype. (bfloat16 alike on a
+    GPU, where the kernels round to nearest (the compile test checks cvt.rn); Triton's
+    interpreter truncates float32 to bfloat16, so it cannot check bfloat16 bit for bit.)"""
+    x = _x("nchw", 3, seed=9).to(dtype)
+    w, b = (t.to(dtype) for t in _params(3, seed=9))
+    mean, var = (t.to(dtype) for t in reference.batch_norm_statistics(x.float()))
+    neuron = _neuron(4, True)
+    lif = (neuron["s_bits"], neuron["v_th"], neuron["decay"], neuron["v_reset"], True, "atan", 2.0, False)
+    spikes, levels = kernels.batch_norm_lif_forward_triton(x.reshape(3, -1), w, b, mean, var, 1e-5, 20, True, *lif,
+                                                           True)
+    scale, shift = reference.batch_norm_scale_shift(w, b, mean, var, 1e-5)
+    y = x * scale.view(1, 1, -1, 1, 1) + shift.view(1, 1, -1, 1, 1)
+    ref = reference.multilevel_lif(y.float(), *_reference_args(neuron)[:5])[0].to(dtype)
+    assert spikes.dtype == dtype and mismatches(spikes.view(x.shape), ref) == 0
+    assert torch.equal(levels.float() * neuron["v_th"], spikes.float()) and levels.max() > 1
+    mean2, var2 = kernels.batch_norm_statistics_triton(x.reshape(3, -1), 3, 20)
+    assert mean2.dtype == var2.dtype == dtype
+    torch.testing.assert_close(mean2, mean) and torch.testing.assert_close(var2, var)
+
+
 def test_statistics_shifted_sums():
     """|mean| >> std: the per-channel shift keeps the one-pass variance accurate in float32."""
     g = torch.Generator().manual_seed(3)
@@ -222,6 +245,21 @@ def test_autograd_through_the_ops_matches_cpp(layout, training):
         assert _rel_err(a, e) < GRAD_REL_TOL, name
 
 
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_opcheck_with_the_triton_kernels(batch_stats):
+    """The ops' schema, fakes and registered autograd with the Triton kernels as their kernels."""
+    x = _x("tbcl", 2, seed=4).reshape(2, -1)
+    w, b = _params(5, seed=4)
+    args = (x, w, b, torch.randn(5) * 0.1, torch.rand(5) + 0.5, 1e-5, 11, batch_stats, 2, 0.5, 0.5, 0.0, True, "atan",
+            2.0, False)
+    with triton_kernels_on_cpu(bnl.TRITON_KERNELS):
+        torch.library.opcheck(torch.ops.qsnn.batch_norm_lif_forward.default, (*args, True))
+        torch.library.opcheck(torch.ops.qsnn.batch_norm_lif_forward.default,
+                              (x.clone().requires_grad_(), w.clone().requires_grad_(), *args[2:], False))
+        torch.library.opcheck(torch.ops.qsnn.batch_norm_lif_backward.default, (torch.randn_like(x), *args))
+        torch.library.opcheck(torch.ops.qsnn.batch_norm_statistics.default, (x, 5, 11))
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -281,6 +319,8 @@ assert not bad, ("register spills", bad)
 # the forward and the backward's recomputation of h round as the reference: no FMA contraction
 fused = [r["variant"] for r in rows if r["fma"] and r["variant"].startswith(("fwd", "bwd"))]
 assert not fused, ("FMA in", fused)
+# float16/bfloat16 narrowing rounds to nearest, as torch does (the interpreter truncates to bfloat16)
+assert all(r["narrowing"] == ["rn"] for r in rows if " fp16 " in r["variant"] or " bf16 " in r["variant"]), rows
 print("compiled", len(rows))
 """
 

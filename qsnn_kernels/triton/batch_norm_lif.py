@@ -542,8 +542,9 @@ def _variants():
 
 def compile_report(arch: int = 90) -> list[dict]:
     """Compile every variant of :func:`_variants` for ``sm_{arch}a`` (no GPU needed; run without
-    ``TRITON_INTERPRET``) and return, per variant, its name, registers, spill stores/loads (bytes,
-    from ptxas -v) and shared memory (bytes). Raises RuntimeError if triton cannot compile here."""
+    ``TRITON_INTERPRET``) and return, per variant, its name, warps, registers, spill stores/loads
+    (bytes, from ptxas -v), shared memory (bytes), whether the PTX holds an FMA, and the rounding
+    modes of its float32 -> float16/bfloat16 conversions. Raises if triton cannot compile here."""
     import re
     import subprocess
     import tempfile
@@ -572,7 +573,8 @@ def compile_report(arch: int = 90) -> list[dict]:
         spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", info)
         rows.append(dict(variant=label, num_warps=num_warps, registers=regs, spill_stores=int(spill.group(1)),
                          spill_loads=int(spill.group(2)), shared=int(compiled.metadata.shared),
-                         fma="fma." in compiled.asm["ptx"]))
+                         fma="fma." in compiled.asm["ptx"],
+                         narrowing=sorted(set(re.findall(r"cvt\.(\w+)\.b?f16(?:x2)?\.f32", compiled.asm["ptx"])))))
     return rows
 
 
