@@ -281,7 +281,8 @@ class Recorder(TorchDispatchMode):
         path, module = self.trace.modules[-1] if self.trace.modules and self.trace.phase == "forward" else ("", "")
         self.trace.ops.append(dict(phase=self.trace.phase, op=name, category=category, within=self.within,
                                    launches=launches, module=module, module_path=path, bytes_read=read,
-                                   bytes_written=written, flops=flops, element_steps=steps))
+                                   bytes_written=written, flops=flops, element_steps=steps,
+                                   dtype=next((str(t.dtype) for t in ins if isinstance(t, torch.Tensor)), "")))
 
 
 # --------------------------------------------------------------------------- CUDA autocast, emulated
