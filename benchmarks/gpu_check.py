@@ -59,6 +59,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,22 +114,35 @@ BENCH_FILES = ["benchmarks/test_bench_bitserial_gpu.py", "benchmarks/test_bench_
 # --------------------------------------------------------------------------- steps
 
 
+def run_process(cmd: list[str], timeout: float, env: dict, log=None) -> tuple[int | str, str]:
+    """``cmd`` in ROOT in a process group of its own, its output into the open file ``log`` or
+    returned; ``(returncode or "timeout", output)``. On timeout the whole group is killed (pytest-xdist
+    workers, compile workers), so that nothing left behind holds the GPU during the next step."""
+    pipe = subprocess.PIPE if log is None else log
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=pipe, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+            return proc.returncode, output or ""
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            return "timeout", output or ""
+
+
 def _run(cmd: list[str], log: Path | None, timeout: float, env: dict, append: bool = False) -> dict:
-    """``cmd`` in ROOT, its output into ``log`` (or kept in the result), under ``timeout`` seconds."""
+    """:func:`run_process` with its output into the file ``log`` (or kept in the result, the last
+    20000 characters), timed."""
     t0 = time.time()
     result = {"cmd": " ".join(cmd), "timeout_s": round(timeout)}
-    try:
-        if log is None:
-            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-            result["output"] = done.stdout + done.stderr
-        else:
-            with open(log, "a" if append else "w") as f:
-                f.write(f"$ {result['cmd']}\n")
-                f.flush()
-                done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=env)
-        result["rc"] = done.returncode
-    except subprocess.TimeoutExpired:
-        result["rc"] = "timeout"
+    if log is None:
+        result["rc"], output = run_process(cmd, timeout, env)
+        result["output"] = output[-20000:]
+    else:
+        with open(log, "a" if append else "w") as f:
+            f.write(f"$ {result['cmd']}\n")
+            f.flush()
+            result["rc"], _ = run_process(cmd, timeout, env, log=f)
     result["seconds"] = round(time.time() - t0, 1)
     return result
 

@@ -40,11 +40,12 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+
+from gpu_check import run_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -221,15 +222,14 @@ def run_build(model: str, build_name: str, steps: int, timeout: float, dry_run: 
         env["SJ_LIF_CUDA_IMPLEMENTATION"] = "triton"  # a fallback to the torch loop raises
     t0 = time.time()
     row = dict(model=model, build=build_name, label=BUILDS[build_name][0])
-    try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                              env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return dict(row, error=f"timed out after {timeout:.0f} s", seconds=round(time.time() - t0, 1))
-    for line in done.stdout.splitlines():
+    rc, output = run_process([sys.executable, "-c", code], timeout, env)
+    seconds = round(time.time() - t0, 1)
+    if rc == "timeout":
+        return dict(row, error=f"timed out after {timeout:.0f} s", seconds=seconds)
+    for line in output.splitlines():
         if line.startswith("RESULT "):
-            return dict(json.loads(line[7:]), seconds=round(time.time() - t0, 1))
-    return dict(row, error=(done.stderr or done.stdout)[-2000:], seconds=round(time.time() - t0, 1))
+            return dict(json.loads(line[7:]), seconds=seconds)
+    return dict(row, error=output[-2000:], seconds=seconds)
 
 
 def compare(rows: list[dict]) -> list[dict]:

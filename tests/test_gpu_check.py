@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,16 @@ def test_summary_of_benchmark_rows(gpu_check, monkeypatch):
                 assert entry[strategy][f"speedup_vs_{peer}"] == pytest.approx(2.0 / ms)
         assert entry["faster"] in ("bitserial", "dot")
     assert summary["lif"] and all(r["effective_GBps"] > 0 and r["fraction_of_copy"] > 0 for r in summary["lif"])
+
+
+def test_timeout_kills_the_whole_process_group(gpu_check, tmp_path):
+    marker = tmp_path / "survived"
+    # a grandchild that would write the marker after the timeout, as an xdist worker would hold the GPU
+    cmd = ["bash", "-c", f"(sleep 3; touch {marker}) & echo started; sleep 30"]
+    rc, output = gpu_check.run_process(cmd, 1, dict(os.environ))
+    assert rc == "timeout" and output == "started\n"
+    time.sleep(3)
+    assert not marker.exists()
 
 
 def test_pytest_counts(gpu_check):
