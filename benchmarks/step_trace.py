@@ -22,14 +22,19 @@ What is traced (the code as it is, run on tensors without data):
   ``torch.is_autocast_enabled`` reports it.
 * :class:`Recorder` (a TorchDispatchMode) sees every aten and ``qsnn::`` op below autograd, the
   backward's included. A ``qsnn::`` op whose CUDA kernel is a composition of torch ops (a Python
-  function registered for "cuda" without "triton" in its name, e.g. today's batch-norm + LIF
-  composite) is traced through that function, so its parts are counted as they run on CUDA; one
-  whose CUDA kernel is a Triton launcher is one fused launch.
+  function registered for "cuda" without "triton" in its name, e.g. ``qsnn::spike_levels``, or
+  the batch-norm + LIF composite before its Triton kernels) is traced through that function, so
+  its parts are counted as they run on CUDA; one whose CUDA kernel is a Triton launcher is one
+  fused launch. Which one it is comes from the registrations (watched from this module's import
+  on, :func:`cuda_kernel`), so the trace follows the tree it runs in.
 * Bytes of an op: the bytes of its tensor inputs plus outputs, each tensor counted by the
   elements it spans (a stride-0 dimension counts once: a frame broadcast over T is read once;
   ``[0, N]`` outputs, never written, count nothing). For the LIF and batch-norm + LIF ops this is
   their kernels' traffic, which follows the op's arguments (dtypes, strides, ``save_h``,
   ``emit_v_last``, ``grad_spikes`` None ...): :func:`lif_bytes` says it per argument.
+* Launches: one per op, except a convolution's backward (one per gradient it computes); views,
+  ``empty`` and ``detach`` launch nothing. Batch norm's forward (training) and backward read their
+  input (and grad) twice (:data:`_EXTRA_READS`, an assumption about the CUDA kernels).
 * FLOPs: torch.utils.flop_counter's formulas for GEMMs and convolutions (forward and backward);
   one per output element for glue; :data:`FUSED_FLOPS_PER_ELEMENT_STEP` for the fused neuron ops
   (nominal: they are memory bound).
@@ -41,13 +46,14 @@ What is modelled, not traced:
 * The time: per op ``max(bytes / COPY_BANDWIDTH, flops / MATRIX_RATE)`` for GEMMs,
   ``bytes / COPY_BANDWIDTH`` for the rest, plus ``LAUNCH_SECONDS`` per launch (see the constants).
   Kernel efficiency below the ceilings, cache reuse between ops, overlap of CPU launch overhead
-  with GPU work are not modelled: a lower bound of the step for the ops traced.
+  with GPU work are not modelled: an estimate near a lower bound, to compare builds, not a timing.
 * The optimizer: torch's fused AdamW as one category (28 bytes per float32 parameter: read
   param, grad, exp_avg, exp_avg_sq, write three of them; launches per multi_tensor_apply chunking).
 * The peer's neurons: spikingjelly's LIF as its Triton backend would run it, one fused launch
   per neuron layer for all T steps forward (read x, write spikes, save h) and one backward (read
   grad_spikes and h, write grad_x), all in the input's dtype (:class:`ModelledNeuron`). The rest of
   the peer (its convolutions, batch norms, attention, casts) is traced like ours.
+* Not modelled: the peer under ``torch.compile`` (which ops Inductor would fuse).
 """
 
 from __future__ import annotations
@@ -434,10 +440,6 @@ def build(model: str, impl: str, w_bits: int, s_bits: int, t_steps: int, img: in
     raise ValueError(f"no spikingjelly build for {model!r}")
 
 
-def _to_meta(model: torch.nn.Module) -> torch.nn.Module:
-    return model.to("meta")
-
-
 # --------------------------------------------------------------------------- one step
 
 def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autocast: bool = True,
@@ -446,7 +448,7 @@ def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autoc
     forward (under the emulated bf16 autocast when ``autocast``), cross entropy on the float
     logits, backward; the fused AdamW step modelled when ``optimizer``. Returns the trace as a dict
     (``ops``, ``saved_bytes``, ``params``)."""
-    model = _to_meta(model).train()
+    model = model.to("meta").train()
     params = [p for p in model.parameters() if p.requires_grad]
     param_storages = {p.untyped_storage()._cdata for p in model.parameters()}
     param_storages |= {b.untyped_storage()._cdata for b in model.buffers()}
