@@ -62,7 +62,6 @@ import torch
 from . import _extension, reference
 from ._extension import BackendUnavailable
 from .lif import _check_float_params, _levels, _rows, _time_major_dense
-from .triton_on_cpu import triton_kernels_on_cpu
 
 __all__ = ["batch_norm_lif"]
 
@@ -202,11 +201,10 @@ def _statistics_triton(*args):
 TRITON_KERNELS = {"batch_norm_lif_forward": _forward_triton, "batch_norm_lif_backward": _backward_triton,
                   "batch_norm_statistics": _statistics_triton}
 """The ops' Triton kernels: their CUDA kernels, and their CPU kernels within
-:func:`triton_kernels_on_cpu` (tests, ``TRITON_INTERPRET=1``)."""
+:func:`qsnn_kernels.triton_on_cpu.triton_kernels_on_cpu` (tests, ``TRITON_INTERPRET=1``)."""
 
 for _name, _kernel in TRITON_KERNELS.items():
     torch.library.register_kernel(f"qsnn::{_name}", "cuda", _kernel)
-
 
 
 def _setup_context(ctx, inputs, output):
@@ -247,8 +245,9 @@ def _check_channel_tensor(t, name: str, x: torch.Tensor, channels: int) -> None:
 def _channel_layout(x: torch.Tensor):
     """``(x2, inner, shape, undo)``: ``x`` as ``[T, N]`` with dims 1.. in memory order (no copy for
     contiguous and channels-last layouts, nor for such a frame broadcast over T, which stays a
-    stride-0 view; :func:`qsnn_kernels.lif._time_major_dense`, :func:`qsnn_kernels.lif._rows`), the number
-    of neurons per channel run in that order, the permuted shape, and how to undo the permutation."""
+    stride-0 view; :func:`qsnn_kernels.lif._time_major_dense`, :func:`qsnn_kernels.lif._rows`),
+    the number of neurons per channel run in that order, the permuted shape, and how to undo the
+    permutation."""
     xd, undo = _time_major_dense(x)
     perm = tuple(undo.inverse.index(d) for d in range(x.dim()))  # xd's dim i is x's dim perm[i]
     pos = perm.index(2)
@@ -280,9 +279,10 @@ def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
       (``frame.expand(T, ...)``) is read in place.
     * ``backend``: "auto" (C++ on CPU, Triton on CUDA), "reference".
 
-    Raises TypeError (non-float x, float16/bfloat16 on CPU, float64 on CUDA, tensors that are not tensors), ValueError
-    (x not ``[T, B, C, ...]`` with T, B >= 1, parameters or statistics not ``[C]`` or on another device,
-    bad neuron parameters, momentum outside [0, 1], eps < 0, an unknown backend), BackendUnavailable.
+    Raises TypeError (non-float x, float16/bfloat16 on CPU, float64 on CUDA, tensors that are not
+    tensors), ValueError (x not ``[T, B, C, ...]`` with T, B >= 1, parameters or statistics not
+    ``[C]`` or on another device, bad neuron parameters, momentum outside [0, 1], eps < 0, an
+    unknown backend), BackendUnavailable.
     """
     name = "batch_norm_lif"
     if backend not in ("auto", "reference"):

@@ -298,7 +298,8 @@ def test_bad_input_raises_before_any_launch(monkeypatch, call, error, match):
         call()
 
 
-def test_float64_refused_on_cuda_by_the_function():
+def test_float64_refused_by_the_triton_kernels():
+    """float64 is the C++ kernels' alone (as for the LIF kernels): a TypeError from the Triton ones."""
     x = torch.randn(2, 2, 3, 4, dtype=torch.float64)
     w = torch.ones(3, dtype=torch.float64)
     with triton_kernels_on_cpu(bnl.TRITON_KERNELS), pytest.raises(TypeError, match="float32"):

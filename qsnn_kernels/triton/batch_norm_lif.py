@@ -131,7 +131,7 @@ def _affine(x, scale, shift, ROUND_Y: tl.constexpr):
 
 
 @triton.jit
-def _lif_step(h, v_th, decay, v_reset, LEVELS: tl.constexpr, HARD_RESET: tl.constexpr):
+def _lif_step(h, v_th, v_reset, LEVELS: tl.constexpr, HARD_RESET: tl.constexpr):
     """(level, v): one forward step of the LIF kernel from the membrane ``h``."""
     q = tl.floor(tl.div_rn(h, v_th))  # correctly rounded, as torch divides on the CPU
     level = _clamp_keep_nan(q, LEVELS)
@@ -163,7 +163,7 @@ def _bn_lif_fwd_kernel(
     for t in range(T):
         if not X_BROADCAST:  # the next step's load goes out before this step's arithmetic
             x_next = tl.load(x_at + x_step + offs, mask=mask & (t + 1 < T), other=0.0)
-        level, v = _lif_step(decay * v + y, v_th, decay, v_reset, LEVELS, HARD_RESET)
+        level, v = _lif_step(decay * v + y, v_th, v_reset, LEVELS, HARD_RESET)
         tl.store(s_at + offs, (level * v_th).to(spikes_ptr.dtype.element_ty), mask=mask)
         if EMIT_LEVELS:  # a NaN level is 0, as qsnn_kernels.lif._levels has it
             tl.store(l_at + offs, tl.where(level == level, level, 0.0).to(tl.uint8), mask=mask)
@@ -216,7 +216,7 @@ def _bn_lif_bwd_kernel(
     for t in range(T):
         y = _affine(tl.load(x_at + offs, mask=mask, other=0.0), scale, shift, ROUND_Y)
         h = decay * v + y
-        _, v = _lif_step(h, v_th, decay, v_reset, LEVELS, HARD_RESET)
+        _, v = _lif_step(h, v_th, v_reset, LEVELS, HARD_RESET)
         tl.store(w_at + offs, h, mask=mask)
         if not X_BROADCAST:
             x_at += x_step
