@@ -1,22 +1,23 @@
 """The one GPU check of qsnn_kernels: a session with a CUDA device (an H200) runs this once.
 
-From a plain checkout of the repository root, with the missing packages carried as wheels in
-``.whl/`` (spikingjelly 2.0.0 and loguru: the device image has torch, triton, timm, pytest,
-pytest-benchmark, pytest-xdist and hypothesis, not these)::
+From a plain checkout (no install: the script puts the checkout on PYTHONPATH, and the training
+worker loads ``models/`` as ``qsnn_kernels.models``), with the packages the device image lacks
+carried as wheels in ``.whl/``: spikingjelly 2.0.0 and its loguru, and timm 1.0.31, the version the
+models are tested with here (the image's own timm has no version on record). Everything else is on
+the image: torch, triton, pytest, pytest-benchmark, pytest-xdist, hypothesis.
 
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py           # writes into $OUT
-    python3 benchmarks/gpu_check.py --dry-run --out /tmp/gc      # on a CPU: every step's code path
-
-The device tool's call (carry ``[".whl"]``, timeout_s 540)::
+The device tool's call, carry ``[".whl"]``, timeout_s 540 (the run needs about 8 minutes of the 15
+a session has, start included: one try, no rerun)::
 
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py 2>&1
 
-Fetch the wheels once, on a machine where pip reaches a package index, into ``.whl/`` (ignored
-through ``.git/info/exclude``: ``echo /.whl/ >> .git/info/exclude``)::
+Here (no GPU needed): ``python3 benchmarks/gpu_check.py --dry-run --out /tmp/gc`` runs every step's
+code path on the CPU (below). Fetch the wheels once, where pip reaches a package index, into the
+ignored folder ``.whl/`` (``echo /.whl/ >> .git/info/exclude``; all three are py3-none-any)::
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-        -d .whl spikingjelly==2.0.0 loguru==0.7.3
+        -d .whl spikingjelly==2.0.0 loguru==0.7.3 timm==1.0.31
 
 Steps, each in its own process under its own timeout (a step that finishes early passes its
 unused seconds on to the next); the whole run stays within :data:`TOTAL_BUDGET_S`:
@@ -28,27 +29,33 @@ setup   20         5-10        ``pip install --no-index --no-deps --target /tmp/
                                that folder and the checkout put on PYTHONPATH (no file)
 env     15         5-10        GPU, driver, python, torch, triton, spikingjelly (``env.json``);
                                no CUDA: exit 2 here, before anything else runs
-tests   95         60-90       :data:`TEST_SELECTION` on the GPU, pytest-xdist over 8 workers
-                               (``tests.log``)
+tests   95         50-90       :data:`TEST_SELECTION` on the GPU, pytest-xdist over 8 workers
+                               (``tests.log``); the longest case compiles 21 dot-kernel tiles
 bench   110        80-110      the GEMM (bit-serial and dot) against torch._int_mm, cuBLAS bf16 and
                                fp8 _scaled_mm at Spikformer/SEW shapes; LIF GB/s against the copy
                                bandwidth (``bench.log``, ``bench.jsonl``); QSNN_BENCH_QUICK=1
-train   230        150-300     benchmarks/gpu_train_check.py: the training step of Spikformer-8-512
+train   230        210-390     benchmarks/gpu_train_check.py: the training step of Spikformer-8-512
                                and SEW-ResNet-34 (224, T=4), ours against spikingjelly (Triton
                                path, torch.compile, fallback), peak memory (``train.log``,
-                               ``train.json``)
+                               ``train.json``); six eager builds (15-25 each), then the two
+                               compiled ones (60-120 each): these are what a short budget cuts
 report  -          1           ``summary.json``: the steps, tests counts, GEMM ratios, LIF GB/s,
                                training ratios; a short table printed last
 total   470
 ======  =========  ==========  =================================================================
 
-The estimates are estimates (not measured on an H200 yet): Triton compiles (about 40 GEMM tiles
-for the benchmark with the autotuner capped, a few per test), two ``torch.compile`` builds of whole
-models, process starts. Seven files at most (the device tool returns eight); the eighth is
-:data:`TRACE_SLOT`. ``--dry-run`` (no GPU needed) runs: setup (into a temporary folder), env, the
-tests' and benchmarks' collection with the selection checked against it, the summary of rows built
-by the benchmark's own record function, and the training worker on the CPU at 32x32, batch 1
-(``--skip-compiled`` leaves out the torch.compile builds, minutes on a small CPU).
+The estimates are guesses, not measurements (nothing of this ran on an H200 yet): they are mostly
+Triton compiles (20 to 40 GEMM kernels for the benchmark with the autotuner capped, a few per test
+case), two ``torch.compile`` builds of whole models, and process starts; their sum can pass the
+budget, which then ends the last builds of the train step (their rows say so). A step that times
+out is killed with its whole process group, its log kept, and the next step runs. Seven files at
+most (the device tool returns eight); the eighth is :data:`TRACE_SLOT`.
+
+``--dry-run`` (no GPU needed) runs: setup (into a temporary folder), env, the tests' and
+benchmarks' collection with the selection checked against it, the summary of rows built by the
+benchmarks' own record functions, and the training worker on the CPU at 32x32, batch 1 (the
+Triton build stops where spikingjelly refuses a CPU device; ``--skip-compiled`` leaves out the
+torch.compile builds, more than 150 s each on a small CPU).
 """
 
 from __future__ import annotations
@@ -81,7 +88,9 @@ TRACE_SLOT = "trace.json"
 # complement widths, the four int8 regimes of the dot kernel, wrapping partial sums, strided
 # inputs, empty outputs, the larger GPU shapes, every autotune tile, the autotuned path; the LIF
 # forward/backward/integer kernels in float32, float16 and bfloat16, hard and soft reset.
-TEST_SELECTION = [
+TEST_SELECTION = [  # the longest first (xdist hands the cases out in this order)
+    "tests/test_triton_bitserial.py::test_gpu_every_autotune_config[dot]",
+    "tests/test_triton_bitserial.py::test_gpu_every_autotune_config[bitserial]",
     "tests/test_triton_bitserial.py::test_matches_reference[bitserial-1-1]",
     "tests/test_triton_bitserial.py::test_matches_reference[bitserial-4-2]",
     "tests/test_triton_bitserial.py::test_matches_reference[bitserial-8-8]",
@@ -98,8 +107,6 @@ TEST_SELECTION = [
     "tests/test_triton_bitserial.py::test_empty_rows_or_columns[0-3-bitserial]",
     "tests/test_triton_bitserial.py::test_gpu_larger_shapes[bitserial-shape1]",
     "tests/test_triton_bitserial.py::test_gpu_larger_shapes[dot-shape1]",
-    "tests/test_triton_bitserial.py::test_gpu_every_autotune_config[bitserial]",
-    "tests/test_triton_bitserial.py::test_gpu_every_autotune_config[dot]",
     "tests/test_triton_bitserial.py::test_gpu_autotuned[auto]",
     "tests/test_triton_lif.py::test_gpu_large_and_half[True-1]",
     "tests/test_triton_lif.py::test_gpu_large_and_half[False-4]",
@@ -195,11 +202,6 @@ def step_env(out: Path, env: dict, timeout: float, need_gpu: bool) -> tuple[dict
         info = {"error": result.get("output", "")[-2000:]}
     (out / "env.json").write_text(json.dumps(info, indent=2))
     return result, info
-
-
-def test_selection() -> list[str]:
-    """:data:`TEST_SELECTION` plus the optional files that exist (as ``path`` arguments)."""
-    return TEST_SELECTION + [f for f in OPTIONAL_GPU_TEST_FILES if (ROOT / f).exists()]
 
 
 def check_selection(collected: str) -> list[str]:
