@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -136,11 +137,15 @@ _watch_registrations()
 
 def _known_cuda_kernels() -> dict:
     """The CUDA kernels of the ops registered before the watch, found in the modules that register
-    them: for op ``qsnn::name``, a module function named ``_name_triton``/``_<part>_triton`` (a
-    launcher) or, failing that, the composite ``_name_cuda``/``_<part>_composite``/``_name_torch``."""
-    from qsnn_kernels import batch_norm_lif, lif, quantize
-
-    known = {f"qsnn::{k}": v for k, v in lif.TRITON_KERNELS.items()}
+    them: their ``TRITON_KERNELS`` tables (launchers), then for op ``qsnn::name`` a module function
+    ``_name_triton``/``_<part>_triton`` or, failing that, the composite ``_name_cuda``/
+    ``_<part>_composite``/``_name_torch``."""
+    # import_module: the package's attribute ``batch_norm_lif`` is the function, not the module
+    lif, batch_norm_lif, quantize = (importlib.import_module(f"qsnn_kernels.{m}")
+                                     for m in ("lif", "batch_norm_lif", "quantize"))
+    known = {}
+    for module in (lif, batch_norm_lif, quantize):
+        known.update({f"qsnn::{k}": v for k, v in getattr(module, "TRITON_KERNELS", {}).items()})
     for op, module, part in (("batch_norm_lif_forward", batch_norm_lif, "forward"),
                              ("batch_norm_lif_backward", batch_norm_lif, "backward"),
                              ("batch_norm_statistics", batch_norm_lif, "statistics"),
@@ -148,9 +153,8 @@ def _known_cuda_kernels() -> dict:
                              ("dequantized_weight", quantize, "dequantized_weight"),
                              ("spike_levels", quantize, "spike_levels")):
         for attr in (f"_{op}_triton", f"_{part}_triton", f"_{op}_cuda", f"_{part}_composite", f"_{op}_torch"):
-            if hasattr(module, attr):
+            if f"qsnn::{op}" not in known and hasattr(module, attr):
                 known[f"qsnn::{op}"] = getattr(module, attr)
-                break
     return known
 
 
@@ -334,7 +338,7 @@ class CudaAutocast(TorchFunctionMode):
 def meta_stands_for_cuda(autocast: bool):
     """The library's device guards accept "meta" as "cuda", and ``torch.is_autocast_enabled``
     reports the emulated autocast, for the duration."""
-    from qsnn_kernels import _extension, quantize
+    _extension, quantize = (importlib.import_module(f"qsnn_kernels.{m}") for m in ("_extension", "quantize"))
 
     require, require_op, enabled = _extension.require, quantize._require_op, torch.is_autocast_enabled
 

@@ -106,3 +106,16 @@ def test_json_is_written(tmp_path, capsys):
     total = data["builds"]["qsnn"]["categories"]["total"]
     assert total["launches"] > 0 and total["bytes"] > 0 and total["est_ms"] > 0
     assert "saved activations" in capsys.readouterr().out
+
+
+def test_triton_launchers_are_fused_composites_are_expanded():
+    """The LIF ops' CUDA kernels are Triton launchers (one fused op); a CUDA kernel made of torch ops
+    (qsnn::spike_levels) is traced through, its parts recorded as within it."""
+    assert step_trace.is_launcher(step_trace.cuda_kernel("qsnn::lif_forward"))
+    kernel = step_trace.cuda_kernel("qsnn::spike_levels")
+    assert kernel is not None and not step_trace.is_launcher(kernel)
+    trace = step_trace.Trace()
+    x = torch.empty(T, 16, device="meta")
+    with step_trace.Recorder(trace):
+        torch.ops.qsnn.spike_levels(x, 1.0, 1, False)
+    assert trace.ops and all(o["within"] == "qsnn::spike_levels" and o["category"] != "fused" for o in trace.ops)
