@@ -30,8 +30,10 @@ Contract:
 Linear on CUDA: the Triton int8 GEMM (qsnn_kernels/triton/int8_matmul.py: int8 tensor cores,
 int32 sums, the epilogue ``acc * (scale * in_scale)`` fused and written in x's dtype, so float32,
 bfloat16 or float16 input; s_bits <= 7), after the weight's codes from one Triton launch; the
-backward's float products run in the gradient's dtype. Not chosen automatically on CUDA
-(``int8=True`` in the layers) until benchmarks/gpu_check.py has measured it there.
+backward's float products run in the gradient's dtype. Convolution on CUDA: an
+implicit GEMM over the levels read channels-last (no im2col), same epilogue, groups = 1. Neither
+is chosen automatically on CUDA (``int8=True`` in the layers) until benchmarks/gpu_check.py has
+measured them there.
 Linear on CPU: ``torch._int_mm`` (signed int8: levels <= 127, so s_bits <= 4). Convolution: oneDNN's
 quantized convolution with a float output (``torch.ops.onednn.qconv2d_pointwise``, levels as
 uint8), which needs the weight re-packed every call (the weight changes every step), a cost that
@@ -65,9 +67,9 @@ MAX_S_BITS = {"linear": 4, "conv2d": 8, "cuda": 7}
 pairs of products in int16 on some CPUs, so levels stay <= 15); the convolution takes uint8; on
 CUDA the Triton kernel multiplies signed int8 (levels <= 127) with exact int32 sums."""
 
-KERNEL_DEVICES = {"linear": ("cpu", "cuda"), "conv2d": ("cpu",)}
-"""The device types each op has a kernel for (CUDA: the Triton int8 GEMM of
-qsnn_kernels/triton/int8_matmul.py; no CUDA convolution yet)."""
+KERNEL_DEVICES = {"linear": ("cpu", "cuda"), "conv2d": ("cpu", "cuda")}
+"""The device types each op has a kernel for (CUDA: the Triton int8 GEMM and implicit-GEMM
+convolution of qsnn_kernels/triton/int8_matmul.py)."""
 
 CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 """Input dtypes of the CUDA linear (its output has the input's dtype: bfloat16 under autocast)."""
@@ -119,7 +121,7 @@ def _problem(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int | N
         return ValueError, f"{name}: the reduction length K (weight.numel() // out channels) must be >= 2, got {k}"
     if k * ((1 << s_bits) - 1) * (1 << (w_bits - 1)) >= 1 << 31:
         return ValueError, f"{name}: K={k} at s_bits={s_bits}, w_bits={w_bits} could overflow the int32 sum"
-    if padding is None:
+    if padding is None or cuda:
         return None
     if not _onednn_available():
         return TypeError, f"{name}: this torch build has no oneDNN (mkldnn), the convolution's kernel"
@@ -259,6 +261,8 @@ def _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation
                        lambda: f"int8_conv2d: the kernel {tuple(weight.shape[2:])} does not fit the padded input "
                                f"{tuple(x.shape[2:])}")
     torch._check_value(in_scale > 0, lambda: f"int8_conv2d: in_scale must be > 0, got {in_scale}")
+    torch._check_value(x.device.type != "cuda" or groups == 1,
+                       lambda: f"int8_conv2d: the CUDA kernel takes groups = 1, got {groups}")
     _raise_if_unsupported(x, weight, w_bits, s_bits, padding, dilation)
 
 
@@ -301,12 +305,27 @@ def _conv2d_backward(ctx, grad, _grad_levels):
     levels, weight = ctx.saved_tensors
     w_bits, in_scale, stride, padding, dilation, groups = ctx.args
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+    dtype = grad.dtype  # the output's (x's: bfloat16 under CUDA autocast)
     grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-        grad.contiguous(), _spike_values(levels, in_scale), dequantized_weight(weight, w_bits), None, stride,
-        padding, dilation, False, [0, 0], groups, mask)
-    return grad_x, grad_w, None, None, None, None, None, None, None
+        grad.contiguous(), _spike_values(levels, in_scale).to(dtype), dequantized_weight(weight, w_bits).to(dtype),
+        None, stride, padding, dilation, False, [0, 0], groups, mask)
+    return grad_x, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None
 
 
+def _int8_conv2d_cuda(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups):
+    """The CUDA kernel: levels (one checked pass), codes and scales (one Triton launch), then the
+    Triton implicit-GEMM convolution with the epilogue written in x's dtype (contiguous)."""
+    from qsnn_kernels.triton.int8_matmul import int8_conv2d_triton
+
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups)
+    levels = spike_input_levels(x, in_scale, s_bits, torch.uint8, "int8 forward")
+    codes, scale = quantize_weight(weight, w_bits)
+    y = int8_conv2d_triton(levels, codes, scale, in_scale, stride, padding, dilation, out_dtype=x.dtype)
+    return y, levels
+
+
+_int8_conv2d_op.register_kernel("cuda", _int8_conv2d_cuda)
 _int8_conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
 
 # --------------------------------------------------------------------------- functional API

@@ -252,9 +252,33 @@ def test_cuda_linear_kernel_equals_the_cpu_op(w_bits, s_bits, in_scale, shape, n
     torch.testing.assert_close(y, dense, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("w_bits, s_bits, in_scale, x_shape, w_shape, stride, pad, dil", [
+    (4, 1, 1.0, (2, 5, 7, 6), (9, 5, 3, 3), [1, 1], [1, 1], [1, 1]),
+    (8, 4, 0.5, (1, 3, 8, 8), (4, 3, 3, 3), [2, 2], [1, 0], [1, 1]),
+    (2, 2, 0.25, (1, 4, 9, 9), (2, 4, 3, 3), [1, 2], [2, 2], [2, 2]),
+])
+def test_cuda_conv_kernel_equals_the_cpu_op(w_bits, s_bits, in_scale, x_shape, w_shape, stride, pad, dil):
+    """The CUDA kernel of qsnn::int8_conv2d (Triton implicit GEMM after the Triton weight
+    quantization) on CPU tensors under the interpreter against the CPU op (oneDNN): the same
+    levels, and the same values up to the rounding of oneDNN's own epilogue."""
+    pytest.importorskip("qsnn_kernels.triton.int8_matmul")
+    from qsnn_kernels import quantize
+    from qsnn_kernels.models import int8 as int8_mod
+    from qsnn_kernels.testing import mismatches
+    from qsnn_kernels.triton_on_cpu import triton_kernels_on_cpu
+
+    x = _spikes(x_shape, s_bits, in_scale, seed=3)
+    w = torch.randn(w_shape, generator=torch.Generator().manual_seed(2))
+    with triton_kernels_on_cpu(quantize.TRITON_KERNELS):
+        y, levels = int8_mod._int8_conv2d_cuda(x, w, w_bits, s_bits, in_scale, stride, pad, dil, 1)
+    ref_y, ref_levels = torch.ops.qsnn.int8_conv2d(x, w, w_bits, s_bits, in_scale, stride, pad, dil, 1)
+    assert mismatches(levels, ref_levels) == 0 and y.is_contiguous()
+    torch.testing.assert_close(y, ref_y, rtol=1e-6, atol=1e-6)
+
+
 def test_cuda_rules_of_the_int8_ops():
     """On CUDA tensors (fake: no GPU needed) the linear takes float32/bfloat16/float16 input and
-    levels up to 7 bits, its output in x's dtype; the convolution has no CUDA kernel (TypeError)."""
+    levels up to 7 bits, its output in x's dtype; the convolution too, with groups = 1."""
     from qsnn_kernels.models import int8 as int8_mod
 
     with torch._subclasses.fake_tensor.FakeTensorMode():
@@ -266,9 +290,13 @@ def test_cuda_rules_of_the_int8_ops():
             assert y.dtype == dtype and y.shape == (4, 8) and levels.dtype == torch.int8
         assert not int8_mod.int8_supported(x, w, 4, 8)
         assert not int8_mod.int8_supported(x.double(), w, 4, 1)
-        with pytest.raises(TypeError, match="cpu"):
-            torch.ops.qsnn.int8_conv2d(torch.empty(1, 4, 5, 5, device="cuda"), torch.empty(2, 4, 3, 3, device="cuda"),
-                                       4, 1, 1.0, [1, 1], [1, 1], [1, 1], 1)
+        xc = torch.empty(1, 4, 5, 5, device="cuda", dtype=torch.bfloat16)
+        y, levels = torch.ops.qsnn.int8_conv2d(xc, torch.empty(2, 4, 3, 3, device="cuda"), 4, 7, 1.0, [1, 1], [1, 1],
+                                               [1, 1], 1)
+        assert y.dtype == torch.bfloat16 and y.shape == (1, 2, 5, 5) and levels.dtype == torch.uint8
+        with pytest.raises(ValueError, match="groups = 1"):
+            torch.ops.qsnn.int8_conv2d(xc, torch.empty(2, 2, 3, 3, device="cuda"), 4, 1, 1.0, [1, 1], [1, 1],
+                                       [1, 1], 2)
         # the automatic rule keeps CUDA layers dense; int8=True takes the kernel
         layer = types.SimpleNamespace(int8=None, weight=w, w_bits=4, s_bits=1)
         assert not uses_int8(layer, x)

@@ -96,6 +96,20 @@ for config in K._CONFIGS:
     ptx = out.asm["ptx"]
     assert "wgmma" in ptx and ".s8" in ptx, f"no int8 wgmma for {config}"
     print(config.kwargs, "shared bytes", out.metadata.shared)
+conv = K._int8_conv2d_kernel
+conv_sig = {"x_ptr": "*u8", "w_ptr": "*i8", "col_scale_ptr": "*fp32", "out_ptr": "*bf16", "alpha": "fp32",
+            **{n: "i32" for n in conv.arg_names[4:-7] if n != "alpha"}}
+for config in K._CONV_CONFIGS:
+    const = dict(KH=3, KW=3, **config.kwargs)
+    attrs = {(conv.arg_names.index(n),): [["tt.divisibility", 16]] for n in conv.arg_names
+             if n.endswith("_ptr") or n in ("C", "CO")}
+    src = ASTSource(fn=conv, signature={**conv_sig, **{k: "constexpr" for k in const}},
+                    constexprs={(conv.arg_names.index(k),): v for k, v in const.items()}, attrs=attrs)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                         options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    ptx = out.asm["ptx"]
+    assert ("wgmma" in ptx or "mma.sync" in ptx) and ".s8" in ptx, f"no int8 MMA in the convolution for {config}"
+    print("conv", config.kwargs, "shared bytes", out.metadata.shared, "wgmma" in ptx)
 print("compiled")
 """
 
@@ -114,3 +128,28 @@ def test_kernel_compiles_for_sm90_with_int8_wgmma():
     done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("shape", "w_shape", "stride", "pad", "dil"), [
+    ((2, 5, 7, 6), (9, 5, 3, 3), (1, 1), (1, 1), (1, 1)),
+    ((1, 3, 8, 8), (4, 3, 3, 3), (2, 2), (1, 0), (1, 1)),
+    ((1, 4, 9, 9), (2, 4, 3, 3), (1, 2), (2, 2), (2, 2)),
+    ((3, 6, 4, 5), (5, 6, 1, 1), (1, 1), (0, 0), (1, 1)),
+    ((1, 40, 3, 3), (3, 40, 2, 2), (1, 1), (0, 1), (1, 1)),
+])
+def test_conv2d_implicit_gemm_matches_an_exact_convolution(shape, w_shape, stride, pad, dil):
+    """Implicit GEMM over channels-last levels (no im2col): the exact integer convolution (float64,
+    whose sums are exact here) with the float32 epilogue, bit for bit; odd channel counts, strides,
+    paddings, dilations, 1x1 and C > the K tile."""
+    g = torch.Generator().manual_seed(sum(shape))
+    levels = torch.randint(0, 16, shape, generator=g).to(torch.uint8)
+    codes = torch.randint(-8, 8, w_shape, generator=g).to(torch.int8)
+    col_scale = torch.rand(w_shape[0], generator=g) + 0.01
+    out = int8_matmul.int8_conv2d_triton(levels, codes, col_scale, 0.5, stride, pad, dil)
+    acc = torch.nn.functional.conv2d(levels.double(), codes.double(), None, stride, pad, dil)
+    expected = acc.to(torch.float32) * (col_scale * 0.5).view(1, -1, 1, 1)
+    assert out.shape == expected.shape and out.is_contiguous()
+    assert mismatches(out, expected) == 0
+    channels_last = levels.contiguous(memory_format=torch.channels_last)
+    assert mismatches(int8_matmul.int8_conv2d_triton(channels_last, codes, col_scale, 0.5, stride, pad, dil),
+                      expected) == 0

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["int8_matmul_triton"]
+__all__ = ["int8_conv2d_triton", "int8_matmul_triton"]
 
 
 @triton.jit
@@ -129,3 +129,96 @@ def int8_matmul_triton(a: torch.Tensor, b: torch.Tensor, col_scale: torch.Tensor
             grid = (triton.cdiv(m, tile["BLOCK_M"]) * triton.cdiv(n, tile["BLOCK_N"]), batch)
             _int8_matmul_kernel[grid](*args, **flags, **tile, num_warps=1)
     return out if batched else out[0]
+
+
+# --------------------------------------------------------------------------- convolution (implicit GEMM)
+
+
+@triton.jit
+def _int8_conv2d_kernel(
+    x_ptr, w_ptr, col_scale_ptr, out_ptr,
+    N, H, W, C, OH, OW, CO,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    stride_on, stride_oc, stride_op,
+    alpha,
+    KH: tl.constexpr, KW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # x: levels [N, H, W, C] (channels-last); w: codes [CO, KH, KW, C]; out[n, co, p], p = oh * OW + ow
+    M = N * OH * OW
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(CO, BLOCK_N)
+    group = GROUP_M * tiles_n
+    first_m = (pid // group) * GROUP_M
+    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % rows_in_group
+    pid_n = (pid % group) // rows_in_group
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rc = tl.arange(0, BLOCK_K)
+    img = rm // (OH * OW)
+    pos = rm % (OH * OW)
+    oh = pos // OW
+    ow = pos % OW
+    row_ok = rm < M
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for r in tl.static_range(KH):
+        ih = oh * stride_h - pad_h + r * dil_h
+        for s in tl.static_range(KW):
+            iw = ow * stride_w - pad_w + s * dil_w
+            inside = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # zero padding: level 0
+            x_row = ((img.to(tl.int64) * H + ih) * W + iw) * C
+            w_col = ((rn.to(tl.int64) * KH + r) * KW + s) * C
+            for c0 in range(0, C, BLOCK_K):
+                c = c0 + rc
+                a = tl.load(x_ptr + x_row[:, None] + c[None, :], mask=inside[:, None] & (c[None, :] < C), other=0)
+                b = tl.load(w_ptr + w_col[None, :] + c[:, None], mask=(c[:, None] < C) & (rn[None, :] < CO), other=0)
+                acc = tl.dot(a.to(tl.int8, bitcast=True), b.to(tl.int8, bitcast=True), acc, out_dtype=tl.int32)
+    y = acc.to(tl.float32) * (tl.load(col_scale_ptr + rn, mask=rn < CO, other=0.0) * alpha)[None, :]
+    out_ptrs = out_ptr + img.to(tl.int64)[:, None] * stride_on + rn[None, :] * stride_oc + pos[:, None] * stride_op
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn[None, :] < CO))
+
+
+_CONV_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in ((128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4))
+]
+_int8_conv2d_tuned = triton.autotune(_CONV_CONFIGS, key=["C", "CO", "OH", "OW", "KH", "KW"])(_int8_conv2d_kernel)
+
+
+def int8_conv2d_triton(levels: torch.Tensor, codes: torch.Tensor, col_scale: torch.Tensor, alpha: float,
+                       stride, padding, dilation, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Convolution (groups = 1, zero padding) of integer levels ``[N, C, H, W]`` (uint8 <= 127 or
+    int8, any layout; read channels-last) with int8 codes ``[CO, C, kh, kw]`` as an implicit GEMM
+    (no im2col) on int8 tensor cores: ``out = float(acc) * (col_scale[co] * alpha)``, ``[N, CO, OH,
+    OW]`` contiguous in ``out_dtype``. Exact int32 sums as :func:`int8_matmul_triton`."""
+    if levels.dtype not in INTEGER_DTYPES or codes.dtype != torch.int8:
+        raise TypeError(f"int8_conv2d: levels must be int8/uint8 and codes int8, got {levels.dtype}, {codes.dtype}")
+    if levels.dim() != 4 or codes.dim() != 4 or levels.shape[1] != codes.shape[1]:
+        raise ValueError(f"int8_conv2d: levels [N, C, H, W] and codes [CO, C, kh, kw] expected, got "
+                         f"{tuple(levels.shape)}, {tuple(codes.shape)}")
+    n, c, h, w = levels.shape
+    co, _, kh, kw = codes.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"int8_conv2d: the kernel {(kh, kw)} does not fit the padded input {(h, w)}")
+    x_hwc = levels.permute(0, 2, 3, 1).contiguous()
+    w_hwc = codes.permute(0, 2, 3, 1).contiguous()
+    out = torch.empty((n, co, oh, ow), dtype=out_dtype, device=levels.device)
+    args = (x_hwc, w_hwc, col_scale.to(torch.float32).contiguous(), out, n, h, w, c, oh, ow, co, sh, sw, ph, pw, dh,
+            dw, out.stride(0), out.stride(1), 1, float(alpha))
+    if n * oh * ow and co:
+        if levels.device.type == "cuda":
+            def grid(meta):
+                return (triton.cdiv(n * oh * ow, meta["BLOCK_M"]) * triton.cdiv(co, meta["BLOCK_N"]),)
+
+            with torch.cuda.device(levels.device):
+                _int8_conv2d_tuned[grid](*args, KH=kh, KW=kw)
+        else:
+            tile = INTERPRETER_TILE
+            grid = (triton.cdiv(n * oh * ow, tile["BLOCK_M"]) * triton.cdiv(co, tile["BLOCK_N"]),)
+            _int8_conv2d_kernel[grid](*args, KH=kh, KW=kw, **tile, num_warps=1)
+    return out
