@@ -86,6 +86,32 @@ def test_timeout_kills_the_whole_process_group(gpu_check, tmp_path):
     assert not marker.exists()
 
 
+def test_quick_tiles_are_kernel_tiles(gpu_check, monkeypatch):
+    """The GPU benchmark's capped autotuning names tiles the kernel module lists (else it stops there)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import test_bench_bitserial_gpu as bench
+
+    from qsnn_kernels.triton import bitserial as tb
+
+    listed = {"bitserial": tb._BITSERIAL_CONFIGS, "dot": tb._DOT_CONFIGS}
+    for name, tiles in bench.QUICK_TILES.items():
+        assert set(tiles) <= {bench._tile(c) for c in listed[name]}, name
+
+
+def test_train_plan_and_ratios(gpu_check, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_train_check as train
+
+    order = train.plan(list(train.MODELS), list(train.BUILDS))
+    compiled = [train.BUILDS[b][1] for _, b in order]
+    assert compiled == sorted(compiled) and len(order) == len(train.MODELS) * len(train.BUILDS)  # compiled last
+    rows = [dict(model="sew_resnet34", build="qsnn", images_per_s=30.0, peak_MiB=1000.0),
+            dict(model="sew_resnet34", build="sj_triton", images_per_s=20.0, peak_MiB=4000.0),
+            dict(model="sew_resnet34", build="sj_compiled", error="timed out after 150 s")]
+    (ratio,) = train.compare(rows)
+    assert ratio["peer"] == "sj_triton" and ratio["speedup"] == 1.5 and ratio["memory_ratio"] == 0.25
+
+
 def test_pytest_counts(gpu_check):
     log = "....F.\n8 workers [22 items]\nFAILED tests/x.py::t - boom\n20 passed, 1 failed, 1 skipped in 61.2s\n"
     assert gpu_check.pytest_counts(log) == {"passed": 20, "failed": 1, "skipped": 1}
