@@ -64,6 +64,7 @@ __all__ = [
     "encode_direct",
     "input_frames",
     "repeat_frame",
+    "set_int8",
     "mean_over_time",
     "quantized_weight",
     "batch_norm_spikes",
@@ -403,6 +404,18 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
         """N * H' * W' of the output for input ``x4 [N, C, H, W]``."""
         oh, ow = conv_output_size(x4.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
         return x4.shape[0] * oh * ow
+
+
+def set_int8(model: nn.Module, int8: bool | None) -> int:
+    """Set every QuantLinear/QuantConv2d of ``model`` to the int8 rule ``int8`` (None: automatic,
+    True: int8 wherever the input is eligible, False: off; :func:`uses_int8`); returns how many
+    layers were set. On CUDA the int8 kernels are used only with True (``qsnn train --int8 on``)."""
+    if int8 not in (None, True, False):
+        raise ValueError(f"set_int8: int8 must be None, True or False, got {int8!r}")
+    layers = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+    for m in layers:
+        m.int8 = int8
+    return len(layers)
 
 
 class SpikeMatmul(nn.Module):

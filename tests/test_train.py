@@ -529,3 +529,24 @@ def test_loss_watch_sums_on_the_device_and_raises_on_a_non_finite_loss():
         ok.add(torch.tensor(loss, requires_grad=True) * 1, 3)
     ok.check(0, 2)
     assert ok.sum() == 18.0
+
+
+def test_int8_flag_sets_every_quantized_layer(tmp_path, monkeypatch):
+    """``--int8 on|off|auto`` sets the int8 rule of every QuantLinear/QuantConv2d of the model
+    trained (set_int8), and a bad value is refused when the flags are parsed."""
+    from qsnn_kernels.models import layers as layers_mod
+
+    assert parse_args(["--int8", "on"]).int8 == "on" and parse_args([]).int8 == "auto"
+    with pytest.raises(SystemExit):
+        parse_args(["--int8", "always"])
+    seen, set_int8 = {}, layers_mod.set_int8
+
+    def spy(model, int8):
+        seen["int8"], seen["layers"] = int8, set_int8(model, int8)
+        return seen["layers"]
+
+    monkeypatch.setattr(layers_mod, "set_int8", spy)
+    run(_cfg(tmp_path, epochs=1, max_steps_per_epoch=2, int8="off"))
+    assert seen["int8"] is False and seen["layers"] > 0
+    with pytest.raises(ValueError):
+        layers_mod.set_int8(torch.nn.Linear(2, 2), "on")

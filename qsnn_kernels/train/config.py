@@ -92,6 +92,7 @@ class TrainConfig:
     augment: bool = False
     randaug: str | None = None
     sync_bn: bool = False
+    int8: str = "auto"
     model_ema: bool = False
     model_ema_decay: float = 0.998
     precise_bn: int = 200
@@ -241,6 +242,9 @@ def _resume(value):
     return value
 
 
+INT8_CHOICES = {"auto": None, "on": True, "off": False}
+"""``--int8`` values and the layers' ``int8`` rule each sets (:func:`qsnn_kernels.models.layers.set_int8`)."""
+
 _FIELD_TYPES = {
     "model": _text, "model_kwargs": _json_object, "wst": _wst, "data": _data_name, "data_root": _text,
     "input_size": int_in(1, MAX_INPUT_SIZE), "on_error": _choice("skip", "raise"), "epochs": positive_int,
@@ -251,6 +255,7 @@ _FIELD_TYPES = {
     "model_ema_decay": float_in(0.0, 1.0), "seed": int_in(),
     "output": output_folder, "resume": _resume, "workers": nonnegative_int, "amp": _choice("auto", "bf16", "none"),
     "device": _device, "log_interval": positive_int, "max_steps_per_epoch": positive_int,
+    "int8": _choice(*INT8_CHOICES),
 }
 """The type of each field: an argparse type that also takes the field's own Python type (YAML
 values). Boolean fields use :func:`_bool`; a field missing here is a string. These never import
@@ -371,6 +376,8 @@ _HELP = {
                "--augment)",
     "sync_bn": "batch-norm statistics over all ranks under torchrun (extra communication; off: per-rank "
                "statistics)",
+    "int8": "exact int8 forward of the spike-input layers: auto (on a CPU with int8 dot-product units), "
+            "on (wherever the input is eligible; the way to use the CUDA int8 kernels) or off",
     "model_ema": "evaluate, report and save an exponential moving average of the weights",
     "model_ema_decay": "decay of --model-ema per step",
     "precise_bn": "before each evaluation, recompute the batch-norm statistics over this many training "

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..extras import require
-from .config import TrainConfig, parse_wst
+from .config import INT8_CHOICES, TrainConfig, parse_wst
 from .run_folder import check_output
 
 __all__ = ["run", "resolve_model_name", "DistInfo", "enable_sync_batch_norm", "val_shard"]
@@ -301,6 +301,7 @@ def run(config: TrainConfig) -> dict:
         from .. import models
 
         model = models.create_model(model_name, **kw).to(device)
+        models.layers.set_int8(model, INT8_CHOICES[cfg.int8])
         if cfg.sync_bn:
             enable_sync_batch_norm(model, model_name)
         return train_loop(cfg, model, model_name, wst, train_info, val_info, device, dist_info, autocast, resumed)
