@@ -38,8 +38,9 @@ What is traced (the code as it is, run on tensors without data):
 * FLOPs: torch.utils.flop_counter's formulas for GEMMs and convolutions (forward and backward);
   one per output element for glue; :data:`FUSED_FLOPS_PER_ELEMENT_STEP` for the fused neuron ops
   (nominal: they are memory bound).
-* Saved-activation memory: the storages that autograd's saved-tensor hooks see packed in the
-  forward, parameters left out, each storage once.
+* Saved-activation memory: the storages of the tensors that autograd's saved-tensor hooks packed
+  in the forward and that the graph still holds when the forward ends (a detached branch's are
+  gone), parameters and buffers left out, each storage once.
 
 What is modelled, not traced:
 
@@ -66,6 +67,7 @@ import math
 import os
 import sys
 import types
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -446,6 +448,15 @@ def build(model: str, impl: str, w_bits: int, s_bits: int, t_steps: int, img: in
 
 # --------------------------------------------------------------------------- one step
 
+class _Saved:
+    """A tensor autograd saved, with the innermost module that saved it."""
+
+    __slots__ = ("tensor", "module", "__weakref__")
+
+    def __init__(self, tensor, module: str):
+        self.tensor, self.module = tensor, module
+
+
 def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autocast: bool = True,
                optimizer: bool = True) -> dict:
     """Trace one training step of ``model`` (moved to meta) on a ``[batch, 3, img, img]`` batch:
@@ -458,14 +469,12 @@ def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autoc
     param_storages |= {b.untyped_storage()._cdata for b in model.buffers()}
     trace = Trace()
 
+    held = weakref.WeakSet()  # what the graph holds: a dead branch's saved tensors leave with it
+
     def pack(t):
-        if trace.phase == "forward" and isinstance(t, torch.Tensor):
-            key = t.untyped_storage()._cdata
-            if key not in param_storages and key not in trace.saved:
-                trace.saved[key] = t.untyped_storage().nbytes()
-                module = trace.modules[-1][1] if trace.modules else ""
-                trace.saved_by_module[module] = trace.saved_by_module.get(module, 0) + trace.saved[key]
-        return t
+        box = _Saved(t, trace.modules[-1][1] if trace.modules else "")
+        held.add(box)
+        return box
 
     x = torch.empty(batch, 3, img, img, device="meta")
     target = torch.zeros(batch, dtype=torch.long, device="meta")
@@ -474,10 +483,16 @@ def trace_step(model: torch.nn.Module, batch: int, img: int, classes: int, autoc
                  lambda m, a: trace.modules.append((paths.get(id(m), "?"), type(m).__name__))),
              torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: trace.modules.pop() and None))
     with meta_stands_for_cuda(autocast), Recorder(trace), _removing(hooks):
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
             with CudaAutocast() if autocast else contextlib.nullcontext():
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), target)
+        for box in list(held):  # each storage once (alive together, so their addresses differ)
+            key = box.tensor.untyped_storage()._cdata
+            if key not in param_storages and key not in trace.saved:
+                trace.saved[key] = box.tensor.untyped_storage().nbytes()
+                trace.saved_by_module[box.module] = trace.saved_by_module.get(box.module, 0) + trace.saved[key]
+        held = None
         trace.phase = "backward"
         loss.backward()
     trace.phase = "optimizer"
