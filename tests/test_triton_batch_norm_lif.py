@@ -44,11 +44,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered")
 GRAD_REL_TOL = 2e-5
 
 LAYOUTS = ["nchw", "nhwc", "tbc", "tbcl", "broadcast"]
+FORWARD_CASES = [(layout, t_steps, s_bits) for layout in LAYOUTS for t_steps in (1, 2, 4) for s_bits in (1, 4, 8)]
+FORWARD_CASES += [("wide_c", 4, 4), ("wide_c", 1, 1), ("wide_i", 2, 8), ("wide_i", 4, 1)]
 
 
 def _x(layout: str, t_steps: int, seed: int, scale: float = 1.0) -> torch.Tensor:
     """x [T, B, C, ...] float32 of ``layout``: contiguous NCHW, channels-last, [T, B, C], [T, B, C, L]
-    (odd inner), one NCHW frame broadcast over T (stride 0)."""
+    (odd inner), one NCHW frame broadcast over T (stride 0), and two whose tiles (128 neurons under
+    the interpreter) split a step along the contiguous dim: C = 150 channels-last, 13 x 13 NCHW."""
     g = torch.Generator().manual_seed(seed)
     if layout == "nchw":
         x = torch.randn(t_steps, 2, 3, 4, 5, generator=g)
@@ -59,6 +62,10 @@ def _x(layout: str, t_steps: int, seed: int, scale: float = 1.0) -> torch.Tensor
         x = torch.randn(t_steps, 8, 13, generator=g)
     elif layout == "tbcl":
         x = torch.randn(t_steps, 2, 5, 11, generator=g)
+    elif layout == "wide_c":
+        x = torch.randn(t_steps, 2, 150, generator=g)
+    elif layout == "wide_i":
+        x = torch.randn(t_steps, 1, 2, 13, 13, generator=g)
     else:
         return (torch.randn(1, 2, 3, 4, 5, generator=g) * scale + 0.3 * scale).expand(t_steps, -1, -1, -1, -1)
     return x * scale + 0.3 * scale
@@ -89,9 +96,7 @@ def _rel_err(a, b):
 # --------------------------------------------------------------------------- forward
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("t_steps", [1, 2, 4])
-@pytest.mark.parametrize("s_bits", [1, 4, 8])
+@pytest.mark.parametrize("layout,t_steps,s_bits", FORWARD_CASES)
 def test_forward_bit_exact(layout, t_steps, s_bits):
     x = _x(layout, t_steps, seed=t_steps * 10 + s_bits)
     c = x.shape[2]
@@ -177,6 +182,8 @@ BACKWARD_CASES = [
     ("tbcl", 1, 1, False, "rect", True),
     ("broadcast", 4, 4, True, "sigmoid", True),
     ("tbc", 2, 8, False, "atan", False),
+    ("wide_c", 2, 2, True, "atan", False),
+    ("wide_i", 2, 1, False, "rect", False),
 ]
 
 
@@ -245,7 +252,7 @@ def test_autograd_through_the_ops_matches_cpp(layout, training):
         assert _rel_err(a, e) < GRAD_REL_TOL, name
 
 
-@pytest.mark.parametrize("batch_stats", [True, False])
+@pytest.mark.parametrize("batch_stats", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_opcheck_with_the_triton_kernels(batch_stats):
     """The ops' schema, fakes and registered autograd with the Triton kernels as their kernels."""
     x = _x("tbcl", 2, seed=4).reshape(2, -1)
