@@ -209,7 +209,7 @@ def _bn_lif_bwd_kernel(
     shift = _per_channel(shift_ptr, c, c_mask)
     mean = _per_channel(mean_ptr, c, c_mask)
     invstd = _per_channel(invstd_ptr, c, c_mask)
-    # forward again, h_t into the work buffer (each element is read back by the thread that wrote it)
+    # forward again, h_t into the work buffer
     v = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
     x_at = x_ptr
     w_at = work_ptr
@@ -221,7 +221,9 @@ def _bn_lif_bwd_kernel(
         if not X_BROADCAST:
             x_at += x_step
         w_at += N
-    # BPTT, t = T-1 .. 0
+    # BPTT, t = T-1 .. 0; the barrier makes the program's h stores visible to all its threads
+    # (the reverse loop's loads need not map elements to threads as the stores did)
+    tl.debug_barrier()
     if not X_BROADCAST:
         x_at -= x_step
     w_at -= N
