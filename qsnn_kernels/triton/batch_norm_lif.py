@@ -22,8 +22,8 @@ Design
   rounded to x's dtype after the product and after the sum, as torch's ops in that dtype round
   (the composite :func:`qsnn_kernels.batch_norm_lif._forward_composite`), and the membrane is float32.
   Writes the spikes (x's dtype) and, when asked, the uint8 levels; nothing else.
-* Backward: kernel 1 recomputes ``h_t`` for t = 0..T-1 into a float32 work buffer ``[T, N]``, then
-  runs BPTT in reverse over it (the LIF kernel's step, with the last step's membrane path left
+* Backward: kernel 1 recomputes ``h_t`` for t = 0..T-1 into a float32 work buffer ``[T, N]`` (the
+  last step's stays in registers), then runs BPTT in reverse over it (the LIF kernel's step, with the last step's membrane path left
   out), giving ``dy = dL/dy`` per neuron-step, and sums ``dy`` and ``dy * xhat`` per channel of
   the tile (``xhat = (x - mean) * invstd``) into float32 partials (per row tile and channel, or
   per i tile and row).
@@ -209,34 +209,40 @@ def _bn_lif_bwd_kernel(
     shift = _per_channel(shift_ptr, c, c_mask)
     mean = _per_channel(mean_ptr, c, c_mask)
     invstd = _per_channel(invstd_ptr, c, c_mask)
-    # forward again, h_t into the work buffer
+    # forward again: h_0 .. h_{T-2} into the work buffer, h_{T-1} kept in registers
     v = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
     x_at = x_ptr
     w_at = work_ptr
-    for t in range(T):
-        y = _affine(tl.load(x_at + offs, mask=mask, other=0.0), scale, shift, ROUND_Y)
-        h = decay * v + y
+    x = tl.load(x_at + offs, mask=mask, other=0.0)
+    for t in range(T - 1):
+        if not X_BROADCAST:
+            x_next = tl.load(x_at + x_step + offs, mask=mask, other=0.0)
+        h = decay * v + _affine(x, scale, shift, ROUND_Y)
         _, v = _lif_step(h, v_th, v_reset, LEVELS, HARD_RESET)
         tl.store(w_at + offs, h, mask=mask)
         if not X_BROADCAST:
+            x = x_next
             x_at += x_step
         w_at += N
-    # BPTT, t = T-1 .. 0; the barrier makes the program's h stores visible to all its threads
-    # (the reverse loop's loads need not map elements to threads as the stores did)
+    h = decay * v + _affine(x, scale, shift, ROUND_Y)
+    # BPTT, t = T-1 .. 0, loading step t-1 before computing step t (as the LIF kernel); the barrier
+    # makes the program's h stores visible to all its threads (the loads need not map elements to
+    # threads as the stores did)
     tl.debug_barrier()
-    if not X_BROADCAST:
-        x_at -= x_step
-    w_at -= N
     gs_at = grad_spikes_ptr + last
     gx_at = grad_x_ptr + last
+    gs = tl.load(gs_at + offs, mask=mask, other=0.0)
     dv = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
     sum_dy = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
     sum_dy_xhat = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
     for k in range(T):
-        h = tl.load(w_at + offs, mask=mask, other=0.0)
-        gs = tl.load(gs_at + offs, mask=mask, other=0.0).to(tl.float32)
-        xhat = (tl.load(x_at + offs, mask=mask, other=0.0).to(tl.float32) - mean) * invstd
-        dy = _membrane_grad(h, dv, gs, k == 0, v_th, v_reset, alpha, half_width, atan_scale, reach,
+        more = mask & (k + 1 < T)
+        h_prev = tl.load(w_at - N + offs, mask=more, other=0.0)
+        gs_prev = tl.load(gs_at - N + offs, mask=more, other=0.0)
+        if not X_BROADCAST:
+            x_prev = tl.load(x_at - x_step + offs, mask=more, other=0.0)
+        xhat = (x.to(tl.float32) - mean) * invstd
+        dy = _membrane_grad(h, dv, gs.to(tl.float32), k == 0, v_th, v_reset, alpha, half_width, atan_scale, reach,
                             LEVELS, HARD_RESET, SURROGATE, DETACH_RESET, WINDOW)
         dy = tl.where(mask, dy, 0.0)
         sum_dy += dy
@@ -246,7 +252,10 @@ def _bn_lif_bwd_kernel(
         else:
             tl.store(gx_at + offs, (dy * scale).to(grad_x_ptr.dtype.element_ty), mask=mask)
         dv = decay * dy  # dL/dv_{t-1} = decay * dL/dh_t
+        h = h_prev
+        gs = gs_prev
         if not X_BROADCAST:
+            x = x_prev
             x_at -= x_step
         w_at -= N
         gs_at -= N
