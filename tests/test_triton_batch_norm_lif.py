@@ -313,6 +313,53 @@ def test_float64_refused_by_the_triton_kernels():
         qk.batch_norm_lif(x, w, w)
 
 
+# --------------------------------------------------------------------------- on a GPU (gpu-marked)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (not the interpreter)")
+# Triton vs the composite (torch ops + the LIF ops) on the GPU: their backward rounds in x's dtype
+GPU_GRAD_REL_TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+GPU_STAT_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
+                torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2)}
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "broadcast"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_matches_the_composite(layout, dtype):
+    """Larger shapes on the GPU: the Triton kernels against the composite on the same device (the
+    same torch ops for scale and shift, the Triton LIF step): spikes and levels bit for bit, given
+    the same statistics; statistics against torch.var_mean; gradients to the composite's rounding."""
+    g = torch.Generator().manual_seed(21)
+    t_steps, shape = 4, (8, 64, 14, 14)
+    if layout == "broadcast":
+        x = (torch.randn(1, *shape, generator=g) + 0.3).cuda().to(dtype).expand(t_steps, *shape)
+    else:
+        x = (torch.randn(t_steps, *shape, generator=g) + 0.3).cuda().to(dtype)
+        if layout == "nhwc":
+            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (t_steps, shape[0]))
+    c = shape[1]
+    w, b = (t.cuda().to(dtype) for t in _params(c, seed=21))
+    x2, inner, _, _ = bnl._channel_layout(x)
+    assert (x2.stride(0) == 0) == (layout == "broadcast")
+    mean, var = torch.ops.qsnn.batch_norm_statistics(x2, c, inner)
+    ref_var, ref_mean = torch.var_mean(x.float(), dim=(0, 1, 3, 4), correction=0)
+    torch.testing.assert_close(mean.float(), ref_mean, **GPU_STAT_TOL[dtype])
+    torch.testing.assert_close(var.float(), ref_var, **GPU_STAT_TOL[dtype])
+    for s_bits, hard, surrogate in ((1, True, "atan"), (4, False, "sigmoid"), (8, True, "rect")):
+        neuron = _neuron(s_bits, hard)
+        args = (w, b, mean, var, 1e-5, inner, True, s_bits, neuron["v_th"], neuron["decay"], neuron["v_reset"], hard,
+                surrogate, float(DEFAULT_ALPHA[surrogate]), False)
+        spikes, levels = torch.ops.qsnn.batch_norm_lif_forward(x2, *args, True)
+        want, want_levels = bnl._forward_composite(x2, *args, True)
+        assert mismatches(spikes, want) == 0 and torch.equal(levels, want_levels) and levels.max() > 0
+        grad = torch.randn(x2.shape, generator=g).cuda().to(dtype)
+        got = torch.ops.qsnn.batch_norm_lif_backward(grad, x2, *args)
+        want = bnl._backward_composite(grad, x2, *args)
+        for name, a, e in zip(("x", "weight", "bias"), got, want):
+            assert a.dtype == dtype and _rel_err(a.float(), e.float()) < GPU_GRAD_REL_TOL[dtype], (name, s_bits)
+
+
 # --------------------------------------------------------------------------- compiled for the GPU
 
 

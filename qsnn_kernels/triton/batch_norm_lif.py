@@ -33,8 +33,8 @@ Design
   it leaves dy in the work buffer (over h_t, which it no longer needs) and kernel 2 applies the
   batch norm's correction ``scale * (dy - sum(dy) / count - xhat * sum(dy * xhat) / count)``.
   Traffic per neuron-step: kernel 1 reads x twice and grad_spikes once, writes the work buffer
-  (h) and reads it back, and writes grad_x, or (batch statistics) dy over h; kernel 2 reads x and
-  dy and writes grad_x. The forward reads x and writes the spikes (and levels).
+  (h, T - 1 steps) and reads it back, and writes grad_x, or (batch statistics) dy over h; kernel 2
+  reads x and dy and writes grad_x. The forward reads x and writes the spikes (and levels).
 * Statistics: per tile and channel, float32 sums of ``x - p`` and ``(x - p)^2`` with ``p`` the
   channel's first element (a shift that keeps the one-pass variance from cancelling when
   ``|mean| >> std``), float32 partials as in the backward, summed by torch in float64:
