@@ -113,7 +113,8 @@ TEST_SELECTION = [  # the longest first (xdist hands the cases out in this order
     "tests/test_triton_lif.py::test_gpu_large_and_half[True-8]",
 ]
 # SLOT (batch_norm_lif Triton kernels, another change): when this file exists, its ``gpu``-marked
-# tests run in the same step (keep them few: one case per kernel variant).
+# tests run in the same step, after the selection (keep them few: one case per kernel variant);
+# the dry run checks that it has some.
 OPTIONAL_GPU_TEST_FILES = ["tests/test_triton_batch_norm_lif.py"]
 BENCH_FILES = ["benchmarks/test_bench_bitserial_gpu.py", "benchmarks/test_bench_lif_gpu.py"]
 
@@ -212,25 +213,37 @@ def check_selection(collected: str) -> list[str]:
 
 def step_tests(out: Path, env: dict, timeout: float, dry_run: bool) -> dict:
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
-    files = sorted({node.split("::")[0] for node in TEST_SELECTION})
+    optional = [f for f in OPTIONAL_GPU_TEST_FILES if (ROOT / f).exists()]
     if dry_run:  # the selection against what pytest collects now (a renamed case fails here)
+        files = sorted({node.split("::")[0] for node in TEST_SELECTION})
         result = _run(pytest + ["--collect-only", "-q", *files], out / "tests.log", timeout, env)
         missing = check_selection((out / "tests.log").read_text())
         result.update(missing=missing, selected=len(TEST_SELECTION))
         if missing and result["rc"] == 0:
             result["rc"] = "selection not collected"
+        for extra in optional:
+            start = len((out / "tests.log").read_text())
+            sub = _run(pytest + ["--collect-only", "-q", "-m", "gpu and not slow", extra], out / "tests.log",
+                       timeout, env, append=True)
+            sub["collected"] = (out / "tests.log").read_text()[start:].count(extra + "::")
+            result.setdefault("optional", {})[extra] = sub
+            if not sub["collected"] and result["rc"] == 0:
+                result["rc"] = f"no gpu-marked tests in {extra}"
         return result
-    cmd = pytest + ["-q", "-rfEs", "-m", "not slow", *TEST_SELECTION]
-    if importlib.util.find_spec("xdist") is not None:
-        cmd += ["-n", "8"]  # the time goes into compiling kernels on the CPU: spread it
+    xdist = ["-n", "8"] if importlib.util.find_spec("xdist") is not None else []  # compiles: spread them
     t0 = time.time()
-    result = _run(cmd, out / "tests.log", timeout, env)
-    for extra in [f for f in OPTIONAL_GPU_TEST_FILES if (ROOT / f).exists()]:
+    result = _run(pytest + ["-q", "-rfEs", "-m", "not slow", *TEST_SELECTION, *xdist], out / "tests.log", timeout,
+                  env)
+    for extra in optional:
         left = timeout - (time.time() - t0)
         if left > 5:
-            sub = _run(pytest + ["-q", "-rfEs", "-m", "gpu and not slow", extra], out / "tests.log", left, env,
-                       append=True)
+            sub = _run(pytest + ["-q", "-rfEs", "-m", "gpu and not slow", extra, *xdist], out / "tests.log", left,
+                       env, append=True)
             result.setdefault("optional", {})[extra] = sub
+            if sub["rc"] != 0 and result["rc"] == 0:
+                result["rc"] = sub["rc"]
+        else:
+            result.setdefault("optional", {})[extra] = {"rc": "not started: no time left"}
     result["counts"] = pytest_counts((out / "tests.log").read_text())
     return result
 
@@ -357,6 +370,8 @@ def print_table(summary: dict) -> None:
     print("\n== steps")
     for name, r in summary["steps"].items():
         extra = {k: r[k] for k in ("counts", "missing", "collected", "skipped") if r.get(k)}
+        extra.update({f: {k: v for k, v in sub.items() if k in ("rc", "collected")}
+                      for f, sub in r.get("optional", {}).items()})
         print(f"{name:6s} rc={r.get('rc')!s:9s} {r.get('seconds', 0):6.1f} s {json.dumps(extra)[:300]}")
     bench = summary["bench"]
     if bench["gemm"]:
