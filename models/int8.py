@@ -17,7 +17,11 @@ Contract:
   float master weight as :func:`models.layers.quantized_weight`.
 * The input must be spikes: ``x == level * in_scale`` with integer levels in ``[0, 2^s_bits - 1]``
   (checked inside the op, in the pass that converts them, :func:`spike_input_levels`; under
-  torch.compile too); anything else is a ValueError naming ``s_bits``.
+  torch.compile too); anything else is a ValueError naming ``s_bits``. Or the caller hands in
+  ``levels`` (uint8/int8, x's shape and device), the ones the neuron that made ``x`` wrote in the
+  same pass (:func:`models.layers.batch_norm_spikes_for`): they are read instead of ``x`` (no
+  conversion pass, no check: on CUDA no host sync) and must be x's levels; ``x`` stays the
+  input the gradient flows to.
 * Each op returns ``(out, levels)``: the float result and the input's levels (int8 for the
   linear, uint8 for the convolution, ``x``'s shape), the one-byte tensor the backward saves with
   the master weight (a parameter: no copy), quantized again in the backward (one pass,
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
@@ -178,21 +183,46 @@ def _spike_values(levels: torch.Tensor, in_scale: float) -> torch.Tensor:
 # --------------------------------------------------------------------------- qsnn::int8_linear
 
 
-def _check_linear(x, weight, w_bits, s_bits, in_scale) -> None:
+def _check_levels(name: str, x: torch.Tensor, levels) -> None:
+    """Metadata of levels handed in with ``x`` (:func:`_input_levels`): x's shape and device, one byte."""
+    if levels is not None:
+        torch._check_value(levels.shape == x.shape and levels.device == x.device
+                           and levels.dtype in (torch.uint8, torch.int8),
+                           lambda: f"{name}: levels must be uint8/int8 with x's shape and device, got {levels.dtype} "
+                                   f"{tuple(levels.shape)} on {levels.device} for x {tuple(x.shape)} on {x.device}")
+
+
+def _input_levels(x, levels, in_scale: float, s_bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """The levels of the op's input as ``dtype``: the ones handed in (the neuron's own, emitted in
+    the pass that made the spikes: trusted, their metadata checked by :func:`_check_levels`), or
+    one checked pass over ``x`` (:func:`spike_input_levels`)."""
+    if levels is None:
+        return spike_input_levels(x, in_scale, s_bits, dtype, "int8 forward")
+    return levels if levels.dtype == dtype else levels.view(dtype)  # levels <= 127: the same bits
+
+
+def _levels_out(levels_in, levels: torch.Tensor) -> torch.Tensor:
+    """The op's second output: the levels it computed, or ``[0]`` when they were handed in (an op
+    output may not alias an input; the autograd setup saves the input levels instead)."""
+    return levels if levels_in is None else levels.new_empty((0,))
+
+
+def _check_linear(x, weight, w_bits, s_bits, in_scale, levels=None) -> None:
     """Errors of :func:`int8_linear` (shapes, then :func:`_problem`); torch._check forms, so that
     the fake raises them under torch.compile too."""
     torch._check_value(weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1],
                        lambda: f"int8_linear: x must be [..., K] and weight [N, K], got {tuple(x.shape)} and "
                                f"{tuple(weight.shape)}")
     torch._check_value(in_scale > 0, lambda: f"int8_linear: in_scale must be > 0, got {in_scale}")
+    _check_levels("int8_linear", x, levels)
     _raise_if_unsupported(x, weight, w_bits, s_bits)
 
 
 @torch.library.custom_op("qsnn::int8_linear", mutates_args=())
 def _int8_linear_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int,
-                    in_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_linear(x, weight, w_bits, s_bits, in_scale)
-    levels = spike_input_levels(x, in_scale, s_bits, torch.int8, "int8 forward")
+                    in_scale: float, levels_in: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in)
+    levels = _input_levels(x, levels_in, in_scale, s_bits, torch.int8)
     codes, scale = quantize_weight(weight, w_bits)
     flat = levels.reshape(-1, levels.shape[-1])
     if flat.shape[0]:
@@ -200,18 +230,19 @@ def _int8_linear_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
     else:
         acc = flat.new_zeros((0, codes.shape[0]), dtype=torch.int32)
     y = acc.to(torch.float32).mul_(scale * in_scale)
-    return y.reshape(*x.shape[:-1], codes.shape[0]), levels
+    return y.reshape(*x.shape[:-1], codes.shape[0]), _levels_out(levels_in, levels)
 
 
 @_int8_linear_op.register_fake
-def _(x, weight, w_bits, s_bits, in_scale):
-    _check_linear(x, weight, w_bits, s_bits, in_scale)
-    return x.new_empty((*x.shape[:-1], weight.shape[0])), torch.empty_like(x, dtype=torch.int8)
+def _(x, weight, w_bits, s_bits, in_scale, levels_in=None):
+    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in)
+    levels = torch.empty_like(x, dtype=torch.int8) if levels_in is None else x.new_empty((0,), dtype=torch.int8)
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), levels
 
 
 def _linear_setup_context(ctx, inputs, output):
-    _, weight, w_bits, _, in_scale = inputs
-    ctx.save_for_backward(output[1], weight)
+    _, weight, w_bits, _, in_scale, levels_in = inputs
+    ctx.save_for_backward(output[1] if levels_in is None else levels_in, weight)
     ctx.w_bits, ctx.in_scale = w_bits, in_scale
 
 
@@ -224,19 +255,20 @@ def _linear_backward(ctx, grad, _grad_levels):
     if ctx.needs_input_grad[1]:
         spikes = _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale).to(g.dtype)
         grad_w = (g.t() @ spikes).to(weight.dtype)
-    return grad_x, grad_w, None, None, None
+    return grad_x, grad_w, None, None, None, None
 
 
-def _int8_linear_cuda(x, weight, w_bits, s_bits, in_scale):
-    """The CUDA kernel: levels (one checked pass), codes and scales (one Triton launch), then the
-    Triton int8 GEMM with the epilogue ``acc * (scale * in_scale)`` written in x's dtype."""
+def _int8_linear_cuda(x, weight, w_bits, s_bits, in_scale, levels_in=None):
+    """The CUDA kernel: levels (handed in, or one checked pass: a host sync), codes and scales (one
+    Triton launch), then the Triton int8 GEMM with the epilogue ``acc * (scale * in_scale)``
+    written in x's dtype."""
     from qsnn_kernels.triton.int8_matmul import int8_matmul_triton
 
-    _check_linear(x, weight, w_bits, s_bits, in_scale)
-    levels = spike_input_levels(x, in_scale, s_bits, torch.int8, "int8 forward")
+    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in)
+    levels = _input_levels(x, levels_in, in_scale, s_bits, torch.int8)
     codes, scale = quantize_weight(weight, w_bits)
     y = int8_matmul_triton(levels.reshape(-1, levels.shape[-1]), codes, scale, in_scale, out_dtype=x.dtype)
-    return y.reshape(*x.shape[:-1], codes.shape[0]), levels
+    return y.reshape(*x.shape[:-1], codes.shape[0]), _levels_out(levels_in, levels)
 
 
 _int8_linear_op.register_kernel("cuda", _int8_linear_cuda)
@@ -245,7 +277,7 @@ _int8_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup_
 # --------------------------------------------------------------------------- qsnn::int8_conv2d
 
 
-def _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups) -> None:
+def _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels=None) -> None:
     """Errors of :func:`int8_conv2d` (shapes, then :func:`_problem`); torch._check forms."""
     torch._check_value(
         x.dim() == 4 and weight.dim() == 4 and groups >= 1 and weight.shape[0] % groups == 0
@@ -263,6 +295,7 @@ def _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation
     torch._check_value(in_scale > 0, lambda: f"int8_conv2d: in_scale must be > 0, got {in_scale}")
     torch._check_value(x.device.type != "cuda" or groups == 1,
                        lambda: f"int8_conv2d: the CUDA kernel takes groups = 1, got {groups}")
+    _check_levels("int8_conv2d", x, levels)
     _raise_if_unsupported(x, weight, w_bits, s_bits, padding, dilation)
 
 
@@ -273,10 +306,10 @@ def _conv_output_size(x, weight, stride, padding, dilation) -> tuple[int, int]:
 @torch.library.custom_op("qsnn::int8_conv2d", mutates_args=())
 def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float,
                     stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                    groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    groups: int, levels_in: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     stride, padding, dilation = list(stride), list(padding), list(dilation)
-    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups)
-    levels = spike_input_levels(x, in_scale, s_bits, torch.uint8, "int8 forward")
+    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in)
+    levels = _input_levels(x, levels_in, in_scale, s_bits, torch.uint8)
     codes, scale = quantize_weight(weight, w_bits)
     packed = torch.ops.onednn.qconv_prepack(codes, scale, in_scale, 0, stride, padding, dilation, groups,
                                             list(levels.shape))
@@ -285,19 +318,20 @@ def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
                                            dilation, groups, 1.0, 0, torch.float32, "none", [], "")
     # oneDNN writes channels-last; a copy to the default layout costs less than leaving it: a
     # channels-last input makes every later float convolution re-lay its weight out (measured)
-    return y.contiguous(), levels
+    return y.contiguous(), _levels_out(levels_in, levels)
 
 
 @_int8_conv2d_op.register_fake
-def _(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups):
-    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups)
+def _(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in=None):
+    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in)
     oh, ow = _conv_output_size(x, weight, stride, padding, dilation)
-    return x.new_empty((x.shape[0], weight.shape[0], oh, ow)), torch.empty_like(x, dtype=torch.uint8)
+    levels = torch.empty_like(x, dtype=torch.uint8) if levels_in is None else x.new_empty((0,), dtype=torch.uint8)
+    return x.new_empty((x.shape[0], weight.shape[0], oh, ow)), levels
 
 
 def _conv2d_setup_context(ctx, inputs, output):
-    _, weight, w_bits, _, in_scale, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(output[1], weight)
+    _, weight, w_bits, _, in_scale, stride, padding, dilation, groups, levels_in = inputs
+    ctx.save_for_backward(output[1] if levels_in is None else levels_in, weight)
     ctx.args = (w_bits, in_scale, list(stride), list(padding), list(dilation), groups)
 
 
@@ -309,20 +343,21 @@ def _conv2d_backward(ctx, grad, _grad_levels):
     grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
         grad.contiguous(), _spike_values(levels, in_scale).to(dtype), dequantized_weight(weight, w_bits).to(dtype),
         None, stride, padding, dilation, False, [0, 0], groups, mask)
-    return grad_x, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None
+    return grad_x, None if grad_w is None else grad_w.to(weight.dtype), *(None,) * 8
 
 
-def _int8_conv2d_cuda(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups):
-    """The CUDA kernel: levels (one checked pass), codes and scales (one Triton launch), then the
-    Triton implicit-GEMM convolution with the epilogue written in x's dtype (contiguous)."""
+def _int8_conv2d_cuda(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in=None):
+    """The CUDA kernel: levels (handed in, or one checked pass: a host sync), codes and scales (one
+    Triton launch), then the Triton implicit-GEMM convolution with the epilogue written in x's
+    dtype (contiguous)."""
     from qsnn_kernels.triton.int8_matmul import int8_conv2d_triton
 
     stride, padding, dilation = list(stride), list(padding), list(dilation)
-    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups)
-    levels = spike_input_levels(x, in_scale, s_bits, torch.uint8, "int8 forward")
+    _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in)
+    levels = _input_levels(x, levels_in, in_scale, s_bits, torch.uint8)
     codes, scale = quantize_weight(weight, w_bits)
     y = int8_conv2d_triton(levels, codes, scale, in_scale, stride, padding, dilation, out_dtype=x.dtype)
-    return y, levels
+    return y, _levels_out(levels_in, levels)
 
 
 _int8_conv2d_op.register_kernel("cuda", _int8_conv2d_cuda)
@@ -331,17 +366,19 @@ _int8_conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_
 # --------------------------------------------------------------------------- functional API
 
 
-def int8_linear(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float) -> torch.Tensor:
+def int8_linear(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float,
+                levels: torch.Tensor | None = None) -> torch.Tensor:
     """``x [..., K]`` (spikes, levels <= 4 bits) @ the ``w_bits``-quantized ``weight [N, K]`` ->
     ``[..., N]`` float32, no bias (op ``qsnn::int8_linear``; the module docstring has the
-    contract and the errors)."""
-    return torch.ops.qsnn.int8_linear(x, weight, w_bits, s_bits, float(in_scale))[0]
+    contract and the errors). ``levels``: x's levels as the neuron emitted them (uint8/int8, x's
+    shape), read instead of converting ``x``."""
+    return torch.ops.qsnn.int8_linear(x, weight, w_bits, s_bits, float(in_scale), levels)[0]
 
 
 def int8_conv2d(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float, stride, padding,
-                dilation, groups: int) -> torch.Tensor:
+                dilation, groups: int, levels: torch.Tensor | None = None) -> torch.Tensor:
     """Convolution of spikes ``x [N, C, H, W]`` (levels <= 8 bits) with the ``w_bits``-quantized
     ``weight`` -> ``[N, Cout, H', W']`` float32 (contiguous), no bias, zero padding (op
-    ``qsnn::int8_conv2d``)."""
+    ``qsnn::int8_conv2d``). ``levels`` as in :func:`int8_linear`."""
     return torch.ops.qsnn.int8_conv2d(x, weight, w_bits, s_bits, float(in_scale), list(stride), list(padding),
-                                      list(dilation), groups)[0]
+                                      list(dilation), groups, levels)[0]

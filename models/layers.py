@@ -27,7 +27,10 @@ Conventions (models contract, DESIGN.md):
   and the rules of :func:`fuses_batch_norm`; in eval the two modules run one after the other, so
   that :func:`models.convert.convert_for_inference` finds the batch norm to fold and the profiler
   sees the neuron's output. Same values (bit for bit given the same batch statistics) and
-  gradients (to rounding) as the two modules; the running statistics are updated alike.
+  gradients (to rounding) as the two modules; the running statistics are updated alike. When the
+  layer after the neuron takes the int8 path (:func:`takes_levels`), the fused op also writes the
+  spikes' uint8 levels in its pass and the layer reads them (:func:`batch_norm_spikes_for`,
+  :func:`feed`): SEW-ResNet's blocks hand them from each neuron to the next conv.
 """
 
 from __future__ import annotations
@@ -68,12 +71,15 @@ __all__ = [
     "mean_over_time",
     "quantized_weight",
     "batch_norm_spikes",
+    "batch_norm_spikes_for",
+    "feed",
     "fuses_batch_norm",
     "spike_conv2d_bitserial",
     "spike_linear_bitserial",
     "spiking_neuron",
     "uses_bitserial",
     "uses_int8",
+    "takes_levels",
 ]
 
 NEURON_DEFAULTS = dict(decay=0.5, v_th=1.0, reset="hard", surrogate="atan", detach_reset=True)
@@ -349,7 +355,10 @@ class QuantLinear(_QuantAttrs, nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self._set_quant_attrs(w_bits, s_bits, in_bits, in_scale, bitserial, int8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [..., in_features]``; ``levels``: x's spike levels as the neuron that made ``x``
+        emitted them (uint8, x's shape), read by the int8 path instead of converting ``x``
+        (:func:`takes_levels` says when), ignored by the others."""
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: input must be [..., {self.in_features}], got shape {tuple(x.shape)}")
         if uses_bitserial(self):
@@ -358,7 +367,7 @@ class QuantLinear(_QuantAttrs, nn.Linear):
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
         if uses_int8(self, x):
-            y = int8_linear(x, self.weight, self.w_bits, self.s_bits, self.in_scale)
+            y = int8_linear(x, self.weight, self.w_bits, self.s_bits, self.in_scale, levels)
             return y if self.bias is None else y + self.bias
         return F.linear(x, _layer_weight(self), self.bias)
 
@@ -380,7 +389,8 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
                          bias=bias)
         self._set_quant_attrs(w_bits, s_bits, in_bits, in_scale, bitserial, int8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [T, B, C, H, W]`` or ``[N, C, H, W]``; ``levels`` as in :meth:`QuantLinear.forward`."""
         if x.dim() not in (4, 5) or x.shape[-3] != self.in_channels:
             raise ValueError(f"QuantConv2d: input must be [T, B, {self.in_channels}, H, W] or "
                              f"[N, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
@@ -392,8 +402,9 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
                 y = y + self.bias[:, None, None]
         elif self.padding_mode == "zeros" and not isinstance(self.padding, str) and uses_int8(
                 self, x4, self._positions(x4)):
+            levels4 = None if levels is None else levels if levels.dim() == 4 else levels.flatten(0, 1)
             y = int8_conv2d(x4, self.weight, self.w_bits, self.s_bits, self.in_scale, self.stride, self.padding,
-                            self.dilation, self.groups)
+                            self.dilation, self.groups, levels4)
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
         else:
@@ -404,6 +415,21 @@ class QuantConv2d(_QuantAttrs, nn.Conv2d):
         """N * H' * W' of the output for input ``x4 [N, C, H, W]``."""
         oh, ow = conv_output_size(x4.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
         return x4.shape[0] * oh * ow
+
+
+def takes_levels(layer, like: torch.Tensor) -> bool:
+    """Whether ``layer`` (QuantLinear/QuantConv2d) reads its input's levels (its int8 path,
+    :func:`uses_int8`) on an input like ``like``: a tensor with the dtype and device of the layer's
+    input and, for a convolution, its rank and spatial size (the output of the layer before the
+    neuron serves). Then the neuron should emit them (:func:`batch_norm_spikes`, ``return_levels``)."""
+    if not isinstance(layer, (QuantLinear, QuantConv2d)) or uses_bitserial(layer):
+        return False  # converted layers (models.convert) and the bit-serial path read spike values
+    if isinstance(layer, QuantConv2d):  # metadata only, no tensor op (models.convert traces the forward)
+        images = like.shape[0] if like.dim() == 4 else like.shape[0] * like.shape[1]
+        oh, ow = conv_output_size(like.shape[-2:], layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+        return (layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+                and uses_int8(layer, like, images * oh * ow))
+    return uses_int8(layer, like)
 
 
 def set_int8(model: nn.Module, int8: bool | None) -> int:
@@ -533,12 +559,31 @@ def batch_norm_spikes(bn: nn.Module, neuron: MultiLevelLIF, x: torch.Tensor, cha
     (2: ``[T, B, C, ...]``; -1: tokens ``[T, B, N, C]``, :class:`models.spikformer.TokenBatchNorm`):
     one op while training when :func:`fuses_batch_norm` allows (running statistics and
     ``num_batches_tracked`` updated as the batch norm does), the two modules otherwise."""
+    return _batch_norm_spikes(bn, neuron, x, channel_dim, None)[0]
+
+
+def batch_norm_spikes_for(consumer, bn: nn.Module, neuron: MultiLevelLIF, x: torch.Tensor, channel_dim: int = 2):
+    """``(spikes, levels)``: :func:`batch_norm_spikes`, and the uint8 levels of the spikes when the
+    layer ``consumer`` that takes them reads levels (:func:`takes_levels`) and the fused op ran
+    (written in its pass over x); None otherwise (the consumer then converts the spikes itself)."""
+    return _batch_norm_spikes(bn, neuron, x, channel_dim, consumer)
+
+
+def feed(layer, spikes: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
+    """``layer(spikes)``, handing it the spikes' levels when there are (from :func:`batch_norm_spikes_for`)."""
+    return layer(spikes) if levels is None else layer(spikes, levels)
+
+
+def _batch_norm_spikes(bn, neuron, x, channel_dim: int, consumer):
     if not fuses_batch_norm(bn, neuron, x):
-        return neuron(bn(x))
+        return neuron(bn(x)), None
+    emit_levels = consumer is not None and takes_levels(consumer, x)
     xc = x.movedim(channel_dim, 2)
-    spikes = batch_norm_lif(xc, bn.weight, bn.bias, bn.running_mean, bn.running_var, training=True,
-                            momentum=bn.momentum, eps=bn.eps, s_bits=neuron.s_bits, v_th=neuron.v_th,
-                            decay=neuron.decay, v_reset=neuron.v_reset, reset=neuron.reset_mode,
-                            surrogate=neuron.surrogate, alpha=neuron.alpha, detach_reset=neuron.detach_reset)
+    out = batch_norm_lif(xc, bn.weight, bn.bias, bn.running_mean, bn.running_var, training=True,
+                         momentum=bn.momentum, eps=bn.eps, s_bits=neuron.s_bits, v_th=neuron.v_th,
+                         decay=neuron.decay, v_reset=neuron.v_reset, reset=neuron.reset_mode,
+                         surrogate=neuron.surrogate, alpha=neuron.alpha, detach_reset=neuron.detach_reset,
+                         return_levels=emit_levels)
     bn.num_batches_tracked.add_(1)
-    return spikes.movedim(2, channel_dim)
+    spikes, levels = out if emit_levels else (out, None)
+    return spikes.movedim(2, channel_dim), None if levels is None else levels.movedim(2, channel_dim)

@@ -43,8 +43,8 @@ from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from ..deprecation import NOT_GIVEN, renamed_keyword
-from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, batch_norm_spikes, bits_for_levels,
-                     check_model_args, mean_over_time, spiking_neuron)
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, batch_norm_spikes, batch_norm_spikes_for,
+                     bits_for_levels, check_model_args, feed, mean_over_time, spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
 __all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "VARIANTS", "sew_connect"]
@@ -116,8 +116,8 @@ class BasicBlock(_Block):
         self.bn2, self.sn2 = MultiStepBatchNorm2d(planes), spiking_neuron(s_bits, **neuron_kw)
 
     def forward(self, x):
-        out = batch_norm_spikes(self.bn1, self.sn1, self.conv1(x))
-        out = batch_norm_spikes(self.bn2, self.sn2, self.conv2(out))
+        out, levels = batch_norm_spikes_for(self.conv2, self.bn1, self.sn1, self.conv1(x))
+        out = batch_norm_spikes(self.bn2, self.sn2, feed(self.conv2, out, levels))
         return self._connect(x, out)
 
 
@@ -139,9 +139,9 @@ class Bottleneck(_Block):
         self.bn3, self.sn3 = MultiStepBatchNorm2d(planes * 4), spiking_neuron(s_bits, **neuron_kw)
 
     def forward(self, x):
-        out = batch_norm_spikes(self.bn1, self.sn1, self.conv1(x))
-        out = batch_norm_spikes(self.bn2, self.sn2, self.conv2(out))
-        out = batch_norm_spikes(self.bn3, self.sn3, self.conv3(out))
+        out, levels = batch_norm_spikes_for(self.conv2, self.bn1, self.sn1, self.conv1(x))
+        out, levels = batch_norm_spikes_for(self.conv3, self.bn2, self.sn2, feed(self.conv2, out, levels))
+        out = batch_norm_spikes(self.bn3, self.sn3, feed(self.conv3, out, levels))
         return self._connect(x, out)
 
 

@@ -358,3 +358,35 @@ def test_linear_saves_one_byte_per_input_element():
         lin(x)
     inputs = [t for t in saved if t.numel() == x.numel()]
     assert inputs and all(t.dtype == torch.int8 for t in inputs)
+
+
+def test_block_hands_the_neuron_levels_to_the_next_int8_conv():
+    """In a SEW block the fused batch norm + neuron writes the uint8 levels in its pass, and the
+    next conv's int8 path reads them (no second pass over the spikes): every int8 conv fed by a
+    block's first neuron receives levels, with the values and gradients of the dense model."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.manual_seed(3)
+    model = qm.create_model("qsnn_sew_resnet18_cifar", w_bits=4, s_bits=2, t_steps=2, num_classes=5)
+    x = torch.randn(2, 3, 16, 16)
+    handed = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.qsnn.int8_conv2d.default:
+                handed.append(len(args) > 9 and args[9] is not None)
+            return func(*args, **(kwargs or {}))
+
+    results = []
+    for int8 in (False, True):
+        layers_mod.set_int8(model, int8)
+        model.zero_grad(set_to_none=True)
+        with Spy():
+            y = model(x)
+        y.square().sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    blocks = [m for m in model.modules() if type(m).__name__ == "BasicBlock"]
+    assert sum(handed) == len(blocks) and len(handed) > len(blocks)  # conv2 of each block; the rest convert
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    for g_int8, g_dense in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(g_int8, g_dense, rtol=1e-4, atol=1e-5)
