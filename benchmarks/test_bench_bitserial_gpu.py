@@ -52,7 +52,9 @@ SPLITS = [  # (W, S, T): weight bits, spike bits, time steps; BB = W * S * T
 ]  # fmt: skip
 SPLITS = pick(SPLITS, [(1, 1, 4), (4, 1, 4)])
 STRATEGIES = pick(["bitserial", "dot", "auto"], ["bitserial", "dot"])
-PEERS = ["int8_int_mm", "bf16_matmul", "fp8_scaled_mm"]
+PEERS = ["int8_int_mm", "bf16_matmul", "fp8_scaled_mm", "int8_triton_epilogue"]
+"""The dense GEMMs beside the bit-serial kernel; the last is ours: the CUDA kernel of qsnn::int8_linear
+(qsnn_kernels/triton/int8_matmul.py: uint8 levels x int8 codes, the scale epilogue fused, bf16 out)."""
 PEER_STEPS = sorted({t for _, _, t in SPLITS})
 # quick mode: the tiles the autotuner may try, (BM, BN, BKW, num_warps); each a member of the
 # kernel module's own lists, the first its default GPU tile
@@ -60,6 +62,9 @@ QUICK_TILES = {
     "bitserial": [(64, 64, 2, 4), (128, 64, 2, 8)],
     "dot": [(128, 128, 2, 8), (128, 64, 2, 4), (128, 256, 2, 8)],
 }
+
+
+QUICK_INT8_TILES = 2  # quick mode: the int8 GEMM's first tiles (qsnn_kernels.triton.int8_matmul._CONFIGS)
 
 
 def _tile(config) -> tuple:
@@ -82,9 +87,14 @@ def _quick_autotuning():
             f"QUICK_TILES[{name!r}] names tiles the kernel module no longer lists: "
             f"{sorted(set(QUICK_TILES[name]) - {_tile(c) for c in kept})}")
         tuner.configs = kept
+    from qsnn_kernels.triton import int8_matmul as im
+
+    int8_saved = im._int8_matmul_tuned.configs
+    im._int8_matmul_tuned.configs = int8_saved[:QUICK_INT8_TILES]
     yield
     for name, tuner in tuners.items():
         tuner.configs = saved[name]
+    im._int8_matmul_tuned.configs = int8_saved
 
 
 def _gpu_name() -> str:
@@ -191,6 +201,17 @@ def test_peer(benchmark, shape, steps, peer):
             return torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
         elem, out_elem = 1, 2
+    elif peer == "int8_triton_epilogue":
+        from qsnn_kernels.triton.int8_matmul import int8_matmul_triton
+
+        a = torch.randint(0, 2, (rows, k), dtype=torch.uint8, device="cuda", generator=g)  # binary levels
+        b = torch.randint(-8, 8, (n, k), dtype=torch.int8, device="cuda", generator=g)  # 4-bit codes
+        scale = torch.rand(n, device="cuda", generator=g)
+
+        def fn():
+            return int8_matmul_triton(a, b, scale, 1.0, out_dtype=torch.bfloat16)
+
+        elem, out_elem = 1, 2
     else:
         a = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
         b = torch.randn(n, k, device="cuda", generator=g).to(torch.bfloat16).t()
@@ -207,6 +228,6 @@ def test_peer(benchmark, shape, steps, peer):
         benchmark, ms, rows * n * k, 8, 8, bytes_moved,
         impl=peer, shape=shape, M=m, K=k, N=n, T=steps,
     )  # fmt: skip
-    if peer != "int8_int_mm":  # bf16 and fp8 share the int8 TOPS' count of ops; fp8's peak is int8's
+    if peer in ("bf16_matmul", "fp8_scaled_mm"):  # they share the int8 TOPS' count of ops; fp8's peak is int8's
         peak = BF16_PEAK_TFLOPS if peer == "bf16_matmul" else INT8_PEAK_TOPS
         benchmark.extra_info[f"frac_{peer.split('_')[0]}_peak"] = benchmark.extra_info["int8_TOPS"] / peak

@@ -153,3 +153,25 @@ def test_conv2d_implicit_gemm_matches_an_exact_convolution(shape, w_shape, strid
     channels_last = levels.contiguous(memory_format=torch.channels_last)
     assert mismatches(int8_matmul.int8_conv2d_triton(channels_last, codes, col_scale, 0.5, stride, pad, dil),
                       expected) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_autotuned_matmul_and_conv_are_exact():
+    """On the GPU (autotuned tiles, int8 MMA): the Spikformer/SEW-sized GEMM and a 3x3 convolution
+    equal the exact integer result with the float32 epilogue, in bfloat16 and float32 outputs."""
+    g = torch.Generator().manual_seed(11)
+    a = torch.randint(0, 16, (2 * 196 + 3, 512), generator=g).to(torch.uint8)
+    b = torch.randint(-8, 8, (520, 512), generator=g).to(torch.int8)
+    col_scale, bias = torch.rand(520, generator=g) + 0.01, torch.randn(520, generator=g)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        out = int8_matmul.int8_matmul_triton(a.cuda(), b.cuda(), col_scale.cuda(), 0.5, bias.cuda(), out_dtype)
+        assert mismatches(out.cpu(), _expected(a, b, col_scale, 0.5, bias, out_dtype)) == 0
+    levels = torch.randint(0, 2, (4, 64, 28, 28), generator=g).to(torch.uint8)
+    codes = torch.randint(-8, 8, (64, 64, 3, 3), generator=g).to(torch.int8)
+    scale = torch.rand(64, generator=g) + 0.01
+    out = int8_matmul.int8_conv2d_triton(levels.cuda(), codes.cuda(), scale.cuda(), 1.0, (1, 1), (1, 1), (1, 1),
+                                         torch.bfloat16)
+    acc = torch.nn.functional.conv2d(levels.double(), codes.double(), None, 1, 1)
+    expected = (acc.to(torch.float32) * scale.view(1, -1, 1, 1)).to(torch.bfloat16)
+    assert mismatches(out.cpu(), expected) == 0
