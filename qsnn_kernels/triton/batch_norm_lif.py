@@ -60,7 +60,7 @@ from .. import reference
 from ..bits import SPIKE_BITS, check_bits
 from ..choices import SURROGATES, check_choice
 from ..lif import broadcast_over_time
-from .lif import _clamp_keep_nan, _surrogate_sum, smooth_surrogate_reach
+from .lif import _lif_step, _membrane_grad, smooth_surrogate_reach
 
 __all__ = ["batch_norm_lif_forward_triton", "batch_norm_lif_backward_triton", "batch_norm_statistics_triton"]
 
@@ -131,19 +131,6 @@ def _affine(x, scale, shift, ROUND_Y: tl.constexpr):
 
 
 @triton.jit
-def _lif_step(h, v_th, v_reset, LEVELS: tl.constexpr, HARD_RESET: tl.constexpr):
-    """(level, v): one forward step of the LIF kernel from the membrane ``h``."""
-    q = tl.floor(tl.div_rn(h, v_th))  # correctly rounded, as torch divides on the CPU
-    level = _clamp_keep_nan(q, LEVELS)
-    if HARD_RESET:
-        r = _clamp_keep_nan(q, 1.0)
-        v = h * (1.0 - r) + v_reset * r
-    else:
-        v = h - level * v_th
-    return level, v
-
-
-@triton.jit
 def _bn_lif_fwd_kernel(
     x_ptr, scale_ptr, shift_ptr, spikes_ptr, levels_ptr,
     T, N, OUTER, C, INNER, x_step, v_th, decay, v_reset,
@@ -172,28 +159,6 @@ def _bn_lif_fwd_kernel(
             x_at += x_step
         s_at += N
         l_at += N
-
-
-@triton.jit
-def _membrane_grad(h, dv, gs, last, v_th, v_reset, alpha, half_width, atan_scale, reach,
-                   LEVELS: tl.constexpr, HARD_RESET: tl.constexpr, SURROGATE: tl.constexpr,
-                   DETACH_RESET: tl.constexpr, WINDOW: tl.constexpr):
-    """dL/dh_t from dv = dL/dv_t and gs = dL/dspikes_t: the LIF backward kernel's step
-    (qsnn_kernels/triton/lif.py, _lif_bwd_kernel); ``last``: v_T is no output, its path is left out."""
-    u = tl.div_rn(h, v_th)
-    stair = _surrogate_sum(u, alpha, half_width, atan_scale, reach, LEVELS, SURROGATE, WINDOW)
-    if HARD_RESET:
-        r = _clamp_keep_nan(tl.floor(u), 1.0)
-        dv_dh = 1.0 - r
-        if not DETACH_RESET:
-            dv_dh += (v_reset - h) * (_surrogate_sum(u, alpha, half_width, atan_scale, 0, 1, SURROGATE, False) / v_th)
-    else:
-        if DETACH_RESET:
-            dv_dh = 1.0
-        else:
-            dv_dh = 1.0 - stair
-    dh = tl.where(last, 0.0, dv * dv_dh)  # not 0 * dv_dh, which is NaN for a NaN h
-    return dh + gs * stair
 
 
 @triton.jit
@@ -243,7 +208,7 @@ def _bn_lif_bwd_kernel(
             x_prev = tl.load(x_at - x_step + offs, mask=more, other=0.0)
         xhat = (x.to(tl.float32) - mean) * invstd
         dy = _membrane_grad(h, dv, gs.to(tl.float32), k == 0, v_th, v_reset, alpha, half_width, atan_scale, reach,
-                            LEVELS, HARD_RESET, SURROGATE, DETACH_RESET, WINDOW)
+                            LEVELS, HARD_RESET, SURROGATE, DETACH_RESET, WINDOW, True)
         dy = tl.where(mask, dy, 0.0)
         sum_dy += dy
         sum_dy_xhat += dy * xhat

@@ -80,6 +80,20 @@ def _initial_state(ptr, offs, mask, PRESENT: tl.constexpr, BLOCK: tl.constexpr, 
 
 
 @triton.jit
+def _lif_step(h, v_th, v_reset, LEVELS: tl.constexpr, HARD_RESET: tl.constexpr):
+    """(level, v): one forward step from the membrane ``h`` (the reference's operations, so inf/NaN
+    end up alike; compiled without FMA contraction by the forward kernels)."""
+    q = tl.floor(tl.div_rn(h, v_th))  # correctly rounded, as torch divides on the CPU
+    level = _clamp_keep_nan(q, LEVELS)
+    if HARD_RESET:
+        r = _clamp_keep_nan(q, 1.0)
+        v = h * (1.0 - r) + v_reset * r
+    else:
+        v = h - level * v_th
+    return level, v
+
+
+@triton.jit
 def _lif_fwd_kernel(
     x_ptr, v_init_ptr, spikes_ptr, h_ptr, v_last_ptr,
     T, N, v_th, decay, v_reset,
@@ -99,13 +113,7 @@ def _lif_fwd_kernel(
         if not X_BROADCAST:
             x_next = tl.load(x_ptrs + N, mask=mask & (t + 1 < T), other=0.0)
         h = decay * v + x.to(tl.float32)
-        q = tl.floor(tl.div_rn(h, v_th))  # correctly rounded, as torch divides on the CPU
-        level = _clamp_keep_nan(q, LEVELS)
-        if HARD_RESET:
-            r = _clamp_keep_nan(q, 1.0)
-            v = h * (1.0 - r) + v_reset * r  # the reference's formula, so inf/NaN end up alike
-        else:
-            v = h - level * v_th
+        level, v = _lif_step(h, v_th, v_reset, LEVELS, HARD_RESET)
         tl.store(s_ptrs, (level * v_th).to(spikes_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
             tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=mask)
@@ -196,6 +204,35 @@ def _surrogate_sum(u, alpha, half_width, atan_scale, reach, LEVELS: tl.constexpr
 
 
 @triton.jit
+def _membrane_grad(h, dv, gs, last, v_th, v_reset, alpha, half_width, atan_scale, reach,
+                   LEVELS: tl.constexpr, HARD_RESET: tl.constexpr, SURROGATE: tl.constexpr,
+                   DETACH_RESET: tl.constexpr, WINDOW: tl.constexpr, HAS_GRAD_SPIKES: tl.constexpr):
+    """dL/dh_t of one backward step from ``dv = dL/dv_t`` and ``gs = dL/dspikes_t`` (float32; not
+    read without HAS_GRAD_SPIKES); ``last``: v_t received no gradient (step T without grad_v_last),
+    so its membrane path contributes nothing, as in the reference's autograd (not 0 * dv/dh, which
+    is NaN for a NaN h)."""
+    u = tl.div_rn(h, v_th)
+    # d spikes / d h = v_th * d level / d h = stair (the 1/v_th of the level cancels)
+    stair = _surrogate_sum(u, alpha, half_width, atan_scale, reach, LEVELS, SURROGATE, WINDOW)
+    if HARD_RESET:
+        # v_t = h (1 - r) + v_reset r, r = 1[h >= v_th] with a one-level surrogate
+        r = _clamp_keep_nan(tl.floor(u), 1.0)
+        dv_dh = 1.0 - r
+        if not DETACH_RESET:
+            dv_dh += (v_reset - h) * (_surrogate_sum(u, alpha, half_width, atan_scale, 0, 1, SURROGATE, False) / v_th)
+    else:
+        # v_t = h - level * v_th
+        if DETACH_RESET:
+            dv_dh = 1.0
+        else:
+            dv_dh = 1.0 - stair
+    dh = tl.where(last, 0.0, dv * dv_dh)
+    if HAS_GRAD_SPIKES:
+        dh += gs * stair
+    return dh
+
+
+@triton.jit
 def _lif_bwd_kernel(
     grad_spikes_ptr, grad_v_last_ptr, h_ptr, grad_x_ptr, grad_v_init_ptr,
     T, N, last, v_th, decay, v_reset, alpha, half_width, atan_scale, reach,
@@ -210,37 +247,19 @@ def _lif_bwd_kernel(
     gs_ptrs = grad_spikes_ptr + last + offs
     gx_ptrs = grad_x_ptr + last + offs
     h_saved = tl.load(h_ptrs, mask=mask, other=0.0)
+    gs = tl.zeros([BLOCK], dtype=tl.float32)  # not read without grad_spikes
     if HAS_GRAD_SPIKES:
-        gs = tl.load(gs_ptrs, mask=mask, other=0.0)
+        gs = tl.load(gs_ptrs, mask=mask, other=0.0).to(tl.float32)
     for t in range(T):
         more = mask & (t + 1 < T)  # prefetch the previous step, as in the forward
         h_next = tl.load(h_ptrs - N, mask=more, other=0.0)
         if HAS_GRAD_SPIKES:
-            gs_next = tl.load(gs_ptrs - N, mask=more, other=0.0)
-        h = h_saved.to(tl.float32)
-        u = tl.div_rn(h, v_th)
-        # d spikes / d h = v_th * d level / d h = stair (the 1/v_th of the level cancels)
-        stair = _surrogate_sum(u, alpha, half_width, atan_scale, reach, LEVELS, SURROGATE, WINDOW)
-        if HARD_RESET:
-            # v_t = h (1 - r) + v_reset r, r = 1[h >= v_th] with a one-level surrogate
-            r = _clamp_keep_nan(tl.floor(u), 1.0)
-            dv_dh = 1.0 - r
-            if not DETACH_RESET:
-                dv_dh += (v_reset - h) * (_surrogate_sum(u, alpha, half_width, atan_scale, 0, 1, SURROGATE, False)
-                                          / v_th)
-        else:
-            # v_t = h - level * v_th
-            if DETACH_RESET:
-                dv_dh = tl.full([BLOCK], 1.0, tl.float32)
-            else:
-                dv_dh = 1.0 - stair
-        dh = dv * dv_dh
-        if not HAS_GRAD_V_LAST:
-            # t == 0 is step T, whose v_T received no gradient: its membrane path contributes
-            # nothing, as in the reference's autograd (not 0 * dv_dh, which is NaN for a NaN h)
-            dh = tl.where(t == 0, 0.0, dh)
+            gs_next = tl.load(gs_ptrs - N, mask=more, other=0.0).to(tl.float32)
+        # t == 0 is step T: without grad_v_last its v_T received no gradient
+        dh = _membrane_grad(h_saved.to(tl.float32), dv, gs, (t == 0) & (not HAS_GRAD_V_LAST), v_th,
+                            v_reset, alpha, half_width, atan_scale, reach, LEVELS, HARD_RESET, SURROGATE,
+                            DETACH_RESET, WINDOW, HAS_GRAD_SPIKES)
         if HAS_GRAD_SPIKES:
-            dh += gs.to(tl.float32) * stair
             gs = gs_next
         tl.store(gx_ptrs, dh.to(grad_x_ptr.dtype.element_ty), mask=mask)
         dv = decay * dh
