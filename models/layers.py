@@ -543,14 +543,19 @@ def fuses_batch_norm(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`batch_norm_spikes` runs ``neuron(bn(x))`` as one op: ``bn`` is a multi-step
     batch norm in training mode with ``fuse_neuron`` True, affine parameters, running statistics
     with a momentum, and without ``sync_stats``; ``neuron`` a stateless :class:`MultiLevelLIF` on
-    ``backend="auto"``; ``x`` float32/float64 (outside autocast) of the parameters' dtype; and no
-    fx trace is being recorded (fx graphs keep the two modules). Metadata and attributes only."""
+    ``backend="auto"``; ``x`` float32/float64 (outside autocast) of the parameters' dtype, or on
+    CUDA float16/bfloat16 (autocast) with float32 parameters, which the op keeps in float32 as the
+    batch norm does; and no fx trace is being recorded (fx graphs keep the two modules). Metadata
+    and attributes only."""
     if isinstance(x, torch.fx.Proxy):  # an fx trace is being recorded
         return False
-    return (isinstance(bn, _GlobalStats) and bn.training and bn.fuse_neuron and not bn.sync_stats and bn.affine
+    if not (isinstance(bn, _GlobalStats) and bn.training and bn.fuse_neuron and not bn.sync_stats and bn.affine
             and bn.track_running_stats and bn.momentum is not None
-            and type(neuron) is MultiLevelLIF and not neuron.stateful and neuron.backend == "auto"
-            and x.dtype in (torch.float32, torch.float64) and x.dtype == bn.weight.dtype
+            and type(neuron) is MultiLevelLIF and not neuron.stateful and neuron.backend == "auto"):
+        return False
+    if x.device.type != "cpu" and x.dtype in (torch.float16, torch.bfloat16):  # CUDA (and meta: traces)
+        return bn.weight.dtype == torch.float32
+    return (x.dtype in (torch.float32, torch.float64) and x.dtype == bn.weight.dtype
             and not torch.is_autocast_enabled(x.device.type))
 
 

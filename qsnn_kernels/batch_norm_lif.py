@@ -18,7 +18,8 @@ broadcast over T)::
     batch_norm_lif_backward(grad_spikes, x, weight, bias, mean, var, eps, inner, batch_stats, s_bits,
                             v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset)
         -> (grad_x [T, N], grad_weight [C], grad_bias [C])
-    batch_norm_statistics(x, channels, inner) -> (mean [C], var [C])   (biased var, x's dtype)
+    batch_norm_statistics(x, channels, inner) -> (mean [C], var [C])   (biased var; x's dtype, float32
+                                                                        for float16/bfloat16 x)
 
 ``x`` is read in place when contiguous or when one contiguous frame broadcast over T (``x.stride()
 == (0, 1)``, e.g. ``frame.expand(T, N)``: the Triton kernels read that frame once per step from
@@ -32,7 +33,11 @@ over runs of up to 8 time steps in x's dtype, then in float64, mean, then ``E[x^
 Triton: float32 sums of ``x - p`` and ``(x - p)^2`` per tile, ``p`` the channel's first element,
 then float64 over the tiles.)
 
-``weight``, ``bias``, ``mean``, ``var`` are ``[C]`` in x's dtype; ``batch_stats`` says that
+``weight``, ``bias``, ``mean``, ``var`` are ``[C]`` in x's dtype, or, for float16/bfloat16 x, in
+float32 (what the functional API passes, and the statistics op returns for such x: a batch norm
+under autocast keeps its parameters and statistics in float32): then the affine map and the
+neuron run in float32 on x's values, as the float32 reference on ``x.float()``, and only the
+spikes and grad_x are rounded to x's dtype. ``batch_stats`` says that
 ``mean``/``var`` are x's own batch statistics (:func:`qsnn_kernels.reference.batch_norm_statistics`,
 training), so the input gradient is the batch norm's full one, through them; otherwise they are
 constants (running statistics). The membranes are ``decay * v + (x * scale + shift)`` with
@@ -84,6 +89,15 @@ torch.library.define(
 )
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def statistics_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the batch statistics of x (and of the parameters the functional API passes):
+    float32 for float16/bfloat16 x, as a batch norm under autocast keeps them; x's otherwise."""
+    return torch.float32 if x_dtype in HALF_DTYPES else x_dtype
+
+
 def _check_op_args(name, x, weight, bias, mean, var, inner) -> None:
     """The ops' shape and dtype checks (torch._check forms: the fakes raise them under compile)."""
     torch._check_value(x.dim() == 2 and x.shape[0] >= 1, lambda: f"{name}: x must be [T, N] with T >= 1")
@@ -91,7 +105,9 @@ def _check_op_args(name, x, weight, bias, mean, var, inner) -> None:
     for t in (weight, bias, mean, var):
         torch._check_value(t.dim() == 1 and t.shape == weight.shape,
                            lambda: f"{name}: weight, bias, mean and var must be [C]")
-        torch._check_type(t.dtype == x.dtype, lambda: f"{name}: weight, bias, mean and var must have x's dtype")
+        torch._check_type(t.dtype == weight.dtype and weight.dtype in (x.dtype, statistics_dtype(x.dtype)),
+                          lambda: f"{name}: weight, bias, mean and var must have one dtype, x's (or float32 for "
+                                  f"float16/bfloat16 x)")
     torch._check_value(inner >= 1 and x.shape[1] % (weight.shape[0] * inner) == 0,
                        lambda: f"{name}: N must be a multiple of C * inner")
 
@@ -101,7 +117,8 @@ def _statistics_fake(x, channels, inner):
     torch._check_value(x.dim() == 2 and x.shape[0] >= 1 and channels >= 1 and inner >= 1
                        and x.shape[1] % (channels * inner) == 0,
                        lambda: "batch_norm_statistics: x must be [T, N], N a multiple of C * inner")
-    return x.new_empty((channels,)), x.new_empty((channels,))
+    dtype = statistics_dtype(x.dtype)
+    return x.new_empty((channels,), dtype=dtype), x.new_empty((channels,), dtype=dtype)
 
 
 @torch.library.register_fake("qsnn::batch_norm_lif_forward")
@@ -143,7 +160,7 @@ def _forward_composite(x, weight, bias, mean, var, eps, inner, batch_stats, s_bi
     spikes, _, _ = torch.ops.qsnn.lif_forward(y, None, s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha,
                                               detach_reset, False)
     levels = _levels(spikes, v_th) if emit_levels else x.new_empty((0, x.shape[1]), dtype=torch.uint8)
-    return spikes, levels
+    return spikes.to(x.dtype), levels
 
 
 def _backward_composite(grad_spikes, x, weight, bias, mean, var, eps, inner, batch_stats, s_bits, v_th, decay,
@@ -157,8 +174,8 @@ def _backward_composite(grad_spikes, x, weight, bias, mean, var, eps, inner, bat
     y = _normalized(x, weight, bias, mean, var, eps, inner)
     lif = (s_bits, v_th, decay, v_reset, hard_reset, surrogate, alpha, detach_reset)
     _, _, h = torch.ops.qsnn.lif_forward(y, None, *lif, True)
-    gy, _ = torch.ops.qsnn.lif_backward(grad_spikes.to(x.dtype), None, h, *lif)
-    gyb = _as_blocks(gy.to(x.dtype), c, inner)
+    gy, _ = torch.ops.qsnn.lif_backward(grad_spikes.to(y.dtype), None, h, *lif)
+    gyb = _as_blocks(gy.to(weight.dtype), c, inner)
     xhat = (xb - _per_channel(mean)) * _per_channel(invstd)
     dims = (0, 1, 3)
     grad_bias = gyb.sum(dims)
@@ -166,13 +183,14 @@ def _backward_composite(grad_spikes, x, weight, bias, mean, var, eps, inner, bat
     if batch_stats:
         count = gyb.numel() // c
         gyb = gyb - _per_channel(grad_bias / count) - xhat * _per_channel(grad_weight / count)
-    grad_x = (gyb * _per_channel(scale)).view(x.shape)
+    grad_x = (gyb * _per_channel(scale)).view(x.shape).to(x.dtype)
     return grad_x, grad_weight, grad_bias
 
 
 def _statistics_composite(x, channels, inner):
     """The statistics op on any device: torch.var_mean over the channel blocks."""
-    var, mean = torch.var_mean(_as_blocks(x, channels, inner), dim=(0, 1, 3), correction=0)
+    var, mean = torch.var_mean(_as_blocks(x.to(statistics_dtype(x.dtype)), channels, inner), dim=(0, 1, 3),
+                               correction=0)
     return mean, var
 
 
@@ -311,7 +329,7 @@ def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         raise ValueError(f"{name}: eps must be a number >= 0, got {eps!r}")
     alpha = _check_float_params(s_bits, v_th, decay, v_reset, reset, surrogate, alpha)
     batch_stats = training or running_mean is None
-    weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    weight, bias = weight.to(statistics_dtype(x.dtype)), bias.to(statistics_dtype(x.dtype))
     if backend == "auto":
         if x.device.type == "cpu" and not torch.compiler.is_compiling():
             _extension.require("cpu")
@@ -327,11 +345,11 @@ def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 running_mean.lerp_(mean.to(running_mean.dtype), momentum)
                 running_var.lerp_((var * (count / max(count - 1, 1))).to(running_var.dtype), momentum)
     else:
-        mean, var = running_mean.detach().to(x.dtype), running_var.detach().to(x.dtype)
+        mean, var = running_mean.detach().to(weight.dtype), running_var.detach().to(weight.dtype)
     if backend == "reference":
         spikes = reference.batch_norm_lif(x, weight, bias, None if batch_stats else mean, None if batch_stats else var,
                                           float(eps), s_bits, v_th, decay, v_reset, reset, surrogate, alpha,
-                                          detach_reset)
+                                          detach_reset).to(x.dtype)
         return (spikes, _levels(spikes, v_th)) if return_levels else spikes
     spikes, levels = torch.ops.qsnn.batch_norm_lif_forward(
         x2, weight, bias, mean, var, float(eps), inner, batch_stats, s_bits, float(v_th), float(decay),

@@ -82,5 +82,13 @@ def test_fusion_rules():
     assert not fuses_batch_norm(bn, qsnn_kernels.MultiLevelLIF(s_bits=1, stateful=True), x)
     assert not fuses_batch_norm(bn, qsnn_kernels.MultiLevelLIF(s_bits=1, backend="reference"), x)
     assert not fuses_batch_norm(bn, neuron, x.double())  # parameters are float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast: the modules
+        assert not fuses_batch_norm(bn, neuron, x)
+    assert not fuses_batch_norm(bn, neuron, x.bfloat16())
+    # CUDA under autocast (fake tensors: no GPU needed): half x with the float32 parameters fuses
+    with torch._subclasses.fake_tensor.FakeTensorMode():
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            assert fuses_batch_norm(bn, neuron, torch.empty(2, 2, 4, 3, 3, device="cuda", dtype=dtype))
+        assert not fuses_batch_norm(bn, neuron, torch.empty(2, 2, 4, 3, 3, device="cuda", dtype=torch.float64))
     bn.fuse_neuron = False
     assert not fuses_batch_norm(bn, neuron, x)

@@ -156,9 +156,43 @@ def test_forward_half_rounds_the_affine_map_in_x_dtype(dtype):
     ref = reference.multilevel_lif(y.float(), *_reference_args(neuron)[:5])[0].to(dtype)
     assert spikes.dtype == dtype and mismatches(spikes.view(x.shape), ref) == 0
     assert torch.equal(levels.float() * neuron["v_th"], spikes.float()) and levels.max() > 1
+    # the statistics of half x are float32 (as a batch norm under autocast keeps them)
     mean2, var2 = kernels.batch_norm_statistics_triton(x.reshape(3, -1), 3, 20)
-    assert mean2.dtype == var2.dtype == dtype
-    torch.testing.assert_close(mean2, mean) and torch.testing.assert_close(var2, var)
+    ref_mean, ref_var = reference.batch_norm_statistics(x.float())
+    assert mean2.dtype == var2.dtype == torch.float32
+    torch.testing.assert_close(mean2, ref_mean)
+    torch.testing.assert_close(var2, ref_var)
+
+
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_half_x_with_float32_parameters_is_the_float32_reference(batch_stats):
+    """float16 x (a GPU dtype, e.g. a convolution's output under autocast) with float32 weight,
+    bias and statistics, as the functional API passes them: the float32 reference on ``x.float()``,
+    spikes rounded to x's dtype bit for bit; gradients those of its autograd, grad_x in x's dtype
+    and the parameters' gradients in float32."""
+    x = _x("nchw", 3, seed=10).to(torch.float16)
+    w, b = _params(3, seed=10)
+    mean, var = kernels.batch_norm_statistics_triton(x.reshape(3, -1), 3, 20)
+    neuron = _neuron(2, False)
+    lif = (neuron["s_bits"], neuron["v_th"], neuron["decay"], neuron["v_reset"], False, "atan", 2.0, False)
+    spikes, _ = kernels.batch_norm_lif_forward_triton(x.reshape(3, -1), w, b, mean, var, 1e-5, 20, batch_stats, *lif,
+                                                      False)
+    xr = x.float().requires_grad_()
+    wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+    ref = reference.batch_norm_lif(xr, wr, br, None if batch_stats else mean, None if batch_stats else var, 1e-5,
+                                   *_reference_args(neuron))
+    if batch_stats:  # the reference's own batch statistics; the op's equal them to rounding
+        torch.testing.assert_close(mean, reference.batch_norm_statistics(x.float())[0])
+    assert spikes.dtype == torch.float16 and (spikes.float() > 0).any()
+    if not batch_stats:
+        assert mismatches(spikes.view(x.shape), ref.detach().to(torch.float16)) == 0
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    want = torch.autograd.grad((ref * grad).sum(), (xr, wr, br))
+    got = kernels.batch_norm_lif_backward_triton(grad.reshape(3, -1), x.reshape(3, -1), w, b, mean, var, 1e-5, 20,
+                                                 batch_stats, *lif)
+    assert got[0].dtype == torch.float16 and got[1].dtype == got[2].dtype == torch.float32
+    for a, e in zip(got, want):
+        assert _rel_err(a.float().view(e.shape), e) < (2e-3 if a.dtype == torch.float16 else 1e-4)
 
 
 def test_statistics_shifted_sums():
@@ -339,7 +373,7 @@ def test_gpu_matches_the_composite(layout, dtype):
         if layout == "nhwc":
             x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (t_steps, shape[0]))
     c = shape[1]
-    w, b = (t.cuda().to(dtype) for t in _params(c, seed=21))
+    w, b = (t.cuda().to(bnl.statistics_dtype(dtype)) for t in _params(c, seed=21))  # float32 for half x
     x2, inner, _, _ = bnl._channel_layout(x)
     assert (x2.stride(0) == 0) == (layout == "broadcast")
     mean, var = torch.ops.qsnn.batch_norm_statistics(x2, c, inner)
@@ -357,7 +391,8 @@ def test_gpu_matches_the_composite(layout, dtype):
         got = torch.ops.qsnn.batch_norm_lif_backward(grad, x2, *args)
         want = bnl._backward_composite(grad, x2, *args)
         for name, a, e in zip(("x", "weight", "bias"), got, want):
-            assert a.dtype == dtype and _rel_err(a.float(), e.float()) < GPU_GRAD_REL_TOL[dtype], (name, s_bits)
+            assert a.dtype == (dtype if name == "x" else w.dtype), (name, a.dtype)
+            assert _rel_err(a.float(), e.float()) < GPU_GRAD_REL_TOL[dtype], (name, s_bits)
 
 
 # --------------------------------------------------------------------------- compiled for the GPU

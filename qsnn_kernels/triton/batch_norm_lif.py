@@ -18,9 +18,11 @@ Design
 * Forward: ``y = x * scale + shift`` with ``(scale, shift)`` of
   :func:`qsnn_kernels.reference.batch_norm_scale_shift` computed by torch on x's device (so the
   same roundings as the reference there), then the LIF step of the LIF kernel (``div_rn``, no FMA
-  contraction): float32 x gives the reference's spikes bit for bit. For float16/bfloat16 x, y is
+  contraction): float32 x gives the reference's spikes bit for bit. For float16/bfloat16 x with
+  float32 parameters and statistics (what the functional API passes: a batch norm under autocast)
+  y stays float32, the float32 reference on ``x.float()``; with parameters in x's dtype y is
   rounded to x's dtype after the product and after the sum, as torch's ops in that dtype round
-  (the composite :func:`qsnn_kernels.batch_norm_lif._forward_composite`), and the membrane is float32.
+  (the composite :func:`qsnn_kernels.batch_norm_lif._forward_composite`). The membrane is float32.
   Writes the spikes (x's dtype) and, when asked, the uint8 levels; nothing else.
 * Backward: kernel 1 recomputes ``h_t`` for t = 0..T-1 into a float32 work buffer ``[T, N]`` (the
   last step's stays in registers), then runs BPTT in reverse over it (the LIF kernel's step, with the last step's membrane path left
@@ -38,7 +40,8 @@ Design
 * Statistics: per tile and channel, float32 sums of ``x - p`` and ``(x - p)^2`` with ``p`` the
   channel's first element (a shift that keeps the one-pass variance from cancelling when
   ``|mean| >> std``), float32 partials as in the backward, summed by torch in float64:
-  ``mean = p + S1 / n``, ``var = max(S2 / n - (S1 / n)^2, 0)``, rounded once to x's dtype.
+  ``mean = p + S1 / n``, ``var = max(S2 / n - (S1 / n)^2, 0)``, rounded once to x's dtype
+  (float32 for float16/bfloat16 x).
   Deterministic; equal to :func:`qsnn_kernels.reference.batch_norm_statistics` up to rounding.
 * Internal math is float32; float64 x is refused (TypeError), as by the LIF kernels.
 
@@ -59,6 +62,7 @@ import triton.language as tl
 from .. import reference
 from ..bits import SPIKE_BITS, check_bits
 from ..choices import SURROGATES, check_choice
+from ..batch_norm_lif import statistics_dtype as _statistics_dtype
 from ..lif import broadcast_over_time
 from .lif import _lif_step, _membrane_grad, smooth_surrogate_reach
 
@@ -356,9 +360,18 @@ def _check_x(name: str, x: torch.Tensor, channels: int, inner: int) -> tuple[tor
 
 
 def _check_channels(name: str, x: torch.Tensor, *tensors: torch.Tensor) -> None:
+    dtypes = (x.dtype, torch.float32) if _half(x) else (x.dtype,)
     for t in tensors:
-        if t.dim() != 1 or t.shape != tensors[0].shape or t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(f"{name}: weight, bias, mean and var must be [C] tensors of x's dtype and device")
+        if (t.dim() != 1 or t.shape != tensors[0].shape or t.dtype != tensors[0].dtype or t.dtype not in dtypes
+                or t.device != x.device):
+            raise ValueError(f"{name}: weight, bias, mean and var must be [C] tensors on x's device, all of x's "
+                             f"dtype (or all float32 for float16/bfloat16 x)")
+
+
+def _round_y(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the affine map rounds to x's dtype as torch's ops in that dtype do: half x with
+    half parameters; with float32 parameters it stays in float32 (the batch norm under autocast)."""
+    return _half(x) and weight.dtype == x.dtype
 
 
 def _half(x: torch.Tensor) -> bool:
@@ -387,7 +400,7 @@ def batch_norm_lif_forward_triton(x, weight, bias, mean, var, eps, inner, batch_
             x, scale.contiguous(), shift.contiguous(), spikes, levels if emit_levels else spikes,
             t_steps, n, tiling.outer, tiling.channels, inner, x_step, float(v_th), float(decay), float(v_reset),
             LEVELS=(1 << s_bits) - 1, HARD_RESET=bool(hard_reset), EMIT_LEVELS=bool(emit_levels),
-            X_BROADCAST=broadcast, ROUND_Y=_half(x),
+            X_BROADCAST=broadcast, ROUND_Y=_round_y(x, weight),
         )
     return spikes, levels
 
@@ -433,10 +446,10 @@ def batch_norm_lif_backward_triton(grad_spikes, x, weight, bias, mean, var, eps,
         alpha, 0.5 / alpha, math.pi / 2 * alpha, reach,
         LEVELS=levels, HARD_RESET=bool(hard_reset), SURROGATE=SURROGATES[surrogate], DETACH_RESET=bool(detach_reset),
         WINDOW=surrogate != "rect" and 2 * reach + 1 < levels, BATCH_STATS=bool(batch_stats), X_BROADCAST=broadcast,
-        ROUND_Y=_half(x), per_thread=BACKWARD_PER_THREAD, fp_fusion=False,  # h must be the forward's h, bit for bit
+        ROUND_Y=_round_y(x, weight), per_thread=BACKWARD_PER_THREAD, fp_fusion=False,  # h must be the forward's h, bit for bit
     )
     sums = tiling.channel_sums(partial)
-    grad_bias, grad_weight = sums[0].to(x.dtype), sums[1].to(x.dtype)
+    grad_bias, grad_weight = sums[0].to(weight.dtype), sums[1].to(weight.dtype)
     if batch_stats:
         count = n // channels * t_steps
         tiling.launch(
@@ -449,14 +462,14 @@ def batch_norm_lif_backward_triton(grad_spikes, x, weight, bias, mean, var, eps,
 
 
 def batch_norm_statistics_triton(x, channels, inner):
-    """The statistics op in one launch and a ``[C]`` reduction: ``(mean [C], var [C])`` of x's
-    dtype (biased var), deterministic, equal to :func:`qsnn_kernels.reference.batch_norm_statistics`
+    """The statistics op in one launch and a ``[C]`` reduction: ``(mean [C], var [C])`` (biased
+    var) of x's dtype, float32 for float16/bfloat16 x, deterministic, equal to :func:`qsnn_kernels.reference.batch_norm_statistics`
     up to rounding (see the module docstring). Raises ValueError/TypeError on a bad shape or dtype."""
     name = "batch_norm_statistics"
     x, x_step, broadcast = _check_x(name, x, channels, inner)
     t_steps, n = x.shape
     if not n:
-        nan = torch.full((channels,), math.nan, dtype=x.dtype, device=x.device)
+        nan = torch.full((channels,), math.nan, dtype=_statistics_dtype(x.dtype), device=x.device)
         return nan, nan.clone()
     tiling = _Tiling(n, channels, inner, x.device)
     partial = tiling.partial_sums(x.device)
@@ -471,7 +484,7 @@ def batch_norm_statistics_triton(x, channels, inner):
     pivot = x[0].view(-1, channels, inner)[0, :, 0].double()
     mean = pivot + sums[0]
     var = (sums[1] - sums[0] * sums[0]).clamp_min(0.0)
-    return mean.to(x.dtype), var.to(x.dtype)
+    return mean.to(_statistics_dtype(x.dtype)), var.to(_statistics_dtype(x.dtype))
 
 
 # --------------------------------------------------------------------------- compiled variants
