@@ -369,7 +369,9 @@ class QuantLinear(_QuantAttrs, nn.Linear):
         if uses_int8(self, x):
             y = int8_linear(x, self.weight, self.w_bits, self.s_bits, self.in_scale, levels)
             return y if self.bias is None else y + self.bias
-        return F.linear(x, _layer_weight(self), self.bias)
+        # as one 2-D product: the bias goes into the GEMM (addmm) instead of an add over the output
+        y = F.linear(x.reshape(-1, self.in_features), _layer_weight(self), self.bias)
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 class QuantConv2d(_QuantAttrs, nn.Conv2d):

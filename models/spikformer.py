@@ -165,7 +165,9 @@ class SpikingPatchSplitting(nn.Module):
             if self.pool_after[i]:
                 x = self._maxpool(x)
         x = (x + self.rpe(x)).movedim(2, -1)  # [T, B, H', W', D]
-        return x.flatten(2, 3)  # [T, B, N, D] (a view when channels-last)
+        # [T, B, N, D]: a view when channels-last; made dense once here otherwise (the residual
+        # stream keeps this layout, and every linear would copy a strided input)
+        return x.flatten(2, 3).contiguous()
 
 
 class SpikingSelfAttention(nn.Module):
