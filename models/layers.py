@@ -46,6 +46,7 @@ from ..conv_geometry import conv_output_size, im2col_hwc
 from ..deprecation import NOT_GIVEN, renamed_attribute, renamed_keyword, renamed_state
 from ..batch_norm_lif import batch_norm_lif
 from ..lif import MultiLevelLIF
+from ..max_pool import max_pool2d_offsets
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
 from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported,
@@ -61,6 +62,7 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "SpikeMatmul",
+    "SpikeMaxPool2d",
     "check_image_input",
     "check_model_input",
     "check_model_args",
@@ -432,6 +434,20 @@ def takes_levels(layer, like: torch.Tensor) -> bool:
         return (layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
                 and uses_int8(layer, like, images * oh * ow))
     return uses_int8(layer, like)
+
+
+class SpikeMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (dilation 1, floor mode) whose backward keeps the argmax in one byte per
+    output element instead of torch's int64 index (:func:`qsnn_kernels.max_pool.max_pool2d_offsets`:
+    same values and gradient, bit for bit): the models' max pools, whose saved indices are a large
+    share of a training step's saved activations on a GPU. Used while training off the CPU (CUDA;
+    the meta device of traces); on the CPU, without autograd, or for other settings, torch's max pool."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" or not (torch.is_grad_enabled() and x.requires_grad) or self.ceil_mode
+                or self.return_indices or self.dilation not in (1, (1, 1)) or x.dim() != 4):
+            return super().forward(x)
+        return max_pool2d_offsets(x, self.kernel_size, self.stride, self.padding)
 
 
 def set_int8(model: nn.Module, int8: bool | None) -> int:

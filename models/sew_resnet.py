@@ -43,8 +43,8 @@ from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from ..deprecation import NOT_GIVEN, renamed_keyword
-from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, batch_norm_spikes, batch_norm_spikes_for,
-                     bits_for_levels, check_model_args, feed, mean_over_time, spiking_neuron)
+from .layers import (MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMaxPool2d, batch_norm_spikes,
+                     batch_norm_spikes_for, bits_for_levels, check_model_args, feed, mean_over_time, spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
 __all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "VARIANTS", "sew_connect"]
@@ -176,7 +176,7 @@ class SEWResNet(SpikingTimmModel):
         self.v_th = float(neuron_kw.get("v_th", 1.0))
         if stem == "imagenet":
             self.conv1 = QuantConv2d(in_chans, 64, 7, stride=2, padding=3, bias=False, w_bits=w_bits)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.maxpool = SpikeMaxPool2d(3, stride=2, padding=1)
         else:
             self.conv1 = QuantConv2d(in_chans, 64, 3, stride=1, padding=1, bias=False, w_bits=w_bits)
             self.maxpool = nn.Identity()

@@ -61,7 +61,7 @@ from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from ..deprecation import NOT_GIVEN, renamed_keyword
-from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul,
+from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, SpikeMaxPool2d,
                      batch_norm_spikes, bits_for_levels, check_model_args, mean_over_time, repeat_frame, spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
@@ -151,7 +151,7 @@ class SpikingPatchSplitting(nn.Module):
         self.stages = nn.ModuleList(
             _ConvBNLIF(widths[i], widths[i + 1], w_bits, s_bits, None if i == 0 else s_bits) for i in range(4))
         self.pool_after = tuple(i >= 4 - n_pool for i in range(4))
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.pool = SpikeMaxPool2d(kernel_size=3, stride=2, padding=1)
         self.rpe = _ConvBNLIF(embed_dim, embed_dim, w_bits, s_bits, s_bits)
 
     def _maxpool(self, x: torch.Tensor) -> torch.Tensor:

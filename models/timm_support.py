@@ -46,7 +46,7 @@ from torch import nn
 
 from ..lif import MultiLevelLIF
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul,
-                     input_frames, mean_over_time, repeat_frame)
+                     SpikeMaxPool2d, input_frames, mean_over_time, repeat_frame)
 
 __all__ = ["WST_KEYS", "LICENSE", "GLOBAL_POOLS", "qsnn_cfg", "cfg_wst", "constructor_wst", "build_qsnn",
            "SpikingTimmModel", "check_wst_match", "register_entry_point", "run_blocks",
@@ -59,7 +59,8 @@ GLOBAL_POOLS = ("avg", "")
 
 _WST_NOTE = "default W/S/T: "
 
-for _leaf in (QuantConv2d, QuantLinear, MultiStepBatchNorm2d, MultiStepBatchNorm1d, MultiLevelLIF, SpikeMatmul):
+for _leaf in (QuantConv2d, QuantLinear, MultiStepBatchNorm2d, MultiStepBatchNorm1d, MultiLevelLIF, SpikeMatmul,
+              SpikeMaxPool2d):
     register_notrace_module(_leaf)
 for _fn in (input_frames, repeat_frame):
     register_notrace_function(_fn)
