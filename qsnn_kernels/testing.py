@@ -1,9 +1,14 @@
-"""Helpers for tests and benchmarks: random inputs that respect the bit-width contracts, and the one
-way tests count the elements on which two results disagree."""
+"""Helpers for tests and benchmarks: random inputs that respect the bit-width contracts, the one
+way tests count the elements on which two results disagree, and the one way they compile Triton
+kernels for a GPU from a CPU-only process."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,3 +52,12 @@ def call_seconds(fn, repeat: int = 5, warmup: int = 1) -> list[float]:
 def best_seconds(fn, repeat: int = 5, warmup: int = 1) -> float:
     """The fastest of ``repeat`` timed calls of ``fn`` (wall clock), after ``warmup`` untimed ones."""
     return min(call_seconds(fn, repeat, warmup))
+
+
+def run_without_interpreter(script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -c script`` in a fresh process where Triton compiles for real (``TRITON_INTERPRET``
+    unset: the interpreter, read at import, skips that path), with this package's folder first on
+    PYTHONPATH; its output captured as text. How tests lower kernels for sm_90a without a GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)

@@ -10,7 +10,7 @@ import torch
 
 from qsnn_kernels import max_pool
 from qsnn_kernels.max_pool import max_pool2d_offsets
-from qsnn_kernels.testing import mismatches
+from qsnn_kernels.testing import mismatches, run_without_interpreter
 from qsnn_kernels.triton_on_cpu import triton_kernels_on_cpu
 
 CASES = [((2, 3, 9, 7), 3, 2, 1), ((1, 4, 8, 8), 2, 2, 0), ((1, 2, 5, 5), 3, 1, 1), ((2, 2, 1, 1), 3, 2, 1),
@@ -111,17 +111,8 @@ print("compiled")
 
 
 def test_kernels_compile_for_sm90():
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
     pytest.importorskip("qsnn_kernels.triton.max_pool")
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_without_interpreter(_COMPILE_SCRIPT)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
 
 

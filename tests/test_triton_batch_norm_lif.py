@@ -25,7 +25,7 @@ import torch
 import qsnn_kernels as qk
 from qsnn_kernels import reference
 from qsnn_kernels.choices import DEFAULT_ALPHA
-from qsnn_kernels.testing import mismatches
+from qsnn_kernels.testing import mismatches, run_without_interpreter
 from qsnn_kernels.triton_on_cpu import triton_kernels_on_cpu
 
 bnl = importlib.import_module("qsnn_kernels.batch_norm_lif")  # the module (the package's name is the function)
@@ -417,13 +417,5 @@ print("compiled", len(rows))
 
 def test_kernels_compile_for_sm90_without_spills():
     """Every kernel variant lowers to sm_90a PTX and cubin (the interpreter skips that path)."""
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_without_interpreter(_COMPILE_SCRIPT)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]

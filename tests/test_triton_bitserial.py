@@ -6,8 +6,6 @@ Every integer comparison counts mismatches and expects zero.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from hypothesis import strategies as st
 from qsnn_kernels import reference
 from qsnn_kernels.choices import REDUCTIONS
 from qsnn_kernels.packing import pack_levels
-from qsnn_kernels.testing import random_codes
+from qsnn_kernels.testing import random_codes, run_without_interpreter
 from qsnn_kernels.triton import bitserial as tb
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -211,10 +209,7 @@ def test_kernels_lower_for_sm90():
     backend = Path(tb.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not backend.exists():
         pytest.skip("triton's bundled ptxas is not installed")
-    root = Path(tb.__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", _LOWER_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    done = run_without_interpreter(_LOWER_SCRIPT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.split("\n")
     assert "bitserial popc True" in lines and lines.count("dot wgmma True") == 2, done.stdout

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 int8_matmul = pytest.importorskip("qsnn_kernels.triton.int8_matmul")
-from qsnn_kernels.testing import mismatches  # noqa: E402
+from qsnn_kernels.testing import mismatches, run_without_interpreter  # noqa: E402
 
 
 def _expected(a, b, col_scale, alpha, bias, out_dtype):
@@ -117,16 +117,7 @@ print("compiled")
 def test_kernel_compiles_for_sm90_with_int8_wgmma():
     """Every autotune config lowers to sm_90a PTX and cubin and multiplies on int8 wgmma (no GPU
     needed: triton's bundled ptxas)."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_without_interpreter(_COMPILE_SCRIPT)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
 
 

@@ -17,7 +17,7 @@ import torch
 from qsnn_kernels import reference
 from qsnn_kernels.choices import DEFAULT_ALPHA
 from qsnn_kernels.triton.lif import lif_backward_triton, lif_forward_triton, lif_int_triton
-from qsnn_kernels.testing import mismatches
+from qsnn_kernels.testing import mismatches, run_without_interpreter
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 
@@ -435,14 +435,5 @@ print("compiled")
 
 def test_kernels_compile_for_sm90():
     """Every kernel variant lowers to sm_90 PTX and cubin (the interpreter skips that path)."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_without_interpreter(_COMPILE_SCRIPT)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

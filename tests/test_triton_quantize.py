@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from qsnn_kernels import quantize, reference
+from qsnn_kernels.testing import run_without_interpreter
 from qsnn_kernels.triton_on_cpu import triton_kernels_on_cpu
 
 triton_quantize = pytest.importorskip("qsnn_kernels.triton.quantize")
@@ -125,14 +126,5 @@ print("compiled")
 
 def test_kernel_compiles_for_sm90():
     """Every variant lowers to sm_90 PTX and cubin with triton's bundled ptxas (no GPU needed)."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_without_interpreter(_COMPILE_SCRIPT)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
