@@ -64,6 +64,7 @@ from ..bits import SPIKE_BITS, check_bits
 from ..choices import SURROGATES, check_choice
 from ..batch_norm_lif import statistics_dtype as _statistics_dtype
 from ..lif import broadcast_over_time
+from .device import on_device
 from .lif import _lif_step, _membrane_grad, smooth_surrogate_reach
 
 __all__ = ["batch_norm_lif_forward_triton", "batch_norm_lif_backward_triton", "batch_norm_statistics_triton"]
@@ -334,10 +335,7 @@ class _Tiling:
         num_warps = 1 if self.interpreted else max(1, min(8, tile // (32 * per_thread)))
         meta = dict(meta, CHANNELS_LAST=self.channels_last, BLOCK_R=self.block_r, BLOCK_K=self.block_k,
                     num_warps=num_warps, enable_fp_fusion=fp_fusion)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                kernel[self.grid](*args, **meta)
-        else:
+        with on_device(device):
             kernel[self.grid](*args, **meta)
 
 

@@ -42,6 +42,7 @@ from triton.language.extra import libdevice
 
 from ..bits import SPIKE_BITS, WEIGHT_BITS, WORD_BITS, num_words
 from ..choices import REDUCTIONS
+from .device import on_device
 
 # the kernels unpack words with a [32] shift vector and popcount 32-bit words
 assert WORD_BITS == 32
@@ -360,10 +361,7 @@ def _launch(x_planes, w_planes, k, s_bits, reduce, strategy, config):
     def grid(meta):
         return (triton.cdiv(rows, meta["BM"]), triton.cdiv(n, meta["BN"]))
 
-    if x.is_cuda:
-        with torch.cuda.device(x.device):
-            kernel[grid](x, w, y, **args)
-    else:
+    with on_device(x.device):
         kernel[grid](x, w, y, **args)
     return y
 

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_device
+
 __all__ = ["int8_conv2d_triton", "int8_matmul_triton"]
 
 
@@ -127,7 +129,7 @@ def int8_matmul_triton(a: torch.Tensor, b: torch.Tensor, col_scale: torch.Tensor
             def grid(meta):
                 return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), batch)
 
-            with torch.cuda.device(a.device):
+            with on_device(a.device):
                 _int8_matmul_tuned[grid](*args, **flags)
         else:
             tile = INTERPRETER_TILE
@@ -211,7 +213,7 @@ def int8_conv2d_triton(levels: torch.Tensor, codes: torch.Tensor, col_scale: tor
             def grid(meta):
                 return (triton.cdiv(n * oh * ow, meta["BLOCK_M"]) * triton.cdiv(co, meta["BLOCK_N"]),)
 
-            with torch.cuda.device(levels.device):
+            with on_device(levels.device):
                 _int8_conv2d_tuned[grid](*args, KH=kh, KW=kw)
         else:
             tile = INTERPRETER_TILE

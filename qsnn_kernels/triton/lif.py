@@ -55,6 +55,7 @@ import triton.language as tl
 from ..bits import SPIKE_BITS, check_bits
 from ..choices import SURROGATES, check_choice
 from ..lif import broadcast_over_time
+from .device import on_device
 
 __all__ = ["lif_forward_triton", "lif_backward_triton", "lif_int_triton"]
 
@@ -327,10 +328,7 @@ def _run(kernel, grid_n, device, *args, fp_fusion=False, **meta):
     every product as the reference does; the backward, compared with a tolerance, may fuse)."""
     block, num_warps = _launch_config(grid_n, device)
     grid = (triton.cdiv(grid_n, block),)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            kernel[grid](*args, **meta, BLOCK=block, num_warps=num_warps, enable_fp_fusion=fp_fusion)
-    else:
+    with on_device(device):
         kernel[grid](*args, **meta, BLOCK=block, num_warps=num_warps, enable_fp_fusion=fp_fusion)
 
 

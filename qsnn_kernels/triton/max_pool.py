@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_device
+
 __all__ = ["max_pool2d_offsets_triton", "max_pool2d_offsets_backward_triton"]
 
 
@@ -91,11 +93,8 @@ def _max_pool_bwd_kernel(
 def _launch(kernel, total: int, device: torch.device, *args, **meta):
     block = 1024 if device.type == "cuda" else 128
     grid = (triton.cdiv(total, block),)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            kernel[grid](*args, **meta, BLOCK=block, num_warps=4)
-    else:
-        kernel[grid](*args, **meta, BLOCK=block, num_warps=1)
+    with on_device(device):
+        kernel[grid](*args, **meta, BLOCK=block, num_warps=4 if device.type == "cuda" else 1)
 
 
 def _output_like(x: torch.Tensor, shape, dtype) -> torch.Tensor:

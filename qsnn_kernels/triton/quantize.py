@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ..bits import WEIGHT_BITS, check_bits
+from .device import on_device
 
 __all__ = ["quantize_weight_triton", "dequantized_weight_triton"]
 
@@ -100,10 +101,7 @@ def _launch(w: torch.Tensor, w_bits: int, codes, dequant, scale) -> None:
     args = (rows, codes if codes is not None else scale, dequant if dequant is not None else scale, scale, k)
     meta = dict(W_BITS=w_bits, EMIT_CODES=codes is not None, EMIT_DEQUANT=dequant is not None, BLOCK=block,
                 num_warps=4 if w.device.type == "cuda" else 1, enable_fp_fusion=False)
-    if w.device.type == "cuda":
-        with torch.cuda.device(w.device):
-            _quantize_rows_kernel[grid](*args, **meta)
-    else:
+    with on_device(w.device):
         _quantize_rows_kernel[grid](*args, **meta)
 
 
