@@ -1,5 +1,5 @@
 """Integer forward of the spike-input layers: spike levels x weight codes in int8, exact. The ops
-``qsnn::int8_linear`` (CPU and CUDA) and ``qsnn::int8_conv2d`` (CPU), with their functional API.
+``qsnn::int8_linear`` and ``qsnn::int8_conv2d`` (CPU and CUDA), with their functional API.
 
 A spike-input layer multiplies integer levels ``0 .. 2^S - 1`` (times v_th) by integer weight
 codes ``-2^(W-1) .. 2^(W-1) - 1`` (times a per-channel scale, Eq. 5). For S <= 8 and W <= 8 both

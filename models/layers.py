@@ -220,8 +220,8 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
     eligible (:func:`models.int8.int8_supported`), and with ``int8=None`` (the default) the CPU has
     int8 dot-product units (:func:`models.int8.cpu_has_int8_dot`) and, for a convolution, its
     output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions (``positions``);
-    ``int8=True`` skips those two rules (on CUDA, where only the linear has an int8 kernel, the
-    path is taken only with ``int8=True``). Metadata and host constants only: the same choice under
+    ``int8=True`` skips those two rules (on CUDA the path is taken only with ``int8=True``).
+    Metadata and host constants only: the same choice under
     torch.compile, where the int8 path is one op in the graph (no graph break)."""
     geometry = (layer.padding, layer.dilation) if positions is not None else (None, None)
     if layer.int8 is False or not int8_supported(x, layer.weight, layer.w_bits, layer.s_bits, *geometry):
@@ -425,7 +425,7 @@ def takes_levels(layer, like: torch.Tensor) -> bool:
     """Whether ``layer`` (QuantLinear/QuantConv2d) reads its input's levels (its int8 path,
     :func:`uses_int8`) on an input like ``like``: a tensor with the dtype and device of the layer's
     input and, for a convolution, its rank and spatial size (the output of the layer before the
-    neuron serves). Then the neuron should emit them (:func:`batch_norm_spikes`, ``return_levels``)."""
+    neuron serves). Then the neuron should emit them (:func:`batch_norm_spikes_for`)."""
     if not isinstance(layer, (QuantLinear, QuantConv2d)) or uses_bitserial(layer):
         return False  # converted layers (models.convert) and the bit-serial path read spike values
     if isinstance(layer, QuantConv2d):  # metadata only, no tensor op (models.convert traces the forward)
