@@ -89,39 +89,25 @@ def import_models():
 
 
 def _sj_zoo(model: str, size: int, classes: int):
-    import torch
-    from spikingjelly.activation_based import functional, neuron, surrogate
+    """spikingjelly's zoo network, ``[B, 3, H, W] -> [B, classes]``: the wrappers and the neuron of
+    the model benchmarks (test_bench_models_spikformer.py, test_bench_models_sew.py)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from spikingjelly.activation_based import functional, surrogate
 
-    lif = dict(tau=2.0, decay_input=False, surrogate_function=surrogate.ATan())
     if model == "spikformer_8_512":
+        import test_bench_models_spikformer as sf
         from spikingjelly.activation_based.model.spikformer import Spikformer
 
-        net = Spikformer(T=T_STEPS, img_size_h=size, img_size_w=size, patch_size=16, num_classes=classes,
-                         embed_dims=512, num_heads=8, mlp_ratio=4.0, depths=8, **lif)
+        return sf._ZooModel(Spikformer(T=T_STEPS, img_size_h=size, img_size_w=size, patch_size=16, num_classes=classes,
+                                       embed_dims=512, num_heads=8, mlp_ratio=4.0, depths=8, tau=2.0,
+                                       decay_input=False, surrogate_function=surrogate.ATan()))
+    import test_bench_models_sew as sew
+    from spikingjelly.activation_based.model import sew_resnet
 
-        def forward(x):  # it repeats the image over T itself: [T, B, classes]
-            functional.reset_net(net)
-            return net(x).mean(0)
-    else:
-        from spikingjelly.activation_based.model import sew_resnet
-
-        net = sew_resnet.sew_resnet34(num_classes=classes, cnf="ADD", spiking_neuron=neuron.LIFNode, v_reset=0.0,
-                                      detach_reset=True, **lif)
-        functional.set_step_mode(net, "m")
-
-        def forward(x):
-            functional.reset_net(net)
-            return net(x.unsqueeze(0).repeat(T_STEPS, 1, 1, 1, 1)).mean(0)
-
-    class Wrapped(torch.nn.Module):  # [B, 3, H, W] -> [B, classes]
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return forward(x)
-
-    return Wrapped()
+    net = sew_resnet.sew_resnet34(num_classes=classes, cnf="ADD", spiking_neuron=sew._sj_neuron(1))
+    functional.set_step_mode(net, "m")
+    return sew._ZooModel(net, T_STEPS)
 
 
 def build(model: str, build_name: str, device: str, size: int, classes: int):
