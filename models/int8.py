@@ -56,16 +56,20 @@ import torch
 
 from ..bits import WEIGHT_BITS
 from ..conv_geometry import conv_output_size
+from .. import spike_conv
 from ..quantize import dequantized_weight, quantize_weight, spike_levels
 
 __all__ = ["MIN_CONV_POSITIONS", "cpu_has_int8_dot", "int8_conv2d", "int8_linear", "int8_supported",
-           "spike_input_levels"]
+           "sparse_weight_grad_applies", "spike_input_levels"]
 
 MIN_CONV_POSITIONS = 512
 """Smallest output size N * H' * W' at which the int8 convolution is used automatically: the weight
 is re-packed on every call (a cost per weight element), the int8 product saves a cost per weight
 element and output position, so the path pays only from some number of positions on. The value
 comes from ``python benchmarks/test_bench_models_sew.py layer-paths`` (its ``positions`` column)."""
+
+EXACT_SUM = 1 << 24
+"""Float32 holds every integer below this: sums of level x code products below it are exact."""
 
 MAX_S_BITS = {"linear": 4, "conv2d": 8, "cuda": 7}
 """Widest input levels of each op: the linear's ``torch._int_mm`` takes signed int8 (and sums
@@ -311,6 +315,11 @@ def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
     _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in)
     levels = _input_levels(x, levels_in, in_scale, s_bits, torch.uint8)
     codes, scale = quantize_weight(weight, w_bits)
+    if not cpu_has_int8_dot() and _exact_in_float32(weight, s_bits, w_bits):
+        # no int8 dot-product units: the same exact integer sums as float32 products of small
+        # integers (sums below 2^24), on the float convolution's kernel
+        acc = torch.conv2d(levels.to(torch.float32), codes.to(torch.float32), None, stride, padding, dilation, groups)
+        return acc.mul_((scale * in_scale)[:, None, None]).contiguous(), _levels_out(levels_in, levels)
     packed = torch.ops.onednn.qconv_prepack(codes, scale, in_scale, 0, stride, padding, dilation, groups,
                                             list(levels.shape))
     zero_points = torch.zeros(codes.shape[0], dtype=torch.long)
@@ -319,6 +328,12 @@ def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
     # oneDNN writes channels-last; a copy to the default layout costs less than leaving it: a
     # channels-last input makes every later float convolution re-lay its weight out (measured)
     return y.contiguous(), _levels_out(levels_in, levels)
+
+
+def _exact_in_float32(weight: torch.Tensor, s_bits: int, w_bits: int) -> bool:
+    """Whether every partial sum of a convolution with ``weight``'s reduction length, levels of
+    ``s_bits`` and codes of ``w_bits`` stays below 2^24, so that float32 sums it exactly."""
+    return weight[0].numel() * ((1 << s_bits) - 1) * (1 << (w_bits - 1)) < EXACT_SUM
 
 
 @_int8_conv2d_op.register_fake
@@ -338,12 +353,51 @@ def _conv2d_setup_context(ctx, inputs, output):
 def _conv2d_backward(ctx, grad, _grad_levels):
     levels, weight = ctx.saved_tensors
     w_bits, in_scale, stride, padding, dilation, groups = ctx.args
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
     dtype = grad.dtype  # the output's (x's: bfloat16 under CUDA autocast)
-    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-        grad.contiguous(), _spike_values(levels, in_scale).to(dtype), dequantized_weight(weight, w_bits).to(dtype),
-        None, stride, padding, dilation, False, [0, 0], groups, mask)
+    grad = grad.contiguous()
+    grad_x = grad_w = None
+    sparse = ctx.needs_input_grad[1] and _sparse_weight_grad(levels, weight, grad, stride, padding, dilation, groups)
+    if ctx.needs_input_grad[0] or (ctx.needs_input_grad[1] and sparse is None):
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and sparse is None, False]
+        # the input's values are read only for the weight gradient
+        x = _spike_values(levels, in_scale).to(dtype) if mask[1] else grad.new_empty(()).expand(levels.shape)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, x, dequantized_weight(weight, w_bits).to(dtype), None, stride, padding, dilation, False, [0, 0],
+            groups, mask)
+    if sparse is not None:
+        grad_w = sparse(in_scale)
     return grad_x, None if grad_w is None else grad_w.to(weight.dtype), *(None,) * 8
+
+
+def _reads_strided(kernel_size, padding, dilation) -> bool:
+    """A 1x1 kernel without padding reads only the strided input positions: its weight gradient
+    is that of a stride-1 convolution over ``levels[:, :, ::stride[0], ::stride[1]]``."""
+    return list(kernel_size) == [1, 1] and list(padding) == [0, 0] and list(dilation) == [1, 1]
+
+
+def _sparse_applies(device, kernel_size, stride, padding, dilation, groups) -> bool:
+    stride = [1, 1] if _reads_strided(kernel_size, padding, dilation) else stride
+    return spike_conv.applies(device, kernel_size, stride, padding, dilation, groups)
+
+
+def sparse_weight_grad_applies(x, weight, w_bits, s_bits, stride, padding, dilation, groups) -> bool:
+    """Whether :func:`int8_conv2d` on ``x`` runs, on a CPU without int8 dot-product units, as the
+    float convolution of exact integers (sums below 2^24) with a backward whose weight gradient
+    visits the nonzero levels only (:mod:`qsnn_kernels.spike_conv`): CPU float32 input, stride 1
+    (or a 1x1 kernel without padding, :func:`_reads_strided`), dilation 1, groups 1. Metadata only."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and _exact_in_float32(weight, s_bits, w_bits)
+            and _sparse_applies(x.device, weight.shape[2:], list(stride), list(padding), list(dilation), groups))
+
+
+def _sparse_weight_grad(levels, weight, grad, stride, padding, dilation, groups):
+    """The weight gradient over the nonzero levels only, as a function of ``in_scale``, where its
+    kernel computes it (float32 grad, :func:`_sparse_applies`); else None."""
+    kernel = list(weight.shape[2:])
+    if grad.dtype != torch.float32 or not _sparse_applies(levels.device, kernel, stride, padding, dilation, groups):
+        return None
+    if _reads_strided(kernel, padding, dilation):
+        levels = levels[:, :, ::stride[0], ::stride[1]]
+    return lambda in_scale: spike_conv.spike_conv2d_weight_grad(grad, levels, in_scale, kernel, padding)
 
 
 def _int8_conv2d_cuda(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in=None):

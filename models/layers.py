@@ -50,6 +50,7 @@ from ..max_pool import max_pool2d_offsets
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
 from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported,
+                   sparse_weight_grad_applies,
                    spike_input_levels)
 
 __all__ = [
@@ -215,14 +216,21 @@ def uses_bitserial(layer) -> bool:
 
 
 def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
-    """Whether ``layer`` (QuantLinear/QuantConv2d, not on the bit-serial path) runs its forward in
-    exact int8 (:mod:`models.int8`) on input ``x``: ``layer.int8`` is not False, the input is
-    eligible (:func:`models.int8.int8_supported`), and with ``int8=None`` (the default) the CPU has
-    int8 dot-product units (:func:`models.int8.cpu_has_int8_dot`) and, for a convolution, its
-    output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions (``positions``);
-    ``int8=True`` skips those two rules (on CUDA the path is taken only with ``int8=True``).
-    Metadata and host constants only: the same choice under
-    torch.compile, where the int8 path is one op in the graph (no graph break)."""
+    """Whether ``layer`` (QuantLinear/QuantConv2d, not on the bit-serial path) runs on spike levels
+    (:mod:`models.int8`: an exact integer forward, the levels saved for the backward) on input
+    ``x``: ``layer.int8`` is not False, the input is eligible (:func:`models.int8.int8_supported`),
+    and with ``int8=None`` (the default), on a CPU:
+
+    * with int8 dot-product units (:func:`models.int8.cpu_has_int8_dot`): every linear, and every
+      convolution whose output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions
+      (``positions``);
+    * without them: the convolutions whose backward sums the weight gradient over the nonzero
+      levels only (:func:`models.int8.sparse_weight_grad_applies`); the forward is then the float
+      convolution of the integer levels and codes, as exact and as fast as the dense one.
+
+    ``int8=True`` skips those rules (on CUDA the path is taken only with ``int8=True``).
+    Metadata and host constants only: the same choice under torch.compile, where the path is one
+    op in the graph (no graph break)."""
     geometry = (layer.padding, layer.dilation) if positions is not None else (None, None)
     if layer.int8 is False or not int8_supported(x, layer.weight, layer.w_bits, layer.s_bits, *geometry):
         return False
@@ -230,7 +238,11 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
         return True
     if x.device.type != "cpu":  # CUDA: only when asked (int8=True), until the GPU check measures it
         return False
-    return cpu_has_int8_dot() and (positions is None or positions >= MIN_CONV_POSITIONS)
+    if cpu_has_int8_dot():
+        return positions is None or positions >= MIN_CONV_POSITIONS
+    return positions is not None and sparse_weight_grad_applies(x, layer.weight, layer.w_bits, layer.s_bits,
+                                                                layer.stride, layer.padding, layer.dilation,
+                                                                layer.groups)
 
 
 def _float_levels(x: torch.Tensor, s_bits: int, in_scale: float) -> torch.Tensor:

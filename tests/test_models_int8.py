@@ -11,6 +11,7 @@ import torch
 from functorch.compile import make_boxed_compiler
 
 import qsnn_kernels.models as qm
+from qsnn_kernels.models import int8 as int8_mod
 from qsnn_kernels.models import layers as layers_mod
 from qsnn_kernels.models.layers import QuantConv2d, QuantLinear, uses_int8
 
@@ -63,8 +64,17 @@ def test_linear_non_contiguous_and_no_bias():
     (4, 8, 0.25, 33, 7, 3, 1, 2, 2, 1, (3, 8, 8)),
     (8, 4, 1.0, 6, 6, 3, 1, 1, 1, 3, (2, 5, 6)),
     (4, 1, 1.0, 5, 5, 3, 1, 1, 1, 5, (2, 4, 4)),
+    (4, 2, 0.5, 9, 70, 3, 1, 1, 1, 1, (2, 6, 5)),     # the sparse weight gradient: several blocks of 8
+    (4, 1, 1.0, 8, 12, 1, 2, 0, 1, 1, (2, 7, 6)),     # 1x1 stride 2: the sparse weight gradient too
+    (2, 3, 1.0, 3, 5, (2, 3), 1, (1, 2), 1, 1, (1, 5, 4)),  # its plain loop
 ])
-def test_conv_matches_dense(w_bits, s_bits, in_scale, cin, cout, k, stride, pad, dil, groups, shape):
+@pytest.mark.parametrize("int8_dot", [True, False], ids=["int8-units", "no-int8-units"])
+def test_conv_matches_dense(w_bits, s_bits, in_scale, cin, cout, k, stride, pad, dil, groups, shape, int8_dot,
+                            monkeypatch):
+    """Both forwards of the CPU op (oneDNN's int8 convolution; without int8 dot-product units the
+    float convolution of the integer levels), and both weight gradients (over the nonzero levels
+    where qsnn_kernels.spike_conv applies, the dense backward elsewhere)."""
+    monkeypatch.setattr(int8_mod, "cpu_has_int8_dot", lambda: int8_dot)
     torch.manual_seed(2)
     conv = QuantConv2d(cin, cout, k, stride=stride, padding=pad, groups=groups, w_bits=w_bits, s_bits=s_bits,
                        in_scale=in_scale)
@@ -103,11 +113,25 @@ def test_dispatch_rule(monkeypatch):
     assert not uses_int8(lin, torch.zeros(2, 4, dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not uses_int8(lin, torch.zeros(2, 4))
-    # a CPU without int8 dot-product units: the automatic rule keeps the float path, True forces int8
+    # a CPU without int8 dot-product units: the automatic rule keeps linears on the float path (True
+    # forces int8), and takes the convolutions whose weight gradient runs over the nonzero levels
     monkeypatch.setattr(layers_mod, "cpu_has_int8_dot", lambda: False)
     assert not uses_int8(lin, torch.zeros(2, 4))
     lin.int8 = True
     assert uses_int8(lin, torch.zeros(2, 4))
+    x = torch.zeros(1, 4, 8, 8)
+    for kernel, stride, pad, dil, groups, w_bits, s_bits, taken in (
+            (3, 1, 1, 1, 1, 4, 1, True),        # even on 64 output positions
+            (1, 2, 0, 1, 1, 4, 1, True),        # 1x1 stride 2 reads the strided positions
+            (3, 2, 1, 1, 1, 4, 1, False),       # stride 2
+            (3, 1, 2, 2, 1, 4, 1, False),       # dilation 2
+            (3, 1, 1, 1, 2, 4, 1, False)):      # groups
+        conv = QuantConv2d(4, 4, kernel, stride=stride, padding=pad, groups=groups, w_bits=w_bits, s_bits=s_bits)
+        conv.dilation = (dil, dil)
+        assert uses_int8(conv, x, conv._positions(x)) is taken, (kernel, stride, pad, dil, groups)
+    for s_bits, taken in ((7, True), (8, False)):  # K * 255 * 128 >= 2^24 at 8 bits: float32 would round the sums
+        conv, x = QuantConv2d(64, 4, 3, padding=1, w_bits=8, s_bits=s_bits), torch.zeros(1, 64, 8, 8)
+        assert uses_int8(conv, x, conv._positions(x)) is taken
 
 
 @pytest.mark.parametrize("bad, match", [(0.5, "not 1-bit spikes"), (2.0, "not 1-bit spikes"),
