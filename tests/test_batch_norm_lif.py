@@ -45,6 +45,7 @@ CASES = [
     ((4, 3, 5, 7, 6), {}, False),
     ((1, 1, 3, 4, 4), {}, False),                                    # T = 1, B = 1
     ((3, 2, 33), dict(s_bits=2, reset="soft", surrogate="rect", detach_reset=False), False),  # [T, B, C]: inner 1
+    ((2, 9, 97), dict(s_bits=2), False),        # inner 1 over several 256-neuron chunks, each starting mid-channels
     ((2, 3, 5, 11), dict(s_bits=4, surrogate="sigmoid"), False),      # [T, B, C, L]
     ((3, 2, 7, 5, 5), dict(s_bits=8, v_th=0.7, decay=0.9), True),     # channels-last, v_th not a power of 2
     ((2, 2, 4, 3, 3), dict(detach_reset=False, v_reset=-0.25), False),
