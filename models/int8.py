@@ -38,11 +38,18 @@ backward's float products run in the gradient's dtype. Convolution on CUDA: an
 implicit GEMM over the levels read channels-last (no im2col), same epilogue, groups = 1. Neither
 is chosen automatically on CUDA (``int8=True`` in the layers) until benchmarks/gpu_check.py has
 measured them there.
-Linear on CPU: ``torch._int_mm`` (signed int8: levels <= 127, so s_bits <= 4). Convolution: oneDNN's
-quantized convolution with a float output (``torch.ops.onednn.qconv2d_pointwise``, levels as
-uint8), which needs the weight re-packed every call (the weight changes every step), a cost that
-only enough output positions repay: :data:`MIN_CONV_POSITIONS`. The layers use this path by
-default only on a CPU with int8 dot-product units (:func:`cpu_has_int8_dot`), eager and under
+Linear on CPU: ``torch._int_mm`` (signed int8: levels <= 127, so s_bits <= 4). Convolution on a
+CPU with int8 dot-product units (:func:`cpu_has_int8_dot`): oneDNN's quantized convolution with a
+float output (``torch.ops.onednn.qconv2d_pointwise``, levels as uint8), which needs the weight
+re-packed every call (the weight changes every step), a cost that only enough output positions
+repay: :data:`MIN_CONV_POSITIONS`. Convolution on a CPU without them: the same exact integer sums
+in float32 (where every partial sum stays below 2^24, :data:`EXACT_SUM`): over the nonzero levels
+only (``qsnn::spike_conv2d``, :mod:`qsnn_kernels.spike_conv`, for stride 1 or a 1x1 kernel; it
+turns to the dense float convolution itself when more than a fifth of the levels are nonzero),
+else the float convolution of levels and codes. The convolution's backward sums the weight
+gradient over the nonzero levels only wherever ``qsnn::spike_conv2d_weight_grad`` applies (any
+CPU). The layers use the int8 path by default on a CPU with int8 dot-product units, and for the
+convolutions of :func:`sparse_weight_grad_applies` on a CPU without them, eager and under
 torch.compile alike (the ops are opaque to the compiler; their fakes give the shapes).
 """
 
@@ -316,10 +323,15 @@ def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
     levels = _input_levels(x, levels_in, in_scale, s_bits, torch.uint8)
     codes, scale = quantize_weight(weight, w_bits)
     if not cpu_has_int8_dot() and _exact_in_float32(weight, s_bits, w_bits):
-        # no int8 dot-product units: the same exact integer sums as float32 products of small
-        # integers (sums below 2^24), on the float convolution's kernel
-        acc = torch.conv2d(levels.to(torch.float32), codes.to(torch.float32), None, stride, padding, dilation, groups)
-        return acc.mul_((scale * in_scale)[:, None, None]).contiguous(), _levels_out(levels_in, levels)
+        # no int8 dot-product units: the same exact integer sums in float32 (below 2^24), over the
+        # nonzero levels only where the sparse kernel applies, else on the float convolution's
+        if _sparse_applies(levels.device, codes.shape[2:], stride, padding, dilation, groups):
+            strided = levels[:, :, ::stride[0], ::stride[1]] if _reads_strided(codes.shape[2:], padding, dilation) else levels
+            y = spike_conv.spike_conv2d(strided, codes, scale, in_scale, padding)
+        else:
+            y = torch.conv2d(levels.to(torch.float32), codes.to(torch.float32), None, stride, padding, dilation, groups)
+            y = y.mul_((scale * in_scale)[:, None, None]).contiguous()
+        return y, _levels_out(levels_in, levels)
     packed = torch.ops.onednn.qconv_prepack(codes, scale, in_scale, 0, stride, padding, dilation, groups,
                                             list(levels.shape))
     zero_points = torch.zeros(codes.shape[0], dtype=torch.long)

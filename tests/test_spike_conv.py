@@ -1,6 +1,8 @@
-"""qsnn::spike_conv2d_weight_grad (csrc/spike_conv_cpu.cpp) against autograd of the float
-convolution on the spikes ``levels * in_scale``: odd shapes, every kernel path (1x1 and 3x3
-AVX2 loops, the plain loop), paddings, wide levels, all-zero input; opcheck; bad input."""
+"""qsnn::spike_conv2d and qsnn::spike_conv2d_weight_grad (csrc/spike_conv_cpu.cpp): the forward
+against the exact integer convolution (both its paths: sparse below a fifth of nonzeros, dense
+above), the weight gradient against autograd of the float convolution on the spikes
+``levels * in_scale``; odd shapes, every loop (1x1 and 3x3 AVX2, the plain one), paddings, wide
+levels, all-zero input; opcheck; bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from qsnn_kernels import spike_conv
-from qsnn_kernels.spike_conv import spike_conv2d_weight_grad
+from qsnn_kernels.spike_conv import spike_conv2d, spike_conv2d_weight_grad
 
 
 def _levels(shape, top, density, seed):
@@ -43,6 +45,43 @@ def test_matches_autograd_of_the_dense_convolution(n, c, h, w, co, kernel, paddi
     assert got.shape == (co, c, *kernel) and got.dtype == torch.float32 and got.is_contiguous()
     want = _reference(grad, levels, in_scale, kernel, padding)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * max(1.0, want.abs().max().item()))
+
+
+@pytest.mark.parametrize("n, c, h, w, co, kernel, padding, top, in_scale", [
+    (2, 5, 7, 9, 11, (3, 3), (1, 1), 1, 1.0),
+    (1, 3, 5, 4, 70, (3, 3), (0, 0), 3, 0.5),
+    (3, 17, 6, 6, 8, (1, 1), (0, 0), 2, 1.0),
+    (2, 4, 8, 8, 130, (3, 3), (2, 2), 1, 0.25),
+    (2, 3, 6, 7, 9, (2, 3), (1, 2), 255, 1.0),
+    (40, 2, 3, 3, 4, (3, 3), (1, 1), 1, 1.0),
+    (2, 33, 4, 4, 520, (3, 3), (1, 1), 7, 1.0),
+])
+@pytest.mark.parametrize("density", [0.1, 0.6], ids=["sparse", "dense"])
+def test_forward_is_the_exact_integer_convolution(n, c, h, w, co, kernel, padding, top, in_scale, density):
+    levels = _levels((n, c, h, w), top, density, seed=n + co)
+    g = torch.Generator().manual_seed(c)
+    codes = torch.randint(-128, 128, (co, c, *kernel), generator=g, dtype=torch.int8)
+    scale = torch.rand(co, generator=g) + 0.01
+    got = spike_conv2d(levels, codes, scale, in_scale, padding)
+    exact = torch.nn.functional.conv2d(levels.double(), codes.double(), padding=padding)  # integers: exact
+    assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == exact.shape
+    want = (exact.float() * (scale * in_scale)[:, None, None])  # the sum exact, then one rounding
+    assert torch.equal(got, want)
+
+
+def test_forward_opcheck_and_errors():
+    levels = _levels((2, 3, 5, 6), 3, 0.1, seed=2)
+    codes = torch.randint(-8, 8, (4, 3, 3, 3), dtype=torch.int8)
+    torch.library.opcheck(torch.ops.qsnn.spike_conv2d.default, (levels, codes, torch.rand(4), 0.5, [1, 1]))
+    for bad, error, match in (((levels.float(), codes, torch.rand(4)), TypeError, "uint8"),
+                              ((levels, codes.float(), torch.rand(4)), TypeError, "int8"),
+                              ((levels, codes, torch.rand(4).double()), TypeError, "float32"),
+                              ((levels, codes, torch.rand(5)), ValueError, "do not fit"),
+                              ((levels, codes[:, :2], torch.rand(4)), ValueError, "do not fit")):
+        with pytest.raises(error, match=match):
+            spike_conv2d(*bad, 1.0, [1, 1])
+    with pytest.raises(ValueError, match="padding"):
+        spike_conv2d(levels, codes, torch.rand(4), 1.0, [3, 1])
 
 
 def test_strided_and_channels_last_inputs_and_zero_levels():
