@@ -45,7 +45,7 @@ re-packed every call (the weight changes every step), a cost that only enough ou
 repay: :data:`MIN_CONV_POSITIONS`. Convolution on a CPU without them: the same exact integer sums
 in float32 (where every partial sum stays below 2^24, :data:`EXACT_SUM`): over the nonzero levels
 only (``qsnn::spike_conv2d``, :mod:`qsnn_kernels.spike_conv`, for stride 1 or a 1x1 kernel; it
-turns to the dense float convolution itself when more than a fifth of the levels are nonzero),
+turns to the dense float convolution itself where the levels are dense, ``kMaxForwardDensity``),
 else the float convolution of levels and codes. The convolution's backward sums the weight
 gradient over the nonzero levels only wherever ``qsnn::spike_conv2d_weight_grad`` applies (any
 CPU). The layers use the int8 path by default on a CPU with int8 dot-product units, and for the
@@ -371,8 +371,9 @@ def _conv2d_backward(ctx, grad, _grad_levels):
     sparse = ctx.needs_input_grad[1] and _sparse_weight_grad(levels, weight, grad, stride, padding, dilation, groups)
     if ctx.needs_input_grad[0] or (ctx.needs_input_grad[1] and sparse is None):
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and sparse is None, False]
-        # the input's values are read only for the weight gradient
-        x = _spike_values(levels, in_scale).to(dtype) if mask[1] else grad.new_empty(()).expand(levels.shape)
+        # on the CPU the input's values are read only for the weight gradient
+        x = (grad.new_empty(()).expand(levels.shape) if not mask[1] and levels.device.type == "cpu"
+             else _spike_values(levels, in_scale).to(dtype))
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad, x, dequantized_weight(weight, w_bits).to(dtype), None, stride, padding, dilation, False, [0, 0],
             groups, mask)

@@ -19,7 +19,9 @@ Op contract::
                                     levels[n, ci, y, x] * grad[n, co, y + padding[0] - i, x + padding[1] - j]
 
 with ``H' = H + 2 * padding[0] - kh + 1`` (likewise W'), each padding in ``[0, kernel size)``
-(zero padding). The forward's sums are exact where float32 holds them (every partial sum below
+(zero padding). Where more of the levels are nonzero than ``kMaxForwardDensity``
+(csrc/spike_conv_cpu.cpp) the forward runs the dense float convolution of the same integers
+instead, faster there and equally exact. The forward's sums are exact where float32 holds them (every partial sum below
 2^24: ``C * kh * kw * max level * max |code| < 2^24``, which the caller checks), so its values are
 the exact integer product times ``scale[co] * in_scale`` (that factor rounded to float32 first),
 rounded once. The weight gradient is that of ``conv2d(levels * in_scale, weight)``: it sums the

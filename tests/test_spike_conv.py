@@ -1,6 +1,6 @@
 """qsnn::spike_conv2d and qsnn::spike_conv2d_weight_grad (csrc/spike_conv_cpu.cpp): the forward
-against the exact integer convolution (both its paths: sparse below a fifth of nonzeros, dense
-above), the weight gradient against autograd of the float convolution on the spikes
+against the exact integer convolution (both its paths: sparse levels, and dense ones above the
+kernel's kMaxForwardDensity), the weight gradient against autograd of the float convolution on the spikes
 ``levels * in_scale``; odd shapes, every loop (1x1 and 3x3 AVX2, the plain one), paddings, wide
 levels, all-zero input; opcheck; bad input."""
 
