@@ -83,15 +83,18 @@ int64_t list_nonzeros(const Geometry& g, const uint8_t* levels, int64_t n0, int6
   return count;
 }
 
-// --------------------------------------------------------------------------- inner loop
+// --------------------------------------------------------------------------- inner loops
 // One input channel, one block of 8 output channels, every tap at once: `plane` holds that block's
 // padded planes ([image][padded_h][padded_w][8] floats, `row8` = padded_w * 8 floats a row).
-// Tap (i, j) of a nonzero at padded row r meets row r + (kh - 1 - i) * padded_w + kw - 1 - j;
-// acc[tap] += value * that row over the listed nonzeros. The AVX2 loops are written out for the
-// taps of 1x1 and 3x3 kernels; other kernels take the plain loop.
+// Tap (i, j) of a nonzero at padded row r meets row r + (kh - 1 - i) * padded_w + kw - 1 - j.
+// Gather (weight gradient): acc[tap] += value * that row over the listed nonzeros, the
+// accumulators in registers. Scatter (forward): that row += value * weight[tap], the tap weights
+// in registers. The AVX2 loops are written out for the taps of 1x1 and 3x3 kernels; other kernels
+// take the plain loops.
 
 // Each tap's register is a named variable: GCC keeps a __m256 array indexed in a loop on the stack.
-#define QSNN_TAPS_3X3(X) X(0, 2, 2) X(1, 2, 1) X(2, 2, 0) X(3, 1, 2) X(4, 1, 1) X(5, 1, 0) X(6, 0, 2) X(7, 0, 1) X(8, 0, 0)
+#define QSNN_TAPS_3X3(X) \
+  X(0, 2, 2) X(1, 2, 1) X(2, 2, 0) X(3, 1, 2) X(4, 1, 1) X(5, 1, 0) X(6, 0, 2) X(7, 0, 1) X(8, 0, 0)
 #define QSNN_TAPS_1X1(X) X(0, 0, 0)
 // X(t, a, b): tap t meets the row a padded rows down and b positions right of the nonzero's own
 
@@ -113,7 +116,6 @@ int64_t list_nonzeros(const Geometry& g, const uint8_t* levels, int64_t n0, int6
 QSNN_GATHER(QSNN_TAPS_3X3, gather_avx2_3x3)
 QSNN_GATHER(QSNN_TAPS_1X1, gather_avx2_1x1)
 
-// The forward's loop: that row += value * weight[tap], the tap weights in registers.
 #define QSNN_SCATTER(TAPS, NAME)                                                                           \
   __attribute__((target("avx2,fma"))) void NAME(const float* weight, float* plane, int64_t row8,          \
                                                 const int32_t* rows, const float* values, int64_t count) { \
@@ -182,7 +184,8 @@ void check_levels(const char* op, const at::Tensor& levels) {
 
 void check_geometry(const char* op, const Geometry& g) {
   TORCH_CHECK_VALUE(g.kh >= 1 && g.kw >= 1 && g.ph >= 0 && g.pw >= 0 && g.ph < g.kh && g.pw < g.kw, op,
-                    ": padding must be in [0, kernel size), got kernel ", g.kh, "x", g.kw, ", padding ", g.ph, ",", g.pw);
+                    ": padding must be in [0, kernel size), got kernel ", g.kh, "x", g.kw, ", padding ", g.ph, ",",
+                    g.pw);
   TORCH_CHECK_VALUE(g.oh >= 1 && g.ow >= 1, op, ": the kernel does not fit the padded input");
   TORCH_CHECK_VALUE(g.n * g.plane() < (int64_t(1) << 31), op, ": the padded planes are too large for 32-bit rows");
 }

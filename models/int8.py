@@ -44,7 +44,7 @@ float output (``torch.ops.onednn.qconv2d_pointwise``, levels as uint8), which ne
 re-packed every call (the weight changes every step), a cost that only enough output positions
 repay: :data:`MIN_CONV_POSITIONS`. Convolution on a CPU without them: the same exact integer sums
 in float32 (where every partial sum stays below 2^24, :data:`EXACT_SUM`): over the nonzero levels
-only (``qsnn::spike_conv2d``, :mod:`qsnn_kernels.spike_conv`, for stride 1 or a 1x1 kernel; it
+only (``qsnn::spike_conv2d``, :mod:`qsnn_kernels.spike_conv`, stride 1, kernels of several taps; it
 turns to the dense float convolution itself where the levels are dense, ``kMaxForwardDensity``),
 else the float convolution of levels and codes. The convolution's backward sums the weight
 gradient over the nonzero levels only wherever ``qsnn::spike_conv2d_weight_grad`` applies (any
@@ -326,8 +326,7 @@ def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
         # no int8 dot-product units: the same exact integer sums in float32 (below 2^24), over the
         # nonzero levels only where the sparse kernel applies, else on the float convolution's
         if _sparse_applies(levels.device, codes.shape[2:], stride, padding, dilation, groups):
-            strided = levels[:, :, ::stride[0], ::stride[1]] if _reads_strided(codes.shape[2:], padding, dilation) else levels
-            y = spike_conv.spike_conv2d(strided, codes, scale, in_scale, padding)
+            y = spike_conv.spike_conv2d(levels, codes, scale, in_scale, padding)
         else:
             y = torch.conv2d(levels.to(torch.float32), codes.to(torch.float32), None, stride, padding, dilation, groups)
             y = y.mul_((scale * in_scale)[:, None, None]).contiguous()
@@ -382,22 +381,20 @@ def _conv2d_backward(ctx, grad, _grad_levels):
     return grad_x, None if grad_w is None else grad_w.to(weight.dtype), *(None,) * 8
 
 
-def _reads_strided(kernel_size, padding, dilation) -> bool:
-    """A 1x1 kernel without padding reads only the strided input positions: its weight gradient
-    is that of a stride-1 convolution over ``levels[:, :, ::stride[0], ::stride[1]]``."""
-    return list(kernel_size) == [1, 1] and list(padding) == [0, 0] and list(dilation) == [1, 1]
-
-
 def _sparse_applies(device, kernel_size, stride, padding, dilation, groups) -> bool:
-    stride = [1, 1] if _reads_strided(kernel_size, padding, dilation) else stride
-    return spike_conv.applies(device, kernel_size, stride, padding, dilation, groups)
+    """Where the layers run a convolution over the nonzero levels: where the kernels apply
+    (:func:`qsnn_kernels.spike_conv.applies`) and the kernel has more than one tap (a 1x1
+    convolution is a plain GEMM, which the dense kernels run as fast: measured at SEW-ResNet-18's
+    downsampling shapes)."""
+    return kernel_size[0] * kernel_size[1] > 1 and spike_conv.applies(device, kernel_size, stride, padding, dilation,
+                                                                      groups)
 
 
 def sparse_weight_grad_applies(x, weight, w_bits, s_bits, stride, padding, dilation, groups) -> bool:
-    """Whether :func:`int8_conv2d` on ``x`` runs, on a CPU without int8 dot-product units, as the
-    float convolution of exact integers (sums below 2^24) with a backward whose weight gradient
-    visits the nonzero levels only (:mod:`qsnn_kernels.spike_conv`): CPU float32 input, stride 1
-    (or a 1x1 kernel without padding, :func:`_reads_strided`), dilation 1, groups 1. Metadata only."""
+    """Whether :func:`int8_conv2d` on ``x`` runs, on a CPU without int8 dot-product units, over the
+    nonzero levels only (:mod:`qsnn_kernels.spike_conv`: the exact integer sums in float32, below
+    2^24, and the weight gradient): CPU float32 input and the geometry of :func:`_sparse_applies`.
+    Metadata only."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and _exact_in_float32(weight, s_bits, w_bits)
             and _sparse_applies(x.device, weight.shape[2:], list(stride), list(padding), list(dilation), groups))
 
@@ -408,8 +405,6 @@ def _sparse_weight_grad(levels, weight, grad, stride, padding, dilation, groups)
     kernel = list(weight.shape[2:])
     if grad.dtype != torch.float32 or not _sparse_applies(levels.device, kernel, stride, padding, dilation, groups):
         return None
-    if _reads_strided(kernel, padding, dilation):
-        levels = levels[:, :, ::stride[0], ::stride[1]]
     return lambda in_scale: spike_conv.spike_conv2d_weight_grad(grad, levels, in_scale, kernel, padding)
 
 

@@ -50,8 +50,7 @@ from ..max_pool import max_pool2d_offsets
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
 from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported,
-                   sparse_weight_grad_applies,
-                   spike_input_levels)
+                   sparse_weight_grad_applies, spike_input_levels)
 
 __all__ = [
     "ALLOWED_W_BITS",
@@ -224,9 +223,9 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
     * with int8 dot-product units (:func:`models.int8.cpu_has_int8_dot`): every linear, and every
       convolution whose output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions
       (``positions``);
-    * without them: the convolutions whose backward sums the weight gradient over the nonzero
-      levels only (:func:`models.int8.sparse_weight_grad_applies`); the forward is then the float
-      convolution of the integer levels and codes, as exact and as fast as the dense one.
+    * without them: the convolutions that run over the nonzero levels only
+      (:func:`models.int8.sparse_weight_grad_applies`: the exact integer forward and the weight
+      gradient of :mod:`qsnn_kernels.spike_conv`).
 
     ``int8=True`` skips those rules (on CUDA the path is taken only with ``int8=True``).
     Metadata and host constants only: the same choice under torch.compile, where the path is one

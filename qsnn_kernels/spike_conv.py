@@ -19,14 +19,15 @@ Op contract::
                                     levels[n, ci, y, x] * grad[n, co, y + padding[0] - i, x + padding[1] - j]
 
 with ``H' = H + 2 * padding[0] - kh + 1`` (likewise W'), each padding in ``[0, kernel size)``
-(zero padding). Where more of the levels are nonzero than ``kMaxForwardDensity``
-(csrc/spike_conv_cpu.cpp) the forward runs the dense float convolution of the same integers
-instead, faster there and equally exact. The forward's sums are exact where float32 holds them (every partial sum below
+(zero padding). The forward's sums are exact where float32 holds them (every partial sum below
 2^24: ``C * kh * kw * max level * max |code| < 2^24``, which the caller checks), so its values are
 the exact integer product times ``scale[co] * in_scale`` (that factor rounded to float32 first),
-rounded once. The weight gradient is that of ``conv2d(levels * in_scale, weight)``: it sums the
-same products as the dense backward in another order, so it equals it to float rounding. Bad
-input (dtype, device, shapes, padding) is a TypeError/ValueError before the kernels run.
+rounded once. Where more of the levels are nonzero than ``kMaxForwardDensity``
+(csrc/spike_conv_cpu.cpp) it runs the dense float convolution of the same integers instead:
+faster there, and as exact. The weight gradient is that of ``conv2d(levels * in_scale, weight)``:
+it sums the same products as the dense backward in another order, so it equals it to float
+rounding. Bad input (dtype, device, shapes, padding) is a TypeError/ValueError before the kernels
+run.
 Oracle: ``torch.nn.functional.conv2d`` and its backward on ``levels * in_scale``.
 """
 
@@ -57,8 +58,8 @@ def _weight_grad_fake(grad, levels, in_scale, kernel_size, padding):
 
 def applies(device: torch.device, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
             dilation: Sequence[int], groups: int) -> bool:
-    """Whether the op computes the weight gradient of this convolution: levels on the CPU,
-    stride 1, dilation 1, groups 1 and each padding below its kernel size."""
+    """Whether the ops compute this convolution: levels on the CPU, stride 1, dilation 1, groups 1
+    and each padding below its kernel size."""
     return (torch.device(device).type == "cpu" and list(stride) == [1, 1] and list(dilation) == [1, 1] and groups == 1
             and all(0 <= p < k for p, k in zip(padding, kernel_size)))
 

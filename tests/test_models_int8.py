@@ -65,7 +65,7 @@ def test_linear_non_contiguous_and_no_bias():
     (8, 4, 1.0, 6, 6, 3, 1, 1, 1, 3, (2, 5, 6)),
     (4, 1, 1.0, 5, 5, 3, 1, 1, 1, 5, (2, 4, 4)),
     (4, 2, 0.5, 9, 70, 3, 1, 1, 1, 1, (2, 6, 5)),     # the sparse weight gradient: several blocks of 8
-    (4, 1, 1.0, 8, 12, 1, 2, 0, 1, 1, (2, 7, 6)),     # 1x1 stride 2: the sparse weight gradient too
+    (4, 1, 1.0, 8, 12, 1, 2, 0, 1, 1, (2, 7, 6)),     # 1x1 stride 2: the float convolution of levels
     (2, 3, 1.0, 3, 5, (2, 3), 1, (1, 2), 1, 1, (1, 5, 4)),  # its plain loop
 ])
 @pytest.mark.parametrize("int8_dot", [True, False], ids=["int8-units", "no-int8-units"])
@@ -122,7 +122,7 @@ def test_dispatch_rule(monkeypatch):
     x = torch.zeros(1, 4, 8, 8)
     for kernel, stride, pad, dil, groups, w_bits, s_bits, taken in (
             (3, 1, 1, 1, 1, 4, 1, True),        # even on 64 output positions
-            (1, 2, 0, 1, 1, 4, 1, True),        # 1x1 stride 2 reads the strided positions
+            (1, 1, 0, 1, 1, 4, 1, False),       # 1x1: a plain GEMM, as fast dense
             (3, 2, 1, 1, 1, 4, 1, False),       # stride 2
             (3, 1, 2, 2, 1, 4, 1, False),       # dilation 2
             (3, 1, 1, 1, 2, 4, 1, False)):      # groups
