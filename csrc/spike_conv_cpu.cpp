@@ -54,7 +54,9 @@ struct Geometry {
   }
   int64_t plane() const { return padded_h * padded_w; }
   int64_t taps() const { return kh * kw; }
-  int64_t chunk_images() const { return std::clamp<int64_t>(kChunkBytes / (plane() * blocks * 32), 1, n); }
+  int64_t chunk_images() const {  // at least one, even for an empty batch
+    return std::max<int64_t>(1, std::min<int64_t>(kChunkBytes / std::max<int64_t>(1, plane() * blocks * 32), n));
+  }
 };
 
 // The nonzero levels of channel ci of images [n0, n1), as padded rows relative to image n0.

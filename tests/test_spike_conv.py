@@ -84,7 +84,7 @@ def test_forward_opcheck_and_errors():
         spike_conv2d(levels, codes, torch.rand(4), 1.0, [3, 1])
 
 
-def test_strided_and_channels_last_inputs_and_zero_levels():
+def test_strided_and_channels_last_inputs_zero_levels_and_empty_batches():
     levels = _levels((2, 6, 5, 5), 1, 0.4, seed=3)
     grad = torch.randn(2, 10, 5, 5)
     want = spike_conv2d_weight_grad(grad, levels, 1.0, (3, 3), (1, 1))
@@ -96,6 +96,11 @@ def test_strided_and_channels_last_inputs_and_zero_levels():
     torch.testing.assert_close(spike_conv2d_weight_grad(grad, wide[..., ::2], 1.0, (3, 3), (1, 1)), want)
     zero = spike_conv2d_weight_grad(grad, torch.zeros_like(levels), 1.0, (3, 3), (1, 1))
     assert torch.equal(zero, torch.zeros(10, 6, 3, 3))
+    empty = torch.zeros(0, 6, 5, 5, dtype=torch.uint8)
+    assert torch.equal(spike_conv2d_weight_grad(torch.zeros(0, 10, 5, 5), empty, 1.0, (3, 3), (1, 1)),
+                       torch.zeros(10, 6, 3, 3))
+    codes = torch.ones(10, 6, 3, 3, dtype=torch.int8)
+    assert spike_conv2d(empty, codes, torch.ones(10), 1.0, (1, 1)).shape == (0, 10, 5, 5)
 
 
 def test_opcheck():
