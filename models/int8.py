@@ -366,18 +366,22 @@ def _conv2d_backward(ctx, grad, _grad_levels):
     w_bits, in_scale, stride, padding, dilation, groups = ctx.args
     dtype = grad.dtype  # the output's (x's: bfloat16 under CUDA autocast)
     grad = grad.contiguous()
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    kernel = list(weight.shape[2:])
+    # the weight gradient over the nonzero levels only, where its kernel computes it
+    sparse_w = need_w and grad.dtype == torch.float32 and _sparse_applies(levels.device, kernel, stride, padding,
+                                                                           dilation, groups)
     grad_x = grad_w = None
-    sparse = ctx.needs_input_grad[1] and _sparse_weight_grad(levels, weight, grad, stride, padding, dilation, groups)
-    if ctx.needs_input_grad[0] or (ctx.needs_input_grad[1] and sparse is None):
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and sparse is None, False]
+    if need_x or (need_w and not sparse_w):
+        mask = [need_x, need_w and not sparse_w, False]
         # on the CPU the input's values are read only for the weight gradient
         x = (grad.new_empty(()).expand(levels.shape) if not mask[1] and levels.device.type == "cpu"
              else _spike_values(levels, in_scale).to(dtype))
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad, x, dequantized_weight(weight, w_bits).to(dtype), None, stride, padding, dilation, False, [0, 0],
             groups, mask)
-    if sparse is not None:
-        grad_w = sparse(in_scale)
+    if sparse_w:
+        grad_w = spike_conv.spike_conv2d_weight_grad(grad, levels, in_scale, kernel, padding)
     return grad_x, None if grad_w is None else grad_w.to(weight.dtype), *(None,) * 8
 
 
@@ -397,15 +401,6 @@ def sparse_weight_grad_applies(x, weight, w_bits, s_bits, stride, padding, dilat
     Metadata only."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and _exact_in_float32(weight, s_bits, w_bits)
             and _sparse_applies(x.device, weight.shape[2:], list(stride), list(padding), list(dilation), groups))
-
-
-def _sparse_weight_grad(levels, weight, grad, stride, padding, dilation, groups):
-    """The weight gradient over the nonzero levels only, as a function of ``in_scale``, where its
-    kernel computes it (float32 grad, :func:`_sparse_applies`); else None."""
-    kernel = list(weight.shape[2:])
-    if grad.dtype != torch.float32 or not _sparse_applies(levels.device, kernel, stride, padding, dilation, groups):
-        return None
-    return lambda in_scale: spike_conv.spike_conv2d_weight_grad(grad, levels, in_scale, kernel, padding)
 
 
 def _int8_conv2d_cuda(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in=None):

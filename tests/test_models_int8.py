@@ -134,6 +134,33 @@ def test_dispatch_rule(monkeypatch):
         assert uses_int8(conv, x, conv._positions(x)) is taken
 
 
+@pytest.mark.parametrize("int8_dot", [True, False], ids=["int8-units", "no-int8-units"])
+def test_conv_backward_with_a_frozen_weight_or_input(int8_dot, monkeypatch):
+    """Only the gradients asked for: a frozen weight (input gradient only) and an input without
+    gradient (weight gradient only, on the sparse kernel where it applies), equal to the dense layer's."""
+    monkeypatch.setattr(int8_mod, "cpu_has_int8_dot", lambda: int8_dot)
+    torch.manual_seed(3)
+    conv = QuantConv2d(5, 11, 3, padding=1, bias=False, w_bits=4, s_bits=2, in_scale=0.5)
+    x = _spikes((2, 5, 6, 7), 2, 0.5)
+    g = torch.linspace(-1, 1, 2 * 11 * 6 * 7).reshape(2, 11, 6, 7)
+    conv.weight.requires_grad_(False)
+    grads = []
+    for int8 in (True, False):
+        conv.int8 = int8
+        xr = x.clone().requires_grad_()
+        conv(xr).backward(g)
+        grads.append(xr.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+    conv.weight.requires_grad_(True)
+    grads = []
+    for int8 in (True, False):
+        conv.int8 = int8
+        conv.weight.grad = None
+        conv(x).backward(g)
+        grads.append(conv.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad, match", [(0.5, "not 1-bit spikes"), (2.0, "not 1-bit spikes"),
                                         (-1.0, "not 1-bit spikes")])
 def test_non_spike_input_is_an_error(bad, match):
