@@ -52,18 +52,26 @@ QSNN_INLINE void for_channel_runs(int64_t n0, int64_t len, int64_t channels, int
   }
 }
 
+// Channels-last (inner = 1): neighbouring neurons are neighbouring channels, so a chunk is a few
+// runs of consecutive channels, not one run per neuron: fn(first index in the chunk, run length,
+// channel of its first neuron).
+template <typename Fn>
+QSNN_INLINE void for_consecutive_channels(int64_t n0, int64_t len, int64_t channels, Fn fn) {
+  for (int64_t i = 0, c = n0 % channels; i < len; c = 0) {
+    const int64_t run = std::min(len - i, channels - c);
+    fn(i, run, c);
+    i += run;
+  }
+}
+
 // dst[i] = per_channel[channel of neuron n0 + i], i < len: a chunk's copy of a per-channel constant.
-// Channels-last (inner = 1): neighbouring neurons are neighbouring channels, so the chunk reads
-// (and adds to) runs of consecutive channels instead of one run per neuron.
 template <typename T>
 QSNN_INLINE void gather_channels(const T* per_channel, T* __restrict__ dst, int64_t n0, int64_t len,
                                  int64_t channels, int64_t inner) {
   if (inner == 1) {
-    for (int64_t i = 0, c = n0 % channels; i < len; c = 0) {
-      const int64_t run = std::min(len - i, channels - c);
+    for_consecutive_channels(n0, len, channels, [&](int64_t i, int64_t run, int64_t c) {
       std::copy(per_channel + c, per_channel + c + run, dst + i);
-      i += run;
-    }
+    });
     return;
   }
   for_channel_runs(n0, len, channels, inner, [&](int64_t i, int64_t run, int64_t c) {
@@ -78,11 +86,9 @@ template <typename T>
 QSNN_INLINE void add_to_channels(const T* __restrict__ src, double* per_channel, int64_t n0, int64_t len,
                                  int64_t channels, int64_t inner) {
   if (inner == 1) {
-    for (int64_t i = 0, c = n0 % channels; i < len; c = 0) {
-      const int64_t run = std::min(len - i, channels - c);
+    for_consecutive_channels(n0, len, channels, [&](int64_t i, int64_t run, int64_t c) {
       for (int64_t j = 0; j < run; ++j) per_channel[c + j] += static_cast<double>(src[i + j]);
-      i += run;
-    }
+    });
     return;
   }
   for_channel_runs(n0, len, channels, inner, [&](int64_t i, int64_t run, int64_t c) {
