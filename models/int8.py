@@ -49,7 +49,7 @@ turns to the dense float convolution itself where the levels are dense, ``kMaxFo
 else the float convolution of levels and codes. The convolution's backward sums the weight
 gradient over the nonzero levels only wherever ``qsnn::spike_conv2d_weight_grad`` applies (any
 CPU). The layers use the int8 path by default on a CPU with int8 dot-product units, and for the
-convolutions of :func:`sparse_weight_grad_applies` on a CPU without them, eager and under
+convolutions of :func:`sparse_conv_applies` on a CPU without them, eager and under
 torch.compile alike (the ops are opaque to the compiler; their fakes give the shapes).
 """
 
@@ -67,7 +67,7 @@ from .. import spike_conv
 from ..quantize import dequantized_weight, quantize_weight, spike_levels
 
 __all__ = ["MIN_CONV_POSITIONS", "cpu_has_int8_dot", "int8_conv2d", "int8_linear", "int8_supported",
-           "sparse_weight_grad_applies", "spike_input_levels"]
+           "sparse_conv_applies", "spike_input_levels"]
 
 MIN_CONV_POSITIONS = 512
 """Smallest output size N * H' * W' at which the int8 convolution is used automatically: the weight
@@ -394,7 +394,7 @@ def _sparse_applies(device, kernel_size, stride, padding, dilation, groups) -> b
                                                                       groups)
 
 
-def sparse_weight_grad_applies(x, weight, w_bits, s_bits, stride, padding, dilation, groups) -> bool:
+def sparse_conv_applies(x, weight, w_bits, s_bits, stride, padding, dilation, groups) -> bool:
     """Whether :func:`int8_conv2d` on ``x`` runs, on a CPU without int8 dot-product units, over the
     nonzero levels only (:mod:`qsnn_kernels.spike_conv`: the exact integer sums in float32, below
     2^24, and the weight gradient): CPU float32 input and the geometry of :func:`_sparse_applies`.

@@ -50,7 +50,7 @@ from ..max_pool import max_pool2d_offsets
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
 from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported,
-                   sparse_weight_grad_applies, spike_input_levels)
+                   sparse_conv_applies, spike_input_levels)
 
 __all__ = [
     "ALLOWED_W_BITS",
@@ -224,7 +224,7 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
       convolution whose output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions
       (``positions``);
     * without them: the convolutions that run over the nonzero levels only
-      (:func:`models.int8.sparse_weight_grad_applies`: the exact integer forward and the weight
+      (:func:`models.int8.sparse_conv_applies`: the exact integer forward and the weight
       gradient of :mod:`qsnn_kernels.spike_conv`).
 
     ``int8=True`` skips those rules (on CUDA the path is taken only with ``int8=True``).
@@ -239,9 +239,8 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
         return False
     if cpu_has_int8_dot():
         return positions is None or positions >= MIN_CONV_POSITIONS
-    return positions is not None and sparse_weight_grad_applies(x, layer.weight, layer.w_bits, layer.s_bits,
-                                                                layer.stride, layer.padding, layer.dilation,
-                                                                layer.groups)
+    return positions is not None and sparse_conv_applies(x, layer.weight, layer.w_bits, layer.s_bits, layer.stride,
+                                                         layer.padding, layer.dilation, layer.groups)
 
 
 def _float_levels(x: torch.Tensor, s_bits: int, in_scale: float) -> torch.Tensor:
