@@ -38,7 +38,11 @@ backward's float products run in the gradient's dtype. Convolution on CUDA: an
 implicit GEMM over the levels read channels-last (no im2col), same epilogue, groups = 1. Neither
 is chosen automatically on CUDA (``int8=True`` in the layers) until benchmarks/gpu_check.py has
 measured them there.
-Linear on CPU: ``torch._int_mm`` (signed int8: levels <= 127, so s_bits <= 4). Convolution on a
+Linear on a CPU with int8 dot-product units (:func:`cpu_has_int8_dot`): ``torch._int_mm`` (signed
+int8: levels <= 127, so s_bits <= 4); on a CPU without them: the same exact integer sums in
+float32 (where every partial sum stays below 2^24, :data:`EXACT_SUM`) on torch's float GEMM, as
+fast as the dense layer's; what the op adds there is the backward's input: the 1-byte levels
+instead of the float spikes, and the master weight instead of a quantized copy. Convolution on a
 CPU with int8 dot-product units (:func:`cpu_has_int8_dot`): oneDNN's quantized convolution with a
 float output (``torch.ops.onednn.qconv2d_pointwise``, levels as uint8), which needs the weight
 re-packed every call (the weight changes every step), a cost that only enough output positions
@@ -48,9 +52,9 @@ only (``qsnn::spike_conv2d``, :mod:`qsnn_kernels.spike_conv`, stride 1, kernels 
 turns to the dense float convolution itself where the levels are dense, ``kMaxForwardDensity``),
 else the float convolution of levels and codes. The convolution's backward sums the weight
 gradient over the nonzero levels only wherever ``qsnn::spike_conv2d_weight_grad`` applies (any
-CPU). The layers use the int8 path by default on a CPU with int8 dot-product units, and for the
-convolutions of :func:`sparse_conv_applies` on a CPU without them, eager and under
-torch.compile alike (the ops are opaque to the compiler; their fakes give the shapes).
+CPU). The layers use the int8 path by default on every CPU (:func:`models.layers.uses_int8` has
+the rule), eager and under torch.compile alike (the ops are opaque to the compiler; their fakes
+give the shapes).
 """
 
 from __future__ import annotations
@@ -66,8 +70,8 @@ from ..conv_geometry import conv_output_size
 from .. import spike_conv
 from ..quantize import dequantized_weight, quantize_weight, spike_levels
 
-__all__ = ["MIN_CONV_POSITIONS", "cpu_has_int8_dot", "int8_conv2d", "int8_linear", "int8_supported",
-           "sparse_conv_applies", "spike_input_levels"]
+__all__ = ["MIN_CONV_POSITIONS", "cpu_has_int8_dot", "exact_float_sums", "int8_conv2d", "int8_linear",
+           "int8_supported", "spike_input_levels"]
 
 MIN_CONV_POSITIONS = 512
 """Smallest output size N * H' * W' at which the int8 convolution is used automatically: the weight
@@ -218,7 +222,7 @@ def _levels_out(levels_in, levels: torch.Tensor) -> torch.Tensor:
     return levels if levels_in is None else levels.new_empty((0,))
 
 
-def _check_linear(x, weight, w_bits, s_bits, in_scale, levels=None) -> None:
+def _check_linear(x, weight, w_bits, s_bits, in_scale, levels=None, bias=None) -> None:
     """Errors of :func:`int8_linear` (shapes, then :func:`_problem`); torch._check forms, so that
     the fake raises them under torch.compile too."""
     torch._check_value(weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1],
@@ -226,33 +230,46 @@ def _check_linear(x, weight, w_bits, s_bits, in_scale, levels=None) -> None:
                                f"{tuple(weight.shape)}")
     torch._check_value(in_scale > 0, lambda: f"int8_linear: in_scale must be > 0, got {in_scale}")
     _check_levels("int8_linear", x, levels)
+    if bias is not None:
+        torch._check_value(bias.shape == weight.shape[:1] and bias.dtype == weight.dtype and bias.device == x.device,
+                           lambda: f"int8_linear: bias must be [N] = [{weight.shape[0]}] with the weight's dtype "
+                                   f"{weight.dtype} on x's device, got {bias.dtype} {tuple(bias.shape)} on "
+                                   f"{bias.device}")
     _raise_if_unsupported(x, weight, w_bits, s_bits)
 
 
 @torch.library.custom_op("qsnn::int8_linear", mutates_args=())
-def _int8_linear_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int,
-                    in_scale: float, levels_in: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in)
+def _int8_linear_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float,
+                    levels_in: Optional[torch.Tensor] = None,
+                    bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in, bias)
     levels = _input_levels(x, levels_in, in_scale, s_bits, torch.int8)
     codes, scale = quantize_weight(weight, w_bits)
     flat = levels.reshape(-1, levels.shape[-1])
-    if flat.shape[0]:
-        acc = torch._int_mm(flat, codes.t())
-    else:
-        acc = flat.new_zeros((0, codes.shape[0]), dtype=torch.int32)
-    y = acc.to(torch.float32).mul_(scale * in_scale)
-    return y.reshape(*x.shape[:-1], codes.shape[0]), _levels_out(levels_in, levels)
+    y = x.new_empty((*x.shape[:-1], codes.shape[0]))  # written through a 2-D view: the output is no view
+    acc = y.view(-1, codes.shape[0])
+    if not cpu_has_int8_dot() and _exact_in_float32(weight, s_bits, w_bits):
+        # no int8 dot-product units (torch's int8 products run far slower than fp32 there): the
+        # same exact integer sums in float32 (below 2^24); x holds the levels as floats at in_scale 1
+        a = x.reshape(flat.shape) if in_scale == 1.0 else flat.to(torch.float32)
+        torch.mm(a, codes.t().to(torch.float32), out=acc)
+    elif flat.shape[0]:
+        acc.copy_(torch._int_mm(flat, codes.t()))
+    acc.mul_(scale * in_scale)
+    if bias is not None:  # in place (a fresh output costs page faults), rounded after the product as on CUDA
+        acc.add_(bias)
+    return y, _levels_out(levels_in, levels)
 
 
 @_int8_linear_op.register_fake
-def _(x, weight, w_bits, s_bits, in_scale, levels_in=None):
-    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in)
+def _(x, weight, w_bits, s_bits, in_scale, levels_in=None, bias=None):
+    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in, bias)
     levels = torch.empty_like(x, dtype=torch.int8) if levels_in is None else x.new_empty((0,), dtype=torch.int8)
     return x.new_empty((*x.shape[:-1], weight.shape[0])), levels
 
 
 def _linear_setup_context(ctx, inputs, output):
-    _, weight, w_bits, _, in_scale, levels_in = inputs
+    _, weight, w_bits, _, in_scale, levels_in, _bias = inputs
     ctx.save_for_backward(output[1] if levels_in is None else levels_in, weight)
     ctx.w_bits, ctx.in_scale = w_bits, in_scale
 
@@ -260,26 +277,29 @@ def _linear_setup_context(ctx, inputs, output):
 def _linear_backward(ctx, grad, _grad_levels):
     levels, weight = ctx.saved_tensors
     g = grad.reshape(-1, grad.shape[-1])  # in the output's dtype (x's: bfloat16 under CUDA autocast)
-    grad_x = grad_w = None
+    grad_x = grad_w = grad_bias = None
     if ctx.needs_input_grad[0]:
         grad_x = (g @ dequantized_weight(weight, ctx.w_bits).to(g.dtype)).reshape(levels.shape)
     if ctx.needs_input_grad[1]:
         spikes = _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale).to(g.dtype)
         grad_w = (g.t() @ spikes).to(weight.dtype)
-    return grad_x, grad_w, None, None, None, None
+    needs = ctx.needs_input_grad  # as many as the call passed (levels_in and bias are optional)
+    if len(needs) > 6 and needs[6]:
+        grad_bias = g.sum(0, dtype=weight.dtype)
+    return (grad_x, grad_w, None, None, None, None, grad_bias)[:len(needs)]
 
 
-def _int8_linear_cuda(x, weight, w_bits, s_bits, in_scale, levels_in=None):
+def _int8_linear_cuda(x, weight, w_bits, s_bits, in_scale, levels_in=None, bias=None):
     """The CUDA kernel: levels (handed in, or one checked pass: a host sync), codes and scales (one
-    Triton launch), then the Triton int8 GEMM with the epilogue ``acc * (scale * in_scale)``
+    Triton launch), then the Triton int8 GEMM with the epilogue ``acc * (scale * in_scale) + bias``
     written in x's dtype."""
     from qsnn_kernels.triton.int8_matmul import int8_matmul_triton
 
-    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in)
+    _check_linear(x, weight, w_bits, s_bits, in_scale, levels_in, bias)
     levels = _input_levels(x, levels_in, in_scale, s_bits, torch.int8)
     codes, scale = quantize_weight(weight, w_bits)
-    y = int8_matmul_triton(levels.reshape(-1, levels.shape[-1]), codes, scale, in_scale, out_dtype=x.dtype)
-    return y.reshape(*x.shape[:-1], codes.shape[0]), _levels_out(levels_in, levels)
+    y = int8_matmul_triton(levels.reshape(-1, levels.shape[-1]), codes, scale, in_scale, bias, out_dtype=x.dtype)
+    return y.view(*x.shape[:-1], codes.shape[0]), _levels_out(levels_in, levels)
 
 
 _int8_linear_op.register_kernel("cuda", _int8_linear_cuda)
@@ -394,13 +414,13 @@ def _sparse_applies(device, kernel_size, stride, padding, dilation, groups) -> b
                                                                       groups)
 
 
-def sparse_conv_applies(x, weight, w_bits, s_bits, stride, padding, dilation, groups) -> bool:
-    """Whether :func:`int8_conv2d` on ``x`` runs, on a CPU without int8 dot-product units, over the
-    nonzero levels only (:mod:`qsnn_kernels.spike_conv`: the exact integer sums in float32, below
-    2^24, and the weight gradient): CPU float32 input and the geometry of :func:`_sparse_applies`.
-    Metadata only."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and _exact_in_float32(weight, s_bits, w_bits)
-            and _sparse_applies(x.device, weight.shape[2:], list(stride), list(padding), list(dilation), groups))
+def exact_float_sums(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int) -> bool:
+    """Whether :func:`int8_linear` or :func:`int8_conv2d` on ``x`` runs, on a CPU without int8
+    dot-product units, as exact integer sums in float32 (every partial sum below 2^24): CPU float32
+    input. The linear on torch's float GEMM; the convolution over the nonzero levels only where
+    :func:`_sparse_applies` (:mod:`qsnn_kernels.spike_conv`), else on the float convolution of
+    levels and codes. Metadata only."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and _exact_in_float32(weight, s_bits, w_bits)
 
 
 def _int8_conv2d_cuda(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in=None):
@@ -424,12 +444,12 @@ _int8_conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_
 
 
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float,
-                levels: torch.Tensor | None = None) -> torch.Tensor:
-    """``x [..., K]`` (spikes, levels <= 4 bits) @ the ``w_bits``-quantized ``weight [N, K]`` ->
-    ``[..., N]`` float32, no bias (op ``qsnn::int8_linear``; the module docstring has the
-    contract and the errors). ``levels``: x's levels as the neuron emitted them (uint8/int8, x's
-    shape), read instead of converting ``x``."""
-    return torch.ops.qsnn.int8_linear(x, weight, w_bits, s_bits, float(in_scale), levels)[0]
+                levels: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [..., K]`` (spikes, levels <= 4 bits) @ the ``w_bits``-quantized ``weight [N, K]``
+    ``+ bias [N]`` (optional, added in the same pass) -> ``[..., N]`` in x's dtype (op
+    ``qsnn::int8_linear``; the module docstring has the contract and the errors). ``levels``: x's
+    levels as the neuron emitted them (uint8/int8, x's shape), read instead of converting ``x``."""
+    return torch.ops.qsnn.int8_linear(x, weight, w_bits, s_bits, float(in_scale), levels, bias)[0]
 
 
 def int8_conv2d(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: int, in_scale: float, stride, padding,

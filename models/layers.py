@@ -49,8 +49,8 @@ from ..lif import MultiLevelLIF
 from ..max_pool import max_pool2d_offsets
 from ..quantize import dequantized_weight
 from ..reference import fake_quantize_weight
-from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, int8_conv2d, int8_linear, int8_supported,
-                   sparse_conv_applies, spike_input_levels)
+from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, exact_float_sums, int8_conv2d, int8_linear,
+                   int8_supported, spike_input_levels)
 
 __all__ = [
     "ALLOWED_W_BITS",
@@ -223,9 +223,10 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
     * with int8 dot-product units (:func:`models.int8.cpu_has_int8_dot`): every linear, and every
       convolution whose output has at least :data:`models.int8.MIN_CONV_POSITIONS` positions
       (``positions``);
-    * without them: the convolutions that run over the nonzero levels only
-      (:func:`models.int8.sparse_conv_applies`: the exact integer forward and the weight
-      gradient of :mod:`qsnn_kernels.spike_conv`).
+    * without them: every linear and convolution whose integer sums float32 holds exactly
+      (:func:`models.int8.exact_float_sums`): as fast as the dense layer (convolutions faster,
+      over the nonzero levels only, where :mod:`qsnn_kernels.spike_conv` applies), and the
+      backward keeps the 1-byte levels instead of the float input.
 
     ``int8=True`` skips those rules (on CUDA the path is taken only with ``int8=True``).
     Metadata and host constants only: the same choice under torch.compile, where the path is one
@@ -239,8 +240,7 @@ def uses_int8(layer, x: torch.Tensor, positions: int | None = None) -> bool:
         return False
     if cpu_has_int8_dot():
         return positions is None or positions >= MIN_CONV_POSITIONS
-    return positions is not None and sparse_conv_applies(x, layer.weight, layer.w_bits, layer.s_bits, layer.stride,
-                                                         layer.padding, layer.dilation, layer.groups)
+    return exact_float_sums(x, layer.weight, layer.w_bits, layer.s_bits)
 
 
 def _float_levels(x: torch.Tensor, s_bits: int, in_scale: float) -> torch.Tensor:
@@ -379,8 +379,7 @@ class QuantLinear(_QuantAttrs, nn.Linear):
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
         if uses_int8(self, x):
-            y = int8_linear(x, self.weight, self.w_bits, self.s_bits, self.in_scale, levels)
-            return y if self.bias is None else y + self.bias
+            return int8_linear(x, self.weight, self.w_bits, self.s_bits, self.in_scale, levels, self.bias)
         # as one 2-D product: the bias goes into the GEMM (addmm) instead of an add over the output
         y = F.linear(x.reshape(-1, self.in_features), _layer_weight(self), self.bias)
         return y.view(*x.shape[:-1], self.out_features)

@@ -62,7 +62,8 @@ from torch import nn
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from ..deprecation import NOT_GIVEN, renamed_keyword
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, SpikeMaxPool2d,
-                     batch_norm_spikes, bits_for_levels, check_model_args, mean_over_time, repeat_frame, spiking_neuron)
+                     batch_norm_spikes, batch_norm_spikes_for, bits_for_levels, check_model_args, feed, mean_over_time,
+                     repeat_frame, spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
@@ -108,8 +109,14 @@ class _LinearBNLIF(nn.Module):
         self.bn = TokenBatchNorm(out_features)
         self.lif = spiking_neuron(s_bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return batch_norm_spikes(self.bn, self.lif, self.linear(x), channel_dim=-1)
+    def forward(self, x: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+        """``levels``: x's spike levels, when the neuron that made x emitted them."""
+        return batch_norm_spikes(self.bn, self.lif, feed(self.linear, x, levels), channel_dim=-1)
+
+    def spikes_for(self, consumer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(spikes, levels)``: :meth:`forward`, and the spikes' levels when the layer ``consumer``
+        reads them (:func:`models.layers.batch_norm_spikes_for`)."""
+        return batch_norm_spikes_for(consumer, self.bn, self.lif, self.linear(x), channel_dim=-1)
 
 
 class _ConvBNLIF(nn.Module):
@@ -216,7 +223,7 @@ class SpikformerMLP(nn.Module):
         self.fc2 = _LinearBNLIF(hidden, dim, True, w_bits, s_bits, s_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.fc1(x))
+        return self.fc2(*self.fc1.spikes_for(self.fc2.linear, x))
 
 
 class SpikformerBlock(nn.Module):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from functorch.compile import make_boxed_compiler
 
+from qsnn_kernels import reference
 import qsnn_kernels.models as qm
 from qsnn_kernels.models import int8 as int8_mod
 from qsnn_kernels.models import layers as layers_mod
@@ -43,7 +44,10 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("w_bits, s_bits, in_scale, shape, k", [
     (1, 1, 1.0, (1, 2), 1), (2, 2, 0.5, (3, 31), 7), (4, 4, 0.3, (2, 5, 33), 9), (8, 1, 1.0, (1, 2, 3, 273), 16),
     (8, 4, 0.75, (64, 64), 64)])
-def test_linear_matches_dense(w_bits, s_bits, in_scale, shape, k):
+@pytest.mark.parametrize("int8_dot", [True, False], ids=["int8-units", "no-int8-units"])
+def test_linear_matches_dense(w_bits, s_bits, in_scale, shape, k, int8_dot, monkeypatch):
+    """Both CPU forwards: torch._int_mm (int8 units) and the exact float sums (without them)."""
+    monkeypatch.setattr(int8_mod, "cpu_has_int8_dot", lambda: int8_dot)
     torch.manual_seed(1)
     lin = QuantLinear(shape[-1], k, w_bits=w_bits, s_bits=s_bits, in_scale=in_scale)
     x = _spikes(shape, s_bits, in_scale)
@@ -113,25 +117,23 @@ def test_dispatch_rule(monkeypatch):
     assert not uses_int8(lin, torch.zeros(2, 4, dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not uses_int8(lin, torch.zeros(2, 4))
-    # a CPU without int8 dot-product units: the automatic rule keeps linears on the float path (True
-    # forces int8), and takes the convolutions whose weight gradient runs over the nonzero levels
+    # a CPU without int8 dot-product units: the automatic rule takes every linear (the float GEMM,
+    # 1-byte levels saved) and every convolution whose sums float32 holds exactly, any geometry
     monkeypatch.setattr(layers_mod, "cpu_has_int8_dot", lambda: False)
-    assert not uses_int8(lin, torch.zeros(2, 4))
-    lin.int8 = True
     assert uses_int8(lin, torch.zeros(2, 4))
+    lin.int8 = False
+    assert not uses_int8(lin, torch.zeros(2, 4))
     x = torch.zeros(1, 4, 8, 8)
-    for kernel, stride, pad, dil, groups, w_bits, s_bits, taken in (
-            (3, 1, 1, 1, 1, 4, 1, True),        # even on 64 output positions
-            (1, 1, 0, 1, 1, 4, 1, False),       # 1x1: a plain GEMM, as fast dense
-            (3, 2, 1, 1, 1, 4, 1, False),       # stride 2
-            (3, 1, 2, 2, 1, 4, 1, False),       # dilation 2
-            (3, 1, 1, 1, 2, 4, 1, False)):      # groups
-        conv = QuantConv2d(4, 4, kernel, stride=stride, padding=pad, groups=groups, w_bits=w_bits, s_bits=s_bits)
+    for kernel, stride, pad, dil, groups in ((3, 1, 1, 1, 1), (1, 1, 0, 1, 1), (3, 2, 1, 1, 1), (3, 1, 2, 2, 1),
+                                             (3, 1, 1, 1, 2)):
+        conv = QuantConv2d(4, 4, kernel, stride=stride, padding=pad, groups=groups, w_bits=4, s_bits=1)
         conv.dilation = (dil, dil)
-        assert uses_int8(conv, x, conv._positions(x)) is taken, (kernel, stride, pad, dil, groups)
+        assert uses_int8(conv, x, conv._positions(x)), (kernel, stride, pad, dil, groups)
     for s_bits, taken in ((7, True), (8, False)):  # K * 255 * 128 >= 2^24 at 8 bits: float32 would round the sums
         conv, x = QuantConv2d(64, 4, 3, padding=1, w_bits=8, s_bits=s_bits), torch.zeros(1, 64, 8, 8)
         assert uses_int8(conv, x, conv._positions(x)) is taken
+    for k, taken in ((8738, True), (8739, False)):  # K * 15 * 128 < 2^24 up to K = 8738
+        assert uses_int8(QuantLinear(k, 2, w_bits=8, s_bits=4), torch.zeros(1, k)) is taken
 
 
 @pytest.mark.parametrize("int8_dot", [True, False], ids=["int8-units", "no-int8-units"])
@@ -221,6 +223,25 @@ def test_opcheck_int8_linear(w_bits, s_bits, in_scale, x_shape, n):
     torch.library.opcheck(torch.ops.qsnn.int8_linear.default, (x, w, w_bits, s_bits, in_scale))
     xt = _spikes((*x_shape[:-2], x_shape[-1], x_shape[-2]), s_bits, in_scale).transpose(-1, -2).requires_grad_()
     torch.library.opcheck(torch.ops.qsnn.int8_linear.default, (xt, w, w_bits, s_bits, in_scale))
+    bias = _weight((n,), seed=5).requires_grad_()
+    torch.library.opcheck(torch.ops.qsnn.int8_linear.default, (x, w, w_bits, s_bits, in_scale, None, bias))
+
+
+@pytest.mark.parametrize("int8_dot", [True, False], ids=["int8-units", "no-int8-units"])
+def test_linear_bias_in_the_epilogue(int8_dot, monkeypatch):
+    """The bias, added in the op's epilogue: the value and the three gradients of the dense layer."""
+    monkeypatch.setattr(int8_mod, "cpu_has_int8_dot", lambda: int8_dot)
+    x = _spikes((2, 3, 37), 2, 0.5).requires_grad_()
+    w, b = _weight((6, 37)).requires_grad_(), _weight((6,), seed=5).requires_grad_()
+    y = torch.ops.qsnn.int8_linear(x, w, 4, 2, 0.5, None, b)[0]
+    ref = torch.nn.functional.linear(x, reference.fake_quantize_weight(w, 4), b)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    got, want = torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g)
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="bias must be"):
+        torch.ops.qsnn.int8_linear(x, w, 4, 2, 0.5, None, b[:5])
 
 
 @pytest.mark.parametrize("w_bits, s_bits, in_scale, x_shape, w_shape, stride, pad, dil, groups", [
@@ -295,10 +316,13 @@ def test_cuda_linear_kernel_equals_the_cpu_op(w_bits, s_bits, in_scale, shape, n
 
     x = _spikes(shape, s_bits, in_scale, seed=n)
     w = torch.randn(n, shape[-1], generator=torch.Generator().manual_seed(1))
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(2))
     with triton_kernels_on_cpu(quantize.TRITON_KERNELS):
         y, levels = int8_mod._int8_linear_cuda(x, w, w_bits, s_bits, in_scale)
+        y_bias, _ = int8_mod._int8_linear_cuda(x, w, w_bits, s_bits, in_scale, None, bias)
     ref_y, ref_levels = torch.ops.qsnn.int8_linear(x, w, w_bits, s_bits, in_scale)
     assert mismatches(y, ref_y) == 0 and mismatches(levels, ref_levels) == 0
+    assert mismatches(y_bias, torch.ops.qsnn.int8_linear(x, w, w_bits, s_bits, in_scale, None, bias)[0]) == 0
     dense = x @ qm.layers.quantized_weight(w, w_bits).t()
     torch.testing.assert_close(y, dense, rtol=1e-5, atol=1e-5)
 
