@@ -23,9 +23,12 @@ the best step. Every build of the table is timed alone in a fresh process
 (:func:`measure_in_fresh_process`), one after the other, never two compiles in one process.
 Peak memory, in the same process: the peak RSS of the timed steps (VmHWM reset after the warm-up)
 above the RSS of the built model before the first step, in MiB: gradients, optimizer state,
-activations kept for backward, temporaries, and whatever the compile left resident. The strongest
-peer is the fastest ``sj_*`` build; ``ours / strongest`` divides the faster of our two builds by it,
-and the memory ratio compares the same two builds. Run::
+activations kept for backward, temporaries, whatever the compile left resident, and the free
+memory the C allocator keeps (heap fragmentation: on this CPU it moves a build's figure by 50-250
+MiB from run to run). Hence a second figure, the live-tensor peak of one more (profiled) step
+(:func:`live_peak_mib`): what the tensors themselves take. The strongest peer is the fastest
+``sj_*`` build; ``ours / strongest`` divides the faster of our two builds by it, and the memory
+ratios compare the same two builds. Run::
 
     python benchmarks/test_bench_train.py                       # the markdown table, every case
     python benchmarks/test_bench_train.py --models sew_resnet18_cifar --wst 4/1/4 --batch 8 --steps 8
@@ -134,11 +137,37 @@ def _status_mib(key: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
 
+def live_peak_mib(step) -> float:
+    """The largest growth of live tensor memory during one call of ``step``, in MiB: torch's
+    allocator events (activations kept for backward, gradients, temporaries, less what the step
+    frees, such as the previous gradients), recorded by the profiler. Unlike the RSS it leaves out
+    the free memory the C allocator keeps (heap fragmentation), which depends on the order of
+    allocations more than on the model."""
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = [e for e in json.load(f)["traceEvents"] if e.get("name") == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e["ts"]):
+        live += e["args"]["Bytes"]
+        peak = max(peak, live)
+    return peak / 2**20
+
+
 def measure(model: str, build_name: str, wst, batch: int, steps: int, warmup: int = 2) -> dict:
     """In this process: build, ``warmup`` steps (the compile included), then ``steps`` timed steps.
-    Returns the seconds of each timed step (``step_s``), of the warm-up (``warmup_s``) and the peak
+    Returns the seconds of each timed step (``step_s``), of the warm-up (``warmup_s``), the peak
     RSS of the timed steps above the RSS of the built model (``peak_MiB``; Linux:
-    /proc/self/clear_refs resets VmHWM to the current RSS)."""
+    /proc/self/clear_refs resets VmHWM to the current RSS), and the live-tensor peak of one more
+    step (``live_MiB``, :func:`live_peak_mib`)."""
     net = build(model, build_name, wst)
     before = _status_mib("VmRSS")
     step = train_step_fn(net, batch, BUILDS[build_name][1])
@@ -153,7 +182,8 @@ def measure(model: str, build_name: str, wst, batch: int, steps: int, warmup: in
         t0 = time.perf_counter()
         step()
         seconds.append(time.perf_counter() - t0)
-    return {"step_s": seconds, "warmup_s": warm, "peak_MiB": _status_mib("VmHWM") - before}
+    peak = _status_mib("VmHWM") - before
+    return {"step_s": seconds, "warmup_s": warm, "peak_MiB": peak, "live_MiB": live_peak_mib(step)}
 
 
 def measure_in_fresh_process(model: str, build_name: str, wst, batch: int, steps: int, warmup: int = 2,
@@ -217,18 +247,20 @@ def table_row(model: str, wst, batch: int, results: dict) -> dict:
     ours = {name: v for name, v in ips.items() if name in OURS}
     row = {"model": model, "wst": "/".join(map(str, wst)), "batch": batch, "images_per_s": ips,
            "peak_MiB": {name: r["peak_MiB"] for name, r in results.items()},
+           "live_MiB": {name: r["live_MiB"] for name, r in results.items()},
            "warmup_s": {name: r["warmup_s"] for name, r in results.items()}}
     if peers and ours:
         strongest, best_ours = max(peers, key=peers.get), max(ours, key=ours.get)
         row.update(strongest_peer=strongest, ours=best_ours, speedup=ours[best_ours] / peers[strongest],
-                   memory_ratio=results[best_ours]["peak_MiB"] / results[strongest]["peak_MiB"])
+                   memory_ratio=results[best_ours]["peak_MiB"] / results[strongest]["peak_MiB"],
+                   live_ratio=results[best_ours]["live_MiB"] / results[strongest]["live_MiB"])
     return row
 
 
 def markdown(rows: list[dict], builds: list[str]) -> str:
     """The rows as a markdown table, then how each peer differs from ours."""
     head = (["model", "W/S/T", "batch"] + [f"{b} img/s" for b in builds]
-            + ["strongest peer", "ours / strongest", "peak MiB ours / peer"])
+            + ["strongest peer", "ours / strongest", "peak RSS MiB ours / peer", "live-tensor peak MiB ours / peer"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = {}
     for r in rows:
@@ -237,9 +269,11 @@ def markdown(rows: list[dict], builds: list[str]) -> str:
         if "speedup" in r:
             cells += [r["strongest_peer"], f"{r['speedup']:.2f}x ({r['ours']})",
                       f"{r['peak_MiB'][r['ours']]:.0f} / {r['peak_MiB'][r['strongest_peer']]:.0f} "
-                      f"({r['memory_ratio']:.2f}x)"]
+                      f"({r['memory_ratio']:.2f}x)",
+                      f"{r['live_MiB'][r['ours']]:.0f} / {r['live_MiB'][r['strongest_peer']]:.0f} "
+                      f"({r['live_ratio']:.2f}x)"]
         else:
-            cells += ["", "", ""]
+            cells += ["", "", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
         wst = tuple(map(int, r["wst"].split("/")))
         for b in builds:
@@ -286,7 +320,8 @@ def main(argv=None) -> int:
                         print(json.dumps({"model": model, "wst": wst, "batch": batch, "build": b,
                                           "img_s": round(batch / min(r["step_s"]), 2),
                                           "median_img_s": round(batch / statistics.median(r["step_s"]), 2),
-                                          "warmup_s": round(r["warmup_s"], 1), "peak_MiB": round(r["peak_MiB"])}),
+                                          "warmup_s": round(r["warmup_s"], 1), "peak_MiB": round(r["peak_MiB"]),
+                                          "live_MiB": round(r["live_MiB"])}),
                               file=sys.stderr, flush=True)
                         if b not in results or min(r["step_s"]) < min(results[b]["step_s"]):
                             results[b] = r

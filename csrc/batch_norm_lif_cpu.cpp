@@ -434,7 +434,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_lif_forward_cpu(
   auto& pool = HostPool::instance();
   auto spikes = pool.empty({steps, n}, x.scalar_type());
   auto levels = pool.empty({emit_levels ? steps : 0, n}, at::kByte);
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = simd_allows_avx2();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_lif_forward_cpu", [&] {
     using T = scalar_t;
     const Params<T> p{xc.data_ptr<T>(), scale.data_ptr<T>(), shift.data_ptr<T>(), steps, n, scale.numel(), inner,
@@ -466,7 +466,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_lif_backward_cpu(
   const int64_t steps = x.size(0), n = x.size(1), channels = weight.numel();
   auto grad_x = HostPool::instance().empty({steps, n}, dtype);
   std::vector<double> sum_gy(channels, 0.0), sum_gy_xhat(channels, 0.0);
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = simd_allows_avx2();
   const int64_t grain = std::max<int64_t>(1, kGrainChunks / steps);
   AT_DISPATCH_FLOATING_TYPES(dtype, "batch_norm_lif_backward_cpu", [&] {
     using T = scalar_t;
@@ -515,7 +515,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_statistics_cpu(const at::Tensor& x
   const auto xc = x.contiguous();
   const int64_t steps = x.size(0), n = x.size(1);
   std::vector<double> sum(channels, 0.0), sum_sq(channels, 0.0);
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = simd_allows_avx2();
   std::mutex merge;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_statistics_cpu", [&] {
     using T = scalar_t;

@@ -51,50 +51,6 @@ constexpr int64_t kMaxBitplanes = kAllowedBits[sizeof(kAllowedBits) / sizeof(kAl
 constexpr int64_t kL2BlockBytes = 384 * 1024;  // activation words per row block (L2 is >= 512 KiB)
 constexpr int64_t kL1PanelBytes = 24 * 1024;   // weight panels swept per tile (L1d is >= 32 KiB)
 
-enum class Simd { kGeneric, kPopcnt, kAvx2, kAvx512bw, kAvx512 };
-
-const char* simd_name(Simd s) {
-  switch (s) {
-    case Simd::kAvx512: return "avx512_vpopcntdq";
-    case Simd::kAvx512bw: return "avx512bw";
-    case Simd::kAvx2: return "avx2";
-    case Simd::kPopcnt: return "popcnt";
-    default: return "generic";
-  }
-}
-
-bool simd_supported(Simd s) {
-  switch (s) {
-    case Simd::kAvx512: return cpu_has_avx512_vpopcntdq();
-    case Simd::kAvx512bw: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-    case Simd::kAvx2: return cpu_has_avx2();
-    case Simd::kPopcnt: return cpu_has_popcnt();
-    default: return true;
-  }
-}
-
-// The path for a request ("" or "auto": the fastest the CPU has). Unknown or unsupported -> error.
-Simd select_simd(const std::string& request) {
-  if (request.empty() || request == "auto") {
-    for (Simd s : {Simd::kAvx512, Simd::kAvx512bw, Simd::kAvx2, Simd::kPopcnt})
-      if (simd_supported(s)) return s;
-    return Simd::kGeneric;
-  }
-  for (Simd s : {Simd::kAvx512, Simd::kAvx512bw, Simd::kAvx2, Simd::kPopcnt, Simd::kGeneric}) {
-    if (request == simd_name(s)) {
-      TORCH_CHECK_VALUE(simd_supported(s), "QSNN_CPU_SIMD=", request, " but this CPU lacks it");
-      return s;
-    }
-  }
-  TORCH_CHECK_VALUE(false, "QSNN_CPU_SIMD must be auto, avx512_vpopcntdq, avx512bw, avx2, popcnt or generic, got ",
-                    request);
-}
-
-Simd simd_from_env() {
-  const char* env = std::getenv("QSNN_CPU_SIMD");
-  return select_simd(env ? std::string(env) : std::string());
-}
-
 // One (x plane, w plane) pair of an output plane: its count is shifted by `shift` and negated for
 // the top plane of a two's-complement weight.
 struct Pair {

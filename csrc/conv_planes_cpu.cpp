@@ -52,18 +52,7 @@ constexpr int64_t kMaxSteps = 64;         // T of one call (the tile keeps Y of 
 
 enum class Path { kScalar, kAvx2 };
 
-Path path_from_env() {
-  const char* env = std::getenv("QSNN_CPU_SIMD");
-  const std::string req = env ? env : "auto";
-  if (req == "generic" || req == "popcnt") return Path::kScalar;
-  if (req == "avx2") {
-    TORCH_CHECK_VALUE(cpu_has_avx2(), "QSNN_CPU_SIMD=avx2 but this CPU lacks it");
-    return Path::kAvx2;
-  }
-  TORCH_CHECK_VALUE(req == "auto" || req == "avx512_vpopcntdq" || req == "avx512bw",
-                    "QSNN_CPU_SIMD must be auto, avx512_vpopcntdq, avx512bw, avx2, popcnt or generic, got ", req);
-  return cpu_has_avx2() ? Path::kAvx2 : Path::kScalar;
-}
+Path path_from_env() { return simd_allows_avx2() ? Path::kAvx2 : Path::kScalar; }
 
 // Epilogue parameters of spiking_conv_planes.
 struct Spiking {

@@ -196,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward_cpu(const at::Tensor&
   auto spikes = pool.empty({steps, n}, x.scalar_type());
   auto h = pool.empty({save_h ? steps : 0, n}, x.scalar_type());  // [0, N] when no backward will run
   auto v_last = pool.empty({emit_v_last ? n : 0}, x.scalar_type());
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = simd_allows_avx2();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_forward_cpu", [&] {
     using T = scalar_t;
     const ForwardArgs<T> a{xc.data_ptr<T>(), vc.defined() ? vc.data_ptr<T>() : nullptr,
@@ -247,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor> lif_backward_cpu(const std::optional<at::Tens
   auto& pool = HostPool::instance();
   auto grad_x = pool.empty({steps, n}, dtype);
   auto grad_v_init = pool.empty({emit_grad_v_init ? n : 0}, dtype);
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = simd_allows_avx2();
   AT_DISPATCH_FLOATING_TYPES(dtype, "lif_backward_cpu", [&] {
     using T = scalar_t;
     const SurrogateConsts<T> k = surrogate_consts<T>(alpha);

@@ -84,7 +84,7 @@ at::Tensor pack_bits_cpu(const at::Tensor& x, int64_t bits, bool is_signed) {
   const int64_t rows = x.numel() / k;
   const bool one_bit_signed = is_signed && bits == 1;
   const bool bytes = x.scalar_type() == at::kChar || (x.scalar_type() == at::kByte && !one_bit_signed);
-  if (bytes && cpu_has_avx2()) {
+  if (bytes && simd_allows_avx2()) {
     if (x.scalar_type() == at::kChar) {
       pack_rows_bytes_avx2<int8_t>(xc.data_ptr<int8_t>(), rows, k, static_cast<int>(bits), one_bit_signed,
                                    out.data_ptr<int32_t>());

@@ -100,7 +100,7 @@ __attribute__((target("avx2"))) void quantize_channel_avx2(const float* w, int64
 }
 
 void quantize_rows(const float* w, int64_t rows, int64_t k, int bits, float* scales, int8_t* codes, float* deq) {
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = simd_allows_avx2();
 #pragma omp parallel for schedule(static) if (rows * k > 32768)
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = w + r * k;
@@ -211,7 +211,7 @@ int64_t chunk_levels(const double* x, int64_t n, double scale, bool unit, double
 // All n elements, in chunks over the OpenMP threads; returns how many were invalid.
 template <typename T>
 int64_t all_levels(const T* x, int64_t n, double scale, double top, uint8_t* out) {
-  const bool unit = scale == 1.0, avx2 = cpu_has_avx2();
+  const bool unit = scale == 1.0, avx2 = simd_allows_avx2();
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   int64_t bad = 0;

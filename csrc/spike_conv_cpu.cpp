@@ -42,6 +42,7 @@ constexpr int64_t kChunkBytes = int64_t(1) << 18;  // padded planes of a chunk, 
 struct Geometry {
   int64_t n, c, h, w, co, kh, kw, ph, pw, oh, ow;
   int64_t padded_h, padded_w, blocks;  // blocks: output channels in blocks of 8
+  bool avx2;                           // the AVX2+FMA loops (QSNN_CPU_SIMD may ask for the plain ones)
 
   Geometry(const at::Tensor& levels, int64_t co_, int64_t kh_, int64_t kw_, int64_t ph_, int64_t pw_)
       : n(levels.size(0)), c(levels.size(1)), h(levels.size(2)), w(levels.size(3)), co(co_), kh(kh_), kw(kw_),
@@ -51,6 +52,7 @@ struct Geometry {
     padded_h = h + kh - 1;
     padded_w = w + kw - 1;
     blocks = (co + 7) / 8;
+    avx2 = simd_allows_avx2() && cpu_has_fma();
   }
   int64_t plane() const { return padded_h * padded_w; }
   int64_t taps() const { return kh * kw; }
@@ -155,24 +157,19 @@ void scatter_plain(const float* weight, float* plane, int64_t row8, int64_t kh, 
       }
 }
 
-bool simd() {  // asked at the first call, not at load time (before the CPU model is known)
-  static const bool yes = cpu_has_avx2() && cpu_has_fma();
-  return yes;
-}
-
 void gather(const Geometry& g, float* acc, const float* plane, const int32_t* rows, const float* values,
             int64_t count) {
   const int64_t row8 = g.padded_w * 8;
-  if (simd() && g.kh == 3 && g.kw == 3) return gather_avx2_3x3(acc, plane, row8, rows, values, count);
-  if (simd() && g.kh == 1 && g.kw == 1) return gather_avx2_1x1(acc, plane, row8, rows, values, count);
+  if (g.avx2 && g.kh == 3 && g.kw == 3) return gather_avx2_3x3(acc, plane, row8, rows, values, count);
+  if (g.avx2 && g.kh == 1 && g.kw == 1) return gather_avx2_1x1(acc, plane, row8, rows, values, count);
   gather_plain(acc, plane, row8, g.kh, g.kw, rows, values, count);
 }
 
 void scatter(const Geometry& g, const float* weight, float* plane, const int32_t* rows, const float* values,
              int64_t count) {
   const int64_t row8 = g.padded_w * 8;
-  if (simd() && g.kh == 3 && g.kw == 3) return scatter_avx2_3x3(weight, plane, row8, rows, values, count);
-  if (simd() && g.kh == 1 && g.kw == 1) return scatter_avx2_1x1(weight, plane, row8, rows, values, count);
+  if (g.avx2 && g.kh == 3 && g.kw == 3) return scatter_avx2_3x3(weight, plane, row8, rows, values, count);
+  if (g.avx2 && g.kh == 1 && g.kw == 1) return scatter_avx2_1x1(weight, plane, row8, rows, values, count);
   scatter_plain(weight, plane, row8, g.kh, g.kw, rows, values, count);
 }
 

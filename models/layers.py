@@ -47,7 +47,7 @@ from ..deprecation import NOT_GIVEN, renamed_attribute, renamed_keyword, renamed
 from ..batch_norm_lif import batch_norm_lif
 from ..lif import MultiLevelLIF
 from ..max_pool import max_pool2d_offsets
-from ..quantize import dequantized_weight
+from ..quantize import dequantized_weight, spike_levels
 from ..reference import fake_quantize_weight
 from .int8 import (MIN_CONV_POSITIONS, cpu_has_int8_dot, exact_float_sums, int8_conv2d, int8_linear,
                    int8_supported, spike_input_levels)
@@ -475,10 +475,14 @@ class SpikeMatmul(nn.Module):
     """``a @ b`` between an ``s_bits``-wide and a ``b_bits``-wide integer operand (spiking
     self-attention's ``Q K^T`` and ``attn V``).
 
-    A module only so that the profiler can hook it: it counts the product's MACs at these widths,
-    ``a`` as the input spikes (``s_bits``, as a layer's) and ``b`` in the weight's place
-    (``b_bits``). Bits are ints >= 1 (16/32: a float operand). ``a_bits``: the deprecated name of
-    ``s_bits`` (keyword and attribute; FutureWarning).
+    The profiler hooks it: it counts the product's MACs at these widths, ``a`` as the input spikes
+    (``s_bits``, as a layer's) and ``b`` in the weight's place (``b_bits``). Bits are ints >= 1
+    (16/32: a float operand). ``a_bits``: the deprecated name of ``s_bits`` (keyword and attribute;
+    FutureWarning).
+
+    Training on the CPU (eager, float32), the backward keeps each operand of at most 8 bits as its
+    uint8 levels instead of float32 (:class:`_LevelsSavedMatmul`; a quarter of the memory, the same
+    gradients); an operand that is not such integers is then a ValueError.
     """
 
     def __init__(self, s_bits: int = NOT_GIVEN, b_bits: int = NOT_GIVEN, *, a_bits=NOT_GIVEN):
@@ -497,10 +501,37 @@ class SpikeMatmul(nn.Module):
         super().__setstate__(renamed_state(state, "a_bits", "s_bits"))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) and a.device.type == "cpu"
+                and a.dtype == b.dtype == torch.float32 and not torch.compiler.is_compiling()
+                and min(self.s_bits, self.b_bits) <= 8):
+            return _LevelsSavedMatmul.apply(a, b, self.s_bits, self.b_bits)
         return torch.matmul(a, b)
 
     def extra_repr(self) -> str:
         return f"s_bits={self.s_bits}, b_bits={self.b_bits}"
+
+
+class _LevelsSavedMatmul(torch.autograd.Function):
+    """``torch.matmul(a, b)`` whose backward keeps an operand of ``bits <= 8`` as uint8 levels
+    (:func:`qsnn_kernels.quantize.spike_levels`, one checked pass: ValueError unless its values
+    are integers in ``0 .. 2^bits - 1``), a wider one as it is."""
+
+    @staticmethod
+    def forward(ctx, a, b, a_bits: int, b_bits: int):
+        saved = [spike_levels(t, 1.0, bits) if bits <= 8 else t for t, bits in ((a, a_bits), (b, b_bits))]
+        ctx.save_for_backward(*saved)
+        ctx.shapes = (a.shape, b.shape)
+        return torch.matmul(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = (t.to(grad.dtype) for t in ctx.saved_tensors)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = torch.matmul(grad, b.transpose(-2, -1)).sum_to_size(ctx.shapes[0])
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.matmul(a.transpose(-2, -1), grad).sum_to_size(ctx.shapes[1])
+        return grad_a, grad_b, None, None
 
 
 # --------------------------------------------------------------------------- batch norm, neurons

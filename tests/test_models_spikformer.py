@@ -282,3 +282,26 @@ def test_spike_matmul_a_bits_is_a_deprecated_alias_of_s_bits():
     loaded = SpikeMatmul.__new__(SpikeMatmul)
     loaded.__setstate__(state)
     assert loaded.s_bits == 6 and "a_bits" not in loaded.__dict__
+
+
+@pytest.mark.parametrize("s_bits, b_bits", [(1, 1), (6, 2), (3, 16)])
+def test_spike_matmul_backward_keeps_one_byte_levels(s_bits, b_bits):
+    """Training on the CPU, SpikeMatmul keeps each operand of <= 8 bits as uint8 levels (a wider
+    one as float), with torch.matmul's value and gradients (broadcast batch dims included); an
+    operand that is not such integers is a ValueError."""
+    g = torch.Generator().manual_seed(s_bits)
+    a = torch.randint(0, 1 << s_bits, (2, 3, 5, 7), generator=g).float().requires_grad_()
+    b_top = 1 << min(b_bits, 8)
+    b = torch.randint(0, b_top, (3, 7, 4), generator=g).float().requires_grad_()
+    mm = SpikeMatmul(s_bits, b_bits)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = mm(a, b)
+    assert [t.dtype for t in saved] == [torch.uint8, torch.uint8 if b_bits <= 8 else torch.float32]
+    ref = torch.matmul(a, b)
+    assert torch.equal(y, ref)
+    grad = torch.randn(y.shape, generator=g)
+    for u, v in zip(torch.autograd.grad(y, (a, b), grad), torch.autograd.grad(ref, (a, b), grad)):
+        torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=f"not {s_bits}-bit spikes"):
+        mm(a + 0.5, b)

@@ -2,7 +2,8 @@
 against the exact integer convolution (both its paths: sparse levels, and dense ones above the
 kernel's kMaxForwardDensity), the weight gradient against autograd of the float convolution on the spikes
 ``levels * in_scale``; odd shapes, every loop (1x1 and 3x3 AVX2, the plain one), paddings, wide
-levels, all-zero input; opcheck; bad input."""
+levels, all-zero input; each on the path QSNN_CPU_SIMD picks by default and on the plain loops
+(``generic``); opcheck; bad input."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import torch
 
 from qsnn_kernels import spike_conv
 from qsnn_kernels.spike_conv import spike_conv2d, spike_conv2d_weight_grad
+
+
+@pytest.fixture(params=["auto", "generic"])
+def simd(request, monkeypatch):
+    """The SIMD path (QSNN_CPU_SIMD, read at every call): this CPU's, and the plain loops."""
+    monkeypatch.setenv("QSNN_CPU_SIMD", request.param)
+    return request.param
 
 
 def _levels(shape, top, density, seed):
@@ -37,7 +45,7 @@ def _reference(grad, levels, in_scale, kernel_size, padding):
     (40, 2, 3, 3, 4, (3, 3), (1, 1), 1, 0.3, 1.0),      # many images (several chunks)
     (2, 33, 4, 4, 520, (3, 3), (1, 1), 7, 0.3, 1.0),    # wide Cout: one image per chunk
 ])
-def test_matches_autograd_of_the_dense_convolution(n, c, h, w, co, kernel, padding, top, density, in_scale):
+def test_matches_autograd_of_the_dense_convolution(n, c, h, w, co, kernel, padding, top, density, in_scale, simd):
     levels = _levels((n, c, h, w), top, density, seed=n + c)
     oh, ow = h + 2 * padding[0] - kernel[0] + 1, w + 2 * padding[1] - kernel[1] + 1
     grad = torch.randn(n, co, oh, ow, generator=torch.Generator().manual_seed(co))
@@ -57,7 +65,7 @@ def test_matches_autograd_of_the_dense_convolution(n, c, h, w, co, kernel, paddi
     (2, 33, 4, 4, 520, (3, 3), (1, 1), 7, 1.0),
 ])
 @pytest.mark.parametrize("density", [0.1, 0.6], ids=["sparse", "dense"])
-def test_forward_is_the_exact_integer_convolution(n, c, h, w, co, kernel, padding, top, in_scale, density):
+def test_forward_is_the_exact_integer_convolution(n, c, h, w, co, kernel, padding, top, in_scale, density, simd):
     levels = _levels((n, c, h, w), top, density, seed=n + co)
     g = torch.Generator().manual_seed(c)
     codes = torch.randint(-128, 128, (co, c, *kernel), generator=g, dtype=torch.int8)
