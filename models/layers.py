@@ -447,14 +447,16 @@ def takes_levels(layer, like: torch.Tensor) -> bool:
 
 class SpikeMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` (dilation 1, floor mode) whose backward keeps the argmax in one byte per
-    output element instead of torch's int64 index (:func:`qsnn_kernels.max_pool.max_pool2d_offsets`:
-    same values and gradient, bit for bit): the models' max pools, whose saved indices are a large
-    share of a training step's saved activations on a GPU. Used while training off the CPU (CUDA;
-    the meta device of traces); on the CPU, without autograd, or for other settings, torch's max pool."""
+    output element instead of torch's int64 index and the input
+    (:func:`qsnn_kernels.max_pool.max_pool2d_offsets`: same values and gradient, bit for bit): the
+    models' max pools, whose saved tensors are a large share of a training step's saved
+    activations. Used while training (CUDA, the meta device of traces, and float32/float64 on the
+    CPU); without autograd, or for other settings, torch's max pool."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" or not (torch.is_grad_enabled() and x.requires_grad) or self.ceil_mode
-                or self.return_indices or self.dilation not in (1, (1, 1)) or x.dim() != 4):
+        if (not (torch.is_grad_enabled() and x.requires_grad) or self.ceil_mode or self.return_indices
+                or self.dilation not in (1, (1, 1)) or x.dim() != 4
+                or (x.device.type == "cpu" and x.dtype not in (torch.float32, torch.float64))):
             return super().forward(x)
         return max_pool2d_offsets(x, self.kernel_size, self.stride, self.padding)
 

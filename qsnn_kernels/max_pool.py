@@ -15,9 +15,8 @@ Op contract::
     max_pool2d_offsets_backward(grad [N, C, H', W'], offsets, input_shape, kernel, stride, padding)
         -> grad_x [N, C, H, W] in grad's dtype
 
-Kernels: CUDA, Triton (qsnn_kernels/triton/max_pool.py: one pass each way, no atomics); CPU,
-torch's max pool and its backward with the offsets converted in torch ops (the same values,
-more passes; the models use torch's own max pool on the CPU, where memory is not the limit).
+Kernels: CUDA, Triton (qsnn_kernels/triton/max_pool.py: one pass each way, no atomics); CPU, C++
+(csrc/max_pool_cpu.cpp: one pass each way, channels-last or not; float32 and float64).
 """
 
 from __future__ import annotations
@@ -40,43 +39,25 @@ def _output_size(shape, kernel, stride, padding) -> tuple[int, int]:
     return tuple((shape[2 + i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in range(2))
 
 
+def output_like(x: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """An empty output of the ops (every kernel's and the fakes'): channels-last when ``x`` is
+    channels-last and not also contiguous (the output and offsets follow ``x``, the input gradient
+    the offsets), else contiguous."""
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
+
+
 @torch.library.register_fake("qsnn::max_pool2d_offsets")
 def _forward_fake(x, kernel, stride, padding):
     oh, ow = _output_size(x.shape, kernel, stride, padding)
-    y = x.new_empty((x.shape[0], x.shape[1], oh, ow))
+    y = output_like(x, (x.shape[0], x.shape[1], oh, ow), x.dtype)
     return y, torch.empty_like(y, dtype=torch.uint8)
 
 
 @torch.library.register_fake("qsnn::max_pool2d_offsets_backward")
 def _backward_fake(grad, offsets, input_shape, kernel, stride, padding):
-    return grad.new_empty(input_shape)
-
-
-def _window_origins(y: torch.Tensor, stride, padding) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-left input row and column of each output position's window (int64, broadcasting)."""
-    rows = torch.arange(y.shape[-2], device=y.device) * stride[0] - padding[0]
-    cols = torch.arange(y.shape[-1], device=y.device) * stride[1] - padding[1]
-    return rows[:, None], cols
-
-
-def _forward_torch(x, kernel, stride, padding):
-    y, index = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, [1, 1], False)
-    rows, cols = _window_origins(y, stride, padding)
-    width = x.shape[-1]
-    offsets = (index // width - rows) * kernel[1] + (index % width - cols)
-    return y, offsets.to(torch.uint8)
-
-
-def _backward_torch(grad, offsets, input_shape, kernel, stride, padding):
-    rows, cols = _window_origins(grad, stride, padding)
-    offsets = offsets.long()
-    index = (rows + offsets // kernel[1]) * input_shape[3] + cols + offsets % kernel[1]
-    like = grad.new_empty(()).expand(input_shape)  # the input's shape; never read
-    return torch.ops.aten.max_pool2d_with_indices_backward(grad, like, kernel, stride, padding, [1, 1], False, index)
-
-
-torch.library.register_kernel("qsnn::max_pool2d_offsets", "cpu", _forward_torch)
-torch.library.register_kernel("qsnn::max_pool2d_offsets_backward", "cpu", _backward_torch)
+    return output_like(offsets, input_shape, grad.dtype)
 
 
 def _forward_triton(x, kernel, stride, padding):

@@ -1,5 +1,5 @@
 """qsnn::max_pool2d_offsets (the max pool that saves its argmax in one byte) against torch's
-max_pool2d: values and gradients bit for bit on the CPU kernel (torch ops) and on the Triton
+max_pool2d: values and gradients bit for bit on the CPU kernel (C++) and on the Triton
 kernels (CPU tensors under TRITON_INTERPRET=1): ties of binary spikes, NaN, channels-last, odd
 sizes, padding; one byte saved per output element; opcheck; bad input; compiled for sm_90a."""
 
@@ -60,11 +60,19 @@ def test_saves_one_byte_per_output_element_and_opcheck():
     offsets = torch.ops.qsnn.max_pool2d_offsets(x.detach(), [3, 3], [2, 2], [1, 1])[1]
     torch.library.opcheck(torch.ops.qsnn.max_pool2d_offsets_backward.default,
                           (torch.randn(y.shape), offsets, [2, 4, 8, 8], [3, 3], [2, 2], [1, 1]))
+    # channels-last: the outputs' layouts (which the fakes give torch.compile) are the kernels'
+    xc = _input((2, 4, 8, 8), "spikes", "channels_last", seed=0).requires_grad_()
+    torch.library.opcheck(torch.ops.qsnn.max_pool2d_offsets.default, (xc, [3, 3], [2, 2], [1, 1]))
+    offsets = torch.ops.qsnn.max_pool2d_offsets(xc.detach(), [3, 3], [2, 2], [1, 1])[1]
+    assert offsets.is_contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.qsnn.max_pool2d_offsets_backward.default,
+                          (torch.randn(y.shape), offsets, [2, 4, 8, 8], [3, 3], [2, 2], [1, 1]))
 
 
 @pytest.mark.parametrize(("args", "error"), [
     (((torch.zeros(2, 3, 4),), {"kernel_size": 2}), TypeError),
     (((torch.zeros(1, 1, 4, 4, dtype=torch.int32),), {"kernel_size": 2}), TypeError),
+    (((torch.zeros(1, 1, 4, 4, dtype=torch.bfloat16),), {"kernel_size": 2}), TypeError),  # not on the CPU kernel
     (((torch.zeros(1, 1, 40, 40),), {"kernel_size": 17}), ValueError),
     (((torch.zeros(1, 1, 4, 4),), {"kernel_size": 3, "padding": 2}), ValueError),
     (((torch.zeros(1, 1, 2, 2),), {"kernel_size": 3}), ValueError),
@@ -116,9 +124,10 @@ def test_kernels_compile_for_sm90():
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
 
 
-def test_models_use_it_off_the_cpu():
-    """The models' max pools are SpikeMaxPool2d: torch's own on the CPU, the one-byte op while
-    training on other devices (checked with fake CUDA tensors: no GPU needed)."""
+def test_models_use_it_while_training():
+    """The models' max pools are SpikeMaxPool2d: the one-byte op while training, on the CPU and on
+    other devices (checked with fake CUDA tensors: no GPU needed); torch's own without autograd
+    and for CPU dtypes the C++ kernel lacks."""
     import qsnn_kernels.models as qm
     from qsnn_kernels.models.layers import SpikeMaxPool2d
 
@@ -136,4 +145,7 @@ def test_models_use_it_off_the_cpu():
     with torch._subclasses.fake_tensor.FakeTensorMode(), Spy():
         pool(torch.empty(1, 2, 8, 8, device="cuda", requires_grad=True))
         pool(torch.empty(1, 2, 8, 8, requires_grad=True))
-    assert seen.count("qsnn.max_pool2d_offsets.default") == 1 and "aten.max_pool2d_with_indices.default" in seen
+        assert seen.count("qsnn.max_pool2d_offsets.default") == 2 and "aten.max_pool2d_with_indices.default" not in seen
+        pool(torch.empty(1, 2, 8, 8, dtype=torch.bfloat16, requires_grad=True))
+        pool(torch.empty(1, 2, 8, 8))
+    assert seen.count("qsnn.max_pool2d_offsets.default") == 2 and seen.count("aten.max_pool2d_with_indices.default") == 2

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .device import on_device
+from ..max_pool import output_like
 
 __all__ = ["max_pool2d_offsets_triton", "max_pool2d_offsets_backward_triton"]
 
@@ -97,18 +98,12 @@ def _launch(kernel, total: int, device: torch.device, *args, **meta):
         kernel[grid](*args, **meta, BLOCK=block, num_warps=4 if device.type == "cuda" else 1)
 
 
-def _output_like(x: torch.Tensor, shape, dtype) -> torch.Tensor:
-    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous() else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
-
-
 def max_pool2d_offsets_triton(x, kernel, stride, padding):
     """``(y, offsets uint8)`` of :func:`qsnn_kernels.max_pool.max_pool2d_offsets` (its contract)."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    y = _output_like(x, (n, c, oh, ow), x.dtype)
+    y = output_like(x, (n, c, oh, ow), x.dtype)
     offsets = torch.empty_like(y, dtype=torch.uint8)  # y's layout
     total = y.numel()
     if total:
@@ -121,7 +116,7 @@ def max_pool2d_offsets_backward_triton(grad, offsets, input_shape, kernel, strid
     """``grad_x`` of :func:`qsnn_kernels.max_pool.max_pool2d_offsets` (its contract), ``grad``'s dtype."""
     n, c, h, w = input_shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    gx = _output_like(offsets, (n, c, h, w), grad.dtype)
+    gx = output_like(offsets, (n, c, h, w), grad.dtype)
     total = gx.numel()
     if total:
         _launch(_max_pool_bwd_kernel, total, grad.device, grad, offsets, gx, total, c, h, w, grad.shape[2],
