@@ -174,12 +174,15 @@ def test_non_spike_input_is_an_error(bad, match):
             layer(x)
 
 
-def test_model_training_step_matches_dense():
-    """A SEW-ResNet's forward and gradients with every eligible layer on int8 equal the all-dense
-    ones (a spike flip from float rounding would show here; none happens on this seed)."""
+@pytest.mark.parametrize("name, size", [("qsnn_sew_resnet18_cifar", 16), ("qsnn_spikformer_4_384", 32)])
+def test_model_training_step_matches_dense(name, size):
+    """A model's forward and gradients with every eligible layer on int8 (on a CPU without int8
+    units: the exact float sums, the sparse convolutions, the 1-byte levels kept for backward)
+    equal the all-dense ones (a spike flip from float rounding would show here; none happens on
+    this seed)."""
     torch.manual_seed(3)
-    model = qm.create_model("qsnn_sew_resnet18_cifar", w_bits=4, s_bits=2, t_steps=2, num_classes=5)
-    x = torch.randn(2, 3, 16, 16)
+    model = qm.create_model(name, w_bits=4, s_bits=2, t_steps=2, num_classes=5)
+    x = torch.randn(2, 3, size, size)
     results = []
     for int8 in (False, True):
         for m in model.modules():
@@ -189,7 +192,7 @@ def test_model_training_step_matches_dense():
         y = model(x)
         y.square().sum().backward()
         results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert sum(isinstance(m, QuantConv2d) and m.s_bits is not None for m in model.modules()) >= 10
+    assert sum(isinstance(m, (QuantConv2d, QuantLinear)) and m.s_bits is not None for m in model.modules()) >= 10
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     for g_int8, g_dense in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(g_int8, g_dense, rtol=1e-4, atol=1e-5)
