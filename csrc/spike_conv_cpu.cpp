@@ -93,8 +93,8 @@ int64_t list_nonzeros(const Geometry& g, const uint8_t* levels, int64_t n0, int6
 // Tap (i, j) of a nonzero at padded row r meets row r + (kh - 1 - i) * padded_w + kw - 1 - j.
 // Gather (weight gradient): acc[tap] += value * that row over the listed nonzeros, the
 // accumulators in registers. Scatter (forward): that row += value * weight[tap], the tap weights
-// in registers. The AVX2 loops are written out for the taps of 1x1 and 3x3 kernels; other kernels
-// take the plain loops.
+// in registers. The AVX2 loops are written out for the taps of 1x1 and 3x3 kernels; other kernels,
+// CPUs without AVX2 and FMA, and QSNN_CPU_SIMD=generic or popcnt take the plain loops.
 
 // Each tap's register is a named variable: GCC keeps a __m256 array indexed in a loop on the stack.
 #define QSNN_TAPS_3X3(X) \
