@@ -248,9 +248,7 @@ def _int8_linear_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
     flat = levels.reshape(-1, levels.shape[-1])
     y = x.new_empty((*x.shape[:-1], codes.shape[0]))  # written through a 2-D view: the output is no view
     acc = y.view(-1, codes.shape[0])
-    if not cpu_has_int8_dot() and _exact_in_float32(weight, s_bits, w_bits):
-        # no int8 dot-product units (torch's int8 products run far slower than fp32 there): the
-        # same exact integer sums in float32 (below 2^24); x holds the levels as floats at in_scale 1
+    if _sums_in_float32(weight, s_bits, w_bits):  # x holds the levels as floats at in_scale 1
         a = x.reshape(flat.shape) if in_scale == 1.0 else flat.to(torch.float32)
         torch.mm(a, codes.t().to(torch.float32), out=acc)
     elif flat.shape[0]:
@@ -342,9 +340,8 @@ def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
     _check_conv2d(x, weight, w_bits, s_bits, in_scale, stride, padding, dilation, groups, levels_in)
     levels = _input_levels(x, levels_in, in_scale, s_bits, torch.uint8)
     codes, scale = quantize_weight(weight, w_bits)
-    if not cpu_has_int8_dot() and _exact_in_float32(weight, s_bits, w_bits):
-        # no int8 dot-product units: the same exact integer sums in float32 (below 2^24), over the
-        # nonzero levels only where the sparse kernel applies, else on the float convolution's
+    if _sums_in_float32(weight, s_bits, w_bits):
+        # over the nonzero levels only where the sparse kernel applies, else on the float convolution
         if _sparse_applies(levels.device, codes.shape[2:], stride, padding, dilation, groups):
             y = spike_conv.spike_conv2d(levels, codes, scale, in_scale, padding)
         else:
@@ -359,6 +356,13 @@ def _int8_conv2d_op(x: torch.Tensor, weight: torch.Tensor, w_bits: int, s_bits: 
     # oneDNN writes channels-last; a copy to the default layout costs less than leaving it: a
     # channels-last input makes every later float convolution re-lay its weight out (measured)
     return y.contiguous(), _levels_out(levels_in, levels)
+
+
+def _sums_in_float32(weight: torch.Tensor, s_bits: int, w_bits: int) -> bool:
+    """Whether the CPU kernels of both ops compute the exact integer sums in float32: no int8
+    dot-product units (torch's int8 products run far slower than fp32 there) and every partial
+    sum below 2^24 (:func:`_exact_in_float32`)."""
+    return not cpu_has_int8_dot() and _exact_in_float32(weight, s_bits, w_bits)
 
 
 def _exact_in_float32(weight: torch.Tensor, s_bits: int, w_bits: int) -> bool:
