@@ -31,6 +31,12 @@ Conventions (documented choices; the profiler and the inference conversion read 
 * ``Q K^T`` is not restricted (it is not a neuron output in the original): its entries are
   integers ``0 .. d_head (2^S - 1)^2``; the second :class:`SpikeMatmul` declares that width as
   its ``s_bits`` (e.g. 6 bits for d_head = 32, S = 1), V's as ``b_bits``, the model's ``s_bits``.
+* The product order: without a softmax ``(Q K^T) V = Q (K^T V)``, the same integers. With more
+  tokens than head dimensions (N > d_head: ImageNet's 196 tokens, head dim 64) the attention runs
+  ``Q (K^T V)``: ``N d^2`` MACs per head instead of ``N^2 d`` and no ``[N, N]`` matrix to keep for
+  the backward (spikingjelly's Spikformer does the same). ``K^T V``'s entries are integers
+  ``0 .. N (2^S - 1)^2``, the width the second product declares as ``b_bits``. The profiler counts
+  the products that run. Float sums are exact below 2^24 in either order.
 * ``s_bits`` of a layer (its input's spike width): the model's after a neuron or a max pool of
   spikes. The residual stream
   is not restricted (as in the original): it carries sums of spikes, up to 2 L after the patch
@@ -181,21 +187,30 @@ class SpikingSelfAttention(nn.Module):
     """SSA on ``[T, B, N, D]`` spike tokens (module docstring: conventions).
 
     ``s_bits``: the spike width of its neurons; ``in_s_bits``: that of the block input (the
-    residual stream; None: wider than 8 bits; ``in_bits``: its deprecated name). Output: spikes
-    ``[T, B, N, D]``.
+    residual stream; None: wider than 8 bits; ``in_bits``: its deprecated name). ``tokens``: N, the
+    number of tokens it will see; with N > d_head the products run as ``Q (K^T V)`` (``kv``,
+    ``q_kv``; module docstring), else (and when None) as ``(Q K^T) V`` (``qk``, ``attn_v``); a
+    token count other than ``tokens`` is then a ValueError. Output: spikes ``[T, B, N, D]``.
     """
 
     def __init__(self, dim: int, num_heads: int, w_bits: int, s_bits: int, in_s_bits: int | None = NOT_GIVEN, *,
-                 in_bits=NOT_GIVEN):
+                 in_bits=NOT_GIVEN, tokens: int | None = None):
         super().__init__()
         in_s_bits = renamed_keyword(type(self).__name__, "in_s_bits", in_s_bits, "in_bits", in_bits)
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            raise ValueError(f"SpikingSelfAttention: tokens must be an int >= 1 or None, got {tokens!r}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.q = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_s_bits)
         self.k = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_s_bits)
         self.v = _LinearBNLIF(dim, dim, False, w_bits, s_bits, in_s_bits)
         levels = (1 << s_bits) - 1
-        self.qk = SpikeMatmul(s_bits, s_bits)
-        self.attn_v = SpikeMatmul(_int_bits(self.head_dim * levels * levels), s_bits)
+        self.tokens = tokens
+        if tokens is not None and tokens > self.head_dim:
+            self.kv = SpikeMatmul(s_bits, s_bits)
+            self.q_kv = SpikeMatmul(s_bits, _int_bits(tokens * levels * levels))
+        else:
+            self.qk = SpikeMatmul(s_bits, s_bits)
+            self.attn_v = SpikeMatmul(_int_bits(self.head_dim * levels * levels), s_bits)
         self.attn_scale, self.attn_v_th = ATTN_SCALE, ATTN_V_TH
         self.attn_lif = spiking_neuron(s_bits)  # threshold 1 on (scale / attn_v_th) * (Q K^T) V
         self.proj = _LinearBNLIF(dim, dim, True, w_bits, s_bits, s_bits)
@@ -205,8 +220,13 @@ class SpikingSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
-        attn = self.qk(q, k.transpose(-2, -1))  # [T, B, h, N, N], integers
-        y = self.attn_v(attn, v).transpose(2, 3).flatten(-2)  # [T, B, N, D]
+        if hasattr(self, "kv"):
+            if q.shape[-2] != self.tokens:
+                raise ValueError(f"SpikingSelfAttention: built for {self.tokens} tokens, got {q.shape[-2]}")
+            y = self.q_kv(q, self.kv(k.transpose(-2, -1), v))  # K^T V: [T, B, h, d, d], integers
+        else:
+            y = self.attn_v(self.qk(q, k.transpose(-2, -1)), v)  # Q K^T: [T, B, h, N, N], integers
+        y = y.transpose(2, 3).flatten(-2)  # [T, B, N, D]
         y = self.attn_lif(y * (self.attn_scale / self.attn_v_th))
         return self.proj(y)
 
@@ -227,12 +247,14 @@ class SpikformerMLP(nn.Module):
 
 
 class SpikformerBlock(nn.Module):
-    """``x + SSA(x)``, then ``x + MLP(x)``. ``in_max``: the largest value of the input stream."""
+    """``x + SSA(x)``, then ``x + MLP(x)``. ``in_max``: the largest value of the input stream;
+    ``tokens``: as :class:`SpikingSelfAttention`'s."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, w_bits: int, s_bits: int, in_max: int):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, w_bits: int, s_bits: int, in_max: int,
+                 tokens: int | None = None):
         super().__init__()
         levels = (1 << s_bits) - 1
-        self.attn = SpikingSelfAttention(dim, num_heads, w_bits, s_bits, bits_for_levels(in_max))
+        self.attn = SpikingSelfAttention(dim, num_heads, w_bits, s_bits, bits_for_levels(in_max), tokens=tokens)
         self.mlp = SpikformerMLP(dim, int(dim * mlp_ratio), w_bits, s_bits, bits_for_levels(in_max + levels))
         self.out_max = in_max + 2 * levels
 
@@ -287,7 +309,8 @@ class Spikformer(SpikingTimmModel):
         stream_max = 2 * ((1 << s_bits) - 1)
         blocks = []
         for _ in range(depth):
-            blocks.append(SpikformerBlock(embed_dim, num_heads, mlp_ratio, w_bits, s_bits, stream_max))
+            blocks.append(SpikformerBlock(embed_dim, num_heads, mlp_ratio, w_bits, s_bits, stream_max,
+                                          tokens=math.prod(self.grid_size)))
             stream_max = blocks[-1].out_max
         self.blocks = nn.ModuleList(blocks)
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]

@@ -438,10 +438,10 @@ def test_budget_spikformer_hand_counts(capsys):
                       "--json")
     assert rc == 0
     p = json.loads(out)
-    n, d = (32 // 4) ** 2, 384
+    n, d, head_dim = (32 // 4) ** 2, 384, 384 // 12
     layers = {r["name"]: r for r in p["layers"]}
     products = [r for r in p["layers"] if r["kind"] == "matmul"]
-    assert len(products) == 2 * 4 and all(r["macs"] == n * n * d for r in products)  # Q K^T and attn V
+    assert len(products) == 2 * 4 and all(r["macs"] == n * head_dim * d for r in products)  # K^T V, Q (K^T V)
     linears = [r for r in p["layers"] if r["kind"] == "linear" and r["s_bits"] is not None]
     assert sorted({r["macs"] for r in linears}) == [n * d * d, n * d * 4 * d]
     assert layers["head"]["s_bits"] is None and not layers["head"]["counted"]

@@ -255,6 +255,52 @@ def test_bad_forward_input(x, error, match):
         model(x)
 
 
+@pytest.mark.parametrize("s_bits", [1, 2])
+def test_attention_with_more_tokens_than_head_dims_runs_q_times_kv(s_bits):
+    """tokens > d_head: the products run as Q (K^T V) (``kv``, ``q_kv``), the original's formula
+    bit for bit, with the same values and gradients as the (Q K^T) V order of the same weights;
+    K^T V's entries fit q_kv's b_bits; another token count is a ValueError."""
+    torch.manual_seed(s_bits)
+    n, levels = 21, (1 << s_bits) - 1
+    both = [sf.SpikingSelfAttention(48, 3, w_bits=4, s_bits=s_bits, in_s_bits=2, tokens=tokens)
+            for tokens in (n, None)]
+    both[1].load_state_dict(both[0].state_dict())
+    kv_first, qk_first = both
+    assert hasattr(kv_first, "kv") and not hasattr(kv_first, "qk") and hasattr(qk_first, "qk")
+    assert kv_first.q_kv.b_bits == (n * levels * levels).bit_length() and kv_first.kv.s_bits == s_bits
+    captured = {}
+    kv_first.kv.register_forward_hook(lambda m, a, out: captured.__setitem__("kv", out))
+    for name in ("q", "k", "v"):
+        getattr(kv_first, name).register_forward_hook(lambda m, a, out, name=name: captured.__setitem__(name, out))
+    kv_first.attn_lif.register_forward_hook(lambda m, a, out: captured.__setitem__("attn", out))
+    x = torch.randint(0, 4, (2, 2, n, 48)).float()
+    outs, grads = [], []
+    for attn in both:
+        xi = x.clone().requires_grad_()
+        y = attn(xi)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        outs.append(y)
+        grads.append([xi.grad, *(p.grad for p in attn.parameters())])
+    expected = original_ssa_attention(captured["q"], captured["k"], captured["v"], 3, s_bits)
+    assert int((captured["attn"].double() != expected).sum()) == 0 and expected.sum() > 0
+    assert captured["kv"].max() <= (1 << kv_first.q_kv.b_bits) - 1
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # float gradients summed in another order
+    with pytest.raises(ValueError, match="built for 21 tokens, got 20"):
+        kv_first(x[:, :, :20])
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="tokens"):
+            sf.SpikingSelfAttention(48, 3, w_bits=4, s_bits=1, in_s_bits=2, tokens=bad)
+
+
+def test_spikformer_picks_the_product_order_by_tokens_and_head_dims():
+    """The model passes its token count: Q (K^T V) where N > d_head (ImageNet's 196 tokens at head
+    dim 64, CIFAR's 64 at head dim 32), (Q K^T) V where N <= d_head."""
+    assert hasattr(small().blocks[0].attn, "qk")  # 16 tokens, head dim 16
+    assert hasattr(small(img_size=32).blocks[0].attn, "kv")  # 64 tokens, head dim 16
+
+
 def test_attention_width_formula():
     """s_bits of (Q K^T) @ V: Q K^T entries reach d_head (2^S - 1)^2 exactly when Q = K = top level."""
     attn = sf.SpikingSelfAttention(32, 2, w_bits=4, s_bits=2, in_s_bits=2)

@@ -5,7 +5,7 @@ Forward hooks record, for every layer that multiplies and accumulates:
 * ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (``QuantConv2d`` and ``QuantLinear`` are subclasses; a
   plain one counts as a full-precision weight and, unless it carries ``s_bits``, a real-valued input);
 * spike matrix products: any module with ``s_bits`` and ``b_bits`` attributes whose forward is
-  ``(a, b) -> a @ b`` (``SpikeMatmul``, spiking self-attention's ``Q K^T`` and ``attn V``).
+  ``(a, b) -> a @ b`` (``SpikeMatmul``, spiking self-attention's two products, in the order they run).
 
 Per layer: MACs per sample and time step, the weight width (``b_bits`` for a product), the input
 spike width ``s_bits`` (its first operand's for a product; ``None`` = real-valued input, such as the
