@@ -84,6 +84,12 @@ COPY_BANDWIDTH = 4.3e12
 MATRIX_RATE = 788e12
 """FLOP per second: an 8192^3 bf16 matrix product on random data on an H200 (KINDS.md, 2026-10-28;
 769-798 on 2026-11-04)."""
+INT8_MATRIX_RATE = 2 * MATRIX_RATE
+"""Integer operations per second of an int8 product: twice the bf16 rate, the ratio of the dense int8
+and bf16 figures of the H100/H200 datasheet (an assumption, not a measurement: benchmarks/gpu_check.py
+times our int8 kernels and torch._int_mm on the device)."""
+INT8_OPS = ("qsnn::int8_linear", "qsnn::int8_conv2d")
+"""The int8 spike-input ops (``--int8 on``): GEMMs at :data:`INT8_MATRIX_RATE`, bytes by :func:`int8_traffic`."""
 LAUNCH_SECONDS = 5e-6
 """Per launch: an assumption (eager PyTorch's dispatch plus a kernel launch, a few microseconds),
 not a measurement of this machine; ``--launch-us`` changes it."""
@@ -203,6 +209,27 @@ def lif_bytes(op: str, args, outputs) -> tuple[int, int]:
     return sum(map(tensor_bytes, read)), sum(map(tensor_bytes, outputs))
 
 
+def int8_traffic(op: str, args: dict, outputs) -> tuple[int, int, int, int]:
+    """(bytes read, bytes written, integer operations, launches) of an int8 op's CUDA kernel
+    (models/int8.py): the weight's codes from one quantization launch (reads the float32 weight,
+    writes int8 codes and float32 scales); the input levels handed in by the neuron
+    (``levels_in``), or one conversion pass over x (reads x, writes the levels); then the GEMM or
+    implicit-GEMM convolution: reads the levels (once: no im2col), the codes, scales and bias,
+    writes the output. Operations: 2 per MAC (``out.numel() * K``). ``args``: the op's arguments
+    by schema name."""
+    if op not in INT8_OPS:
+        raise ValueError(f"int8_traffic: not an int8 op: {op}")
+    x, weight, levels_in, bias = args["x"], args["weight"], args.get("levels_in"), args.get("bias")
+    out = outputs[0]
+    codes, scales = weight.numel(), weight.shape[0] * 4
+    read, written, launches = tensor_bytes(weight), codes + scales, 2
+    if levels_in is None:  # the conversion pass
+        read, written, launches = read + tensor_bytes(x), written + x.numel(), launches + 1
+    read += x.numel() + codes + scales + tensor_bytes(bias)
+    written += tensor_bytes(out)
+    return read, written, 2 * out.numel() * (weight.numel() // weight.shape[0]), launches
+
+
 def lif_element_steps(op: str, args) -> int:
     """T * N of a fused neuron op (its x, h or grad_spikes ``[T, N]``)."""
     if op in ("qsnn::lif_forward", "steptrace::neuron_forward"):
@@ -266,8 +293,13 @@ class Recorder(TorchDispatchMode):
     def _record(self, func, name, namespace, args, kwargs, out):
         ins, _ = tree_flatten((args, kwargs))
         outs, _ = tree_flatten(out)
-        flops = 0
-        if namespace in FUSED_NAMESPACES:
+        flops, launches, int8 = 0, 1, name in INT8_OPS
+        if int8:
+            category = "gemm"
+            named = dict(zip((a.name for a in func._schema.arguments), args)) | kwargs
+            read, written, flops, launches = int8_traffic(name, named, outs)
+            steps = 0
+        elif namespace in FUSED_NAMESPACES:
             category = "fused"
             if name in ("qsnn::lif_forward", "qsnn::lif_backward"):
                 read, written = lif_bytes(name, args, outs)
@@ -289,11 +321,12 @@ class Recorder(TorchDispatchMode):
             if read + written == 0 and flops == 0:
                 return
         # a convolution's backward is one kernel per gradient it computes (data, weight, bias)
-        launches = sum(isinstance(t, torch.Tensor) for t in outs) if name == "aten::convolution_backward" else 1
+        if name == "aten::convolution_backward":
+            launches = sum(isinstance(t, torch.Tensor) for t in outs)
         path, module = self.trace.modules[-1] if self.trace.modules and self.trace.phase == "forward" else ("", "")
         self.trace.ops.append(dict(phase=self.trace.phase, op=name, category=category, within=self.within,
                                    launches=launches, module=module, module_path=path, bytes_read=read,
-                                   bytes_written=written, flops=flops, element_steps=steps,
+                                   bytes_written=written, flops=flops, int8=int8, element_steps=steps,
                                    dtype=next((str(t.dtype) for t in ins if isinstance(t, torch.Tensor)), "")))
 
 
@@ -340,9 +373,11 @@ class CudaAutocast(TorchFunctionMode):
 def meta_stands_for_cuda(autocast: bool):
     """The library's device guards accept "meta" as "cuda", and ``torch.is_autocast_enabled``
     reports the emulated autocast, for the duration."""
-    _extension, quantize = (importlib.import_module(f"qsnn_kernels.{m}") for m in ("_extension", "quantize"))
+    _extension, quantize, int8 = (importlib.import_module(f"qsnn_kernels.{m}")
+                                  for m in ("_extension", "quantize", "models.int8"))
 
     require, require_op, enabled = _extension.require, quantize._require_op, torch.is_autocast_enabled
+    problem = int8._problem
 
     def require_meta(device_type, *a, **k):
         return None if device_type == "meta" else require(device_type, *a, **k)
@@ -350,17 +385,25 @@ def meta_stands_for_cuda(autocast: bool):
     def require_op_meta(device, op):
         return None if device.type == "meta" else require_op(device, op)
 
+    def problem_meta(x, weight, *a, **k):  # the int8 ops' domain: meta judged as cuda (metadata only)
+        if x.device.type == weight.device.type == "meta":
+            cuda = torch.device("cuda")
+            x = types.SimpleNamespace(device=cuda, dtype=x.dtype)
+            weight = types.SimpleNamespace(device=cuda, dtype=weight.dtype, shape=weight.shape, numel=weight.numel)
+        return problem(x, weight, *a, **k)
+
     def is_autocast_enabled(device_type=None):
         if device_type in (None, "cuda", "meta"):
             return autocast
         return enabled(device_type)
 
-    _extension.require, quantize._require_op, torch.is_autocast_enabled = \
-        require_meta, require_op_meta, is_autocast_enabled
+    _extension.require, quantize._require_op, torch.is_autocast_enabled, int8._problem = \
+        require_meta, require_op_meta, is_autocast_enabled, problem_meta
     try:
         yield
     finally:
-        _extension.require, quantize._require_op, torch.is_autocast_enabled = require, require_op, enabled
+        _extension.require, quantize._require_op, torch.is_autocast_enabled, int8._problem = \
+            require, require_op, enabled, problem
 
 
 # --------------------------------------------------------------------------- the peer's neurons, modelled
@@ -518,20 +561,23 @@ def _removing(handles):
             h.remove()
 
 
-def op_seconds(op: dict, bandwidth: float, matrix_rate: float, launch_s: float) -> float:
-    """The modelled time of one op (module docstring)."""
+def op_seconds(op: dict, bandwidth: float, matrix_rate: float, launch_s: float,
+               int8_rate: float = INT8_MATRIX_RATE) -> float:
+    """The modelled time of one op (module docstring); an int8 op's operations at ``int8_rate``."""
     memory = (op["bytes_read"] + op["bytes_written"]) / bandwidth
-    compute = op["flops"] / matrix_rate if op["category"] == "gemm" else 0.0
+    rate = int8_rate if op.get("int8") else matrix_rate
+    compute = op["flops"] / rate if op["category"] == "gemm" else 0.0
     return max(memory, compute) + launch_s * op.get("launches", 1)
 
 
-def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, launch_s=LAUNCH_SECONDS) -> dict:
+def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, launch_s=LAUNCH_SECONDS,
+              int8_rate=INT8_MATRIX_RATE) -> dict:
     """Per category and in total: launches, bytes, FLOPs, estimated ms; the saved activations;
     the neuron ops' bytes per neuron-step, forward and backward (the bytes of the LIF, batch norm +
     LIF and modelled neuron ops, with :data:`NEURON_PARTS`, over their T * N)."""
     cats: dict[str, dict] = {}
     for op in result["ops"]:
-        op["est_us"] = op_seconds(op, bandwidth, matrix_rate, launch_s) * 1e6
+        op["est_us"] = op_seconds(op, bandwidth, matrix_rate, launch_s, int8_rate) * 1e6
         for key in (op["category"], "total"):
             c = cats.setdefault(key, dict(launches=0, bytes=0, flops=0, est_ms=0.0))
             c["launches"] += op["launches"]
@@ -564,7 +610,7 @@ def summarize(result: dict, bandwidth=COPY_BANDWIDTH, matrix_rate=MATRIX_RATE, l
                 params=result["params"],
                 neuron_bytes_per_element_step=neuron, by_op=by_op,
                 constants=dict(copy_bandwidth_Bps=bandwidth, matrix_rate_flops=matrix_rate,
-                               launch_seconds=launch_s))
+                               int8_matrix_rate_ops=int8_rate, launch_seconds=launch_s))
 
 
 # --------------------------------------------------------------------------- output
@@ -630,7 +676,8 @@ def run(args, build_fn=None) -> dict:
     ``build_fn`` replaces :func:`build` (same arguments), for tests."""
     build_fn = build_fn or build
     out = dict(model=args.model, img=args.img, t_steps=args.t_steps, batch=args.batch, w_bits=args.w_bits,
-               s_bits=args.s_bits, amp="bf16" if not args.no_autocast else "none", device_model="meta for cuda",
+               s_bits=args.s_bits, int8=args.int8, amp="bf16" if not args.no_autocast else "none",
+               device_model="meta for cuda",
                torch=torch.__version__, builds={})
     launch_s = args.launch_us * 1e-6
     impls = ["qsnn"] + ([args.peer] if args.peer else [])
@@ -638,12 +685,17 @@ def run(args, build_fn=None) -> dict:
         net = build_fn(args.model, "qsnn" if impl == "qsnn" else "spikingjelly", args.w_bits, args.s_bits,
                     args.t_steps, args.img, args.classes)
         modelled = model_spikingjelly_neurons(net) if impl != "qsnn" else 0
+        if impl == "qsnn" and args.int8 == "on":
+            from qsnn_kernels.models.layers import set_int8
+
+            set_int8(net, True)
         result = trace_step(net, args.batch, args.img, args.classes, autocast=not args.no_autocast,
                             optimizer=not args.no_optimizer)
         summary = summarize(result, launch_s=launch_s)
         summary["modelled_neurons"] = modelled
         label = f"{impl} {args.model} {args.img}px T={args.t_steps} batch {args.batch}" + (
-            f" W/S/T {args.w_bits}/{args.s_bits}/{args.t_steps}" if impl == "qsnn" else " (neurons modelled)")
+            f" W/S/T {args.w_bits}/{args.s_bits}/{args.t_steps} int8 {args.int8}" if impl == "qsnn"
+            else " (neurons modelled)")
         print_report(label, summary)
         if args.ops:
             summary["ops"] = result["ops"]
@@ -667,6 +719,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--s-bits", type=int, default=1)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--peer", choices=["spikingjelly"], default=None)
+    p.add_argument("--int8", choices=["off", "on"], default="off",
+                   help="our spike-input layers on the int8 ops (qsnn train --int8 on), modelled at INT8_MATRIX_RATE")
     p.add_argument("--launch-us", type=float, default=LAUNCH_SECONDS * 1e6, help="per-launch overhead, microseconds")
     p.add_argument("--no-autocast", action="store_true", help="float32 forward (no bf16 autocast)")
     p.add_argument("--no-optimizer", action="store_true", help="leave out the modelled AdamW step")

@@ -188,11 +188,13 @@ def spike_input_levels(x: torch.Tensor, in_scale: float, s_bits: int, dtype: tor
                          f"the dense path (int8=False, bitserial=False)") from None
 
 
-def _spike_values(levels: torch.Tensor, in_scale: float) -> torch.Tensor:
-    """The float spikes ``level * in_scale`` back from saved levels (equal to the forward's input:
-    :func:`spike_input_levels` checked that)."""
-    x = levels.to(torch.float32)
-    return x.mul_(in_scale) if in_scale != 1.0 else x
+def _spike_values(levels: torch.Tensor, in_scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """The float spikes ``level * in_scale`` back from saved levels as ``dtype`` (equal to the
+    forward's input: :func:`spike_input_levels` checked that), in one pass: the product is
+    computed in float32 and rounded once to ``dtype`` on the write (no float32 tensor between)."""
+    if in_scale == 1.0:
+        return levels.to(dtype)  # levels <= 255: exact in every float dtype
+    return torch.mul(levels, in_scale, out=torch.empty_like(levels, dtype=dtype))  # the levels' layout
 
 
 # --------------------------------------------------------------------------- qsnn::int8_linear
@@ -279,7 +281,7 @@ def _linear_backward(ctx, grad, _grad_levels):
     if ctx.needs_input_grad[0]:
         grad_x = (g @ dequantized_weight(weight, ctx.w_bits).to(g.dtype)).reshape(levels.shape)
     if ctx.needs_input_grad[1]:
-        spikes = _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale).to(g.dtype)
+        spikes = _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale, g.dtype)
         grad_w = (g.t() @ spikes).to(weight.dtype)
     needs = ctx.needs_input_grad  # as many as the call passed (levels_in and bias are optional)
     if len(needs) > 6 and needs[6]:
@@ -400,7 +402,7 @@ def _conv2d_backward(ctx, grad, _grad_levels):
         mask = [need_x, need_w and not sparse_w, False]
         # on the CPU the input's values are read only for the weight gradient
         x = (grad.new_empty(()).expand(levels.shape) if not mask[1] and levels.device.type == "cpu"
-             else _spike_values(levels, in_scale).to(dtype))
+             else _spike_values(levels, in_scale, dtype))
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad, x, dequantized_weight(weight, w_bits).to(dtype), None, stride, padding, dilation, False, [0, 0],
             groups, mask)

@@ -75,6 +75,7 @@ __all__ = [
     "batch_norm_spikes",
     "batch_norm_spikes_for",
     "feed",
+    "levels_for",
     "fuses_batch_norm",
     "spike_conv2d_bitserial",
     "spike_linear_bitserial",
@@ -632,6 +633,18 @@ def batch_norm_spikes_for(consumer, bn: nn.Module, neuron: MultiLevelLIF, x: tor
     layer ``consumer`` that takes them reads levels (:func:`takes_levels`) and the fused op ran
     (written in its pass over x); None otherwise (the consumer then converts the spikes itself)."""
     return _batch_norm_spikes(bn, neuron, x, channel_dim, consumer)
+
+
+def levels_for(layer, spikes: torch.Tensor) -> torch.Tensor | None:
+    """The uint8 levels of ``spikes`` when ``layer`` reads levels (:func:`takes_levels`), from one
+    checked pass (:func:`models.int8.spike_input_levels`: ValueError unless they are
+    ``layer.s_bits`` spikes at ``layer.in_scale``); None otherwise. For input no neuron made (a
+    residual stream) that several layers read: converted once, handed to each (:func:`feed`),
+    instead of once per layer (on CUDA each pass is also a host sync). None under torch.compile:
+    the check's host read would break the graph, so each layer's op converts inside itself."""
+    if torch.compiler.is_compiling() or not takes_levels(layer, spikes):
+        return None
+    return spike_input_levels(spikes, layer.in_scale, layer.s_bits, torch.uint8, "int8 forward")
 
 
 def feed(layer, spikes: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:

@@ -68,8 +68,8 @@ from torch import nn
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from ..deprecation import NOT_GIVEN, renamed_keyword
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, SpikeMaxPool2d,
-                     batch_norm_spikes, batch_norm_spikes_for, bits_for_levels, check_model_args, feed, mean_over_time,
-                     repeat_frame, spiking_neuron)
+                     batch_norm_spikes, batch_norm_spikes_for, bits_for_levels, check_model_args, feed, levels_for,
+                     mean_over_time, repeat_frame, spiking_neuron)
 from .timm_support import SpikingTimmModel, build_qsnn, qsnn_cfg, register_entry_point, run_blocks
 
 __all__ = ["Spikformer", "SpikingPatchSplitting", "SpikingSelfAttention", "SpikformerMLP", "SpikformerBlock",
@@ -219,7 +219,8 @@ class SpikingSelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(2, 3)  # [T, B, h, N, d]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        levels = levels_for(self.q.linear, x)  # the stream's levels, converted once for Q, K and V
+        q, k, v = (self._heads(m(x, levels)) for m in (self.q, self.k, self.v))
         if hasattr(self, "kv"):
             if q.shape[-2] != self.tokens:
                 raise ValueError(f"SpikingSelfAttention: built for {self.tokens} tokens, got {q.shape[-2]}")

@@ -79,9 +79,16 @@ def _dequantized_weight_triton(w, w_bits):
     return _triton_quantize().dequantized_weight_triton(w, w_bits)
 
 
-TRITON_KERNELS = {"quantize_weight": _quantize_weight_triton, "dequantized_weight": _dequantized_weight_triton}
-"""The weight ops' CUDA kernels (one Triton launch each; qsnn_kernels/triton/quantize.py), also
-their CPU kernels within :func:`qsnn_kernels.triton_on_cpu.triton_kernels_on_cpu` (tests)."""
+def _spike_levels_triton(x, scale, s_bits, is_signed):
+    if x.dtype == torch.float64:  # the kernel computes in float32; float64 keeps its own precision
+        return _spike_levels_torch(x, scale, s_bits, is_signed)
+    return _triton_quantize().spike_levels_triton(x, scale, s_bits, is_signed)
+
+
+TRITON_KERNELS = {"quantize_weight": _quantize_weight_triton, "dequantized_weight": _dequantized_weight_triton,
+                  "spike_levels": _spike_levels_triton}
+"""The ops' CUDA kernels (one Triton launch each; qsnn_kernels/triton/quantize.py), also their CPU
+kernels within :func:`qsnn_kernels.triton_on_cpu.triton_kernels_on_cpu` (tests)."""
 
 
 def _spike_levels_torch(x: torch.Tensor, scale: float, s_bits: int, is_signed: bool):
@@ -98,7 +105,6 @@ def _spike_levels_torch(x: torch.Tensor, scale: float, s_bits: int, is_signed: b
 
 for _name, _kernel in TRITON_KERNELS.items():
     torch.library.register_kernel(f"qsnn::{_name}", "cuda", _kernel)
-torch.library.register_kernel("qsnn::spike_levels", "cuda", _spike_levels_torch)
 
 
 # --------------------------------------------------------------------------- functional API
@@ -158,9 +164,10 @@ def spike_levels(x: torch.Tensor, scale: float, s_bits: int = NOT_GIVEN, dtype: 
     Exact: ``level = round(x * (1 / scale))`` (``round(x)`` when scale is 1), valid when
     ``level * scale == x`` and ``0 <= level <= 2^s_bits - 1``, computed in ``x``'s dtype (float32
     for float16/bfloat16, whose values float32 holds exactly). ``backend="auto"``: the op by
-    device (CPU: the C++ kernel, one pass; CUDA: the same formula in torch operations);
+    device (CPU: the C++ kernel, one pass; CUDA: one Triton pass, float64 the formula in torch
+    operations);
     ``"reference"``: that formula in torch operations on any device. No gradient. One host sync
-    (the count of invalid elements decides the error).
+    (the count of invalid elements decides the error; none on the meta device, which holds no values).
 
     Raises ValueError naming the range when any element is not such a value (a NaN or inf
     included), or on ``s_bits`` outside 1..8 (1..7 for int8: a level is any such integer, not only
@@ -184,7 +191,7 @@ def spike_levels(x: torch.Tensor, scale: float, s_bits: int = NOT_GIVEN, dtype: 
     else:
         _require_op(x.device, "spike_levels")
         levels, bad = torch.ops.qsnn.spike_levels(x.detach(), float(scale), s_bits, is_signed)
-    if bad.item():
+    if x.device.type != "meta" and bad.item():  # meta tensors (a step's trace) hold no values to check
         top = (1 << s_bits) - 1
         raise ValueError(f"not {s_bits}-bit spikes: every element must be level * {scale} with an integer level in "
                          f"0..{top}; {bad.item()} element(s) are not, values in [{x.min().item()}, {x.max().item()}]")

@@ -198,6 +198,26 @@ def test_model_training_step_matches_dense(name, size):
         torch.testing.assert_close(g_int8, g_dense, rtol=1e-4, atol=1e-5)
 
 
+def test_spikformer_attention_converts_the_stream_once(monkeypatch):
+    """Q, K and V read one conversion of the residual stream to levels (models.layers.levels_for),
+    not one each: per attention forward, one checked pass for the stream and one for the
+    projection's input; with int8 off, none."""
+    from qsnn_kernels.models.spikformer import SpikingSelfAttention
+
+    calls = []
+    original = int8_mod.spike_levels
+    monkeypatch.setattr(int8_mod, "spike_levels", lambda x, *a, **k: calls.append(x.shape) or original(x, *a, **k))
+    torch.manual_seed(5)
+    attn = SpikingSelfAttention(48, 3, w_bits=4, s_bits=1, in_s_bits=2)
+    x = torch.randint(0, 4, (2, 2, 7, 48)).float()
+    y = attn(x)
+    assert calls == [x.shape, x.shape]
+    layers_mod.set_int8(attn, False)
+    calls.clear()
+    torch.testing.assert_close(attn(x), y, rtol=1e-5, atol=1e-5)
+    assert calls == []
+
+
 def test_saves_one_byte_per_input_element():
     """The activations kept for backward are the uint8 levels, not the float input."""
     conv = QuantConv2d(8, 8, 3, padding=1, w_bits=4, s_bits=1, int8=True)

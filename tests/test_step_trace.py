@@ -108,10 +108,15 @@ def test_json_is_written(tmp_path, capsys):
     assert "saved activations" in capsys.readouterr().out
 
 
-def test_triton_launchers_are_fused_composites_are_expanded():
-    """The LIF ops' CUDA kernels are Triton launchers (one fused op); a CUDA kernel made of torch ops
-    (qsnn::spike_levels) is traced through, its parts recorded as within it."""
-    assert step_trace.is_launcher(step_trace.cuda_kernel("qsnn::lif_forward"))
+def test_triton_launchers_are_fused_composites_are_expanded(monkeypatch):
+    """The LIF and spike-levels ops' CUDA kernels are Triton launchers (one fused op); a CUDA kernel
+    made of torch ops (here the torch formula of qsnn::spike_levels, registered as its CUDA kernel
+    for the test) is traced through, its parts recorded as within it."""
+    from qsnn_kernels import quantize
+
+    for op in ("qsnn::lif_forward", "qsnn::spike_levels"):
+        assert step_trace.is_launcher(step_trace.cuda_kernel(op))
+    monkeypatch.setitem(step_trace._CUDA_KERNELS, "qsnn::spike_levels", quantize._spike_levels_torch)
     kernel = step_trace.cuda_kernel("qsnn::spike_levels")
     assert kernel is not None and not step_trace.is_launcher(kernel)
     trace = step_trace.Trace()
@@ -119,3 +124,40 @@ def test_triton_launchers_are_fused_composites_are_expanded():
     with step_trace.Recorder(trace):
         torch.ops.qsnn.spike_levels(x, 1.0, 1, False)
     assert trace.ops and all(o["within"] == "qsnn::spike_levels" and o["category"] != "fused" for o in trace.ops)
+
+
+class _TinyInt8(nn.Module):
+    """conv -> LIF -> an int8 QuantLinear on the spikes of each step -> mean over T."""
+
+    def __init__(self):
+        super().__init__()
+        from qsnn_kernels.models.layers import QuantLinear
+
+        self.conv = nn.Conv2d(3, C, 3, padding=1, bias=False)
+        self.lif = MultiLevelLIF(s_bits=1)
+        self.fc = QuantLinear(C * HW * HW, CLASSES, w_bits=4, s_bits=1, int8=True)
+
+    def forward(self, img):
+        x = self.conv(img.unsqueeze(0).repeat(T, 1, 1, 1, 1).flatten(0, 1))
+        s = self.lif(x.view(T, img.shape[0], C, HW, HW))
+        return self.fc(s.flatten(2)).mean(0)
+
+
+def test_int8_ops_are_gemms_at_the_int8_rate():
+    """With int8 layers (``--int8 on``) the trace takes the int8 op on meta as on CUDA: one record
+    of its launches (weight quantization, the levels' conversion pass, the GEMM), its bytes by
+    int8_traffic, 2 operations per MAC, timed at INT8_MATRIX_RATE; its backward's products are
+    ordinary GEMMs."""
+    result = step_trace.trace_step(_TinyInt8(), B, HW, CLASSES, optimizer=False)
+    (op,) = _ops(result, "qsnn::int8_linear", "forward")
+    k, m = C * HW * HW, T * B
+    assert op["category"] == "gemm" and op["int8"] and op["launches"] == 3
+    assert op["flops"] == 2 * m * CLASSES * k
+    weight = CLASSES * k
+    x_bf16 = m * k * 2  # the LIF's spikes under the emulated autocast
+    assert op["bytes_read"] == 4 * weight + x_bf16 + m * k + weight + 4 * CLASSES + 4 * CLASSES
+    assert op["bytes_written"] == weight + 4 * CLASSES + m * k + m * CLASSES * 2
+    assert _ops(result, "aten::mm", "backward")
+    slow = step_trace.op_seconds(op, 4.3e12, 1e9, 0.0, int8_rate=1e9)
+    assert slow == pytest.approx(op["flops"] / 1e9)
+    assert step_trace.op_seconds(op, 4.3e12, 1e9, 0.0, int8_rate=2e9) == pytest.approx(slow / 2)

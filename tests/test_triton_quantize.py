@@ -1,7 +1,9 @@
 """The Triton weight-quantization kernel (the CUDA kernel of qsnn::quantize_weight and
 qsnn::dequantized_weight, Eq. 5) against reference.quantize_weight on CPU tensors under
 TRITON_INTERPRET=1: bit-identical codes, scales and dequantized weights for W >= 2, special values
-included; identical codes and a scale at most one float32 rounding apart for W = 1."""
+included; identical codes and a scale at most one float32 rounding apart for W = 1. The Triton
+spike-levels kernel (qsnn::spike_levels on CUDA) against the torch formula: the same levels and
+count of non-spikes."""
 
 from __future__ import annotations
 
@@ -95,6 +97,46 @@ def test_gpu_bfloat16_is_exact(w_bits):
         assert torch.equal(s.cpu(), s_ref) and torch.equal(deq, reference.dequantize_weight(w, w_bits))
 
 
+def _spike_values(shape, s_bits, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 1 << s_bits, shape, generator=g).float() * scale
+
+
+@pytest.mark.parametrize("s_bits, scale, is_signed", [(1, 1.0, False), (3, 0.3, True), (8, 0.25, False),
+                                                      (7, 1.7, True)])
+@pytest.mark.parametrize("shape", [(1,), (3, 33), (2, 5, 273)])
+def test_spike_levels_match_the_torch_formula(s_bits, scale, is_signed, shape):
+    """Spikes give their levels and a count of 0; spoiled elements (off the grid, a level above the
+    top, a negative one, NaN, inf, a half tie) give level 0 and are counted, as the torch formula."""
+    x = _spike_values(shape, s_bits, scale, seed=s_bits * 7 + len(shape))
+    for spoiled in (False, True):
+        if spoiled:
+            flat = x.view(-1)
+            for i, v in enumerate((scale * 0.5, scale * (1 << s_bits), -scale, float("nan"), float("inf"),
+                                   2.5 * scale)[:flat.numel()]):
+                flat[(i * 37) % flat.numel()] = v
+        ref_levels, ref_bad = quantize._spike_levels_torch(x, scale, s_bits, is_signed)
+        with triton_kernels_on_cpu(quantize.TRITON_KERNELS):
+            levels, bad = torch.ops.qsnn.spike_levels(x, scale, s_bits, is_signed)
+        assert levels.dtype == (torch.int8 if is_signed else torch.uint8) and levels.shape == x.shape
+        assert torch.equal(levels, ref_levels) and bad.dtype == torch.int64 and int(bad) == int(ref_bad)
+        assert spoiled or int(bad) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_spike_levels_every_float_dtype_and_layout(dtype):
+    """Half dtypes computed in float32 (exact), float64 in float64; a channels-last tensor keeps
+    its strides, a non-dense view is read through a contiguous copy."""
+    x = _spike_values((2, 6, 5, 3), 2, 0.5, seed=3).to(dtype)
+    for t in (x, x.to(memory_format=torch.channels_last), x[:, ::2]):
+        ref_levels, ref_bad = quantize._spike_levels_torch(t, 0.5, 2, False)
+        with triton_kernels_on_cpu(quantize.TRITON_KERNELS):
+            levels, bad = torch.ops.qsnn.spike_levels(t, 0.5, 2, False)
+        assert torch.equal(levels, ref_levels) and int(bad) == int(ref_bad) == 0
+        if triton_quantize._spans_its_elements(t):
+            assert levels.stride() == t.stride()
+
+
 def test_bad_input():
     with pytest.raises(ValueError):
         triton_quantize.quantize_weight_triton(torch.zeros(3, 4), 3)
@@ -102,6 +144,8 @@ def test_bad_input():
         triton_quantize.dequantized_weight_triton(torch.zeros(0, 4), 4)
     with pytest.raises(ValueError):
         triton_quantize.quantize_weight_triton(torch.zeros(3, 4, dtype=torch.int32), 4)
+    with pytest.raises(ValueError, match="float"):
+        triton_quantize.spike_levels_triton(torch.zeros(3, dtype=torch.int32), 1.0, 1, False)
 
 
 _COMPILE_SCRIPT = r"""
@@ -120,6 +164,15 @@ for w_bits, codes, dt in itertools.product((1, 2, 4, 8), (True, False), ("fp32",
                     constexprs={(fn.arg_names.index(k),): v for k, v in const.items()}, attrs=attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
     assert "cubin" in out.asm and "div.rn.f32" in out.asm["ptx"] or w_bits == 1, (w_bits, dt)
+fn = K._spike_levels_kernel
+for top, unit, dt, out in itertools.product((1, 127, 255), (True, False), ("fp32", "bf16"), ("u8", "i8")):
+    sig = {"x_ptr": "*" + dt, "levels_ptr": "*" + out, "bad_ptr": "*i64", "n": "i64", "scale": "fp32",
+           "inv_scale": "fp32"}
+    const = dict(TOP=top, UNIT_SCALE=unit, BLOCK=1024)
+    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}},
+                    constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
+    assert "cubin" in compiled.asm and "atom" in compiled.asm["ptx"], (top, unit, dt, out)
 print("compiled")
 """
 

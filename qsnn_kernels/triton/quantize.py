@@ -1,5 +1,6 @@
-"""Triton kernel of the per-output-channel weight quantization (Eq. 5): the CUDA kernels of the ops
-``qsnn::quantize_weight`` and ``qsnn::dequantized_weight`` (:mod:`qsnn_kernels.quantize`).
+"""Triton kernels of the per-output-channel weight quantization (Eq. 5): the CUDA kernels of the ops
+``qsnn::quantize_weight`` and ``qsnn::dequantized_weight`` (:mod:`qsnn_kernels.quantize`); and of
+the spike side, ``qsnn::spike_levels`` (:func:`spike_levels_triton`, at the end).
 
 Oracle: :func:`qsnn_kernels.reference.quantize_weight` and
 :func:`qsnn_kernels.reference.dequantize_weight`, whose docstrings hold the contract (special
@@ -23,7 +24,7 @@ import triton.language as tl
 from ..bits import WEIGHT_BITS, check_bits
 from .device import on_device
 
-__all__ = ["quantize_weight_triton", "dequantized_weight_triton"]
+__all__ = ["quantize_weight_triton", "dequantized_weight_triton", "spike_levels_triton"]
 
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 
@@ -123,3 +124,60 @@ def dequantized_weight_triton(w: torch.Tensor, w_bits: int) -> torch.Tensor:
     scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
     _launch(w, w_bits, None, out, scale)
     return out
+
+
+# --------------------------------------------------------------------------- spike levels
+
+
+@triton.jit
+def _spike_levels_kernel(x_ptr, levels_ptr, bad_ptr, n, scale, inv_scale,
+                         TOP: tl.constexpr, UNIT_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if UNIT_SCALE:
+        level = _round_half_even(x)
+        back = level
+    else:
+        level = _round_half_even(x * inv_scale)
+        back = level * scale
+    good = (back == x) & (level >= 0.0) & (level <= TOP * 1.0)  # false for NaN
+    tl.store(levels_ptr + offs, tl.where(good, level, 0.0).to(levels_ptr.dtype.element_ty), mask=mask)
+    bad = tl.sum((mask & ~good).to(tl.int64), axis=0)
+    tl.atomic_add(bad_ptr, bad, sem="relaxed")  # an integer count: the same in any order
+
+
+def _spans_its_elements(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill ``numel`` consecutive memory slots (dense, no overlap: its
+    strides, sorted, are the running products of its sizes; size-1 dimensions aside)."""
+    expected = 1
+    for size, stride in sorted(((n, st) for n, st in zip(t.shape, t.stride()) if n != 1), key=lambda p: p[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def spike_levels_triton(x: torch.Tensor, scale: float, s_bits: int, is_signed: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The levels (int8 when ``is_signed``, else uint8; ``x``'s shape, and its strides when ``x``
+    is dense) and the int64 count of elements that are not ``s_bits`` spikes at ``scale``: the
+    values of :func:`qsnn_kernels.quantize._spike_levels_torch` (the formula in float32, round half
+    to even), in one pass over ``x`` (a non-dense ``x`` is made contiguous first)."""
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor, got {x.dtype}")
+    if not _spans_its_elements(x):
+        x = x.contiguous()
+    levels = torch.empty_like(x, dtype=torch.int8 if is_signed else torch.uint8)  # x's strides (dense)
+    bad = torch.zeros((), dtype=torch.int64, device=x.device)
+    n = x.numel()
+    if n:
+        # a dense tensor spans n consecutive elements from its offset, its levels alike (same strides)
+        flat_x, flat_levels = (t.as_strided((n,), (1,)) for t in (x, levels))
+        block = 1024 if x.device.type == "cuda" else 128
+        with on_device(x.device):
+            _spike_levels_kernel[(triton.cdiv(n, block),)](
+                flat_x, flat_levels, bad, n, float(scale), 1.0 / float(scale), TOP=(1 << s_bits) - 1,
+                UNIT_SCALE=float(scale) == 1.0, BLOCK=block, num_warps=4 if x.device.type == "cuda" else 1,
+                enable_fp_fusion=False)
+    return levels, bad
