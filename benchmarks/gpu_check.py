@@ -36,9 +36,10 @@ bench   110        80-110      the GEMM (bit-serial and dot) against torch._int_
                                bandwidth (``bench.log``, ``bench.jsonl``); QSNN_BENCH_QUICK=1
 train   230        210-390     benchmarks/gpu_train_check.py: the training step of Spikformer-8-512
                                and SEW-ResNet-34 (224, T=4), ours against spikingjelly (Triton
-                               path, torch.compile, fallback), peak memory (``train.log``,
-                               ``train.json``); six eager builds (15-25 each), then the two
-                               compiled ones (60-120 each): these are what a short budget cuts
+                               path, torch.compile, fallback), ours eager, with int8 layers
+                               and compiled, peak memory (``train.log``, ``train.json``); eight
+                               eager builds (15-25 each), then the four compiled ones (60-120
+                               each): these are what a short budget cuts
 report  -          1           ``summary.json``: the steps, tests counts, GEMM ratios, LIF GB/s,
                                training ratios; a short table printed last
 total   470
@@ -304,7 +305,7 @@ def step_train(out: Path, env: dict, timeout: float, dry_run: bool, skip_compile
     if dry_run:
         cmd += ["--dry-run", "--steps", "1"]
     if skip_compiled:
-        cmd += ["--builds", "qsnn", "sj_triton", "sj_fallback"]
+        cmd += ["--builds", "qsnn", "sj_triton", "sj_fallback", "qsnn_int8"]
     return _run(cmd, out / "train.log", timeout, env)
 
 
@@ -394,7 +395,7 @@ def print_table(summary: dict) -> None:
                                    if v is not None})[:300])
     for r in summary["train"] or []:
         mem = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] else "-"
-        print(f"train {r['model']}: ours / {r['peer']} = {r['speedup']:.2f}x speed, {mem}x peak memory")
+        print(f"train {r['model']}: {r['ours']} / {r['peer']} = {r['speedup']:.2f}x speed, {mem}x peak memory")
     print(f"files ({len(summary['files'])}): {', '.join(summary['files'])}; {summary['total_seconds']} s")
 
 

@@ -15,6 +15,10 @@ networks, ``Spikformer(depths=8, embed_dims=512, num_heads=8, patch_size=16)`` a
 weights):
 
 * ``qsnn``: ours, W/S/T 4/1/4 (``create_model("qsnn_spikformer_8_512" | "qsnn_sew_resnet34")``).
+* ``qsnn_int8``: ours with every spike-input layer on the int8 ops (``set_int8(model, True)``, what
+  ``qsnn train --int8 on`` does): Triton int8 GEMMs and convolutions, one-byte levels kept.
+* ``qsnn_compiled``: ours under ``torch.compile`` (whole model; the custom ops stay opaque, their
+  fakes give the shapes, Inductor fuses the glue between them).
 * ``sj_triton``: spikingjelly with its Triton neuron kernels engaged:
   ``prepare_model_for_precision(model, "cuda", PrecisionConfig(mode="bf16", neuron_storage="fp32"))``
   (bf16 autocast, neuron state float32), with ``SJ_LIF_CUDA_IMPLEMENTATION=triton`` so that a
@@ -53,14 +57,18 @@ T_STEPS, W_BITS, S_BITS = 4, 4, 1
 FULL = dict(size=224, classes=1000, batch=32)
 DRY = dict(size=32, classes=10, batch=1)  # --dry-run: the same architectures, on the CPU
 MODELS = {"spikformer_8_512": "Spikformer-8-512", "sew_resnet34": "SEW-ResNet-34"}
-BUILDS = {  # name: (label written beside the row, compiled)
+BUILDS = {  # name: (label written beside the row, compiled); run in this order, eager ones first
     "qsnn": (f"ours, W/S/T {W_BITS}/{S_BITS}/{T_STEPS}, bf16 autocast", False),
     "sj_triton": ("spikingjelly, bf16 autocast, neuron state fp32 (prepare_model_for_precision): its Triton "
                   "LIF kernels", False),
     "sj_fallback": ("spikingjelly FALLBACK: plain bf16 autocast, bf16 neuron state refused by its kernels, "
                     "torch loop", False),
+    "qsnn_int8": (f"ours, W/S/T {W_BITS}/{S_BITS}/{T_STEPS}, bf16 autocast, int8 spike-input layers", False),
     "sj_compiled": ("spikingjelly under torch.compile (whole model), plain bf16 autocast", True),
+    "qsnn_compiled": (f"ours, W/S/T {W_BITS}/{S_BITS}/{T_STEPS}, under torch.compile (whole model), bf16 autocast",
+                      True),
 }
+OURS = ("qsnn", "qsnn_int8", "qsnn_compiled")
 PEERS = ("sj_triton", "sj_compiled", "sj_fallback")
 BUILD_TIMEOUT_S = {False: 75, True: 150}
 MIN_START_S = 20
@@ -117,11 +125,14 @@ def build(model: str, build_name: str, device: str, size: int, classes: int):
     torch.manual_seed(0)
     cuda = device == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
-    if build_name == "qsnn":
+    if build_name in OURS:
+        models = import_models()
         size_arg = dict(img_size=size) if model.startswith("spikformer") else {}  # SEW-ResNet takes any size
-        net = import_models().create_model(f"qsnn_{model}", w_bits=W_BITS, s_bits=S_BITS, t_steps=T_STEPS,
-                                           num_classes=classes, **size_arg)
-        return net.to(device), autocast, ""
+        net = models.create_model(f"qsnn_{model}", w_bits=W_BITS, s_bits=S_BITS, t_steps=T_STEPS,
+                                  num_classes=classes, **size_arg).to(device)
+        if build_name == "qsnn_int8":
+            return net, autocast, f"{models.layers.set_int8(net, True)} layers set to int8"
+        return (torch.compile(net) if build_name == "qsnn_compiled" else net), autocast, ""
     net = _sj_zoo(model, size, classes).to(device)
     if build_name == "sj_triton":
         from spikingjelly.activation_based.precision import PrecisionConfig, prepare_model_for_precision
@@ -219,17 +230,19 @@ def run_build(model: str, build_name: str, steps: int, timeout: float, dry_run: 
 
 
 def compare(rows: list[dict]) -> list[dict]:
-    """Per model: ours / each peer that ran, in images/s (``speedup``) and peak memory (``memory_ratio``)."""
+    """Per model: each of our builds / each peer that ran, in images/s (``speedup``) and peak memory
+    (``memory_ratio``)."""
     ok = {(r["model"], r["build"]): r for r in rows if "images_per_s" in r}
     out = []
     for model in MODELS:
-        ours = ok.get((model, "qsnn"))
-        for peer in PEERS:
-            theirs = ok.get((model, peer))
-            if ours and theirs:
-                mem = (ours["peak_MiB"] / theirs["peak_MiB"]) if ours["peak_MiB"] and theirs["peak_MiB"] else None
-                out.append(dict(model=model, peer=peer, label=BUILDS[peer][0],
-                                speedup=ours["images_per_s"] / theirs["images_per_s"], memory_ratio=mem))
+        for build in OURS:
+            ours = ok.get((model, build))
+            for peer in PEERS:
+                theirs = ok.get((model, peer))
+                if ours and theirs:
+                    mem = (ours["peak_MiB"] / theirs["peak_MiB"]) if ours["peak_MiB"] and theirs["peak_MiB"] else None
+                    out.append(dict(model=model, ours=build, peer=peer, label=BUILDS[peer][0],
+                                    speedup=ours["images_per_s"] / theirs["images_per_s"], memory_ratio=mem))
     return out
 
 

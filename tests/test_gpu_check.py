@@ -109,7 +109,12 @@ def test_train_plan_and_ratios(gpu_check, monkeypatch):
             dict(model="sew_resnet34", build="sj_triton", images_per_s=20.0, peak_MiB=4000.0),
             dict(model="sew_resnet34", build="sj_compiled", error="timed out after 150 s")]
     (ratio,) = train.compare(rows)
-    assert ratio["peer"] == "sj_triton" and ratio["speedup"] == 1.5 and ratio["memory_ratio"] == 0.25
+    assert ratio["ours"] == "qsnn" and ratio["peer"] == "sj_triton" and ratio["speedup"] == 1.5
+    assert ratio["memory_ratio"] == 0.25
+    rows.append(dict(model="sew_resnet34", build="qsnn_int8", images_per_s=40.0, peak_MiB=800.0))
+    ratios = train.compare(rows)
+    assert [(r["ours"], r["peer"], r["speedup"], r["memory_ratio"]) for r in ratios] == [
+        ("qsnn", "sj_triton", 1.5, 0.25), ("qsnn_int8", "sj_triton", 2.0, 0.2)]
 
 
 def test_pytest_counts(gpu_check):
@@ -130,4 +135,5 @@ def test_dry_run(tmp_path):
     builds = {(r["model"], r["build"]): r for r in summary["train_rows"]}
     for model in ("spikformer_8_512", "sew_resnet34"):
         assert builds[(model, "qsnn")]["images_per_s"] > 0 and builds[(model, "sj_fallback")]["images_per_s"] > 0
+        assert builds[(model, "qsnn_int8")]["images_per_s"] > 0
         assert "CUDA" in builds[(model, "sj_triton")]["skipped"]
