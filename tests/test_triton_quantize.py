@@ -137,6 +137,19 @@ def test_spike_levels_every_float_dtype_and_layout(dtype):
             assert levels.stride() == t.stride()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_spike_levels(dtype):
+    """The op's CUDA kernel (one Triton pass, an atomic count) on a large bf16/float32 tensor, one
+    spoiled element per ~100k: the torch formula's levels and count."""
+    x = _spike_values((4, 64, 196, 512), 2, 0.5, seed=9).to(dtype).cuda()
+    x.view(-1)[::99991] = 0.25
+    levels, bad = torch.ops.qsnn.spike_levels(x, 0.5, 2, False)
+    ref_levels, ref_bad = quantize._spike_levels_torch(x, 0.5, 2, False)
+    assert torch.equal(levels, ref_levels) and int(bad) == int(ref_bad) > 0
+
+
 def test_bad_input():
     with pytest.raises(ValueError):
         triton_quantize.quantize_weight_triton(torch.zeros(3, 4), 3)
