@@ -4,7 +4,9 @@ a fused epilogue to float: ``out[m, n] = float(acc[m, n]) * (col_scale[n] * alph
 
 It is the CUDA kernel of ``qsnn::int8_linear`` (:mod:`models.int8`: levels x weight codes, the
 epilogue scale ``scale[n] * in_scale`` of Eq. 5, output in x's dtype, e.g. bfloat16 under
-autocast) and of the batched spike products of Spikformer's attention (levels x levels).
+autocast). It also takes batched operands (levels x levels, as in Spikformer's attention
+products); the models do not call it so: their attention products run in the autocast dtype
+(:class:`models.layers.SpikeMatmul`).
 
 Contract (:func:`int8_matmul_triton`): ``a [B, M, K]`` or ``[M, K]`` and ``b [B, N, K]`` or
 ``[N, K]`` (shared by every batch), int8 or uint8 holding values that fit int8 (uint8 levels up to
