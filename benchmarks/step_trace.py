@@ -90,6 +90,10 @@ and bf16 figures of the H100/H200 datasheet (an assumption, not a measurement: b
 times our int8 kernels and torch._int_mm on the device)."""
 INT8_OPS = ("qsnn::int8_linear", "qsnn::int8_conv2d")
 """The int8 spike-input ops (``--int8 on``): GEMMs at :data:`INT8_MATRIX_RATE`, bytes by :func:`int8_traffic`."""
+LEVELS_GEMM_OPS = ("qsnn::spike_linear_weight_grad",)
+"""GEMMs of a float operand and one-byte levels (the int8 linear's weight gradient: ``grad [M, N]``,
+``levels [M, K]``): 2 M N K FLOPs at :data:`MATRIX_RATE`, the bytes of their tensors (the float32
+partial sums of its row splits, a few MB, are not counted)."""
 LAUNCH_SECONDS = 5e-6
 """Per launch: an assumption (eager PyTorch's dispatch plus a kernel launch, a few microseconds),
 not a measurement of this machine; ``--launch-us`` changes it."""
@@ -299,6 +303,10 @@ class Recorder(TorchDispatchMode):
             named = dict(zip((a.name for a in func._schema.arguments), args)) | kwargs
             read, written, flops, launches = int8_traffic(name, named, outs)
             steps = 0
+        elif name in LEVELS_GEMM_OPS:
+            category, steps = "gemm", 0
+            read, written = sum(map(tensor_bytes, ins)), sum(map(tensor_bytes, outs))
+            flops = 2 * args[0].numel() * args[1].shape[1]
         elif namespace in FUSED_NAMESPACES:
             category = "fused"
             if name in ("qsnn::lif_forward", "qsnn::lif_backward"):

@@ -71,7 +71,7 @@ from .. import spike_conv
 from ..quantize import dequantized_weight, quantize_weight, spike_levels
 
 __all__ = ["MIN_CONV_POSITIONS", "cpu_has_int8_dot", "exact_float_sums", "int8_conv2d", "int8_linear",
-           "int8_supported", "spike_input_levels"]
+           "int8_supported", "spike_input_levels", "spike_linear_weight_grad"]
 
 MIN_CONV_POSITIONS = 512
 """Smallest output size N * H' * W' at which the int8 convolution is used automatically: the weight
@@ -281,8 +281,7 @@ def _linear_backward(ctx, grad, _grad_levels):
     if ctx.needs_input_grad[0]:
         grad_x = (g @ dequantized_weight(weight, ctx.w_bits).to(g.dtype)).reshape(levels.shape)
     if ctx.needs_input_grad[1]:
-        spikes = _spike_values(levels.reshape(-1, levels.shape[-1]), ctx.in_scale, g.dtype)
-        grad_w = (g.t() @ spikes).to(weight.dtype)
+        grad_w = spike_linear_weight_grad(g, levels.reshape(-1, levels.shape[-1]), ctx.in_scale).to(weight.dtype)
     needs = ctx.needs_input_grad  # as many as the call passed (levels_in and bias are optional)
     if len(needs) > 6 and needs[6]:
         grad_bias = g.sum(0, dtype=weight.dtype)
@@ -304,6 +303,54 @@ def _int8_linear_cuda(x, weight, w_bits, s_bits, in_scale, levels_in=None, bias=
 
 _int8_linear_op.register_kernel("cuda", _int8_linear_cuda)
 _int8_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+
+# --------------------------------------------------------------------------- qsnn::spike_linear_weight_grad
+
+
+def _check_weight_grad(grad, levels) -> None:
+    torch._check_value(grad.dim() == 2 and levels.dim() == 2 and grad.shape[0] == levels.shape[0],
+                       lambda: f"spike_linear_weight_grad: grad [M, N] and levels [M, K] expected, got "
+                               f"{tuple(grad.shape)} and {tuple(levels.shape)}")
+    torch._check(grad.is_floating_point() and levels.dtype in (torch.uint8, torch.int8)
+                 and grad.device == levels.device,
+                 lambda: f"spike_linear_weight_grad: grad must be a float tensor and levels uint8/int8 on its device, "
+                         f"got {grad.dtype} on {grad.device} and {levels.dtype} on {levels.device}")
+
+
+@torch.library.custom_op("qsnn::spike_linear_weight_grad", mutates_args=())
+def _spike_linear_weight_grad_op(grad: torch.Tensor, levels: torch.Tensor, in_scale: float) -> torch.Tensor:
+    _check_weight_grad(grad, levels)
+    return (grad.t() @ _spike_values(levels, in_scale, grad.dtype)).to(torch.float32)
+
+
+@_spike_linear_weight_grad_op.register_fake
+def _(grad, levels, in_scale):
+    _check_weight_grad(grad, levels)
+    return grad.new_empty((grad.shape[1], levels.shape[1]), dtype=torch.float32)
+
+
+def _spike_linear_weight_grad_cuda(grad, levels, in_scale):
+    """The CUDA kernel: one Triton GEMM reading the one-byte levels (no float spikes rebuilt in
+    memory), float32 sums and output, the row splits' partial sums added in a fixed order."""
+    from qsnn_kernels.triton.int8_matmul import spike_linear_weight_grad_triton
+
+    _check_weight_grad(grad, levels)
+    if grad.dtype == torch.float64:
+        return (grad.t() @ _spike_values(levels, in_scale, grad.dtype)).to(torch.float32)
+    return spike_linear_weight_grad_triton(grad, levels, in_scale)
+
+
+_spike_linear_weight_grad_op.register_kernel("cuda", _spike_linear_weight_grad_cuda)
+
+
+def spike_linear_weight_grad(grad: torch.Tensor, levels: torch.Tensor, in_scale: float) -> torch.Tensor:
+    """The weight gradient ``grad^T @ (levels * in_scale)`` of a linear whose input was spikes with
+    these levels (op ``qsnn::spike_linear_weight_grad``): ``grad [M, N]`` (float), ``levels [M, K]``
+    (uint8/int8) -> float32 ``[N, K]``. CPU: the float spikes rebuilt in grad's dtype, then torch's
+    GEMM. CUDA: one Triton kernel that reads the levels and turns them into grad's dtype in
+    registers, summing in float32 (float32 gradients without TF32). The sums are the same up to
+    float rounding. A shape, dtype or device mismatch is an error raised before any kernel runs."""
+    return torch.ops.qsnn.spike_linear_weight_grad(grad, levels, float(in_scale))
 
 # --------------------------------------------------------------------------- qsnn::int8_conv2d
 

@@ -1,7 +1,9 @@
 """The Triton int8 GEMM (qsnn_kernels/triton/int8_matmul.py) against an exact integer matmul and
 the same float32 epilogue, on CPU tensors under TRITON_INTERPRET=1: bit for bit, odd shapes
 (K not a multiple of the tile, M = 1, N = 1), batches with a shared or per-batch right operand,
-strided operands, and both level types (uint8 <= 127, int8)."""
+strided operands, and both level types (uint8 <= 127, int8). The linear's weight gradient from
+levels (spike_linear_weight_grad_triton, the CUDA kernel of qsnn::spike_linear_weight_grad) against
+a float64 product; bfloat16 gradients only on a GPU (the interpreter's bfloat16 dot is wrong)."""
 
 from __future__ import annotations
 
@@ -75,6 +77,82 @@ def test_bad_input():
         int8_matmul.int8_matmul_triton(a, b, out_dtype=torch.int32)
 
 
+def _weight_grad_operands(m, n, k, dtype, seed, levels_dtype=torch.uint8):
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(m, n, generator=g).to(dtype)
+    levels = torch.randint(0, 16 if levels_dtype == torch.int8 else 256, (m, k), generator=g).to(levels_dtype)
+    return grad, levels
+
+
+def _weight_grad_expected(grad, levels, alpha):
+    return (grad.double().t() @ levels.double()) * alpha
+
+
+def _assert_float32_sums(out, grad, levels, alpha):
+    """``out`` is the float64 product up to float32 summation: each entry within M float32 ulps of
+    the sum of its terms' magnitudes (the bound of a float32 sum in any order), plus the scaling."""
+    expected = _weight_grad_expected(grad, levels, alpha)
+    magnitude = (grad.double().abs().t() @ levels.double()) * abs(alpha)
+    bound = (grad.shape[0] + 2) * 2.0**-24 * magnitude + 1e-30
+    assert out.dtype == torch.float32 and bool(((out.double() - expected).abs() <= bound).all())
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (1, 37, 70), (33, 1, 31), (97, 45, 70), (64, 64, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_weight_grad_from_levels(m, n, k, dtype):
+    """float32 (IEEE sums, no TF32) and float16 gradients: the float64 product up to float32 sums
+    (row splits included: M > 32 runs two), uint8 levels up to 255 and int8 ones, alpha 1 and not."""
+    for levels_dtype, alpha in ((torch.uint8, 1.0), (torch.int8, 0.3)):
+        grad, levels = _weight_grad_operands(m, n, k, dtype, seed=m + n + k, levels_dtype=levels_dtype)
+        out = int8_matmul.spike_linear_weight_grad_triton(grad, levels, alpha)
+        assert out.shape == (n, k)
+        _assert_float32_sums(out, grad, levels, alpha)
+
+
+def test_weight_grad_strided_and_empty():
+    grad, levels = _weight_grad_operands(40, 24, 9, torch.float32, seed=5)
+    out = int8_matmul.spike_linear_weight_grad_triton(grad.t().contiguous().t(), levels.t().contiguous().t(), 1.0)
+    _assert_float32_sums(out, grad, levels, 1.0)
+    assert torch.equal(int8_matmul.spike_linear_weight_grad_triton(grad[:0], levels[:0], 1.0), torch.zeros(24, 9))
+    with pytest.raises(TypeError, match="float32/bfloat16/float16"):
+        int8_matmul.spike_linear_weight_grad_triton(grad.double(), levels, 1.0)
+    with pytest.raises(TypeError, match="uint8/int8"):
+        int8_matmul.spike_linear_weight_grad_triton(grad, levels.float(), 1.0)
+    with pytest.raises(ValueError, match=r"\[M, N\]"):
+        int8_matmul.spike_linear_weight_grad_triton(grad, levels[:5], 1.0)
+
+
+def test_weight_grad_op_on_both_kernels():
+    """qsnn::spike_linear_weight_grad: its CPU kernel (float spikes rebuilt, torch's GEMM) and its
+    CUDA kernel run on the CPU (the Triton launcher) agree; opcheck; bad input is an error from
+    the op (and its fake) before a kernel runs."""
+    from qsnn_kernels.models import int8 as int8_mod
+    from qsnn_kernels.triton_on_cpu import triton_kernels_on_cpu
+
+    grad, levels = _weight_grad_operands(50, 12, 20, torch.float32, seed=8)
+    cpu = int8_mod.spike_linear_weight_grad(grad, levels, 0.5)
+    with triton_kernels_on_cpu({"spike_linear_weight_grad": int8_mod._spike_linear_weight_grad_cuda}):
+        triton = int8_mod.spike_linear_weight_grad(grad, levels, 0.5)
+    _assert_float32_sums(cpu, grad, levels, 0.5)
+    _assert_float32_sums(triton, grad, levels, 0.5)
+    torch.library.opcheck(torch.ops.qsnn.spike_linear_weight_grad.default, (grad, levels, 0.5))
+    with pytest.raises(ValueError, match=r"\[M, N\]"):
+        int8_mod.spike_linear_weight_grad(grad, levels[:3], 1.0)
+    with pytest.raises(RuntimeError, match="uint8/int8"):
+        int8_mod.spike_linear_weight_grad(grad, levels.float(), 1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_weight_grad_from_levels(dtype):
+    """On the GPU (autotuned tiles, row splits) at a Spikformer-8-512 shape: the float64 product."""
+    grad, levels = _weight_grad_operands(4 * 196 * 8 + 5, 512, 520, dtype, seed=12)
+    levels = levels.clamp(max=15)
+    out = int8_matmul.spike_linear_weight_grad_triton(grad.cuda(), levels.cuda(), 0.5).cpu()
+    _assert_float32_sums(out, grad, levels, 0.5)
+
+
 _COMPILE_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
@@ -110,6 +188,21 @@ for config in K._CONV_CONFIGS:
     ptx = out.asm["ptx"]
     assert ("wgmma" in ptx or "mma.sync" in ptx) and ".s8" in ptx, f"no int8 MMA in the convolution for {config}"
     print("conv", config.kwargs, "shared bytes", out.metadata.shared, "wgmma" in ptx)
+grad_fn = K._spike_linear_weight_grad_kernel
+for dt, ieee in (("bf16", False), ("fp16", False), ("fp32", True)):
+    sig = {"g_ptr": "*" + dt, "levels_ptr": "*u8", "partial_ptr": "*fp32",
+           **{n: "i32" for n in grad_fn.arg_names[3:13]}}
+    for config in K._WEIGHT_GRAD_CONFIGS:
+        const = dict(IEEE=ieee, **config.kwargs)
+        attrs = {(grad_fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in grad_fn.arg_names
+                 if n.endswith("_ptr") or n in ("N", "K", "stride_gm", "stride_lm", "stride_pn")}
+        src = ASTSource(fn=grad_fn, signature={**sig, **{k: "constexpr" for k in const}},
+                        constexprs={(grad_fn.arg_names.index(k),): v for k, v in const.items()}, attrs=attrs)
+        out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                             options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+        ptx = out.asm["ptx"]
+        assert ieee or "wgmma" in ptx or "mma.sync" in ptx, f"no tensor-core MMA in the weight gradient {dt} {config}"
+        print("weight grad", dt, config.kwargs, "shared bytes", out.metadata.shared, "wgmma" in ptx)
 print("compiled")
 """
 

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from .device import on_device
 
-__all__ = ["int8_conv2d_triton", "int8_matmul_triton"]
+__all__ = ["int8_conv2d_triton", "int8_matmul_triton", "spike_linear_weight_grad_triton"]
 
 
 @triton.jit
@@ -222,3 +222,92 @@ def int8_conv2d_triton(levels: torch.Tensor, codes: torch.Tensor, col_scale: tor
             grid = (triton.cdiv(n * oh * ow, tile["BLOCK_M"]) * triton.cdiv(co, tile["BLOCK_N"]),)
             _int8_conv2d_kernel[grid](*args, KH=kh, KW=kw, **tile, num_warps=1)
     return out
+
+
+# --------------------------------------------------------------------------- the linear's weight gradient
+
+
+@triton.jit
+def _spike_linear_weight_grad_kernel(
+    g_ptr, levels_ptr, partial_ptr,
+    M, N, K, rows_per_split,
+    stride_gm, stride_gn, stride_lm, stride_lk, stride_ps, stride_pn,
+    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # partial[split, n, k] = sum over this split's rows m of g[m, n] * level[m, k]
+    split = tl.program_id(1)
+    rn, rk = _grouped_tile(N, K, BLOCK_N, BLOCK_K, GROUP_M)
+    first = split * rows_per_split
+    last = tl.minimum(first + rows_per_split, M)
+    rm = first + tl.arange(0, BLOCK_M)
+    g_ptrs = g_ptr + rm[None, :].to(tl.int64) * stride_gm + rn[:, None] * stride_gn
+    l_ptrs = levels_ptr + rm[:, None].to(tl.int64) * stride_lm + rk[None, :] * stride_lk
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for m0 in range(first, last, BLOCK_M):
+        inside = rm < last - m0 + first
+        gt = tl.load(g_ptrs, mask=(rn[:, None] < N) & inside[None, :], other=0.0)
+        lv = tl.load(l_ptrs, mask=inside[:, None] & (rk[None, :] < K), other=0)
+        # levels <= 255 are exact in every float dtype: converted in registers, never in memory (through
+        # float32: Triton's interpreter turns uint8 into bfloat16 wrongly, a GPU the same either way)
+        if IEEE:
+            acc = tl.dot(gt, lv.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(gt, lv.to(tl.float32).to(gt.dtype), acc)
+        g_ptrs += BLOCK_M * stride_gm
+        l_ptrs += BLOCK_M * stride_lm
+    out_ptrs = partial_ptr + split * stride_ps + rn[:, None] * stride_pn + rk[None, :]
+    tl.store(out_ptrs, acc, mask=(rn[:, None] < N) & (rk[None, :] < K))
+
+
+_WEIGHT_GRAD_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_M": bm, "GROUP_M": 8}, num_warps=w, num_stages=s)
+    for bn, bk, bm, w, s in ((128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3))
+]
+_WEIGHT_GRAD_TILE = {"BLOCK_N": 128, "BLOCK_K": 128}
+"""The output tile the launcher counts programs by when it splits the rows (the configs' largest)."""
+_WEIGHT_GRAD_INTERPRETER_TILE = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_M": 32, "GROUP_M": 4}
+_spike_linear_weight_grad_tuned = triton.autotune(_WEIGHT_GRAD_CONFIGS, key=["N", "K", "rows_per_split"])(
+    _spike_linear_weight_grad_kernel)
+WEIGHT_GRAD_PROGRAMS = 264
+"""Programs to aim for (two per multiprocessor of an H100/H200): the reduction over M is split
+until the output tiles times the splits reach it (a [512, 512] gradient has 16 tiles of 128 x 128)."""
+
+
+def spike_linear_weight_grad_triton(grad: torch.Tensor, levels: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``out[n, k] = alpha * sum_m grad[m, n] * level[m, k]``, float32 ``[N, K]``: the weight gradient
+    of a linear whose input was ``level * alpha``, reading the one-byte levels (uint8, or int8 >= 0)
+    and the gradient (float32, bfloat16 or float16) as they are, the levels turned into the
+    gradient's dtype in registers (exact). Products summed in float32 (float32 gradients in IEEE
+    float32, no TF32) over splits of M whose partial sums are added in a fixed order: deterministic."""
+    if not grad.is_floating_point() or grad.dtype == torch.float64 or levels.dtype not in INTEGER_DTYPES:
+        raise TypeError(f"spike_linear_weight_grad: grad must be float32/bfloat16/float16 and levels uint8/int8, got "
+                        f"{grad.dtype}, {levels.dtype}")
+    if grad.dim() != 2 or levels.dim() != 2 or grad.shape[0] != levels.shape[0] or grad.device != levels.device:
+        raise ValueError(f"spike_linear_weight_grad: grad [M, N] and levels [M, K] on one device expected, got "
+                         f"{tuple(grad.shape)} on {grad.device}, {tuple(levels.shape)} on {levels.device}")
+    m, n = grad.shape
+    k = levels.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        return torch.zeros((n, k), dtype=torch.float32, device=grad.device)
+    cuda = grad.device.type == "cuda"
+    tile = _WEIGHT_GRAD_TILE if cuda else _WEIGHT_GRAD_INTERPRETER_TILE
+    tiles = triton.cdiv(n, tile["BLOCK_N"]) * triton.cdiv(k, tile["BLOCK_K"])
+    row_step = 256 if cuda else tile["BLOCK_M"]  # splits of whole row blocks
+    splits = min(max(WEIGHT_GRAD_PROGRAMS // tiles, 1) if cuda else 2, triton.cdiv(m, row_step))
+    rows_per_split = triton.cdiv(triton.cdiv(m, splits), row_step) * row_step
+    splits = triton.cdiv(m, rows_per_split)
+    partial = torch.empty((splits, n, k), dtype=torch.float32, device=grad.device)
+    args = (grad, levels, partial, m, n, k, rows_per_split, grad.stride(0), grad.stride(1), levels.stride(0),
+            levels.stride(1), partial.stride(0), partial.stride(1))
+    ieee = grad.dtype == torch.float32
+    if cuda:
+        def grid(meta):
+            return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(k, meta["BLOCK_K"]), splits)
+
+        with on_device(grad.device):
+            _spike_linear_weight_grad_tuned[grid](*args, IEEE=ieee)
+    else:
+        _spike_linear_weight_grad_kernel[(tiles, splits)](*args, IEEE=ieee, **tile, num_warps=1)
+    out = partial.sum(0) if splits > 1 else partial[0]
+    return out.mul_(alpha) if alpha != 1.0 else out
