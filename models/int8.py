@@ -278,12 +278,14 @@ def _linear_backward(ctx, grad, _grad_levels):
     levels, weight = ctx.saved_tensors
     g = grad.reshape(-1, grad.shape[-1])  # in the output's dtype (x's: bfloat16 under CUDA autocast)
     grad_x = grad_w = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = (g @ dequantized_weight(weight, ctx.w_bits).to(g.dtype)).reshape(levels.shape)
-    if ctx.needs_input_grad[1]:
-        grad_w = spike_linear_weight_grad(g, levels.reshape(-1, levels.shape[-1]), ctx.in_scale).to(weight.dtype)
     needs = ctx.needs_input_grad  # as many as the call passed (levels_in and bias are optional)
-    if len(needs) > 6 and needs[6]:
+    need_bias = len(needs) > 6 and needs[6]
+    if needs[0]:
+        grad_x = (g @ dequantized_weight(weight, ctx.w_bits).to(g.dtype)).reshape(levels.shape)
+    if needs[1]:  # the bias gradient from the same pass over the gradient
+        grad_w, grad_bias = spike_linear_weight_grad(g, levels.reshape(-1, levels.shape[-1]), ctx.in_scale, need_bias)
+        grad_w = grad_w.to(weight.dtype)
+    elif need_bias:
         grad_bias = g.sum(0, dtype=weight.dtype)
     return (grad_x, grad_w, None, None, None, None, grad_bias)[:len(needs)]
 
@@ -317,40 +319,60 @@ def _check_weight_grad(grad, levels) -> None:
                          f"got {grad.dtype} on {grad.device} and {levels.dtype} on {levels.device}")
 
 
+def _bias_grad_out(grad: torch.Tensor, bias: bool, computed=None) -> torch.Tensor:
+    """The op's second output: the bias gradient, or ``[0]`` when not asked for."""
+    if computed is not None:
+        return computed
+    return grad.sum(0, dtype=torch.float32) if bias else grad.new_empty((0,), dtype=torch.float32)
+
+
+def _weight_grad_torch(grad, levels, in_scale: float, bias: bool):
+    """The op in torch operations: the float spikes rebuilt in grad's dtype, torch's GEMM."""
+    return (grad.t() @ _spike_values(levels, in_scale, grad.dtype)).to(torch.float32), _bias_grad_out(grad, bias)
+
+
 @torch.library.custom_op("qsnn::spike_linear_weight_grad", mutates_args=())
-def _spike_linear_weight_grad_op(grad: torch.Tensor, levels: torch.Tensor, in_scale: float) -> torch.Tensor:
+def _spike_linear_weight_grad_op(grad: torch.Tensor, levels: torch.Tensor, in_scale: float,
+                                 bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
     _check_weight_grad(grad, levels)
-    return (grad.t() @ _spike_values(levels, in_scale, grad.dtype)).to(torch.float32)
+    return _weight_grad_torch(grad, levels, in_scale, bias)
 
 
 @_spike_linear_weight_grad_op.register_fake
-def _(grad, levels, in_scale):
+def _(grad, levels, in_scale, bias):
     _check_weight_grad(grad, levels)
-    return grad.new_empty((grad.shape[1], levels.shape[1]), dtype=torch.float32)
+    return (grad.new_empty((grad.shape[1], levels.shape[1]), dtype=torch.float32),
+            grad.new_empty((grad.shape[1] if bias else 0,), dtype=torch.float32))
 
 
-def _spike_linear_weight_grad_cuda(grad, levels, in_scale):
+def _spike_linear_weight_grad_cuda(grad, levels, in_scale, bias):
     """The CUDA kernel: one Triton GEMM reading the one-byte levels (no float spikes rebuilt in
-    memory), float32 sums and output, the row splits' partial sums added in a fixed order."""
+    memory) and summing the bias gradient from the same gradient tiles, float32 sums and output,
+    the row splits' partial sums added in a fixed order."""
     from qsnn_kernels.triton.int8_matmul import spike_linear_weight_grad_triton
 
     _check_weight_grad(grad, levels)
     if grad.dtype == torch.float64:
-        return (grad.t() @ _spike_values(levels, in_scale, grad.dtype)).to(torch.float32)
-    return spike_linear_weight_grad_triton(grad, levels, in_scale)
+        return _weight_grad_torch(grad, levels, in_scale, bias)
+    grad_w, grad_bias = spike_linear_weight_grad_triton(grad, levels, in_scale, bias)
+    return grad_w, _bias_grad_out(grad, bias, grad_bias)
 
 
 _spike_linear_weight_grad_op.register_kernel("cuda", _spike_linear_weight_grad_cuda)
 
 
-def spike_linear_weight_grad(grad: torch.Tensor, levels: torch.Tensor, in_scale: float) -> torch.Tensor:
-    """The weight gradient ``grad^T @ (levels * in_scale)`` of a linear whose input was spikes with
-    these levels (op ``qsnn::spike_linear_weight_grad``): ``grad [M, N]`` (float), ``levels [M, K]``
-    (uint8/int8) -> float32 ``[N, K]``. CPU: the float spikes rebuilt in grad's dtype, then torch's
-    GEMM. CUDA: one Triton kernel that reads the levels and turns them into grad's dtype in
-    registers, summing in float32 (float32 gradients without TF32). The sums are the same up to
-    float rounding. A shape, dtype or device mismatch is an error raised before any kernel runs."""
-    return torch.ops.qsnn.spike_linear_weight_grad(grad, levels, float(in_scale))
+def spike_linear_weight_grad(grad: torch.Tensor, levels: torch.Tensor, in_scale: float, bias: bool = False
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(grad_weight, grad_bias)`` of a linear whose input was spikes with these levels (op
+    ``qsnn::spike_linear_weight_grad``): ``grad_weight = grad^T @ (levels * in_scale)``, float32
+    ``[N, K]``, for ``grad [M, N]`` (float) and ``levels [M, K]`` (uint8/int8); with ``bias``,
+    ``grad_bias = grad.sum(0)`` (float32 ``[N]``), else None. CPU: the float spikes rebuilt in
+    grad's dtype, then torch's GEMM. CUDA: one Triton kernel that reads the levels and turns them
+    into grad's dtype in registers, summing in float32 (float32 gradients without TF32), the bias
+    gradient from the same loads. The sums are the same up to float rounding. A shape, dtype or
+    device mismatch is an error raised before any kernel runs."""
+    grad_w, grad_bias = torch.ops.qsnn.spike_linear_weight_grad(grad, levels, float(in_scale), bool(bias))
+    return grad_w, grad_bias if bias else None
 
 # --------------------------------------------------------------------------- qsnn::int8_conv2d
 

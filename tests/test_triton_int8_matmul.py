@@ -102,18 +102,24 @@ def _assert_float32_sums(out, grad, levels, alpha):
 def test_weight_grad_from_levels(m, n, k, dtype):
     """float32 (IEEE sums, no TF32) and float16 gradients: the float64 product up to float32 sums
     (row splits included: M > 32 runs two), uint8 levels up to 255 and int8 ones, alpha 1 and not."""
-    for levels_dtype, alpha in ((torch.uint8, 1.0), (torch.int8, 0.3)):
+    for levels_dtype, alpha, bias in ((torch.uint8, 1.0, False), (torch.int8, 0.3, True)):
         grad, levels = _weight_grad_operands(m, n, k, dtype, seed=m + n + k, levels_dtype=levels_dtype)
-        out = int8_matmul.spike_linear_weight_grad_triton(grad, levels, alpha)
+        out, bias_grad = int8_matmul.spike_linear_weight_grad_triton(grad, levels, alpha, bias)
         assert out.shape == (n, k)
         _assert_float32_sums(out, grad, levels, alpha)
+        if bias:  # from the same tiles: the float32 sum of each column of grad
+            ones = torch.ones((m, 1), dtype=torch.uint8)
+            _assert_float32_sums(bias_grad[:, None], grad, ones, 1.0)
+        else:
+            assert bias_grad is None
 
 
 def test_weight_grad_strided_and_empty():
     grad, levels = _weight_grad_operands(40, 24, 9, torch.float32, seed=5)
-    out = int8_matmul.spike_linear_weight_grad_triton(grad.t().contiguous().t(), levels.t().contiguous().t(), 1.0)
+    out, _ = int8_matmul.spike_linear_weight_grad_triton(grad.t().contiguous().t(), levels.t().contiguous().t(), 1.0)
     _assert_float32_sums(out, grad, levels, 1.0)
-    assert torch.equal(int8_matmul.spike_linear_weight_grad_triton(grad[:0], levels[:0], 1.0), torch.zeros(24, 9))
+    out, bias_grad = int8_matmul.spike_linear_weight_grad_triton(grad[:0], levels[:0], 1.0, bias=True)
+    assert torch.equal(out, torch.zeros(24, 9)) and torch.equal(bias_grad, torch.zeros(24))
     with pytest.raises(TypeError, match="float32/bfloat16/float16"):
         int8_matmul.spike_linear_weight_grad_triton(grad.double(), levels, 1.0)
     with pytest.raises(TypeError, match="uint8/int8"):
@@ -130,12 +136,15 @@ def test_weight_grad_op_on_both_kernels():
     from qsnn_kernels.triton_on_cpu import triton_kernels_on_cpu
 
     grad, levels = _weight_grad_operands(50, 12, 20, torch.float32, seed=8)
-    cpu = int8_mod.spike_linear_weight_grad(grad, levels, 0.5)
-    with triton_kernels_on_cpu({"spike_linear_weight_grad": int8_mod._spike_linear_weight_grad_cuda}):
-        triton = int8_mod.spike_linear_weight_grad(grad, levels, 0.5)
-    _assert_float32_sums(cpu, grad, levels, 0.5)
-    _assert_float32_sums(triton, grad, levels, 0.5)
-    torch.library.opcheck(torch.ops.qsnn.spike_linear_weight_grad.default, (grad, levels, 0.5))
+    ones = torch.ones((50, 1), dtype=torch.uint8)
+    for bias in (False, True):
+        cpu = int8_mod.spike_linear_weight_grad(grad, levels, 0.5, bias)
+        with triton_kernels_on_cpu({"spike_linear_weight_grad": int8_mod._spike_linear_weight_grad_cuda}):
+            triton = int8_mod.spike_linear_weight_grad(grad, levels, 0.5, bias)
+        for grad_w, grad_bias in (cpu, triton):
+            _assert_float32_sums(grad_w, grad, levels, 0.5)
+            assert grad_bias is None if not bias else _assert_float32_sums(grad_bias[:, None], grad, ones, 1.0) is None
+        torch.library.opcheck(torch.ops.qsnn.spike_linear_weight_grad.default, (grad, levels, 0.5, bias))
     with pytest.raises(ValueError, match=r"\[M, N\]"):
         int8_mod.spike_linear_weight_grad(grad, levels[:3], 1.0)
     with pytest.raises(RuntimeError, match="uint8/int8"):
@@ -149,8 +158,9 @@ def test_gpu_weight_grad_from_levels(dtype):
     """On the GPU (autotuned tiles, row splits) at a Spikformer-8-512 shape: the float64 product."""
     grad, levels = _weight_grad_operands(4 * 196 * 8 + 5, 512, 520, dtype, seed=12)
     levels = levels.clamp(max=15)
-    out = int8_matmul.spike_linear_weight_grad_triton(grad.cuda(), levels.cuda(), 0.5).cpu()
-    _assert_float32_sums(out, grad, levels, 0.5)
+    out, bias_grad = int8_matmul.spike_linear_weight_grad_triton(grad.cuda(), levels.cuda(), 0.5, bias=True)
+    _assert_float32_sums(out.cpu(), grad, levels, 0.5)
+    _assert_float32_sums(bias_grad.cpu()[:, None], grad, torch.ones((grad.shape[0], 1), dtype=torch.uint8), 1.0)
 
 
 _COMPILE_SCRIPT = r"""
@@ -190,10 +200,10 @@ for config in K._CONV_CONFIGS:
     print("conv", config.kwargs, "shared bytes", out.metadata.shared, "wgmma" in ptx)
 grad_fn = K._spike_linear_weight_grad_kernel
 for dt, ieee in (("bf16", False), ("fp16", False), ("fp32", True)):
-    sig = {"g_ptr": "*" + dt, "levels_ptr": "*u8", "partial_ptr": "*fp32",
-           **{n: "i32" for n in grad_fn.arg_names[3:13]}}
+    sig = {"g_ptr": "*" + dt, "levels_ptr": "*u8", "partial_ptr": "*fp32", "bias_partial_ptr": "*fp32",
+           **{n: "i32" for n in grad_fn.arg_names[4:14]}}
     for config in K._WEIGHT_GRAD_CONFIGS:
-        const = dict(IEEE=ieee, **config.kwargs)
+        const = dict(IEEE=ieee, BIAS=not ieee, **config.kwargs)
         attrs = {(grad_fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in grad_fn.arg_names
                  if n.endswith("_ptr") or n in ("N", "K", "stride_gm", "stride_lm", "stride_pn")}
         src = ASTSource(fn=grad_fn, signature={**sig, **{k: "constexpr" for k in const}},

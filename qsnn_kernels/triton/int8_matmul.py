@@ -229,13 +229,15 @@ def int8_conv2d_triton(levels: torch.Tensor, codes: torch.Tensor, col_scale: tor
 
 @triton.jit
 def _spike_linear_weight_grad_kernel(
-    g_ptr, levels_ptr, partial_ptr,
+    g_ptr, levels_ptr, partial_ptr, bias_partial_ptr,
     M, N, K, rows_per_split,
     stride_gm, stride_gn, stride_lm, stride_lk, stride_ps, stride_pn,
-    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    IEEE: tl.constexpr, BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    # partial[split, n, k] = sum over this split's rows m of g[m, n] * level[m, k]
+    # partial[split, n, k] = sum over this split's rows m of g[m, n] * level[m, k]; with BIAS the
+    # programs of the first column tile also write bias_partial[split, n] = sum of g[m, n] (the
+    # bias gradient from the gradient tiles already loaded)
     split = tl.program_id(1)
     rn, rk = _grouped_tile(N, K, BLOCK_N, BLOCK_K, GROUP_M)
     first = split * rows_per_split
@@ -244,9 +246,12 @@ def _spike_linear_weight_grad_kernel(
     g_ptrs = g_ptr + rm[None, :].to(tl.int64) * stride_gm + rn[:, None] * stride_gn
     l_ptrs = levels_ptr + rm[:, None].to(tl.int64) * stride_lm + rk[None, :] * stride_lk
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(first, last, BLOCK_M):
         inside = rm < last - m0 + first
         gt = tl.load(g_ptrs, mask=(rn[:, None] < N) & inside[None, :], other=0.0)
+        if BIAS:
+            bias_acc += tl.sum(gt.to(tl.float32), axis=1)
         lv = tl.load(l_ptrs, mask=inside[:, None] & (rk[None, :] < K), other=0)
         # levels <= 255 are exact in every float dtype: converted in registers, never in memory (through
         # float32: Triton's interpreter turns uint8 into bfloat16 wrongly, a GPU the same either way)
@@ -258,6 +263,9 @@ def _spike_linear_weight_grad_kernel(
         l_ptrs += BLOCK_M * stride_lm
     out_ptrs = partial_ptr + split * stride_ps + rn[:, None] * stride_pn + rk[None, :]
     tl.store(out_ptrs, acc, mask=(rn[:, None] < N) & (rk[None, :] < K))
+    if BIAS:
+        first_column = tl.min(rk, axis=0) == 0
+        tl.store(bias_partial_ptr + split * N + rn, bias_acc, mask=(rn < N) & first_column)
 
 
 _WEIGHT_GRAD_CONFIGS = [
@@ -274,12 +282,15 @@ WEIGHT_GRAD_PROGRAMS = 264
 until the output tiles times the splits reach it (a [512, 512] gradient has 16 tiles of 128 x 128)."""
 
 
-def spike_linear_weight_grad_triton(grad: torch.Tensor, levels: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``out[n, k] = alpha * sum_m grad[m, n] * level[m, k]``, float32 ``[N, K]``: the weight gradient
-    of a linear whose input was ``level * alpha``, reading the one-byte levels (uint8, or int8 >= 0)
-    and the gradient (float32, bfloat16 or float16) as they are, the levels turned into the
-    gradient's dtype in registers (exact). Products summed in float32 (float32 gradients in IEEE
-    float32, no TF32) over splits of M whose partial sums are added in a fixed order: deterministic."""
+def spike_linear_weight_grad_triton(grad: torch.Tensor, levels: torch.Tensor, alpha: float, bias: bool = False
+                                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(out, bias_grad)``: ``out[n, k] = alpha * sum_m grad[m, n] * level[m, k]``, float32 ``[N, K]``,
+    the weight gradient of a linear whose input was ``level * alpha``, reading the one-byte levels
+    (uint8, or int8 >= 0) and the gradient (float32, bfloat16 or float16) as they are, the levels
+    turned into the gradient's dtype in registers (exact); with ``bias``, ``bias_grad[n] = sum_m
+    grad[m, n]`` (float32 ``[N]``) from the same loads, else None. Products summed in float32
+    (float32 gradients in IEEE float32, no TF32) over splits of M whose partial sums are added in a
+    fixed order: deterministic."""
     if not grad.is_floating_point() or grad.dtype == torch.float64 or levels.dtype not in INTEGER_DTYPES:
         raise TypeError(f"spike_linear_weight_grad: grad must be float32/bfloat16/float16 and levels uint8/int8, got "
                         f"{grad.dtype}, {levels.dtype}")
@@ -289,7 +300,8 @@ def spike_linear_weight_grad_triton(grad: torch.Tensor, levels: torch.Tensor, al
     m, n = grad.shape
     k = levels.shape[1]
     if m == 0 or n == 0 or k == 0:
-        return torch.zeros((n, k), dtype=torch.float32, device=grad.device)
+        zeros = torch.zeros((n, k), dtype=torch.float32, device=grad.device)
+        return zeros, zeros.new_zeros((n,)) if bias else None
     cuda = grad.device.type == "cuda"
     tile = _WEIGHT_GRAD_TILE if cuda else _WEIGHT_GRAD_INTERPRETER_TILE
     tiles = triton.cdiv(n, tile["BLOCK_N"]) * triton.cdiv(k, tile["BLOCK_K"])
@@ -298,16 +310,18 @@ def spike_linear_weight_grad_triton(grad: torch.Tensor, levels: torch.Tensor, al
     rows_per_split = triton.cdiv(triton.cdiv(m, splits), row_step) * row_step
     splits = triton.cdiv(m, rows_per_split)
     partial = torch.empty((splits, n, k), dtype=torch.float32, device=grad.device)
-    args = (grad, levels, partial, m, n, k, rows_per_split, grad.stride(0), grad.stride(1), levels.stride(0),
-            levels.stride(1), partial.stride(0), partial.stride(1))
-    ieee = grad.dtype == torch.float32
+    bias_partial = torch.empty((splits, n), dtype=torch.float32, device=grad.device) if bias else partial
+    args = (grad, levels, partial, bias_partial, m, n, k, rows_per_split, grad.stride(0), grad.stride(1),
+            levels.stride(0), levels.stride(1), partial.stride(0), partial.stride(1))
+    flags = dict(IEEE=grad.dtype == torch.float32, BIAS=bias)
     if cuda:
         def grid(meta):
             return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(k, meta["BLOCK_K"]), splits)
 
         with on_device(grad.device):
-            _spike_linear_weight_grad_tuned[grid](*args, IEEE=ieee)
+            _spike_linear_weight_grad_tuned[grid](*args, **flags)
     else:
-        _spike_linear_weight_grad_kernel[(tiles, splits)](*args, IEEE=ieee, **tile, num_warps=1)
+        _spike_linear_weight_grad_kernel[(tiles, splits)](*args, **flags, **tile, num_warps=1)
     out = partial.sum(0) if splits > 1 else partial[0]
-    return out.mul_(alpha) if alpha != 1.0 else out
+    bias_grad = (bias_partial.sum(0) if splits > 1 else bias_partial[0]) if bias else None
+    return (out.mul_(alpha) if alpha != 1.0 else out), bias_grad
