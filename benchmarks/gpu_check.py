@@ -117,7 +117,7 @@ TEST_SELECTION = [  # the longest first (xdist hands the cases out in this order
 # tests run in the same step, after the selection (keep them few: one case per kernel variant);
 # the dry run checks that it has some.
 OPTIONAL_GPU_TEST_FILES = ["tests/test_triton_batch_norm_lif.py", "tests/test_triton_int8_matmul.py",
-                           "tests/test_triton_quantize.py", "tests/test_max_pool.py"]
+                           "tests/test_triton_quantize.py", "tests/test_max_pool.py", "tests/test_spike_attention.py"]
 BENCH_FILES = ["benchmarks/test_bench_bitserial_gpu.py", "benchmarks/test_bench_lif_gpu.py"]
 
 

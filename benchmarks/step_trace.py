@@ -153,10 +153,11 @@ def _known_cuda_kernels() -> dict:
     ``_name_triton``/``_<part>_triton`` or, failing that, the composite ``_name_cuda``/
     ``_<part>_composite``/``_name_torch``."""
     # import_module: the package's attribute ``batch_norm_lif`` is the function, not the module
-    lif, batch_norm_lif, quantize, max_pool = (importlib.import_module(f"qsnn_kernels.{m}")
-                                               for m in ("lif", "batch_norm_lif", "quantize", "max_pool"))
+    lif, batch_norm_lif, quantize, max_pool, spike_attention = (
+        importlib.import_module(f"qsnn_kernels.{m}")
+        for m in ("lif", "batch_norm_lif", "quantize", "max_pool", "spike_attention"))
     known = {}
-    for module in (lif, batch_norm_lif, quantize, max_pool):
+    for module in (lif, batch_norm_lif, quantize, max_pool, spike_attention):
         known.update({f"qsnn::{k}": v for k, v in getattr(module, "TRITON_KERNELS", {}).items()})
     for op, module, part in (("batch_norm_lif_forward", batch_norm_lif, "forward"),
                              ("batch_norm_lif_backward", batch_norm_lif, "backward"),

@@ -67,6 +67,7 @@ from torch import nn
 
 from ..data.images import CIFAR_MEAN, CIFAR_STD
 from ..deprecation import NOT_GIVEN, renamed_keyword
+from ..spike_attention import spike_attention
 from .layers import (MultiStepBatchNorm1d, MultiStepBatchNorm2d, QuantConv2d, QuantLinear, SpikeMatmul, SpikeMaxPool2d,
                      batch_norm_spikes, batch_norm_spikes_for, bits_for_levels, check_model_args, feed, levels_for,
                      mean_over_time, repeat_frame, spiking_neuron)
@@ -218,18 +219,30 @@ class SpikingSelfAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(2, 3)  # [T, B, h, N, d]
 
+    def fuses_products(self, q: torch.Tensor) -> bool:
+        """Whether the products run as one op (:func:`qsnn_kernels.spike_attention.spike_attention`:
+        the token layout read and written directly, no head copies): while training off the CPU
+        (CUDA, and the meta device of traces). Elsewhere the two :class:`SpikeMatmul` modules run,
+        which the profiler counts (it runs without gradients) and which keep one-byte operands
+        for the CPU's backward."""
+        return self.training and torch.is_grad_enabled() and q.device.type != "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = levels_for(self.q.linear, x)  # the stream's levels, converted once for Q, K and V
-        q, k, v = (self._heads(m(x, levels)) for m in (self.q, self.k, self.v))
-        if hasattr(self, "kv"):
-            if q.shape[-2] != self.tokens:
-                raise ValueError(f"SpikingSelfAttention: built for {self.tokens} tokens, got {q.shape[-2]}")
-            y = self.q_kv(q, self.kv(k.transpose(-2, -1), v))  # K^T V: [T, B, h, d, d], integers
+        q, k, v = (m(x, levels) for m in (self.q, self.k, self.v))
+        scale = self.attn_scale / self.attn_v_th
+        if self.fuses_products(q):
+            y = spike_attention(q, k, v, self.num_heads, scale)
         else:
-            y = self.attn_v(self.qk(q, k.transpose(-2, -1)), v)  # Q K^T: [T, B, h, N, N], integers
-        y = y.transpose(2, 3).flatten(-2)  # [T, B, N, D]
-        y = self.attn_lif(y * (self.attn_scale / self.attn_v_th))
-        return self.proj(y)
+            q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            if hasattr(self, "kv"):
+                if q.shape[-2] != self.tokens:
+                    raise ValueError(f"SpikingSelfAttention: built for {self.tokens} tokens, got {q.shape[-2]}")
+                y = self.q_kv(q, self.kv(k.transpose(-2, -1), v))  # K^T V: [T, B, h, d, d], integers
+            else:
+                y = self.attn_v(self.qk(q, k.transpose(-2, -1)), v)  # Q K^T: [T, B, h, N, N], integers
+            y = y.transpose(2, 3).flatten(-2) * scale  # [T, B, N, D]
+        return self.proj(self.attn_lif(y))
 
 
 class SpikformerMLP(nn.Module):

@@ -34,7 +34,8 @@ _PUBLIC = {
 """The public names and the module each comes from."""
 _SUBMODULES = ("bits", "reference")
 """The public names that are submodules (imported as they are asked for)."""
-OP_MODULES = ("quantize", "conv_planes", "max_pool", "spike_conv", *dict.fromkeys(_PUBLIC.values()), *_SUBMODULES)
+OP_MODULES = ("quantize", "conv_planes", "max_pool", "spike_attention", "spike_conv", *dict.fromkeys(_PUBLIC.values()),
+              *_SUBMODULES)
 """The modules whose import defines ``torch.ops.qsnn.*``."""
 
 __all__ = sorted([*_PUBLIC, *_SUBMODULES])

@@ -36,6 +36,7 @@ __all__ = [
     "batch_norm_statistics",
     "batch_norm_scale_shift",
     "batch_norm_lif",
+    "spike_attention",
     "conv2d_levels",
     "spiking_layer_int",
     "SEW_CONNECTS",
@@ -402,6 +403,22 @@ def batch_norm_lif(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, me
     shape = (1, 1, -1) + (1,) * (x.dim() - 3)
     y = x * scale.view(shape) + shift.view(shape)
     return multilevel_lif(y, s_bits, v_th, decay, v_reset, reset, surrogate, alpha, detach_reset)[0]
+
+
+# --- spiking self-attention
+
+
+def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """Spiking self-attention's products without a softmax, per head:
+    ``y = scale * Q (K^T V)`` (= ``scale * (Q K^T) V``) on ``[..., N, D]`` tokens, the heads
+    being ``num_heads`` consecutive groups of ``D / num_heads`` channels. Computed in float64,
+    returned in q's dtype (one rounding). ``q``, ``k``, ``v``: float, one shape.
+    """
+    *lead, n, d = q.shape
+    h = num_heads
+    qh, kh, vh = (t.to(torch.float64).reshape(*lead, n, h, d // h).transpose(-3, -2) for t in (q, k, v))
+    y = scale * (qh @ (kh.transpose(-2, -1) @ vh))
+    return y.transpose(-3, -2).reshape(q.shape).to(q.dtype)
 
 
 # --- integer inference

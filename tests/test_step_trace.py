@@ -114,7 +114,7 @@ def test_triton_launchers_are_fused_composites_are_expanded(monkeypatch):
     for the test) is traced through, its parts recorded as within it."""
     from qsnn_kernels import quantize
 
-    for op in ("qsnn::lif_forward", "qsnn::spike_levels"):
+    for op in ("qsnn::lif_forward", "qsnn::spike_levels", "qsnn::spike_attention", "qsnn::spike_attention_backward"):
         assert step_trace.is_launcher(step_trace.cuda_kernel(op))
     monkeypatch.setitem(step_trace._CUDA_KERNELS, "qsnn::spike_levels", quantize._spike_levels_torch)
     kernel = step_trace.cuda_kernel("qsnn::spike_levels")
