@@ -640,9 +640,10 @@ def levels_for(layer, spikes: torch.Tensor) -> torch.Tensor | None:
     checked pass (:func:`models.int8.spike_input_levels`: ValueError unless they are
     ``layer.s_bits`` spikes at ``layer.in_scale``); None otherwise. For input no neuron made (a
     residual stream) that several layers read: converted once, handed to each (:func:`feed`),
-    instead of once per layer (on CUDA each pass is also a host sync). None under torch.compile:
-    the check's host read would break the graph, so each layer's op converts inside itself."""
-    if torch.compiler.is_compiling() or not takes_levels(layer, spikes):
+    instead of once per layer (on CUDA each pass is also a host sync). None under torch.compile
+    (the check's host read would break the graph, so each layer's op converts inside itself) and
+    in an fx trace (the layers are its leaves)."""
+    if torch.compiler.is_compiling() or isinstance(spikes, torch.fx.Proxy) or not takes_levels(layer, spikes):
         return None
     return spike_input_levels(spikes, layer.in_scale, layer.s_bits, torch.uint8, "int8 forward")
 

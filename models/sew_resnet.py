@@ -52,13 +52,29 @@ __all__ = ["SEWResNet", "BasicBlock", "Bottleneck", "CONNECT_FUNCTIONS", "VARIAN
 CONNECT_FUNCTIONS = ("ADD", "AND", "IAND")
 
 
+class _ClampedAdd(torch.autograd.Function):
+    """``min(a + s, top)`` with the gradient of ``a + s`` (straight through the clamp): two passes
+    over the output (the sum, the clamp in place) where the detach form takes four."""
+
+    @staticmethod
+    def forward(ctx, a, s, top: float):
+        ctx.shapes = (a.shape, s.shape)
+        return (a + s).clamp_(max=top)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.sum_to_size(ctx.shapes[0]), grad.sum_to_size(ctx.shapes[1]), None
+
+
 def sew_connect(a: torch.Tensor, s: torch.Tensor, connect_f: str, top: float, binary: bool, clamp: bool):
     """g(A, S) of the module docstring; ``top = L * v_th`` (the largest spike value)."""
     if connect_f == "ADD":
-        out = a + s
-        if clamp:
-            out = out - (out - top).clamp(min=0).detach()
-        return out
+        if not clamp:
+            return a + s
+        if isinstance(a, torch.fx.Proxy) or isinstance(s, torch.fx.Proxy):  # an fx trace: plain ops
+            out = a + s
+            return out - (out - top).clamp(min=0).detach()
+        return _ClampedAdd.apply(a, s, top)
     if connect_f == "AND":
         return a * s / top if binary else torch.minimum(a, s)
     return (top - a) * s / top if binary else torch.minimum(top - a, s)

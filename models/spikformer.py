@@ -225,6 +225,8 @@ class SpikingSelfAttention(nn.Module):
         (CUDA, and the meta device of traces). Elsewhere the two :class:`SpikeMatmul` modules run,
         which the profiler counts (it runs without gradients) and which keep one-byte operands
         for the CPU's backward."""
+        if isinstance(q, torch.fx.Proxy):  # an fx trace records the modules
+            return False
         return self.training and torch.is_grad_enabled() and q.device.type != "cpu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
